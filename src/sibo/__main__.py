@@ -1,0 +1,5 @@
+import sys
+
+from sibo.cli import main
+
+sys.exit(main())

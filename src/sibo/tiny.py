@@ -1,0 +1,102 @@
+"""Tiny local models and tokenizers, for the demo and the tests: nothing here touches a model hub.
+
+The tokenizer is byte-level BPE (so every string round-trips), optionally trained on a corpus so
+that common words become single tokens; the models are random initialisations of real
+transformers architectures built from their configs, as peft's and transformers' tests do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, PretrainedConfig
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+# Per architecture: config fields naming (layers, hidden, heads, ffn width, context length).
+_FIELD_NAMES = {
+    "gpt2": ("n_layer", "n_embd", "n_head", "n_inner", "n_positions"),
+    "gptj": ("n_layer", "n_embd", "n_head", "n_inner", "n_positions"),
+    "bloom": ("n_layer", "hidden_size", "n_head", None, None),
+    "opt": ("num_hidden_layers", "hidden_size", "num_attention_heads", "ffn_dim", "max_position_embeddings"),
+}
+_DEFAULT_FIELDS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+)
+CAUSAL_ARCHITECTURES = ("llama", "mistral", "qwen2", "gptj", "gpt_neox", "opt", "gpt2", "bloom")
+ENCODER_ARCHITECTURES = ("bert", "roberta")
+
+
+def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer; trained on `corpus` when given, else bytes only (259 + 4 ids)."""
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size if corpus is not None else 0,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(list(corpus) if corpus is not None else [""], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+
+
+def tiny_config(
+    model_type: str,
+    vocab_size: int,
+    num_layers: int = 2,
+    hidden_size: int = 32,
+    num_heads: int = 4,
+    ffn_size: int = 64,
+    max_positions: int = 512,
+    **overrides,
+) -> PretrainedConfig:
+    """A small config of a real architecture; `overrides` are passed to the config as they are."""
+    names = _FIELD_NAMES.get(model_type, _DEFAULT_FIELDS)
+    values = (num_layers, hidden_size, num_heads, ffn_size, max_positions)
+    fields = {name: value for name, value in zip(names, values, strict=True) if name is not None}
+    if model_type == "gptj":
+        fields["rotary_dim"] = hidden_size // num_heads
+    if model_type == "opt":
+        fields["word_embed_proj_dim"] = hidden_size
+    if model_type in ("llama", "mistral", "qwen2"):
+        fields["num_key_value_heads"] = num_heads
+    return AutoConfig.for_model(
+        model_type,
+        vocab_size=vocab_size,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **{**fields, **overrides},
+    )
+
+
+def build_tiny_model(
+    model_type: str,
+    vocab_size: int,
+    seed: int = 0,
+    num_labels: int | None = None,
+    **config_kwargs,
+) -> torch.nn.Module:
+    """A randomly initialised tiny model: a causal LM, or a sequence classifier when num_labels is set."""
+    config = tiny_config(model_type, vocab_size, **config_kwargs)
+    torch.manual_seed(seed)
+    if num_labels is not None:
+        config.num_labels = num_labels
+        return AutoModelForSequenceClassification.from_config(config).eval()
+    return AutoModelForCausalLM.from_config(config).eval()
