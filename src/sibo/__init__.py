@@ -1,0 +1,14 @@
+"""sibo: SIBO, a simple booster for parameter-efficient fine-tuning (Wen, Zhang, Fang, ACL 2024)."""
+
+from sibo.booster import SiboConfig, mix_initial_residual
+from sibo.peft_model import boost_adapter, get_sibo_model, load_sibo_model, sibo_settings
+
+__all__ = [
+    "SiboConfig",
+    "boost_adapter",
+    "get_sibo_model",
+    "load_sibo_model",
+    "mix_initial_residual",
+    "sibo_settings",
+]
+__version__ = "0.1.0"

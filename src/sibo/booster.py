@@ -1,0 +1,242 @@
+"""SIBO, the simple booster for PEFT (Wen, Zhang, Fang, ACL 2024, arXiv 2402.11896), in one module.
+
+Deep stacks over-smooth: token representations grow alike with depth. SIBO gives every adapter
+branch an *initial residual*: the branch reads (1-λ)·x + λ·h0 instead of x, h0 being the hidden
+state that enters the first transformer block, while the frozen base weight still reads x:
+
+    LoRA:        y = W0·x + s·B·A·dropout((1-λ)·x + λ·h0)
+    DoRA:        y = W0·x + (g-1)·W0·x' + g·s·B·A·((1-λ)·x' + λ·h0),  x' = dropout(x), g = m / ‖W0 + s·B·A‖
+    bottleneck:  y = z + s·up(act(down(dropout((1-λ)·u + λ·h0))))       (u = the adapter's input)
+
+It is built from two hooks and no fork of any model code: a forward pre-hook on block 0 stores
+h0 for the current forward pass, and a forward pre-hook on the first module of each eligible
+branch (LoRA's dropout, DoRA's magnitude module, a bottleneck adapter's dropout) mixes h0 into
+that module's input. Only branches inside a transformer block whose input width is the hidden
+size can take h0; `targets` chooses among them. Both hooks are safe to rerun (gradient
+checkpointing reruns forwards), and h0 stays aligned with x under KV caching (block 0 sees the
+new positions only), left padding, beam search and packed sequences.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+from peft.tuners.lora import LoraLayer
+from peft.tuners.lora.variants import DoraLinearVariant
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+TARGET_POLICIES = ("ffn", "attn", "all")
+_ATTENTION_PART = re.compile(r"attn|attention", re.IGNORECASE)
+
+
+@dataclass
+class SiboConfig:
+    """How one adapter is boosted. Saved beside the adapter as sibo_config.json."""
+
+    lam: float = field(
+        default=0.1, metadata={"help": "λ, the share of h0 every boosted branch reads, in [0, 1]"}
+    )
+    targets: str = field(
+        default="ffn",
+        metadata={"help": "which branches take h0: 'ffn' (the paper's code), 'attn', or 'all'"},
+    )
+    learnable_lambda: bool = field(
+        default=False,
+        metadata={
+            "help": "learn one λ per transformer block, initialised at lam, kept in (0, 1) by a sigmoid"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lam, bool) or not isinstance(self.lam, int | float) or not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"SIBO's λ must be a number in [0, 1], got {self.lam!r}")
+        self.lam = float(self.lam)
+        if self.targets not in TARGET_POLICIES:
+            raise ValueError(f"SIBO targets must be one of {TARGET_POLICIES}, got {self.targets!r}")
+        if self.learnable_lambda and not 0.0 < self.lam < 1.0:
+            raise ValueError(f"a learnable λ starts strictly inside (0, 1), got {self.lam!r}")
+
+
+class InitialState:
+    """h0 of the current forward pass, shared by every boosted branch of one model."""
+
+    def __init__(self) -> None:
+        self.h0: torch.Tensor | None = None
+        # adapter name -> rows of the batch it runs on, while PEFT runs an `adapter_names=` mixed batch
+        self.adapter_rows: dict[str, torch.Tensor] | None = None
+
+    def for_branch(self, adapter_name: str) -> torch.Tensor:
+        if self.h0 is None:
+            raise RuntimeError("SIBO found no h0: call the whole model, not a single layer")
+        if self.adapter_rows is None:
+            return self.h0
+        return self.h0[self.adapter_rows[adapter_name].to(self.h0.device)]
+
+
+class LearnableLambda(nn.Module):
+    """One λ per transformer block, λ_i = sigmoid(θ_i), so it stays in (0, 1) by construction."""
+
+    def __init__(self, lam: float, num_blocks: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.full((num_blocks,), math.log(lam / (1.0 - lam))))
+
+    def forward(self, block: int) -> torch.Tensor:
+        return torch.sigmoid(self.logits[block])
+
+
+@dataclass
+class BoostedLayer:
+    name: str  # the module's name in the model
+    layer: nn.Module  # the PEFT layer (LoRA or bottleneck)
+    block: int  # index of the transformer block it sits in
+
+
+@dataclass
+class BoostedAdapter:
+    config: SiboConfig
+    layers: list[BoostedLayer]
+    lambdas: LearnableLambda | None
+    handles: list = field(default_factory=list, repr=False)
+
+    def lam(self, block: int) -> float | torch.Tensor:
+        return self.config.lam if self.lambdas is None else self.lambdas(block)
+
+
+def mix_initial_residual(x: torch.Tensor, h0: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
+    """(1-λ)·x + λ·h0 — SIBO's initial residual, in x's dtype, device and layout."""
+    # OPT flattens (B, T, H) to (B·T, H) before its feed-forward layers: follow x's layout.
+    h0 = h0.to(device=x.device, dtype=x.dtype).reshape(x.shape)
+    if isinstance(lam, torch.Tensor):
+        lam = lam.to(device=x.device, dtype=x.dtype)
+    return torch.lerp(x, h0, lam)  # x + λ·(h0 - x): exact at λ = 0, one fused kernel
+
+
+def find_transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The ModuleList of transformer blocks: the first one as long as the config's layer count."""
+    config = model.config.get_text_config()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == config.num_hidden_layers:
+            return name, module
+    raise ValueError(
+        f"SIBO found no list of {config.num_hidden_layers} transformer blocks in {type(model).__name__}"
+    )
+
+
+def capture_initial_state(blocks: nn.ModuleList, state: InitialState):
+    """Store the input of block 0 — h0 — on every forward; returns the hook handle."""
+
+    def store_h0(module, args, kwargs):
+        state.h0 = args[0] if args else kwargs["hidden_states"]  # (B, T, H), new positions only
+
+    return blocks[0].register_forward_pre_hook(store_h0, with_kwargs=True)
+
+
+def _branch(layer: nn.Module, adapter_name: str) -> tuple[nn.Module, str, int] | None:
+    """(module whose input is the branch's input, kind of hook, branch input width) for a PEFT layer."""
+    if isinstance(layer, LoraLayer):
+        variant = getattr(layer, "lora_variant", {}).get(adapter_name)
+        if variant is None:
+            return layer.lora_dropout[adapter_name], "input", layer.in_features
+        if isinstance(variant, DoraLinearVariant):
+            # DoRA calls lora_dropout only in training with p > 0: hook its magnitude module instead.
+            return layer.lora_magnitude_vector[adapter_name], "dora", layer.in_features
+        return None
+    if hasattr(layer, "sibo_branch_input"):
+        return layer.sibo_branch_input(adapter_name), "input", layer.sibo_branch_in_features(adapter_name)
+    return None
+
+
+def _register_mixing_hook(
+    module: nn.Module, kind: str, adapter: BoostedAdapter, block: int, state: InitialState, adapter_name: str
+):
+    def mix(x: torch.Tensor) -> torch.Tensor:
+        return mix_initial_residual(x, state.for_branch(adapter_name), adapter.lam(block))
+
+    if kind == "input":
+        return module.register_forward_pre_hook(lambda _, args: (mix(args[0]), *args[1:]))
+
+    def mix_dora(_, args, kwargs):
+        x = args[0]
+        if kwargs.get("base_result") is None:
+            # Training with dropout: DoRA would recompute W0·x' from its input; keep it reading x', not the mix.
+            kwargs["base_result"] = kwargs["base_layer"](x)
+        return (mix(x), *args[1:]), kwargs
+
+    return module.register_forward_pre_hook(mix_dora, with_kwargs=True)
+
+
+def boost(
+    model: nn.Module, config: SiboConfig, state: InitialState, adapter_name: str = "default"
+) -> BoostedAdapter:
+    """Mix h0 into every eligible branch of `adapter_name` in a PEFT-wrapped `model`."""
+    hidden_size = model.config.get_text_config().hidden_size
+    blocks_name, blocks = find_transformer_blocks(model)
+    block_prefixes = [f"{blocks_name}.{i}." for i in range(len(blocks))]
+    boosted, skipped = [], {}
+    for name, layer in model.named_modules():
+        branch = _branch(layer, adapter_name) if _has_adapter(layer, adapter_name) else None
+        if branch is None:
+            continue
+        _, _, width = branch
+        block = next((i for i, prefix in enumerate(block_prefixes) if name.startswith(prefix)), None)
+        if block is None:
+            reason = "outside the transformer blocks"
+        elif width != hidden_size:
+            reason = f"input width {width} ≠ hidden size {hidden_size}"
+        elif config.targets != "all" and _role(name[len(block_prefixes[block]) :]) != config.targets:
+            reason = f"not {config.targets}"
+        else:
+            boosted.append((BoostedLayer(name, layer, block), branch))
+            continue
+        skipped.setdefault(reason, []).append(name if block is None else name[len(block_prefixes[block]) :])
+
+    device = next(model.parameters()).device
+    lambdas = LearnableLambda(config.lam, len(blocks)).to(device) if config.learnable_lambda else None
+    adapter = BoostedAdapter(config, [layer for layer, _ in boosted], lambdas)
+    for boosted_layer, (module, kind, _) in boosted:
+        adapter.handles.append(
+            _register_mixing_hook(module, kind, adapter, boosted_layer.block, state, adapter_name)
+        )
+        adapter.handles.append(boosted_layer.layer.register_forward_pre_hook(_refuse_merged(adapter_name)))
+    total = len(boosted) + sum(map(len, skipped.values()))
+    why = "; ".join(f"{reason}: {sorted(set(names))} ×{len(names)}" for reason, names in skipped.items())
+    logger.info(
+        "SIBO λ=%s%s targets=%s: boosted %d of %d adapted modules%s",
+        config.lam,
+        " (learnable, one per block)" if config.learnable_lambda else "",
+        config.targets,
+        len(boosted),
+        total,
+        f"; skipped {why}" if why else "",
+    )
+    return adapter
+
+
+def _has_adapter(layer: nn.Module, adapter_name: str) -> bool:
+    if isinstance(layer, LoraLayer):
+        return adapter_name in layer.lora_A
+    return hasattr(layer, "sibo_branch_input") and adapter_name in getattr(layer, "adapter_dropout", {})
+
+
+def _role(name_in_block: str) -> str:
+    """'attn' for modules under an attention sub-module, else 'ffn' (mlp, fc1, intermediate, …)."""
+    return "attn" if any(_ATTENTION_PART.search(part) for part in name_in_block.split(".")) else "ffn"
+
+
+def _refuse_merged(adapter_name: str):
+    """A merged layer runs its base weight only, silently dropping the λ·ΔW·h0 term: refuse it."""
+
+    def check(layer, args):
+        if not layer.disable_adapters and adapter_name in getattr(layer, "merged_adapters", ()):
+            raise RuntimeError(
+                f"adapter {adapter_name!r} is merged into a SIBO-boosted layer, which drops its λ·ΔW·h0 term; "
+                "unmerge it, or use `sibo export` for an exact merged checkpoint"
+            )
+
+    return check

@@ -1,0 +1,128 @@
+"""The one model loader: a base model (+ adapter) and its tokenizer, for every verb."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from sibo.errors import InputError
+from sibo.peft_model import load_sibo_model
+
+logger = logging.getLogger(__name__)
+
+_MODEL_CLASSES = {
+    "causal-lm": AutoModelForCausalLM,
+    "sequence-classification": AutoModelForSequenceClassification,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto") -> torch.dtype:
+    """bf16 on a GPU that supports it, else fp16 on a GPU, fp32 on CPU; or the dtype named."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype != "auto":
+        try:
+            return {
+                "bf16": torch.bfloat16,
+                "bfloat16": torch.bfloat16,
+                "fp16": torch.float16,
+                "float16": torch.float16,
+                "fp32": torch.float32,
+                "float32": torch.float32,
+            }[dtype]
+        except KeyError:
+            raise InputError(f"unknown dtype {dtype!r}: use auto, bf16, fp16 or fp32") from None
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
+    """A BitsAndBytesConfig for 8-bit or 4-bit (QLoRA: NF4, double quantisation) bases; CUDA only."""
+    if quantization is None:
+        return None
+    if quantization not in ("8bit", "4bit"):
+        raise InputError(f"unknown quantization {quantization!r}: use 8bit or 4bit")
+    if not torch.cuda.is_available():
+        raise InputError(f"--load_{quantization} needs a CUDA GPU (bitsandbytes); none is available here")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise InputError(f"--load_{quantization} needs bitsandbytes: pip install 'sibo[quant]'") from None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_tokenizer(
+    base_model: str, weights_path: str | os.PathLike | None = None, trust_remote_code: bool = False
+):
+    """The adapter's tokenizer when it ships one (finetune saves it), else the base model's; left padding."""
+    source = (
+        weights_path
+        if weights_path and (Path(weights_path) / "tokenizer_config.json").is_file()
+        else base_model
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot load a tokenizer from {source}: {_first_line(error)}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(
+    base_model: str,
+    weights_path: str | os.PathLike | None = None,
+    lam: float | None = None,
+    quantization: str | None = None,
+    dtype: str | torch.dtype = "auto",
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    is_trainable: bool = False,
+    task: str = "causal-lm",
+):
+    """(model, tokenizer): the base model, with the adapter at `weights_path` loaded (SIBO-boosted as saved,
+    or with λ = `lam` when given) — or the base alone when weights_path is None."""
+    if task not in _MODEL_CLASSES:
+        raise InputError(f"unknown task {task!r}: use one of {sorted(_MODEL_CLASSES)}")
+    if weights_path is not None and not Path(weights_path).is_dir():
+        raise InputError(f"adapter directory {weights_path} does not exist")
+    torch_dtype = resolve_dtype(dtype)
+    quantization = quantization_config(quantization, torch_dtype)
+    try:
+        model = _MODEL_CLASSES[task].from_pretrained(
+            base_model,
+            dtype=torch_dtype,
+            quantization_config=quantization,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot load base model {base_model}: {_first_line(error)}") from None
+    tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code)
+    if weights_path is not None:
+        model = load_sibo_model(model, weights_path, lam=lam, is_trainable=is_trainable)
+    elif lam is not None:
+        logger.warning("λ=%s ignored: no adapter given", lam)
+    if not is_trainable:
+        model.eval()
+    return model, tokenizer
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
