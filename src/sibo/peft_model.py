@@ -141,7 +141,8 @@ def unboost(model: PeftModel, adapter_name: str) -> None:
     if adapter is not None:
         for handle in adapter.handles:
             handle.remove()
-        model.sibo_lambdas.pop(adapter_name, None)
+        if adapter_name in model.sibo_lambdas:
+            del model.sibo_lambdas[adapter_name]
 
 
 def get_sibo_model(
