@@ -32,7 +32,9 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, learnable):
     model.eval()
     want = model(input_ids=ids()).logits
     model.save_pretrained(tmp_path)
-    assert {"adapter_config.json", "adapter_model.safetensors", "sibo_config.json"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "sibo_config.json"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
     loaded = load_sibo_model(copy.deepcopy(base), tmp_path)
     assert torch.equal(loaded(input_ids=ids()).logits, want)
     assert sibo_settings(loaded).lam == 0.2 and sibo_settings(loaded).learnable_lambda == learnable
@@ -73,7 +75,9 @@ def test_lambda_override_on_load(tmp_path):
 
 def test_wrong_base_is_a_clear_error(tmp_path):
     get_sibo_model(build_tiny_model("llama", VOCAB), lora(), lam=0.2).save_pretrained(tmp_path)
-    with pytest.raises(InputError, match=r"llama base with hidden size 32, but the base model is llama with hidden size 48"):
+    with pytest.raises(
+        InputError, match=r"llama base with hidden size 32, but the base model is llama with hidden size 48"
+    ):
         load_sibo_model(build_tiny_model("llama", VOCAB, hidden_size=48), tmp_path)
     with pytest.raises(InputError, match=r"gpt2"):
         load_sibo_model(build_tiny_model("gpt2", VOCAB), tmp_path)
@@ -140,14 +144,20 @@ def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
         model = get_sibo_model(copy.deepcopy(base), lora(lora_dropout=0.1), lam=0.3, targets="all",
                                learnable_lambda=True)  # fmt: skip
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": use_reentrant}
+            )
             model.enable_input_require_grads()
         model.train()
         calls = []
-        model.base_model.model.model.layers[1].register_forward_pre_hook(lambda *_: calls.append(1))
+        model.base_model.model.model.layers[1].self_attn.q_proj.register_forward_pre_hook(
+            lambda *_: calls.append(1)
+        )
         torch.manual_seed(1)
         model(input_ids=ids(), labels=ids()).loss.backward()
-        assert len(calls) == (2 if checkpointing else 1)  # checkpointing reran the block's forward (and our hooks)
+        assert len(calls) == (
+            2 if checkpointing else 1
+        )  # checkpointing reran the block, mixing hooks included
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys() and any("sibo_lambdas" in n for n in grads[0])
     for name in grads[0]:
