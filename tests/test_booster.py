@@ -201,3 +201,19 @@ def test_mixed_batch_adapter_names_uses_each_adapters_rows():
     mixed = model(input_ids=ids, adapter_names=["default", "other", "default"]).logits
     for i in range(3):
         torch.testing.assert_close(mixed[i], rows[i][i], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "arch, overrides",
+    [("llama", {}), ("gpt2", {}), ("bert", {}), ("opt", {"word_embed_proj_dim": 16}), ("gpt_neox", {})],
+    ids=["llama", "gpt2-positions", "bert", "opt-project-in", "gpt_neox"],
+)
+def test_h0_is_the_hidden_state_entering_block_0(arch, overrides):
+    """h0 includes what runs before block 0: GPT-2's position embeddings, OPT-350m's project_in (16 → 32)."""
+    targets = {"llama": ["up_proj"], "gpt2": ["c_fc"], "bert": ["intermediate.dense"], "opt": ["fc1"],
+               "gpt_neox": ["dense_h_to_4h"]}[arch]  # fmt: skip
+    base = build_tiny_model(arch, VOCAB, num_labels=2 if arch == "bert" else None, **overrides)
+    model = get_sibo_model(base, LoraConfig(r=2, target_modules=targets), lam=0.5).eval()
+    out = model(input_ids=torch.randint(3, VOCAB, (2, 5)), output_hidden_states=True)
+    assert model._sibo_state.h0.shape[-1] == 32
+    torch.testing.assert_close(model._sibo_state.h0, out.hidden_states[0], rtol=0, atol=0)
