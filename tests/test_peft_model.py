@@ -112,6 +112,9 @@ def test_lambda_zero_merges_like_plain_peft():
     base = build_tiny_model("llama", VOCAB)
     model = get_sibo_model(copy.deepcopy(base), lora(), lam=0.0).eval()
     want = model(input_ids=ids()).logits
+    model.merge_adapter()
+    torch.testing.assert_close(model(input_ids=ids()).logits, want, rtol=1e-5, atol=1e-5)
+    model.unmerge_adapter()
     merged = model.merge_and_unload()
     assert not isinstance(merged, PeftModel)
     torch.testing.assert_close(merged(input_ids=ids()).logits, want, rtol=1e-5, atol=1e-5)
