@@ -68,7 +68,7 @@ class SiboModelMixin:
 
     def merge_adapter(self, *args, **kwargs) -> None:
         _refuse_lossy_merge(self, "merge_adapter")
-        super().merge_adapter(*args, **kwargs)
+        self.base_model.merge_adapter(*args, **kwargs)
 
     def merge_and_unload(self, *args, **kwargs) -> torch.nn.Module:
         _refuse_lossy_merge(self, "merge_and_unload")
