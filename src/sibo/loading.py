@@ -14,6 +14,8 @@ from sibo.peft_model import load_sibo_model
 
 logger = logging.getLogger(__name__)
 
+RESIDUAL_DIR = "sibo_residual"  # an exact `sibo export` keeps SIBO's λ·ΔW·h0 path here, beside the merged base
+
 _MODEL_CLASSES = {
     "causal-lm": AutoModelForCausalLM,
     "sequence-classification": AutoModelForSequenceClassification,
@@ -96,9 +98,13 @@ def load_model(
     task: str = "causal-lm",
 ):
     """(model, tokenizer): the base model, with the adapter at `weights_path` loaded (SIBO-boosted as saved,
-    or with λ = `lam` when given) — or the base alone when weights_path is None."""
+    or with λ = `lam` when given) — or the base alone when weights_path is None. An exact `sibo export`
+    directory loads as a base model: its SIBO residual adapter comes along."""
     if task not in _MODEL_CLASSES:
         raise InputError(f"unknown task {task!r}: use one of {sorted(_MODEL_CLASSES)}")
+    residual = Path(base_model) / RESIDUAL_DIR
+    if weights_path is None and (residual / "adapter_config.json").is_file():
+        weights_path = residual
     if weights_path is not None and not Path(weights_path).is_dir():
         raise InputError(f"adapter directory {weights_path} does not exist")
     torch_dtype = resolve_dtype(dtype)
