@@ -70,6 +70,8 @@ class InitialState:
         self.h0: torch.Tensor | None = None
         # adapter name -> rows of the batch it runs on, while PEFT runs an `adapter_names=` mixed batch
         self.adapter_rows: dict[str, torch.Tensor] | None = None
+        # (x, (adapter, block), mix) of the last branch, for its siblings that read the same x
+        self.last_mix: tuple | None = None
 
     def for_branch(self, adapter_name: str) -> torch.Tensor:
         if self.h0 is None:
@@ -133,6 +135,7 @@ def capture_initial_state(blocks: nn.ModuleList, state: InitialState):
 
     def store_h0(module, args, kwargs):
         state.h0 = args[0] if args else kwargs["hidden_states"]  # (B, T, H), new positions only
+        state.last_mix = None
 
     return blocks[0].register_forward_pre_hook(store_h0, with_kwargs=True)
 
@@ -156,7 +159,13 @@ def _register_mixing_hook(
     module: nn.Module, kind: str, adapter: BoostedAdapter, block: int, state: InitialState, adapter_name: str
 ):
     def mix(x: torch.Tensor) -> torch.Tensor:
-        return mix_initial_residual(x, state.for_branch(adapter_name), adapter.lam(block))
+        # q/k/v (and gate/up) of a block read the same x: mix it once.
+        key = (adapter_name, block)
+        if state.last_mix is not None and state.last_mix[0] is x and state.last_mix[1] == key:
+            return state.last_mix[2]
+        mixed = mix_initial_residual(x, state.for_branch(adapter_name), adapter.lam(block))
+        state.last_mix = (x, key, mixed)
+        return mixed
 
     if kind == "input":
         return module.register_forward_pre_hook(lambda _, args: (mix(args[0]), *args[1:]))
