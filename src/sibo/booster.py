@@ -29,6 +29,8 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.variants import DoraLinearVariant
 from torch import nn
 
+from sibo.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 TARGET_POLICIES = ("ffn", "attn", "all")
@@ -55,12 +57,12 @@ class SiboConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.lam, bool) or not isinstance(self.lam, int | float) or not 0.0 <= self.lam <= 1.0:
-            raise ValueError(f"SIBO's λ must be a number in [0, 1], got {self.lam!r}")
+            raise InputError(f"SIBO's λ must be a number in [0, 1], got {self.lam!r}")
         self.lam = float(self.lam)
         if self.targets not in TARGET_POLICIES:
-            raise ValueError(f"SIBO targets must be one of {TARGET_POLICIES}, got {self.targets!r}")
+            raise InputError(f"SIBO targets must be one of {TARGET_POLICIES}, got {self.targets!r}")
         if self.learnable_lambda and not 0.0 < self.lam < 1.0:
-            raise ValueError(f"a learnable λ starts strictly inside (0, 1), got {self.lam!r}")
+            raise InputError(f"a learnable λ starts strictly inside (0, 1), got {self.lam!r}")
 
 
 class InitialState:

@@ -102,6 +102,8 @@ def load_model(
     directory loads as a base model: its SIBO residual adapter comes along."""
     if task not in _MODEL_CLASSES:
         raise InputError(f"unknown task {task!r}: use one of {sorted(_MODEL_CLASSES)}")
+    if base_model.startswith(("/", "./", "../", "~")) and not Path(base_model).expanduser().is_dir():
+        raise InputError(f"base model directory {base_model} does not exist")
     residual = Path(base_model) / RESIDUAL_DIR
     if weights_path is None and (residual / "adapter_config.json").is_file():
         weights_path = residual

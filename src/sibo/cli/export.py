@@ -31,7 +31,14 @@ def setup() -> argparse.ArgumentParser:
         False,
         "for λ > 0: write a plain merged checkpoint that drops the λ·ΔW·h0 term, and report the largest |Δlogit|",
     )
-    parser.add_argument("--lam", type=float, default=None, help="override the adapter's stored λ")
+    parser.add_argument(
+        "--embedding_lambda",
+        "--lam",
+        dest="lam",
+        type=float,
+        default=None,
+        help="override the adapter's stored λ",
+    )
     parser.add_argument(
         "--task", choices=("causal-lm", "sequence-classification"), default="causal-lm", help="model head"
     )

@@ -25,7 +25,14 @@ def setup() -> argparse.ArgumentParser:
     model.add_argument(
         "--weights_path", "--lora_weights", default=None, help="adapter directory (sibo or plain PEFT)"
     )
-    model.add_argument("--lam", type=float, default=None, help="override the adapter's stored λ")
+    model.add_argument(
+        "--embedding_lambda",
+        "--lam",
+        dest="lam",
+        type=float,
+        default=None,
+        help="override the adapter's stored λ",
+    )
     model.add_argument(
         "--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16, fp32"
     )
