@@ -1,0 +1,179 @@
+"""Padding-free batches: pad tokens do no work, and packed sequences never see each other.
+
+`PackingCollator` concatenates a micro-batch into one row (1, ΣT) whose position ids restart at
+every sequence (transformers' DataCollatorWithFlattening). Two things must then keep the
+sequences apart:
+
+- the mask: with no attention mask and no KV cache, transformers derives a block-diagonal causal
+  mask from the position ids (eager and SDPA attention, most architectures — not OPT or BLOOM);
+- better, no mask at all: `PACKED_SDPA`, an attention function registered with transformers'
+  AttentionInterface, runs SDPA's causal kernel on each sequence of the row separately, so
+  attention costs Σ T_i² instead of (ΣT)² and no (ΣT, ΣT) mask is built.
+
+`enable_packing` picks the best of these that a probe proves exact for the model at hand. SIBO
+stays exact under packing: h0 is taken from the first block's input, already in the packed layout.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from transformers import AttentionInterface, DataCollatorWithFlattening
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from sibo.data import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
+
+PACKED_SDPA = "sibo_packed_sdpa"
+
+
+class PackingCollator(DataCollatorWithFlattening):
+    """Padding-free: a micro-batch becomes one row (1, ΣT) with position ids restarting per sequence.
+
+    The label at each sequence's first position becomes -100, so no token is trained to predict
+    the next sequence. The model must get no attention mask and no KV cache, or the sequences
+    attend to each other: Trainer passes use_cache=False and this collator returns no mask.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(return_position_ids=True, separator_id=IGNORE_INDEX)
+
+    def __call__(self, features, return_tensors=None, separator_id=None):
+        features = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
+        return super().__call__(features, return_tensors, separator_id)
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
+    """SDPA per packed sequence. query/key/value: (1, heads, ΣT, head_dim); returns (1, ΣT, heads, head_dim).
+
+    Anything but an unmasked, uncached packed row (a padding mask, a cache, a batch of rows) goes
+    to plain SDPA unchanged.
+    """
+    position_ids = kwargs.get("position_ids")
+    length = query.shape[2]
+    if (
+        attention_mask is not None
+        or position_ids is None
+        or query.shape[0] != 1
+        or key.shape[2] != length
+        or position_ids.numel() != length
+    ):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
+    bounds = sorted({0, *starts, length})
+    if len(bounds) == 2:  # one sequence
+        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+    pieces = [
+        sdpa_attention_forward(module, query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], None, **kwargs)[0]
+        for s, e in zip(bounds, bounds[1:], strict=False)
+    ]
+    return torch.cat(pieces, dim=1), None
+
+
+def packed_sdpa_mask(*args, **kwargs):
+    """No mask for an unpadded input (each sequence is causal by itself); SDPA's mask otherwise."""
+    if kwargs.get("attention_mask") is None:
+        return None
+    return sdpa_mask(*args, **kwargs)
+
+
+AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+AttentionMaskInterface.register(PACKED_SDPA, packed_sdpa_mask)
+
+
+def enable_packing(model: torch.nn.Module) -> bool:
+    """Make `model` train exactly on packed rows, the cheapest way a probe confirms; False if it cannot.
+
+    An SDPA model without sliding-window layers switches to `PACKED_SDPA`; otherwise its own
+    attention is kept if it isolates packed sequences through their position ids.
+    """
+    config = model.config
+    implementation = getattr(config, "_attn_implementation", None) or ""
+    if implementation.startswith("flash_attention"):
+        return True  # transformers' flash-attention path splits packed rows by their position ids
+    if (
+        implementation == "sdpa"
+        and not _has_sliding_window(config)
+        and supports_packed_sequences(model, PACKED_SDPA)
+    ):
+        try:
+            model.set_attn_implementation(PACKED_SDPA)
+            return True
+        except (ValueError, TypeError, AttributeError) as error:
+            logger.info("keeping %s attention (%s)", implementation, error)
+    return supports_packed_sequences(model)
+
+
+def supports_packed_sequences(model: torch.nn.Module, implementation: str | None = None) -> bool:
+    """Whether the model (with `implementation`, default its own) keeps packed sequences apart: probed.
+
+    The probe runs on a one-block copy of the architecture (random weights, small vocabulary,
+    CPU), so it costs the same for a 70B base as for a tiny one and agrees on every process.
+    """
+    implementation = implementation or getattr(model.config, "_attn_implementation", None)
+    probe = _one_block_copy(model, implementation)
+    if probe is None:
+        if implementation != getattr(model.config, "_attn_implementation", None):
+            return False
+        probe = model
+    return _keeps_sequences_apart(probe)
+
+
+def _has_sliding_window(config) -> bool:
+    text_config = config.get_text_config()
+    layer_types = getattr(text_config, "layer_types", None) or []
+    return getattr(text_config, "sliding_window", None) is not None or "sliding_attention" in layer_types
+
+
+def _one_block_copy(model: torch.nn.Module, implementation: str | None) -> torch.nn.Module | None:
+    """The model's architecture with one block and a 512-token vocabulary, or None if it cannot be built."""
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.config)
+    text_config = config.get_text_config()
+    try:
+        text_config.num_hidden_layers = 1
+        if isinstance(getattr(text_config, "layer_types", None), list):
+            text_config.layer_types = text_config.layer_types[:1]
+        text_config.vocab_size = 512
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if isinstance(getattr(text_config, name, None), int) and getattr(text_config, name) >= 512:
+                setattr(text_config, name, 0)
+        return AutoModelForCausalLM.from_config(
+            config,
+            attn_implementation=implementation,
+            trust_remote_code=False,  # never: a model that needs remote code is probed itself
+        )
+    except Exception as error:  # noqa: BLE001 - any failure: no copy
+        logger.info("no one-block copy of %s to probe packing (%s)", type(model).__name__, error)
+        return None
+
+
+@torch.no_grad()
+def _keeps_sequences_apart(model: torch.nn.Module) -> bool:
+    """Two short sequences run alone and packed into one row must give the same logits."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        vocab = model.get_input_embeddings().weight.shape[0]
+        generator = torch.Generator().manual_seed(0)
+        first = torch.randint(4, vocab, (1, 6), generator=generator).to(device)
+        second = torch.randint(4, vocab, (1, 5), generator=generator).to(device)
+        alone = [model(input_ids=ids, use_cache=False).logits.float() for ids in (first, second)]
+        positions = torch.cat([torch.arange(6), torch.arange(5)]).unsqueeze(0).to(device)
+        packed = model(input_ids=torch.cat([first, second], dim=1), position_ids=positions, use_cache=False)
+        expected = torch.cat(alone, dim=1)
+        # Kernels may sum in another order; a leak between sequences moves logits far more than this.
+        relative = 1e-4 if model.get_input_embeddings().weight.dtype == torch.float32 else 3e-2
+        tolerance = relative * max(1.0, expected.abs().max().item())
+        return bool(torch.allclose(packed.logits.float(), expected, atol=tolerance, rtol=0))
+    except Exception as error:  # noqa: BLE001 - any failure means: do not pack
+        logger.info("packed sequences not supported (%s: %s)", type(error).__name__, error)
+        return False
+    finally:
+        model.train(was_training)

@@ -1,0 +1,156 @@
+"""Records, their validation, tokenisation with prompt masking, and the padded collator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sibo.data import (
+    IGNORE_INDEX,
+    PaddedCollator,
+    Record,
+    build_example,
+    load_records,
+    read_records_file,
+    split_validation,
+    tokenize_records,
+)
+from sibo.errors import InputError
+from sibo.prompts import build_prompt
+from sibo.tiny import build_tokenizer
+
+RECORDS = [
+    {"instruction": "Add 2 and 3.", "input": "", "output": "2 + 3 = 5. The answer is 5."},
+    {"instruction": "Name the colour.", "input": "The sky on a clear day", "output": "Blue."},
+    {"instruction": "Count the legs of two cats.", "output": "Each cat has 4 legs, so 2 * 4 = 8."},
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and a shared 2-core machine makes them crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    corpus = [build_prompt(r["instruction"], r.get("input")) + r["output"] for r in RECORDS]
+    return build_tokenizer(corpus, vocab_size=320)
+
+
+def write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ---------------------------------------------------------------- reading
+
+
+def test_json_list_and_jsonl_give_the_same_records(tmp_path):
+    from_list = read_records_file(write(tmp_path, "d.json", json.dumps(RECORDS, indent=2)))
+    from_lines = read_records_file(write(tmp_path, "d.jsonl", "\n".join(map(json.dumps, RECORDS)) + "\n\n"))
+    assert from_list == from_lines
+    assert from_list[1] == Record("Name the colour.", "The sky on a clear day", "Blue.")
+    assert from_list[2].input == ""  # a missing input is an empty one
+
+
+def test_extra_fields_are_ignored_and_null_input_is_empty(tmp_path):
+    raw = [{"instruction": "Q", "input": None, "output": "A", "answer": "4.0"}]
+    assert read_records_file(write(tmp_path, "d.json", json.dumps(raw))) == [Record("Q", "", "A")]
+
+
+BAD_FILES = [
+    ("d.json", '[\n  {"instruction": "a", "output": "b"},\n  {"instruction": "c" "output": "d"}\n]',
+     r"d\.json: malformed JSON at line 3, column 23: Expecting ',' delimiter"),
+    ("d.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": oops}\n', r"d\.jsonl: malformed JSON at line 2"),
+    ("d.json", '[{"instruction": "a", "output": "b"}, {"instruction": "c"}]', r"d\.json: record 1: missing field 'output'"),
+    ("d.jsonl", '\n{"output": "b"}\n', r"d\.jsonl: line 2: missing field 'instruction'"),
+    ("d.json", '[{"instruction": "a", "output": 5}]', r"record 0: field 'output' must be a string, got int"),
+    ("d.json", '[{"instruction": "a", "input": ["x"], "output": "b"}]', r"record 0: field 'input' must be a string, got list"),
+    ("d.json", '[{"instruction": "  ", "output": "b"}]', r"record 0: field 'instruction' is empty"),
+    ("d.json", '["just text"]', r"record 0: expected an object with instruction/input/output, got str"),
+    ("d.json", "[]", r"d\.json: zero usable records"),
+    ("d.jsonl", "\n\n", r"d\.jsonl: zero usable records"),
+    ("d.json", '"a string"', r"expected a JSON list of records or JSONL"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "text", "message"), BAD_FILES)
+def test_bad_files_name_the_file_the_place_and_the_problem(tmp_path, name, text, message):
+    with pytest.raises(InputError, match=message) as caught:
+        load_records(str(write(tmp_path, name, text)))
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_local_file_is_not_mistaken_for_a_hub_name(tmp_path):
+    with pytest.raises(InputError, match=r"data file .*nope\.json does not exist"):
+        load_records(str(tmp_path / "nope.json"))
+
+
+def test_validation_split_is_seeded_and_disjoint():
+    records = [Record(f"q{i}", "", f"a{i}") for i in range(20)]
+    train, val = split_validation(records, 5)
+    assert len(train) == 15 and len(val) == 5
+    assert set(train).isdisjoint(val) and set(train) | set(val) == set(records)
+    assert split_validation(records, 5) == (train, val)
+    assert split_validation(records, 0) == (records, [])
+    with pytest.raises(InputError, match="val_set_size 20 leaves no training records: the data has 20"):
+        split_validation(records, 20)
+
+
+# ---------------------------------------------------------------- tokenisation
+
+
+def test_example_is_the_template_then_the_response_then_eos(tokenizer):
+    records = [Record(**{"input": "", **raw}) for raw in RECORDS]
+    tokenized = tokenize_records(records, tokenizer, cutoff_len=512, train_on_inputs=True)
+    assert (tokenized.truncated, tokenized.dropped) == (0, 0)
+    for record, example in zip(records, tokenized.examples, strict=True):
+        expected = build_prompt(record.instruction, record.input) + record.output + tokenizer.eos_token
+        assert tokenizer.decode(example["input_ids"]) == expected
+        assert example["labels"] == example["input_ids"]
+
+
+def test_train_on_inputs_false_masks_exactly_the_prompt(tokenizer):
+    record = Record("Add 2 and 3.", "", "2 + 3 = 5.")
+    masked = tokenize_records([record], tokenizer, 512, train_on_inputs=False).examples[0]
+    prompt_length = len(tokenizer(build_prompt(record.instruction))["input_ids"])
+    assert masked["labels"][:prompt_length] == [IGNORE_INDEX] * prompt_length
+    assert masked["labels"][prompt_length:] == masked["input_ids"][prompt_length:]
+    assert tokenizer.decode(masked["labels"][prompt_length:]) == "2 + 3 = 5." + tokenizer.eos_token
+
+
+def test_long_records_are_cut_and_counted_and_unlearnable_ones_dropped():
+    example, was_cut = build_example([1, 2, 3], [4, 5, 6, 2], cutoff_len=5, train_on_inputs=False)
+    assert was_cut and example == {"input_ids": [1, 2, 3, 4, 5], "labels": [-100, -100, -100, 4, 5]}
+    assert build_example([1, 2, 3], [4, 2], cutoff_len=3, train_on_inputs=False) == (None, True)
+    assert build_example([1, 2, 3], [4, 2], cutoff_len=3, train_on_inputs=True)[0]["labels"] == [1, 2, 3]
+    assert build_example([1, 2], [4, 2], cutoff_len=8, train_on_inputs=False)[1] is False
+
+
+def test_tokenize_records_counts_truncated_and_dropped(tokenizer):
+    records = [Record("Add 2 and 3.", "", "2 + 3 = 5. " * 30), Record("Q " * 200, "", "A")]
+    tokenized = tokenize_records(records, tokenizer, cutoff_len=60, train_on_inputs=False)
+    assert (tokenized.truncated, tokenized.dropped, len(tokenized.examples)) == (2, 1, 1)
+    assert len(tokenized.examples[0]["input_ids"]) == 60
+
+
+# ---------------------------------------------------------------- collators
+
+
+def test_padded_collator_pads_right_and_ignores_pads():
+    batch = PaddedCollator(pad_token_id=0)(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert PaddedCollator(0, pad_to_multiple_of=4)([{"input_ids": [1], "labels": [1]}])[
+        "input_ids"
+    ].shape == (1, 4)

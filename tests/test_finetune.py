@@ -1,0 +1,355 @@
+"""The fine-tuning recipe on a tiny llama: what it writes, what it learns, resume after kill -9, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import sibo
+from sibo.cli import main as sibo_main
+from sibo.cli.finetune import parse_config
+from sibo.errors import InputError
+from sibo.finetune import (
+    FinetuneConfig,
+    find_latest_checkpoint,
+    finetune,
+    is_complete_checkpoint,
+)
+from sibo.finetune_config import gradient_accumulation_steps
+from sibo.prompts import build_prompt
+from sibo.synthetic import generate_problems
+from sibo.tiny import build_tiny_model, build_tokenizer
+
+TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+# 1 thread per process: tiny models gain nothing from more, and the test machine is shared.
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def records() -> list[dict]:
+    return generate_problems(16, seed=2)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory, records) -> Path:
+    path = tmp_path_factory.mktemp("data") / "math.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory, records) -> Path:
+    """A tiny llama whose weights are large enough (init range 0.2) for LoRA to move its logits."""
+    directory = tmp_path_factory.mktemp("base")
+    tokenizer = build_tokenizer(
+        [build_prompt(r["instruction"]) + r["output"] for r in records], vocab_size=400
+    )
+    model = build_tiny_model("llama", len(tokenizer), hidden_size=64, ffn_size=128, initializer_range=0.2)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def run_args(base_model, data_file, output_dir, *extra: str) -> list[str]:
+    """Flags for a short run: global batch 4 in micro-batches of 2, no warm-up."""
+    return [
+        "--base_model", str(base_model), "--data_path", str(data_file), "--output_dir", str(output_dir),
+        "--batch_size", "4", "--micro_batch_size", "2", "--warmup_steps", "0", "--learning_rate", "2e-2",
+        "--lora_r", "8", "--target_modules", TARGETS, "--logging_steps", "1", *extra,
+    ]  # fmt: skip
+
+
+def losses(output_dir: Path) -> list[float]:
+    history = json.loads((output_dir / "train_metrics.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_defaults_are_the_seeds():
+    config = FinetuneConfig(base_model="m")
+    seed_defaults = dict(
+        data_path="yahma/alpaca-cleaned", output_dir="./lora-alpaca", adapter_name="lora", load_8bit=False,
+        batch_size=128, micro_batch_size=4, num_epochs=3, learning_rate=3e-4, cutoff_len=256, val_set_size=2000,
+        use_gradient_checkpointing=False, eval_step=200, save_step=200, lora_r=8, lora_alpha=16, lora_dropout=0.05,
+        target_modules=None, bottleneck_size=256, non_linearity="tanh", adapter_dropout=0.0,
+        use_parallel_adapter=False, use_adapterp=False, scaling=1.0, train_on_inputs=True, group_by_length=False,
+        wandb_project="", wandb_run_name="", resume_from_checkpoint=None, warmup_steps=100, save_total_limit=3,
+        logging_steps=10,
+    )  # fmt: skip
+    assert {name: getattr(config, name) for name in seed_defaults} == seed_defaults
+    assert (config.embedding_lambda, config.sibo_targets, config.learnable_lambda) == (0.1, "ffn", False)
+    assert (config.trust_remote_code, config.load_4bit, config.packing) == (False, False, True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"base_model": ""}, "--base_model is required"),
+        ({"adapter_name": "prefix"}, "--adapter_name must be one of lora, dora, bottleneck, got 'prefix'"),
+        ({"batch_size": 10, "micro_batch_size": 4}, "--batch_size 10 is not a multiple of --micro_batch_size 4"),
+        ({"micro_batch_size": 0}, "--micro_batch_size must be at least 1, got 0"),
+        ({"learning_rate": 0.0}, "--learning_rate must be positive"),
+        ({"lora_dropout": 1.0}, r"--lora_dropout must be in \[0, 1\)"),
+        ({"embedding_lambda": 1.5}, r"--embedding_lambda must be in \[0, 1\], got 1.5"),
+        ({"learnable_lambda": True, "embedding_lambda": 0.0}, r"--learnable_lambda starts from --embedding_lambda in \(0, 1\)"),
+        ({"ffn": False, "sibo_targets": "ffn"}, "--ffn False means --sibo_targets attn, not ffn"),
+        ({"eval_step": 150}, "--save_step 200 must be a multiple of --eval_step 150"),
+        ({"load_8bit": True, "load_4bit": True}, "choose one of --load_8bit and --load_4bit"),
+        ({"non_linearity": "wiggle"}, "--non_linearity 'wiggle' is not a transformers activation"),
+        ({"scaling": "big"}, "--scaling must be a number or 'learned', got 'big'"),
+        ({"max_steps": 0}, "--max_steps must be -1 or at least 1"),
+    ],
+)  # fmt: skip
+def test_bad_settings_are_refused_with_the_flag_named(overrides, message):
+    with pytest.raises(InputError, match=message):
+        FinetuneConfig(**{"base_model": "m", **overrides})
+
+
+def test_ffn_flag_is_the_papers_spelling_of_sibo_targets():
+    assert FinetuneConfig(base_model="m", ffn=True).sibo_targets == "ffn"
+    assert FinetuneConfig(base_model="m", ffn=False).sibo_targets == "attn"
+    assert FinetuneConfig(base_model="m", sibo_targets="all").sibo_targets == "all"
+    assert FinetuneConfig(base_model="m", ffn=False, sibo_targets="attn").sibo_targets == "attn"
+
+
+def test_accumulation_is_the_global_batch_over_micro_batches_and_processes():
+    assert gradient_accumulation_steps(128, 4, 1) == 32
+    assert gradient_accumulation_steps(16, 4, 2) == 2
+    with pytest.raises(
+        InputError, match=r"--batch_size 16 is not a multiple of --micro_batch_size 4 × 3 process\(es\) = 12"
+    ):
+        gradient_accumulation_steps(16, 4, 3)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def fake_checkpoint(root: Path, step: int, skip: tuple[str, ...] = (), state: str | None = None) -> Path:
+    directory = root / f"checkpoint-{step}"
+    directory.mkdir(parents=True)
+    for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        if name not in skip:
+            (directory / name).write_bytes(b"x")
+    if "trainer_state.json" not in skip:
+        (directory / "trainer_state.json").write_text(
+            state if state is not None else json.dumps({"global_step": step})
+        )
+    return directory
+
+
+def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
+    fake_checkpoint(tmp_path, 2)
+    complete = fake_checkpoint(tmp_path, 10)
+    fake_checkpoint(tmp_path, 12, skip=("trainer_state.json",))  # killed before the state, written last
+    fake_checkpoint(tmp_path, 14, state='{"global_step": 14, "log_hist')  # killed while writing the state
+    fake_checkpoint(tmp_path, 16, skip=("optimizer.pt",))  # killed while rotation deleted it
+    fake_checkpoint(tmp_path, 18, state=json.dumps({"global_step": 4}))  # not this step's state
+    (tmp_path / "checkpoint-20-tmp").mkdir()
+    assert find_latest_checkpoint(tmp_path) == complete
+    assert [is_complete_checkpoint(tmp_path / f"checkpoint-{s}") for s in (2, 10, 12, 14, 16, 18)] == [
+        True, True, False, False, False, False,
+    ]  # fmt: skip
+    assert find_latest_checkpoint(tmp_path / "missing") is None
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.integration
+def test_finetune_writes_a_loadable_adapter_that_learned(base_model, data_file, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    extra = ["--num_epochs", "8", "--val_set_size", "4", "--eval_step", "6", "--save_step", "12",
+             "--embedding_lambda", "0.2", "--train_on_inputs", "False"]  # fmt: skip
+    assert sibo_main(["finetune", *run_args(base_model, data_file, output_dir, *extra)]) == 0
+    assert "trained 24 steps" in capsys.readouterr().out
+
+    for name in ("adapter_config.json", "adapter_model.safetensors", "sibo_config.json", "tokenizer.json",
+                 "run_config.json", "train_metrics.json", "eval_metrics.json"):  # fmt: skip
+        assert (output_dir / name).is_file(), name
+    run_config = json.loads((output_dir / "run_config.json").read_text())
+    assert run_config["config"]["embedding_lambda"] == 0.2
+    assert run_config["resolved"]["gradient_accumulation_steps"] == 2
+    assert run_config["resolved"]["packing"] is True
+    assert run_config["resolved"]["attention"] == "sibo_packed_sdpa"
+    assert run_config["resolved"]["train_examples"] == 12
+    assert run_config["resolved"]["sibo"] == {"lam": 0.2, "targets": "ffn", "learnable_lambda": False}
+
+    train_losses = losses(output_dir)
+    assert len(train_losses) == 24
+    assert sum(train_losses[-3:]) / 3 < 0.6 * sum(train_losses[:3]) / 3  # memorising 12 records
+    metrics = json.loads((output_dir / "train_metrics.json").read_text())
+    evals = json.loads((output_dir / "eval_metrics.json").read_text())
+    assert evals["eval_loss"] == pytest.approx(metrics["best_eval_loss"])  # the best adapter was kept
+
+    base = AutoModelForCausalLM.from_pretrained(base_model).eval()
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        tuned = sibo.load_sibo_model(AutoModelForCausalLM.from_pretrained(base_model), output_dir).eval()
+        assert sibo.sibo_settings(tuned).lam == 0.2
+        assert not torch.allclose(tuned(ids).logits, base_logits, atol=1e-3)
+
+    # The seed's other resume: from a final adapter, its weights with a fresh schedule.
+    again = tmp_path / "again"
+    flags = [
+        "--max_steps",
+        "1",
+        "--val_set_size",
+        "0",
+        "--embedding_lambda",
+        "0.2",
+        "--train_on_inputs",
+        "False",
+    ]
+    finetune(
+        parse_config(
+            run_args(base_model, data_file, again, *flags, "--resume_from_checkpoint", str(output_dir))
+        )
+    )
+    assert losses(again)[0] < 0.85 * train_losses[0]  # a fresh adapter starts at the base model's loss
+
+
+KILL_AT_STEP = """
+import os, signal, sys
+from transformers import TrainerCallback
+from sibo.cli.finetune import parse_config
+from sibo.finetune import finetune
+
+class KillNine(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == int(os.environ["KILL_AT_STEP"]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+finetune(parse_config(sys.argv[1:]), callbacks=[KillNine()])
+"""
+
+
+@pytest.mark.integration
+def test_resume_after_kill_9_matches_an_unbroken_run(base_model, data_file, tmp_path):
+    # 16 records, batch 4: 4 steps an epoch, 2 epochs; checkpoints at 2, 4, 6; killed during step 6.
+    flags = ["--num_epochs", "2", "--val_set_size", "0", "--save_step", "2", "--lora_dropout", "0.1"]
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    finetune(parse_config(run_args(base_model, data_file, unbroken, *flags)))
+
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_STEP, *run_args(base_model, data_file, broken, *flags)],
+        env={**SUBPROCESS_ENV, "KILL_AT_STEP": "5"}, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert find_latest_checkpoint(broken) == broken / "checkpoint-4"
+    # A checkpoint-6 killed mid-write: its adapter is there, its trainer state is not.
+    shutil.copytree(
+        broken / "checkpoint-4", broken / "checkpoint-6", ignore=shutil.ignore_patterns("trainer_state.json")
+    )
+
+    resumed = finetune_subprocess(
+        run_args(base_model, data_file, broken, *flags, "--resume_from_checkpoint", "latest")
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from " + str(broken / "checkpoint-4") in resumed.stderr
+    expected, actual = (load_file(d / "adapter_model.safetensors") for d in (unbroken, broken))
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert losses(broken)[-4:] == pytest.approx(losses(unbroken)[-4:], rel=1e-5)
+
+
+def finetune_subprocess(args: list[str], launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    command = [sys.executable, *launcher, "-m", "sibo", "finetune", *args]
+    return subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.integration
+def test_torchrun_on_two_cpu_processes_matches_one_process(base_model, data_file, tmp_path):
+    # Global batch 4: 1 process × 2 micro × 2 accumulation, or 2 processes (gloo) × 2 micro × 1.
+    # Gradient checkpointing on: DDP must not see parameters "marked ready twice".
+    flags = ["--num_epochs", "1", "--val_set_size", "0", "--save_step", "100", "--lora_dropout", "0",
+             "--use_gradient_checkpointing"]  # fmt: skip
+    two = finetune_subprocess(
+        run_args(base_model, data_file, tmp_path / "ddp", *flags),
+        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "run_config.json").read_text())["resolved"]["world_size"] == 2
+
+    finetune(parse_config(run_args(base_model, data_file, tmp_path / "one", *flags)))
+    assert len(losses(tmp_path / "ddp")) == 4
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
+    expected, actual = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("one", "ddp"))
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "variant",
+    [
+        ["--adapter_name", "dora", "--learnable_lambda"],
+        ["--adapter_name", "bottleneck", "--bottleneck_size", "16", "--target_modules", "up_proj,down_proj"],
+        [
+            "--adapter_name",
+            "bottleneck",
+            "--bottleneck_size",
+            "16",
+            "--use_parallel_adapter",
+            "--sibo_targets",
+            "all",
+        ],
+    ],
+    ids=["dora-learnable-lambda", "adapterh", "parallel"],
+)
+def test_adapter_variants_train_and_reload_with_their_sibo_settings(base_model, data_file, tmp_path, variant):
+    output_dir = tmp_path / "run"
+    flags = ["--max_steps", "3", "--val_set_size", "0", "--embedding_lambda", "0.3", *variant]
+    metrics = finetune(parse_config(run_args(base_model, data_file, output_dir, *flags)))
+    assert metrics["train"]["global_step"] == 3
+    settings = json.loads((output_dir / "sibo_config.json").read_text())
+    assert settings["lam"] == 0.3 and settings["boosted_modules"]
+    if "--learnable_lambda" in variant:
+        assert settings["lambda_per_block"] != pytest.approx([0.3, 0.3], abs=1e-6)  # λ was trained
+    reloaded = sibo.load_sibo_model(AutoModelForCausalLM.from_pretrained(base_model), output_dir)
+    assert sibo.sibo_settings(reloaded).learnable_lambda == ("--learnable_lambda" in variant)
+
+
+@pytest.mark.integration
+def test_gradient_checkpointing_trains_the_same_adapter(base_model, data_file, tmp_path):
+    flags = ["--max_steps", "2", "--val_set_size", "0", "--lora_dropout", "0", "--embedding_lambda", "0.3"]
+    for name, extra in (("plain", []), ("checkpointed", ["--use_gradient_checkpointing"])):
+        finetune(parse_config(run_args(base_model, data_file, tmp_path / name, *flags, *extra)))
+    expected, actual = (
+        load_file(tmp_path / d / "adapter_model.safetensors") for d in ("plain", "checkpointed")
+    )
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.gpu
+def test_qlora_4bit_base_trains_on_cuda(base_model, data_file, tmp_path):
+    output_dir = tmp_path / "qlora"
+    flags = ["--max_steps", "2", "--val_set_size", "0", "--load_4bit", "--use_gradient_checkpointing"]
+    metrics = finetune(parse_config(run_args(base_model, data_file, output_dir, *flags)))
+    assert metrics["train"]["global_step"] == 2
+    assert (
+        json.loads((output_dir / "run_config.json").read_text())["resolved"]["bf16"]
+        == torch.cuda.is_bf16_supported()
+    )
+    assert (output_dir / "adapter_model.safetensors").is_file()

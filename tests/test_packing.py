@@ -1,0 +1,101 @@
+"""Padding-free batches: the collator's layout, the probe, and exactness (loss and gradients) with SIBO."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig
+
+import sibo
+from sibo.data import PaddedCollator, Record, tokenize_records
+from sibo.packing import PACKED_SDPA, PackingCollator, enable_packing, supports_packed_sequences
+from sibo.prompts import build_prompt
+from sibo.tiny import build_tiny_model, build_tokenizer
+
+RECORDS = [
+    Record("Add 2 and 3.", "", "2 + 3 = 5. The answer is 5."),
+    Record("Name the colour.", "The sky on a clear day", "Blue."),
+    Record("Count the legs of two cats.", "", "Each cat has 4 legs, so 2 * 4 = 8."),
+    Record("Say hi.", "", "Hi."),
+]
+LORA_TARGETS = {
+    "llama": ["q_proj", "v_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "v_proj", "up_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_fc"],
+    "opt": ["q_proj", "v_proj", "fc1", "fc2"],
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer([build_prompt(r.instruction, r.input) + r.output for r in RECORDS], vocab_size=320)
+
+
+def test_collator_makes_one_row_with_restarting_positions_and_no_mask():
+    features = [
+        {"input_ids": [5, 6, 7], "labels": [5, 6, 7], "length": 3},
+        {"input_ids": [8, 9], "labels": [-100, 9]},
+    ]
+    batch = PackingCollator()(features)
+    assert set(batch) == {"input_ids", "labels", "position_ids"}  # a mask would join the sequences
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]  # nothing learns to predict the next record
+
+
+def test_enable_packing_picks_per_sequence_attention_where_the_probe_proves_it():
+    cases = {
+        "llama": PACKED_SDPA,
+        "gpt2": PACKED_SDPA,
+        "opt": PACKED_SDPA,
+        "mistral": "sdpa",
+        "bloom": "eager",
+    }
+    for architecture, implementation in cases.items():
+        model = build_tiny_model(architecture, 300)
+        assert enable_packing(model) is (architecture != "bloom"), architecture
+        assert model.config._attn_implementation == implementation, architecture
+    # OPT's own SDPA mask ignores position ids: packed rows would leak, and the probe says so.
+    assert not supports_packed_sequences(build_tiny_model("opt", 300))
+
+
+def test_per_sequence_attention_leaves_padded_batches_to_plain_sdpa():
+    plain = build_tiny_model("llama", 300, seed=3)
+    packed = build_tiny_model("llama", 300, seed=3)
+    assert enable_packing(packed)
+    ids = torch.randint(4, 300, (2, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            packed(ids, attention_mask=mask).logits, plain(ids, attention_mask=mask).logits
+        )
+
+
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "gpt2", "opt"])
+def test_packed_and_padded_batches_give_the_same_loss_and_gradients_with_sibo(tokenizer, architecture):
+    examples = tokenize_records(RECORDS, tokenizer, 512, train_on_inputs=False).examples
+    base = build_tiny_model(architecture, len(tokenizer), seed=1)
+    assert enable_packing(base)
+    # init_lora_weights=False: B is random, so the boosted branches (and h0) change the loss.
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[architecture], init_lora_weights=False)
+    model = sibo.get_sibo_model(base, lora, lam=0.3, targets="all")
+    assert sibo.peft_model.boosted_adapter(model).layers  # SIBO is really on
+    model.eval()  # no dropout: both layouts must see the same function
+
+    losses, gradients = [], []
+    for collator in (PaddedCollator(tokenizer.pad_token_id), PackingCollator()):
+        model.zero_grad()
+        loss = model(**collator(examples), use_cache=False).loss
+        loss.backward()
+        losses.append(loss.item())
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
