@@ -12,8 +12,9 @@ install:
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# One torch thread per process: the tiny test models gain nothing from more, and torchrun tests start two.
 test: install browser
-	$(PYTHON) -m pytest -q
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q
 
 demo: install
 	sibo demo

@@ -14,7 +14,9 @@ from sibo.peft_model import load_sibo_model
 
 logger = logging.getLogger(__name__)
 
-RESIDUAL_DIR = "sibo_residual"  # an exact `sibo export` keeps SIBO's λ·ΔW·h0 path here, beside the merged base
+RESIDUAL_DIR = (
+    "sibo_residual"  # an exact `sibo export` keeps SIBO's λ·ΔW·h0 path here, beside the merged base
+)
 
 _MODEL_CLASSES = {
     "causal-lm": AutoModelForCausalLM,
@@ -82,7 +84,7 @@ def load_tokenizer(
         raise InputError(f"cannot load a tokenizer from {source}: {_first_line(error)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    tokenizer.padding_side = "left"
+    tokenizer.padding_side = padding_side
     return tokenizer
 
 
@@ -121,7 +123,8 @@ def load_model(
         )
     except (OSError, ValueError) as error:
         raise InputError(f"cannot load base model {base_model}: {_first_line(error)}") from None
-    tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code)
+    padding_side = "right" if task == "sequence-classification" else "left"
+    tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side)
     if weights_path is not None:
         model = load_sibo_model(model, weights_path, lam=lam, is_trainable=is_trainable)
     elif lam is not None:
