@@ -37,12 +37,12 @@ def build(variant: str, args) -> torch.nn.Module:
     )  # fmt: skip
     torch.manual_seed(0)
     base = LlamaForCausalLM(config)
-    lora = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")  # fmt: skip
+    lora = LoraConfig(r=32, lora_alpha=64, lora_dropout=args.dropout, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")  # fmt: skip
     torch.manual_seed(1)
     if variant == "plain":
         model = get_peft_model(base, lora)
     else:
-        model = get_sibo_model(base, lora, lam=0.1, targets="ffn")
+        model = get_sibo_model(base, lora, lam=0.1, targets=args.targets)
     return model.to(args.device).train()
 
 
@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--targets", default="ffn", choices=["ffn", "attn", "all"])
+    parser.add_argument("--dropout", type=float, default=0.05, help="lora_dropout (the seed's 0.05)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,7 +140,10 @@ def main() -> None:
         print(f"peak CUDA memory: plain {peak['plain'] / 2**20:.1f} MiB, SIBO {peak['sibo'] / 2**20:.1f} MiB, "
               f"ratio {peak['sibo'] / peak['plain']:.3f}")  # fmt: skip
         return
-    flags = [f"--{k}={getattr(args, k)}" for k in ("layers", "hidden", "seq", "batch", "device")]
+    flags = [
+        f"--{k}={getattr(args, k)}"
+        for k in ("layers", "hidden", "seq", "batch", "targets", "dropout", "device")
+    ]
     growth = {v: [] for v in VARIANTS}
     for _ in range(3):
         for v in VARIANTS:
