@@ -114,8 +114,10 @@ class BoostedAdapter:
 
 def mix_initial_residual(x: torch.Tensor, h0: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
     """(1-λ)·x + λ·h0 — SIBO's initial residual, in x's dtype, device and layout."""
-    # OPT flattens (B, T, H) to (B·T, H) before its feed-forward layers: follow x's layout.
-    h0 = h0.to(device=x.device, dtype=x.dtype).reshape(x.shape)
+    if h0.dtype != x.dtype or h0.device != x.device:  # a model split over devices, or a bf16 branch
+        h0 = h0.to(device=x.device, dtype=x.dtype)
+    if h0.shape != x.shape:  # OPT flattens (B, T, H) to (B·T, H) before its feed-forward layers
+        h0 = h0.reshape(x.shape)
     if isinstance(lam, torch.Tensor):
         lam = lam.to(device=x.device, dtype=x.dtype)
     return torch.lerp(x, h0, lam)  # x + λ·(h0 - x): exact at λ = 0, one fused kernel
