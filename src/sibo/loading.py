@@ -70,9 +70,13 @@ def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
 
 
 def load_tokenizer(
-    base_model: str, weights_path: str | os.PathLike | None = None, trust_remote_code: bool = False
+    base_model: str,
+    weights_path: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
+    padding_side: str = "left",
 ):
-    """The adapter's tokenizer when it ships one (finetune saves it), else the base model's; left padding."""
+    """The adapter's tokenizer when it ships one (finetune saves it), else the base model's. Generation
+    pads on the left; BERT-style classifiers read position 0 and need the right."""
     source = (
         weights_path
         if weights_path and (Path(weights_path) / "tokenizer_config.json").is_file()
