@@ -6,7 +6,7 @@ PYTHON ?= python3
 
 install:
 	$(PYTHON) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[test]"
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e ".[test,eval]"
 
 # The Gradio page is tested in Debian's Chromium, driven by Playwright (no browser download).
 browser:

@@ -1,0 +1,120 @@
+"""`sibo evaluate`: accuracy of a base model or adapter on the paper's math and commonsense benchmarks.
+
+    sibo evaluate --base_model B --weights_path W --dataset math --output_dir O
+    sibo evaluate --base_model B --lora_weights W --dataset gsm8k --embedding_lambda 0.2 --batch_size 16
+    torchrun --nproc_per_node 4 -m sibo evaluate --base_model B --weights_path W --dataset commonsense
+
+The seed's flags work as they are: --lora_weights, --embedding_lambda, --load_8bit, --batch_size,
+and --model / --adapter (recorded in run.json, they choose nothing). Results: O/<dataset>.jsonl
+(one line per example, resumable), O/summary.json, and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sibo.cli._flags import optional_bool_flag
+from sibo.evaluate import DecodingConfig, EvalConfig, accelerate_shard, evaluate, load_benchmarks
+from sibo.tasks import EXTRACTION_MODES, default_data_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sibo evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base_model", required=True, help="base model: a local folder or a hub name")
+    parser.add_argument(
+        "--weights_path", "--lora_weights", dest="weights_path", default=None,
+        help="adapter folder (SIBO or plain PEFT); without it the base model is scored",
+    )  # fmt: skip
+    parser.add_argument(
+        "--embedding_lambda", "--lam", dest="lam", type=float, default=None,
+        help="SIBO's λ, overriding the one stored with the adapter (boosts a plain PEFT adapter too)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dataset", required=True,
+        help="comma-separated names (AddSub, MultiArith, SingleEq, gsm8k, AQuA, SVAMP, mawps, boolq, piqa, "
+        "social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa), or math / commonsense",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data_dir", default=None,
+        help="folder holding <Name>/test.json (default: $SIBO_DATA_DIR, else ../shared/data/llm-adapters "
+        "beside the checkout, else ./dataset as in the seed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output_dir", default="outputs/evaluate", help="where results go (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch_size", type=int, default=8, help="questions per generate call (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--num_beams", type=int, default=4, help="beam width; 1 is greedy (default: %(default)s, the seed's)"
+    )
+    parser.add_argument(
+        "--max_new_tokens", type=int, default=None,
+        help="new tokens per response (default: the seed's, 256 for math and 32 for commonsense)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--extraction", choices=EXTRACTION_MODES, default="careful",
+        help="careful (default) or legacy: the seed's answer-reading rules, for comparable numbers",
+    )  # fmt: skip
+    parser.add_argument(
+        "--limit", type=int, default=None, help="score only the first N examples of each dataset"
+    )
+    optional_bool_flag(parser, "--load_8bit", False, "load the base model in 8 bits (CUDA, bitsandbytes)")
+    optional_bool_flag(parser, "--load_4bit", False, "load the base model in 4 bits (CUDA, bitsandbytes)")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32"
+    )
+    optional_bool_flag(parser, "--trust_remote_code", False, "run the model repository's own code")
+    parser.add_argument("--model", default=None, help="the seed's model name (LLaMA-7B, …): recorded only")
+    parser.add_argument("--adapter", default=None, help="the seed's adapter name (LoRA, …): recorded only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = EvalConfig(
+        datasets=args.dataset,
+        data_dir=args.data_dir or default_data_dir(),
+        output_dir=args.output_dir,
+        extraction=args.extraction,
+        limit=args.limit,
+        decoding=DecodingConfig(args.batch_size, args.num_beams, args.max_new_tokens),
+    )
+    benchmarks = load_benchmarks(config)  # a missing or malformed file stops us before any model loads
+
+    from sibo.loading import load_model
+
+    shard, device = accelerate_shard()
+    quantization = "8bit" if args.load_8bit else "4bit" if args.load_4bit else None
+    model, tokenizer = load_model(
+        args.base_model,
+        args.weights_path,
+        lam=args.lam,
+        quantization=quantization,
+        dtype=args.dtype,
+        device_map={"": str(device)} if device.type != "cpu" else None,
+        trust_remote_code=args.trust_remote_code,
+    )
+    run_info = {
+        "base_model": args.base_model,
+        "weights_path": args.weights_path,
+        "embedding_lambda": args.lam,
+        "quantization": quantization,
+        "dtype": args.dtype,
+        "model": args.model,
+        "adapter": args.adapter,
+    }
+    results = evaluate(model, tokenizer, config, benchmarks, run_info, shard)
+    if shard.is_main:
+        print(format_table(results))
+        print(f"results in {config.output_dir}")
+    return 0
+
+
+def format_table(results) -> str:
+    rows = [f"{'dataset':<14} {'n':>6} {'correct':>8} {'accuracy':>9}"]
+    rows += [f"{name:<14} {r.n:>6} {r.correct:>8} {r.accuracy:>9.4f}" for name, r in results.items()]
+    if len(results) > 1:
+        mean = sum(r.accuracy for r in results.values()) / len(results)
+        rows.append(f"{'average':<14} {'':>6} {'':>8} {mean:>9.4f}")
+    return "\n".join(rows)

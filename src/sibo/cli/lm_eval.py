@@ -1,0 +1,36 @@
+"""`sibo lm-eval`: lm-evaluation-harness's own CLI, with the `sibo` model class registered.
+
+    sibo lm-eval --model sibo --model_args pretrained=B,peft=W --tasks arc_easy --batch_size 8
+    sibo lm-eval --model sibo --model_args pretrained=B,peft=W,lam=0.2 --tasks gsm8k --output_path out/
+    accelerate launch -m sibo lm-eval --model sibo --model_args pretrained=B,peft=W --tasks hellaswag
+
+Every flag is the harness's (`sibo lm-eval --help`). Use `--model sibo`, not `--model hf`: the
+harness's hf class would load a SIBO adapter as plain LoRA, without SIBO. Needs `pip install 'sibo[eval]'`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sibo.errors import InputError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        from lm_eval.__main__ import cli_evaluate
+
+        import sibo.lm_eval_bridge  # noqa: F401  (registers the model class the harness's CLI looks up)
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] != "lm_eval":
+            raise
+        raise InputError("sibo lm-eval needs lm-evaluation-harness: pip install 'sibo[eval]'") from None
+    saved_argv = sys.argv
+    sys.argv = ["sibo lm-eval", *argv]  # the harness's CLI reads sys.argv itself
+    try:
+        cli_evaluate()
+    except SystemExit as exit_:  # argparse's --help and usage errors
+        return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+    finally:
+        sys.argv = saved_argv
+    return 0
