@@ -24,8 +24,16 @@ CASES = {
         {"ffn": {"mlp.gate_proj", "mlp.up_proj"}, "attn": {"self_attn.q_proj", "self_attn.v_proj"}},
     ),
     "gptj": (["q_proj", "fc_in", "fc_out"], False, {"ffn": {"mlp.fc_in"}, "attn": {"attn.q_proj"}}),
-    "gpt2": (["c_attn", "c_fc", "c_proj"], True, {"ffn": {"mlp.c_fc"}, "attn": {"attn.c_attn", "attn.c_proj"}}),
-    "opt": (["q_proj", "out_proj", "fc1", "fc2"], False, {"ffn": {"fc1"}, "attn": {"self_attn.q_proj", "self_attn.out_proj"}}),
+    "gpt2": (
+        ["c_attn", "c_fc", "c_proj"],
+        True,
+        {"ffn": {"mlp.c_fc"}, "attn": {"attn.c_attn", "attn.c_proj"}},
+    ),
+    "opt": (
+        ["q_proj", "out_proj", "fc1", "fc2"],
+        False,
+        {"ffn": {"fc1"}, "attn": {"self_attn.q_proj", "self_attn.out_proj"}},
+    ),
     "bert": (
         ["query", "value", "intermediate.dense", "output.dense"],
         False,
@@ -49,7 +57,9 @@ NO_DROPOUT = {
 
 
 def tiny(arch, **kwargs):
-    return build_tiny_model(arch, VOCAB, num_labels=2 if arch == "bert" else None, **NO_DROPOUT.get(arch, {}), **kwargs)
+    return build_tiny_model(
+        arch, VOCAB, num_labels=2 if arch == "bert" else None, **NO_DROPOUT.get(arch, {}), **kwargs
+    )
 
 
 def lora_config(arch, dora=False, dropout=0.0, r=4):
@@ -88,7 +98,11 @@ def reference_forward(base, peft_model, arch, policy, lam, dora, dropout, inputs
         def hook(mod, args, out):
             x = args[0]
             W0 = mod.weight.T if CASES[arch][1] else mod.weight  # (out, in)
-            drop = (lambda t: F.dropout(t, dropout, training=True)) if (dropout and ref.training) else (lambda t: t)
+            drop = (
+                (lambda t: F.dropout(t, dropout, training=True))
+                if (dropout and ref.training)
+                else (lambda t: t)
+            )
             if not dora:
                 low_rank_in = drop((1 - lam) * x + lam * h0["h0"].reshape(x.shape) if takes_h0 else x)
                 return out + s * (low_rank_in @ A.T) @ B.T
@@ -101,9 +115,9 @@ def reference_forward(base, peft_model, arch, policy, lam, dora, dropout, inputs
         module.register_forward_hook(hook)
 
     for name, module in ref.named_modules():
-        if name.startswith(BLOCKS[arch] + ".") and any(name.endswith(t) for t in CASES[arch][0]):
-            if "base_model.model." + name + ".lora_A" in {k.rsplit(".", 1)[0] for k in layers}:
-                branch(name, module)
+        in_block = name.startswith(BLOCKS[arch] + ".") and any(name.endswith(t) for t in CASES[arch][0])
+        if in_block and "base_model.model." + name + ".lora_A" in {k.rsplit(".", 1)[0] for k in layers}:
+            branch(name, module)
     with torch.no_grad():
         h0["h0"] = base(**inputs, output_hidden_states=True).hidden_states[0]
     torch.manual_seed(seed)
@@ -123,8 +137,12 @@ def test_logits_equal_hand_written_formula(arch, dora, policy):
         model.train(training)
         torch.manual_seed(7)
         got = model(**inputs).logits
-        want = reference_forward(base.train(training), model, arch, policy, lam, dora, dropout, inputs, seed=7)
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"training={training} dropout={dropout}")
+        want = reference_forward(
+            base.train(training), model, arch, policy, lam, dora, dropout, inputs, seed=7
+        )
+        torch.testing.assert_close(
+            got, want, rtol=1e-5, atol=1e-5, msg=f"training={training} dropout={dropout}"
+        )
 
 
 @pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
@@ -134,7 +152,9 @@ def test_lambda_zero_is_plain_peft(dora):
     torch.manual_seed(0)
     plain = get_peft_model(copy.deepcopy(base), lora_config("llama", dora, dropout=0.1))
     torch.manual_seed(0)
-    boosted = get_sibo_model(copy.deepcopy(base), lora_config("llama", dora, dropout=0.1), lam=0.0, targets="all")
+    boosted = get_sibo_model(
+        copy.deepcopy(base), lora_config("llama", dora, dropout=0.1), lam=0.0, targets="all"
+    )
     for training in (False, True):
         plain.train(training), boosted.train(training)
         torch.manual_seed(3)

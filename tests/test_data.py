@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from sibo.data import (
     IGNORE_INDEX,
@@ -26,15 +25,6 @@ RECORDS = [
     {"instruction": "Name the colour.", "input": "The sky on a clear day", "output": "Blue."},
     {"instruction": "Count the legs of two cats.", "output": "Each cat has 4 legs, so 2 * 4 = 8."},
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a shared 2-core machine makes them crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -199,7 +199,9 @@ def test_cli_export_of_a_saved_sibo_adapter(tokenizer, batch, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("exact export: merged base + SIBO residual adapter on 4 modules")  # gate, up × 2
     assert f"wrote {tmp_path / 'exact' / RESIDUAL_DIR / 'adapter_model.safetensors'}" in out
-    torch.testing.assert_close(logits(load_model(str(tmp_path / "exact"))[0], batch), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        logits(load_model(str(tmp_path / "exact"))[0], batch), expected, atol=ATOL, rtol=0
+    )
 
     assert cli_main([*argv, "--output_dir", str(tmp_path / "approx"), "--approximate"]) == 0
     first_line = capsys.readouterr().out.splitlines()[0]

@@ -26,14 +26,6 @@ LORA_TARGETS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_tokenizer([build_prompt(r.instruction, r.input) + r.output for r in RECORDS], vocab_size=320)

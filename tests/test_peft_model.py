@@ -154,7 +154,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
         model.train()
         calls = []
         model.base_model.model.model.layers[1].self_attn.q_proj.register_forward_pre_hook(
-            lambda *_: calls.append(1)
+            lambda *_, calls=calls: calls.append(1)
         )
         torch.manual_seed(1)
         model(input_ids=ids(), labels=ids()).loss.backward()

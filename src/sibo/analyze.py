@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from sibo.data import read_records_file
 from sibo.errors import InputError
 from sibo.loading import load_model
+from sibo.plots import pyplot, save_figure
 from sibo.prompts import build_prompt
 
 logger = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def model_labels(weights_paths: list[str]) -> list[str]:
 
 def analyze(config: AnalyzeConfig) -> dict:
     """Measure every model, write analyze.json and analyze.png; returns what analyze.json holds."""
-    _pyplot()  # fail before the long part, not after it, when matplotlib is missing
+    pyplot()  # fail before the long part, not after it, when matplotlib is missing
     texts = read_texts(config.data, config.n)
     labels = model_labels(config.weights_paths)
     similarity = {}
@@ -147,7 +148,7 @@ def analyze(config: AnalyzeConfig) -> dict:
 
 def plot_similarity(similarity: dict[str, list[float]], file: Path, title: str = "") -> None:
     """A line per model: layer on x, mean pairwise token cosine similarity on y."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 4))
     for label, values in similarity.items():
         axes.plot(range(len(values)), values, marker="o", label=label)
@@ -157,10 +158,7 @@ def plot_similarity(similarity: dict[str, list[float]], file: Path, title: str =
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    partial = file.with_name(f".{file.name}.partial")
-    figure.savefig(partial, format="png", dpi=120)
-    plt.close(figure)
-    os.replace(partial, file)
+    save_figure(figure, file)
 
 
 def format_table(results: dict) -> str:
@@ -172,18 +170,6 @@ def format_table(results: dict) -> str:
         cells = "  ".join(f"{results['similarity'][label][layer]:>{width}.4f}" for label in labels)
         lines.append(f"{layer:>5}  {cells}")
     return "\n".join(lines)
-
-
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise InputError("the plot needs matplotlib: pip install 'sibo[plot]'") from None
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    return pyplot
 
 
 def _write_atomically(file: Path, content: bytes) -> None:

@@ -217,7 +217,9 @@ def boost(
             _register_mixing_hook(module, kind, adapter, boosted_layer.block, state, adapter_name)
         )
         if config.lam > 0 or config.learnable_lambda:
-            adapter.handles.append(boosted_layer.layer.register_forward_pre_hook(_refuse_merged(adapter_name)))
+            adapter.handles.append(
+                boosted_layer.layer.register_forward_pre_hook(_refuse_merged(adapter_name))
+            )
     total = len(boosted) + sum(map(len, skipped.values()))
     why = "; ".join(f"{reason}: {sorted(set(names))} ×{len(names)}" for reason, names in skipped.items())
     logger.info(

@@ -72,7 +72,9 @@ class SiboModelMixin:
 
     def merge_and_unload(self, *args, **kwargs) -> torch.nn.Module:
         _refuse_lossy_merge(self, "merge_and_unload")
-        merged = self.base_model.merge_and_unload(*args, **kwargs)  # may refuse (bottleneck): keep SIBO until it worked
+        merged = self.base_model.merge_and_unload(
+            *args, **kwargs
+        )  # may refuse (bottleneck): keep SIBO until it worked
         for name in list(self._sibo_adapters):
             unboost(self, name)
         self._sibo_capture.remove()

@@ -23,6 +23,7 @@ from pathlib import Path
 from sibo.errors import InputError
 from sibo.evaluate import SUMMARY_FILE, DecodingConfig, EvalConfig, evaluate, load_benchmarks
 from sibo.finetune_config import FinetuneConfig
+from sibo.plots import pyplot, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class SweepRow:
 
 def sweep(config: SweepConfig) -> list[SweepRow]:
     """Every (λ, seed) run in grid order; writes sweep.csv after each run and sweep.png at the end."""
-    _pyplot()  # fail now, not after an hour of training, when matplotlib is missing
+    pyplot()  # fail now, not after an hour of training, when matplotlib is missing
     grid = [(lam, seed) for lam in config.lambdas for seed in config.seeds]
     runs = [
         (lam, seed, config.finetune_config(lam, seed), config.eval_config(lam, seed)) for lam, seed in grid
@@ -158,7 +159,7 @@ def summarize(rows: list[SweepRow]) -> list[tuple[float, float, float, int]]:
 
 def plot_accuracy(rows: list[SweepRow], file: Path) -> None:
     """Mean accuracy against λ, with ± std over seeds and every seed's point."""
-    plt = _pyplot()
+    plt = pyplot()
     summary = summarize(rows)
     figure, axes = plt.subplots(figsize=(6, 4))
     axes.scatter(
@@ -178,18 +179,4 @@ def plot_accuracy(rows: list[SweepRow], file: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    partial = file.with_name(f".{file.name}.partial")
-    figure.savefig(partial, format="png", dpi=120)
-    plt.close(figure)
-    os.replace(partial, file)
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise InputError("the sweep plot needs matplotlib: pip install 'sibo[plot]'") from None
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    return pyplot
+    save_figure(figure, file)

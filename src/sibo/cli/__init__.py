@@ -14,11 +14,20 @@ from sibo.errors import InputError
 
 VERBS = {
     "demo": ("sibo.cli.demo", "offline end-to-end study: fine-tune, evaluate and analyze LoRA vs LoRA-SIBO"),
-    "finetune": ("sibo.cli.finetune", "fine-tune a causal LM with LoRA / DoRA / bottleneck adapters boosted by SIBO"),
-    "evaluate": ("sibo.cli.evaluate", "score a base model or adapter on the paper's math and commonsense benchmarks"),
+    "finetune": (
+        "sibo.cli.finetune",
+        "fine-tune a causal LM with LoRA / DoRA / bottleneck adapters boosted by SIBO",
+    ),
+    "evaluate": (
+        "sibo.cli.evaluate",
+        "score a base model or adapter on the paper's math and commonsense benchmarks",
+    ),
     "generate": ("sibo.cli.generate", "answer one instruction, or serve a Gradio page (--ui)"),
     "export": ("sibo.cli.export", "merge an adapter into a standalone checkpoint"),
-    "analyze": ("sibo.cli.analyze", "per-layer token similarity (over-smoothing) of a base model and adapters"),
+    "analyze": (
+        "sibo.cli.analyze",
+        "per-layer token similarity (over-smoothing) of a base model and adapters",
+    ),
     "sweep": ("sibo.cli.sweep", "finetune + evaluate over a list of λ values and seeds"),
     "lm-eval": ("sibo.cli.lm_eval", "run lm-evaluation-harness with the SIBO model class registered"),
 }

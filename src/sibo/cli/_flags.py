@@ -39,4 +39,6 @@ def parse_list(value: str | list[str]) -> list[str]:
 
 def optional_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
     """`--name`, `--name True` and `--name False` all work."""
-    parser.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=f"{help} (default: {default})")
+    parser.add_argument(
+        name, type=str2bool, nargs="?", const=True, default=default, help=f"{help} (default: {default})"
+    )
