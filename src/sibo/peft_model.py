@@ -54,7 +54,9 @@ class SiboModelMixin:
     def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False, **kwargs):
         """PEFT's load_adapter (Trainer uses it to resume and to load the best checkpoint), plus SIBO's settings."""
         result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
-        settings = read_settings(Path(model_id) / kwargs.get("subfolder", ""), self.base_model.model.config)
+        settings = read_settings(
+            Path(model_id) / (kwargs.get("subfolder") or ""), self.base_model.model.config
+        )
         if settings is not None:
             config, logits = settings
             if adapter_name not in self._sibo_adapters:
