@@ -60,7 +60,7 @@ class SiboModelMixin:
         if settings is not None:
             config, logits = settings
             if adapter_name not in self._sibo_adapters:
-                self._sibo_adapters[adapter_name] = boost(self, config, self._sibo_state, adapter_name)
+                boost_adapter(self, config, adapter_name)
             _restore_lambdas(self._sibo_adapters[adapter_name], logits, is_trainable)
         return result
 
@@ -74,9 +74,8 @@ class SiboModelMixin:
 
     def merge_and_unload(self, *args, **kwargs) -> torch.nn.Module:
         _refuse_lossy_merge(self, "merge_and_unload")
-        merged = self.base_model.merge_and_unload(
-            *args, **kwargs
-        )  # may refuse (bottleneck): keep SIBO until it worked
+        # PEFT may refuse (bottleneck adapters): keep SIBO in place until the merge worked
+        merged = self.base_model.merge_and_unload(*args, **kwargs)
         for name in list(self._sibo_adapters):
             unboost(self, name)
         self._sibo_capture.remove()
@@ -122,9 +121,8 @@ def _attach(model: PeftModel) -> PeftModel:
     model._sibo_adapters = {}
     _, blocks = find_transformer_blocks(model.base_model.model)
     model._sibo_capture = capture_initial_state(blocks, model._sibo_state)
-    model.sibo_lambdas = (
-        torch.nn.ModuleDict()
-    )  # learnable λ live here, so .parameters() and the optimizer see them
+    # learnable λ live here, so .parameters() and the optimizer see them
+    model.sibo_lambdas = torch.nn.ModuleDict()
     return model
 
 
