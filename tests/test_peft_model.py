@@ -165,3 +165,18 @@ def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
     assert grads[0].keys() == grads[1].keys() and any("sibo_lambdas" in n for n in grads[0])
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_load_adapter_restores_learnable_lambda_as_trainer_resume_does(tmp_path):
+    base = build_tiny_model("llama", VOCAB)
+    saved = get_sibo_model(copy.deepcopy(base), lora(), lam=0.2, learnable_lambda=True)
+    with torch.no_grad():
+        saved.sibo_lambdas["default"].logits.add_(torch.tensor([0.3, -0.4]))
+    saved.save_pretrained(tmp_path)
+    fresh = get_sibo_model(copy.deepcopy(base), lora(), lam=0.2, learnable_lambda=True)
+    fresh.load_adapter(str(tmp_path), "default", is_trainable=True)
+    assert torch.equal(fresh.sibo_lambdas["default"].logits, saved.sibo_lambdas["default"].logits)
+    assert fresh.sibo_lambdas["default"].logits.requires_grad
+    fresh.load_adapter(str(tmp_path), "second")  # a new adapter name: boosted, its λ registered
+    assert sibo_settings(fresh, "second").learnable_lambda and "second" in fresh.sibo_lambdas
+    assert torch.equal(fresh.sibo_lambdas["second"].logits, saved.sibo_lambdas["default"].logits)
