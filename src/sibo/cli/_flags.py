@@ -42,3 +42,38 @@ def optional_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool
     parser.add_argument(
         name, type=str2bool, nargs="?", const=True, default=default, help=f"{help} (default: {default})"
     )
+
+
+def add_model_flags(parser, quantization: bool = True) -> None:
+    """The flags that pick a model for `sibo.loading.load_model`, as every verb (and the seed) spells them."""
+    parser.add_argument(
+        "--base_model", required=True, help="base model: a local folder, or a hub name when online"
+    )
+    parser.add_argument(
+        "--weights_path", "--lora_weights", dest="weights_path", default=None,
+        help="adapter folder (SIBO or plain PEFT); without it the base model alone",
+    )  # fmt: skip
+    parser.add_argument(
+        "--embedding_lambda", "--lam", dest="lam", type=float, default=None,
+        help="SIBO's λ, overriding the one stored with the adapter (boosts a plain PEFT adapter too)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32"
+    )
+    optional_bool_flag(parser, "--trust_remote_code", False, "run the model repository's own code")
+    if quantization:
+        optional_bool_flag(parser, "--load_8bit", False, "load the base model in 8 bits (CUDA, bitsandbytes)")
+        optional_bool_flag(
+            parser, "--load_4bit", False, "load the base model in 4 bits, NF4 (CUDA, bitsandbytes)"
+        )
+
+
+def model_loading_kwargs(args: argparse.Namespace) -> dict:
+    """What `add_model_flags` parsed, as keyword arguments of `sibo.loading.load_model`."""
+    load_8bit, load_4bit = getattr(args, "load_8bit", False), getattr(args, "load_4bit", False)
+    return {
+        "lam": args.lam,
+        "dtype": args.dtype,
+        "trust_remote_code": args.trust_remote_code,
+        "quantization": "8bit" if load_8bit else "4bit" if load_4bit else None,
+    }

@@ -13,22 +13,14 @@ from __future__ import annotations
 
 import argparse
 
-from sibo.cli._flags import optional_bool_flag
+from sibo.cli._flags import add_model_flags, model_loading_kwargs
 from sibo.evaluate import DecodingConfig, EvalConfig, accelerate_shard, evaluate, load_benchmarks
 from sibo.tasks import EXTRACTION_MODES, default_data_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sibo evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base_model", required=True, help="base model: a local folder or a hub name")
-    parser.add_argument(
-        "--weights_path", "--lora_weights", dest="weights_path", default=None,
-        help="adapter folder (SIBO or plain PEFT); without it the base model is scored",
-    )  # fmt: skip
-    parser.add_argument(
-        "--embedding_lambda", "--lam", dest="lam", type=float, default=None,
-        help="SIBO's λ, overriding the one stored with the adapter (boosts a plain PEFT adapter too)",
-    )  # fmt: skip
+    add_model_flags(parser)
     parser.add_argument(
         "--dataset", required=True,
         help="comma-separated names (AddSub, MultiArith, SingleEq, gsm8k, AQuA, SVAMP, mawps, boolq, piqa, "
@@ -59,12 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--limit", type=int, default=None, help="score only the first N examples of each dataset"
     )
-    optional_bool_flag(parser, "--load_8bit", False, "load the base model in 8 bits (CUDA, bitsandbytes)")
-    optional_bool_flag(parser, "--load_4bit", False, "load the base model in 4 bits (CUDA, bitsandbytes)")
-    parser.add_argument(
-        "--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32"
-    )
-    optional_bool_flag(parser, "--trust_remote_code", False, "run the model repository's own code")
     parser.add_argument("--model", default=None, help="the seed's model name (LLaMA-7B, …): recorded only")
     parser.add_argument("--adapter", default=None, help="the seed's adapter name (LoRA, …): recorded only")
     return parser
@@ -85,21 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     from sibo.loading import load_model
 
     shard, device = accelerate_shard()
-    quantization = "8bit" if args.load_8bit else "4bit" if args.load_4bit else None
-    model, tokenizer = load_model(
-        args.base_model,
-        args.weights_path,
-        lam=args.lam,
-        quantization=quantization,
-        dtype=args.dtype,
-        device_map={"": str(device)} if device.type != "cpu" else None,
-        trust_remote_code=args.trust_remote_code,
-    )
+    loading = model_loading_kwargs(args)
+    device_map = {"": str(device)} if device.type != "cpu" else None
+    model, tokenizer = load_model(args.base_model, args.weights_path, device_map=device_map, **loading)
     run_info = {
         "base_model": args.base_model,
         "weights_path": args.weights_path,
         "embedding_lambda": args.lam,
-        "quantization": quantization,
+        "quantization": loading["quantization"],
         "dtype": args.dtype,
         "model": args.model,
         "adapter": args.adapter,

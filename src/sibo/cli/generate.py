@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sibo.cli._flags import optional_bool_flag, str2bool
+from sibo.cli._flags import add_model_flags, model_loading_kwargs, optional_bool_flag, str2bool
 from sibo.errors import InputError
 from sibo.generate import DecodingSettings, stream_response
 from sibo.loading import load_model
@@ -19,25 +19,7 @@ from sibo.loading import load_model
 def setup() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sibo generate", description=__doc__.split("\n\n")[0])
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--base_model", required=True, help="base model: a local path, or a hub name when online"
-    )
-    model.add_argument(
-        "--weights_path", "--lora_weights", default=None, help="adapter directory (sibo or plain PEFT)"
-    )
-    model.add_argument(
-        "--embedding_lambda",
-        "--lam",
-        dest="lam",
-        type=float,
-        default=None,
-        help="override the adapter's stored λ",
-    )
-    model.add_argument(
-        "--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16, fp32"
-    )
-    optional_bool_flag(model, "--load_8bit", False, "load the base in 8 bits (CUDA + bitsandbytes)")
-    optional_bool_flag(model, "--load_4bit", False, "load the base in 4 bits, NF4 (CUDA + bitsandbytes)")
+    add_model_flags(model)
 
     prompt = parser.add_argument_group("one answer on stdout")
     prompt.add_argument("--prompt", "--instruction", dest="instruction", default=None, help="the instruction")
@@ -84,10 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
         serve_config = ServeConfig(host=args.host, port=args.port, share=args.share, title=_title(args))
         _gradio()  # a missing gradio should say so before the model loads
-    quantization = "8bit" if args.load_8bit else "4bit" if args.load_4bit else None
-    model, tokenizer = load_model(
-        args.base_model, args.weights_path, lam=args.lam, quantization=quantization, dtype=args.dtype
-    )
+    model, tokenizer = load_model(args.base_model, args.weights_path, **model_loading_kwargs(args))
     if serve_config is not None:
         from sibo.app import build_app, launch_app
 
