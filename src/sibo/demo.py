@@ -1,6 +1,6 @@
 """The SIBO study in miniature, offline: LoRA vs LoRA-SIBO (and bottleneck vs Adapter-SIBO).
 
-    sibo demo                      # about 10 minutes on 2 CPU cores
+    sibo demo                      # about 2 minutes on 2 idle CPU cores (the budget is 10)
     sibo demo --quick              # a smaller setting (the test suite runs it)
 
 A GPU user's study, with only the sizes changed: draw arithmetic word problems with worked
