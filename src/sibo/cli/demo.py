@@ -1,6 +1,6 @@
 """`sibo demo`: the offline SIBO study — fine-tune, evaluate and analyze LoRA vs LoRA-SIBO.
 
-sibo demo                                  # about 10 minutes on 2 CPU cores
+sibo demo                                  # about 2 minutes on 2 idle CPU cores (the budget is 10)
 sibo demo --quick --output_dir /tmp/demo   # the smaller setting the tests run
 """
 
