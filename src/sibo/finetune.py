@@ -194,11 +194,7 @@ def build_peft_config(config: FinetuneConfig):
             )
         except ValueError as error:
             raise InputError(f"bad LoRA settings: {str(error).strip().splitlines()[0]}") from None
-    try:
-        from sibo.adapters.bottleneck import BottleneckConfig
-    except ImportError as error:
-        raise InputError(f"the bottleneck adapter is not available in this install ({error})") from None
-    return BottleneckConfig(
+    return sibo.BottleneckConfig(
         bottleneck_size=config.bottleneck_size,
         non_linearity=config.non_linearity,
         adapter_dropout=config.adapter_dropout,

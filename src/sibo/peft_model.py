@@ -76,16 +76,18 @@ class SiboModelMixin:
         _refuse_lossy_merge(self, "merge_and_unload")
         # PEFT may refuse (bottleneck adapters): keep SIBO in place until the merge worked
         merged = self.base_model.merge_and_unload(*args, **kwargs)
-        for name in list(self._sibo_adapters):
-            unboost(self, name)
-        self._sibo_capture.remove()
+        self._remove_sibo()
         return merged
 
     def unload(self) -> torch.nn.Module:
+        self._remove_sibo()
+        return self.base_model.unload()
+
+    def _remove_sibo(self) -> None:
+        """Every SIBO hook off: the adapters are gone from the model being returned."""
         for name in list(self._sibo_adapters):
             unboost(self, name)
         self._sibo_capture.remove()
-        return self.base_model.unload()
 
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
