@@ -1,6 +1,7 @@
 """Examples/s of `sibo evaluate`'s decoding vs the seed's recipe, side by side in one run.
 
     python benchmarks/eval_throughput.py --num_examples 16 --max_new_tokens 256
+    python benchmarks/eval_throughput.py --device cuda --layers 24 --hidden 1280   # bf16 on a GPU
 
 Both decode the same prompts (the first N gsm8k questions, LLM-Adapters' test.json) with the same
 model: a random LLaMA built from a config (8 layers, hidden 256 by default) carrying a SIBO LoRA
@@ -16,7 +17,7 @@ so EOS cannot end one early; the script checks it). The two alternate batch by b
 sibo batch is timed twice (before and after the seed's questions), so load from other processes
 on the machine falls on both alike. Prints examples/s, the ratio, and how many responses are
 identical. Time is given twice: wall clock, and this process's CPU seconds (steadier when other
-jobs share the machine).
+jobs share the machine; on a GPU only the wall clock counts).
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import add_device_flag, compute_dtype, describe_machine
 from peft import LoraConfig
 
 from sibo import get_sibo_model
@@ -59,6 +59,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--data_dir", default=None, help="LLM-Adapters data (default: as sibo evaluate finds it)"
     )
+    add_device_flag(parser)
     return parser.parse_args()
 
 
@@ -80,7 +81,7 @@ def build_model(questions: list[str], layers: int, hidden: int):
 
 def seed_recipe(model, tokenizer, prompt: str, num_beams: int, max_new_tokens: int) -> str:
     """The seed's evaluate(): one prompt, no padding, no KV cache; the response after the marker."""
-    input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
     with torch.inference_mode():
         sequences = model.generate(
             input_ids=input_ids, num_beams=num_beams, do_sample=False, use_cache=False,
@@ -112,6 +113,7 @@ def main() -> None:
     records = json.loads(data_file.read_text())
     questions = [record["instruction"] for record in records]
     model, tokenizer = build_model(questions, args.layers, args.hidden)
+    model.to(args.device, compute_dtype(args.device))
     prompts = [build_prompt(q) for q in questions[: args.num_examples]]
     lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # as the runner sorts them
@@ -151,13 +153,8 @@ def main() -> None:
     assert set(new_token_counts) == {args.max_new_tokens}, new_token_counts
 
     n = len(prompts)
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
-    models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
-    cpu = models[0] if models else platform.processor()
     print(f"command: python {' '.join(sys.argv)}")
-    print(
-        f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    )
+    print(f"machine: {describe_machine(args.device)}, {torch.get_num_threads()} threads; on {args.device}")
     print(f"date: {datetime.date.today()}")
     print(f"model: llama {args.layers} layers, hidden {args.hidden}, vocab {len(tokenizer)}, SIBO LoRA λ=0.1")
     print(f"prompts: {n} gsm8k questions, {min(lengths)}-{max(lengths)} tokens; {args.max_new_tokens} new tokens each, "

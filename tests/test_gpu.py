@@ -1,22 +1,30 @@
-"""CUDA-only checks (benchmarks/gpu_check.sh runs them): bf16 fine-tuning and 4-bit QLoRA with SIBO.
+"""CUDA-only checks (benchmarks/gpu_check.sh runs them): bf16 fine-tuning, 8-bit and 4-bit (QLoRA)
+bases, and the FSDP / DeepSpeed ZeRO accelerate configs of examples/ launched on one GPU.
 
-Deselected by default (`-m 'not gpu'` in pyproject); they skip themselves without a GPU, and the
-QLoRA one without bitsandbytes.
+Deselected by default (`-m 'not gpu'` in pyproject); they skip themselves without a GPU, the
+quantized ones without bitsandbytes and the ZeRO ones without deepspeed.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from sibo import sibo_settings
 from sibo.finetune import FinetuneConfig, finetune
 from sibo.loading import load_model, resolve_dtype
 from sibo.prompts import build_prompt
 from sibo.synthetic import generate_problems, write_records
 from sibo.tiny import build_tiny_model, build_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
 pytestmark = [
     pytest.mark.gpu,
@@ -46,13 +54,13 @@ def _config(root, output_dir, **overrides) -> FinetuneConfig:
         base_model=str(root / "base"), data_path=str(root / "train.json"), output_dir=str(output_dir),
         batch_size=8, micro_batch_size=8, max_steps=8, learning_rate=5e-3, warmup_steps=0, cutoff_len=128,
         val_set_size=0, save_step=100, eval_step=100, logging_steps=1,
-        target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"], embedding_lambda=0.1,
+        target_modules=TARGETS, embedding_lambda=0.1,
     )  # fmt: skip
     return FinetuneConfig(**{**settings, **overrides})
 
 
-def _losses(metrics: dict) -> list[float]:
-    return [float(entry["loss"]) for entry in metrics["train"]["log_history"] if "loss" in entry]
+def _losses(train_metrics: dict) -> list[float]:
+    return [float(entry["loss"]) for entry in train_metrics["log_history"] if "loss" in entry]
 
 
 def test_auto_dtype_is_bf16_on_a_gpu_that_supports_it():
@@ -66,7 +74,7 @@ def test_bf16_training_runs_in_bf16_and_learns(workspace):
     metrics = finetune(_config(workspace, output_dir))
     resolved = json.loads((output_dir / "run_config.json").read_text())["resolved"]
     assert (resolved["dtype"], resolved["bf16"], resolved["fp16"]) == ("bfloat16", True, False)
-    losses = _losses(metrics)
+    losses = _losses(metrics["train"])
     assert len(losses) == 8 and all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0]
     settings = json.loads((output_dir / "sibo_config.json").read_text())
@@ -81,21 +89,60 @@ def test_bf16_training_runs_in_bf16_and_learns(workspace):
     assert next(model.parameters()).dtype == torch.bfloat16
 
 
-def test_qlora_4bit_trains_saves_and_reloads(workspace):
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_base_trains_saves_and_reloads(workspace, bits):
     bitsandbytes = pytest.importorskip("bitsandbytes")
-    output_dir = workspace / "qlora"
-    metrics = finetune(_config(workspace, output_dir, load_4bit=True, use_gradient_checkpointing=True))
-    losses = _losses(metrics)
+    output_dir = workspace / f"{bits}bit"
+    flag = {f"load_{bits}bit": True}  # 4-bit with checkpointing: the QLoRA recipe
+    metrics = finetune(_config(workspace, output_dir, use_gradient_checkpointing=bits == 4, **flag))
+    losses = _losses(metrics["train"])
     assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
     assert (output_dir / "adapter_model.safetensors").is_file()
     assert json.loads((output_dir / "sibo_config.json").read_text())["lam"] == 0.1
 
     model, tokenizer = load_model(
-        str(workspace / "base"), output_dir, quantization="4bit", device_map={"": 0}
+        str(workspace / "base"), output_dir, quantization=f"{bits}bit", device_map={"": 0}
     )
-    four_bit = [module for module in model.modules() if isinstance(module, bitsandbytes.nn.Linear4bit)]
-    assert four_bit, "the base's linear layers should be 4-bit"
+    layer = bitsandbytes.nn.Linear4bit if bits == 4 else bitsandbytes.nn.Linear8bitLt
+    assert any(isinstance(module, layer) for module in model.modules()), f"the base should be {bits}-bit"
     inputs = tokenizer([build_prompt("Tom has 3 apples.")], return_tensors="pt").to("cuda")
     with torch.inference_mode():
         logits = model(**inputs).logits
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("launch_config", ["fsdp", "deepspeed_zero2", "deepspeed_zero3"])
+def test_accelerate_config_of_examples_trains_like_one_process(workspace, launch_config):
+    """`accelerate launch --config_file examples/accelerate/X.yaml -m sibo finetune`, on one GPU.
+
+    Sharding over one process changes no arithmetic that matters: the losses follow the plain bf16
+    run of the same data and seed, and the adapter it saves loads without FSDP / DeepSpeed.
+    """
+    if launch_config.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+    reference_dir, output_dir = workspace / "plain-reference", workspace / launch_config
+    if not (reference_dir / "train_metrics.json").is_file():
+        finetune(_config(workspace, reference_dir))
+    reference = _losses(json.loads((reference_dir / "train_metrics.json").read_text()))
+    config = _config(workspace, output_dir)
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+        "--config_file", str(REPO / "examples" / "accelerate" / f"{launch_config}.yaml"),
+        "-m", "sibo", "finetune", "--base_model", config.base_model, "--data_path", config.data_path,
+        "--output_dir", config.output_dir, "--batch_size", "8", "--micro_batch_size", "8", "--max_steps", "8",
+        "--learning_rate", "5e-3", "--warmup_steps", "0", "--cutoff_len", "128", "--val_set_size", "0",
+        "--save_step", "100", "--eval_step", "100", "--logging_steps", "1",
+        "--target_modules", ",".join(TARGETS), "--embedding_lambda", "0.1",
+    ]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    losses = _losses(json.loads((output_dir / "train_metrics.json").read_text()))
+    print(f"{launch_config}: losses {losses}; one process: {reference}")  # for the benchmark page
+    assert losses == pytest.approx(reference, rel=0.05), (losses, reference)
+    assert losses[-1] < losses[0]
+
+    model, tokenizer = load_model(str(workspace / "base"), output_dir)
+    assert sibo_settings(model).lam == 0.1
+    inputs = tokenizer([build_prompt("Tom has 3 apples.")], return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.isfinite(model(**inputs).logits).all()

@@ -8,7 +8,13 @@ from peft import LoraConfig
 
 import sibo
 from sibo.data import PaddedCollator, Record, tokenize_records
-from sibo.packing import PACKED_SDPA, PackingCollator, enable_packing, supports_packed_sequences
+from sibo.packing import (
+    PACKED_SDPA,
+    PackingCollator,
+    enable_packing,
+    sequence_bounds,
+    supports_packed_sequences,
+)
 from sibo.prompts import build_prompt
 from sibo.tiny import build_tiny_model, build_tokenizer
 
@@ -41,6 +47,16 @@ def test_collator_makes_one_row_with_restarting_positions_and_no_mask():
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]  # nothing learns to predict the next record
+
+
+def test_sequence_bounds_are_read_back_once_per_forward_and_never_confused():
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0]])
+    bounds = sequence_bounds(positions)
+    assert bounds == [0, 3, 5, 6]
+    assert sequence_bounds(positions) is bounds  # the next layer's call: no read-back from the device
+    assert sequence_bounds(torch.tensor([[0, 1, 0, 1, 2, 3]])) == [0, 2, 6]
+    for length in range(1, 6):  # fresh tensors, some at a freed one's address: never mistaken for it
+        assert sequence_bounds(torch.arange(length).unsqueeze(0)) == [0, length]
 
 
 def test_enable_packing_picks_per_sequence_attention_where_the_probe_proves_it():

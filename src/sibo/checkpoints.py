@@ -54,9 +54,14 @@ def is_complete_checkpoint(path: str | os.PathLike) -> bool:
         return False
     if not isinstance(state, dict) or state.get("global_step") != step:
         return False
-    has_adapter = any((path / name).is_file() for name in ADAPTER_WEIGHTS)
+    # FSDP writes pytorch_model_fsdp_0/ + optimizer_0/ (sharded) or pytorch_model_fsdp.bin + optimizer.bin
+    # (full state dict); DeepSpeed global_step*/.
+    fsdp_weights = any(path.glob("pytorch_model_fsdp*"))
+    has_adapter = fsdp_weights or any((path / name).is_file() for name in ADAPTER_WEIGHTS)
     has_optimizer = (path / "optimizer.pt").is_file() and (path / "scheduler.pt").is_file()
-    sharded_optimizer = any(path.glob("optimizer_*")) or any(path.glob("global_step*"))  # FSDP / DeepSpeed
+    sharded_optimizer = (
+        any(path.glob("optimizer_*")) or (path / "optimizer.bin").is_file() or any(path.glob("global_step*"))
+    )
     has_rng = any(path.glob("rng_state*.pth"))
     return has_adapter and has_rng and (has_optimizer or sharded_optimizer)
 

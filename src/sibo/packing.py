@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import weakref
 
 import torch
 from transformers import AttentionInterface, DataCollatorWithFlattening
@@ -63,8 +64,7 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
         or position_ids.numel() != length
     ):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
-    bounds = sorted({0, *starts, length})
+    bounds = sequence_bounds(position_ids)
     if len(bounds) == 2:  # one sequence
         return sdpa_attention_forward(module, query, key, value, None, **kwargs)
     pieces = [
@@ -72,6 +72,25 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
         for s, e in zip(bounds, bounds[1:], strict=False)
     ]
     return torch.cat(pieces, dim=1), None
+
+
+_last_bounds: tuple[weakref.ref, list[int]] | None = None
+
+
+def sequence_bounds(position_ids: torch.Tensor) -> list[int]:
+    """[0, start of sequence 2, …, ΣT]: where position ids restart, read back once per forward.
+
+    Every layer gets the same position_ids tensor, so its bounds are kept (by the tensor's identity,
+    never its address) for the next layer: a read-back from a GPU stalls it, once per layer otherwise.
+    """
+    global _last_bounds
+    cached = _last_bounds
+    if cached is not None and cached[0]() is position_ids:
+        return cached[1]
+    starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
+    bounds = sorted({0, *starts, position_ids.numel()})
+    _last_bounds = (weakref.ref(position_ids), bounds)
+    return bounds
 
 
 def packed_sdpa_mask(*args, **kwargs):

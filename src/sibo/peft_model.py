@@ -46,10 +46,13 @@ class SiboModelMixin:
         super().save_pretrained(save_directory, selected_adapters=selected_adapters, **kwargs)
         if not kwargs.get("is_main_process", True):
             return
+        # Under FSDP2 / ZeRO-3 this rank holds only a shard of each λ; Trainer passes the gathered state dict.
+        state_dict = kwargs.get("state_dict") or {}
         for name in selected_adapters or list(self.peft_config):
             if name in self._sibo_adapters:
                 directory = Path(save_directory) / name if name != "default" else Path(save_directory)
-                write_settings(directory, self._sibo_adapters[name], self.base_model.model.config)
+                logits = state_dict.get(f"sibo_lambdas.{name}.logits")
+                write_settings(directory, self._sibo_adapters[name], self.base_model.model.config, logits)
 
     def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False, **kwargs):
         """PEFT's load_adapter (Trainer uses it to resume and to load the best checkpoint), plus SIBO's settings."""
@@ -214,8 +217,13 @@ def boosted_adapter(model: torch.nn.Module, adapter_name: str = "default") -> Bo
     return getattr(model, "_sibo_adapters", {}).get(adapter_name)
 
 
-def write_settings(directory: Path, adapter: BoostedAdapter, base_config) -> None:
-    """sibo_config.json: the SIBO settings, learnable λ (as logits, bit-exact) and what base it fits."""
+def write_settings(
+    directory: Path, adapter: BoostedAdapter, base_config, logits: torch.Tensor | None = None
+) -> None:
+    """sibo_config.json: the SIBO settings, learnable λ (as logits, bit-exact) and what base it fits.
+
+    `logits`: the full λ logits when the model's own parameter is a shard (FSDP2 DTensor, ZeRO-3).
+    """
     settings = {
         **dataclasses.asdict(adapter.config),
         "base_model_type": base_config.model_type,
@@ -223,8 +231,9 @@ def write_settings(directory: Path, adapter: BoostedAdapter, base_config) -> Non
         "boosted_modules": [layer.name for layer in adapter.layers],
     }
     if adapter.lambdas is not None:
-        settings["lambda_logits"] = adapter.lambdas.logits.detach().float().cpu().tolist()
-        settings["lambda_per_block"] = torch.sigmoid(adapter.lambdas.logits.detach().float()).cpu().tolist()
+        logits = (adapter.lambdas.logits if logits is None else logits).detach().float().cpu()
+        settings["lambda_logits"] = logits.tolist()
+        settings["lambda_per_block"] = torch.sigmoid(logits).tolist()
     directory.mkdir(parents=True, exist_ok=True)
     (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
