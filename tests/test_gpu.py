@@ -138,7 +138,7 @@ def test_accelerate_config_of_examples_trains_like_one_process(workspace, launch
     assert finished.returncode == 0, finished.stderr[-4000:]
     losses = _losses(json.loads((output_dir / "train_metrics.json").read_text()))
     print(f"{launch_config}: losses {losses}; one process: {reference}")  # for the benchmark page
-    assert losses == pytest.approx(reference, rel=0.05), (losses, reference)
+    assert losses == pytest.approx(reference, rel=0.01), (losses, reference)  # H200: at most 0.52 %
     assert losses[-1] < losses[0]
 
     model, tokenizer = load_model(str(workspace / "base"), output_dir)
