@@ -54,7 +54,9 @@ def test_sequence_bounds_are_read_back_once_per_forward_and_never_confused():
     bounds = sequence_bounds(positions)
     assert bounds == [0, 3, 5, 6]
     assert sequence_bounds(positions) is bounds  # the next layer's call: no read-back from the device
-    assert sequence_bounds(torch.tensor([[0, 1, 0, 1, 2, 3]])) == [0, 2, 6]
+    positions.copy_(torch.tensor([[0, 1, 0, 1, 2, 3]]))  # a static buffer refilled in place
+    assert sequence_bounds(positions) == [0, 2, 6]
+    assert sequence_bounds(torch.tensor([[0, 1, 2, 3, 0, 1]])) == [0, 4, 6]
     for length in range(1, 6):  # fresh tensors, some at a freed one's address: never mistaken for it
         assert sequence_bounds(torch.arange(length).unsqueeze(0)) == [0, length]
 

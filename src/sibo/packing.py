@@ -74,22 +74,23 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     return torch.cat(pieces, dim=1), None
 
 
-_last_bounds: tuple[weakref.ref, list[int]] | None = None
+_last_bounds: tuple[weakref.ref, int, list[int]] | None = None
 
 
 def sequence_bounds(position_ids: torch.Tensor) -> list[int]:
     """[0, start of sequence 2, …, ΣT]: where position ids restart, read back once per forward.
 
-    Every layer gets the same position_ids tensor, so its bounds are kept (by the tensor's identity,
-    never its address) for the next layer: a read-back from a GPU stalls it, once per layer otherwise.
+    Every layer gets the same position_ids tensor, so its bounds are kept for the next layer (a
+    read-back from a GPU stalls it, once per layer otherwise), keyed by the tensor's identity, never
+    its address, and by its version counter, which in-place writes (a static input buffer) bump.
     """
     global _last_bounds
     cached = _last_bounds
-    if cached is not None and cached[0]() is position_ids:
-        return cached[1]
+    if cached is not None and cached[0]() is position_ids and cached[1] == position_ids._version:
+        return cached[2]
     starts = (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
     bounds = sorted({0, *starts, position_ids.numel()})
-    _last_bounds = (weakref.ref(position_ids), bounds)
+    _last_bounds = (weakref.ref(position_ids), position_ids._version, bounds)
     return bounds
 
 
