@@ -9,26 +9,26 @@ from pathlib import Path
 
 import torch
 
+from sibo.loading import resolve_dtype
+
 
 def add_device_flag(parser) -> None:
     parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
-        help="cpu or cuda (default: cuda when there is one); on cuda the model runs in bf16 as sibo's verbs do",
+        help="cpu or cuda (default: cuda when there is one); on cuda the model runs in bf16 (fp16) as sibo's verbs do",
     )
 
 
 def compute_dtype(device: str) -> torch.dtype:
-    """bf16 on a GPU that has it (what `sibo finetune/evaluate/generate` choose there), else fp32."""
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    """What sibo's verbs choose on that device (`resolve_dtype`): bf16 or fp16 on a GPU, fp32 on CPU."""
+    return resolve_dtype("auto") if device.startswith("cuda") else torch.float32
 
 
 def autocast(device: str):
-    """The Trainer's bf16 mixed precision on a GPU: fp32 weights and optimizer, bf16 matmuls."""
-    if compute_dtype(device) == torch.bfloat16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """The Trainer's mixed precision on a GPU: fp32 weights and optimizer, bf16 (or fp16) matmuls."""
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=compute_dtype(device))
     return contextlib.nullcontext()
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import describe_machine
 from peft import LoraConfig, get_peft_model
 
 from sibo import get_sibo_model
@@ -236,9 +236,7 @@ def main() -> None:
             f"{row['method']:<13}{row['lam']:.1f} " + " ".join(f"{value:.3f}" for value in row["similarity"])
         )
     total = time.perf_counter() - started
-    print(
-        f"\ntotal {total:.0f} s on {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s)"
-    )
+    print(f"\ntotal {total:.0f} s on {describe_machine()}, {torch.get_num_threads()} thread(s)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"args": vars(args), "majority_class": majority, "base_similarity": base_similarity,

@@ -49,14 +49,26 @@ def workspace(tmp_path_factory):
     return root
 
 
-def _config(root, output_dir, **overrides) -> FinetuneConfig:
-    settings = dict(
+def _settings(root, output_dir) -> dict:
+    return dict(
         base_model=str(root / "base"), data_path=str(root / "train.json"), output_dir=str(output_dir),
         batch_size=8, micro_batch_size=8, max_steps=8, learning_rate=5e-3, warmup_steps=0, cutoff_len=128,
         val_set_size=0, save_step=100, eval_step=100, logging_steps=1,
         target_modules=TARGETS, embedding_lambda=0.1,
     )  # fmt: skip
-    return FinetuneConfig(**{**settings, **overrides})
+
+
+def _config(root, output_dir, **overrides) -> FinetuneConfig:
+    return FinetuneConfig(**{**_settings(root, output_dir), **overrides})
+
+
+def _flags(settings: dict) -> list[str]:
+    """The same settings as `sibo finetune` flags (each field's flag is its name)."""
+    return [
+        item
+        for name, value in settings.items()
+        for item in (f"--{name}", ",".join(value) if isinstance(value, list) else str(value))
+    ]
 
 
 def _losses(train_metrics: dict) -> list[float]:
@@ -124,15 +136,10 @@ def test_accelerate_config_of_examples_trains_like_one_process(workspace, launch
     if not (reference_dir / "train_metrics.json").is_file():
         finetune(_config(workspace, reference_dir))
     reference = _losses(json.loads((reference_dir / "train_metrics.json").read_text()))
-    config = _config(workspace, output_dir)
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
         "--config_file", str(REPO / "examples" / "accelerate" / f"{launch_config}.yaml"),
-        "-m", "sibo", "finetune", "--base_model", config.base_model, "--data_path", config.data_path,
-        "--output_dir", config.output_dir, "--batch_size", "8", "--micro_batch_size", "8", "--max_steps", "8",
-        "--learning_rate", "5e-3", "--warmup_steps", "0", "--cutoff_len", "128", "--val_set_size", "0",
-        "--save_step", "100", "--eval_step", "100", "--logging_steps", "1",
-        "--target_modules", ",".join(TARGETS), "--embedding_lambda", "0.1",
+        "-m", "sibo", "finetune", *_flags(_settings(workspace, output_dir)),
     ]  # fmt: skip
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-4000:]
