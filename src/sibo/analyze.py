@@ -36,7 +36,7 @@ BASE_LABEL = "base"
 class AnalyzeConfig:
     """Which models to compare on which records, and where the results go."""
 
-    base_model: str = field(metadata={"help": "base model path (or hub name when online)"})
+    base_model: str = field(metadata={"help": "base model folder or .gguf file (or hub name when online)"})
     data: Path = field(metadata={"help": "records in the LLM-Adapters layout (.json list or .jsonl)"})
     weights_paths: list[str] = field(
         default_factory=list, metadata={"help": "adapters to compare with the base"}

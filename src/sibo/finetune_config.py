@@ -27,7 +27,9 @@ class FinetuneConfig:
     """A fine-tuning run, as the seed's flags describe it."""
 
     # model and data
-    base_model: str = _field("", "base model: a local directory or a hub name (required)", "model and data")
+    base_model: str = _field(
+        "", "base model: a directory, .gguf file or hub name (required)", "model and data"
+    )
     data_path: str = _field(
         "yahma/alpaca-cleaned",
         "instruction data: a JSON list or JSONL file of {instruction, input, output}, or a datasets hub name",

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from sibo.errors import InputError
+from sibo.gguf_base import find_gguf, load_gguf_model, load_gguf_tokenizer
 from sibo.peft_model import load_sibo_model
 
 logger = logging.getLogger(__name__)
@@ -82,10 +83,13 @@ def load_tokenizer(
         if weights_path and (Path(weights_path) / "tokenizer_config.json").is_file()
         else base_model
     )
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot load a tokenizer from {source}: {_first_line(error)}") from None
+    if source == base_model and (gguf_file := find_gguf(base_model)) is not None:
+        tokenizer = load_gguf_tokenizer(gguf_file)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot load a tokenizer from {source}: {_first_line(error)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = padding_side
@@ -108,7 +112,12 @@ def load_model(
     directory loads as a base model: its SIBO residual adapter comes along."""
     if task not in _MODEL_CLASSES:
         raise InputError(f"unknown task {task!r}: use one of {sorted(_MODEL_CLASSES)}")
-    if base_model.startswith(("/", "./", "../", "~")) and not Path(base_model).expanduser().is_dir():
+    gguf_file = find_gguf(base_model)  # a .gguf file, or a folder holding one
+    if (
+        gguf_file is None
+        and base_model.startswith(("/", "./", "../", "~"))
+        and not Path(base_model).expanduser().is_dir()
+    ):
         raise InputError(f"base model directory {base_model} does not exist")
     residual = Path(base_model) / RESIDUAL_DIR
     if weights_path is None and (residual / "adapter_config.json").is_file():
@@ -117,16 +126,21 @@ def load_model(
         raise InputError(f"adapter directory {weights_path} does not exist")
     torch_dtype = resolve_dtype(dtype)
     quantization = quantization_config(quantization, torch_dtype)
-    try:
-        model = _MODEL_CLASSES[task].from_pretrained(
-            base_model,
-            dtype=torch_dtype,
-            quantization_config=quantization,
-            device_map=device_map,
-            trust_remote_code=trust_remote_code,
-        )
-    except (OSError, ValueError) as error:
-        raise InputError(f"cannot load base model {base_model}: {_first_line(error)}") from None
+    if gguf_file is not None:
+        if quantization is not None:
+            raise InputError("a GGUF base cannot be loaded in 8 or 4 bits: drop --load_8bit/--load_4bit")
+        model = load_gguf_model(gguf_file, _MODEL_CLASSES[task], torch_dtype, device_map)
+    else:
+        try:
+            model = _MODEL_CLASSES[task].from_pretrained(
+                base_model,
+                dtype=torch_dtype,
+                quantization_config=quantization,
+                device_map=device_map,
+                trust_remote_code=trust_remote_code,
+            )
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot load base model {base_model}: {_first_line(error)}") from None
     padding_side = "right" if task == "sequence-classification" else "left"
     tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side)
     if weights_path is not None:

@@ -2,11 +2,13 @@
 
 The tokenizer is byte-level BPE (so every string round-trips), optionally trained on a corpus so
 that common words become single tokens; the models are random initialisations of real
-transformers architectures built from their configs, as peft's and transformers' tests do.
+transformers architectures built from their configs, as peft's and transformers' tests do;
+`write_llama_gguf` writes a LLaMA as llama.cpp's converter would, for tests of GGUF bases.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import torch
@@ -105,3 +107,54 @@ def build_tiny_model(
         config.num_labels = num_labels
         return AutoModelForSequenceClassification.from_config(config).eval()
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+def write_llama_gguf(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, path) -> None:
+    """Write a LLaMA model and its byte-level BPE tokenizer as an F32 GGUF, the way llama.cpp's converter
+    lays it out, so tests can load a GGUF base without the 93 MB real one. Needs the gguf package."""
+    import gguf
+    import numpy as np
+
+    config = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+
+    tokens = sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get)
+    special = set(tokenizer.all_special_tokens)
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]  # [[left, right], …]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if token in special else 1 for token in tokens])  # 3: control, 1: normal
+    writer.add_token_scores([0.0] * len(tokens))  # transformers derives merges from these when there are none
+    if merges:
+        writer.add_token_merges([" ".join(pair) for pair in merges])
+    writer.add_bos_token_id(tokenizer.bos_token_id)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    if tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # llama.cpp writes no output matrix for tied embeddings
+        module, kind = name.rsplit(".", 1)
+        gguf_name = names.get_name(module)
+        weight = tensor.float().numpy()  # (out, in)
+        if gguf_name.endswith(("attn_q", "attn_k")):
+            # llama.cpp interleaves each head's rotary halves; transformers undoes it on reading
+            heads = config.num_attention_heads if gguf_name.endswith("attn_q") else config.num_key_value_heads
+            weight = weight.reshape(heads, 2, -1, weight.shape[1]).swapaxes(1, 2).reshape(weight.shape)
+        writer.add_tensor(f"{gguf_name}.{kind}", np.ascontiguousarray(weight))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

@@ -47,7 +47,7 @@ def optional_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool
 def add_model_flags(parser, quantization: bool = True) -> None:
     """The flags that pick a model for `sibo.loading.load_model`, as every verb (and the seed) spells them."""
     parser.add_argument(
-        "--base_model", required=True, help="base model: a local folder, or a hub name when online"
+        "--base_model", required=True, help="base model: a folder, a .gguf file, or a hub name when online"
     )
     parser.add_argument(
         "--weights_path", "--lora_weights", dest="weights_path", default=None,

@@ -15,7 +15,7 @@ from sibo.loading import RESIDUAL_DIR, load_model
 def setup() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sibo export", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--base_model", required=True, help="base model: a local path, or a hub name when online"
+        "--base_model", required=True, help="base model: a folder, a .gguf file, or a hub name when online"
     )
     parser.add_argument("--weights_path", "--lora_weights", required=True, help="adapter directory to merge")
     parser.add_argument("--output_dir", required=True, help="directory to create (absent or empty)")
