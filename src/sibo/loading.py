@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from sibo.errors import InputError
 from sibo.peft_model import load_sibo_model
+from sibo.weights import ADAPTER_WEIGHTS, check_weights_dir
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +120,9 @@ def load_model(
         raise InputError(f"adapter directory {weights_path} does not exist")
     torch_dtype = resolve_dtype(dtype)
     quantization = quantization_config(quantization, torch_dtype)
+    check_weights_dir(base_model)  # both before the base loads: a damaged file fails in seconds
+    if weights_path is not None:
+        check_weights_dir(weights_path, ADAPTER_WEIGHTS)
     try:
         model = _MODEL_CLASSES[task].from_pretrained(
             base_model,
@@ -125,7 +131,7 @@ def load_model(
             device_map=device_map,
             trust_remote_code=trust_remote_code,
         )
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
         raise InputError(f"cannot load base model {base_model}: {_first_line(error)}") from None
     padding_side = "right" if task == "sequence-classification" else "left"
     tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side)
