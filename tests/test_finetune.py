@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -12,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import sibo
+from sibo.checkpoints import resolve_resume
 from sibo.cli import main as sibo_main
 from sibo.cli.finetune import parse_config
 from sibo.errors import InputError
@@ -147,7 +149,9 @@ def test_accumulation_is_the_global_batch_over_micro_batches_and_processes():
 def fake_checkpoint(root: Path, step: int, skip: tuple[str, ...] = (), state: str | None = None) -> Path:
     directory = root / f"checkpoint-{step}"
     directory.mkdir(parents=True)
-    for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+    if "adapter_model.safetensors" not in skip:
+        save_file({"lora_A": torch.zeros(2, 4)}, directory / "adapter_model.safetensors")
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
         if name not in skip:
             (directory / name).write_bytes(b"x")
     if "trainer_state.json" not in skip:
@@ -170,6 +174,30 @@ def test_latest_checkpoint_is_the_newest_complete_one(tmp_path):
         True, True, False, False, False, False,
     ]  # fmt: skip
     assert find_latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_latest_skips_a_damaged_newest_checkpoint_and_names_it(tmp_path, caplog):
+    previous = fake_checkpoint(tmp_path, 2)
+    damaged = fake_checkpoint(tmp_path, 4)
+    weights = damaged / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:20])  # complete trainer state, adapter cut short
+    assert not is_complete_checkpoint(damaged)
+    assert resolve_resume("latest", tmp_path) == (str(previous), None)
+    assert f"skipping {damaged}: damaged adapter weights: {weights}: damaged" in caplog.text
+    # Named explicitly, it is refused, and the message offers the previous complete one.
+    with pytest.raises(InputError) as refused:
+        resolve_resume(str(damaged), tmp_path)
+    assert str(refused.value) == (
+        f"--resume_from_checkpoint {damaged}: damaged adapter weights: {weights}: damaged or not a safetensors "
+        "file (invalid header length); resume from the previous complete one with "
+        f"--resume_from_checkpoint {previous}"
+    )
+    # A final adapter (no trainer state) with damaged weights is refused by name too.
+    shutil.rmtree(previous)
+    (damaged / "trainer_state.json").unlink()
+    final = damaged.rename(tmp_path / "adapter")
+    with pytest.raises(InputError, match=f"^{final / 'adapter_model.safetensors'}: damaged"):
+        resolve_resume(str(final), tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -287,6 +315,60 @@ def test_resume_after_kill_9_matches_an_unbroken_run(base_model, data_file, tmp_
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
     assert losses(broken)[-4:] == pytest.approx(losses(unbroken)[-4:], rel=1e-5)
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+import peft.peft_model
+from safetensors.torch import save
+from sibo.cli.finetune import parse_config
+from sibo.finetune import finetune
+
+save_file = peft.peft_model.safe_save_file
+
+def killed_halfway(tensors, filename, metadata=None):
+    if os.environ["KILL_IN"] in str(filename):  # half the adapter reached the disk, then kill -9
+        with open(filename, "wb") as out:
+            out.write(save(tensors, metadata)[:1000])
+        os.kill(os.getpid(), signal.SIGKILL)
+    save_file(tensors, filename, metadata=metadata)
+
+peft.peft_model.safe_save_file = killed_halfway
+finetune(parse_config(sys.argv[1:]))
+"""
+
+
+@pytest.mark.integration
+def test_resume_skips_a_checkpoint_killed_while_saving_and_a_damaged_one(
+    base_model, data_file, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="sibo")
+    flags = ["--max_steps", "4", "--val_set_size", "0", "--save_step", "2"]
+    run = tmp_path / "run"
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, *run_args(base_model, data_file, run, *flags)],
+        env={**SUBPROCESS_ENV, "KILL_IN": "checkpoint-4"}, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (run / "checkpoint-4" / "adapter_model.safetensors").stat().st_size == 1000
+    assert is_complete_checkpoint(run / "checkpoint-2") and not is_complete_checkpoint(run / "checkpoint-4")
+
+    resume = ["finetune", *run_args(base_model, data_file, run, *flags, "--resume_from_checkpoint", "latest")]
+    assert sibo_main(resume) == 0
+    assert f"skipping {run / 'checkpoint-4'}: only partly written" in caplog.text
+    assert f"resuming from {run / 'checkpoint-2'}" in caplog.text
+    assert json.loads((run / "train_metrics.json").read_text())["global_step"] == 4
+    assert is_complete_checkpoint(run / "checkpoint-4")  # written again by the resumed run
+
+    # A finished checkpoint damaged afterwards (its trainer state intact): `latest` takes the one before it.
+    caplog.clear()
+    weights = run / "checkpoint-4" / "adapter_model.safetensors"
+    weights.write_bytes(bytes(weights.stat().st_size))
+    more = [*flags[2:], "--max_steps", "6", "--resume_from_checkpoint", "latest"]
+    assert sibo_main(["finetune", *run_args(base_model, data_file, run, *more)]) == 0
+    assert f"skipping {run / 'checkpoint-4'}: damaged adapter weights: {weights}: damaged" in caplog.text
+    assert f"resuming from {run / 'checkpoint-2'}" in caplog.text
+    assert json.loads((run / "train_metrics.json").read_text())["global_step"] == 6
 
 
 def finetune_subprocess(

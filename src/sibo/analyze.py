@@ -24,6 +24,7 @@ from sibo.errors import InputError
 from sibo.loading import load_model
 from sibo.plots import pyplot, save_figure
 from sibo.prompts import build_prompt
+from sibo.weights import ADAPTER_WEIGHTS, check_weights_dir
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class AnalyzeConfig:
         for path in self.weights_paths:
             if not Path(path).is_dir():
                 raise InputError(f"adapter directory {path} does not exist")
+            check_weights_dir(path, ADAPTER_WEIGHTS)  # now, not after the models before it were measured
 
 
 def mean_pairwise_cosine(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

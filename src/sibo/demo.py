@@ -24,6 +24,7 @@ import torch
 
 from sibo.errors import InputError
 from sibo.synthetic import generate_splits, write_records
+from sibo.weights import check_weights_dir
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ def _run(config: DemoConfig) -> list[Row]:
         raise InputError(
             f"no demo base model at {base_model}: run `python scripts/pretrain_demo_base.py --out {base_model}`"
         )
+    check_weights_dir(base_model)  # before anything is written to output_dir
     prepare_output_dir(config.output_dir)
     (config.output_dir / DEMO_MARKER).write_text(json.dumps(asdict(config), indent=2, default=str) + "\n")
 

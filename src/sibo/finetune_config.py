@@ -74,7 +74,8 @@ class FinetuneConfig:
     seed: int = _field(42, "random seed (sampling order, dropout, adapter initialisation)", "training")
     resume_from_checkpoint: str | None = _field(
         None,
-        "a checkpoint directory, 'latest' (newest complete one in output_dir), or a final adapter",
+        "a checkpoint directory, 'latest' (the newest complete one in output_dir: half-written or damaged "
+        "ones are skipped with a warning naming each), or a final adapter",
         "training",
     )
     # LoRA / DoRA

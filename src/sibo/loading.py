@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from sibo.errors import InputError
 from sibo.gguf_base import find_gguf, load_gguf_model, load_gguf_tokenizer
 from sibo.peft_model import load_sibo_model
+from sibo.weights import ADAPTER_WEIGHTS, check_weights_dir
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +129,14 @@ def load_model(
         raise InputError(f"adapter directory {weights_path} does not exist")
     torch_dtype = resolve_dtype(dtype)
     quantization = quantization_config(quantization, torch_dtype)
+    if weights_path is not None:  # both before the base loads: a damaged file fails in seconds
+        check_weights_dir(weights_path, ADAPTER_WEIGHTS)
     if gguf_file is not None:
         if quantization is not None:
             raise InputError("a GGUF base cannot be loaded in 8 or 4 bits: drop --load_8bit/--load_4bit")
         model = load_gguf_model(gguf_file, _MODEL_CLASSES[task], torch_dtype, device_map)
     else:
+        check_weights_dir(base_model)
         try:
             model = _MODEL_CLASSES[task].from_pretrained(
                 base_model,
@@ -139,7 +145,7 @@ def load_model(
                 device_map=device_map,
                 trust_remote_code=trust_remote_code,
             )
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
             raise InputError(f"cannot load base model {base_model}: {_first_line(error)}") from None
     padding_side = "right" if task == "sequence-classification" else "left"
     tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side)

@@ -13,11 +13,13 @@ import functools
 import json
 import logging
 import os
+import pickle
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError
 
 from sibo.booster import (
     BoostedAdapter,
@@ -28,6 +30,7 @@ from sibo.booster import (
     find_transformer_blocks,
 )
 from sibo.errors import InputError
+from sibo.weights import ADAPTER_WEIGHTS, check_weights_dir
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class SiboModelMixin:
 
     def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False, **kwargs):
         """PEFT's load_adapter (Trainer uses it to resume and to load the best checkpoint), plus SIBO's settings."""
+        check_weights_dir(Path(model_id) / (kwargs.get("subfolder") or ""), ADAPTER_WEIGHTS)
         result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
         settings = read_settings(
             Path(model_id) / (kwargs.get("subfolder") or ""), self.base_model.model.config
@@ -184,10 +188,15 @@ def load_sibo_model(
     if not (path / "adapter_config.json").is_file():
         raise InputError(f"no adapter at {path}: adapter_config.json is missing")
     settings = read_settings(path, base_model.config)
+    check_weights_dir(path, ADAPTER_WEIGHTS)
     try:
         model = PeftModel.from_pretrained(
             base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
         )
+    except (SafetensorError, pickle.UnpicklingError) as error:  # what the check above let through
+        raise InputError(
+            f"cannot read the adapter weights in {path}: {str(error).strip().splitlines()[0]}"
+        ) from None
     except RuntimeError as error:  # size mismatches from load_state_dict
         raise InputError(
             f"the adapter at {path} does not fit the base model ({_describe(base_model.config)}): "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from sibo.errors import InputError
+from sibo.weights import ADAPTER_WEIGHTS, BASE_WEIGHTS, check_weights_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         if (error.name or "").split(".")[0] != "lm_eval":
             raise
         raise InputError("sibo lm-eval needs lm-evaluation-harness: pip install 'sibo[eval]'") from None
+    _check_weights(argv)
     saved_argv = sys.argv
     sys.argv = ["sibo lm-eval", *argv]  # the harness's CLI reads sys.argv itself
     try:
@@ -34,3 +36,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sys.argv = saved_argv
     return 0
+
+
+def _check_weights(argv: list[str]) -> None:
+    """The model's weights files, checked before the harness starts (and logs): `--model_args pretrained=B,peft=W`
+    (comma- or space-separated, as the harness takes them)."""
+    if "--model_args" not in argv:
+        return
+    words = []
+    for word in argv[argv.index("--model_args") + 1 :]:
+        if word.startswith("--"):
+            break
+        words += word.split(",")
+    model_args = dict(word.split("=", 1) for word in words if "=" in word)
+    for key, patterns in (
+        ("pretrained", BASE_WEIGHTS),
+        ("peft", ADAPTER_WEIGHTS),
+        ("weights_path", ADAPTER_WEIGHTS),
+    ):
+        if key in model_args:
+            check_weights_dir(model_args[key], patterns)
