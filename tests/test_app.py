@@ -49,6 +49,14 @@ def test_respond_streams_growing_text_and_ends_with_the_response(model, tokenize
     assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:], strict=False))
 
 
+def test_the_page_stops_where_the_adapter_starts_a_new_instruction(model, tokenizer, script_model):
+    run_on = "Hi there.\n\n### Instruction:\nSay bye.\n\n### Response:\nBye."
+    script_model(model, tokenizer(run_on, add_special_tokens=False)["input_ids"])
+    updates = list(respond(model, tokenizer, "Say hi.", "", 0.0, 0.75, 40, 1, 40))
+    assert updates[-1] == ("Hi there.", "")
+    assert not any("###" in text for text, _ in updates)
+
+
 def test_respond_turns_bad_input_into_a_message(model, tokenizer):
     assert list(respond(model, tokenizer, "word " * 200, "", 0.0, 0.75, 40, 1, 6)) == [
         (

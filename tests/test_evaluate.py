@@ -10,8 +10,16 @@ import sibo.evaluate as evaluate_module
 from sibo import get_sibo_model
 from sibo.cli import main as sibo_main
 from sibo.errors import InputError
-from sibo.evaluate import DecodingConfig, EvalConfig, Shard, evaluate, generate_responses, load_benchmarks
-from sibo.prompts import build_prompt
+from sibo.evaluate import (
+    DecodingConfig,
+    EvalConfig,
+    Shard,
+    evaluate,
+    generate_responses,
+    load_benchmarks,
+    score,
+)
+from sibo.prompts import build_prompt, extract_response
 from sibo.tasks import load_examples, resolve_datasets
 from sibo.tiny import build_tiny_model, build_tokenizer
 
@@ -135,6 +143,27 @@ def test_decoding_uses_the_kv_cache_and_the_seeds_beams(tiny, monkeypatch):
     assert isinstance(response, str)
     assert DecodingConfig().tokens_for(resolve_datasets("gsm8k")[0]) == 256
     assert DecodingConfig().tokens_for(resolve_datasets("boolq")[0]) == 32
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_an_answer_run_on_into_a_new_prompt_scores_as_the_answer_alone(
+    tiny, data_dir, script_model, num_beams
+):
+    model, tokenizer, _ = tiny
+    task, examples = load_benchmarks(EvalConfig("AddSub", data_dir, data_dir / "unused"))[0]
+    example = examples[2]  # 10 + 5
+    answer = "10 + 5 = 15."
+    run_on = f"{answer}\n\n### Instruction:\nWhat is 7 + 9?\n\n### Response:\n7 + 9 = 16"
+    tokens = tokenizer(run_on, add_special_tokens=False)["input_ids"]
+    script_model(model, tokens)
+    prompt = build_prompt(example.instruction)
+    responses = generate_responses(model, tokenizer, [prompt, prompt], num_beams, max_new_tokens=len(tokens))
+    assert responses == [answer, answer]
+    assert extract_response(prompt + run_on) == answer  # cut even when decoding ran on (a stop string missed)
+    for extraction in ("careful", "legacy"):
+        assert score(task, example, responses[0], extraction)["correct"]
+    # uncut, the seed's rule reads the last number before its own cut at "### Response:": the new question's
+    assert score(task, example, run_on, "legacy")["prediction"] == 9.0
 
 
 def test_prompts_that_cannot_fit_the_context_stop_the_run_before_any_output(tiny, data_dir, tmp_path):

@@ -26,6 +26,7 @@ from sibo.finetune import (
     find_latest_checkpoint,
     finetune,
     is_complete_checkpoint,
+    setup,
 )
 from sibo.finetune_config import gradient_accumulation_steps
 from sibo.prompts import build_prompt
@@ -132,6 +133,21 @@ def test_ffn_flag_is_the_papers_spelling_of_sibo_targets():
     assert FinetuneConfig(base_model="m", ffn=False).sibo_targets == "attn"
     assert FinetuneConfig(base_model="m", sibo_targets="all").sibo_targets == "all"
     assert FinetuneConfig(base_model="m", ffn=False, sibo_targets="attn").sibo_targets == "attn"
+
+
+def test_ffn_false_names_the_attention_branches_it_boosts(base_model, data_file, tmp_path, caplog):
+    """The seed's code boosts nothing with --ffn False: a seed user meant plain LoRA, so say what happens here."""
+    flags = ["--ffn", "False", "--val_set_size", "0"]
+    with caplog.at_level("INFO", logger="sibo"):
+        setup(parse_config(run_args(base_model, data_file, tmp_path / "run", *flags)))
+    assert [r.getMessage() for r in caplog.records if "--ffn False" in r.getMessage()] == [
+        "--ffn False boosts the attention branches here (self_attn.k_proj, self_attn.o_proj, self_attn.q_proj, "
+        "self_attn.v_proj); the seed's code boosts nothing with it. For plain PEFT, use --embedding_lambda 0"
+    ]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="sibo"):
+        setup(parse_config(run_args(base_model, data_file, tmp_path / "run", "--val_set_size", "0")))
+    assert not [r for r in caplog.records if "--ffn" in r.getMessage()]
 
 
 def test_accumulation_is_the_global_batch_over_micro_batches_and_processes():

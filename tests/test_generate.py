@@ -9,7 +9,13 @@ from peft import LoraConfig
 from sibo import get_sibo_model
 from sibo.cli import main as cli_main
 from sibo.errors import InputError
-from sibo.generate import DecodingSettings, context_length, generate_response, stream_response
+from sibo.generate import (
+    DecodingSettings,
+    _until_next_section,
+    context_length,
+    generate_response,
+    stream_response,
+)
 from sibo.prompts import build_prompt
 from sibo.tiny import build_tiny_model, build_tokenizer
 
@@ -75,6 +81,40 @@ def test_stream_stops_at_eos(model, tokenizer):
         handle.remove()
     assert counter.calls == 4  # three tokens, then EOS ends it, well before max_new_tokens
     assert response == tokenizer.decode(expected_ids, skip_special_tokens=True)
+
+
+ANSWER = "2 + 3 = 5"
+RUN_ON = ANSWER + "\n\n### Instruction:\nAdd 4 and 4.\n\n### Response:\n8"
+
+
+def tokens_until_header(tokenizer, text: str) -> tuple[list[int], int]:
+    """`text`'s tokens, and how many of them complete its first '### Instruction:'."""
+    script = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return script, next(k for k in range(len(script)) if "### Instruction:" in tokenizer.decode(script[:k]))
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_an_adapter_that_runs_on_stops_at_the_next_template_section(
+    model, tokenizer, script_model, num_beams
+):
+    tokens, steps = tokens_until_header(tokenizer, RUN_ON)
+    script = script_model(model, tokens)
+    settings = DecodingSettings(max_new_tokens=len(tokens), num_beams=num_beams)
+    pieces = list(stream_response(model, tokenizer, INSTRUCTION, settings=settings))
+    assert "".join(pieces) == ANSWER  # neither the header nor the blank lines before it are shown
+    if num_beams == 1:
+        assert script.steps == steps  # decoding stopped at the header, not at max_new_tokens
+
+
+@pytest.mark.parametrize(
+    ("pieces", "shown"),
+    [
+        (["The sum", " is 5.\n", "\n##", "# Instruction", ":\nmore"], ["The sum", " is 5."]),
+        (["a ##", " b\n", "\n"], ["a", " ## b", "\n\n"]),  # no header after all: everything, in the end
+    ],
+)
+def test_the_stream_holds_back_only_what_may_start_a_header(pieces, shown):
+    assert list(_until_next_section(piece for piece in pieces)) == shown
 
 
 def test_input_goes_into_the_shared_template(model, tokenizer):

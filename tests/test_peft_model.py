@@ -8,6 +8,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from sibo import get_sibo_model, load_sibo_model, sibo_settings
+from sibo.booster import SiboConfig
 from sibo.errors import InputError
 from sibo.tiny import build_tiny_model, build_tokenizer
 
@@ -180,3 +181,89 @@ def test_load_adapter_restores_learnable_lambda_as_trainer_resume_does(tmp_path)
     fresh.load_adapter(str(tmp_path), "second")  # a new adapter name: boosted, its λ registered
     assert sibo_settings(fresh, "second").learnable_lambda and "second" in fresh.sibo_lambdas
     assert torch.equal(fresh.sibo_lambdas["second"].logits, saved.sibo_lambdas["default"].logits)
+
+
+# -- checkpoints of the seed's code (LLM-Adapters' peft 0.3 fork) ---------------------------------
+
+SEED_TARGETS = {"self_attn.q_proj": (32, 32), "self_attn.v_proj": (32, 32), "mlp.gate_proj": (32, 64),
+                "mlp.up_proj": (32, 64), "mlp.down_proj": (64, 32)}  # fmt: skip
+
+
+def write_seed_lora(directory, lam=0.25, r=4, alpha=8):
+    """adapter_config.json with the fork's fields and a pickled adapter_model.bin, keys without adapter names."""
+    config = {"base_model_name_or_path": "yahma/llama-7b-hf", "bias": "none", "enable_lora": None,
+              "fan_in_fan_out": False, "inference_mode": True, "lora_alpha": alpha, "lora_dropout": 0.05,
+              "merge_weights": False, "modules_to_save": None, "peft_type": "LORA", "r": r,
+              "target_modules": [name.split(".")[1] for name in SEED_TARGETS], "task_type": "CAUSAL_LM",
+              "embedding_lambda": lam}  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    generator = torch.Generator().manual_seed(5)
+    weights = {}
+    for block in range(2):
+        for name, (width_in, width_out) in SEED_TARGETS.items():
+            key = f"base_model.model.model.layers.{block}.{name}"
+            weights[f"{key}.lora_A.weight"] = torch.randn(r, width_in, generator=generator)
+            weights[f"{key}.lora_B.weight"] = torch.randn(width_out, r, generator=generator)
+    torch.save(weights, directory / "adapter_model.bin")
+    return weights
+
+
+def seed_formula(base, weights, lam, scaling=2.0):
+    """Logits by hand: every adapted module gives W0·x + s·B·A·u, u = (1-λ)·x + λ·h0 on the feed-forward
+    input branches (gate_proj, up_proj: they read the hidden state), u = x elsewhere."""
+    ref = copy.deepcopy(base)
+    with torch.no_grad():
+        h0 = ref(input_ids=ids(), output_hidden_states=True).hidden_states[0]  # (B, T, H), entering block 0
+    for block in range(2):
+        for name in SEED_TARGETS:
+            key = f"base_model.model.model.layers.{block}.{name}"
+            A, B = weights[f"{key}.lora_A.weight"], weights[f"{key}.lora_B.weight"]
+            mixed = name in ("mlp.gate_proj", "mlp.up_proj")
+
+            def add_branch(module, args, y, A=A, B=B, mixed=mixed):
+                u = (1 - lam) * args[0] + lam * h0 if mixed else args[0]
+                return y + u @ A.T @ B.T * scaling
+
+            ref.get_submodule(f"model.layers.{block}.{name}").register_forward_hook(add_branch)
+    with torch.no_grad():
+        return ref(input_ids=ids()).logits
+
+
+def test_seed_lora_checkpoint_loads_boosted_with_its_stored_lambda(tmp_path, caplog, recwarn):
+    base = build_tiny_model("llama", VOCAB)
+    weights = write_seed_lora(tmp_path, lam=0.25)
+    with caplog.at_level("INFO", logger="sibo"):
+        model = load_sibo_model(copy.deepcopy(base), tmp_path).eval()
+    assert sibo_settings(model) == SiboConfig(lam=0.25, targets="ffn")
+    with torch.no_grad():
+        logits = model(input_ids=ids()).logits
+    torch.testing.assert_close(logits, seed_formula(base, weights, lam=0.25))
+    assert (logits - seed_formula(base, weights, lam=0.0)).abs().max() > 1e-3  # the boost shows
+    seed_lines = [r.getMessage() for r in caplog.records if "seed's code" in r.getMessage()]
+    assert seed_lines == [
+        f"{tmp_path} was written by the seed's code: boosting it with its embedding_lambda=0.25 on the "
+        "feed-forward branches, as the seed's --ffn True does (--embedding_lambda overrides it; 0 loads it plain)"
+    ]
+    assert not [
+        w for w in recwarn if "upgrade the PEFT version" in str(w.message)
+    ]  # its fields are read here
+
+
+def test_seed_lora_checkpoint_lambda_is_overridden_or_zero(tmp_path):
+    base = build_tiny_model("llama", VOCAB)
+    weights = write_seed_lora(tmp_path, lam=0.25)
+    overridden = load_sibo_model(copy.deepcopy(base), tmp_path, lam=0.5).eval()
+    assert sibo_settings(overridden) == SiboConfig(lam=0.5, targets="ffn")
+    with torch.no_grad():
+        torch.testing.assert_close(overridden(input_ids=ids()).logits, seed_formula(base, weights, lam=0.5))
+    write_seed_lora(tmp_path, lam=0.0)
+    assert sibo_settings(load_sibo_model(copy.deepcopy(base), tmp_path)) is None
+
+
+def test_seed_checkpoint_with_a_bad_lambda_names_the_file(tmp_path):
+    write_seed_lora(tmp_path, lam=1.5)
+    with pytest.raises(
+        InputError, match=r"adapter_config.json: SIBO's λ must be a number in \[0, 1\], got 1.5"
+    ):
+        load_sibo_model(build_tiny_model("llama", VOCAB), tmp_path)

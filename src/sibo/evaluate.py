@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sibo.errors import InputError
-from sibo.prompts import build_prompt, extract_response
+from sibo.prompts import STOP_STRINGS, build_prompt, extract_response
 from sibo.tasks import EXTRACTION_MODES, Example, Task, load_examples, resolve_datasets
 
 logger = logging.getLogger(__name__)
@@ -220,7 +220,8 @@ def generate_responses(
     max_new_tokens: int = 256,
     **overrides,
 ) -> list[str]:
-    """The responses to a batch of prompts: left padding, KV cache on, no sampling."""
+    """The responses to a batch of prompts: left padding, KV cache on, no sampling, each stopped at
+    the template's next section header (what follows it is another prompt, not the answer)."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # new tokens follow every prompt directly
@@ -232,6 +233,8 @@ def generate_responses(
         "max_new_tokens": max_new_tokens,
         "use_cache": True,
         "pad_token_id": tokenizer.pad_token_id,
+        "stop_strings": list(STOP_STRINGS),
+        "tokenizer": tokenizer,
         # the model's own generation_config may ask for sampling: these would only warn
         "temperature": None,
         "top_p": None,

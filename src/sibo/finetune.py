@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -166,6 +167,13 @@ def _wrap(model: torch.nn.Module, peft_config, config: FinetuneConfig) -> torch.
         if parameter.requires_grad and parameter.dtype in (torch.float16, torch.bfloat16):
             parameter.data = parameter.data.float()
     boosted = boosted_adapter(model)
+    if config.ffn is False and config.embedding_lambda > 0:
+        names = sorted({re.split(r"\.\d+\.", layer.name)[-1] for layer in boosted.layers})
+        logger.warning(
+            "--ffn False boosts the attention branches here (%s); the seed's code boosts nothing with it. "
+            "For plain PEFT, use --embedding_lambda 0",
+            ", ".join(names) or "none of the adapted modules",
+        )
     if boosted is not None and not boosted.layers and config.embedding_lambda > 0:
         logger.warning(
             "SIBO boosts no module: none of the adapted modules is a %s branch reading the hidden state; "

@@ -106,7 +106,10 @@ class FinetuneConfig:
     # SIBO
     embedding_lambda: float = _field(0.1, "λ: the share of h0 each boosted branch reads, in [0, 1]", "SIBO")
     ffn: bool | None = _field(
-        None, "the paper's switch: True boosts feed-forward branches, False attention", "SIBO"
+        None,
+        "the paper's switch: True boosts the feed-forward branches, False the attention branches (the seed's "
+        "code boosts nothing with False; plain PEFT here is --embedding_lambda 0)",
+        "SIBO",
     )
     sibo_targets: str | None = _field(
         None,

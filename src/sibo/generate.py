@@ -5,6 +5,8 @@
 Streaming runs `model.generate` in a worker thread that feeds transformers' TextIteratorStreamer;
 the caller iterates over text pieces as they are decoded. Beam search cannot stream (transformers
 refuses a streamer with num_beams > 1), so beams yield the whole response once at the end.
+Decoding stops at the template's next section header (transformers' stop strings), where a model
+that has not learned to stop would start a new `### Instruction:` block; the header is never shown.
 A SIBO model keeps h0 in per-model state, so one model must serve one generation at a time.
 """
 
@@ -12,14 +14,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from sibo.errors import InputError
-from sibo.prompts import build_prompt
+from sibo.prompts import STOP_STRINGS, build_prompt, cut_at_next_section, next_section_at
 
 logger = logging.getLogger(__name__)
 
@@ -97,13 +100,44 @@ def stream_completion(
     inputs = encode_prompt(tokenizer, model, prompt, settings.max_new_tokens)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
-    generate_kwargs = {**inputs, **settings.generate_kwargs(), "pad_token_id": tokenizer.pad_token_id}
+    generate_kwargs = {
+        **inputs,
+        **settings.generate_kwargs(),
+        "pad_token_id": tokenizer.pad_token_id,
+        "stop_strings": list(STOP_STRINGS),
+        "tokenizer": tokenizer,  # transformers needs it to find the stop strings in the tokens
+    }
     if settings.num_beams > 1:
         with torch.inference_mode():
             output_ids = model.generate(**generate_kwargs)
-        yield tokenizer.decode(output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        completion = tokenizer.decode(output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        yield cut_at_next_section(completion)
         return
-    yield from _stream_in_thread(model, tokenizer, generate_kwargs)
+    yield from _until_next_section(_stream_in_thread(model, tokenizer, generate_kwargs))
+
+
+def _until_next_section(pieces: Generator[str, None, None]) -> Iterator[str]:
+    """Pass the pieces on up to the next section header; text that may begin one (or the blank
+    lines before it) is held back until the following piece tells."""
+    held = ""
+    with closing(pieces):
+        for piece in pieces:
+            held += piece
+            end = next_section_at(held)
+            if end < len(held):
+                if response := held[:end].rstrip():
+                    yield response
+                return
+            start = len(held)
+            for marker in STOP_STRINGS:
+                partial = next((k for k in range(len(marker) - 1, 0, -1) if held.endswith(marker[:k])), 0)
+                start = min(start, len(held) - partial)
+            ready = len(held[:start].rstrip())
+            if ready:
+                yield held[:ready]
+                held = held[ready:]
+    if held:
+        yield held
 
 
 class _StopWhenSet(StoppingCriteria):

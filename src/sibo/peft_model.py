@@ -4,6 +4,10 @@
 for a subclass that adds SIBO's pieces: the h0 capture, the settings file beside PEFT's
 adapter files (PEFT drops unknown keys from adapter_config.json on load), learnable λ in
 checkpoints, mixed-batch rows, and a refusal to merge away the λ·ΔW·h0 term.
+
+Checkpoints of the seed's code (LLM-Adapters' peft 0.3 fork) have no settings file: their λ is
+`embedding_lambda` in adapter_config.json, and PEFT already reads their weights (keys without
+adapter names, pickled adapter_model.bin); they load boosted as the seed ran them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import logging
 import os
 import pickle
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +40,11 @@ from sibo.weights import ADAPTER_WEIGHTS, check_weights_dir
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "sibo_config.json"
+SEED_LAMBDA_FIELD = "embedding_lambda"  # where the seed's peft fork kept λ, in adapter_config.json
+# PEFT calls the seed's extra config fields "saved by a higher version" and says to upgrade: they are read here.
+_SEED_FIELDS_WARNING = (
+    r"Unexpected keyword arguments \[('(embedding_lambda|enable_lora|merge_weights)'(, )?)+\]"
+)
 
 
 class SiboModelMixin:
@@ -180,7 +190,8 @@ def load_sibo_model(
     is_trainable: bool = False,
     adapter_name: str = "default",
 ) -> PeftModel:
-    """Load an adapter saved by sibo (boosted as saved) or by plain PEFT (plain, or boosted when `lam` is given).
+    """Load an adapter saved by sibo (boosted as saved), by the seed's code (boosted with its stored λ, the
+    seed's policy) or by plain PEFT (plain, or boosted when `lam` is given).
 
     `lam` (and `targets`) override the stored settings; the λ is then fixed, not learnable.
     """
@@ -190,9 +201,11 @@ def load_sibo_model(
     settings = read_settings(path, base_model.config)
     check_weights_dir(path, ADAPTER_WEIGHTS)
     try:
-        model = PeftModel.from_pretrained(
-            base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _SEED_FIELDS_WARNING, UserWarning)
+            model = PeftModel.from_pretrained(
+                base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
+            )
     except (SafetensorError, pickle.UnpicklingError) as error:  # what the check above let through
         raise InputError(
             f"cannot read the adapter weights in {path}: {str(error).strip().splitlines()[0]}"
@@ -251,7 +264,7 @@ def read_settings(directory: Path, base_config) -> tuple[SiboConfig, list[float]
     """The SIBO settings saved in `directory`, checked against the base model; None if there are none."""
     file = Path(directory) / SETTINGS_FILE
     if not file.is_file():
-        return None
+        return _seed_settings(Path(directory))
     try:
         settings = json.loads(file.read_text())
         config = SiboConfig(settings["lam"], settings["targets"], settings["learnable_lambda"])
@@ -265,6 +278,31 @@ def read_settings(directory: Path, base_config) -> tuple[SiboConfig, list[float]
             f"but the base model is {here[0]} with hidden size {here[1]}"
         )
     return config, settings.get("lambda_logits")
+
+
+def _seed_settings(directory: Path) -> tuple[SiboConfig, None] | None:
+    """The settings of a checkpoint written by the seed's code: its λ, on the feed-forward branches that
+    read the hidden state (with `--ffn True`, the seed's code mixes h0 into those only)."""
+    file = directory / "adapter_config.json"
+    try:
+        stored = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # PEFT reports an unreadable adapter config itself
+    lam = stored.get(SEED_LAMBDA_FIELD) if isinstance(stored, dict) else None
+    if lam is None or lam == 0:
+        return None
+    try:
+        config = SiboConfig(lam=lam, targets="ffn")
+    except InputError as error:
+        raise InputError(f"{file}: {error}") from None
+    logger.info(
+        "%s was written by the seed's code: boosting it with its %s=%s on the feed-forward branches, "
+        "as the seed's --ffn True does (--embedding_lambda overrides it; 0 loads it plain)",
+        directory,
+        SEED_LAMBDA_FIELD,
+        lam,
+    )
+    return config, None
 
 
 def _restore_lambdas(adapter: BoostedAdapter, logits: list[float] | None, trainable: bool) -> None:

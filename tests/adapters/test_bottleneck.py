@@ -252,13 +252,14 @@ def test_sibo_save_load_round_trip_with_learnable_lambda(tmp_path):
     assert torch.equal(out(loaded, inputs_for()), out(model.eval(), inputs_for()))
 
 
-def test_loads_a_checkpoint_laid_out_as_llm_adapters_writes_it(tmp_path):
+def write_seed_checkpoint(directory, **extra):
     """The seed's adapters: adapter_model.bin with `<module>.adapter_down.weight` keys, peft_type BOTTLENECK."""
     config = {"peft_type": "BOTTLENECK", "task_type": "CAUSAL_LM", "bottleneck_size": B, "non_linearity": "tanh",
               "adapter_dropout": 0.0, "use_parallel_adapter": False, "use_adapterp": False, "scaling": 1.0,
               "bias": "none", "init_weights": "bert", "modules_to_save": None, "inference_mode": True,
-              "target_modules": ["gate_proj", "up_proj", "down_proj"], "base_model_name_or_path": "llama-7b-hf"}  # fmt: skip
-    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+              "target_modules": ["gate_proj", "up_proj", "down_proj"], "base_model_name_or_path": "llama-7b-hf",
+              **extra}  # fmt: skip
+    (directory / "adapter_config.json").write_text(json.dumps(config))
     torch.manual_seed(3)
     weights = {}
     for block in range(2):
@@ -266,11 +267,27 @@ def test_loads_a_checkpoint_laid_out_as_llm_adapters_writes_it(tmp_path):
             key = f"base_model.model.model.layers.{block}.mlp.{module}"
             weights[f"{key}.adapter_down.weight"] = torch.randn(B, width)
             weights[f"{key}.adapter_up.weight"] = torch.randn(width, B)
-    torch.save(weights, tmp_path / "adapter_model.bin")
+    torch.save(weights, directory / "adapter_model.bin")
+    return weights
+
+
+def test_loads_a_checkpoint_laid_out_as_llm_adapters_writes_it(tmp_path):
+    weights = write_seed_checkpoint(tmp_path)
     model = PeftModel.from_pretrained(tiny(), tmp_path)
     state = model.state_dict()
     for key, value in weights.items():
         assert torch.equal(state[key.replace(".weight", ".default.weight")], value)
+
+
+def test_a_seed_checkpoint_with_embedding_lambda_loads_boosted_with_it(tmp_path):
+    """The seed's fork kept λ in adapter_config.json: applied as `targets="ffn"` (the seed's --ffn True)."""
+    write_seed_checkpoint(tmp_path, embedding_lambda=0.3)
+    base = tiny()
+    model = load_sibo_model(copy.deepcopy(base), tmp_path)
+    assert sibo_settings(model).lam == 0.3 and sibo_settings(model).targets == "ffn"
+    inputs = inputs_for()
+    expected = reference_logits(base, model, "llama", inputs, lambda i: 0.3, BOOSTED["llama", "H"][0])
+    torch.testing.assert_close(out(model, inputs), expected)
 
 
 def test_generate_with_kv_cache_gives_the_tokens_of_no_cache():

@@ -2,6 +2,9 @@
 
 Each CLI module parses its flags into configs and calls library functions; it alone prints to
 stdout. Bad input raised as `sibo.errors.InputError` becomes one line on stderr and exit code 2.
+The console shows sibo's own log lines and progress bars; what the libraries say (their INFO logs
+and warnings, transformers' per-load progress bars) only with -v/--verbose, before the verb or after it
+(after lm-eval, -v is the harness's own --verbosity).
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sibo.errors import InputError
 
@@ -33,14 +39,24 @@ VERBS = {
 }
 
 
+VERBOSE_FLAGS = ("-v", "--verbose")
+PASS_THROUGH_VERBS = ("lm-eval",)  # the harness's CLI has its own -v (--verbosity): ours goes before the verb
+
+
 def _usage() -> str:
-    lines = ["usage: sibo <verb> [flags]   (sibo <verb> --help for its flags)", "", "verbs:"]
+    lines = ["usage: sibo [-v] <verb> [flags]   (sibo <verb> --help for its flags)", "", "verbs:"]
     lines += [f"  {verb:<10} {summary}" for verb, (_, summary) in VERBS.items()]
+    lines += [
+        "",
+        "-v, --verbose: the libraries' logs, warnings and progress bars too (before or after the verb)",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = bool(argv) and argv[0] in VERBOSE_FLAGS
+    argv = argv[1:] if verbose else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
@@ -48,13 +64,43 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"sibo: unknown verb {verb!r}\n{_usage()}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    module = importlib.import_module(VERBS[verb][0])
+    if verb not in PASS_THROUGH_VERBS:
+        verbose = verbose or any(arg in VERBOSE_FLAGS for arg in rest)
+        rest = [arg for arg in rest if arg not in VERBOSE_FLAGS]
+    with console(verbose):
+        module = importlib.import_module(VERBS[verb][0])
+        try:
+            return module.main(rest) or 0
+        except InputError as error:
+            print(f"sibo {verb}: error: {error}", file=sys.stderr)
+            return 2
+
+
+@contextmanager
+def console(verbose: bool) -> Iterator[None]:
+    """sibo's INFO lines and progress bars always; the libraries' INFO logs, their FutureWarnings and
+    DeprecationWarnings (about their own APIs) and transformers' bars (one per model load or save, over
+    in a blink) only when verbose. Restored on exit, for in-process callers (tests, notebooks)."""
+    from transformers.utils import logging as hf_logging
+
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    root, ours = logging.getLogger(), logging.getLogger("sibo")
+    levels = {root: root.level, ours: ours.level}
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    ours.setLevel(logging.INFO)
+    quiet_bars = lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True})  # noqa: E731
+    previous_hook = None if verbose else hf_logging.set_tqdm_hook(quiet_bars)
     try:
-        return module.main(rest) or 0
-    except InputError as error:
-        print(f"sibo {verb}: error: {error}", file=sys.stderr)
-        return 2
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        if not verbose:
+            hf_logging.set_tqdm_hook(previous_hook)
+        for logger, level in levels.items():
+            logger.setLevel(level)
 
 
 if __name__ == "__main__":
