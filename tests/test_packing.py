@@ -12,6 +12,7 @@ from sibo.packing import (
     PACKED_SDPA,
     PackingCollator,
     enable_packing,
+    packed_attention_kernel,
     sequence_bounds,
     supports_packed_sequences,
 )
@@ -43,10 +44,14 @@ def test_collator_makes_one_row_with_restarting_positions_and_no_mask():
         {"input_ids": [8, 9], "labels": [-100, 9]},
     ]
     batch = PackingCollator()(features)
-    assert set(batch) == {"input_ids", "labels", "position_ids"}  # a mask would join the sequences
+    # No mask (it would join the sequences); the bounds, made here on the host, for the attention.
+    assert set(batch) == {"input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
+                          "max_length_q", "max_length_k"}  # fmt: skip
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]  # nothing learns to predict the next record
+    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5] and batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["max_length_q"] == 3 and type(batch["max_length_q"]) is int  # kernels take a host int
 
 
 def test_sequence_bounds_are_read_back_once_per_forward_and_never_confused():
@@ -87,6 +92,25 @@ def test_per_sequence_attention_leaves_padded_batches_to_plain_sdpa():
         torch.testing.assert_close(
             packed(ids, attention_mask=mask).logits, plain(ids, attention_mask=mask).logits
         )
+
+
+def test_packed_rows_on_cpu_take_the_collators_bounds_and_read_nothing_back(tokenizer, monkeypatch):
+    examples = tokenize_records(RECORDS, tokenizer, 512, train_on_inputs=False).examples
+    model = build_tiny_model("llama", len(tokenizer), seed=2)
+    assert enable_packing(model)
+    with torch.no_grad():
+        expected = model(**PackingCollator()(examples), use_cache=False).loss
+
+    def no_read_back(position_ids):
+        raise AssertionError("the bounds should come from the collator")
+
+    monkeypatch.setattr("sibo.packing.sequence_bounds", no_read_back)
+    with torch.no_grad():
+        assert model(**PackingCollator()(examples), use_cache=False).loss == expected
+    assert packed_attention_kernel("cpu", torch.float32, 64) == "SDPA per sequence (bounds from the collator)"
+    # flash's varlen kernel takes half precision only, and head widths up to 256
+    assert packed_attention_kernel("cuda", torch.float32, 64).startswith("SDPA per sequence")
+    assert packed_attention_kernel("cuda", torch.bfloat16, 320).startswith("SDPA per sequence")
 
 
 @pytest.mark.parametrize("architecture", ["llama", "mistral", "gpt2", "opt"])
