@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, as one script for a lent GPU machine; about 7.5 minutes on one H200
-# (the step limits below add up to 8 minutes 20 s; the steps have taken well under their limits).
+# The checks that need a CUDA GPU, as one script for a lent GPU machine; about 7 minutes on one H200
+# (the step limits below add up to 8 minutes 15 s: tests 210 s, overhead 40, generation 60,
+# evaluation 80, fine-tuning 45 + 60; the tests took 176 s on 2026-11-28, before two were added).
 #
 #     bash benchmarks/gpu_check.sh            # from the repository root; writes $OUT (or ./gpu_check_out)
 #
@@ -63,9 +64,10 @@ TOKENIZER=(${MINILM_TOKENIZER:+--tokenizer "$MINILM_TOKENIZER"})
 step overhead 40 "$PYTHON" benchmarks/overhead.py "${MODEL[@]}" --repeats 10
 step generate_speed 60 "$PYTHON" benchmarks/generate_speed.py "${MODEL[@]}" --new_tokens 32 --repeats 3
 
-# >>> EVAL-THROUGHPUT: owned by the evaluation-speed worktree (eval_throughput.py), 140 s in all.
-# Replace these lines once eval_throughput.py has --shape and the full-gsm8k greedy mode. Contract
-# with the summary below: write $OUT/eval_0p5b.json with "speedup" (sibo / seed, 0.5B shape) and
+# >>> EVAL-THROUGHPUT: owned by the evaluation-speed worktree (eval_throughput.py); 80 s today,
+# keep the block within about 100 s so the whole script stays near 8 minutes. Replace these lines
+# once eval_throughput.py has --shape and the full-gsm8k greedy mode. Contract with the summary
+# below: write $OUT/eval_0p5b.json with "speedup" (sibo / seed, 0.5B shape) and
 # $OUT/gsm8k_full_135m.json with "seconds" (all of gsm8k's test set, greedy, SmolLM2-135M shape).
 step eval_throughput 80 "$PYTHON" benchmarks/eval_throughput.py "${MODEL[@]}" --num_examples 4 --max_new_tokens 64 \
     --batch_size 4

@@ -133,3 +133,48 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients_with_sibo(to
         gradients.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
+
+
+def _varlen_stand_in(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, **options):
+    """torch's varlen_attn contract on CPU: (ΣT, H, D) tensors, causal per sequence between the bounds."""
+    assert options.get("is_causal") or options.get("window_size") == (-1, 0)
+    assert (
+        max_q == max_k == max(b - a for a, b in zip(cu_seq_q.tolist(), cu_seq_q.tolist()[1:], strict=False))
+    )
+    bounds = cu_seq_q.tolist()
+    return torch.cat([
+        torch.nn.functional.scaled_dot_product_attention(
+            *(t[s:e].transpose(0, 1) for t in (query, key, value)), is_causal=True,
+            scale=options.get("scale"), enable_gqa=options.get("enable_gqa", False),
+        ).transpose(0, 1)
+        for s, e in zip(bounds, bounds[1:], strict=False)
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"window_size", "enable_gqa", "scale"}, {"is_causal"}],  # torch 2.12+, torch 2.10
+    ids=["torch-2.12", "torch-2.10"],
+)
+def test_varlen_path_hands_torchs_kernel_the_layout_and_options_it_documents(monkeypatch, parameters):
+    """The CUDA-only path's glue (layout, grouped heads, scale, causality), against a CPU stand-in kernel."""
+    import torch.nn.attention.varlen
+
+    import sibo.packing
+
+    model = build_tiny_model("llama", 300, seed=1, hidden_size=48, num_heads=6, num_key_value_heads=2)
+    assert enable_packing(model)
+    features = [{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in (7, 3, 9)]
+    batch = PackingCollator()(features)
+    with torch.no_grad():
+        expected = model(**batch, use_cache=False).logits
+        calls = []
+        monkeypatch.setattr(
+            torch.nn.attention.varlen,
+            "varlen_attn",
+            lambda *a, **k: calls.append(1) or _varlen_stand_in(*a, **k),
+        )
+        monkeypatch.setattr(sibo.packing, "_varlen_parameters", lambda: frozenset(parameters))
+        monkeypatch.setattr(sibo.packing, "_varlen_runs", lambda query, dtype, device_type=None: True)
+        torch.testing.assert_close(model(**batch, use_cache=False).logits, expected)
+    assert len(calls) == 2  # one call per layer

@@ -134,7 +134,7 @@ def _varlen_attention(module, query, key, value, cu_seq_lens, max_length: int, k
     parameters = _varlen_parameters()
     dtype = _compute_dtype(query)
     # (1, H, ΣT, D) → (ΣT, H, D), in the dtype SDPA would have run in under autocast
-    query, key, value = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))
+    query, key, value = (t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value))
     options = {"is_causal": True} if "is_causal" in parameters else {"window_size": (-1, 0)}
     if key.shape[1] != query.shape[1]:  # grouped-query attention: kv head i serves query heads i·g … i·g+g-1
         if "enable_gqa" in parameters:
