@@ -115,8 +115,11 @@ def measure(args) -> dict:
     lengths = [len(example["input_ids"]) for example in tokenized.examples]
     shuffled = micro_batches(tokenized.examples, args.micro_batch, args.batches, seed=0)
     batches = {"seed": shuffled, "sibo": shuffled, "grouped": length_grouped(shuffled, seed=0)}
-    padded = PaddedCollator(tokenizer.pad_token_id, pad_to_multiple_of=8)
-    collators = {"seed": padded, "sibo": PackingCollator(), "grouped": padded}
+    collators = {
+        "seed": PaddedCollator(tokenizer.pad_token_id, pad_to_multiple_of=8),
+        "sibo": PackingCollator(),
+        "grouped": PaddedCollator(tokenizer.pad_token_id),  # as sibo finetune --packing False
+    }
     model = build_model(len(tokenizer), args.shape).to(args.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     fused = args.device.startswith("cuda")  # sibo finetune's adamw_torch_fused; the seed's adamw_torch
