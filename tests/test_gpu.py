@@ -225,7 +225,10 @@ def test_packed_rows_take_one_varlen_call_per_layer_with_no_read_back_and_match_
 def test_liger_kernels_train_like_plain_kernels(workspace):
     """--use_liger_kernel (an optional extra): same losses within bf16 noise, SIBO still boosting."""
     pytest.importorskip("liger_kernel")
-    reference = _losses(finetune(_config(workspace, workspace / "no-liger"))["train"])
+    reference_dir = workspace / "plain-reference"  # shared with the accelerate tests
+    if not (reference_dir / "train_metrics.json").is_file():
+        finetune(_config(workspace, reference_dir))
+    reference = _losses(json.loads((reference_dir / "train_metrics.json").read_text()))
     output_dir = workspace / "liger"
     losses = _losses(finetune(_config(workspace, output_dir, use_liger_kernel=True))["train"])
     print(f"liger: losses {losses}; plain: {reference}")
