@@ -75,7 +75,9 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
     dropout = kwargs.get("dropout", 0.0) if module.training else 0.0
     if cu_seq_lens is not None and dropout == 0.0 and _varlen_runs(query, _compute_dtype(query)):
-        return _varlen_attention(module, query, key, value, cu_seq_lens, kwargs["max_length_q"], kwargs), None
+        return _varlen_attention(
+            query, key, value, cu_seq_lens, kwargs["max_length_q"], kwargs.get("scaling")
+        ), None
     if cu_seq_lens is not None and cu_seq_lens.device.type == "cpu":
         bounds = cu_seq_lens.tolist()  # made by the collator: no read-back
     else:
@@ -127,7 +129,7 @@ def _varlen_parameters() -> frozenset[str] | None:
     return parameters if {"is_causal", "window_size"} & parameters else None
 
 
-def _varlen_attention(module, query, key, value, cu_seq_lens, max_length: int, kwargs) -> torch.Tensor:
+def _varlen_attention(query, key, value, cu_seq_lens, max_length: int, scaling: float | None) -> torch.Tensor:
     """One causal flash varlen call over the packed row: (1, H, ΣT, D) → (1, ΣT, H, D)."""
     from torch.nn.attention.varlen import varlen_attn
 
@@ -142,7 +144,6 @@ def _varlen_attention(module, query, key, value, cu_seq_lens, max_length: int, k
         else:
             groups = query.shape[1] // key.shape[1]
             key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    scaling = kwargs.get("scaling")
     if scaling is not None:
         if "scale" in parameters:
             options["scale"] = scaling
