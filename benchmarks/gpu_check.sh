@@ -51,8 +51,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log it, record its s
     "$PYTHON" -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'cuda', \
 torch.version.cuda, '| transformers', transformers.__version__, '| peft', peft.__version__, \
 '| accelerate', accelerate.__version__)"
-    for package in bitsandbytes deepspeed; do
-        "$PYTHON" -c "import $package; print('$package', $package.__version__)" 2>/dev/null \
+    for package in bitsandbytes deepspeed liger_kernel; do
+        "$PYTHON" -c "import $package; print('$package', getattr($package, '__version__', 'installed'))" 2>/dev/null \
             || echo "$package: not installed (its tests will skip)"
     done
 } | tee -a "$SUMMARY"
