@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, as one script for a lent GPU machine; about 7 minutes on one H200.
+# The checks that need a CUDA GPU, as one script for a lent GPU machine; about 7 minutes on one H200
+# (the step limits below add up to 8 minutes 15 s: tests 210 s, overhead 40, generation 60,
+# evaluation 80, fine-tuning 45 + 60; the tests took 176 s on 2026-11-28, before two were added).
 #
 #     bash benchmarks/gpu_check.sh            # from the repository root; writes $OUT (or ./gpu_check_out)
 #
-# 1. the tests marked gpu (tests/test_gpu.py): bf16 fine-tuning; 8-bit and 4-bit (QLoRA) bases
-#    through bitsandbytes; examples/accelerate's FSDP, ZeRO-2 and ZeRO-3 configs launched on one
-#    GPU. A test whose package (bitsandbytes, deepspeed) is missing skips and says so;
-# 2. the four benchmarks on a ~0.5B-parameter LLaMA-style config built from scratch (24 blocks,
-#    hidden 1280; no weights are downloaded), in bf16 as sibo's verbs run on a GPU. Each step has
-#    a time limit, so one slow step cannot eat the others' time.
+# 1. the tests marked gpu (tests/test_gpu.py): bf16 fine-tuning; packed rows on torch's flash
+#    varlen kernel (one call per layer, no read-back, same loss and gradients as padded batches);
+#    8-bit and 4-bit (QLoRA) bases through bitsandbytes; Liger kernels; examples/accelerate's
+#    FSDP, ZeRO-2 and ZeRO-3 configs launched on one GPU. A test whose package (bitsandbytes,
+#    deepspeed, liger-kernel) is missing skips and says so;
+# 2. the benchmarks in bf16 as sibo's verbs run on a GPU, on LLaMA-style configs built from scratch
+#    (no weights are downloaded): SIBO's step-time and decoding overhead and evaluation on the
+#    ~0.5B config (24 blocks, hidden 1280); fine-tuning throughput against the seed's recipe at
+#    the SmolLM2-135M shape and the 0.5B one, micro-batch 16, cutoff 256. Each step has a time
+#    limit, so one slow step cannot eat the others' time.
+# 3. the headline figures, to benchmarks/results/gpu_check.json (and $OUT/gpu_check.json), among
+#    them `finetune_packing_wins_*`: whether packed rows beat sibo's length-grouped padded fallback
+#    on this GPU — the measurement that decides `sibo finetune`'s default batching there.
 #
 # Data: SIBO_DATA_DIR (default ../shared/data/llm-adapters) must hold math_train_3k.json and
 # gsm8k/test.json; MINILM_TOKENIZER may name a folder with MiniLM's tokenizer files when the
@@ -42,21 +51,75 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log it, record its s
     "$PYTHON" -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'cuda', \
 torch.version.cuda, '| transformers', transformers.__version__, '| peft', peft.__version__, \
 '| accelerate', accelerate.__version__)"
-    for package in bitsandbytes deepspeed; do
-        "$PYTHON" -c "import $package; print('$package', $package.__version__)" 2>/dev/null \
+    for package in bitsandbytes deepspeed liger_kernel; do
+        "$PYTHON" -c "import $package; print('$package', getattr($package, '__version__', 'installed'))" 2>/dev/null \
             || echo "$package: not installed (its tests will skip)"
     done
 } | tee -a "$SUMMARY"
 
-step gpu_tests 220 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -v -rA -p no:cacheprovider
+step gpu_tests 210 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -v -rA -p no:cacheprovider
 
 MODEL=(--device cuda --layers 24 --hidden 1280)  # 24 × (4·1280² + 3·1280·3440) ≈ 0.47B in the blocks
 TOKENIZER=(${MINILM_TOKENIZER:+--tokenizer "$MINILM_TOKENIZER"})
-step overhead 60 "$PYTHON" benchmarks/overhead.py "${MODEL[@]}" --repeats 10
-step generate_speed 80 "$PYTHON" benchmarks/generate_speed.py "${MODEL[@]}" --new_tokens 32 --repeats 3
+step overhead 40 "$PYTHON" benchmarks/overhead.py "${MODEL[@]}" --repeats 10
+step generate_speed 60 "$PYTHON" benchmarks/generate_speed.py "${MODEL[@]}" --new_tokens 32 --repeats 3
+
+# >>> EVAL-THROUGHPUT: owned by the evaluation-speed worktree (eval_throughput.py); 80 s today,
+# keep the block within about 100 s so the whole script stays near 8 minutes. Replace these lines
+# once eval_throughput.py has --shape and the full-gsm8k greedy mode. Contract with the summary
+# below: write $OUT/eval_0p5b.json with "speedup" (sibo / seed, 0.5B shape) and
+# $OUT/gsm8k_full_135m.json with "seconds" (all of gsm8k's test set, greedy, SmolLM2-135M shape).
 step eval_throughput 80 "$PYTHON" benchmarks/eval_throughput.py "${MODEL[@]}" --num_examples 4 --max_new_tokens 64 \
     --batch_size 4
-step finetune_throughput 70 "$PYTHON" benchmarks/finetune_throughput.py "${MODEL[@]}" "${TOKENIZER[@]}"
+# step eval_0p5b 60 "$PYTHON" benchmarks/eval_throughput.py --device cuda --shape 0.5b ... --json "$OUT/eval_0p5b.json"
+# step gsm8k_full_135m 80 "$PYTHON" benchmarks/eval_throughput.py --device cuda --shape smollm2-135m ... \
+#     --json "$OUT/gsm8k_full_135m.json"
+# <<< EVAL-THROUGHPUT
+
+FINETUNE=(benchmarks/finetune_throughput.py --device cuda --micro_batch 16 --batches 48 "${TOKENIZER[@]}")
+step finetune_135m 45 "$PYTHON" "${FINETUNE[@]}" --shape smollm2-135m --json "$OUT/finetune_135m.json"
+step finetune_0p5b 60 "$PYTHON" "${FINETUNE[@]}" --shape 0.5b --json "$OUT/finetune_0p5b.json"
+
+"$PYTHON" - "$OUT" <<'PYTHON' | tee -a "$SUMMARY"
+"""The headline figures of this run, from the steps' JSON files and logs; null where a step gave none."""
+import json, re, sys, time
+from pathlib import Path
+
+import torch
+
+out = Path(sys.argv[1])
+def read(name):
+    path = out / name
+    return json.loads(path.read_text()) if path.is_file() else {}
+def log(name):
+    path = out / f"{name}.log"
+    return path.read_text() if path.is_file() else ""
+ft135, ft05 = read("finetune_135m.json"), read("finetune_0p5b.json")
+step = re.search(r"step time .*ratio ([0-9.]+)", log("overhead"))
+decode = [float(x) for x in re.findall(r"^\s*\d+\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)×", log("generate_speed"), re.M)]
+figures = {
+    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    "machine": torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU",
+    "versions": f"torch {torch.__version__}, cuda {torch.version.cuda}",
+    "finetune_ratio_135m": ft135.get("speedup"),
+    "finetune_ratio_0p5b": ft05.get("speedup"),
+    "finetune_real_tokens_per_s_135m": (ft135.get("sibo") or {}).get("real_tokens_per_s"),
+    "finetune_real_tokens_per_s_0p5b": (ft05.get("sibo") or {}).get("real_tokens_per_s"),
+    "finetune_grouped_ratio_135m": ft135.get("grouped_speedup"),
+    "finetune_grouped_ratio_0p5b": ft05.get("grouped_speedup"),
+    "finetune_packing_wins_135m": ft135.get("packing_wins"),
+    "finetune_packing_wins_0p5b": ft05.get("packing_wins"),
+    "finetune_packed_attention": ft135.get("packed_attention"),
+    "eval_ratio_0p5b": read("eval_0p5b.json").get("speedup"),
+    "gsm8k_full_greedy_seconds_135m": read("gsm8k_full_135m.json").get("seconds"),
+    "sibo_step_time_ratio": float(step.group(1)) if step else None,
+    "sibo_decode_ratio": min(decode) if decode else None,  # the worst batch size
+}
+text = json.dumps(figures, indent=2) + "\n"
+for path in (Path("benchmarks/results/gpu_check.json"), out / "gpu_check.json"):
+    path.write_text(text)
+print(text, end="")
+PYTHON
 
 echo "all logs in $OUT/"
 ! grep -q "exit [1-9]" "$SUMMARY"

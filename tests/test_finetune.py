@@ -250,6 +250,10 @@ def test_finetune_writes_a_loadable_adapter_that_learned(base_model, data_file, 
     assert run_config["resolved"]["gradient_accumulation_steps"] == 2
     assert run_config["resolved"]["packing"] is True
     assert run_config["resolved"]["attention"] == "sibo_packed_sdpa"
+    assert run_config["resolved"]["packed_attention"] == (
+        "sibo_packed_sdpa attention, SDPA per sequence (bounds from the collator)"
+    )
+    assert run_config["resolved"]["optim"] == "adamw_torch"  # fused on a GPU
     assert run_config["resolved"]["train_examples"] == 12
     assert run_config["resolved"]["sibo"] == {"lam": 0.2, "targets": "ffn", "learnable_lambda": False}
 

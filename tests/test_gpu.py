@@ -11,14 +11,19 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from peft import LoraConfig
 
+import sibo
 from sibo import sibo_settings
+from sibo.data import PaddedCollator, Record, tokenize_records
 from sibo.finetune import FinetuneConfig, finetune
 from sibo.loading import load_model, resolve_dtype
+from sibo.packing import PackingCollator, enable_packing, packed_attention_kernel
 from sibo.prompts import build_prompt
 from sibo.synthetic import generate_problems, write_records
 from sibo.tiny import build_tiny_model, build_tokenizer
@@ -86,6 +91,10 @@ def test_bf16_training_runs_in_bf16_and_learns(workspace):
     metrics = finetune(_config(workspace, output_dir))
     resolved = json.loads((output_dir / "run_config.json").read_text())["resolved"]
     assert (resolved["dtype"], resolved["bf16"], resolved["fp16"]) == ("bfloat16", True, False)
+    assert resolved["optim"] == "adamw_torch_fused"
+    assert resolved["packed_attention"] == (
+        "sibo_packed_sdpa attention, varlen flash (torch.nn.attention.varlen, one call per layer)"
+    )
     losses = _losses(metrics["train"])
     assert len(losses) == 8 and all(math.isfinite(loss) for loss in losses)
     assert losses[-1] < losses[0]
@@ -153,3 +162,76 @@ def test_accelerate_config_of_examples_trains_like_one_process(workspace, launch
     inputs = tokenizer([build_prompt("Tom has 3 apples.")], return_tensors="pt")
     with torch.inference_mode():
         assert torch.isfinite(model(**inputs).logits).all()
+
+
+def _packed_and_padded_steps(model, examples, pad_token_id) -> dict:
+    """Per batch layout: loss, adapter gradients, and the host syncs of one bf16 forward/backward."""
+    results = {}
+    for name, collator in (("padded", PaddedCollator(pad_token_id)), ("packed", PackingCollator())):
+        batch = {k: v.to("cuda") if isinstance(v, torch.Tensor) else v for k, v in collator(examples).items()}
+        model.zero_grad()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = model(**batch, use_cache=False).loss
+                loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message)[:160] for w in caught if "synchroniz" in str(w.message)]
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        results[name] = (loss.item(), grads, syncs)
+    return results
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(), reason="needs bf16")
+def test_packed_rows_take_one_varlen_call_per_layer_with_no_read_back_and_match_padded(monkeypatch):
+    """The CUDA packed path: torch's flash varlen kernel, once per layer, on the collator's bounds."""
+    varlen = pytest.importorskip("torch.nn.attention.varlen")
+    records = generate_problems(12, seed=1)
+    tokenizer = build_tokenizer([build_prompt(r["instruction"]) + r["output"] for r in records], 512)
+    examples = tokenize_records(
+        [Record(r["instruction"], "", r["output"]) for r in records], tokenizer, 256, True
+    ).examples
+    # SmolLM2's grouping: 3 query heads per key/value head; head width 64
+    base = build_tiny_model("llama", len(tokenizer), seed=1, num_layers=3, hidden_size=384, num_heads=6,
+                            ffn_size=512, num_key_value_heads=2)  # fmt: skip
+    assert enable_packing(base)
+    assert packed_attention_kernel("cuda", torch.bfloat16, 64).startswith("varlen flash")
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, init_lora_weights=False)
+    model = sibo.get_sibo_model(base, lora, lam=0.3, targets="all").to("cuda").eval()
+
+    calls = []
+    real_varlen = varlen.varlen_attn
+    monkeypatch.setattr(varlen, "varlen_attn", lambda *a, **k: calls.append(1) or real_varlen(*a, **k))
+    results = _packed_and_padded_steps(model, examples, tokenizer.pad_token_id)
+    assert len(calls) == 3  # one per layer, for the packed batch only (the padded one has a mask)
+    (padded_loss, padded_grads, _), (packed_loss, packed_grads, syncs) = results["padded"], results["packed"]
+    print(f"packed forward/backward syncs: {syncs}")
+    # The only one left: transformers' mask code checks whether position ids restart (find_packed_sequence_indices).
+    assert len(syncs) <= 1, syncs
+
+    assert packed_loss == pytest.approx(padded_loss, rel=1e-2)
+    relative = ((packed_grads - padded_grads).norm() / padded_grads.norm()).item()
+    print(
+        f"varlen vs padded: loss {packed_loss} vs {padded_loss}; gradient relative difference {relative:.2e}"
+    )
+    assert relative < 3e-2  # bf16 rounding; a leak between sequences moves them by far more
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(), reason="needs bf16")
+def test_liger_kernels_train_like_plain_kernels(workspace):
+    """--use_liger_kernel (an optional extra): same losses within bf16 noise, SIBO still boosting."""
+    pytest.importorskip("liger_kernel")
+    reference_dir = workspace / "plain-reference"  # shared with the accelerate tests
+    if not (reference_dir / "train_metrics.json").is_file():
+        finetune(_config(workspace, reference_dir))
+    reference = _losses(json.loads((reference_dir / "train_metrics.json").read_text()))
+    output_dir = workspace / "liger"
+    losses = _losses(finetune(_config(workspace, output_dir, use_liger_kernel=True))["train"])
+    print(f"liger: losses {losses}; plain: {reference}")
+    assert losses == pytest.approx(reference, rel=0.02)
+    resolved = json.loads((output_dir / "run_config.json").read_text())["resolved"]
+    assert resolved["use_liger_kernel"] is True

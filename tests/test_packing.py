@@ -12,6 +12,7 @@ from sibo.packing import (
     PACKED_SDPA,
     PackingCollator,
     enable_packing,
+    packed_attention_kernel,
     sequence_bounds,
     supports_packed_sequences,
 )
@@ -43,10 +44,14 @@ def test_collator_makes_one_row_with_restarting_positions_and_no_mask():
         {"input_ids": [8, 9], "labels": [-100, 9]},
     ]
     batch = PackingCollator()(features)
-    assert set(batch) == {"input_ids", "labels", "position_ids"}  # a mask would join the sequences
+    # No mask (it would join the sequences); the bounds, made here on the host, for the attention.
+    assert set(batch) == {"input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
+                          "max_length_q", "max_length_k"}  # fmt: skip
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
     assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]  # nothing learns to predict the next record
+    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5] and batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["max_length_q"] == 3 and type(batch["max_length_q"]) is int  # kernels take a host int
 
 
 def test_sequence_bounds_are_read_back_once_per_forward_and_never_confused():
@@ -89,6 +94,25 @@ def test_per_sequence_attention_leaves_padded_batches_to_plain_sdpa():
         )
 
 
+def test_packed_rows_on_cpu_take_the_collators_bounds_and_read_nothing_back(tokenizer, monkeypatch):
+    examples = tokenize_records(RECORDS, tokenizer, 512, train_on_inputs=False).examples
+    model = build_tiny_model("llama", len(tokenizer), seed=2)
+    assert enable_packing(model)
+    with torch.no_grad():
+        expected = model(**PackingCollator()(examples), use_cache=False).loss
+
+    def no_read_back(position_ids):
+        raise AssertionError("the bounds should come from the collator")
+
+    monkeypatch.setattr("sibo.packing.sequence_bounds", no_read_back)
+    with torch.no_grad():
+        assert model(**PackingCollator()(examples), use_cache=False).loss == expected
+    assert packed_attention_kernel("cpu", torch.float32, 64) == "SDPA per sequence (bounds from the collator)"
+    # flash's varlen kernel takes half precision only, and head widths up to 256
+    assert packed_attention_kernel("cuda", torch.float32, 64).startswith("SDPA per sequence")
+    assert packed_attention_kernel("cuda", torch.bfloat16, 320).startswith("SDPA per sequence")
+
+
 @pytest.mark.parametrize("architecture", ["llama", "mistral", "gpt2", "opt"])
 def test_packed_and_padded_batches_give_the_same_loss_and_gradients_with_sibo(tokenizer, architecture):
     examples = tokenize_records(RECORDS, tokenizer, 512, train_on_inputs=False).examples
@@ -109,3 +133,48 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients_with_sibo(to
         gradients.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
+
+
+def _varlen_stand_in(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, **options):
+    """torch's varlen_attn contract on CPU: (ΣT, H, D) tensors, causal per sequence between the bounds."""
+    assert options.get("is_causal") or options.get("window_size") == (-1, 0)
+    assert (
+        max_q == max_k == max(b - a for a, b in zip(cu_seq_q.tolist(), cu_seq_q.tolist()[1:], strict=False))
+    )
+    bounds = cu_seq_q.tolist()
+    return torch.cat([
+        torch.nn.functional.scaled_dot_product_attention(
+            *(t[s:e].transpose(0, 1) for t in (query, key, value)), is_causal=True,
+            scale=options.get("scale"), enable_gqa=options.get("enable_gqa", False),
+        ).transpose(0, 1)
+        for s, e in zip(bounds, bounds[1:], strict=False)
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{"window_size", "enable_gqa", "scale"}, {"is_causal"}],  # torch 2.12+, torch 2.10
+    ids=["torch-2.12", "torch-2.10"],
+)
+def test_varlen_path_hands_torchs_kernel_the_layout_and_options_it_documents(monkeypatch, parameters):
+    """The CUDA-only path's glue (layout, grouped heads, scale, causality), against a CPU stand-in kernel."""
+    import torch.nn.attention.varlen
+
+    import sibo.packing
+
+    model = build_tiny_model("llama", 300, seed=1, hidden_size=48, num_heads=6, num_key_value_heads=2)
+    assert enable_packing(model)
+    features = [{"input_ids": list(range(5, 5 + n)), "labels": list(range(5, 5 + n))} for n in (7, 3, 9)]
+    batch = PackingCollator()(features)
+    with torch.no_grad():
+        expected = model(**batch, use_cache=False).logits
+        calls = []
+        monkeypatch.setattr(
+            torch.nn.attention.varlen,
+            "varlen_attn",
+            lambda *a, **k: calls.append(1) or _varlen_stand_in(*a, **k),
+        )
+        monkeypatch.setattr(sibo.packing, "_varlen_parameters", lambda: frozenset(parameters))
+        monkeypatch.setattr(sibo.packing, "_varlen_runs", lambda query, dtype, device_type=None: True)
+        torch.testing.assert_close(model(**batch, use_cache=False).logits, expected)
+    assert len(calls) == 2  # one call per layer

@@ -29,7 +29,7 @@ from sibo.data import PaddedCollator, TokenizedSet, load_records, split_validati
 from sibo.errors import InputError
 from sibo.finetune_config import FinetuneConfig, gradient_accumulation_steps
 from sibo.loading import load_model, resolve_dtype
-from sibo.packing import PackingCollator, enable_packing
+from sibo.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
 from sibo.peft_model import boosted_adapter
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def setup(config: FinetuneConfig) -> Run:
             "%s cannot keep packed sequences apart: using length-grouped padded batches", config.base_model
         )
     elif packing:
-        logger.info("padding-free packed batches, %s attention", model.config._attn_implementation)
+        logger.info("padding-free packed batches: %s", packed_attention(model, dtype))
 
     if quantization:
         from peft import prepare_model_for_kbit_training
@@ -145,6 +145,19 @@ def setup(config: FinetuneConfig) -> Run:
     return Run(
         config, model, tokenizer, train_set, val_set, packing, world_size, accumulation, dtype, resume_from
     )
+
+
+def packed_attention(model: torch.nn.Module, dtype: torch.dtype) -> str:
+    """How packed rows are attended on this machine: the attention implementation, and its kernel."""
+    implementation = model.config._attn_implementation
+    if implementation != PACKED_SDPA:
+        return f"{implementation} attention"
+    text_config = model.config.get_text_config()
+    head_dim = getattr(text_config, "head_dim", None) or (
+        text_config.hidden_size // text_config.num_attention_heads
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"{implementation} attention, {packed_attention_kernel(device, dtype, head_dim)}"
 
 
 def _wrap(model: torch.nn.Module, peft_config, config: FinetuneConfig) -> torch.nn.Module:
@@ -232,7 +245,8 @@ def _report_tokenized(config: FinetuneConfig, split: str, tokenized: TokenizedSe
 
 
 def training_arguments(run: Run) -> TrainingArguments:
-    """The seed's Trainer settings in transformers v5 spelling, plus precision, packing and DDP fixes."""
+    """The seed's Trainer settings in transformers v5 spelling, plus precision, packing and DDP fixes,
+    and on a GPU no host waits in the step: fused AdamW, non-blocking batch copies, no NaN check."""
     config = run.config
     on_gpu = torch.cuda.is_available()
     validating = run.val_set is not None
@@ -246,11 +260,15 @@ def training_arguments(run: Run) -> TrainingArguments:
         max_steps=config.max_steps,
         learning_rate=config.learning_rate,
         warmup_steps=config.warmup_steps,
-        optim="adamw_torch",
+        optim="adamw_torch_fused" if on_gpu else "adamw_torch",  # one kernel for all parameters
         bf16=on_gpu and run.dtype == torch.bfloat16,
         fp16=on_gpu and run.dtype == torch.float16,
         use_cpu=not on_gpu,
+        # Batches go to the GPU from pinned memory without waiting: the host queues the step meanwhile.
+        accelerator_config={"non_blocking": True} if on_gpu else None,
         logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # its check reads the loss back from the GPU at every micro-step
+        use_liger_kernel=config.use_liger_kernel,
         eval_strategy="steps" if validating else "no",
         eval_steps=config.eval_step if validating else None,
         save_strategy="steps",
@@ -358,6 +376,9 @@ def resolved_run_config(run: Run, trainer: Trainer) -> dict:
             "gradient_accumulation_steps": run.accumulation_steps,
             "packing": run.packing,
             "attention": getattr(run.model.config, "_attn_implementation", None),
+            "packed_attention": packed_attention(run.model, run.dtype) if run.packing else None,
+            "optim": trainer.args.optim,
+            "use_liger_kernel": trainer.args.use_liger_kernel,
             "dtype": str(run.dtype).removeprefix("torch."),
             "bf16": trainer.args.bf16,
             "fp16": trainer.args.fp16,

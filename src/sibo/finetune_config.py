@@ -71,6 +71,12 @@ class FinetuneConfig:
     packing: bool = _field(
         True, "padding-free packed batches when the model keeps packed sequences apart", "training"
     )
+    use_liger_kernel: bool = _field(
+        False,
+        "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, linear + cross-entropy; CUDA, pip install "
+        "liger-kernel); off unless measured faster for your model",
+        "training",
+    )
     seed: int = _field(42, "random seed (sampling order, dropout, adapter initialisation)", "training")
     resume_from_checkpoint: str | None = _field(
         None,
@@ -162,6 +168,8 @@ class FinetuneConfig:
             raise InputError("choose one of --load_8bit and --load_4bit")
         self._check_sibo()
         self._check_tracking()
+        if self.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+            raise InputError("--use_liger_kernel needs the liger-kernel package: pip install liger-kernel")
         if isinstance(self.scaling, str) and self.scaling != "learned":
             raise InputError(f"--scaling must be a number or 'learned', got {self.scaling!r}")
         if self.target_modules is not None and not self.target_modules:

@@ -1,14 +1,18 @@
 """Padding-free batches: pad tokens do no work, and packed sequences never see each other.
 
 `PackingCollator` concatenates a micro-batch into one row (1, ΣT) whose position ids restart at
-every sequence (transformers' DataCollatorWithFlattening). Two things must then keep the
-sequences apart:
+every sequence (transformers' DataCollatorWithFlattening), and hands the model the sequence
+bounds it computed on the host: `cu_seq_lens_q/k` (ΣT boundaries) and `max_length_q/k` (an int).
+Two things must then keep the sequences apart:
 
 - the mask: with no attention mask and no KV cache, transformers derives a block-diagonal causal
   mask from the position ids (eager and SDPA attention, most architectures — not OPT or BLOOM);
 - better, no mask at all: `PACKED_SDPA`, an attention function registered with transformers'
-  AttentionInterface, runs SDPA's causal kernel on each sequence of the row separately, so
-  attention costs Σ T_i² instead of (ΣT)² and no (ΣT, ΣT) mask is built.
+  AttentionInterface, runs one variable-length kernel over the whole row (CUDA, half precision:
+  `torch.nn.attention.varlen`, flash) or SDPA's causal kernel on each sequence (elsewhere), so
+  attention costs Σ T_i² instead of (ΣT)², no (ΣT, ΣT) mask is built and no bound is read back
+  from the device. `packed_attention_kernel` says which one runs, for the log and run_config.json.
+  Flash-attention models take the same bounds through transformers' own varlen path.
 
 `enable_packing` picks the best of these that a probe proves exact for the model at hand. SIBO
 stays exact under packing: h0 is taken from the first block's input, already in the packed layout.
@@ -17,6 +21,8 @@ stays exact under packing: h0 is taken from the first block's input, already in 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import logging
 import weakref
 
@@ -36,12 +42,14 @@ class PackingCollator(DataCollatorWithFlattening):
     """Padding-free: a micro-batch becomes one row (1, ΣT) with position ids restarting per sequence.
 
     The label at each sequence's first position becomes -100, so no token is trained to predict
-    the next sequence. The model must get no attention mask and no KV cache, or the sequences
-    attend to each other: Trainer passes use_cache=False and this collator returns no mask.
+    the next sequence. The bounds come along (`cu_seq_lens_q/k`, int32; `max_length_q/k`, ints),
+    made here on the host so no attention layer has to find them on the device. The model must
+    get no attention mask and no KV cache, or the sequences attend to each other: Trainer passes
+    use_cache=False and this collator returns no mask.
     """
 
     def __init__(self) -> None:
-        super().__init__(return_position_ids=True, separator_id=IGNORE_INDEX)
+        super().__init__(return_position_ids=True, separator_id=IGNORE_INDEX, return_flash_attn_kwargs=True)
 
     def __call__(self, features, return_tensors=None, separator_id=None):
         features = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
@@ -49,10 +57,10 @@ class PackingCollator(DataCollatorWithFlattening):
 
 
 def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
-    """SDPA per packed sequence. query/key/value: (1, heads, ΣT, head_dim); returns (1, ΣT, heads, head_dim).
+    """Attention per packed sequence. query/key/value: (1, heads, ΣT, head_dim); returns (1, ΣT, heads, head_dim).
 
     Anything but an unmasked, uncached packed row (a padding mask, a cache, a batch of rows) goes
-    to plain SDPA unchanged.
+    to plain SDPA unchanged. The collator's bounds are used when present; position ids otherwise.
     """
     position_ids = kwargs.get("position_ids")
     length = query.shape[2]
@@ -64,7 +72,16 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
         or position_ids.numel() != length
     ):
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    bounds = sequence_bounds(position_ids)
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    dropout = kwargs.get("dropout", 0.0) if module.training else 0.0
+    if cu_seq_lens is not None and dropout == 0.0 and _varlen_runs(query, _compute_dtype(query)):
+        return _varlen_attention(
+            query, key, value, cu_seq_lens, kwargs["max_length_q"], kwargs.get("scaling")
+        ), None
+    if cu_seq_lens is not None and cu_seq_lens.device.type == "cpu":
+        bounds = cu_seq_lens.tolist()  # made by the collator: no read-back
+    else:
+        bounds = sequence_bounds(position_ids)
     if len(bounds) == 2:  # one sequence
         return sdpa_attention_forward(module, query, key, value, None, **kwargs)
     pieces = [
@@ -72,6 +89,69 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
         for s, e in zip(bounds, bounds[1:], strict=False)
     ]
     return torch.cat(pieces, dim=1), None
+
+
+def packed_attention_kernel(device: torch.device | str, dtype: torch.dtype, head_dim: int) -> str:
+    """Which kernel `PACKED_SDPA` runs packed rows with on that device and compute dtype (for the log)."""
+    query = torch.empty(0, 1, head_dim, device="meta")
+    if torch.device(device).type == "cuda" and _varlen_runs(query, dtype, device_type="cuda"):
+        return "varlen flash (torch.nn.attention.varlen, one call per layer)"
+    return "SDPA per sequence (bounds from the collator)"
+
+
+def _compute_dtype(query: torch.Tensor) -> torch.dtype:
+    """The dtype SDPA would compute in: autocast's, when autocast is on for the query's device."""
+    if torch.is_autocast_enabled(query.device.type):
+        return torch.get_autocast_dtype(query.device.type)
+    return query.dtype
+
+
+def _varlen_runs(query: torch.Tensor, dtype: torch.dtype, device_type: str | None = None) -> bool:
+    """Whether torch's flash varlen kernel takes this query: CUDA, fp16/bf16, head_dim ≤ 256 and a multiple of 8."""
+    head_dim = query.shape[-1]
+    return (
+        (device_type or query.device.type) == "cuda"
+        and dtype in (torch.float16, torch.bfloat16)
+        and head_dim <= 256
+        and head_dim % 8 == 0
+        and _varlen_parameters() is not None
+    )
+
+
+@functools.cache
+def _varlen_parameters() -> frozenset[str] | None:
+    """The keyword names of torch's `varlen_attn` (they changed between 2.10 and 2.12), or None without it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    parameters = frozenset(inspect.signature(varlen_attn).parameters)
+    return parameters if {"is_causal", "window_size"} & parameters else None
+
+
+def _varlen_attention(query, key, value, cu_seq_lens, max_length: int, scaling: float | None) -> torch.Tensor:
+    """One causal flash varlen call over the packed row: (1, H, ΣT, D) → (1, ΣT, H, D)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    parameters = _varlen_parameters()
+    dtype = _compute_dtype(query)
+    # (1, H, ΣT, D) → (ΣT, H, D), in the dtype SDPA would have run in under autocast
+    query, key, value = (t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value))
+    options = {"is_causal": True} if "is_causal" in parameters else {"window_size": (-1, 0)}
+    if key.shape[1] != query.shape[1]:  # grouped-query attention: kv head i serves query heads i·g … i·g+g-1
+        if "enable_gqa" in parameters:
+            options["enable_gqa"] = True
+        else:
+            groups = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    if scaling is not None:
+        if "scale" in parameters:
+            options["scale"] = scaling
+        else:
+            query = query * (scaling * query.shape[-1] ** 0.5)  # the kernel's own scale is 1/sqrt(D)
+    cu_seq_lens = cu_seq_lens.to(device=query.device, dtype=torch.int32)
+    output = varlen_attn(query, key, value, cu_seq_lens, cu_seq_lens, max_length, max_length, **options)
+    return output.unsqueeze(0)
 
 
 _last_bounds: tuple[weakref.ref, int, list[int]] | None = None
@@ -185,8 +265,9 @@ def _keeps_sequences_apart(model: torch.nn.Module) -> bool:
         first = torch.randint(4, vocab, (1, 6), generator=generator).to(device)
         second = torch.randint(4, vocab, (1, 5), generator=generator).to(device)
         alone = [model(input_ids=ids, use_cache=False).logits.float() for ids in (first, second)]
-        positions = torch.cat([torch.arange(6), torch.arange(5)]).unsqueeze(0).to(device)
-        packed = model(input_ids=torch.cat([first, second], dim=1), position_ids=positions, use_cache=False)
+        batch = PackingCollator()([{"input_ids": ids[0], "labels": ids[0]} for ids in (first, second)])
+        del batch["labels"]
+        packed = model(**{key: _to(value, device) for key, value in batch.items()}, use_cache=False)
         expected = torch.cat(alone, dim=1)
         # Kernels may sum in another order; a leak between sequences moves logits far more than this.
         relative = 1e-4 if model.get_input_embeddings().weight.dtype == torch.float32 else 3e-2
@@ -197,3 +278,7 @@ def _keeps_sequences_apart(model: torch.nn.Module) -> bool:
         return False
     finally:
         model.train(was_training)
+
+
+def _to(value, device: torch.device):
+    return value.to(device) if isinstance(value, torch.Tensor) else value
