@@ -1,21 +1,27 @@
 """SIBO on a real LLM: SmolLM2-135M-Instruct fine-tuned on math_train_3k, scored on 7 arithmetic sets.
 
-    python benchmarks/smollm2_study.py --size cpu                   # ≤ 60 min on 2 idle cores
-    python benchmarks/smollm2_study.py --size gpu --device cuda     # full test sets, 3 seeds, one H200
+    python benchmarks/smollm2_study.py --device cpu      # the cpu size: ≤ 60 min on 2 idle cores
+    python benchmarks/smollm2_study.py --device cuda     # the gpu size: full test sets, 3 seeds, one H200
     python benchmarks/smollm2_study.py --size cpu --methods lora,lora-sibo0.1 --seeds 0,1
 
 Every run (method × seed) is sibo's own recipe: `sibo.finetune` with the seed's LoRA settings
 (r 32, α 64 on q,k,v,up,down, cutoff 256, lr 3e-4) or AdapterH (sequential bottleneck adapters
-after attention and FFN, width 64, not the seed's 256: SmolLM2's hidden size is 576, not 4096),
-then `sibo.evaluate` (greedy, and 4 beams with --beams 1,4) on a fixed slice of each test set,
-then `sibo.analyze`'s per-layer token similarity. "base" is the model without an adapter, asked
-with the same prompt template. A run lands in OUT/runs/<method>_seed<seed>/ (adapter/, eval_*/,
-result.json); a run whose result.json exists is skipped, so a killed study resumes where it
-stopped. At the end OUT/results.json gathers every run: accuracy per set and on average (mean ±
-std over seeds), SIBO − plain per seed pair and seed-averaged with a 95 % paired bootstrap
-interval over questions (`sibo.stats`), per set and over all 7 sets; accuracy.png and
-similarity.png are drawn and a markdown table is printed. --workers N runs the runs in N
-processes at once (on a GPU a 135M model leaves it mostly idle; one process cannot fill it).
+after attention and FFN, width 64, not the seed's 256: SmolLM2's hidden size is 576, not 4096;
+lr --adapterh_lr, LoRA's 3e-4 until tuned: run `--methods adapterh --seeds 0` per candidate, each
+into its own --out); SIBO boosts the FFN branches (sibo's default). Then `sibo.evaluate` (greedy;
+the seed's 4 beams too with --beams 1,4) on a fixed slice of each test set, then `sibo.analyze`'s
+per-layer token similarity. "base" is the model without an adapter, asked with the same prompt
+template. `sibo.sweep` grids λ only, has no base run and keeps no per-question scores, so its
+pieces are used here, not its loop.
+
+A run lands in OUT/runs/<method>_seed<seed>/ (adapter/, greedy/, result.json); a run whose
+result.json exists is skipped, so a killed study resumes where it stopped, and a run made with
+other settings is refused, never mixed in. OUT/results.json gathers every run: accuracy per set
+and on average (mean ± std over seeds); SIBO − plain, per seed pair and seed-averaged, with a
+95 % paired bootstrap interval over questions (`sibo.stats`), per set and over all sets; whether
+similarity climbs with depth and SIBO lowers it. accuracy.png (first decoding) and
+similarity.png are drawn and markdown tables printed. --workers N runs the runs in N processes
+at once (a 135M model cannot keep a GPU busy from one process).
 """
 
 from __future__ import annotations
@@ -347,10 +353,15 @@ def aggregate(plan: Plan, results: dict[tuple[str, int], dict]) -> dict:
 
 
 def over_smoothing(methods: dict[str, dict]) -> dict:
-    """The two questions the paper's figure asks: does similarity climb with depth, does SIBO lower it?"""
+    """The two questions the paper's figure asks: does similarity climb with depth, does SIBO lower it?
+
+    HF returns the last hidden state after the final norm (its per-channel weights change cosines), so
+    "climbs" compares the first block with the deepest one before that norm.
+    """
     climb = {
-        name: {"first_block": row["similarity"][1], "last_block": row["similarity"][-1],
-               "climbs": row["similarity"][-1] > row["similarity"][1]}
+        name: {"first_block": row["similarity"][1], "deepest_block": row["similarity"][-2],
+               "after_final_norm": row["similarity"][-1],
+               "climbs": row["similarity"][-2] > row["similarity"][1]}
         for name, row in methods.items()
     }  # fmt: skip
     lowered = {}
@@ -362,10 +373,11 @@ def over_smoothing(methods: dict[str, dict]) -> dict:
             ]
             lowered[name] = {
                 "plain": plain,
-                "mean_over_blocks": statistics.fmean(gaps),
-                "last_block": gaps[-1],
-                "blocks_lower": sum(gap < 0 for gap in gaps),
-                "blocks": len(gaps),
+                "mean_over_layers": statistics.fmean(gaps),
+                "deepest_block": gaps[-2] if len(gaps) > 1 else gaps[-1],
+                "after_final_norm": gaps[-1],
+                "layers_lower": sum(gap < 0 for gap in gaps),
+                "layers": len(gaps),
             }
     return {"by_depth": climb, "sibo_minus_plain": lowered}
 
@@ -430,7 +442,9 @@ def print_tables(summary: dict, sets: list[str]) -> None:
             print(
                 f"| {row['sibo']} | {row['plain']} | {row['decoding']} | {text} | {row['sets']['all sets']['verdict']} |"
             )
-    print("\nmean pairwise token similarity by layer (0 = embeddings), mean over seeds:\n")
+    print(
+        "\nmean pairwise token similarity by layer (0 = embeddings, last = after the final norm), mean over seeds:\n"
+    )
     layers = len(next(iter(methods.values()))["similarity"])
     shown = sorted({0, 1, layers // 4, layers // 2, 3 * layers // 4, layers - 2, layers - 1} - {-1})
     print("| method | " + " | ".join(f"layer {layer}" for layer in shown) + " |")
@@ -439,8 +453,8 @@ def print_tables(summary: dict, sets: list[str]) -> None:
         print(f"| {name} | " + " | ".join(f"{row['similarity'][layer]:.3f}" for layer in shown) + " |")
     for name, row in summary["over_smoothing"]["sibo_minus_plain"].items():
         print(
-            f"{name} − {row['plain']}: {row['mean_over_blocks']:+.4f} on average over blocks, "
-            f"{row['last_block']:+.4f} at the last; lower in {row['blocks_lower']} of {row['blocks']} blocks"
+            f"{name} − {row['plain']}: {row['mean_over_layers']:+.4f} on average over layers 1-{row['layers']}, "
+            f"{row['deepest_block']:+.4f} at the deepest block; lower in {row['layers_lower']} of them"
         )
 
 
@@ -497,7 +511,10 @@ def launch_workers(argv: list[str], workers: int) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--size", choices=sorted(SIZES), default="cpu", help="preset: quick (tests), cpu, gpu"
+        "--size",
+        choices=sorted(SIZES),
+        default=None,
+        help="preset: quick (tests), cpu, gpu (default: the device's)",
     )
     parser.add_argument(
         "--base_model",
@@ -539,7 +556,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
-    size = SIZES[args.size]
+    size = SIZES[args.size or ("gpu" if args.device.startswith("cuda") else "cpu")]
     unknown = [name for name in args.methods.split(",") if name not in METHODS]
     if unknown or not args.base_model:
         sys.exit(

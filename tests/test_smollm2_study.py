@@ -100,7 +100,10 @@ def test_quick_study_writes_results_and_plots_and_resumes(study, workspace, capl
     assert set(smoothing["by_depth"]) == {"base", "lora", "lora-sibo0.1"}
     gap = smoothing["sibo_minus_plain"]["lora-sibo0.1"]
     sibo_curve, lora_curve = (written["methods"][name]["similarity"] for name in ("lora-sibo0.1", "lora"))
-    assert gap["last_block"] == pytest.approx(sibo_curve[-1] - lora_curve[-1]) and gap["blocks"] == 2
+    assert gap["after_final_norm"] == pytest.approx(sibo_curve[-1] - lora_curve[-1]) and gap["layers"] == 2
+    assert gap["deepest_block"] == pytest.approx(sibo_curve[-2] - lora_curve[-2])
+    depth = smoothing["by_depth"]["lora"]
+    assert depth["climbs"] == (lora_curve[-2] > lora_curve[1])
     for name in ("accuracy.png", "similarity.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert "| lora-sibo0.1 | lora | greedy |" in capsys.readouterr().out
