@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, as one script for a lent GPU machine; about 7 minutes on one H200.
+# The checks that need a CUDA GPU, as one script for a lent GPU machine; up to about 10 minutes on one H200.
 #
 #     bash benchmarks/gpu_check.sh            # from the repository root; writes $OUT (or ./gpu_check_out)
 #
@@ -54,8 +54,10 @@ MODEL=(--device cuda --layers 24 --hidden 1280)  # 24 × (4·1280² + 3·1280·3
 TOKENIZER=(${MINILM_TOKENIZER:+--tokenizer "$MINILM_TOKENIZER"})
 step overhead 60 "$PYTHON" benchmarks/overhead.py "${MODEL[@]}" --repeats 10
 step generate_speed 80 "$PYTHON" benchmarks/generate_speed.py "${MODEL[@]}" --new_tokens 32 --repeats 3
-step eval_throughput 80 "$PYTHON" benchmarks/eval_throughput.py "${MODEL[@]}" --num_examples 4 --max_new_tokens 64 \
-    --batch_size 4
+# evaluation at the seed's budgets (4 beams, 256 tokens; target >= 20x) and all of gsm8k, greedy, on SmolLM2's shape
+step eval_throughput 150 "$PYTHON" benchmarks/eval_throughput.py --device cuda --shape 0.5b --num_examples 64 \
+    --seed_examples 2
+step eval_gsm8k_full 150 "$PYTHON" benchmarks/eval_throughput.py --device cuda --shape smollm2-135m --gsm8k_full
 step finetune_throughput 70 "$PYTHON" benchmarks/finetune_throughput.py "${MODEL[@]}" "${TOKENIZER[@]}"
 
 echo "all logs in $OUT/"

@@ -72,6 +72,17 @@ def context_length(model: torch.nn.Module) -> int | None:
     return None
 
 
+def eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int]:
+    """The model's own end tokens plus the tokenizer's EOS, the one fine-tuning appends to every response:
+    a base whose generation config names another (or none) would otherwise never stop early."""
+    config = getattr(model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None)
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(ids))
+
+
 def encode_prompt(
     tokenizer, model: torch.nn.Module, prompt: str, max_new_tokens: int
 ) -> dict[str, torch.Tensor]:
@@ -97,7 +108,12 @@ def stream_completion(
     inputs = encode_prompt(tokenizer, model, prompt, settings.max_new_tokens)
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
-    generate_kwargs = {**inputs, **settings.generate_kwargs(), "pad_token_id": tokenizer.pad_token_id}
+    generate_kwargs = {
+        **inputs,
+        **settings.generate_kwargs(),
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": eos_token_ids(model, tokenizer),
+    }
     if settings.num_beams > 1:
         with torch.inference_mode():
             output_ids = model.generate(**generate_kwargs)
