@@ -17,8 +17,8 @@ is trained on the questions (realistic prompt lengths); ids past its vocabulary 
   (`sibo.evaluate.generate_responses`, the function the runner calls).
 - the seed (LLM-Adapters evaluate.py as the SIBO authors ran it): the unmerged adapter, one
   question per generate call, use_cache=False, so every new token recomputes the whole prefix for
-  every beam. It runs on the first --seed_examples questions (default: all); its time per question
-  is what the ratio compares.
+  every beam. It runs on --seed_examples questions (default: all; 0: none) spread evenly over the
+  prompt lengths; its time per question is what the ratio compares.
 
 Every response gets exactly --max_new_tokens new tokens on both sides (min_new_tokens =
 max_new_tokens, so EOS cannot end one early; the script checks it): the worst case. A sibo batch
@@ -164,7 +164,9 @@ def main() -> None:
     if size == "auto":
         size = auto_batch_size(model, max(lengths), args.max_new_tokens, args.num_beams)
     batches = [order[i : i + size] for i in range(0, n, size)]
-    seed_set = set(range(min(args.seed_examples or n, n)))  # the first questions, as a reader would pick
+    # the seed's questions spread evenly over the prompt lengths, since its cost per question grows with them
+    k = n if args.seed_examples is None else min(args.seed_examples, n)
+    seed_set = {order[(j * n) // k] for j in range(k)}
 
     for warm in (model, seed_model):  # CUDA context, kernels and allocator: not part of either side's time
         generate_responses(warm, tokenizer, prompts[:1], num_beams=args.num_beams, max_new_tokens=2)
@@ -220,10 +222,14 @@ def main() -> None:
     print(f"prompts: {n} gsm8k questions, {min(lengths)}-{max(lengths)} tokens; {args.max_new_tokens} new tokens each, "
           f"{args.num_beams} beams; sibo batch {size}; the seed on {seeds}")  # fmt: skip
     for clock, sibo_time, seed_time in (("wall", sibo_seconds, seed_seconds), ("cpu", sibo_cpu, seed_cpu)):
-        print(
-            f"{clock:>4} clock: sibo evaluate {n / sibo_time:.4f} questions/s ({sibo_time:.1f}s for {n}); "
-            f"seed (batch 1, use_cache=False) {seeds / seed_time:.4f} questions/s ({seed_time:.1f}s for {seeds}); "
+        seed = (
+            f"; seed (batch 1, use_cache=False) {seeds / seed_time:.4f} questions/s ({seed_time:.1f}s for {seeds}); "
             f"speed-up {(seed_time / seeds) / (sibo_time / n):.1f}x"
+            if seeds
+            else ""
+        )
+        print(
+            f"{clock:>4} clock: sibo evaluate {n / sibo_time:.4f} questions/s ({sibo_time:.1f}s for {n}){seed}"
         )
     verb = "measured" if n == GSM8K_QUESTIONS else "projected"
     print(f"gsm8k, {GSM8K_QUESTIONS} questions at these settings: {verb} {GSM8K_QUESTIONS * sibo_seconds / n:.1f}s "

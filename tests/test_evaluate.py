@@ -24,7 +24,7 @@ from sibo.evaluate import (
     load_benchmarks,
 )
 from sibo.export import merge_for_inference
-from sibo.prompts import build_prompt
+from sibo.prompts import build_prompt, extract_response
 from sibo.tasks import load_examples, resolve_datasets
 from sibo.tiny import build_tiny_model, build_tokenizer
 
@@ -155,6 +155,31 @@ def test_each_row_stops_at_the_tokenizers_eos_when_the_generation_config_names_n
     generate_responses(model, tokenizer, prompts, num_beams=1, max_new_tokens=8)
     new = seen[0][:, inputs["input_ids"].shape[1] :].tolist()
     assert new == [row0[: k + 1] + [tokenizer.pad_token_id] * (7 - k), row1]  # row 0 ended, row 1 ran on
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+def test_each_prompt_is_prefilled_once_for_all_its_beams_with_the_same_responses(arch, monkeypatch):
+    tokenizer = build_tokenizer()
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    lora.fan_in_fan_out = arch == "gpt2"
+    model = get_sibo_model(build_tiny_model(arch, len(tokenizer)), lora, lam=0.3).eval()
+    prompts = [build_prompt(ADDSUB[0]["instruction"]), build_prompt("hi")]  # left padding, absolute positions
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        sequences = model.generate(
+            **inputs, num_beams=3, do_sample=False, max_new_tokens=10, pad_token_id=tokenizer.pad_token_id
+        )  # transformers' own: every prompt prefilled once per beam
+    new = tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    prefilled = []
+    original = evaluate_module.prefill_once
+    monkeypatch.setattr(
+        evaluate_module,
+        "prefill_once",
+        lambda *args: prefilled.append(args[1]["input_ids"].shape) or original(*args),
+    )
+    responses = generate_responses(model, tokenizer, prompts, num_beams=3, max_new_tokens=10)
+    assert prefilled == [inputs["input_ids"].shape]  # (2, T): once per prompt, not per beam
+    assert responses == [extract_response(p + c) for p, c in zip(prompts, new, strict=True)]
 
 
 def test_decoding_uses_the_kv_cache_and_the_seeds_beams(tiny, monkeypatch):

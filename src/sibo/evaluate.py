@@ -307,6 +307,13 @@ def generate_responses(
         **overrides,
     }
     with torch.inference_mode():
+        if (
+            num_beams > 1
+            and settings["use_cache"]
+            and "cache_implementation" not in settings
+            and len(inputs["input_ids"][0]) > 1
+        ):
+            settings["cache"] = prefill_once(model, inputs, num_beams)
         sequences = model.generate(**inputs, **settings)  # (B, T + new)
     completions = tokenizer.batch_decode(
         sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
@@ -314,6 +321,26 @@ def generate_responses(
     return [
         extract_response(prompt + completion) for prompt, completion in zip(prompts, completions, strict=True)
     ]
+
+
+def prefill_once(model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_beams: int):
+    """The KV cache of each prompt but its last token, computed once and repeated for its beams.
+
+    transformers copies every prompt num_beams times before the first forward; given this cache,
+    generate runs only the last prompt token, on every beam. Positions as generate derives them.
+    """
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]  # (B, T)
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    output = model(
+        input_ids=ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, :-1],
+        use_cache=True,
+        logits_to_keep=1,  # the logits are not used: keep (B, 1, V), not (B, T, V)
+    )
+    cache = output.cache
+    cache.batch_repeat_interleave(num_beams)  # (B, …) -> (B·beams, …), each row's beams adjacent
+    return cache
 
 
 def prompt_of(example: Example) -> str:
