@@ -83,6 +83,9 @@ def parse_args() -> argparse.Namespace:
         "--seed_examples", type=int, default=None, help="questions the seed runs (default: all)"
     )
     optional_bool_flag(parser, "--merge", True, "sibo decodes with the adapter merged for inference")
+    optional_bool_flag(
+        parser, "--static_cache", False, "sibo decodes with a static KV cache (compiled steps on a GPU)"
+    )
     parser.add_argument(
         "--gsm8k_full", action="store_true", help="all of gsm8k, greedy, 256 tokens; the seed on 2 questions"
     )
@@ -181,10 +184,12 @@ def main() -> None:
         synchronize(args.device)
         return result, time.perf_counter() - start, time.process_time() - start_cpu
 
+    static = {"cache_implementation": "static"} if args.static_cache else {}
+
     def sibo_batch(batch: list[int]) -> tuple[list[str], float, float]:
         return timed(
             generate_responses, model, tokenizer, [prompts[i] for i in batch], num_beams=args.num_beams,
-            max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
+            max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, **static,
         )  # fmt: skip
 
     for batch in batches:
@@ -218,7 +223,7 @@ def main() -> None:
     print(f"date: {datetime.date.today()}")
     print(f"model: llama {args.shape} {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
           f"{config.num_attention_heads}/{config.num_key_value_heads} heads, FFN {config.intermediate_size}, "
-          f"vocab {config.vocab_size}; SIBO LoRA λ=0.1, {'merged for inference' if args.merge else 'unmerged'}")  # fmt: skip
+          f"vocab {config.vocab_size}; SIBO LoRA λ=0.1, {'merged for inference' if args.merge else 'unmerged'}{', static cache' if args.static_cache else ''}")  # fmt: skip
     print(f"prompts: {n} gsm8k questions, {min(lengths)}-{max(lengths)} tokens; {args.max_new_tokens} new tokens each, "
           f"{args.num_beams} beams; sibo batch {size}; the seed on {seeds}")  # fmt: skip
     for clock, sibo_time, seed_time in (("wall", sibo_seconds, seed_seconds), ("cpu", sibo_cpu, seed_cpu)):

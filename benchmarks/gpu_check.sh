@@ -54,6 +54,7 @@ MODEL=(--device cuda --layers 24 --hidden 1280)  # 24 × (4·1280² + 3·1280·3
 TOKENIZER=(${MINILM_TOKENIZER:+--tokenizer "$MINILM_TOKENIZER"})
 step overhead 60 "$PYTHON" benchmarks/overhead.py "${MODEL[@]}" --repeats 10
 step generate_speed 80 "$PYTHON" benchmarks/generate_speed.py "${MODEL[@]}" --new_tokens 32 --repeats 3
+step generate_speed_merged 80 "$PYTHON" benchmarks/generate_speed.py "${MODEL[@]}" --new_tokens 32 --repeats 3 --merge
 # evaluation at the seed's budgets (4 beams, 256 tokens; target >= 20x) and all of gsm8k, greedy, on SmolLM2's shape
 step eval_throughput 150 "$PYTHON" benchmarks/eval_throughput.py --device cuda --shape 0.5b --num_examples 64 \
     --seed_examples 2
