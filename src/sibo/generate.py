@@ -72,7 +72,7 @@ def context_length(model: torch.nn.Module) -> int | None:
     return None
 
 
-def eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int]:
+def eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int] | None:
     """The model's own end tokens plus the tokenizer's EOS, the one fine-tuning appends to every response:
     a base whose generation config names another (or none) would otherwise never stop early."""
     config = getattr(model, "generation_config", None)
@@ -80,7 +80,7 @@ def eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     ids = [configured] if isinstance(configured, int) else list(configured or [])
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-    return list(dict.fromkeys(ids))
+    return list(dict.fromkeys(ids)) or None  # None: no end token anywhere, decode to max_new_tokens
 
 
 def encode_prompt(
