@@ -1,28 +1,39 @@
-"""Examples/s of `sibo evaluate`'s decoding vs the seed's recipe, side by side in one run.
+"""Questions/s of `sibo evaluate`'s decoding vs the seed's recipe, side by side in one run.
 
     python benchmarks/eval_throughput.py --num_examples 16 --max_new_tokens 256
-    python benchmarks/eval_throughput.py --device cuda --layers 24 --hidden 1280   # bf16 on a GPU
+    python benchmarks/eval_throughput.py --device cuda --shape 0.5b --num_examples 64 --seed_examples 4
+    python benchmarks/eval_throughput.py --device cuda --shape smollm2-135m --gsm8k_full
 
-Both decode the same prompts (the first N gsm8k questions, LLM-Adapters' test.json) with the same
-model: a random LLaMA built from a config (8 layers, hidden 256 by default) carrying a SIBO LoRA
-(λ = 0.1, random B), and the same beam search (4 beams, no sampling).
+Both decode the same prompts (the first N gsm8k questions, LLM-Adapters' test.json) with a random
+LLaMA built from a config carrying a SIBO LoRA (λ = 0.1, random B) on q, v, gate and up, and the
+same beam search (4 beams, no sampling). `--shape` picks the config: `custom` (--layers × --hidden,
+8 × 256 by default), `smollm2-135m` (30 × 576, 9 heads / 3 KV heads, FFN 1536, vocab 49,152, tied
+embeddings) or `0.5b` (24 × 1280, 40 heads, FFN 3413, as benchmarks/gpu_check.sh). The tokenizer
+is trained on the questions (realistic prompt lengths); ids past its vocabulary decode to nothing.
 
-- sibo evaluate: prompts sorted by length, batches of --batch_size, left padding, KV cache on
+- sibo evaluate: the adapter merged for inference (`sibo.export.merge_for_inference`, exact; off
+  with --merge False), prompts sorted by length, batches of --batch_size (auto: as the runner
+  sizes them from free GPU memory; 8 on CPU), left padding, KV cache on
   (`sibo.evaluate.generate_responses`, the function the runner calls).
-- the seed (LLM-Adapters evaluate.py as the SIBO authors ran it): one question per generate call,
-  use_cache=False, so every new token recomputes the whole prefix for every beam.
+- the seed (LLM-Adapters evaluate.py as the SIBO authors ran it): the unmerged adapter, one
+  question per generate call, use_cache=False, so every new token recomputes the whole prefix for
+  every beam. It runs on --seed_examples questions (default: all; 0: none) spread evenly over the
+  prompt lengths; its time per question is what the ratio compares.
 
-Every response gets exactly --max_new_tokens new tokens in both (min_new_tokens = max_new_tokens,
-so EOS cannot end one early; the script checks it). The two alternate batch by batch, and each
-sibo batch is timed twice (before and after the seed's questions), so load from other processes
-on the machine falls on both alike. Prints examples/s, the ratio, and how many responses are
-identical. Time is given twice: wall clock, and this process's CPU seconds (steadier when other
-jobs share the machine; on a GPU only the wall clock counts).
+Every response gets exactly --max_new_tokens new tokens on both sides (min_new_tokens =
+max_new_tokens, so EOS cannot end one early; the script checks it): the worst case. A sibo batch
+holding seed questions is timed twice (before and after them), so load from other processes on
+the machine falls on both alike. Prints questions/s, the ratio, how many of the seed's responses
+sibo reproduces, and the time 1,319 gsm8k questions take (measured when all ran, else projected).
+`--gsm8k_full`: every gsm8k question, greedy, 256 tokens, the seed on 2 of them. Time is given
+twice: wall clock, and this process's CPU seconds (steadier when other jobs share the machine;
+on a GPU only the wall clock counts).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import sys
@@ -30,14 +41,26 @@ import time
 from pathlib import Path
 
 import torch
-from common import add_device_flag, compute_dtype, describe_machine
+from common import add_device_flag, compute_dtype, describe_machine, synchronize
 from peft import LoraConfig
 
 from sibo import get_sibo_model
-from sibo.evaluate import generate_responses
+from sibo.cli._flags import optional_bool_flag
+from sibo.evaluate import auto_batch_size, generate_responses
+from sibo.export import merge_for_inference
 from sibo.prompts import build_prompt, extract_response
 from sibo.tasks import default_data_dir
 from sibo.tiny import build_tiny_model, build_tokenizer
+
+GSM8K_QUESTIONS = 1319
+# config fields per shape (beyond vocab): the real models' widths, random weights
+SHAPES = {
+    "smollm2-135m": {
+        "num_layers": 30, "hidden_size": 576, "num_heads": 9, "num_key_value_heads": 3, "ffn_size": 1536,
+        "vocab_size": 49152, "tie_word_embeddings": True,
+    },
+    "0.5b": {"num_layers": 24, "hidden_size": 1280, "num_heads": 40, "ffn_size": 1280 * 8 // 3},
+}  # fmt: skip
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,27 +72,49 @@ def parse_args() -> argparse.Namespace:
         default=256,
         help="new tokens per response, forced (the seed's math budget)",
     )
-    parser.add_argument("--batch_size", type=int, default=8, help="sibo evaluate's batch size (its default)")
+    parser.add_argument(
+        "--batch_size", default="auto", help="sibo evaluate's batch size, or auto (its default; 8 on CPU)"
+    )
     parser.add_argument("--num_beams", type=int, default=4)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--shape", choices=("custom", *SHAPES), default="custom", help="model config")
+    parser.add_argument("--layers", type=int, default=8, help="blocks of the custom shape")
+    parser.add_argument("--hidden", type=int, default=256, help="hidden size of the custom shape")
+    parser.add_argument(
+        "--seed_examples", type=int, default=None, help="questions the seed runs (default: all)"
+    )
+    optional_bool_flag(parser, "--merge", True, "sibo decodes with the adapter merged for inference")
+    optional_bool_flag(
+        parser, "--static_cache", False, "sibo decodes with a static KV cache (compiled steps on a GPU)"
+    )
+    parser.add_argument(
+        "--gsm8k_full", action="store_true", help="all of gsm8k, greedy, 256 tokens; the seed on 2 questions"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (more than the free cores slows every step)"
     )
     parser.add_argument(
         "--data_dir", default=None, help="LLM-Adapters data (default: as sibo evaluate finds it)"
     )
+    parser.add_argument("--json", default=None, help="also write the headline figures to this JSON file")
     add_device_flag(parser)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.gsm8k_full:
+        args.num_examples, args.num_beams, args.max_new_tokens = GSM8K_QUESTIONS, 1, 256
+        args.seed_examples = 2 if args.seed_examples is None else args.seed_examples
+    if args.batch_size != "auto":
+        args.batch_size = int(args.batch_size)
+    return args
 
 
-def build_model(questions: list[str], layers: int, hidden: int):
+def build_model(questions: list[str], args: argparse.Namespace):
     """A tokenizer trained on the questions (realistic prompt lengths) and a SIBO-boosted random LLaMA."""
     tokenizer = build_tokenizer([build_prompt(q) + " The answer is 42." for q in questions], vocab_size=2000)
-    base = build_tiny_model(
-        "llama", len(tokenizer), num_layers=layers, hidden_size=hidden, num_heads=hidden // 32,
-        ffn_size=hidden * 8 // 3, max_positions=2048,
-    )  # fmt: skip
+    shape = dict(SHAPES.get(args.shape, {}))
+    vocab_size = shape.pop("vocab_size", len(tokenizer))
+    if not shape:
+        shape = {"num_layers": args.layers, "hidden_size": args.hidden, "num_heads": args.hidden // 32,
+                 "ffn_size": args.hidden * 8 // 3}  # fmt: skip
+    base = build_tiny_model("llama", vocab_size, max_positions=2048, **shape)
     lora = LoraConfig(
         r=8,
         lora_alpha=16,
@@ -112,60 +157,100 @@ def main() -> None:
         sys.exit(f"gsm8k not found at {data_file}: pass --data_dir or set SIBO_DATA_DIR")
     records = json.loads(data_file.read_text())
     questions = [record["instruction"] for record in records]
-    model, tokenizer = build_model(questions, args.layers, args.hidden)
-    model.to(args.device, compute_dtype(args.device))
+    seed_model, tokenizer = build_model(questions, args)
+    seed_model.to(args.device, compute_dtype(args.device))
+    model = merge_for_inference(copy.deepcopy(seed_model)) if args.merge else seed_model
     prompts = [build_prompt(q) for q in questions[: args.num_examples]]
+    n = len(prompts)
     lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # as the runner sorts them
-    batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+    order = sorted(range(n), key=lambda i: -lengths[i])  # as the runner sorts them
+    size = args.batch_size
+    if size == "auto":
+        size = auto_batch_size(model, max(lengths), args.max_new_tokens, args.num_beams)
+    batches = [order[i : i + size] for i in range(0, n, size)]
+    # the seed's questions spread evenly over the prompt lengths, since its cost per question grows with them
+    k = n if args.seed_examples is None else min(args.seed_examples, n)
+    seed_set = {order[(j * n) // k] for j in range(k)}
 
-    new_token_counts = count_new_tokens(model)
+    for warm in (model, seed_model):  # CUDA context, kernels and allocator: not part of either side's time
+        generate_responses(warm, tokenizer, prompts[:1], num_beams=args.num_beams, max_new_tokens=2)
+    counters = [count_new_tokens(each) for each in dict.fromkeys((model, seed_model))]
     sibo_seconds = seed_seconds = sibo_cpu = seed_cpu = 0.0
     sibo_out, seed_out = {}, {}
 
-    def sibo_batch(batch: list[int]) -> tuple[list[str], float, float]:
+    def timed(function, *call_args, **kwargs):
+        synchronize(args.device)
         start, start_cpu = time.perf_counter(), time.process_time()
-        responses = generate_responses(
-            model, tokenizer, [prompts[i] for i in batch], num_beams=args.num_beams,
-            max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens,
+        result = function(*call_args, **kwargs)
+        synchronize(args.device)
+        return result, time.perf_counter() - start, time.process_time() - start_cpu
+
+    static = {"cache_implementation": "static"} if args.static_cache else {}
+
+    def sibo_batch(batch: list[int]) -> tuple[list[str], float, float]:
+        return timed(
+            generate_responses, model, tokenizer, [prompts[i] for i in batch], num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, **static,
         )  # fmt: skip
-        return responses, time.perf_counter() - start, time.process_time() - start_cpu
 
     for batch in batches:
-        # sibo's batch runs before and after the seed's questions (mean of the two), so a burst of
-        # load from other jobs during its few seconds weighs no more than during the seed's minutes
-        responses, wall_before, cpu_before = sibo_batch(batch)
-        for i in batch:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            seed_out[i] = seed_recipe(model, tokenizer, prompts[i], args.num_beams, args.max_new_tokens)
-            seed_seconds += time.perf_counter() - start
-            seed_cpu += time.process_time() - start_cpu
-        again, wall_after, cpu_after = sibo_batch(batch)
-        assert again == responses
-        sibo_seconds += (wall_before + wall_after) / 2
-        sibo_cpu += (cpu_before + cpu_after) / 2
+        # a batch with seed questions runs before and after them (mean of the two), so a burst of load
+        # from other jobs during its few seconds weighs no more than during the seed's minutes
+        responses, wall, cpu = sibo_batch(batch)
+        mine = [i for i in batch if i in seed_set]
+        for i in mine:
+            seed_out[i], wall_seed, cpu_seed = timed(
+                seed_recipe, seed_model, tokenizer, prompts[i], args.num_beams, args.max_new_tokens
+            )
+            seed_seconds += wall_seed
+            seed_cpu += cpu_seed
+        if mine:
+            again, wall_after, cpu_after = sibo_batch(batch)
+            assert again == responses
+            wall, cpu = (wall + wall_after) / 2, (cpu + cpu_after) / 2
+        sibo_seconds += wall
+        sibo_cpu += cpu
         sibo_out.update(zip(batch, responses, strict=True))
-        print(
-            f"  {len(sibo_out)}/{len(prompts)}: sibo {sibo_seconds:.1f}s, seed {seed_seconds:.1f}s",
-            flush=True,
-        )
+        print(f"  {len(sibo_out)}/{n}: sibo {sibo_seconds:.1f}s, seed {seed_seconds:.1f}s", flush=True)
     # the same work per example on both sides
-    assert set(new_token_counts) == {args.max_new_tokens}, new_token_counts
+    new_token_counts = {count for counts in counters for count in counts}
+    assert new_token_counts == {args.max_new_tokens}, new_token_counts
 
-    n = len(prompts)
+    seeds = len(seed_set)
+    config = seed_model.config
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"machine: {describe_machine(args.device)}, {torch.get_num_threads()} threads; on {args.device}")
+    print(f"machine: {describe_machine(args.device)}, {torch.get_num_threads()} threads; on {args.device}, "
+          f"{compute_dtype(args.device)}")  # fmt: skip
     print(f"date: {datetime.date.today()}")
-    print(f"model: llama {args.layers} layers, hidden {args.hidden}, vocab {len(tokenizer)}, SIBO LoRA λ=0.1")
+    print(f"model: llama {args.shape} {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+          f"{config.num_attention_heads}/{config.num_key_value_heads} heads, FFN {config.intermediate_size}, "
+          f"vocab {config.vocab_size}; SIBO LoRA λ=0.1, {'merged for inference' if args.merge else 'unmerged'}{', static cache' if args.static_cache else ''}")  # fmt: skip
     print(f"prompts: {n} gsm8k questions, {min(lengths)}-{max(lengths)} tokens; {args.max_new_tokens} new tokens each, "
-          f"{args.num_beams} beams")  # fmt: skip
+          f"{args.num_beams} beams; sibo batch {size}; the seed on {seeds}")  # fmt: skip
     for clock, sibo_time, seed_time in (("wall", sibo_seconds, seed_seconds), ("cpu", sibo_cpu, seed_cpu)):
-        print(
-            f"{clock:>4} clock: sibo evaluate (batch {args.batch_size}, KV cache) {n / sibo_time:.4f} examples/s "
-            f"({sibo_time:.1f}s); seed (batch 1, use_cache=False) {n / seed_time:.4f} examples/s "
-            f"({seed_time:.1f}s); speed-up {seed_time / sibo_time:.1f}x"
+        seed = (
+            f"; seed (batch 1, use_cache=False) {seeds / seed_time:.4f} questions/s ({seed_time:.1f}s for {seeds}); "
+            f"speed-up {(seed_time / seeds) / (sibo_time / n):.1f}x"
+            if seeds
+            else ""
         )
-    print(f"identical responses: {sum(sibo_out[i] == seed_out[i] for i in order)}/{n}")
+        print(
+            f"{clock:>4} clock: sibo evaluate {n / sibo_time:.4f} questions/s ({sibo_time:.1f}s for {n}){seed}"
+        )
+    verb = "measured" if n == GSM8K_QUESTIONS else "projected"
+    print(f"gsm8k, {GSM8K_QUESTIONS} questions at these settings: {verb} {GSM8K_QUESTIONS * sibo_seconds / n:.1f}s "
+          f"(sibo evaluate, wall clock)")  # fmt: skip
+    print(f"identical responses: {sum(sibo_out[i] == seed_out[i] for i in seed_out)}/{seeds}")
+    if args.json:
+        figures = {
+            "shape": args.shape,
+            "questions": n,
+            "questions_per_s": n / sibo_seconds,
+            "speedup": (seed_seconds / seeds) / (sibo_seconds / n) if seeds else None,  # wall clock
+            "seconds": GSM8K_QUESTIONS * sibo_seconds / n,  # all of gsm8k at these settings
+            "measured": n == GSM8K_QUESTIONS,
+        }
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/generate_speed.py [--layers 8 --hidden 512 --new_tokens 64 --batch 1 4 --repeats 7]
     python benchmarks/generate_speed.py --device cuda --layers 24 --hidden 1280   # bf16, wall clock
+    python benchmarks/generate_speed.py --merge   # both merged for inference, as sibo evaluate decodes
 
 Both models hold identical weights; runs alternate (plain, SIBO, plain, …) so machine load hits both
 alike, and the ratio compares medians. On a shared machine, `--clock cpu` (the default) times the
@@ -21,6 +22,8 @@ from common import add_device_flag, compute_dtype, describe_machine, synchronize
 from peft import LoraConfig, get_peft_model
 
 from sibo import get_sibo_model
+from sibo.cli._flags import optional_bool_flag
+from sibo.export import merge_for_inference
 from sibo.prompts import build_prompt
 from sibo.tiny import build_tiny_model, build_tokenizer
 
@@ -37,6 +40,9 @@ def setup() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument(
         "--clock", choices=("cpu", "wall"), default="cpu", help="CPU seconds or elapsed seconds (cpu only)"
+    )
+    optional_bool_flag(
+        parser, "--merge", False, "both merged for inference, as sibo evaluate decodes (SIBO keeps λ·ΔW·h0)"
     )
     add_device_flag(parser)
     return parser
@@ -61,7 +67,10 @@ def build_models(args: argparse.Namespace, vocab_size: int):
     boosted = get_sibo_model(base(), lora, lam=args.lam, targets=args.targets).eval()
     boosted.load_state_dict(plain.state_dict())  # identical weights (a fixed λ is not a parameter)
     dtype = compute_dtype(args.device)
-    return plain.to(args.device, dtype), boosted.to(args.device, dtype)
+    plain, boosted = plain.to(args.device, dtype), boosted.to(args.device, dtype)
+    if args.merge:  # plain LoRA folds away entirely; SIBO keeps a rank-r residual on its boosted modules
+        plain, boosted = merge_for_inference(plain), merge_for_inference(boosted)
+    return plain, boosted
 
 
 @torch.inference_mode()
@@ -96,7 +105,7 @@ def main() -> None:
     prompts = [build_prompt(f"Add {i} and {i + 3}.") for i in range(max(args.batch))]
     print(
         f"# {describe_machine(args.device)}, {args.device}, {torch.get_num_threads()} threads; llama {args.layers}×{args.hidden}, LoRA r=8 all-linear, "
-        f"SIBO λ={args.lam} targets={args.targets}, {args.new_tokens} new tokens, KV cache on, "
+        f"SIBO λ={args.lam} targets={args.targets}{', merged for inference' if args.merge else ''}, {args.new_tokens} new tokens, KV cache on, "
         f"{args.clock} clock, median of {args.repeats}"
     )
     print(f"{'batch':>5} {'plain tok/s':>12} {'SIBO tok/s':>11} {'SIBO/plain':>10}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, as one script for a lent GPU machine; about 7 minutes on one H200
-# (the step limits below add up to 8 minutes 15 s: tests 210 s, overhead 40, generation 60,
-# evaluation 80, fine-tuning 45 + 60; the tests took 176 s on 2026-11-28, before two were added).
+# The checks that need a CUDA GPU, as one script for a lent GPU machine; about 9 minutes on one H200
+# (the step limits below add up to 9 minutes 40 s: tests 210 s, overhead 40, generation 2 × 50,
+# evaluation 2 × 100, fine-tuning 45 + 60; the tests took 176 s on 2026-11-28, before three were added).
 #
 #     bash benchmarks/gpu_check.sh            # from the repository root; writes $OUT (or ./gpu_check_out)
 #
@@ -62,19 +62,13 @@ step gpu_tests 210 "$PYTHON" -m pytest tests/test_gpu.py -m gpu -v -rA -p no:cac
 MODEL=(--device cuda --layers 24 --hidden 1280)  # 24 × (4·1280² + 3·1280·3440) ≈ 0.47B in the blocks
 TOKENIZER=(${MINILM_TOKENIZER:+--tokenizer "$MINILM_TOKENIZER"})
 step overhead 40 "$PYTHON" benchmarks/overhead.py "${MODEL[@]}" --repeats 10
-step generate_speed 60 "$PYTHON" benchmarks/generate_speed.py "${MODEL[@]}" --new_tokens 32 --repeats 3
-
-# >>> EVAL-THROUGHPUT: owned by the evaluation-speed worktree (eval_throughput.py); 80 s today,
-# keep the block within about 100 s so the whole script stays near 8 minutes. Replace these lines
-# once eval_throughput.py has --shape and the full-gsm8k greedy mode. Contract with the summary
-# below: write $OUT/eval_0p5b.json with "speedup" (sibo / seed, 0.5B shape) and
-# $OUT/gsm8k_full_135m.json with "seconds" (all of gsm8k's test set, greedy, SmolLM2-135M shape).
-step eval_throughput 80 "$PYTHON" benchmarks/eval_throughput.py "${MODEL[@]}" --num_examples 4 --max_new_tokens 64 \
-    --batch_size 4
-# step eval_0p5b 60 "$PYTHON" benchmarks/eval_throughput.py --device cuda --shape 0.5b ... --json "$OUT/eval_0p5b.json"
-# step gsm8k_full_135m 80 "$PYTHON" benchmarks/eval_throughput.py --device cuda --shape smollm2-135m ... \
-#     --json "$OUT/gsm8k_full_135m.json"
-# <<< EVAL-THROUGHPUT
+step generate_speed 50 "$PYTHON" benchmarks/generate_speed.py "${MODEL[@]}" --new_tokens 32 --repeats 3
+step generate_speed_merged 50 "$PYTHON" benchmarks/generate_speed.py "${MODEL[@]}" --new_tokens 32 --repeats 3 --merge
+# evaluation at the seed's budgets (4 beams, 256 tokens; target >= 20x) and all of gsm8k, greedy, on SmolLM2's shape
+step eval_0p5b 100 "$PYTHON" benchmarks/eval_throughput.py --device cuda --shape 0.5b --num_examples 64 \
+    --seed_examples 2 --json "$OUT/eval_0p5b.json"
+step gsm8k_full_135m 100 "$PYTHON" benchmarks/eval_throughput.py --device cuda --shape smollm2-135m --gsm8k_full \
+    --json "$OUT/gsm8k_full_135m.json"
 
 FINETUNE=(benchmarks/finetune_throughput.py --device cuda --micro_batch 16 --batches 48 "${TOKENIZER[@]}")
 step finetune_135m 45 "$PYTHON" "${FINETUNE[@]}" --shape smollm2-135m --json "$OUT/finetune_135m.json"
@@ -96,7 +90,7 @@ def log(name):
     return path.read_text() if path.is_file() else ""
 ft135, ft05 = read("finetune_135m.json"), read("finetune_0p5b.json")
 step = re.search(r"step time .*ratio ([0-9.]+)", log("overhead"))
-decode = [float(x) for x in re.findall(r"^\s*\d+\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)×", log("generate_speed"), re.M)]
+decode = [float(x) for x in re.findall(r"^\s*\d+\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)×", log("generate_speed_merged"), re.M)]
 figures = {
     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "machine": torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU",

@@ -237,3 +237,31 @@ def test_h0_is_the_hidden_state_entering_block_0(arch, overrides):
     out = model(input_ids=torch.randint(3, VOCAB, (2, 5)), output_hidden_states=True)
     assert model._sibo_state.h0.shape[-1] == 32
     torch.testing.assert_close(model._sibo_state.h0, out.hidden_states[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("targets", ["ffn", "all"])
+def test_static_cache_and_compiled_steps_decode_like_the_dynamic_cache(targets):
+    """The hooks trace into one graph (fullgraph): under a compiled step, h0 is an intermediate of it,
+    so a CUDA graph replays it as well (aot_eager here: the same trace, no C++ compiler on CPU)."""
+    from transformers import CompileConfig
+
+    model = get_sibo_model(tiny("llama"), lora_config("llama", r=2), lam=0.3, targets=targets).eval()
+    inputs = {
+        "input_ids": torch.randint(3, VOCAB, (2, 6)),
+        "attention_mask": torch.ones(2, 6, dtype=torch.long),
+    }
+    inputs["attention_mask"][1, :2] = 0  # left padding
+
+    def decode(**settings):
+        with torch.no_grad():
+            return model.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=0, **settings)
+
+    expected = decode()
+    compile_config = CompileConfig(backend="aot_eager", fullgraph=True, mode="default")
+    compile_config._compile_all_devices = True  # transformers compiles on accelerators only by default
+    assert torch.equal(decode(cache_implementation="static"), expected)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    assert torch.equal(decode(cache_implementation="static", compile_config=compile_config), expected)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
+    torch._dynamo.reset()

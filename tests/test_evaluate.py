@@ -1,9 +1,11 @@
 """`sibo evaluate`: data checks, batched decoding, resumable output, data parallel, the CLI end to end."""
 
+import copy
 import json
 import threading
 
 import pytest
+import torch
 from peft import LoraConfig
 
 import sibo.evaluate as evaluate_module
@@ -11,14 +13,18 @@ from sibo import get_sibo_model
 from sibo.cli import main as sibo_main
 from sibo.errors import InputError
 from sibo.evaluate import (
+    CPU_BATCH_SIZE,
+    MAX_AUTO_BATCH_SIZE,
     DecodingConfig,
     EvalConfig,
     Shard,
+    auto_batch_size,
     evaluate,
     generate_responses,
     load_benchmarks,
     score,
 )
+from sibo.export import merge_for_inference
 from sibo.prompts import build_prompt, extract_response
 from sibo.tasks import load_examples, resolve_datasets
 from sibo.tiny import build_tiny_model, build_tokenizer
@@ -125,6 +131,56 @@ def test_batched_greedy_equals_unbatched(tiny):
     batched = generate_responses(model, tokenizer, prompts, num_beams=1, max_new_tokens=12)
     assert batched == one_by_one
     assert len(set(batched)) > 1
+
+
+def test_each_row_stops_at_the_tokenizers_eos_when_the_generation_config_names_none(tiny, monkeypatch):
+    model, tokenizer, _ = tiny
+    prompts = [build_prompt(ADDSUB[0]["instruction"]), build_prompt(BOOLQ[0]["instruction"])]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    free = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    row0, row1 = free[:, inputs["input_ids"].shape[1] :].tolist()
+    # a token row 0 writes at step k >= 1 and row 1 never does: made the EOS, row 0 must end there
+    k = next(k for k in range(1, 8) if row0[k] not in row0[:k] + row1)
+    stop = row0[k]
+    monkeypatch.setattr(model.generation_config, "eos_token_id", None)
+    monkeypatch.setattr(tokenizer, "eos_token", tokenizer.convert_ids_to_tokens(stop))
+
+    seen = []
+    original = type(model).generate
+
+    def spy(self, **kwargs):
+        seen.append(original(self, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(type(model), "generate", spy)
+    generate_responses(model, tokenizer, prompts, num_beams=1, max_new_tokens=8)
+    new = seen[0][:, inputs["input_ids"].shape[1] :].tolist()
+    assert new == [row0[: k + 1] + [tokenizer.pad_token_id] * (7 - k), row1]  # row 0 ended, row 1 ran on
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+def test_each_prompt_is_prefilled_once_for_all_its_beams_with_the_same_responses(arch, monkeypatch):
+    tokenizer = build_tokenizer()
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    lora.fan_in_fan_out = arch == "gpt2"
+    model = get_sibo_model(build_tiny_model(arch, len(tokenizer)), lora, lam=0.3).eval()
+    prompts = [build_prompt(ADDSUB[0]["instruction"]), build_prompt("hi")]  # left padding, absolute positions
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        sequences = model.generate(
+            **inputs, num_beams=3, do_sample=False, max_new_tokens=10, pad_token_id=tokenizer.pad_token_id
+        )  # transformers' own: every prompt prefilled once per beam
+    new = tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    prefilled = []
+    original = evaluate_module.prefill_once
+    monkeypatch.setattr(
+        evaluate_module,
+        "prefill_once",
+        lambda *args: prefilled.append(args[1]["input_ids"].shape) or original(*args),
+    )
+    responses = generate_responses(model, tokenizer, prompts, num_beams=3, max_new_tokens=10)
+    assert prefilled == [inputs["input_ids"].shape]  # (2, T): once per prompt, not per beam
+    assert responses == [extract_response(p + c) for p, c in zip(prompts, new, strict=True)]
 
 
 def test_decoding_uses_the_kv_cache_and_the_seeds_beams(tiny, monkeypatch):
@@ -275,6 +331,70 @@ def test_a_finished_run_is_rescored_without_decoding(tiny, data_dir, tmp_path, m
     assert [r["prediction"] for r in lines(tmp_path / "out" / "AddSub.jsonl")][:3] == [None, 99.0, 15.0]
     assert [r["prediction"] for r in lines(tmp_path / "out" / "boolq.jsonl")][:2] == ["true", ""]
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["extraction"] == "legacy"
+
+
+def test_auto_batch_size_is_fixed_on_cpu_and_sized_from_free_memory_on_a_gpu(tiny):
+    model, tokenizer, _ = tiny
+    assert DecodingConfig().batch_size == "auto"
+    assert auto_batch_size(model, 10, 20, 4) == CPU_BATCH_SIZE  # the model is on the CPU
+    # per question and beam (2 layers, 4 KV heads × 8, fp32): KV cache 2·2·4·8·(10+20)·4 = 15,360 bytes,
+    # vocabulary rows 4·V·4, prefill 4·10·64·4 = 10,240
+    per_question = 4 * (15_360 + 16 * len(tokenizer) + 10_240)
+    assert auto_batch_size(model, 10, 20, 4, free_bytes=10 * per_question) == 8  # 80 % of the memory
+    assert auto_batch_size(model, 10, 20, 4, free_bytes=100) == 1
+    assert auto_batch_size(model, 10, 20, 4, free_bytes=10**15) == MAX_AUTO_BATCH_SIZE
+    with pytest.raises(InputError, match="batch_size must be 'auto' or at least 1, got 'big'"):
+        DecodingConfig(batch_size="big")
+
+
+def test_auto_batch_size_halves_on_out_of_memory(tiny, data_dir, tmp_path, monkeypatch):
+    model, tokenizer, _ = tiny
+    monkeypatch.setattr(evaluate_module, "generate_responses", scripted_responses([]))
+    run(model, tokenizer, data_dir, tmp_path / "reference")
+    calls = []
+    fake = scripted_responses(calls)
+
+    def small_gpu(model, tokenizer, prompts, **kwargs):
+        if len(prompts) > 2:
+            calls.append(-len(prompts))
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return fake(model, tokenizer, prompts, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "generate_responses", small_gpu)
+    run(model, tokenizer, data_dir, tmp_path / "auto", batch_size="auto")
+    # AddSub's 7 in one batch (auto: 8 on CPU), out of memory, 4, again, then 2 at a time; boolq alike
+    assert calls == [-7, -4, 2, 2, 2, 1, -5, -4, 2, 2, 1]
+    for name in ("AddSub.jsonl", "boolq.jsonl"):
+        assert (tmp_path / "auto" / name).read_text() == (tmp_path / "reference" / name).read_text()
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # a size the user chose is not second-guessed
+        run(model, tokenizer, data_dir, tmp_path / "fixed", batch_size=3)
+
+
+def test_a_static_cache_scores_like_the_dynamic_one(tiny, data_dir, tmp_path):
+    model, tokenizer, _ = tiny
+    for name in ("dynamic", "static"):
+        decoding = DecodingConfig(num_beams=1, max_new_tokens=6, static_cache=name == "static")
+        evaluate(model, tokenizer, EvalConfig("AddSub", data_dir, tmp_path / name, decoding=decoding))
+    assert (tmp_path / "static" / "AddSub.jsonl").read_text() == (
+        tmp_path / "dynamic" / "AddSub.jsonl"
+    ).read_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_merged_auto_batched_compiled_decoding_scores_like_the_plain_run(tiny, data_dir, tmp_path):
+    model, tokenizer, _ = tiny
+    plain = copy.deepcopy(model).to("cuda")  # fp32, so merged and unmerged agree token for token
+    merged = merge_for_inference(copy.deepcopy(model)).to("cuda")
+    assert 1 <= auto_batch_size(merged, 200, 256, 4) <= MAX_AUTO_BATCH_SIZE
+    runs = {
+        "plain": (plain, DecodingConfig(batch_size=3, max_new_tokens=8)),
+        "fast": (merged, DecodingConfig(batch_size="auto", max_new_tokens=8, static_cache=True)),
+    }
+    for name, (each, decoding) in runs.items():
+        evaluate(each, tokenizer, EvalConfig("AddSub,boolq", data_dir, tmp_path / name, decoding=decoding))
+    for file in ("AddSub.jsonl", "boolq.jsonl"):
+        assert (tmp_path / "fast" / file).read_text() == (tmp_path / "plain" / file).read_text()
 
 
 def test_an_output_dir_of_another_run_is_refused(tiny, data_dir, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_model as load_safetensors_into
 from transformers import AutoModelForCausalLM
 
@@ -14,7 +15,7 @@ from sibo import get_sibo_model
 from sibo.adapters.bottleneck import BottleneckConfig
 from sibo.cli import main as cli_main
 from sibo.errors import InputError
-from sibo.export import STATE_DICT_FILE, ExportConfig, export_adapter
+from sibo.export import STATE_DICT_FILE, ExportConfig, export_adapter, merge_for_inference
 from sibo.loading import RESIDUAL_DIR, load_model
 from sibo.peft_model import boosted_adapter
 from sibo.tiny import build_tiny_model, build_tokenizer
@@ -211,3 +212,69 @@ def test_cli_export_of_a_saved_sibo_adapter(tokenizer, batch, tmp_path, capsys):
     assert cli_main([*argv, "--output_dir", str(tmp_path / "sd"), "--format", "state_dict"]) == 2
     assert "has no exact single-file form" in capsys.readouterr().err
     assert not (tmp_path / "sd").exists()
+
+
+# -- the same merge in memory, for decoding ------------------------------------------------------
+
+
+def greedy(model, tokenizer, batch, num_beams: int = 1) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(
+            **batch,
+            max_new_tokens=8,
+            num_beams=num_beams,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+@pytest.mark.parametrize(("lam", "learnable"), [(0.0, False), (0.2, False), (0.2, True)])
+def test_merged_for_inference_decodes_like_the_unmerged_model(tokenizer, batch, arch, lam, learnable):
+    model = boosted_model(tokenizer, arch, lam=lam, learnable=learnable, lora_bias=arch == "opt")
+    if learnable:
+        with torch.no_grad():
+            boosted_adapter(model).lambdas.logits.copy_(torch.tensor([-2.0, 1.0]))
+    expected_logits, expected_tokens = logits(model, batch), greedy(model, tokenizer, batch)
+    names = boosted_names(model)
+    merged = merge_for_inference(model)
+
+    torch.testing.assert_close(logits(merged, batch), expected_logits, atol=ATOL, rtol=0)
+    assert torch.equal(greedy(merged, tokenizer, batch), expected_tokens)
+    # what is left of the adapter: nothing at λ = 0, else the residual on exactly the boosted modules
+    left = [name for name, module in merged.named_modules() if isinstance(module, LoraLayer)]
+    assert sorted(name.removeprefix("base_model.model.") for name in left) == ([] if lam == 0 else names)
+
+
+def test_merged_for_inference_keeps_beam_search_outputs(tokenizer, batch):
+    model = boosted_model(tokenizer, "llama", lam=0.2)
+    expected = greedy(model, tokenizer, batch, num_beams=3)
+    assert torch.equal(greedy(merge_for_inference(model), tokenizer, batch, num_beams=3), expected)
+
+
+def test_plain_dora_merges_exactly_and_boosted_dora_stays_unmerged(tokenizer, batch, caplog):
+    plain = boosted_model(tokenizer, lam=0.0, use_dora=True)
+    expected = logits(plain, batch)
+    torch.testing.assert_close(logits(merge_for_inference(plain), batch), expected, atol=ATOL, rtol=0)
+
+    boosted = boosted_model(tokenizer, lam=0.2, use_dora=True)
+    expected = logits(boosted, batch)
+    with caplog.at_level("INFO", logger="sibo.export"):
+        assert merge_for_inference(boosted) is boosted
+    assert "unmerged: a DoRA adapter boosted with λ > 0 has no merged form" in caplog.text
+    assert torch.equal(logits(boosted, batch), expected)
+
+
+@pytest.mark.parametrize("build", [_bottleneck, _plain_bottleneck])
+def test_bottleneck_adapters_stay_unmerged(tokenizer, batch, build, caplog):
+    model = build(tokenizer).eval()
+    expected = logits(model, batch)
+    with caplog.at_level("INFO", logger="sibo.export"):
+        assert merge_for_inference(model) is model
+    assert "unmerged: a bottleneck adapter cannot be merged into the base weights" in caplog.text
+    assert torch.equal(logits(model, batch), expected)
+
+
+def test_a_base_model_alone_is_returned_as_it_is(tokenizer):
+    base = build_tiny_model("llama", len(tokenizer))
+    assert merge_for_inference(base) is base

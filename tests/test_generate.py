@@ -205,7 +205,8 @@ def test_cli_streams_the_response_to_stdout(saved_base, model, tokenizer, capsys
 
 
 @pytest.mark.integration
-def test_cli_loads_a_sibo_adapter(saved_base, tokenizer, tmp_path, capsys):
+@pytest.mark.parametrize("merge", [True, False])
+def test_cli_loads_a_sibo_adapter(saved_base, tokenizer, tmp_path, capsys, caplog, merge):
     config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
     base = build_tiny_model("llama", len(tokenizer))
     boosted = get_sibo_model(base, config, lam=0.4).eval()
@@ -214,8 +215,10 @@ def test_cli_loads_a_sibo_adapter(saved_base, tokenizer, tmp_path, capsys):
         reference_ids(boosted, tokenizer, DecodingSettings(max_new_tokens=5)), skip_special_tokens=True
     )
     argv = ["generate", "--base_model", str(saved_base), "--weights_path", str(tmp_path / "adapter")]
-    assert cli_main([*argv, "--prompt", INSTRUCTION, "--max_new_tokens", "5"]) == 0
-    assert capsys.readouterr().out == expected + "\n"
+    with caplog.at_level("INFO", logger="sibo.export"):
+        assert cli_main([*argv, "--prompt", INSTRUCTION, "--max_new_tokens", "5", "--merge", str(merge)]) == 0
+    assert capsys.readouterr().out == expected + "\n"  # merged or not, the same tokens
+    assert ("λ·ΔW·h0 kept as a residual adapter on 4 modules" in caplog.text) == merge  # gate, up × 2
 
 
 @pytest.mark.integration

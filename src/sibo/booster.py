@@ -120,6 +120,8 @@ def mix_initial_residual(x: torch.Tensor, h0: torch.Tensor, lam: float | torch.T
         h0 = h0.reshape(x.shape)
     if isinstance(lam, torch.Tensor):
         lam = lam.to(device=x.device, dtype=x.dtype)
+    elif lam == 1.0:  # a merged model's residual adapter reads h0 alone: skip the kernel
+        return h0  # what lerp gives at weight 1 too
     return torch.lerp(x, h0, lam)  # x + λ·(h0 - x): exact at λ = 0, one fused kernel
 
 

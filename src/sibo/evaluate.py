@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sibo.errors import InputError
+from sibo.generate import eos_token_ids
 from sibo.prompts import STOP_STRINGS, build_prompt, extract_response
 from sibo.tasks import EXTRACTION_MODES, Example, Task, load_examples, resolve_datasets
 
@@ -34,14 +35,21 @@ logger = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 RUN_FILE = "run.json"  # what produced the responses in this output directory, checked on resume
 _CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
+CPU_BATCH_SIZE = 8  # --batch_size auto off a GPU: CPU decoding gains little from wider batches
+MAX_AUTO_BATCH_SIZE = 512  # past this, padding and the longest response per batch cost more than they save
+AUTO_MEMORY_SHARE = 0.8  # of the GPU's free memory; the estimate below leaves out allocator slack
 
 
 @dataclass
 class DecodingConfig:
     """How responses are decoded. The defaults are the seed's: beam search, 4 beams, no sampling."""
 
-    batch_size: int = field(
-        default=8, metadata={"help": "questions per generate call (each has num_beams beams)"}
+    batch_size: int | str = field(
+        default="auto",
+        metadata={
+            "help": "questions per generate call (each has num_beams beams); 'auto': as many as the GPU's "
+            f"free memory holds (halved on OOM), {CPU_BATCH_SIZE} on CPU"
+        },
     )
     num_beams: int = field(default=4, metadata={"help": "beam width; 1 decodes greedily"})
     max_new_tokens: int | None = field(
@@ -49,9 +57,17 @@ class DecodingConfig:
         metadata={"help": "new tokens per response; None: the seed's (math 256, commonsense 32)"},
     )
 
+    static_cache: bool = field(
+        default=False,
+        metadata={
+            "help": "a static KV cache; on a GPU transformers then compiles the decoding step (CUDA graphs). "
+            "Exact: SIBO's hooks trace into one graph"
+        },
+    )
+
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise InputError(f"batch_size must be 'auto' or at least 1, got {self.batch_size!r}")
         if self.num_beams < 1:
             raise InputError(f"num_beams must be at least 1, got {self.num_beams}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -184,15 +200,33 @@ def evaluate_dataset(
     scored = len(done)
     progress = tqdm(total=len(examples), initial=scored, desc=task.name, unit="ex", disable=not shard.is_main)
     path.parent.mkdir(parents=True, exist_ok=True)
+    auto = config.decoding.batch_size == "auto"
+    size = (
+        auto_batch_size(model, max(lengths.values(), default=1), max_new_tokens, config.decoding.num_beams)
+        if auto
+        else config.decoding.batch_size
+    )
+    start = 0
     with target.open("a", encoding="utf-8") as out:
-        for batch in _batches(mine, config.decoding.batch_size):
-            responses = generate_responses(
-                model,
-                tokenizer,
-                [prompts[example.index] for example in batch],
-                num_beams=config.decoding.num_beams,
-                max_new_tokens=max_new_tokens,
-            )
+        while start < len(mine):
+            batch = mine[start : start + size]
+            try:
+                responses = generate_responses(
+                    model,
+                    tokenizer,
+                    [prompts[example.index] for example in batch],
+                    num_beams=config.decoding.num_beams,
+                    max_new_tokens=max_new_tokens,
+                    **({"cache_implementation": "static"} if config.decoding.static_cache else {}),
+                )
+            except torch.cuda.OutOfMemoryError:
+                if not auto or size == 1:
+                    raise
+                size //= 2  # the estimate was too hopeful: retry this batch halved, and keep the new size
+                torch.cuda.empty_cache()
+                logger.warning("out of GPU memory: batch size now %d", size)
+                continue
+            start += len(batch)
             for example, response in zip(batch, responses, strict=True):
                 record = score(task, example, response, config.extraction)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -210,6 +244,39 @@ def evaluate_dataset(
     result = DatasetResult(n=len(records), correct=sum(record["correct"] for record in records.values()))
     logger.info("%s: %d/%d correct (%.4f)", task.name, result.correct, result.n, result.accuracy)
     return result
+
+
+def auto_batch_size(
+    model: torch.nn.Module,
+    prompt_tokens: int,
+    max_new_tokens: int,
+    num_beams: int,
+    free_bytes: int | None = None,
+) -> int:
+    """Questions per generate call that fit in `free_bytes` (the GPU's free memory; CPU_BATCH_SIZE off a GPU).
+
+    Per question and beam: its KV cache, 2·layers·kv_heads·head_dim·(prompt + new)·dtype bytes, plus
+    beam search's fp32 rows over the vocabulary (logits, log-probs, scores: ~4 copies) and the prefill's
+    widest activation. The runner halves the size if a batch still runs out of memory.
+    """
+    if free_bytes is None:
+        device = next(model.parameters()).device
+        if device.type != "cuda":
+            return CPU_BATCH_SIZE
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    config = model.config.get_text_config()
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    itemsize = model.get_input_embeddings().weight.element_size()
+    kv_cache = (
+        2 * config.num_hidden_layers * kv_heads * head_dim * (prompt_tokens + max_new_tokens) * itemsize
+    )
+    vocab_rows = 4 * config.vocab_size * 4
+    widest = max(getattr(config, "intermediate_size", None) or 4 * config.hidden_size, config.hidden_size)
+    prefill = 4 * prompt_tokens * widest * itemsize
+    per_question = num_beams * (kv_cache + vocab_rows + prefill)
+    return max(1, min(MAX_AUTO_BATCH_SIZE, int(free_bytes * AUTO_MEMORY_SHARE) // per_question))
 
 
 def generate_responses(
@@ -234,7 +301,8 @@ def generate_responses(
         "use_cache": True,
         "pad_token_id": tokenizer.pad_token_id,
         "stop_strings": list(STOP_STRINGS),
-        "tokenizer": tokenizer,
+        "tokenizer": tokenizer,  # transformers needs it to find the stop strings in the tokens
+        "eos_token_id": eos_token_ids(model, tokenizer),  # each row stops at its EOS (then pads)
         # the model's own generation_config may ask for sampling: these would only warn
         "temperature": None,
         "top_p": None,
@@ -242,6 +310,13 @@ def generate_responses(
         **overrides,
     }
     with torch.inference_mode():
+        if (
+            num_beams > 1
+            and settings["use_cache"]
+            and "cache_implementation" not in settings
+            and len(inputs["input_ids"][0]) > 1
+        ):
+            settings["cache"] = prefill_once(model, inputs, num_beams)
         sequences = model.generate(**inputs, **settings)  # (B, T + new)
     completions = tokenizer.batch_decode(
         sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
@@ -249,6 +324,26 @@ def generate_responses(
     return [
         extract_response(prompt + completion) for prompt, completion in zip(prompts, completions, strict=True)
     ]
+
+
+def prefill_once(model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_beams: int):
+    """The KV cache of each prompt but its last token, computed once and repeated for its beams.
+
+    transformers copies every prompt num_beams times before the first forward; given this cache,
+    generate runs only the last prompt token, on every beam. Positions as generate derives them.
+    """
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]  # (B, T)
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    output = model(
+        input_ids=ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, :-1],
+        use_cache=True,
+        logits_to_keep=1,  # the logits are not used: keep (B, 1, V), not (B, T, V)
+    )
+    cache = output.cache
+    cache.batch_repeat_interleave(num_beams)  # (B, …) -> (B·beams, …), each row's beams adjacent
+    return cache
 
 
 def prompt_of(example: Example) -> str:
@@ -371,8 +466,3 @@ def check_fits_context(
             f"{max_new_tokens}, more than the model's context of {limit} tokens: use --max_new_tokens "
             f"{limit - longest} or less"
         )
-
-
-def _batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -12,6 +12,8 @@ checkpoint) plus, in O/sibo_residual/, a small SIBO adapter on exactly the boost
 reads h0 alone (λ = 1) with B ← λ·s·B (per block λ when learnable, scaling folded in).
 `--approximate` folds the whole ΔW and drops the h0 term, and measures what that costs on probe
 prompts. Plain LoRA and λ = 0 merge exactly, as PEFT's merge_and_unload does.
+`merge_for_inference` is the same exact merge kept in memory, for decoding (`sibo evaluate`,
+`sibo generate`): the export writes what it returns.
 """
 
 from __future__ import annotations
@@ -76,18 +78,40 @@ class ExportReport:
     max_logit_deviation: float | None = None  # measured by --approximate
 
 
+def merge_for_inference(model: torch.nn.Module, adapter_name: str = "default") -> torch.nn.Module:
+    """`model` with the same outputs and fewer kernels per decoding step: the exact merge of `sibo export`,
+    kept in memory (merged base + a residual adapter for λ·ΔW·h0 when λ > 0). An adapter with no exact
+    merged form (bottleneck, DoRA with λ > 0, a quantized base, several adapters) comes back unmerged.
+    The model is merged in place: use the returned one."""
+    if not isinstance(model, PeftModel):
+        return model
+    reason = (
+        "it holds several adapters"
+        if len(model.peft_config) > 1
+        else _unmergeable_reason(model, adapter_name)
+    )
+    if reason is None and model.peft_config[adapter_name].peft_type != "LORA":
+        reason = f"the inference merge handles LoRA only, not {model.peft_config[adapter_name].peft_type}"
+    if reason is not None:
+        logger.info("decoding with the adapter unmerged: %s", reason.split(":")[0])
+        return model
+    merged = _merge_exactly(model, adapter_name, _boosted_lambdas(model, adapter_name))
+    residual = _residual_modules(merged)
+    logger.info(
+        "merged the adapter into the base weights for decoding%s",
+        f"; λ·ΔW·h0 kept as a residual adapter on {len(residual)} modules" if residual else "",
+    )
+    return merged.eval()
+
+
 def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportReport:
     """Merge `model`'s adapter and write it; the model is merged in place (do not use it afterwards)."""
     adapter_name = config.adapter_name
-    peft_config = model.peft_config[adapter_name]
-    _refuse_unmergeable(model, peft_config, adapter_name)
+    reason = _unmergeable_reason(model, adapter_name)
+    if reason is not None:
+        raise InputError(reason)
     lambdas = _boosted_lambdas(model, adapter_name)  # module name in the base model -> λ of its block
     needs_residual = any(lam != 0 for lam in lambdas.values())
-    if needs_residual and getattr(peft_config, "use_dora", False):
-        raise InputError(
-            "a DoRA adapter boosted with λ > 0 has no merged form: its magnitude normalises ‖W0 + ΔW‖, "
-            "which the h0 term changes. Load the adapter with sibo.load_sibo_model instead"
-        )
     if needs_residual and config.format == "state_dict" and not config.approximate:
         raise InputError(
             "a SIBO adapter with λ > 0 has no exact single-file form (its λ·ΔW·h0 term reads h0): "
@@ -95,25 +119,22 @@ def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportR
         )
 
     probes = _probe_logits(model, tokenizer) if needs_residual and config.approximate else None
-    residual: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    if not needs_residual:
-        try:
-            merged = model.merge_and_unload()
-        except (AttributeError, NotImplementedError) as error:
-            raise InputError(f"this {peft_config.peft_type} adapter cannot be merged: {error}") from None
-    elif config.approximate:
+    if config.approximate:
         merged = _fold(model, adapter_name, {})
     else:
-        residual = _residual_weights(model, adapter_name, lambdas)
-        merged = _fold(model, adapter_name, lambdas)
+        merged = _merge_exactly(model, adapter_name, lambdas)
     merged.eval()
 
     config.output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=config.output_dir.parent.resolve()))
     try:
-        files = _write_merged(merged, tokenizer, staging, config.format)
-        if residual:
-            files += _write_residual(merged, residual, peft_config, staging / RESIDUAL_DIR)
+        residual_modules = _residual_modules(merged)
+        files = []
+        if residual_modules:  # the residual adapter first: unload() then leaves the merged base
+            merged.save_pretrained(staging / RESIDUAL_DIR)
+            files = sorted(path for path in (staging / RESIDUAL_DIR).iterdir() if path.is_file())
+            merged = merged.unload()
+        files = _write_merged(merged, tokenizer, staging, config.format) + files
         report = ExportReport(config.output_dir, exact=not config.approximate or not needs_residual, files=[])
         if probes is not None:
             report.max_logit_deviation = _max_deviation(merged, probes)
@@ -124,22 +145,43 @@ def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportR
         shutil.rmtree(staging, ignore_errors=True)
         raise
     report.files = [config.output_dir / path.relative_to(staging) for path in files]
-    report.residual_modules = sorted(residual)
+    report.residual_modules = residual_modules
     return report
 
 
-def _refuse_unmergeable(model: PeftModel, peft_config, adapter_name: str) -> None:
+def _unmergeable_reason(model: PeftModel, adapter_name: str) -> str | None:
+    """Why the adapter has no exact merged form, or None when it has one."""
+    peft_config = model.peft_config[adapter_name]
     peft_type = str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
     if "BOTTLENECK" in peft_type.upper():
-        raise InputError(
+        return (
             "a bottleneck adapter cannot be merged into the base weights: its branch up(act(down(·))) is "
             "nonlinear. Keep the adapter and load it with sibo.load_sibo_model"
         )
     if peft_type != "LORA" and boosted_adapter(model, adapter_name) is not None:
-        raise InputError(f"sibo export merges boosted LoRA adapters only, not {peft_type}")
-    config = model.base_model.model.config
-    if getattr(config, "quantization_config", None) is not None:
-        raise InputError("export needs an unquantized base model: load it without --load_8bit/--load_4bit")
+        return f"sibo export merges boosted LoRA adapters only, not {peft_type}"
+    if getattr(model.base_model.model.config, "quantization_config", None) is not None:
+        return "a quantized base model has no merged form: load it without --load_8bit/--load_4bit"
+    lambdas = _boosted_lambdas(model, adapter_name)
+    if getattr(peft_config, "use_dora", False) and any(lam != 0 for lam in lambdas.values()):
+        return (
+            "a DoRA adapter boosted with λ > 0 has no merged form: its magnitude normalises ‖W0 + ΔW‖, "
+            "which the h0 term changes. Load the adapter with sibo.load_sibo_model instead"
+        )
+    return None
+
+
+def _merge_exactly(model: PeftModel, adapter_name: str, lambdas: dict[str, float]) -> torch.nn.Module:
+    """The merged base, with the residual adapter attached when some λ ≠ 0 (see the module docstring)."""
+    if not any(lam != 0 for lam in lambdas.values()):
+        try:
+            return model.merge_and_unload()
+        except (AttributeError, NotImplementedError) as error:
+            peft_type = model.peft_config[adapter_name].peft_type
+            raise InputError(f"this {peft_type} adapter cannot be merged: {error}") from None
+    peft_config = model.peft_config[adapter_name]
+    residual = _residual_weights(model, adapter_name, lambdas)
+    return _attach_residual(_fold(model, adapter_name, lambdas), residual, peft_config)
 
 
 def _boosted_lambdas(model: PeftModel, adapter_name: str) -> dict[str, float]:
@@ -213,13 +255,10 @@ def _write_merged(merged: torch.nn.Module, tokenizer, directory: Path, format: s
     return [file]
 
 
-def _write_residual(
-    merged: torch.nn.Module,
-    residual: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    peft_config: LoraConfig,
-    directory: Path,
-) -> list[Path]:
-    """A SIBO LoRA with λ = 1 on the boosted modules; α = r everywhere so its scaling is 1."""
+def _attach_residual(
+    merged: torch.nn.Module, residual: dict[str, tuple[torch.Tensor, torch.Tensor]], peft_config: LoraConfig
+) -> PeftModel:
+    """A SIBO LoRA with λ = 1 on the boosted modules, holding (A, λ·s·B); α = r everywhere so its scaling is 1."""
     ranks = {name: lora_a.shape[0] for name, (lora_a, _) in residual.items()}
     rank = max(ranks.values(), key=list(ranks.values()).count)
     patterns = {name: r for name, r in ranks.items() if r != rank}
@@ -236,17 +275,24 @@ def _write_residual(
         init_lora_weights=False,
     )
     model = get_sibo_model(merged, residual_config, lam=1.0, targets="all")
-    boosted = {layer.name.removeprefix("base_model.model.") for layer in boosted_adapter(model).layers}
-    if boosted != set(residual):
-        raise RuntimeError(f"the residual adapter boosts {sorted(boosted)}, expected {sorted(residual)}")
+    if set(_residual_modules(model)) != set(residual):
+        raise RuntimeError(
+            f"the residual adapter boosts {_residual_modules(model)}, expected {sorted(residual)}"
+        )
     layers = _lora_layers(model, "default")
     with torch.no_grad():
         for name, (lora_a, lora_b) in residual.items():
             layers[name].lora_A["default"].weight.copy_(lora_a)
             layers[name].lora_B["default"].weight.copy_(lora_b)
-    model.save_pretrained(directory)
-    model.unload()
-    return sorted(path for path in directory.iterdir() if path.is_file())
+    return model.eval()
+
+
+def _residual_modules(model: torch.nn.Module) -> list[str]:
+    """The modules (names in the base model) of a residual adapter; [] for a plain merged model."""
+    adapter = boosted_adapter(model)
+    if adapter is None:
+        return []
+    return sorted(layer.name.removeprefix("base_model.model.") for layer in adapter.layers)
 
 
 def _probe_batch(tokenizer, device: torch.device) -> dict[str, torch.Tensor]:

@@ -75,6 +75,17 @@ def context_length(model: torch.nn.Module) -> int | None:
     return None
 
 
+def eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int] | None:
+    """The model's own end tokens plus the tokenizer's EOS, the one fine-tuning appends to every response:
+    a base whose generation config names another (or none) would otherwise never stop early."""
+    config = getattr(model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None)
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(ids)) or None  # None: no end token anywhere, decode to max_new_tokens
+
+
 def encode_prompt(
     tokenizer, model: torch.nn.Module, prompt: str, max_new_tokens: int
 ) -> dict[str, torch.Tensor]:
@@ -106,6 +117,7 @@ def stream_completion(
         "pad_token_id": tokenizer.pad_token_id,
         "stop_strings": list(STOP_STRINGS),
         "tokenizer": tokenizer,  # transformers needs it to find the stop strings in the tokens
+        "eos_token_id": eos_token_ids(model, tokenizer),
     }
     if settings.num_beams > 1:
         with torch.inference_mode():

@@ -68,6 +68,17 @@ def add_model_flags(parser, quantization: bool = True) -> None:
         )
 
 
+def add_merge_flag(parser) -> None:
+    """`--merge`: decode with the adapter folded into the base weights (`sibo.export.merge_for_inference`)."""
+    optional_bool_flag(
+        parser,
+        "--merge",
+        True,
+        "fold the adapter into the base weights for decoding: same outputs, fewer kernels "
+        "(bottleneck, DoRA with λ > 0 and quantized bases stay unmerged)",
+    )
+
+
 def model_loading_kwargs(args: argparse.Namespace) -> dict:
     """What `add_model_flags` parsed, as keyword arguments of `sibo.loading.load_model`."""
     load_8bit, load_4bit = getattr(args, "load_8bit", False), getattr(args, "load_4bit", False)

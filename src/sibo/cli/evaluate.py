@@ -13,8 +13,15 @@ from __future__ import annotations
 
 import argparse
 
-from sibo.cli._flags import add_model_flags, model_loading_kwargs
-from sibo.evaluate import DecodingConfig, EvalConfig, accelerate_shard, evaluate, load_benchmarks
+from sibo.cli._flags import add_merge_flag, add_model_flags, model_loading_kwargs, optional_bool_flag
+from sibo.evaluate import (
+    CPU_BATCH_SIZE,
+    DecodingConfig,
+    EvalConfig,
+    accelerate_shard,
+    evaluate,
+    load_benchmarks,
+)
 from sibo.tasks import EXTRACTION_MODES, default_data_dir
 
 
@@ -35,8 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--output_dir", default="outputs/evaluate", help="where results go (default: %(default)s)"
     )
     parser.add_argument(
-        "--batch_size", type=int, default=8, help="questions per generate call (default: %(default)s)"
-    )
+        "--batch_size", type=batch_size, default="auto",
+        help="questions per generate call, or auto: as many as the GPU's free memory holds, halved on "
+        f"out-of-memory; {CPU_BATCH_SIZE} on CPU (default: %(default)s)",
+    )  # fmt: skip
+    add_merge_flag(parser)
+    optional_bool_flag(
+        parser, "--static_cache", False,
+        "a static KV cache; on a GPU transformers then compiles each decoding step (CUDA graphs)",
+    )  # fmt: skip
     parser.add_argument(
         "--num_beams", type=int, default=4, help="beam width; 1 is greedy (default: %(default)s, the seed's)"
     )
@@ -64,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         output_dir=args.output_dir,
         extraction=args.extraction,
         limit=args.limit,
-        decoding=DecodingConfig(args.batch_size, args.num_beams, args.max_new_tokens),
+        decoding=DecodingConfig(args.batch_size, args.num_beams, args.max_new_tokens, args.static_cache),
     )
     benchmarks = load_benchmarks(config)  # a missing or malformed file stops us before any model loads
 
@@ -74,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     loading = model_loading_kwargs(args)
     device_map = {"": str(device)} if device.type != "cpu" else None
     model, tokenizer = load_model(args.base_model, args.weights_path, device_map=device_map, **loading)
+    if args.merge:
+        from sibo.export import merge_for_inference
+
+        model = merge_for_inference(model)
     run_info = {
         "base_model": args.base_model,
         "weights_path": args.weights_path,
@@ -88,6 +106,16 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(results))
         print(f"results in {config.output_dir}")
     return 0
+
+
+def batch_size(value: str) -> int | str:
+    """`--batch_size 16` or `--batch_size auto`."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {value!r}") from None
 
 
 def format_table(results) -> str:

@@ -10,8 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from sibo.cli._flags import add_model_flags, model_loading_kwargs, optional_bool_flag, str2bool
+from sibo.cli._flags import (
+    add_merge_flag,
+    add_model_flags,
+    model_loading_kwargs,
+    optional_bool_flag,
+    str2bool,
+)
 from sibo.errors import InputError
+from sibo.export import merge_for_inference
 from sibo.generate import DecodingSettings, stream_response
 from sibo.loading import load_model
 
@@ -20,6 +27,7 @@ def setup() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sibo generate", description=__doc__.split("\n\n")[0])
     model = parser.add_argument_group("model")
     add_model_flags(model)
+    add_merge_flag(model)
 
     prompt = parser.add_argument_group("one answer on stdout")
     prompt.add_argument("--prompt", "--instruction", dest="instruction", default=None, help="the instruction")
@@ -67,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_config = ServeConfig(host=args.host, port=args.port, share=args.share, title=_title(args))
         _gradio()  # a missing gradio should say so before the model loads
     model, tokenizer = load_model(args.base_model, args.weights_path, **model_loading_kwargs(args))
+    if args.merge:
+        model = merge_for_inference(model)
     if serve_config is not None:
         from sibo.app import build_app, launch_app
 
