@@ -274,7 +274,13 @@ def _attach_residual(
         task_type=peft_config.task_type,
         init_lora_weights=False,
     )
-    model = get_sibo_model(merged, residual_config, lam=1.0, targets="all")
+    booster_log = logging.getLogger("sibo.booster")
+    level = booster_log.level
+    booster_log.setLevel(logging.WARNING)  # its "boosted N modules" line would describe this inner adapter
+    try:
+        model = get_sibo_model(merged, residual_config, lam=1.0, targets="all")
+    finally:
+        booster_log.setLevel(level)
     if set(_residual_modules(model)) != set(residual):
         raise RuntimeError(
             f"the residual adapter boosts {_residual_modules(model)}, expected {sorted(residual)}"

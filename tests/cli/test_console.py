@@ -41,7 +41,10 @@ def test_library_noise_shows_only_with_verbose(checkpoint, capfd, caplog, recwar
     assert ("Loading weights" in err) == verbose  # transformers' bar, one per model load
     assert any(issubclass(w.category, FutureWarning) for w in recwarn) == verbose
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("sibo")]
-    assert ours == ["SIBO λ=0.2 targets=ffn: boosted 2 of 2 adapted modules"]  # sibo's own line, either way
+    assert ours == [  # sibo's own lines, either way
+        "SIBO λ=0.2 targets=ffn: boosted 2 of 2 adapted modules",
+        "merged the adapter into the base weights for decoding; λ·ΔW·h0 kept as a residual adapter on 2 modules",
+    ]
 
 
 def test_lm_eval_keeps_its_own_dash_v(monkeypatch):
