@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sibo.errors import InputError
+from sibo.errors import InputError, first_line
 from sibo.prompts import build_prompt
 
 logger = logging.getLogger(__name__)
@@ -121,9 +121,9 @@ def _load_hub_records(name: str) -> list[Record]:
     try:
         dataset = datasets.load_dataset(name, split="train")
     except Exception as error:  # noqa: BLE001 - offline, unknown name, gated: all one message
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(
-            f"data_path {name}: not a local file, and no hub dataset of that name could be loaded ({first_line})"
+            f"data_path {name}: not a local file, and no hub dataset of that name could be loaded "
+            f"({first_line(error)})"
         ) from None
     records = [validate_record(raw, f"{name}: record {index}") for index, raw in enumerate(dataset)]
     if not records:

@@ -3,3 +3,9 @@
 
 class InputError(ValueError):
     """Bad input (a file, a flag, a record): the message says what is wrong and where."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first line, for a one-line InputError (libraries' messages run on for lines)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

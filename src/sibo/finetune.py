@@ -26,7 +26,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 import sibo
 from sibo.checkpoints import find_latest_checkpoint, is_complete_checkpoint, resolve_resume
 from sibo.data import PaddedCollator, TokenizedSet, load_records, split_validation, tokenize_records
-from sibo.errors import InputError
+from sibo.errors import InputError, first_line
 from sibo.finetune_config import FinetuneConfig, gradient_accumulation_steps
 from sibo.loading import load_model, resolve_dtype
 from sibo.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
@@ -171,7 +171,7 @@ def _wrap(model: torch.nn.Module, peft_config, config: FinetuneConfig) -> torch.
             learnable_lambda=config.learnable_lambda,
         )
     except ValueError as error:  # e.g. target modules not found in the base model
-        reason = str(error).strip().splitlines()[0]
+        reason = first_line(error)
         raise InputError(
             f"cannot add a {config.adapter_name} adapter to {config.base_model}: {reason}"
         ) from None
@@ -214,7 +214,7 @@ def build_peft_config(config: FinetuneConfig):
                 task_type="CAUSAL_LM",
             )
         except ValueError as error:
-            raise InputError(f"bad LoRA settings: {str(error).strip().splitlines()[0]}") from None
+            raise InputError(f"bad LoRA settings: {first_line(error)}") from None
     return sibo.BottleneckConfig(
         bottleneck_size=config.bottleneck_size,
         non_linearity=config.non_linearity,

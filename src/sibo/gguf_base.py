@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from sibo.errors import InputError
+from sibo.errors import InputError, first_line
 
 # What a damaged or foreign file raises from gguf's reader and transformers' converters.
 _READ_ERRORS = (OSError, ValueError, KeyError, IndexError, struct.error)
@@ -49,7 +49,7 @@ def load_gguf_model(file: Path, model_class, dtype: torch.dtype, device_map: str
             device_map=device_map,
         )
     except _READ_ERRORS as error:
-        raise InputError(f"cannot load GGUF base model {file}: {_first_line(error)}") from None
+        raise InputError(f"cannot load GGUF base model {file}: {first_line(error)}") from None
     model.name_or_path = model.config._name_or_path = str(file)  # adapters record the file, not its folder
     return model
 
@@ -62,7 +62,7 @@ def load_gguf_tokenizer(file: Path):
     try:
         return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
     except _READ_ERRORS as error:
-        raise InputError(f"cannot load a tokenizer from GGUF file {file}: {_first_line(error)}") from None
+        raise InputError(f"cannot load a tokenizer from GGUF file {file}: {first_line(error)}") from None
 
 
 def _require_gguf() -> None:
@@ -70,8 +70,3 @@ def _require_gguf() -> None:
         import gguf  # noqa: F401
     except ImportError:
         raise InputError("a GGUF base model needs the gguf package: pip install 'sibo[gguf]'") from None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

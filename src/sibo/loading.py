@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from sibo.errors import InputError
+from sibo.errors import InputError, first_line
 from sibo.gguf_base import find_gguf, load_gguf_model, load_gguf_tokenizer
 from sibo.peft_model import load_sibo_model
 from sibo.weights import ADAPTER_WEIGHTS, check_weights_dir
@@ -92,7 +92,7 @@ def load_tokenizer(
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
-            raise InputError(f"cannot load a tokenizer from {source}: {_first_line(error)}") from None
+            raise InputError(f"cannot load a tokenizer from {source}: {first_line(error)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = padding_side
@@ -146,7 +146,7 @@ def load_model(
                 trust_remote_code=trust_remote_code,
             )
         except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
-            raise InputError(f"cannot load base model {base_model}: {_first_line(error)}") from None
+            raise InputError(f"cannot load base model {base_model}: {first_line(error)}") from None
     padding_side = "right" if task == "sequence-classification" else "left"
     tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side)
     if weights_path is not None:
@@ -156,8 +156,3 @@ def load_model(
     if not is_trainable:
         model.eval()
     return model, tokenizer
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

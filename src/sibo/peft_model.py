@@ -34,7 +34,7 @@ from sibo.booster import (
     capture_initial_state,
     find_transformer_blocks,
 )
-from sibo.errors import InputError
+from sibo.errors import InputError, first_line
 from sibo.weights import ADAPTER_WEIGHTS, check_weights_dir
 
 logger = logging.getLogger(__name__)
@@ -207,9 +207,7 @@ def load_sibo_model(
                 base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
             )
     except (SafetensorError, pickle.UnpicklingError) as error:  # what the check above let through
-        raise InputError(
-            f"cannot read the adapter weights in {path}: {str(error).strip().splitlines()[0]}"
-        ) from None
+        raise InputError(f"cannot read the adapter weights in {path}: {first_line(error)}") from None
     except RuntimeError as error:  # size mismatches from load_state_dict
         raise InputError(
             f"the adapter at {path} does not fit the base model ({_describe(base_model.config)}): "

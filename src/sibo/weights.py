@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from sibo.errors import InputError
+from sibo.errors import InputError, first_line
 
 # (safetensors files, torch.save files) a loader reads from a folder; it takes the safetensors when present.
 BASE_WEIGHTS = ("model*.safetensors", "pytorch_model*.bin")
@@ -77,5 +77,4 @@ def check_weights_dir(directory: str | os.PathLike, patterns: tuple[str, str] = 
 
 def _reason(error: Exception) -> str:
     """The error's first sentence: torch's zip errors go on for lines about what may have happened."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text.split(". ")[0].removeprefix("Error while deserializing header: ")
+    return first_line(error).split(". ")[0].removeprefix("Error while deserializing header: ")
