@@ -5,7 +5,7 @@
 #
 #     bash benchmarks/gpu_check.sh            # from the repository root; writes $OUT (or ./gpu_check_out)
 #
-# 1. the tests marked gpu (tests/test_gpu.py): bf16 fine-tuning; packed rows on torch's flash
+# 1. the tests marked gpu (tests/test_gpu.py, one in tests/test_evaluate.py): bf16 fine-tuning; packed rows on torch's flash
 #    varlen kernel (one call per layer, no read-back, same loss and gradients as padded batches);
 #    8-bit and 4-bit (QLoRA) bases through bitsandbytes; Liger kernels; examples/accelerate's
 #    FSDP, ZeRO-2 and ZeRO-3 configs launched on one GPU. A test whose package (bitsandbytes,
