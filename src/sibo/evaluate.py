@@ -26,15 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 from sibo.errors import InputError
-from sibo.generate import eos_token_ids
-from sibo.prompts import STOP_STRINGS, build_prompt, extract_response
+from sibo.generate import context_length, stopping_settings
+from sibo.prompts import build_prompt, extract_response
 from sibo.tasks import EXTRACTION_MODES, Example, Task, load_examples, resolve_datasets
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 RUN_FILE = "run.json"  # what produced the responses in this output directory, checked on resume
-_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
 CPU_BATCH_SIZE = 8  # --batch_size auto off a GPU: CPU decoding gains little from wider batches
 MAX_AUTO_BATCH_SIZE = 512  # past this, padding and the longest response per batch cost more than they save
 AUTO_MEMORY_SHARE = 0.8  # of the GPU's free memory; the estimate below leaves out allocator slack
@@ -300,9 +299,7 @@ def generate_responses(
         "max_new_tokens": max_new_tokens,
         "use_cache": True,
         "pad_token_id": tokenizer.pad_token_id,
-        "stop_strings": list(STOP_STRINGS),
-        "tokenizer": tokenizer,  # transformers needs it to find the stop strings in the tokens
-        "eos_token_id": eos_token_ids(model, tokenizer),  # each row stops at its EOS (then pads)
+        **stopping_settings(model, tokenizer),  # each row stops at its EOS or next section (then pads)
         # the model's own generation_config may ask for sampling: these would only warn
         "temperature": None,
         "top_p": None,
@@ -449,10 +446,7 @@ def prompt_lengths(tokenizer, prompts: dict[int, str]) -> dict[int, int]:
 def check_fits_context(
     model: torch.nn.Module, task: Task, lengths: dict[int, int], max_new_tokens: int
 ) -> None:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    limit = next(
-        (value for name in _CONTEXT_FIELDS if isinstance(value := getattr(config, name, None), int)), None
-    )
+    limit = context_length(model)
     if limit is None or not lengths:
         return
     index, longest = max(lengths.items(), key=lambda item: item[1])

@@ -86,6 +86,15 @@ def eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int] | None:
     return list(dict.fromkeys(ids)) or None  # None: no end token anywhere, decode to max_new_tokens
 
 
+def stopping_settings(model: torch.nn.Module, tokenizer) -> dict:
+    """`model.generate` keywords that end a response at its EOS or at the template's next section header."""
+    return {
+        "stop_strings": list(STOP_STRINGS),
+        "tokenizer": tokenizer,  # transformers needs it to find the stop strings in the tokens
+        "eos_token_id": eos_token_ids(model, tokenizer),
+    }
+
+
 def encode_prompt(
     tokenizer, model: torch.nn.Module, prompt: str, max_new_tokens: int
 ) -> dict[str, torch.Tensor]:
@@ -115,9 +124,7 @@ def stream_completion(
         **inputs,
         **settings.generate_kwargs(),
         "pad_token_id": tokenizer.pad_token_id,
-        "stop_strings": list(STOP_STRINGS),
-        "tokenizer": tokenizer,  # transformers needs it to find the stop strings in the tokens
-        "eos_token_id": eos_token_ids(model, tokenizer),
+        **stopping_settings(model, tokenizer),
     }
     if settings.num_beams > 1:
         with torch.inference_mode():
