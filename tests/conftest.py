@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+from sibo.prompts import build_prompt
+from sibo.synthetic import generate_splits, write_records
+from sibo.tiny import build_tiny_model, build_tokenizer
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -37,3 +41,22 @@ def script_model():
     yield install
     for handle in handles:
         handle.remove()
+
+
+@pytest.fixture(scope="session")
+def tiny_training_run():
+    """`make(root, train_size, test_size, seed)`: a 2-block LLaMA whose tokenizer is trained on synthetic
+    records, saved as root/base, those records as root/train.json; returns the synthetic test records."""
+
+    def make(root, train_size: int, test_size: int, seed: int) -> list[dict]:
+        train, test = generate_splits(train_size, test_size, seed=seed)
+        tokenizer = build_tokenizer(
+            [build_prompt(r["instruction"]) + r["output"] for r in train], vocab_size=400
+        )
+        model = build_tiny_model("llama", len(tokenizer), num_layers=2, hidden_size=32, ffn_size=64)
+        model.save_pretrained(root / "base")
+        tokenizer.save_pretrained(root / "base")
+        write_records(train, root / "train.json")
+        return test
+
+    return make

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sibo.prompts import build_prompt
-from sibo.synthetic import generate_splits, write_records
-from sibo.tiny import build_tiny_model, build_tokenizer
+from sibo.synthetic import write_records
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SETS = ["AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps"]
@@ -31,15 +29,10 @@ def study():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, tiny_training_run):
     """A tiny base model, 8 training records, and 2 questions in each of the 7 test sets."""
     root = tmp_path_factory.mktemp("study")
-    train, test = generate_splits(8, 2, seed=5)
-    tokenizer = build_tokenizer([build_prompt(r["instruction"]) + r["output"] for r in train], vocab_size=400)
-    model = build_tiny_model("llama", len(tokenizer), num_layers=2, hidden_size=32, ffn_size=64)
-    model.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    write_records(train, root / "train.json")
+    test = tiny_training_run(root, 8, 2, seed=5)
     for name in SETS:
         records = [{**r, "answer": "A"} for r in test] if name == "AQuA" else test
         write_records(records, root / "data" / name / "test.json")

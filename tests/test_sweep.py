@@ -12,22 +12,15 @@ from sibo.cli.sweep import parse_config
 from sibo.errors import InputError
 from sibo.evaluate import DecodingConfig
 from sibo.finetune_config import FinetuneConfig
-from sibo.prompts import build_prompt
 from sibo.sweep import SweepConfig, SweepRow, summarize, write_csv
-from sibo.synthetic import generate_splits, write_records
-from sibo.tiny import build_tiny_model, build_tokenizer
+from sibo.synthetic import write_records
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tmp_path_factory, tiny_training_run):
     """A tiny base model with its tokenizer, synthetic training data, and an AddSub-shaped test file."""
     root = tmp_path_factory.mktemp("sweep")
-    train, test = generate_splits(24, 3, seed=4)
-    tokenizer = build_tokenizer([build_prompt(r["instruction"]) + r["output"] for r in train], vocab_size=400)
-    model = build_tiny_model("llama", len(tokenizer), num_layers=2, hidden_size=32, ffn_size=64)
-    model.save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
-    write_records(train, root / "train.json")
+    test = tiny_training_run(root, 24, 3, seed=4)
     write_records(test, root / "data" / "AddSub" / "test.json")
     return root
 
