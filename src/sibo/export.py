@@ -13,7 +13,8 @@ reads h0 alone (λ = 1) with B ← λ·s·B (per block λ when learnable, scalin
 `--approximate` folds the whole ΔW and drops the h0 term, and measures what that costs on probe
 prompts. Plain LoRA and λ = 0 merge exactly, as PEFT's merge_and_unload does.
 `merge_for_inference` is the same exact merge kept in memory, for decoding (`sibo evaluate`,
-`sibo generate`): the export writes what it returns.
+`sibo generate`), with the h0 terms as hooks that project h0 once per step (`sibo.h0_branches`)
+instead of a residual adapter.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 
 from sibo.errors import InputError
+from sibo.h0_branches import add_h0_branches
 from sibo.loading import RESIDUAL_DIR
 from sibo.peft_model import boosted_adapter, get_sibo_model
 from sibo.prompts import build_prompt
@@ -80,7 +82,7 @@ class ExportReport:
 
 def merge_for_inference(model: torch.nn.Module, adapter_name: str = "default") -> torch.nn.Module:
     """`model` with the same outputs and fewer kernels per decoding step: the exact merge of `sibo export`,
-    kept in memory (merged base + a residual adapter for λ·ΔW·h0 when λ > 0). An adapter with no exact
+    kept in memory (merged base + hooks adding λ·ΔW·h0 when λ > 0). An adapter with no exact
     merged form (bottleneck, DoRA with λ > 0, a quantized base, several adapters) comes back unmerged.
     The model is merged in place: use the returned one."""
     if not isinstance(model, PeftModel):
@@ -95,11 +97,15 @@ def merge_for_inference(model: torch.nn.Module, adapter_name: str = "default") -
     if reason is not None:
         logger.info("decoding with the adapter unmerged: %s", reason.split(":")[0])
         return model
-    merged = _merge_exactly(model, adapter_name, _boosted_lambdas(model, adapter_name))
-    residual = _residual_modules(merged)
+    lambdas = _boosted_lambdas(model, adapter_name)
+    if not any(lam != 0 for lam in lambdas.values()):
+        logger.info("merged the adapter into the base weights for decoding")
+        return _merge_exactly(model, adapter_name, lambdas).eval()
+    residual = _residual_weights(model, adapter_name, lambdas)
+    merged = _fold(model, adapter_name, lambdas)
+    add_h0_branches(merged, residual)
     logger.info(
-        "merged the adapter into the base weights for decoding%s",
-        f"; λ·ΔW·h0 kept as a residual adapter on {len(residual)} modules" if residual else "",
+        "merged the adapter into the base weights for decoding; λ·ΔW·h0 kept on %d modules", len(residual)
     )
     return merged.eval()
 

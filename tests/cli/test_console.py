@@ -43,7 +43,7 @@ def test_library_noise_shows_only_with_verbose(checkpoint, capfd, caplog, recwar
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("sibo")]
     assert ours == [  # sibo's own lines, either way
         "SIBO λ=0.2 targets=ffn: boosted 2 of 2 adapted modules",
-        "merged the adapter into the base weights for decoding; λ·ΔW·h0 kept as a residual adapter on 2 modules",
+        "merged the adapter into the base weights for decoding; λ·ΔW·h0 kept on 2 modules",
     ]
 
 
