@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig
 
-from sibo import get_sibo_model
+from sibo import get_sibo_model, load_sibo_model
 from sibo.cli import main as cli_main
 from sibo.loading import load_model
 from sibo.prompts import build_prompt
@@ -83,6 +83,20 @@ def test_a_gguf_base_saves_and_reloads(bases, tmp_path):
     reloaded, reloaded_tokenizer = load_model(str(tmp_path / "saved"))
     assert torch.equal(logits(reloaded, reloaded_tokenizer), logits(model, tokenizer))
     assert reloaded_tokenizer.chat_template == TEMPLATE
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "up_proj"], ["q_proj", "embed_tokens"]], ids=["ffn", "embed"])
+def test_an_adapter_on_a_gguf_base_saves_quietly_and_reloads(tied_bases, tmp_path, recwarn, targets):
+    """PEFT's default looks for config.json at the base's path (a GGUF has none) to see if the vocabulary
+    grew, or copies the embedding matrices when embeddings are targeted: sibo never resizes, so neither."""
+    base, tokenizer = load_model(str(tied_bases[0]))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    boosted = get_sibo_model(base, lora, lam=0.3).eval()
+    boosted.save_pretrained(tmp_path / "adapter")
+    assert [str(w.message) for w in recwarn if "config file" in str(w.message)] == []
+    assert [str(w.message) for w in recwarn if "save_embedding_layers" in str(w.message)] == []
+    reloaded = load_sibo_model(load_model(str(tied_bases[0]))[0], tmp_path / "adapter").eval()
+    assert torch.equal(logits(reloaded, tokenizer), logits(boosted, tokenizer))
 
 
 @pytest.mark.integration

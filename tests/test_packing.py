@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 from peft import LoraConfig
@@ -92,6 +94,10 @@ def test_per_sequence_attention_leaves_padded_batches_to_plain_sdpa():
         torch.testing.assert_close(
             packed(ids, attention_mask=mask).logits, plain(ids, attention_mask=mask).logits
         )
+    # generation with a KV cache, left-padded as the tokenizer pads
+    left = torch.tensor([[1] * 7, [0] * 3 + [1] * 4])
+    settings = {"attention_mask": left, "max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    assert packed.generate(ids, **settings).tolist() == plain.generate(ids, **settings).tolist()
 
 
 def test_packed_rows_on_cpu_take_the_collators_bounds_and_read_nothing_back(tokenizer, monkeypatch):
@@ -111,6 +117,30 @@ def test_packed_rows_on_cpu_take_the_collators_bounds_and_read_nothing_back(toke
     # flash's varlen kernel takes half precision only, and head widths up to 256
     assert packed_attention_kernel("cuda", torch.float32, 64).startswith("SDPA per sequence")
     assert packed_attention_kernel("cuda", torch.bfloat16, 320).startswith("SDPA per sequence")
+
+
+def test_packed_rows_skip_transformers_search_for_packed_sequences(tokenizer):
+    """Under PACKED_SDPA transformers must not scan the position ids (a read-back every forward on a GPU)."""
+    import transformers.masking_utils
+
+    batch = PackingCollator()(tokenize_records(RECORDS, tokenizer, 512, train_on_inputs=False).examples)
+    search = mock.patch.object(
+        transformers.masking_utils,
+        "find_packed_sequence_indices",
+        wraps=transformers.masking_utils.find_packed_sequence_indices,
+    )
+    losses = {}
+    for implementation in ("sdpa", PACKED_SDPA):
+        model = build_tiny_model("llama", len(tokenizer), seed=4).train()
+        if implementation == PACKED_SDPA:
+            assert enable_packing(model)
+        with search as found:
+            loss = model(**batch, use_cache=False).loss
+            loss.backward()
+        # plain SDPA needs the search (it builds the block-diagonal mask); PACKED_SDPA never does
+        assert found.called is (implementation == "sdpa"), implementation
+        losses[implementation] = loss.item()
+    assert losses[PACKED_SDPA] == pytest.approx(losses["sdpa"], rel=1e-5)
 
 
 @pytest.mark.parametrize("architecture", ["llama", "mistral", "gpt2", "opt"])

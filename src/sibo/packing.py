@@ -11,7 +11,8 @@ Two things must then keep the sequences apart:
   AttentionInterface, runs one variable-length kernel over the whole row (CUDA, half precision:
   `torch.nn.attention.varlen`, flash) or SDPA's causal kernel on each sequence (elsewhere), so
   attention costs Σ T_i² instead of (ΣT)², no (ΣT, ΣT) mask is built and no bound is read back
-  from the device. `packed_attention_kernel` says which one runs, for the log and run_config.json.
+  from the device (a forward pre-hook also keeps transformers from scanning the position ids for
+  packed sequences). `packed_attention_kernel` says which one runs, for the log and run_config.json.
   Flash-attention models take the same bounds through transformers' own varlen path.
 
 `enable_packing` picks the best of these that a probe proves exact for the model at hand. SIBO
@@ -62,6 +63,8 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     Anything but an unmasked, uncached packed row (a padding mask, a cache, a batch of rows) goes
     to plain SDPA unchanged. The collator's bounds are used when present; position ids otherwise.
     """
+    if attention_mask is not None and attention_mask.numel() == 0:  # `_NO_PADDING`: no mask is needed
+        attention_mask = None
     position_ids = kwargs.get("position_ids")
     length = query.shape[2]
     if (
@@ -184,6 +187,36 @@ def packed_sdpa_mask(*args, **kwargs):
 AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
 AttentionMaskInterface.register(PACKED_SDPA, packed_sdpa_mask)
 
+# A prepared (4D) mask that masks nothing: transformers passes it to the attention as it is.
+_NO_PADDING = torch.zeros(1, 1, 0, 0, dtype=torch.bool)
+
+
+def _pass_no_padding(module, args, kwargs):
+    """Forward pre-hook on the decoder: under PACKED_SDPA, an unpadded, uncached call gets `_NO_PADDING`.
+
+    Given no mask and no cache, transformers scans the position ids for packed sequences (a read-back
+    from the device every forward) to build a mask PACKED_SDPA discards. It skips the scan only for a
+    prepared 4D mask, a cache, or an implementation without a mask function, and PACKED_SDPA keeps one
+    for padded batches: so the hook hands it a prepared, empty mask. Padded or cached calls, other
+    implementations and compiled graphs (which read nothing back) keep transformers' own path.
+    """
+    if (
+        "attention_mask" in kwargs
+        and kwargs["attention_mask"] is None
+        and kwargs.get("cache") is None
+        and kwargs.get("past_key_values") is None
+        and module.config._attn_implementation == PACKED_SDPA
+        and not torch.compiler.is_compiling()
+    ):
+        kwargs["attention_mask"] = _NO_PADDING
+    return args, kwargs
+
+
+def _use_packed_sdpa(model: torch.nn.Module) -> None:
+    """Switch `model` to PACKED_SDPA (raising as set_attn_implementation does) and hook its decoder."""
+    model.set_attn_implementation(PACKED_SDPA)
+    model.base_model.register_forward_pre_hook(_pass_no_padding, with_kwargs=True)
+
 
 def enable_packing(model: torch.nn.Module) -> bool:
     """Make `model` train exactly on packed rows, the cheapest way a probe confirms; False if it cannot.
@@ -201,7 +234,7 @@ def enable_packing(model: torch.nn.Module) -> bool:
         and supports_packed_sequences(model, PACKED_SDPA)
     ):
         try:
-            model.set_attn_implementation(PACKED_SDPA)
+            _use_packed_sdpa(model)
             return True
         except (ValueError, TypeError, AttributeError) as error:
             logger.info("keeping %s attention (%s)", implementation, error)
@@ -243,11 +276,14 @@ def _one_block_copy(model: torch.nn.Module, implementation: str | None) -> torch
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             if isinstance(getattr(text_config, name, None), int) and getattr(text_config, name) >= 512:
                 setattr(text_config, name, 0)
-        return AutoModelForCausalLM.from_config(
+        probe = AutoModelForCausalLM.from_config(
             config,
             attn_implementation=implementation,
             trust_remote_code=False,  # never: a model that needs remote code is probed itself
         )
+        if implementation == PACKED_SDPA:
+            _use_packed_sdpa(probe)  # probe the path training takes, hook included
+        return probe
     except Exception as error:  # noqa: BLE001 - any failure: no copy
         logger.info("no one-block copy of %s to probe packing (%s)", type(model).__name__, error)
         return None

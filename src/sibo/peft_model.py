@@ -56,6 +56,14 @@ class SiboModelMixin:
     def save_pretrained(
         self, save_directory: str, selected_adapters: list[str] | None = None, **kwargs
     ) -> None:
+        """PEFT's save, plus SIBO's settings; base embedding matrices only when asked (save_embedding_layers=True).
+
+        sibo never resizes the vocabulary, so an adapter never needs them (targeted embeddings keep their
+        LoRA weights); PEFT's "auto" would copy them whenever embeddings are targeted, and otherwise read
+        config.json at the base's path to look for a resize: a GGUF base has none (a warning), a Hub id
+        costs a request.
+        """
+        kwargs.setdefault("save_embedding_layers", False)
         super().save_pretrained(save_directory, selected_adapters=selected_adapters, **kwargs)
         if not kwargs.get("is_main_process", True):
             return
