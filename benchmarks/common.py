@@ -1,15 +1,58 @@
-"""What every benchmark script shares: the device flag, honest timing on it, and the machine's name."""
+"""What every benchmark script shares: the model shapes, the device flag, honest timing on it, and the
+machine's name."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from sibo.loading import resolve_dtype
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A LLaMA-style model's widths; the benchmarks build it from its config with random weights."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int | None = None  # None: the script's (its tokenizer's)
+    tied_embeddings: bool = False
+
+    def describe(self) -> str:
+        vocab = f"vocab {self.vocab:,}" if self.vocab else "the script's vocab"
+        tied = "tied" if self.tied_embeddings else "untied"
+        return (
+            f"{self.layers} × {self.hidden}, {self.heads} heads / {self.kv_heads} KV heads, "
+            f"FFN {self.ffn}, {vocab}, {tied} embeddings"
+        )
+
+
+# The real models' widths, shared by every script that takes --shape (benchmarks/gpu_check.sh uses both).
+SHAPES = {
+    "smollm2-135m": ModelShape(30, 576, 9, 3, 1536, vocab=49152, tied_embeddings=True),
+    # ~0.5B: 24 × (4·1280² + 3·1280·3440) ≈ 0.47B in the blocks; head_dim 128, a width torch's flash
+    # varlen kernel takes (sibo's packed rows on CUDA)
+    "0.5b": ModelShape(24, 1280, 10, 10, 3440),
+}
+
+
+def add_shape_flag(parser, own: str, description: str) -> None:
+    """--shape: the script's own small model (`own`, the default) or one of SHAPES."""
+    parser.add_argument(
+        "--shape",
+        choices=(own, *SHAPES),
+        default=own,
+        help=f"model config: {own} ({description}, the default); "
+        + "; ".join(f"{name} ({shape.describe()})" for name, shape in SHAPES.items()),
+    )
 
 
 def add_device_flag(parser) -> None:

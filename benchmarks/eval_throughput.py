@@ -7,9 +7,10 @@
 Both decode the same prompts (the first N gsm8k questions, LLM-Adapters' test.json) with a random
 LLaMA built from a config carrying a SIBO LoRA (λ = 0.1, random B) on q, v, gate and up, and the
 same beam search (4 beams, no sampling). `--shape` picks the config: `custom` (--layers × --hidden,
-8 × 256 by default), `smollm2-135m` (30 × 576, 9 heads / 3 KV heads, FFN 1536, vocab 49,152, tied
-embeddings) or `0.5b` (24 × 1280, 40 heads, FFN 3413, as benchmarks/gpu_check.sh). The tokenizer
-is trained on the questions (realistic prompt lengths); ids past its vocabulary decode to nothing.
+8 × 256 by default) or one of common.SHAPES: `smollm2-135m` (30 × 576, 9 heads / 3 KV heads, FFN
+1536, vocab 49,152, tied embeddings) or `0.5b` (24 × 1280, 10 heads, FFN 3440, untied; as
+benchmarks/gpu_check.sh runs it). The tokenizer is trained on the questions (realistic prompt
+lengths); ids past its vocabulary decode to nothing.
 
 - sibo evaluate: the adapter merged for inference (`sibo.export.merge_for_inference`, exact; off
   with --merge False), prompts sorted by length, batches of --batch_size (auto: as the runner
@@ -41,7 +42,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import add_device_flag, compute_dtype, describe_machine, synchronize
+from common import (
+    SHAPES,
+    ModelShape,
+    add_device_flag,
+    add_shape_flag,
+    compute_dtype,
+    describe_machine,
+    synchronize,
+)
 from peft import LoraConfig
 
 from sibo import get_sibo_model
@@ -53,14 +62,6 @@ from sibo.tasks import default_data_dir
 from sibo.tiny import build_tiny_model, build_tokenizer
 
 GSM8K_QUESTIONS = 1319
-# config fields per shape (beyond vocab): the real models' widths, random weights
-SHAPES = {
-    "smollm2-135m": {
-        "num_layers": 30, "hidden_size": 576, "num_heads": 9, "num_key_value_heads": 3, "ffn_size": 1536,
-        "vocab_size": 49152, "tie_word_embeddings": True,
-    },
-    "0.5b": {"num_layers": 24, "hidden_size": 1280, "num_heads": 40, "ffn_size": 1280 * 8 // 3},
-}  # fmt: skip
 
 
 def parse_args() -> argparse.Namespace:
@@ -76,7 +77,7 @@ def parse_args() -> argparse.Namespace:
         "--batch_size", default="auto", help="sibo evaluate's batch size, or auto (its default; 8 on CPU)"
     )
     parser.add_argument("--num_beams", type=int, default=4)
-    parser.add_argument("--shape", choices=("custom", *SHAPES), default="custom", help="model config")
+    add_shape_flag(parser, "custom", "--layers × --hidden, hidden / 32 heads, FFN 8/3 × hidden")
     parser.add_argument("--layers", type=int, default=8, help="blocks of the custom shape")
     parser.add_argument("--hidden", type=int, default=256, help="hidden size of the custom shape")
     parser.add_argument(
@@ -109,19 +110,22 @@ def parse_args() -> argparse.Namespace:
 def build_model(questions: list[str], args: argparse.Namespace):
     """A tokenizer trained on the questions (realistic prompt lengths) and a SIBO-boosted random LLaMA."""
     tokenizer = build_tokenizer([build_prompt(q) + " The answer is 42." for q in questions], vocab_size=2000)
-    shape = dict(SHAPES.get(args.shape, {}))
-    vocab_size = shape.pop("vocab_size", len(tokenizer))
-    if not shape:
-        shape = {"num_layers": args.layers, "hidden_size": args.hidden, "num_heads": args.hidden // 32,
-                 "ffn_size": args.hidden * 8 // 3}  # fmt: skip
-    base = build_tiny_model("llama", vocab_size, max_positions=2048, **shape)
+    heads = args.hidden // 32
+    custom = ModelShape(args.layers, args.hidden, heads, heads, args.hidden * 8 // 3)
+    shape = SHAPES.get(args.shape, custom)
     lora = LoraConfig(
         r=8,
         lora_alpha=16,
         target_modules=["q_proj", "v_proj", "gate_proj", "up_proj"],
         init_lora_weights=False,
     )
-    return get_sibo_model(base, lora, lam=0.1).eval(), tokenizer
+    with torch.device(args.device):  # random init on the GPU: seconds less per 0.5B model than on the host
+        base = build_tiny_model(
+            "llama", shape.vocab or len(tokenizer), max_positions=2048, num_layers=shape.layers,
+            hidden_size=shape.hidden, num_heads=shape.heads, num_key_value_heads=shape.kv_heads, ffn_size=shape.ffn,
+            tie_word_embeddings=shape.tied_embeddings,
+        )  # fmt: skip
+        return get_sibo_model(base, lora, lam=0.1).eval(), tokenizer
 
 
 def seed_recipe(model, tokenizer, prompt: str, num_beams: int, max_new_tokens: int) -> str:

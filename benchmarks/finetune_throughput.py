@@ -4,10 +4,10 @@
     python benchmarks/finetune_throughput.py --batches 96 --threads 2
     python benchmarks/finetune_throughput.py --device cuda --shape smollm2-135m --micro_batch 16 --json out.json
 
-All recipes train the same LoRA-SIBO model (LLaMA-style, random weights, `--shape`: `tiny` hidden
-256 × 4 layers; `smollm2-135m` SmolLM2-135M's 30 × 576, 9 heads / 3 KV heads, FFN 1536, vocabulary
-49,152; `0.5b` 24 × 1280, 10 heads, FFN 3440) with the seed's LoRA r 32 / alpha 64 on q,k,v,up,down
-and λ 0.1, on the same tokenized records of math_train_3k.json (cutoff 256), `--micro_batch`
+All recipes train the same LoRA-SIBO model (LLaMA-style, random weights, `--shape`: `tiny` 4 × 256,
+4 heads, FFN 688; or one of common.SHAPES: `smollm2-135m` SmolLM2-135M's 30 × 576, 9 heads / 3 KV
+heads, FFN 1536, vocabulary 49,152, tied embeddings; `0.5b` 24 × 1280, 10 heads, FFN 3440, untied)
+with the seed's LoRA r 32 / alpha 64 on q,k,v,up,down and λ 0.1, on the same tokenized records of math_train_3k.json (cutoff 256), `--micro_batch`
 records a micro-batch (on a GPU under bf16 autocast, as the Trainer runs there):
 
   seed:    shuffled, padded to the longest record of the micro-batch (to a multiple of 8, as the
@@ -40,7 +40,16 @@ import time
 from pathlib import Path
 
 import torch
-from common import add_device_flag, autocast, compute_dtype, describe_machine, synchronize
+from common import (
+    SHAPES,
+    ModelShape,
+    add_device_flag,
+    add_shape_flag,
+    autocast,
+    compute_dtype,
+    describe_machine,
+    synchronize,
+)
 from peft import LoraConfig
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -50,12 +59,7 @@ from sibo.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_at
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = ("seed", "sibo", "grouped")
-# name: (layers, hidden, heads, kv heads, FFN width, vocabulary; None: the tokenizer's)
-SHAPES = {
-    "tiny": (4, 256, 4, 4, 688, None),
-    "smollm2-135m": (30, 576, 9, 3, 1536, 49152),
-    "0.5b": (24, 1280, 10, 10, 3440, None),
-}
+TINY = ModelShape(4, 256, 4, 4, 688)
 
 
 def data_file() -> Path:
@@ -72,20 +76,20 @@ def minilm_tokenizer(path: str | None):
     return AutoTokenizer.from_pretrained(path)
 
 
-def build_model(vocab_size: int, shape: str) -> torch.nn.Module:
-    layers, hidden, heads, kv_heads, ffn, vocab = SHAPES[shape]
+def build_model(vocab_size: int, shape: ModelShape, device: str) -> torch.nn.Module:
     config = LlamaConfig(
-        vocab_size=max(vocab or 0, vocab_size), hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
-        tie_word_embeddings=shape == "smollm2-135m",
+        vocab_size=max(shape.vocab or 0, vocab_size), hidden_size=shape.hidden, intermediate_size=shape.ffn,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=512, tie_word_embeddings=shape.tied_embeddings,
     )  # fmt: skip
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(config)
-    assert enable_packing(base) and base.config._attn_implementation == PACKED_SDPA  # as sibo finetune does
     lora = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")  # fmt: skip
-    model = get_sibo_model(base, lora, lam=0.1, targets="ffn")
+    with torch.device(device):  # random init on the GPU: seconds less per 0.5B model than on the host
+        torch.manual_seed(0)
+        base = LlamaForCausalLM(config)
+    assert enable_packing(base) and base.config._attn_implementation == PACKED_SDPA  # as sibo finetune does
+    model = get_sibo_model(base, lora, lam=0.1, targets="ffn")  # the adapter follows its base onto the device
     model.config.use_cache = False
-    return model.train()
+    return model.to(device).train()
 
 
 def micro_batches(examples: list[dict], size: int, count: int, seed: int) -> list[list[dict]]:
@@ -120,7 +124,8 @@ def measure(args) -> dict:
         "sibo": PackingCollator(),
         "grouped": PaddedCollator(tokenizer.pad_token_id),  # as sibo finetune --packing False
     }
-    model = build_model(len(tokenizer), args.shape).to(args.device)
+    shape = TINY if args.shape == "tiny" else SHAPES[args.shape]
+    model = build_model(len(tokenizer), shape, args.device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     fused = args.device.startswith("cuda")  # sibo finetune's adamw_torch_fused; the seed's adamw_torch
     optimizers = {
@@ -205,7 +210,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=48, help="micro-batches per recipe")
     parser.add_argument("--micro_batch", type=int, default=4, help="records per micro-batch")
     parser.add_argument("--block", type=int, default=4, help="micro-batches per turn before switching recipe")
-    parser.add_argument("--shape", default="tiny", choices=SHAPES, help="the model's shape (random weights)")
+    add_shape_flag(parser, "tiny", TINY.describe())
     parser.add_argument("--json", type=Path, default=None, help="also write the result to this file")
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)"

@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU, as one script for a lent GPU machine; about 9 minutes on one H200
-# (the step limits below add up to 9 minutes 40 s: tests 210 s, overhead 40, generation 2 × 50,
-# evaluation 2 × 100, fine-tuning 45 + 60; the tests took 176 s on 2026-11-28, before three were added).
+# The checks that need a CUDA GPU, as one script for a lent GPU machine: at most 8 minutes on one H200.
+# Budget: the step limits below add up to 450 s: the gpu tests 135 (three pytest processes at
+# once), overhead 30, generation 55 (unmerged and merged in one process), evaluation 85 + 75
+# (all of gsm8k: its target is <= 60 s of decoding, so a time past that comes back null),
+# fine-tuning 30 + 40; with ~5 s of setup (one python start) and ~5 s for the summary, ~460 s.
+# A step that ignores its SIGINT is killed 5 s later. The gpu tests took 176 s one after another
+# on 2026-11-28, when there were 7 of them (11 now); `--durations=0` in their logs gives each
+# test's time for re-balancing the three groups.
 #
 #     bash benchmarks/gpu_check.sh            # from the repository root; writes $OUT (or ./gpu_check_out)
 #
-# 1. the tests marked gpu (tests/test_gpu.py, one in tests/test_evaluate.py): bf16 fine-tuning; packed rows on torch's flash
-#    varlen kernel (one call per layer, no read-back, same loss and gradients as padded batches);
-#    8-bit and 4-bit (QLoRA) bases through bitsandbytes; Liger kernels; examples/accelerate's
-#    FSDP, ZeRO-2 and ZeRO-3 configs launched on one GPU. A test whose package (bitsandbytes,
-#    deepspeed, liger-kernel) is missing skips and says so;
-# 2. the benchmarks in bf16 as sibo's verbs run on a GPU, on LLaMA-style configs built from scratch
-#    (no weights are downloaded): SIBO's step-time and decoding overhead and evaluation on the
-#    ~0.5B config (24 blocks, hidden 1280); fine-tuning throughput against the seed's recipe at
-#    the SmolLM2-135M shape and the 0.5B one, micro-batch 16, cutoff 256. Each step has a time
-#    limit, so one slow step cannot eat the others' time.
+# 1. the tests marked gpu (tests/test_gpu.py, one each in tests/test_evaluate.py and
+#    tests/test_finetune.py): bf16 fine-tuning; packed rows on torch's flash varlen kernel (one
+#    call per layer, no read-back, same loss and gradients as padded batches); 8-bit and 4-bit
+#    (QLoRA) bases through bitsandbytes; Liger kernels; compiled static-cache decoding;
+#    examples/accelerate's FSDP, ZeRO-2 and ZeRO-3 configs launched on one GPU. A test whose
+#    package (bitsandbytes, deepspeed, liger-kernel) is missing skips and says so. They run as
+#    three pytest processes at once (the launches, which share accelerate's port, one after
+#    another in one of them; the two that compile kernels in another; the rest): they wait on
+#    process starts and compilers more than on the GPU, and 16 cores and 139 GiB have room for three;
+# 2. the benchmarks in bf16 as sibo's verbs run on a GPU, on LLaMA-style configs built from
+#    scratch (no weights are downloaded; benchmarks/common.py's SHAPES): SIBO's step-time and
+#    decoding overhead and evaluation on the 0.5B shape (24 × 1280, 10 heads, FFN 3440, untied);
+#    all of gsm8k decoded at the SmolLM2-135M shape (30 × 576, 9 heads / 3 KV heads, FFN 1536,
+#    vocabulary 49,152, tied); fine-tuning throughput against the seed's recipe at both shapes,
+#    micro-batch 16, cutoff 256. Each step has a time limit, so one slow step cannot eat the
+#    others' time.
 # 3. the headline figures, to benchmarks/results/gpu_check.json (and $OUT/gpu_check.json), among
 #    them `finetune_packing_wins_*`: whether packed rows beat sibo's length-grouped padded fallback
 #    on this GPU — the measurement that decides `sibo finetune`'s default batching there.
@@ -38,7 +49,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log it, record its s
     local name=$1 limit=$2
     shift 2
     local started=$SECONDS
-    timeout --signal=INT --kill-after=15 "$limit" "$@" > "$OUT/$name.log" 2>&1
+    timeout --signal=INT --kill-after=5 "$limit" "$@" > "$OUT/$name.log" 2>&1
     local status=$?
     echo "$name: exit $status in $((SECONDS - started)) s  ($*)" | tee -a "$SUMMARY"
     tail -n 25 "$OUT/$name.log"
@@ -48,31 +59,47 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log it, record its s
     date -u +"date: %Y-%m-%dT%H:%M:%SZ"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/gpu: /'
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
-    "$PYTHON" -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'cuda', \
-torch.version.cuda, '| transformers', transformers.__version__, '| peft', peft.__version__, \
-'| accelerate', accelerate.__version__)"
-    for package in bitsandbytes deepspeed liger_kernel; do
-        "$PYTHON" -c "import $package; print('$package', getattr($package, '__version__', 'installed'))" 2>/dev/null \
-            || echo "$package: not installed (its tests will skip)"
-    done
+    # one python start; the optional packages by their metadata (importing deepspeed alone takes seconds)
+    "$PYTHON" - <<'PYTHON'
+from importlib.metadata import PackageNotFoundError, version
+
+import accelerate, peft, torch, transformers
+
+print("torch", torch.__version__, "cuda", torch.version.cuda, "| transformers", transformers.__version__,
+      "| peft", peft.__version__, "| accelerate", accelerate.__version__)
+for package in ("bitsandbytes", "deepspeed", "liger-kernel"):
+    try:
+        print(package, version(package))
+    except PackageNotFoundError:
+        print(f"{package}: not installed (its tests will skip)")
+PYTHON
 } | tee -a "$SUMMARY"
 
-step gpu_tests 210 "$PYTHON" -m pytest tests -m gpu -v -rA -p no:cacheprovider
+# Three groups at once; the step takes as long as the slowest. Their pytest folders lie outside $OUT.
+TESTS=("$PYTHON" -m pytest tests -m gpu -v -rA -p no:cacheprovider --durations=0)
+TEST_TMP="$(mktemp -d)"
+step gpu_tests_launch 135 "${TESTS[@]}" --basetemp "$TEST_TMP/launch" -k "accelerate_config" &
+step gpu_tests_compile 135 "${TESTS[@]}" --basetemp "$TEST_TMP/compile" -k "liger or compiled" &
+step gpu_tests 135 "${TESTS[@]}" --basetemp "$TEST_TMP/rest" -k "not accelerate_config and not liger and not compiled"
+wait
+rm -rf "$TEST_TMP"
 
-MODEL=(--device cuda --layers 24 --hidden 1280)  # 24 × (4·1280² + 3·1280·3440) ≈ 0.47B in the blocks
+MODEL=(--device cuda --shape 0.5b)  # benchmarks/common.py's SHAPES["0.5b"]
 TOKENIZER=(${MINILM_TOKENIZER:+--tokenizer "$MINILM_TOKENIZER"})
-step overhead 40 "$PYTHON" benchmarks/overhead.py "${MODEL[@]}" --repeats 10
-step generate_speed 50 "$PYTHON" benchmarks/generate_speed.py "${MODEL[@]}" --new_tokens 32 --repeats 3
-step generate_speed_merged 50 "$PYTHON" benchmarks/generate_speed.py "${MODEL[@]}" --new_tokens 32 --repeats 3 --merge
-# evaluation at the seed's budgets (4 beams, 256 tokens; target >= 20x) and all of gsm8k, greedy, on SmolLM2's shape
-step eval_0p5b 100 "$PYTHON" benchmarks/eval_throughput.py --device cuda --shape 0.5b --num_examples 64 \
+step overhead 30 "$PYTHON" benchmarks/overhead.py "${MODEL[@]}" --repeats 10
+# plain LoRA vs SIBO decoding, unmerged and then merged for inference (as the verbs decode), one build
+step generate_speed 55 "$PYTHON" benchmarks/generate_speed.py "${MODEL[@]}" --new_tokens 32 --repeats 3 \
+    --merge both --json "$OUT/generate_speed.json"
+# evaluation at the seed's budgets (4 beams, 256 tokens; target >= 20x), and the time all of gsm8k
+# takes, greedy, on SmolLM2's shape (sibo's side only: eval_0p5b already compares with the seed)
+step eval_0p5b 85 "$PYTHON" benchmarks/eval_throughput.py "${MODEL[@]}" --num_examples 64 \
     --seed_examples 2 --json "$OUT/eval_0p5b.json"
-step gsm8k_full_135m 100 "$PYTHON" benchmarks/eval_throughput.py --device cuda --shape smollm2-135m --gsm8k_full \
-    --json "$OUT/gsm8k_full_135m.json"
+step gsm8k_full_135m 75 "$PYTHON" benchmarks/eval_throughput.py --device cuda --shape smollm2-135m --gsm8k_full \
+    --seed_examples 0 --json "$OUT/gsm8k_full_135m.json"
 
-FINETUNE=(benchmarks/finetune_throughput.py --device cuda --micro_batch 16 --batches 48 "${TOKENIZER[@]}")
-step finetune_135m 45 "$PYTHON" "${FINETUNE[@]}" --shape smollm2-135m --json "$OUT/finetune_135m.json"
-step finetune_0p5b 60 "$PYTHON" "${FINETUNE[@]}" --shape 0.5b --json "$OUT/finetune_0p5b.json"
+FINETUNE=(benchmarks/finetune_throughput.py --device cuda --micro_batch 16 --batches 32 "${TOKENIZER[@]}")
+step finetune_135m 30 "$PYTHON" "${FINETUNE[@]}" --shape smollm2-135m --json "$OUT/finetune_135m.json"
+step finetune_0p5b 40 "$PYTHON" "${FINETUNE[@]}" --shape 0.5b --json "$OUT/finetune_0p5b.json"
 
 "$PYTHON" - "$OUT" <<'PYTHON' | tee -a "$SUMMARY"
 """The headline figures of this run, from the steps' JSON files and logs; null where a step gave none."""
@@ -90,9 +117,9 @@ def log(name):
     return path.read_text() if path.is_file() else ""
 ft135, ft05 = read("finetune_135m.json"), read("finetune_0p5b.json")
 step = re.search(r"step time .*ratio ([0-9.]+)", log("overhead"))
-def decode_ratios(name):  # SIBO / plain tokens/s per batch size, from generate_speed.py's table
-    return [float(x) for x in re.findall(r"^\s*\d+\s+[0-9.]+\s+[0-9.]+\s+([0-9.]+)×", log(name), re.M)]
-decode, decode_unmerged = decode_ratios("generate_speed_merged"), decode_ratios("generate_speed")
+def worst_decode_ratio(mode):  # SIBO / plain tokens/s at the worst batch size
+    ratios = [rates["ratio"] for rates in read("generate_speed.json").get(mode, {}).values()]
+    return min(ratios) if ratios else None
 figures = {
     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "machine": torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU",
@@ -109,8 +136,8 @@ figures = {
     "eval_ratio_0p5b": read("eval_0p5b.json").get("speedup"),
     "gsm8k_full_greedy_seconds_135m": read("gsm8k_full_135m.json").get("seconds"),
     "sibo_step_time_ratio": float(step.group(1)) if step else None,
-    "sibo_decode_ratio": min(decode) if decode else None,  # merged, as the verbs decode; the worst batch size
-    "sibo_decode_ratio_unmerged": min(decode_unmerged) if decode_unmerged else None,
+    "sibo_decode_ratio": worst_decode_ratio("merged"),  # as the verbs decode
+    "sibo_decode_ratio_unmerged": worst_decode_ratio("unmerged"),
 }
 text = json.dumps(figures, indent=2) + "\n"
 for path in (Path("benchmarks/results/gpu_check.json"), out / "gpu_check.json"):

@@ -2,13 +2,15 @@
 
     python benchmarks/overhead.py                 # LLaMA-style, 8 layers, hidden 512, sequence 256
     python benchmarks/overhead.py --repeats 20 --batch 4
+    python benchmarks/overhead.py --device cuda --shape 0.5b
 
-Both models are built from the same config and seed, with the seed's LoRA recipe (r 32, alpha 64,
-dropout 0.05 on q,k,v,up,down; SIBO λ 0.1 on the feed-forward branches). Step times are
-interleaved (plain, SIBO, plain, …) and compared by their medians. Memory: on CUDA the peak
-allocated bytes of a step; on CPU (no allocator statistics) the bytes autograd saves for the
-backward pass (exact, from saved-tensor hooks) and the peak RSS growth of a fresh process running
-the steps. Prints ratios SIBO / plain; the target is ≤ 1.03 for time and memory.
+Both models are built from the same config (`--shape`: custom --layers × --hidden, or one of
+common.SHAPES) and seed, with the seed's LoRA recipe (r 32, alpha 64, dropout 0.05 on
+q,k,v,up,down; SIBO λ 0.1 on the feed-forward branches). Step times are interleaved (plain, SIBO,
+plain, …) and compared by their medians. Memory: on CUDA the peak allocated bytes of a step; on
+CPU (no allocator statistics) the bytes autograd saves for the backward pass (exact, from
+saved-tensor hooks) and the peak RSS growth of a fresh process running the steps. Prints ratios
+SIBO / plain; the target is ≤ 1.03 for time and memory.
 """
 
 from __future__ import annotations
@@ -22,32 +24,37 @@ import sys
 import time
 
 import torch
+from common import SHAPES, ModelShape, add_shape_flag
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from sibo import get_sibo_model
 
 VARIANTS = ("plain", "sibo")
+VOCAB = 8000  # the custom shape's; the random token ids come from its range on every shape
 
 
 def build(variant: str, args) -> torch.nn.Module:
+    shape = SHAPES.get(args.shape, ModelShape(args.layers, args.hidden, 8, 8, int(args.hidden * 2.6875)))
     config = LlamaConfig(
-        vocab_size=8000, hidden_size=args.hidden, intermediate_size=int(args.hidden * 2.6875), num_hidden_layers=args.layers,
-        num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=args.seq,
+        vocab_size=shape.vocab or VOCAB, hidden_size=shape.hidden, intermediate_size=shape.ffn,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=args.seq, tie_word_embeddings=shape.tied_embeddings,
     )  # fmt: skip
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(config)
     lora = LoraConfig(r=32, lora_alpha=64, lora_dropout=args.dropout, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")  # fmt: skip
-    torch.manual_seed(1)
-    if variant == "plain":
-        model = get_peft_model(base, lora)
-    else:
-        model = get_sibo_model(base, lora, lam=0.1, targets=args.targets)
+    with torch.device(args.device):  # random init on the GPU: seconds less per 0.5B model than on the host
+        torch.manual_seed(0)
+        base = LlamaForCausalLM(config)
+        torch.manual_seed(1)
+        if variant == "plain":
+            model = get_peft_model(base, lora)
+        else:
+            model = get_sibo_model(base, lora, lam=0.1, targets=args.targets)
     return model.to(args.device).train()
 
 
 def batch(args) -> torch.Tensor:
-    return torch.randint(0, 8000, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(
+    return torch.randint(0, VOCAB, (args.batch, args.seq), generator=torch.Generator().manual_seed(0)).to(
         args.device
     )
 
@@ -91,8 +98,9 @@ def current_rss_kib() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=512)
+    add_shape_flag(parser, "custom", "--layers × --hidden, 8 heads, FFN 2.6875 × hidden, vocab 8,000")
+    parser.add_argument("--layers", type=int, default=8, help="blocks of the custom shape")
+    parser.add_argument("--hidden", type=int, default=512, help="hidden size of the custom shape")
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
@@ -127,9 +135,12 @@ def main() -> None:
             times[v].append(time.perf_counter() - start)
 
     median = {v: statistics.median(times[v]) for v in VARIANTS}
+    config = models["plain"].config
     saved = {v: saved_activation_bytes(models[v], ids) for v in VARIANTS}
     print(
-        f"model: LLaMA {args.layers} layers, hidden {args.hidden}, sequence {args.seq}, batch {args.batch}, {args.device}"
+        f"model: LLaMA {args.shape} {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+        f"{config.num_attention_heads} heads, FFN {config.intermediate_size}, sequence {args.seq}, "
+        f"batch {args.batch}, {args.device}"
     )
     print(f"step time (median of {args.repeats}, interleaved): plain {median['plain'] * 1e3:.1f} ms, "
           f"SIBO {median['sibo'] * 1e3:.1f} ms, ratio {median['sibo'] / median['plain']:.3f}")  # fmt: skip
@@ -142,7 +153,7 @@ def main() -> None:
         return
     flags = [
         f"--{k}={getattr(args, k)}"
-        for k in ("layers", "hidden", "seq", "batch", "targets", "dropout", "device")
+        for k in ("shape", "layers", "hidden", "seq", "batch", "targets", "dropout", "device")
     ]
     growth = {v: [] for v in VARIANTS}
     for _ in range(3):
