@@ -559,7 +559,9 @@ def test_gradient_checkpointing_trains_the_same_adapter(base_model, data_file, t
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_qlora_4bit_base_trains_on_cuda(base_model, data_file, tmp_path):
+    pytest.importorskip("bitsandbytes")
     output_dir = tmp_path / "qlora"
     flags = ["--max_steps", "2", "--val_set_size", "0", "--load_4bit", "--use_gradient_checkpointing"]
     metrics = finetune(parse_config(run_args(base_model, data_file, output_dir, *flags)))
