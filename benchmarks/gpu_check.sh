@@ -10,6 +10,10 @@
 #
 #     bash benchmarks/gpu_check.sh            # from the repository root; writes $OUT (or ./gpu_check_out)
 #
+# On a lent machine without network: `bash benchmarks/gpu_prepare.sh` here first, then one device
+# call with command `bash benchmarks/gpu_check.sh` and carry [".gpu"]; benchmarks/gpu_env.sh then
+# installs .gpu/wheels into /tmp/site (~15 s more than the budget above) and finds .gpu's data.
+#
 # 1. the tests marked gpu (tests/test_gpu.py, one each in tests/test_evaluate.py and
 #    tests/test_finetune.py): bf16 fine-tuning; packed rows on torch's flash varlen kernel (one
 #    call per layer, no read-back, same loss and gradients as padded batches); 8-bit and 4-bit
@@ -38,10 +42,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_check_out}"
 mkdir -p "$OUT"
+PYTHON="${PYTHON:-python3}"
+source benchmarks/gpu_env.sh || exit 2  # what gpu_prepare.sh packed into .gpu/, if anything
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export SIBO_DATA_DIR="${SIBO_DATA_DIR:-$PWD/../shared/data/llm-adapters}"
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-PYTHON="${PYTHON:-python3}"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 

