@@ -21,7 +21,8 @@ and on average (mean ± std over seeds); SIBO − plain, per seed pair and seed-
 95 % paired bootstrap interval over questions (`sibo.stats`), per set and over all sets; whether
 similarity climbs with depth and SIBO lowers it. accuracy.png (first decoding) and
 similarity.png are drawn and markdown tables printed. --workers N runs the runs in N processes
-at once (a 135M model cannot keep a GPU busy from one process).
+at once (a 135M model cannot keep a GPU busy from one process). --finished_only summarises the
+runs that finished, each method over the seeds it has, for a study stopped part way.
 """
 
 from __future__ import annotations
@@ -313,7 +314,9 @@ def aggregate(plan: Plan, results: dict[tuple[str, int], dict]) -> dict:
     """results.json: accuracy per set / on average (mean ± std over seeds), SIBO − plain, similarity."""
     methods: dict[str, dict] = {}
     for method in plan.methods:
-        runs = [results[key] for key in plan.runs() if key[0] == method]
+        runs = [results[key] for key in plan.runs() if key[0] == method and key in results]
+        if not runs:  # --finished_only, before any of its runs finished
+            continue
         rows = {}
         for decoding in runs[0]["decodings"]:
             per_set = {
@@ -387,14 +390,15 @@ def compare(plan: Plan, results: dict[tuple[str, int], dict]) -> list[dict]:
     comparisons = []
     for method in plan.methods:
         plain = METHODS[method].plain
-        if plain not in plan.methods:
+        seeds = [seed for seed in plan.seeds if (method, seed) in results and (plain, seed) in results]
+        if plain not in plan.methods or not seeds:
             continue
-        for decoding in results[(method, plan.seeds[0])]["decodings"]:
+        for decoding in results[(method, seeds[0])]["decodings"]:
             pair = (method, plain, decoding)
-            rows = {s: paired_interval(results, pair, [s], plan.seeds) for s in plan.sets}
-            rows["all sets"] = paired_interval(results, pair, plan.sets, plan.seeds)
+            rows = {s: paired_interval(results, pair, [s], seeds) for s in plan.sets}
+            rows["all sets"] = paired_interval(results, pair, plan.sets, seeds)
             rows["all sets"]["per_seed"] = {
-                seed: paired_interval(results, pair, plan.sets, [seed]) for seed in plan.seeds
+                seed: paired_interval(results, pair, plan.sets, [seed]) for seed in seeds
             }
             comparisons.append({"sibo": method, "plain": plain, "decoding": decoding, "sets": rows})
     return comparisons
@@ -552,6 +556,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads per process (default: torch's)"
     )
+    parser.add_argument(
+        "--finished_only",
+        action="store_true",
+        help="summarise the finished runs alone (each method over the seeds it has; SIBO − plain over "
+        "the seeds both have), training and scoring nothing: for a study stopped part way",
+    )
     parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # k/N: a worker's share of the runs
     add_device_flag(parser)
     return parser.parse_args(argv)
@@ -596,7 +606,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         sys.exit(str(error))
     started = time.perf_counter()
     runs = plan.runs()
-    if args.shard is not None:
+    if args.finished_only:  # summarise what is there; train and score nothing
+        runs = [
+            (method, seed) for method, seed in runs if (plan.run_dir(method, seed) / RESULT_FILE).is_file()
+        ]
+    elif args.shard is not None:
         k, n = (int(part) for part in args.shard.split("/"))
         runs = runs[k::n]
     else:

@@ -116,6 +116,15 @@ def test_quick_study_writes_results_and_plots_and_resumes(study, workspace, capl
     assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
     assert again["comparisons"] == summary["comparisons"]
 
+    # A study stopped part way: --finished_only summarises the runs there are and starts none.
+    partial = study.main([*flags, "--seeds", "0,1", "--finished_only"])
+    assert (
+        not (out / "runs" / "lora_seed1").exists()
+        and {path: path.stat().st_mtime_ns for path in stamps} == stamps
+    )
+    assert [row["seeds"] for row in partial["methods"].values()] == [[0], [0], [0]]
+    assert partial["comparisons"] == summary["comparisons"]  # over the one seed both methods have
+
 
 def test_a_changed_setting_is_not_mixed_with_finished_runs(study, workspace, tmp_path):
     """Resuming with another learning rate must not reuse runs made with the old one."""
