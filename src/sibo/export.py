@@ -87,25 +87,23 @@ def merge_for_inference(model: torch.nn.Module, adapter_name: str = "default") -
     The model is merged in place: use the returned one."""
     if not isinstance(model, PeftModel):
         return model
+    lambdas = _boosted_lambdas(model, adapter_name)
     reason = (
         "it holds several adapters"
         if len(model.peft_config) > 1
-        else _unmergeable_reason(model, adapter_name)
+        else _unmergeable_reason(model, adapter_name, lambdas)
     )
     if reason is None and model.peft_config[adapter_name].peft_type != "LORA":
         reason = f"the inference merge handles LoRA only, not {model.peft_config[adapter_name].peft_type}"
     if reason is not None:
         logger.info("decoding with the adapter unmerged: %s", reason.split(":")[0])
         return model
-    lambdas = _boosted_lambdas(model, adapter_name)
-    if not any(lam != 0 for lam in lambdas.values()):
-        logger.info("merged the adapter into the base weights for decoding")
-        return _merge_exactly(model, adapter_name, lambdas).eval()
-    residual = _residual_weights(model, adapter_name, lambdas)
-    merged = _fold(model, adapter_name, lambdas)
-    add_h0_branches(merged, residual)
+    merged, residual = _merge_exactly(model, adapter_name, lambdas)
+    if residual:
+        add_h0_branches(merged, residual)
     logger.info(
-        "merged the adapter into the base weights for decoding; λ·ΔW·h0 kept on %d modules", len(residual)
+        "merged the adapter into the base weights for decoding%s",
+        f"; λ·ΔW·h0 kept on {len(residual)} modules" if residual else "",
     )
     return merged.eval()
 
@@ -113,10 +111,10 @@ def merge_for_inference(model: torch.nn.Module, adapter_name: str = "default") -
 def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportReport:
     """Merge `model`'s adapter and write it; the model is merged in place (do not use it afterwards)."""
     adapter_name = config.adapter_name
-    reason = _unmergeable_reason(model, adapter_name)
+    lambdas = _boosted_lambdas(model, adapter_name)  # module name in the base model -> λ of its block
+    reason = _unmergeable_reason(model, adapter_name, lambdas)
     if reason is not None:
         raise InputError(reason)
-    lambdas = _boosted_lambdas(model, adapter_name)  # module name in the base model -> λ of its block
     needs_residual = any(lam != 0 for lam in lambdas.values())
     if needs_residual and config.format == "state_dict" and not config.approximate:
         raise InputError(
@@ -126,20 +124,17 @@ def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportR
 
     probes = _probe_logits(model, tokenizer) if needs_residual and config.approximate else None
     if config.approximate:
-        merged = _fold(model, adapter_name, {})
+        merged, residual = _fold(model, adapter_name, {}), {}
     else:
-        merged = _merge_exactly(model, adapter_name, lambdas)
+        merged, residual = _merge_exactly(model, adapter_name, lambdas)
     merged.eval()
 
     config.output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=config.output_dir.parent.resolve()))
     try:
-        residual_modules = _residual_modules(merged)
         files = []
-        if residual_modules:  # the residual adapter first: unload() then leaves the merged base
-            merged.save_pretrained(staging / RESIDUAL_DIR)
-            files = sorted(path for path in (staging / RESIDUAL_DIR).iterdir() if path.is_file())
-            merged = merged.unload()
+        if residual:
+            files = _write_residual(merged, residual, model.peft_config[adapter_name], staging / RESIDUAL_DIR)
         files = _write_merged(merged, tokenizer, staging, config.format) + files
         report = ExportReport(config.output_dir, exact=not config.approximate or not needs_residual, files=[])
         if probes is not None:
@@ -151,12 +146,12 @@ def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportR
         shutil.rmtree(staging, ignore_errors=True)
         raise
     report.files = [config.output_dir / path.relative_to(staging) for path in files]
-    report.residual_modules = residual_modules
+    report.residual_modules = sorted(residual)
     return report
 
 
-def _unmergeable_reason(model: PeftModel, adapter_name: str) -> str | None:
-    """Why the adapter has no exact merged form, or None when it has one."""
+def _unmergeable_reason(model: PeftModel, adapter_name: str, lambdas: dict[str, float]) -> str | None:
+    """Why the adapter has no exact merged form, or None when it has one (`lambdas`: _boosted_lambdas)."""
     peft_config = model.peft_config[adapter_name]
     peft_type = str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
     if "BOTTLENECK" in peft_type.upper():
@@ -168,7 +163,6 @@ def _unmergeable_reason(model: PeftModel, adapter_name: str) -> str | None:
         return f"sibo export merges boosted LoRA adapters only, not {peft_type}"
     if getattr(model.base_model.model.config, "quantization_config", None) is not None:
         return "a quantized base model has no merged form: load it without --load_8bit/--load_4bit"
-    lambdas = _boosted_lambdas(model, adapter_name)
     if getattr(peft_config, "use_dora", False) and any(lam != 0 for lam in lambdas.values()):
         return (
             "a DoRA adapter boosted with λ > 0 has no merged form: its magnitude normalises ‖W0 + ΔW‖, "
@@ -177,17 +171,19 @@ def _unmergeable_reason(model: PeftModel, adapter_name: str) -> str | None:
     return None
 
 
-def _merge_exactly(model: PeftModel, adapter_name: str, lambdas: dict[str, float]) -> torch.nn.Module:
-    """The merged base, with the residual adapter attached when some λ ≠ 0 (see the module docstring)."""
+def _merge_exactly(
+    model: PeftModel, adapter_name: str, lambdas: dict[str, float]
+) -> tuple[torch.nn.Module, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """The merged base and the λ·ΔW·h0 terms it cannot hold, as (A, λ·s·B) per module ({} when every
+    λ is 0): the export writes them as a residual adapter, decoding adds them as hooks."""
     if not any(lam != 0 for lam in lambdas.values()):
         try:
-            return model.merge_and_unload()
+            return model.merge_and_unload(), {}
         except (AttributeError, NotImplementedError) as error:
             peft_type = model.peft_config[adapter_name].peft_type
             raise InputError(f"this {peft_type} adapter cannot be merged: {error}") from None
-    peft_config = model.peft_config[adapter_name]
     residual = _residual_weights(model, adapter_name, lambdas)
-    return _attach_residual(_fold(model, adapter_name, lambdas), residual, peft_config)
+    return _fold(model, adapter_name, lambdas), residual
 
 
 def _boosted_lambdas(model: PeftModel, adapter_name: str) -> dict[str, float]:
@@ -261,10 +257,14 @@ def _write_merged(merged: torch.nn.Module, tokenizer, directory: Path, format: s
     return [file]
 
 
-def _attach_residual(
-    merged: torch.nn.Module, residual: dict[str, tuple[torch.Tensor, torch.Tensor]], peft_config: LoraConfig
-) -> PeftModel:
-    """A SIBO LoRA with λ = 1 on the boosted modules, holding (A, λ·s·B); α = r everywhere so its scaling is 1."""
+def _write_residual(
+    merged: torch.nn.Module,
+    residual: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    peft_config: LoraConfig,
+    directory: Path,
+) -> list[Path]:
+    """A SIBO LoRA with λ = 1 on the boosted modules, holding (A, λ·s·B); α = r everywhere so its scaling
+    is 1. Written to `directory`, then unloaded: `merged` is left the plain merged base."""
     ranks = {name: lora_a.shape[0] for name, (lora_a, _) in residual.items()}
     rank = max(ranks.values(), key=list(ranks.values()).count)
     patterns = {name: r for name, r in ranks.items() if r != rank}
@@ -287,24 +287,17 @@ def _attach_residual(
         model = get_sibo_model(merged, residual_config, lam=1.0, targets="all")
     finally:
         booster_log.setLevel(level)
-    if set(_residual_modules(model)) != set(residual):
-        raise RuntimeError(
-            f"the residual adapter boosts {_residual_modules(model)}, expected {sorted(residual)}"
-        )
+    boosted = {layer.name.removeprefix("base_model.model.") for layer in boosted_adapter(model).layers}
+    if boosted != set(residual):
+        raise RuntimeError(f"the residual adapter boosts {sorted(boosted)}, expected {sorted(residual)}")
     layers = _lora_layers(model, "default")
     with torch.no_grad():
         for name, (lora_a, lora_b) in residual.items():
             layers[name].lora_A["default"].weight.copy_(lora_a)
             layers[name].lora_B["default"].weight.copy_(lora_b)
-    return model.eval()
-
-
-def _residual_modules(model: torch.nn.Module) -> list[str]:
-    """The modules (names in the base model) of a residual adapter; [] for a plain merged model."""
-    adapter = boosted_adapter(model)
-    if adapter is None:
-        return []
-    return sorted(layer.name.removeprefix("base_model.model.") for layer in adapter.layers)
+    model.save_pretrained(directory)
+    model.unload()
+    return sorted(path for path in directory.iterdir() if path.is_file())
 
 
 def _probe_batch(tokenizer, device: torch.device) -> dict[str, torch.Tensor]:
