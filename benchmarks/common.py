@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from sibo.loading import resolve_dtype
+from sibo.tiny import build_tiny_model
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,17 @@ class ModelShape:
             f"{self.layers} × {self.hidden}, {self.heads} heads / {self.kv_heads} KV heads, "
             f"FFN {self.ffn}, {vocab}, {tied} embeddings"
         )
+
+    def build(
+        self, vocab_size: int, device: str, max_positions: int = 2048, seed: int = 0
+    ) -> torch.nn.Module:
+        """A random LLaMA of this shape (its vocab, else `vocab_size`), in eval mode, made on `device`."""
+        with torch.device(device):  # random init on the GPU: seconds less per 0.5B model than on the host
+            return build_tiny_model(
+                "llama", self.vocab or vocab_size, seed, max_positions=max_positions, num_layers=self.layers,
+                hidden_size=self.hidden, num_heads=self.heads, num_key_value_heads=self.kv_heads,
+                ffn_size=self.ffn, tie_word_embeddings=self.tied_embeddings,
+            )  # fmt: skip
 
 
 # The real models' widths, shared by every script that takes --shape (benchmarks/gpu_check.sh uses both).

@@ -59,7 +59,7 @@ from sibo.evaluate import auto_batch_size, generate_responses
 from sibo.export import merge_for_inference
 from sibo.prompts import build_prompt, extract_response
 from sibo.tasks import default_data_dir
-from sibo.tiny import build_tiny_model, build_tokenizer
+from sibo.tiny import build_tokenizer
 
 GSM8K_QUESTIONS = 1319
 
@@ -119,13 +119,8 @@ def build_model(questions: list[str], args: argparse.Namespace):
         target_modules=["q_proj", "v_proj", "gate_proj", "up_proj"],
         init_lora_weights=False,
     )
-    with torch.device(args.device):  # random init on the GPU: seconds less per 0.5B model than on the host
-        base = build_tiny_model(
-            "llama", shape.vocab or len(tokenizer), max_positions=2048, num_layers=shape.layers,
-            hidden_size=shape.hidden, num_heads=shape.heads, num_key_value_heads=shape.kv_heads, ffn_size=shape.ffn,
-            tie_word_embeddings=shape.tied_embeddings,
-        )  # fmt: skip
-        return get_sibo_model(base, lora, lam=0.1).eval(), tokenizer
+    base = shape.build(len(tokenizer), args.device)
+    return get_sibo_model(base, lora, lam=0.1).to(args.device).eval(), tokenizer
 
 
 def seed_recipe(model, tokenizer, prompt: str, num_beams: int, max_new_tokens: int) -> str:

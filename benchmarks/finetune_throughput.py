@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -51,20 +50,19 @@ from common import (
     synchronize,
 )
 from peft import LoraConfig
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer
 
 from sibo import get_sibo_model
 from sibo.data import PaddedCollator, read_records_file, tokenize_records
 from sibo.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
+from sibo.tasks import default_data_dir
 
-REPO = Path(__file__).resolve().parents[1]
 RECIPES = ("seed", "sibo", "grouped")
 TINY = ModelShape(4, 256, 4, 4, 688)
 
 
 def data_file() -> Path:
-    root = Path(os.environ.get("SIBO_DATA_DIR", REPO.parent / "shared" / "data" / "llm-adapters"))
-    return root / "math_train_3k.json"
+    return default_data_dir() / "math_train_3k.json"
 
 
 def minilm_tokenizer(path: str | None):
@@ -77,15 +75,8 @@ def minilm_tokenizer(path: str | None):
 
 
 def build_model(vocab_size: int, shape: ModelShape, device: str) -> torch.nn.Module:
-    config = LlamaConfig(
-        vocab_size=max(shape.vocab or 0, vocab_size), hidden_size=shape.hidden, intermediate_size=shape.ffn,
-        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=512, tie_word_embeddings=shape.tied_embeddings,
-    )  # fmt: skip
     lora = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")  # fmt: skip
-    with torch.device(device):  # random init on the GPU: seconds less per 0.5B model than on the host
-        torch.manual_seed(0)
-        base = LlamaForCausalLM(config)
+    base = shape.build(vocab_size, device, max_positions=512)
     assert enable_packing(base) and base.config._attn_implementation == PACKED_SDPA  # as sibo finetune does
     model = get_sibo_model(base, lora, lam=0.1, targets="ffn")  # the adapter follows its base onto the device
     model.config.use_cache = False

@@ -37,7 +37,7 @@ from sibo import get_sibo_model
 from sibo.cli._flags import str2bool
 from sibo.export import merge_for_inference
 from sibo.prompts import build_prompt
-from sibo.tiny import build_tiny_model, build_tokenizer
+from sibo.tiny import build_tokenizer
 
 MERGE_MODES = {False: ("unmerged",), True: ("merged",), "both": ("unmerged", "merged")}
 
@@ -76,20 +76,10 @@ def build_models(args: argparse.Namespace, vocab_size: int):
     heads = max(args.hidden // 64, 1)
     custom = ModelShape(args.layers, args.hidden, heads, heads, int(args.hidden * 2.75))
     shape = SHAPES.get(args.shape, custom)
-
-    def base():
-        return build_tiny_model(
-            "llama", shape.vocab or vocab_size, num_layers=shape.layers, hidden_size=shape.hidden,
-            num_heads=shape.heads, num_key_value_heads=shape.kv_heads, ffn_size=shape.ffn,
-            tie_word_embeddings=shape.tied_embeddings, max_positions=2048,
-        )  # fmt: skip
-
     lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
-    with torch.device(args.device):  # random init on the GPU: seconds less per 0.5B model than on the host
-        torch.manual_seed(0)
-        plain = get_peft_model(base(), lora).eval()
-        torch.manual_seed(0)
-        boosted = get_sibo_model(base(), lora, lam=args.lam, targets=args.targets).eval()
+    plain = get_peft_model(shape.build(vocab_size, args.device), lora).eval()
+    boosted = get_sibo_model(shape.build(vocab_size, args.device), lora, lam=args.lam, targets=args.targets)
+    boosted.eval()
     boosted.load_state_dict(plain.state_dict())  # identical weights (a fixed λ is not a parameter)
     dtype = compute_dtype(args.device)
     return plain.to(args.device, dtype), boosted.to(args.device, dtype)

@@ -26,7 +26,6 @@ import time
 import torch
 from common import SHAPES, ModelShape, add_shape_flag
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from sibo import get_sibo_model
 
@@ -36,20 +35,13 @@ VOCAB = 8000  # the custom shape's; the random token ids come from its range on 
 
 def build(variant: str, args) -> torch.nn.Module:
     shape = SHAPES.get(args.shape, ModelShape(args.layers, args.hidden, 8, 8, int(args.hidden * 2.6875)))
-    config = LlamaConfig(
-        vocab_size=shape.vocab or VOCAB, hidden_size=shape.hidden, intermediate_size=shape.ffn,
-        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=args.seq, tie_word_embeddings=shape.tied_embeddings,
-    )  # fmt: skip
     lora = LoraConfig(r=32, lora_alpha=64, lora_dropout=args.dropout, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")  # fmt: skip
-    with torch.device(args.device):  # random init on the GPU: seconds less per 0.5B model than on the host
-        torch.manual_seed(0)
-        base = LlamaForCausalLM(config)
-        torch.manual_seed(1)
-        if variant == "plain":
-            model = get_peft_model(base, lora)
-        else:
-            model = get_sibo_model(base, lora, lam=0.1, targets=args.targets)
+    base = shape.build(VOCAB, args.device, max_positions=args.seq)
+    torch.manual_seed(1)  # the adapters' init: the same for both variants
+    if variant == "plain":
+        model = get_peft_model(base, lora)
+    else:
+        model = get_sibo_model(base, lora, lam=0.1, targets=args.targets)
     return model.to(args.device).train()
 
 

