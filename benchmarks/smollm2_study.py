@@ -8,9 +8,9 @@
 Every run (method × seed) is sibo's own recipe: `sibo.finetune` with the seed's LoRA settings
 (r 32, α 64 on q,k,v,up,down, cutoff 256, lr 3e-4) or AdapterH (sequential bottleneck adapters
 after attention and FFN, width 64, not the seed's 256: SmolLM2's hidden size is 576, not 4096;
-lr --adapterh_lr, tuned once on held-out training records: `--validation 150 --methods adapterh
---seeds 0 --adapterh_lr LR --out OUT_LR` per candidate, chosen by accuracy over all questions, see
-docs/BENCHMARKS.md); SIBO boosts the FFN branches (sibo's default). Then `sibo.evaluate` (greedy;
+lr 1e-3, tuned once on 150 held-out training records: `--validation 150 --methods adapterh --seeds 0
+--adapterh_lr LR --out OUT_LR` for LR in 1e-4, 3e-4, 1e-3, 3e-3, the best by accuracy over all
+questions, see docs/BENCHMARKS.md); SIBO boosts the FFN branches (sibo's default). Then `sibo.evaluate` (greedy;
 the seed's 4 beams too with --beams 1,4) on a fixed slice of each test set, then `sibo.analyze`'s
 per-layer token similarity. "base" is the model without an adapter, asked with the same prompt
 template. `sibo.sweep` grids λ only, has no base run and keeps no per-question scores, so its
@@ -627,8 +627,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--adapterh_lr",
         type=float,
-        default=3e-4,
-        help="AdapterH's learning rate (LoRA keeps 3e-4); the default is LoRA's until tuned",
+        default=1e-3,
+        help="AdapterH's learning rate (LoRA keeps the seed's 3e-4); the default was tuned once with --validation",
     )
     parser.add_argument(
         "--workers", type=int, default=None, help="runs at once in separate processes (default: the size's)"

@@ -136,7 +136,7 @@ def test_a_changed_setting_is_not_mixed_with_finished_runs(study, workspace, tmp
              "--train_data", str(workspace / "train.json"), "--out", str(tmp_path), "--methods", "adapterh"]  # fmt: skip
     plan = study.build_plan(study.parse_args(flags))
     study.check_settings(plan.run_dir("adapterh", 0), plan.settings("adapterh", 0))
-    changed = study.build_plan(study.parse_args([*flags, "--adapterh_lr", "1e-3"]))
+    changed = study.build_plan(study.parse_args([*flags, "--adapterh_lr", "3e-4"]))
     with pytest.raises(SystemExit, match="made with other settings"):
         study.check_settings(changed.run_dir("adapterh", 0), changed.settings("adapterh", 0))
 
