@@ -552,7 +552,9 @@ def training_records(plan: Plan) -> list[dict]:
         return json.loads(plan.train_data.read_text())
     files = [plan.train_data / name / "train.json" for name in plan.sets]
     if missing := [str(file) for file in files if not file.is_file()]:
-        sys.exit(f"--task commonsense trains on each scored set's train split: {', '.join(missing)} not found")
+        sys.exit(
+            f"--task commonsense trains on each scored set's train split: {', '.join(missing)} not found"
+        )
     splits = [json.loads(file.read_text()) for file in files]
     return [record for turn in itertools.zip_longest(*splits) for record in turn if record is not None]
 
