@@ -54,8 +54,9 @@ from sibo.gguf_base import find_gguf
 from sibo.loading import load_model
 from sibo.plots import pyplot, save_figure
 from sibo.stats import paired_bootstrap, verdict
+from sibo.tasks import commonsense as commonsense_tasks
 from sibo.tasks import default_data_dir
-from sibo.tasks.math import OPTION_LETTERS
+from sibo.tasks import math as math_tasks
 
 logger = logging.getLogger("smollm2_study")
 
@@ -63,7 +64,7 @@ SETS = ["AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps"]
 # --task commonsense: the second table, trained on these sets' train splits (interleaved, so the
 # first N records hold every set alike) and scored on their test sets, with the seed's 32-token budget
 COMMONSENSE_SETS = ["ARC-Easy", "ARC-Challenge", "openbookqa", "boolq"]
-MAX_NEW_TOKENS = {"math": 256, "commonsense": 32}
+MAX_NEW_TOKENS = {"math": math_tasks.MAX_NEW_TOKENS, "commonsense": commonsense_tasks.MAX_NEW_TOKENS}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 SIMILARITY_SET = "gsm8k"  # its test records carry a worked solution: prompt + output is a long real text
 RESULT_FILE = "result.json"
@@ -539,7 +540,7 @@ def prepare_data(plan: Plan) -> None:
         held_out = records[-plan.validation :]
         for name, lettered in VALIDATION_SETS.items():
             files[plan.data_dir / name / "test.json"] = [
-                r for r in held_out if (str(r["answer"]).strip() in set(OPTION_LETTERS)) == lettered
+                r for r in held_out if math_tasks.is_valid_label(str(r["answer"]).strip(), "AQuA") == lettered
             ]
     for file, chosen in files.items():
         if not file.is_file() or json.loads(file.read_text()) != chosen:
