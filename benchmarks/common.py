@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from sibo.loading import resolve_dtype
-from sibo.tiny import build_tiny_model
+from sibo.checkpoint.load import resolve_dtype
+from sibo.testing import build_tiny_model
 
 
 @dataclass(frozen=True)

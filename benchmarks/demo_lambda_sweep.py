@@ -3,7 +3,7 @@
     python benchmarks/demo_lambda_sweep.py --lambdas 0,0.1,0.2,0.3 --seeds 0,1 --out benchmarks/results/demo_sweep
 
 Each (λ, seed) is one `sibo demo` run with the LoRA-SIBO method only, at the demo's default sizes
-(the seed also draws the demo's data); finished runs are kept on a rerun; sweep.csv and sweep.png are written by `sibo.sweep`'s
+(the seed also draws the demo's data); finished runs are kept on a rerun; sweep.csv and sweep.png are written by `sibo.study.sweep`'s
 writers, so they read like `sibo sweep`'s output.
 """
 
@@ -14,8 +14,8 @@ import json
 import logging
 from pathlib import Path
 
-from sibo.demo import RESULTS_FILE, DemoConfig, Row, run_demo
-from sibo.sweep import CSV_FILE, PLOT_FILE, SweepRow, plot_accuracy, summarize, write_csv
+from sibo.study.demo import RESULTS_FILE, DemoConfig, Row, run_demo
+from sibo.study.sweep import CSV_FILE, PLOT_FILE, SweepRow, plot_accuracy, summarize, write_csv
 
 
 def main() -> None:

@@ -12,10 +12,10 @@ same beam search (4 beams, no sampling). `--shape` picks the config: `custom` (-
 benchmarks/gpu_check.sh runs it). The tokenizer is trained on the questions (realistic prompt
 lengths); ids past its vocabulary decode to nothing.
 
-- sibo evaluate: the adapter merged for inference (`sibo.export.merge_for_inference`, exact; off
+- sibo evaluate: the adapter merged for inference (`sibo.checkpoint.export.merge_for_inference`, exact; off
   with --merge False), prompts sorted by length, batches of --batch_size (auto: as the runner
   sizes them from free GPU memory; 8 on CPU), left padding, KV cache on
-  (`sibo.evaluate.generate_responses`, the function the runner calls).
+  (`sibo.eval.runner.generate_responses`, the function the runner calls).
 - the seed (LLM-Adapters evaluate.py as the SIBO authors ran it): the unmerged adapter, one
   question per generate call, use_cache=False, so every new token recomputes the whole prefix for
   every beam. It runs on --seed_examples questions (default: all; 0: none) spread evenly over the
@@ -54,12 +54,12 @@ from common import (
 from peft import LoraConfig
 
 from sibo import get_sibo_model
+from sibo.checkpoint.export import merge_for_inference
 from sibo.cli._flags import optional_bool_flag
-from sibo.evaluate import auto_batch_size, generate_responses
-from sibo.export import merge_for_inference
+from sibo.eval.runner import auto_batch_size, generate_responses
+from sibo.eval.tasks import default_data_dir
 from sibo.prompts import build_prompt, extract_response
-from sibo.tasks import default_data_dir
-from sibo.tiny import build_tokenizer
+from sibo.testing import build_tokenizer
 
 GSM8K_QUESTIONS = 1319
 

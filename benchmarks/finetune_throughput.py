@@ -12,8 +12,8 @@ records a micro-batch (on a GPU under bf16 autocast, as the Trainer runs there):
 
   seed:    shuffled, padded to the longest record of the micro-batch (to a multiple of 8, as the
            seed's DataCollatorForSeq2Seq does), with an attention mask; torch's AdamW (foreach);
-  sibo:    sibo.packing.PackingCollator: the records concatenated into one padding-free row with
-           the bounds made on the host, attention by sibo.packing.PACKED_SDPA (one flash varlen
+  sibo:    sibo.train.packing.PackingCollator: the records concatenated into one padding-free row with
+           the bounds made on the host, attention by sibo.train.packing.PACKED_SDPA (one flash varlen
            call per layer on CUDA in half precision, SDPA per record elsewhere); fused AdamW on CUDA;
   grouped: sibo's fallback (`--packing False`): length-grouped padded batches (megabatches of 50
            micro-batches sorted by length, as transformers' group_by_length), same optimizer as sibo.
@@ -54,8 +54,8 @@ from transformers import AutoTokenizer
 
 from sibo import get_sibo_model
 from sibo.data import PaddedCollator, read_records_file, tokenize_records
-from sibo.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
-from sibo.tasks import default_data_dir
+from sibo.eval.tasks import default_data_dir
+from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
 
 RECIPES = ("seed", "sibo", "grouped")
 TINY = ModelShape(4, 256, 4, 4, 688)

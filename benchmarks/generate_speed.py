@@ -34,10 +34,10 @@ from common import (
 from peft import LoraConfig, get_peft_model
 
 from sibo import get_sibo_model
+from sibo.checkpoint.export import merge_for_inference
 from sibo.cli._flags import str2bool
-from sibo.export import merge_for_inference
 from sibo.prompts import build_prompt
-from sibo.tiny import build_tokenizer
+from sibo.testing import build_tokenizer
 
 MERGE_MODES = {False: ("unmerged",), True: ("merged",), "both": ("unmerged", "merged")}
 
@@ -146,7 +146,7 @@ def main() -> None:
     )
     results = {}
     for mode in MERGE_MODES[args.merge]:
-        if mode == "merged":  # plain LoRA folds away; SIBO keeps its λ·ΔW·h0 terms (sibo.h0_branches)
+        if mode == "merged":  # plain LoRA folds away; SIBO keeps its λ·ΔW·h0 terms (sibo.core.h0_branches)
             plain, boosted = merge_for_inference(plain), merge_for_inference(boosted)
         print(f"# {'merged for inference' if mode == 'merged' else 'unmerged'}")
         results[mode] = time_models(plain, boosted, tokenizer, prompts, args, clock)

@@ -11,7 +11,7 @@ for --epochs passes over a seeded training subset, class-balanced by default (on
 62/38 mix every method learnt to answer "true" to everything), once per seed, and is scored on a
 fixed test subset. It prints mean ± std accuracy and balanced accuracy (mean recall of the two
 classes: 0.5 for a constant answer) over seeds, the majority-class rate for scale, and per-layer
-token similarity (sibo.analyze's measure) of each method's first-seed model, and writes it all
+token similarity (sibo.study.analyze's measure) of each method's first-seed model, and writes it all
 to --out as JSON.
 """
 
@@ -32,8 +32,8 @@ from peft import LoraConfig, get_peft_model
 
 from sibo import get_sibo_model
 from sibo.adapters.bottleneck import BottleneckConfig
-from sibo.analyze import layer_similarity
-from sibo.loading import load_model
+from sibo.checkpoint.load import load_model
+from sibo.study.analyze import layer_similarity
 
 # (label, adapter, λ); λ = 0 runs plain PEFT.
 METHODS = [

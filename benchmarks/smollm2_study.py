@@ -5,22 +5,22 @@
     python benchmarks/smollm2_study.py --size cpu --methods lora,lora-sibo0.1 --seeds 0,1
     python benchmarks/smollm2_study.py --device cpu --task commonsense   # the second table: ARC-e/c, OBQA, BoolQ
 
-Every run (method × seed) is sibo's own recipe: `sibo.finetune` with the seed's LoRA settings
+Every run (method × seed) is sibo's own recipe: `sibo.train.recipe` with the seed's LoRA settings
 (r 32, α 64 on q,k,v,up,down, cutoff 256, lr 3e-4) or AdapterH (sequential bottleneck adapters
 after attention and FFN, width 64, not the seed's 256: SmolLM2's hidden size is 576, not 4096;
 lr 1e-3, tuned once on 150 held-out training records: `--validation 150 --methods adapterh --seeds 0
 --adapterh_lr LR --out OUT_LR` for LR in 1e-4, 3e-4, 1e-3, 3e-3, the best by accuracy over all
-questions, see docs/BENCHMARKS.md); SIBO boosts the FFN branches (sibo's default). Then `sibo.evaluate` (greedy;
-the seed's 4 beams too with --beams 1,4) on a fixed slice of each test set, then `sibo.analyze`'s
+questions, see docs/BENCHMARKS.md); SIBO boosts the FFN branches (sibo's default). Then `sibo.eval.runner` (greedy;
+the seed's 4 beams too with --beams 1,4) on a fixed slice of each test set, then `sibo.study.analyze`'s
 per-layer token similarity. "base" is the model without an adapter, asked with the same prompt
-template. `sibo.sweep` grids λ only, has no base run and keeps no per-question scores, so its
+template. `sibo.study.sweep` grids λ only, has no base run and keeps no per-question scores, so its
 pieces are used here, not its loop.
 
 A run lands in OUT/runs/<method>_seed<seed>/ (adapter/, greedy/, result.json); a run whose
 result.json exists is skipped, so a killed study resumes where it stopped, and a run made with
 other settings is refused, never mixed in. OUT/results.json gathers every run: accuracy per set
 and on average (mean ± std over seeds); SIBO − plain, per seed pair and seed-averaged, with a
-95 % paired bootstrap interval over questions (`sibo.stats`), per set and over all sets; whether
+95 % paired bootstrap interval over questions (`sibo.study.stats`), per set and over all sets; whether
 similarity climbs with depth and SIBO lowers it. accuracy.png (first decoding) and
 similarity.png are drawn and markdown tables printed. --workers N runs the runs in N processes
 at once (a 135M model cannot keep a GPU busy from one process). --finished_only summarises the
@@ -46,17 +46,17 @@ from pathlib import Path
 import torch
 from common import add_device_flag, describe_machine
 
-from sibo.analyze import layer_similarity, plot_similarity, read_texts
+from sibo.checkpoint.gguf import find_gguf
+from sibo.checkpoint.load import load_model
 from sibo.errors import InputError
-from sibo.evaluate import DecodingConfig, EvalConfig, evaluate, load_benchmarks, read_records
-from sibo.finetune import TRAIN_METRICS_FILE, FinetuneConfig, finetune
-from sibo.gguf_base import find_gguf
-from sibo.loading import load_model
-from sibo.plots import pyplot, save_figure
-from sibo.stats import paired_bootstrap, verdict
-from sibo.tasks import commonsense as commonsense_tasks
-from sibo.tasks import default_data_dir
-from sibo.tasks import math as math_tasks
+from sibo.eval.runner import DecodingConfig, EvalConfig, evaluate, load_benchmarks, read_records
+from sibo.eval.tasks import commonsense as commonsense_tasks
+from sibo.eval.tasks import default_data_dir
+from sibo.eval.tasks import math as math_tasks
+from sibo.study.analyze import layer_similarity, plot_similarity, read_texts
+from sibo.study.plots import pyplot, save_figure
+from sibo.study.stats import paired_bootstrap, verdict
+from sibo.train.recipe import TRAIN_METRICS_FILE, FinetuneConfig, finetune
 
 logger = logging.getLogger("smollm2_study")
 

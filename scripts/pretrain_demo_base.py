@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from sibo.prompts import build_prompt
-from sibo.synthetic import generate_problems
-from sibo.tiny import build_tiny_model, build_tokenizer
+from sibo.study.synthetic import generate_problems
+from sibo.testing import build_tiny_model, build_tokenizer
 
 # The demo base: deep (over-smoothing needs depth) and narrow (2 CPU cores).
 ARCHITECTURE = dict(num_layers=12, hidden_size=64, num_heads=4, ffn_size=192, max_positions=256)

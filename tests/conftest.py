@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from sibo.prompts import build_prompt
-from sibo.synthetic import generate_splits, write_records
-from sibo.tiny import build_tiny_model, build_tokenizer
+from sibo.study.synthetic import generate_splits, write_records
+from sibo.testing import build_tiny_model, build_tokenizer
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from sibo.data import (
 )
 from sibo.errors import InputError
 from sibo.prompts import build_prompt
-from sibo.tiny import build_tokenizer
+from sibo.testing import build_tokenizer
 
 RECORDS = [
     {"instruction": "Add 2 and 3.", "input": "", "output": "2 + 3 = 5. The answer is 5."},

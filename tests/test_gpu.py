@@ -20,13 +20,13 @@ from peft import LoraConfig
 
 import sibo
 from sibo import sibo_settings
+from sibo.checkpoint.load import load_model, resolve_dtype
 from sibo.data import PaddedCollator, Record, tokenize_records
-from sibo.finetune import FinetuneConfig, finetune
-from sibo.loading import load_model, resolve_dtype
-from sibo.packing import PackingCollator, enable_packing, packed_attention_kernel
 from sibo.prompts import build_prompt
-from sibo.synthetic import generate_problems, write_records
-from sibo.tiny import build_tiny_model, build_tokenizer
+from sibo.study.synthetic import generate_problems, write_records
+from sibo.testing import build_tiny_model, build_tokenizer
+from sibo.train.packing import PackingCollator, enable_packing, packed_attention_kernel
+from sibo.train.recipe import FinetuneConfig, finetune
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]

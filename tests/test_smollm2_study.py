@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sibo.loading import load_model
-from sibo.synthetic import write_records
-from sibo.tiny import write_llama_gguf
+from sibo.checkpoint.load import load_model
+from sibo.study.synthetic import write_records
+from sibo.testing import write_llama_gguf
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SETS = ["AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps"]

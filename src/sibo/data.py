@@ -7,7 +7,7 @@ anything is trained. A record becomes one example: the prompt (the one template 
 joined, cut at cutoff_len, and with the prompt masked out of the loss unless train_on_inputs.
 
 `PaddedCollator` pads a micro-batch to its longest example; it serves the models whose attention
-cannot keep packed sequences apart. The padding-free batches are in `sibo.packing`.
+cannot keep packed sequences apart. The padding-free batches are in `sibo.train.packing`.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import sibo.adapters.bottleneck as bottleneck
 from sibo import get_sibo_model, load_sibo_model, sibo_settings
 from sibo.adapters.bottleneck import BottleneckConfig, BottleneckLayer
 from sibo.errors import InputError
-from sibo.tiny import build_tiny_model
+from sibo.testing import build_tiny_model
 
 VOCAB = 64
 B = 4  # bottleneck size

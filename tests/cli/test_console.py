@@ -12,7 +12,7 @@ from transformers.utils import logging as hf_logging
 from sibo import get_sibo_model
 from sibo.cli import console
 from sibo.cli import main as sibo_main
-from sibo.tiny import build_tiny_model, build_tokenizer
+from sibo.testing import build_tiny_model, build_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_console_keeps_sibo_info_and_restores_what_it_changed():
     level = root.level
     for verbose in (False, True):
         with console(verbose):
-            assert logging.getLogger("sibo.finetune").isEnabledFor(logging.INFO)
+            assert logging.getLogger("sibo.train.recipe").isEnabledFor(logging.INFO)
             assert logging.getLogger("matplotlib.font_manager").isEnabledFor(logging.INFO) == verbose
         assert root.level == level
     assert hf_logging.set_tqdm_hook(None) is None  # no bar-hiding hook left behind

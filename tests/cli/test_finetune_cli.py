@@ -11,7 +11,7 @@ import pytest
 
 from sibo.cli import main as sibo_main
 from sibo.cli.finetune import parse_config
-from sibo.tiny import build_tiny_model, build_tokenizer
+from sibo.testing import build_tiny_model, build_tokenizer
 
 # The seed README's single-GPU command, as written there (after `python finetune.py`).
 SEED_README_FLAGS = r"""

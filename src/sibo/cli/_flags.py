@@ -45,7 +45,7 @@ def optional_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool
 
 
 def add_model_flags(parser, quantization: bool = True) -> None:
-    """The flags that pick a model for `sibo.loading.load_model`, as every verb (and the seed) spells them."""
+    """The flags that pick a model for `sibo.checkpoint.load.load_model`, as every verb (and the seed) spells them."""
     parser.add_argument(
         "--base_model", required=True, help="base model: a folder, a .gguf file, or a hub name when online"
     )
@@ -69,7 +69,7 @@ def add_model_flags(parser, quantization: bool = True) -> None:
 
 
 def add_merge_flag(parser) -> None:
-    """`--merge`: decode with the adapter folded into the base weights (`sibo.export.merge_for_inference`)."""
+    """`--merge`: decode with the adapter folded into the base weights (`sibo.checkpoint.export.merge_for_inference`)."""
     optional_bool_flag(
         parser,
         "--merge",
@@ -80,7 +80,7 @@ def add_merge_flag(parser) -> None:
 
 
 def model_loading_kwargs(args: argparse.Namespace) -> dict:
-    """What `add_model_flags` parsed, as keyword arguments of `sibo.loading.load_model`."""
+    """What `add_model_flags` parsed, as keyword arguments of `sibo.checkpoint.load.load_model`."""
     load_8bit, load_4bit = getattr(args, "load_8bit", False), getattr(args, "load_4bit", False)
     return {
         "lam": args.lam,

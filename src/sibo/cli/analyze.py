@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from sibo.analyze import PLOT_FILE, RESULTS_FILE, AnalyzeConfig, analyze, format_table
+from sibo.study.analyze import PLOT_FILE, RESULTS_FILE, AnalyzeConfig, analyze, format_table
 
 
 def setup() -> argparse.ArgumentParser:

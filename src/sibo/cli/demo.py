@@ -11,7 +11,7 @@ import time
 from dataclasses import MISSING, fields
 
 from sibo.cli._flags import optional_bool_flag, parse_list
-from sibo.demo import DemoConfig, format_rows, quick_config, run_demo
+from sibo.study.demo import DemoConfig, format_rows, quick_config, run_demo
 
 
 def build_parser() -> argparse.ArgumentParser:

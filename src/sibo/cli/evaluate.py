@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from sibo.cli._flags import add_merge_flag, add_model_flags, model_loading_kwargs, optional_bool_flag
-from sibo.evaluate import (
+from sibo.eval.runner import (
     CPU_BATCH_SIZE,
     DecodingConfig,
     EvalConfig,
@@ -22,7 +22,7 @@ from sibo.evaluate import (
     evaluate,
     load_benchmarks,
 )
-from sibo.tasks import EXTRACTION_MODES, default_data_dir
+from sibo.eval.tasks import EXTRACTION_MODES, default_data_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,14 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     benchmarks = load_benchmarks(config)  # a missing or malformed file stops us before any model loads
 
-    from sibo.loading import load_model
+    from sibo.checkpoint.load import load_model
 
     shard, device = accelerate_shard()
     loading = model_loading_kwargs(args)
     device_map = {"": str(device)} if device.type != "cpu" else None
     model, tokenizer = load_model(args.base_model, args.weights_path, device_map=device_map, **loading)
     if args.merge:
-        from sibo.export import merge_for_inference
+        from sibo.checkpoint.export import merge_for_inference
 
         model = merge_for_inference(model)
     run_info = {

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 
+from sibo.checkpoint.export import FORMATS, ExportConfig, export_adapter
+from sibo.checkpoint.load import RESIDUAL_DIR, load_model
 from sibo.cli._flags import optional_bool_flag
-from sibo.export import FORMATS, ExportConfig, export_adapter
-from sibo.loading import RESIDUAL_DIR, load_model
 
 
 def setup() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ import os
 from dataclasses import MISSING, fields
 
 from sibo.cli._flags import parse_list, str2bool
-from sibo.finetune_config import FinetuneConfig
+from sibo.train.config import FinetuneConfig
 
 # Other spellings the seed and its forks use for the same setting.
 ALIASES = {
@@ -77,7 +77,7 @@ def parse_config(argv: list[str] | None) -> FinetuneConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sibo.finetune import finetune
+    from sibo.train.recipe import finetune
 
     config = parse_config(argv)
     metrics = finetune(config)

@@ -10,6 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from sibo.checkpoint.export import merge_for_inference
+from sibo.checkpoint.load import load_model
 from sibo.cli._flags import (
     add_merge_flag,
     add_model_flags,
@@ -17,10 +19,8 @@ from sibo.cli._flags import (
     optional_bool_flag,
     str2bool,
 )
+from sibo.decode.stream import DecodingSettings, stream_response
 from sibo.errors import InputError
-from sibo.export import merge_for_inference
-from sibo.generate import DecodingSettings, stream_response
-from sibo.loading import load_model
 
 
 def setup() -> argparse.ArgumentParser:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     serve_config = None
     if args.ui:
-        from sibo.app import ServeConfig, _gradio
+        from sibo.decode.app import ServeConfig, _gradio
 
         serve_config = ServeConfig(host=args.host, port=args.port, share=args.share, title=_title(args))
         _gradio()  # a missing gradio should say so before the model loads
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         model = merge_for_inference(model)
     if serve_config is not None:
-        from sibo.app import build_app, launch_app
+        from sibo.decode.app import build_app, launch_app
 
         launch_app(build_app(model, tokenizer, serve_config, settings), serve_config)
         return 0

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import sys
 
+from sibo.checkpoint.weights import ADAPTER_WEIGHTS, BASE_WEIGHTS, check_weights_dir
 from sibo.errors import InputError
-from sibo.weights import ADAPTER_WEIGHTS, BASE_WEIGHTS, check_weights_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lm_eval.__main__ import cli_evaluate
 
-        import sibo.lm_eval_bridge  # noqa: F401  (registers the model class the harness's CLI looks up)
+        import sibo.eval.lm_eval_bridge  # noqa: F401  (registers the model class the harness's CLI looks up)
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] != "lm_eval":
             raise

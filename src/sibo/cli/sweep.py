@@ -13,10 +13,10 @@ import argparse
 from sibo.cli._flags import parse_list
 from sibo.cli.finetune import build_parser as build_finetune_parser
 from sibo.errors import InputError
-from sibo.evaluate import DecodingConfig
-from sibo.finetune_config import FinetuneConfig
-from sibo.sweep import CSV_FILE, PLOT_FILE, SweepConfig, summarize, sweep
-from sibo.tasks import EXTRACTION_MODES, default_data_dir
+from sibo.eval.runner import DecodingConfig
+from sibo.eval.tasks import EXTRACTION_MODES, default_data_dir
+from sibo.study.sweep import CSV_FILE, PLOT_FILE, SweepConfig, summarize, sweep
+from sibo.train.config import FinetuneConfig
 
 _SWEEP_FLAGS = ("lambdas", "seeds", "datasets", "data_dir", "eval_limit", "extraction", "eval_batch_size",
                 "num_beams", "max_new_tokens")  # fmt: skip

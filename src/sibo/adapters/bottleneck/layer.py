@@ -102,7 +102,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
             nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
             nn.init.zeros_(up.weight)
 
-    # SIBO's contract (sibo.booster): the module whose input is the branch input u, and u's width.
+    # SIBO's contract (sibo.core.booster): the module whose input is the branch input u, and u's width.
     def sibo_branch_input(self, adapter_name: str) -> nn.Module:
         return self.adapter_dropout[adapter_name]
 

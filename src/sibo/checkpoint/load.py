@@ -1,0 +1,158 @@
+"""The one model loader: a base model (+ adapter) and its tokenizer, for every verb."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from sibo.checkpoint.gguf import find_gguf, load_gguf_model, load_gguf_tokenizer
+from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
+from sibo.core.peft_model import load_sibo_model
+from sibo.errors import InputError, first_line
+
+logger = logging.getLogger(__name__)
+
+RESIDUAL_DIR = (
+    "sibo_residual"  # an exact `sibo export` keeps SIBO's λ·ΔW·h0 path here, beside the merged base
+)
+
+_MODEL_CLASSES = {
+    "causal-lm": AutoModelForCausalLM,
+    "sequence-classification": AutoModelForSequenceClassification,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto") -> torch.dtype:
+    """bf16 on a GPU that supports it, else fp16 on a GPU, fp32 on CPU; or the dtype named."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype != "auto":
+        try:
+            return {
+                "bf16": torch.bfloat16,
+                "bfloat16": torch.bfloat16,
+                "fp16": torch.float16,
+                "float16": torch.float16,
+                "fp32": torch.float32,
+                "float32": torch.float32,
+            }[dtype]
+        except KeyError:
+            raise InputError(f"unknown dtype {dtype!r}: use auto, bf16, fp16 or fp32") from None
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
+    """A BitsAndBytesConfig for 8-bit or 4-bit (QLoRA: NF4, double quantisation) bases; CUDA only."""
+    if quantization is None:
+        return None
+    if quantization not in ("8bit", "4bit"):
+        raise InputError(f"unknown quantization {quantization!r}: use 8bit or 4bit")
+    if not torch.cuda.is_available():
+        raise InputError(f"--load_{quantization} needs a CUDA GPU (bitsandbytes); none is available here")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise InputError(f"--load_{quantization} needs bitsandbytes: pip install 'sibo[quant]'") from None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_tokenizer(
+    base_model: str,
+    weights_path: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
+    padding_side: str = "left",
+):
+    """The adapter's tokenizer when it ships one (finetune saves it), else the base model's. Generation
+    pads on the left; BERT-style classifiers read position 0 and need the right."""
+    source = (
+        weights_path
+        if weights_path and (Path(weights_path) / "tokenizer_config.json").is_file()
+        else base_model
+    )
+    if source == base_model and (gguf_file := find_gguf(base_model)) is not None:
+        tokenizer = load_gguf_tokenizer(gguf_file)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot load a tokenizer from {source}: {first_line(error)}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_model(
+    base_model: str,
+    weights_path: str | os.PathLike | None = None,
+    lam: float | None = None,
+    quantization: str | None = None,
+    dtype: str | torch.dtype = "auto",
+    device_map: str | dict | None = None,
+    trust_remote_code: bool = False,
+    is_trainable: bool = False,
+    task: str = "causal-lm",
+):
+    """(model, tokenizer): the base model, with the adapter at `weights_path` loaded (SIBO-boosted as saved,
+    or with λ = `lam` when given) — or the base alone when weights_path is None. An exact `sibo export`
+    directory loads as a base model: its SIBO residual adapter comes along."""
+    if task not in _MODEL_CLASSES:
+        raise InputError(f"unknown task {task!r}: use one of {sorted(_MODEL_CLASSES)}")
+    gguf_file = find_gguf(base_model)  # a .gguf file, or a folder holding one
+    if (
+        gguf_file is None
+        and base_model.startswith(("/", "./", "../", "~"))
+        and not Path(base_model).expanduser().is_dir()
+    ):
+        raise InputError(f"base model directory {base_model} does not exist")
+    residual = Path(base_model) / RESIDUAL_DIR
+    if weights_path is None and (residual / "adapter_config.json").is_file():
+        weights_path = residual
+    if weights_path is not None and not Path(weights_path).is_dir():
+        raise InputError(f"adapter directory {weights_path} does not exist")
+    torch_dtype = resolve_dtype(dtype)
+    quantization = quantization_config(quantization, torch_dtype)
+    if weights_path is not None:  # both before the base loads: a damaged file fails in seconds
+        check_weights_dir(weights_path, ADAPTER_WEIGHTS)
+    if gguf_file is not None:
+        if quantization is not None:
+            raise InputError("a GGUF base cannot be loaded in 8 or 4 bits: drop --load_8bit/--load_4bit")
+        model = load_gguf_model(gguf_file, _MODEL_CLASSES[task], torch_dtype, device_map)
+    else:
+        check_weights_dir(base_model)
+        try:
+            model = _MODEL_CLASSES[task].from_pretrained(
+                base_model,
+                dtype=torch_dtype,
+                quantization_config=quantization,
+                device_map=device_map,
+                trust_remote_code=trust_remote_code,
+            )
+        except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
+            raise InputError(f"cannot load base model {base_model}: {first_line(error)}") from None
+    padding_side = "right" if task == "sequence-classification" else "left"
+    tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side)
+    if weights_path is not None:
+        model = load_sibo_model(model, weights_path, lam=lam, is_trainable=is_trainable)
+    elif lam is not None:
+        logger.warning("λ=%s ignored: no adapter given", lam)
+    if not is_trainable:
+        model.eval()
+    return model, tokenizer

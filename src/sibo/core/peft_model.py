@@ -1,0 +1,337 @@
+"""SIBO on PeftModel: create, save, load, and guard merging.
+
+`get_sibo_model` returns the PeftModel that `peft.get_peft_model` would, with its class swapped
+for a subclass that adds SIBO's pieces: the h0 capture, the settings file beside PEFT's
+adapter files (PEFT drops unknown keys from adapter_config.json on load), learnable λ in
+checkpoints, mixed-batch rows, and a refusal to merge away the λ·ΔW·h0 term.
+
+Checkpoints of the seed's code (LLM-Adapters' peft 0.3 fork) have no settings file: their λ is
+`embedding_lambda` in adapter_config.json, and PEFT already reads their weights (keys without
+adapter names, pickled adapter_model.bin); they load boosted as the seed ran them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import os
+import pickle
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from peft import PeftConfig, PeftModel, get_peft_model
+from safetensors import SafetensorError
+
+from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
+from sibo.core.booster import (
+    BoostedAdapter,
+    InitialState,
+    SiboConfig,
+    boost,
+    capture_initial_state,
+    find_transformer_blocks,
+)
+from sibo.errors import InputError, first_line
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "sibo_config.json"
+SEED_LAMBDA_FIELD = "embedding_lambda"  # where the seed's peft fork kept λ, in adapter_config.json
+# PEFT calls the seed's extra config fields "saved by a higher version" and says to upgrade: they are read here.
+_SEED_FIELDS_WARNING = (
+    r"Unexpected keyword arguments \[('(embedding_lambda|enable_lora|merge_weights)'(, )?)+\]"
+)
+
+
+class SiboModelMixin:
+    """What a SIBO-boosted PeftModel adds to PEFT's own class (see the module docstring)."""
+
+    _sibo_state: InitialState
+    _sibo_adapters: dict[str, BoostedAdapter]
+
+    def save_pretrained(
+        self, save_directory: str, selected_adapters: list[str] | None = None, **kwargs
+    ) -> None:
+        """PEFT's save, plus SIBO's settings; base embedding matrices only when asked (save_embedding_layers=True).
+
+        sibo never resizes the vocabulary, so an adapter never needs them (targeted embeddings keep their
+        LoRA weights); PEFT's "auto" would copy them whenever embeddings are targeted, and otherwise read
+        config.json at the base's path to look for a resize: a GGUF base has none (a warning), a Hub id
+        costs a request.
+        """
+        kwargs.setdefault("save_embedding_layers", False)
+        super().save_pretrained(save_directory, selected_adapters=selected_adapters, **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return
+        # Under FSDP2 / ZeRO-3 this rank holds only a shard of each λ; Trainer passes the gathered state dict.
+        state_dict = kwargs.get("state_dict") or {}
+        for name in selected_adapters or list(self.peft_config):
+            if name in self._sibo_adapters:
+                directory = Path(save_directory) / name if name != "default" else Path(save_directory)
+                logits = state_dict.get(f"sibo_lambdas.{name}.logits")
+                write_settings(directory, self._sibo_adapters[name], self.base_model.model.config, logits)
+
+    def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False, **kwargs):
+        """PEFT's load_adapter (Trainer uses it to resume and to load the best checkpoint), plus SIBO's settings."""
+        check_weights_dir(Path(model_id) / (kwargs.get("subfolder") or ""), ADAPTER_WEIGHTS)
+        result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
+        settings = read_settings(
+            Path(model_id) / (kwargs.get("subfolder") or ""), self.base_model.model.config
+        )
+        if settings is not None:
+            config, logits = settings
+            if adapter_name not in self._sibo_adapters:
+                boost_adapter(self, config, adapter_name)
+            _restore_lambdas(self._sibo_adapters[adapter_name], logits, is_trainable)
+        return result
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        unboost(self, adapter_name)
+        super().delete_adapter(adapter_name)
+
+    def merge_adapter(self, *args, **kwargs) -> None:
+        _refuse_lossy_merge(self, "merge_adapter")
+        self.base_model.merge_adapter(*args, **kwargs)
+
+    def merge_and_unload(self, *args, **kwargs) -> torch.nn.Module:
+        _refuse_lossy_merge(self, "merge_and_unload")
+        # PEFT may refuse (bottleneck adapters): keep SIBO in place until the merge worked
+        merged = self.base_model.merge_and_unload(*args, **kwargs)
+        self._remove_sibo()
+        return merged
+
+    def unload(self) -> torch.nn.Module:
+        self._remove_sibo()
+        return self.base_model.unload()
+
+    def _remove_sibo(self) -> None:
+        """Every SIBO hook off: the adapters are gone from the model being returned."""
+        for name in list(self._sibo_adapters):
+            unboost(self, name)
+        self._sibo_capture.remove()
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """PEFT runs each adapter of an `adapter_names=` batch on its rows: give the branches the same rows of h0."""
+        names = kwargs.get("adapter_names")
+        if names is not None and isinstance(kwargs.get("num_beams"), int):
+            names = [name for name in names for _ in range(kwargs["num_beams"])]  # as PEFT expands them
+        with super()._enable_peft_forward_hooks(*args, **kwargs):
+            if names is not None:
+                self._sibo_state.adapter_rows = {
+                    adapter: torch.tensor([i for i, n in enumerate(names) if n == adapter])
+                    for adapter in set(names)
+                }
+            try:
+                yield
+            finally:
+                self._sibo_state.adapter_rows = None
+
+
+@functools.cache
+def _sibo_class(peft_class: type) -> type:
+    cls = type(f"Sibo{peft_class.__name__}", (SiboModelMixin, peft_class), {"__module__": __name__})
+    globals()[cls.__name__] = cls  # importable by name, so pickling works
+    return cls
+
+
+def _attach(model: PeftModel) -> PeftModel:
+    """Turn a PeftModel into its SIBO subclass, with the h0 capture installed once."""
+    if isinstance(model, SiboModelMixin):
+        return model
+    model.__class__ = _sibo_class(type(model))
+    model._sibo_state = InitialState()
+    model._sibo_adapters = {}
+    _, blocks = find_transformer_blocks(model.base_model.model)
+    model._sibo_capture = capture_initial_state(blocks, model._sibo_state)
+    # learnable λ live here, so .parameters() and the optimizer see them
+    model.sibo_lambdas = torch.nn.ModuleDict()
+    return model
+
+
+def boost_adapter(model: PeftModel, config: SiboConfig, adapter_name: str = "default") -> PeftModel:
+    """Boost one (more) adapter of a PeftModel with SIBO; returns the SIBO PeftModel."""
+    model = _attach(model)
+    if adapter_name in model._sibo_adapters:
+        unboost(model, adapter_name)
+    adapter = boost(model, config, model._sibo_state, adapter_name)
+    model._sibo_adapters[adapter_name] = adapter
+    if adapter.lambdas is not None:
+        model.sibo_lambdas[adapter_name] = adapter.lambdas
+    return model
+
+
+def unboost(model: PeftModel, adapter_name: str) -> None:
+    """Remove SIBO from one adapter: it runs as plain PEFT again."""
+    adapter = model._sibo_adapters.pop(adapter_name, None)
+    if adapter is not None:
+        for handle in adapter.handles:
+            handle.remove()
+        if adapter_name in model.sibo_lambdas:
+            del model.sibo_lambdas[adapter_name]
+
+
+def get_sibo_model(
+    base_model: torch.nn.Module,
+    peft_config: PeftConfig,
+    lam: float = 0.1,
+    targets: str = "ffn",
+    learnable_lambda: bool = False,
+    adapter_name: str = "default",
+) -> PeftModel:
+    """`peft.get_peft_model` with the adapter boosted by SIBO: its branches read (1-λ)·x + λ·h0."""
+    config = SiboConfig(lam=lam, targets=targets, learnable_lambda=learnable_lambda)
+    return boost_adapter(
+        get_peft_model(base_model, peft_config, adapter_name=adapter_name), config, adapter_name
+    )
+
+
+def load_sibo_model(
+    base_model: torch.nn.Module,
+    path: str | os.PathLike,
+    lam: float | None = None,
+    targets: str | None = None,
+    is_trainable: bool = False,
+    adapter_name: str = "default",
+) -> PeftModel:
+    """Load an adapter saved by sibo (boosted as saved), by the seed's code (boosted with its stored λ, the
+    seed's policy) or by plain PEFT (plain, or boosted when `lam` is given).
+
+    `lam` (and `targets`) override the stored settings; the λ is then fixed, not learnable.
+    """
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise InputError(f"no adapter at {path}: adapter_config.json is missing")
+    settings = read_settings(path, base_model.config)
+    check_weights_dir(path, ADAPTER_WEIGHTS)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _SEED_FIELDS_WARNING, UserWarning)
+            model = PeftModel.from_pretrained(
+                base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
+            )
+    except (SafetensorError, pickle.UnpicklingError) as error:  # what the check above let through
+        raise InputError(f"cannot read the adapter weights in {path}: {first_line(error)}") from None
+    except RuntimeError as error:  # size mismatches from load_state_dict
+        raise InputError(
+            f"the adapter at {path} does not fit the base model ({_describe(base_model.config)}): "
+            f"{str(error).strip().splitlines()[-1].strip()}"
+        ) from None
+    if lam is None and settings is None:
+        return model
+    config, logits = settings if settings is not None else (SiboConfig(), None)
+    if lam is not None or targets is not None:
+        config = SiboConfig(
+            lam=config.lam if lam is None else lam, targets=targets or config.targets, learnable_lambda=False
+        )
+        logits = None
+    model = boost_adapter(model, config, adapter_name)
+    _restore_lambdas(model._sibo_adapters[adapter_name], logits, is_trainable)
+    return model
+
+
+def sibo_settings(model: torch.nn.Module, adapter_name: str = "default") -> SiboConfig | None:
+    """The SIBO settings an adapter is boosted with, or None for a plain PEFT adapter."""
+    adapter = getattr(model, "_sibo_adapters", {}).get(adapter_name)
+    return None if adapter is None else adapter.config
+
+
+def boosted_adapter(model: torch.nn.Module, adapter_name: str = "default") -> BoostedAdapter | None:
+    """The boosted layers, their blocks and λ of an adapter (None for a plain PEFT adapter)."""
+    return getattr(model, "_sibo_adapters", {}).get(adapter_name)
+
+
+def write_settings(
+    directory: Path, adapter: BoostedAdapter, base_config, logits: torch.Tensor | None = None
+) -> None:
+    """sibo_config.json: the SIBO settings, learnable λ (as logits, bit-exact) and what base it fits.
+
+    `logits`: the full λ logits when the model's own parameter is a shard (FSDP2 DTensor, ZeRO-3).
+    """
+    settings = {
+        **dataclasses.asdict(adapter.config),
+        "base_model_type": base_config.model_type,
+        "hidden_size": base_config.get_text_config().hidden_size,
+        "boosted_modules": [layer.name for layer in adapter.layers],
+    }
+    if adapter.lambdas is not None:
+        logits = (adapter.lambdas.logits if logits is None else logits).detach().float().cpu()
+        settings["lambda_logits"] = logits.tolist()
+        settings["lambda_per_block"] = torch.sigmoid(logits).tolist()
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def read_settings(directory: Path, base_config) -> tuple[SiboConfig, list[float] | None] | None:
+    """The SIBO settings saved in `directory`, checked against the base model; None if there are none."""
+    file = Path(directory) / SETTINGS_FILE
+    if not file.is_file():
+        return _seed_settings(Path(directory))
+    try:
+        settings = json.loads(file.read_text())
+        config = SiboConfig(settings["lam"], settings["targets"], settings["learnable_lambda"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{file}: not a valid SIBO settings file ({error})") from None
+    saved = (settings.get("base_model_type"), settings.get("hidden_size"))
+    here = (base_config.model_type, base_config.get_text_config().hidden_size)
+    if None not in saved and saved != here:
+        raise InputError(
+            f"the adapter at {directory} was trained on a {saved[0]} base with hidden size {saved[1]}, "
+            f"but the base model is {here[0]} with hidden size {here[1]}"
+        )
+    return config, settings.get("lambda_logits")
+
+
+def _seed_settings(directory: Path) -> tuple[SiboConfig, None] | None:
+    """The settings of a checkpoint written by the seed's code: its λ, on the feed-forward branches that
+    read the hidden state (with `--ffn True`, the seed's code mixes h0 into those only)."""
+    file = directory / "adapter_config.json"
+    try:
+        stored = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # PEFT reports an unreadable adapter config itself
+    lam = stored.get(SEED_LAMBDA_FIELD) if isinstance(stored, dict) else None
+    if lam is None or lam == 0:
+        return None
+    try:
+        config = SiboConfig(lam=lam, targets="ffn")
+    except InputError as error:
+        raise InputError(f"{file}: {error}") from None
+    logger.info(
+        "%s was written by the seed's code: boosting it with its %s=%s on the feed-forward branches, "
+        "as the seed's --ffn True does (--embedding_lambda overrides it; 0 loads it plain)",
+        directory,
+        SEED_LAMBDA_FIELD,
+        lam,
+    )
+    return config, None
+
+
+def _restore_lambdas(adapter: BoostedAdapter, logits: list[float] | None, trainable: bool) -> None:
+    if adapter.lambdas is None:
+        return
+    if logits is not None:
+        if len(logits) != adapter.lambdas.logits.numel():
+            raise InputError(
+                f"saved learnable λ has {len(logits)} blocks, the model {adapter.lambdas.logits.numel()}"
+            )
+        with torch.no_grad():
+            adapter.lambdas.logits.copy_(torch.tensor(logits, dtype=adapter.lambdas.logits.dtype))
+    adapter.lambdas.requires_grad_(trainable)
+
+
+def _refuse_lossy_merge(model: SiboModelMixin, method: str) -> None:
+    for name, adapter in model._sibo_adapters.items():
+        if adapter.layers and (adapter.config.lam > 0 or adapter.lambdas is not None):
+            raise ValueError(
+                f"{method} would drop SIBO's λ·ΔW·h0 term of adapter {name!r} (λ={adapter.config.lam}): a merged "
+                "layer runs its base weight only. Use `sibo export` for an exact merged checkpoint"
+            )
+
+
+def _describe(config) -> str:
+    return f"{config.model_type}, hidden size {config.get_text_config().hidden_size}"

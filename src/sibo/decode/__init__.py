@@ -1,0 +1,1 @@
+"""Decoding: settings, one streamed answer, batched answers, and the Gradio page."""

@@ -1,0 +1,127 @@
+"""A Gradio page for one model: instruction, optional input, decoding knobs, streamed response.
+
+    sibo generate --base_model B --weights_path W --ui [--host 127.0.0.1] [--port 7860] [--share]
+
+Gradio is imported here only (pip install 'sibo[ui]'). The queue runs one generation at a time:
+a SIBO model keeps h0 in state shared by the whole model, so two concurrent forwards would mix
+each other's h0. Bad input (an over-long prompt, an empty instruction) is shown on the page.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from sibo.decode.stream import DecodingSettings, stream_response
+from sibo.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig:
+    """Where the page listens."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind; loopback unless asked"})
+    port: int | None = field(default=None, metadata={"help": "port; None lets Gradio pick from 7860 up"})
+    share: bool = field(default=False, metadata={"help": "open a public gradio.live tunnel"})
+    queue_size: int = field(default=16, metadata={"help": "requests that may wait in the queue"})
+    title: str = field(default="SIBO", metadata={"help": "page title (e.g. the adapter's name)"})
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 0 < self.port < 65536:
+            raise InputError(f"--port must be in 1..65535, got {self.port}")
+        if self.queue_size < 1:
+            raise InputError(f"the queue size must be at least 1, got {self.queue_size}")
+
+
+def _gradio():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an offline box
+    try:
+        import gradio
+    except ImportError:
+        raise InputError("--ui needs gradio: pip install 'sibo[ui]'") from None
+    return gradio
+
+
+def respond(
+    model,
+    tokenizer,
+    instruction: str,
+    input: str,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    num_beams: int,
+    max_new_tokens: int,
+) -> Iterator[tuple[str, str]]:
+    """(response so far, status message) as the model writes; bad input ends with a message instead."""
+    try:
+        settings = DecodingSettings(
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            top_p=float(top_p),
+            top_k=int(top_k),
+            num_beams=int(num_beams),
+        )
+        response = ""
+        for piece in stream_response(model, tokenizer, instruction, input or None, settings):
+            response += piece
+            yield response, ""
+        yield response, ""  # also when nothing was written (EOS first): clears the previous answer
+    except InputError as error:
+        yield "", f"**Cannot answer:** {error}"
+
+
+def build_app(model, tokenizer, config: ServeConfig | None = None, defaults: DecodingSettings | None = None):
+    """The page as gradio Blocks, queued one request at a time; not yet launched."""
+    gr = _gradio()
+    config = config or ServeConfig()
+    defaults = defaults or DecodingSettings()
+
+    def run(instruction, input, temperature, top_p, top_k, num_beams, max_new_tokens):
+        yield from respond(
+            model, tokenizer, instruction, input, temperature, top_p, top_k, num_beams, max_new_tokens
+        )
+
+    with gr.Blocks(title=config.title, analytics_enabled=False) as app:
+        gr.Markdown(f"# {config.title}\nAn instruction-tuned model boosted by SIBO. Greedy at temperature 0.")
+        with gr.Row():
+            with gr.Column():
+                instruction = gr.Textbox(label="Instruction", lines=2, elem_id="instruction")
+                input = gr.Textbox(label="Input (optional)", lines=2, elem_id="input")
+                temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="Temperature")
+                top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top p")
+                top_k = gr.Slider(0, 100, value=defaults.top_k, step=1, label="Top k")
+                num_beams = gr.Slider(
+                    1, 4, value=defaults.num_beams, step=1, label="Beams (no streaming above 1)"
+                )
+                max_new_tokens = gr.Slider(
+                    1, 2048, value=defaults.max_new_tokens, step=1, label="Max new tokens"
+                )
+                submit = gr.Button("Generate", variant="primary", elem_id="submit")
+            with gr.Column():
+                response = gr.Textbox(label="Response", lines=12, interactive=False, elem_id="response")
+                status = gr.Markdown(elem_id="status")
+        inputs = [instruction, input, temperature, top_p, top_k, num_beams, max_new_tokens]
+        submit.click(run, inputs=inputs, outputs=[response, status], concurrency_limit=1)
+        instruction.submit(run, inputs=inputs, outputs=[response, status], concurrency_limit=1)
+    app.queue(max_size=config.queue_size, default_concurrency_limit=1)
+    return app
+
+
+def launch_app(app, config: ServeConfig, block: bool = True):
+    """Serve the page; `block=False` returns at once (tests); the caller closes it with app.close()."""
+    if config.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("serving on %s: anyone who can reach this address can use the model", config.host)
+    app.launch(
+        server_name=config.host,
+        server_port=config.port,
+        share=config.share,
+        prevent_thread_lock=not block,
+        quiet=not block,
+        show_error=True,
+    )
+    return app

@@ -1,0 +1,462 @@
+"""Score a model on the paper's benchmarks: batched decoding, resumable output, data parallel.
+
+    sibo evaluate --base_model B --weights_path W --dataset math --output_dir O
+
+The seed scores one question at a time with 4 beams and use_cache=False, so every new token
+recomputes the whole prefix. Here prompts are sorted by length, batched with left padding and
+decoded with the KV cache on; the decoding itself is the seed's (4 beams, no sampling, its
+max_new_tokens per family). Every scored example is appended to O/<dataset>.jsonl at once, so a
+killed run resumes where it stopped; at the end the file is rewritten in index order (predictions
+re-read from the stored responses with the current --extraction) and O/summary.json updated.
+
+Data parallel (`torchrun --nproc_per_node N -m sibo evaluate …`, or `accelerate launch`): each
+rank scores every N-th pending example into O/<dataset>.rank<r>.jsonl; rank 0 merges them once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sibo.decode.stream import context_length, stopping_settings
+from sibo.errors import InputError
+from sibo.eval.tasks import EXTRACTION_MODES, Example, Task, load_examples, resolve_datasets
+from sibo.prompts import build_prompt, extract_response
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "summary.json"
+RUN_FILE = "run.json"  # what produced the responses in this output directory, checked on resume
+CPU_BATCH_SIZE = 8  # --batch_size auto off a GPU: CPU decoding gains little from wider batches
+MAX_AUTO_BATCH_SIZE = 512  # past this, padding and the longest response per batch cost more than they save
+AUTO_MEMORY_SHARE = 0.8  # of the GPU's free memory; the estimate below leaves out allocator slack
+
+
+@dataclass
+class DecodingConfig:
+    """How responses are decoded. The defaults are the seed's: beam search, 4 beams, no sampling."""
+
+    batch_size: int | str = field(
+        default="auto",
+        metadata={
+            "help": "questions per generate call (each has num_beams beams); 'auto': as many as the GPU's "
+            f"free memory holds (halved on OOM), {CPU_BATCH_SIZE} on CPU"
+        },
+    )
+    num_beams: int = field(default=4, metadata={"help": "beam width; 1 decodes greedily"})
+    max_new_tokens: int | None = field(
+        default=None,
+        metadata={"help": "new tokens per response; None: the seed's (math 256, commonsense 32)"},
+    )
+
+    static_cache: bool = field(
+        default=False,
+        metadata={
+            "help": "a static KV cache; on a GPU transformers then compiles the decoding step (CUDA graphs). "
+            "Exact: SIBO's hooks trace into one graph"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise InputError(f"batch_size must be 'auto' or at least 1, got {self.batch_size!r}")
+        if self.num_beams < 1:
+            raise InputError(f"num_beams must be at least 1, got {self.num_beams}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+
+    def tokens_for(self, task: Task) -> int:
+        return self.max_new_tokens or task.max_new_tokens
+
+
+@dataclass
+class EvalConfig:
+    """Which benchmarks, where their files are, where results go, how answers are read."""
+
+    datasets: str | list[str] = field(metadata={"help": "names, 'math' or 'commonsense', comma-separated"})
+    data_dir: Path = field(metadata={"help": "folder holding <Name>/test.json"})
+    output_dir: Path = field(metadata={"help": "where <dataset>.jsonl and summary.json are written"})
+    extraction: str = field(default="careful", metadata={"help": "careful, or legacy (the seed's rules)"})
+    limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+    def __post_init__(self) -> None:
+        self.data_dir, self.output_dir = Path(self.data_dir), Path(self.output_dir)
+        if self.extraction not in EXTRACTION_MODES:
+            raise InputError(
+                f"unknown extraction {self.extraction!r}: use one of {', '.join(EXTRACTION_MODES)}"
+            )
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"limit must be at least 1, got {self.limit}")
+        self.tasks = resolve_datasets(self.datasets)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a data-parallel run; one process by default."""
+
+    rank: int = 0
+    world: int = 1
+    barrier: Callable[[], None] = lambda: None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class DatasetResult:
+    """How one benchmark went: examples scored and how many were right."""
+
+    n: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else 0.0
+
+
+def accelerate_shard() -> tuple[Shard, torch.device]:
+    """(Shard, device) from accelerate's view of the launch (torchrun / accelerate launch / plain)."""
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return Shard(state.process_index, state.num_processes, state.wait_for_everyone), state.device
+
+
+def load_benchmarks(config: EvalConfig) -> list[tuple[Task, list[Example]]]:
+    """Every requested benchmark, read and validated before a model is loaded."""
+    benchmarks = []
+    for task in config.tasks:
+        examples = load_examples(task, config.data_dir)
+        benchmarks.append((task, examples[: config.limit] if config.limit else examples))
+    return benchmarks
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer,
+    config: EvalConfig,
+    benchmarks: list[tuple[Task, list[Example]]] | None = None,
+    run_info: dict | None = None,
+    shard: Shard | None = None,
+) -> dict[str, DatasetResult]:
+    """Score every benchmark (resuming any earlier run in config.output_dir); {dataset: result}."""
+    shard = shard or Shard()
+    benchmarks = benchmarks if benchmarks is not None else load_benchmarks(config)
+    run = {
+        **(run_info or {}),
+        "num_beams": config.decoding.num_beams,
+        "max_new_tokens": config.decoding.max_new_tokens,
+    }
+    lengths = {}  # prompt tokens per example, per benchmark: checked against the context before any output
+    for task, examples in benchmarks:
+        lengths[task.name] = prompt_lengths(tokenizer, {e.index: prompt_of(e) for e in examples})
+        check_fits_context(model, task, lengths[task.name], config.decoding.tokens_for(task))
+    if shard.is_main:
+        check_same_run(config.output_dir, run)
+    shard.barrier()
+    results = {}
+    for task, examples in benchmarks:
+        results[task.name] = evaluate_dataset(
+            model, tokenizer, task, examples, config, shard, lengths[task.name]
+        )
+    if shard.is_main:
+        write_summary(config, results, run)
+    shard.barrier()
+    return results
+
+
+def evaluate_dataset(
+    model: torch.nn.Module,
+    tokenizer,
+    task: Task,
+    examples: list[Example],
+    config: EvalConfig,
+    shard: Shard,
+    lengths: dict[int, int],
+) -> DatasetResult:
+    path = config.output_dir / f"{task.name}.jsonl"
+    if shard.is_main:
+        consolidate(path, task, examples, config.extraction)  # repairs a torn tail, merges stale shards
+    shard.barrier()
+    done = read_records(path)
+    pending = [example for example in examples if example.index not in done]
+    max_new_tokens = config.decoding.tokens_for(task)
+    prompts = {example.index: prompt_of(example) for example in pending}
+    # Longest first, so similar lengths share a batch (little padding) and an OOM shows up at once;
+    # striding the sorted list gives every rank the same mix of lengths.
+    mine = sorted(pending, key=lambda example: -lengths[example.index])[shard.rank :: shard.world]
+    target = path if shard.world == 1 else path.with_name(f"{task.name}.rank{shard.rank}.jsonl")
+    correct = sum(record["correct"] for record in done.values())
+    scored = len(done)
+    progress = tqdm(total=len(examples), initial=scored, desc=task.name, unit="ex", disable=not shard.is_main)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    auto = config.decoding.batch_size == "auto"
+    size = (
+        auto_batch_size(model, max(lengths.values(), default=1), max_new_tokens, config.decoding.num_beams)
+        if auto
+        else config.decoding.batch_size
+    )
+    start = 0
+    with target.open("a", encoding="utf-8") as out:
+        while start < len(mine):
+            batch = mine[start : start + size]
+            try:
+                responses = generate_responses(
+                    model,
+                    tokenizer,
+                    [prompts[example.index] for example in batch],
+                    num_beams=config.decoding.num_beams,
+                    max_new_tokens=max_new_tokens,
+                    **({"cache_implementation": "static"} if config.decoding.static_cache else {}),
+                )
+            except torch.cuda.OutOfMemoryError:
+                if not auto or size == 1:
+                    raise
+                size //= 2  # the estimate was too hopeful: retry this batch halved, and keep the new size
+                torch.cuda.empty_cache()
+                logger.warning("out of GPU memory: batch size now %d", size)
+                continue
+            start += len(batch)
+            for example, response in zip(batch, responses, strict=True):
+                record = score(task, example, response, config.extraction)
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                correct += record["correct"]
+            out.flush()
+            scored += len(batch)
+            # other ranks keep pace: count their batches too, without running past the total
+            progress.update(min(len(batch) * shard.world, progress.total - progress.n))
+            progress.set_postfix(acc=f"{correct / scored:.3f}")
+    progress.close()
+    shard.barrier()
+    if not shard.is_main:
+        return DatasetResult(0, 0)
+    records = consolidate(path, task, examples, config.extraction)
+    result = DatasetResult(n=len(records), correct=sum(record["correct"] for record in records.values()))
+    logger.info("%s: %d/%d correct (%.4f)", task.name, result.correct, result.n, result.accuracy)
+    return result
+
+
+def auto_batch_size(
+    model: torch.nn.Module,
+    prompt_tokens: int,
+    max_new_tokens: int,
+    num_beams: int,
+    free_bytes: int | None = None,
+) -> int:
+    """Questions per generate call that fit in `free_bytes` (the GPU's free memory; CPU_BATCH_SIZE off a GPU).
+
+    Per question and beam: its KV cache, 2·layers·kv_heads·head_dim·(prompt + new)·dtype bytes, plus
+    beam search's fp32 rows over the vocabulary (logits, log-probs, scores: ~4 copies) and the prefill's
+    widest activation. The runner halves the size if a batch still runs out of memory.
+    """
+    if free_bytes is None:
+        device = next(model.parameters()).device
+        if device.type != "cuda":
+            return CPU_BATCH_SIZE
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+    config = model.config.get_text_config()
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    itemsize = model.get_input_embeddings().weight.element_size()
+    kv_cache = (
+        2 * config.num_hidden_layers * kv_heads * head_dim * (prompt_tokens + max_new_tokens) * itemsize
+    )
+    vocab_rows = 4 * config.vocab_size * 4
+    widest = max(getattr(config, "intermediate_size", None) or 4 * config.hidden_size, config.hidden_size)
+    prefill = 4 * prompt_tokens * widest * itemsize
+    per_question = num_beams * (kv_cache + vocab_rows + prefill)
+    return max(1, min(MAX_AUTO_BATCH_SIZE, int(free_bytes * AUTO_MEMORY_SHARE) // per_question))
+
+
+def generate_responses(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[str],
+    num_beams: int = 4,
+    max_new_tokens: int = 256,
+    **overrides,
+) -> list[str]:
+    """The responses to a batch of prompts: left padding, KV cache on, no sampling, each stopped at
+    the template's next section header (what follows it is another prompt, not the answer)."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"  # new tokens follow every prompt directly
+    device = next(model.parameters()).device
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True).to(device)  # (B, T)
+    settings = {
+        "num_beams": num_beams,
+        "do_sample": False,
+        "max_new_tokens": max_new_tokens,
+        "use_cache": True,
+        "pad_token_id": tokenizer.pad_token_id,
+        **stopping_settings(model, tokenizer),  # each row stops at its EOS or next section (then pads)
+        # the model's own generation_config may ask for sampling: these would only warn
+        "temperature": None,
+        "top_p": None,
+        "top_k": None,
+        **overrides,
+    }
+    with torch.inference_mode():
+        if (
+            num_beams > 1
+            and settings["use_cache"]
+            and "cache_implementation" not in settings
+            and len(inputs["input_ids"][0]) > 1
+        ):
+            settings["cache"] = prefill_once(model, inputs, num_beams)
+        sequences = model.generate(**inputs, **settings)  # (B, T + new)
+    completions = tokenizer.batch_decode(
+        sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+    )
+    return [
+        extract_response(prompt + completion) for prompt, completion in zip(prompts, completions, strict=True)
+    ]
+
+
+def prefill_once(model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_beams: int):
+    """The KV cache of each prompt but its last token, computed once and repeated for its beams.
+
+    transformers copies every prompt num_beams times before the first forward; given this cache,
+    generate runs only the last prompt token, on every beam. Positions as generate derives them.
+    """
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]  # (B, T)
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    output = model(
+        input_ids=ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, :-1],
+        use_cache=True,
+        logits_to_keep=1,  # the logits are not used: keep (B, 1, V), not (B, T, V)
+    )
+    cache = output.cache
+    cache.batch_repeat_interleave(num_beams)  # (B, …) -> (B·beams, …), each row's beams adjacent
+    return cache
+
+
+def prompt_of(example: Example) -> str:
+    return build_prompt(example.instruction, example.input or None)
+
+
+def score(task: Task, example: Example, response: str, extraction: str) -> dict:
+    """One output line: the example, the raw response, what was read from it, and whether it is right."""
+    prediction = task.extract(response, example, extraction)
+    return {
+        "index": example.index,
+        "instruction": example.instruction,
+        "input": example.input,
+        "output": response,
+        "prediction": prediction,
+        "label": example.label,
+        "correct": task.is_correct(prediction, example.label),
+    }
+
+
+def read_records(path: Path) -> dict[int, dict]:
+    """The complete records of a results file (first one wins per index); a torn last line is skipped."""
+    records: dict[int, dict] = {}
+    if not path.is_file():
+        return records
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short when the run was killed
+            if isinstance(record, dict) and isinstance(record.get("index"), int):
+                records.setdefault(record["index"], record)
+    return records
+
+
+def consolidate(path: Path, task: Task, examples: list[Example], extraction: str) -> dict[int, dict]:
+    """Merge the rank shards into `path`, drop torn lines and duplicates, re-read every prediction
+    with `extraction`, and rewrite the file in index order (atomically); returns the records."""
+    shards = sorted(path.parent.glob(f"{task.name}.rank*.jsonl"))
+    if not path.is_file() and not shards:
+        return {}
+    records = read_records(path)
+    for shard in shards:
+        for index, record in read_records(shard).items():
+            records.setdefault(index, record)
+    by_index = {example.index: example for example in examples}
+    for index, record in records.items():
+        example = by_index.get(index)
+        if example is None or record.get("instruction") != example.instruction or "output" not in record:
+            raise InputError(
+                f"{path} holds results for other data (record {index} does not match {task.name} "
+                f"example {index}): use another --output_dir"
+            )
+    rescored = {
+        index: score(task, by_index[index], records[index]["output"], extraction) for index in sorted(records)
+    }
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as out:
+        out.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in rescored.values())
+    os.replace(temporary, path)
+    for shard in shards:
+        shard.unlink()
+    return rescored
+
+
+def check_same_run(output_dir: Path, run: dict) -> None:
+    """Refuse to mix responses of different models or decodings in one output directory."""
+    file = output_dir / RUN_FILE
+    if file.is_file():
+        before = json.loads(file.read_text())
+        changed = {key: (before.get(key), value) for key, value in run.items() if before.get(key) != value}
+        if changed:
+            what = ", ".join(f"{key} {old!r} there, {new!r} now" for key, (old, new) in changed.items())
+            raise InputError(f"{output_dir} holds results of another run ({what}): use another --output_dir")
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(run, indent=2) + "\n")
+
+
+def write_summary(config: EvalConfig, results: dict[str, DatasetResult], run: dict) -> None:
+    """summary.json: accuracy per dataset, kept across runs that share the output directory."""
+    file = config.output_dir / SUMMARY_FILE
+    datasets = json.loads(file.read_text()).get("datasets", {}) if file.is_file() else {}
+    for name, result in results.items():
+        datasets[name] = {"n": result.n, "correct": result.correct, "accuracy": result.accuracy}
+    summary = {
+        "run": run,
+        "extraction": config.extraction,
+        "decoding": asdict(config.decoding),
+        "datasets": datasets,
+    }
+    file.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def prompt_lengths(tokenizer, prompts: dict[int, str]) -> dict[int, int]:
+    if not prompts:
+        return {}
+    ids = tokenizer(list(prompts.values()))["input_ids"]
+    return {index: len(tokens) for index, tokens in zip(prompts, ids, strict=True)}
+
+
+def check_fits_context(
+    model: torch.nn.Module, task: Task, lengths: dict[int, int], max_new_tokens: int
+) -> None:
+    limit = context_length(model)
+    if limit is None or not lengths:
+        return
+    index, longest = max(lengths.items(), key=lambda item: item[1])
+    if longest >= limit:
+        raise InputError(
+            f"{task.name} example {index}: its prompt is {longest} tokens, the model's context {limit}"
+        )
+    if longest + max_new_tokens > limit:
+        raise InputError(
+            f"{task.name} example {index}: its prompt is {longest} tokens and max_new_tokens is "
+            f"{max_new_tokens}, more than the model's context of {limit} tokens: use --max_new_tokens "
+            f"{limit - longest} or less"
+        )

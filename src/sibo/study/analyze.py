@@ -1,0 +1,180 @@
+"""Over-smoothing by depth: how alike the tokens of one sequence become, layer after layer.
+
+    sibo analyze --base_model B --weights_path W1 W2 --data test.json --n 64
+
+The paper's measure (its central figure): for each layer's hidden states of a sequence, the mean
+cosine similarity over all pairs of distinct real tokens, averaged over n records. Deep models
+drive it towards 1 (every token looks the same); SIBO's initial residual should hold it lower.
+Layer 0 is the embedding output (h0); layer i is the output of block i.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from sibo.checkpoint.load import load_model
+from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
+from sibo.data import read_records_file
+from sibo.errors import InputError
+from sibo.prompts import build_prompt
+from sibo.study.plots import pyplot, save_figure
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "analyze.json"
+PLOT_FILE = "analyze.png"
+BASE_LABEL = "base"
+
+
+@dataclass
+class AnalyzeConfig:
+    """Which models to compare on which records, and where the results go."""
+
+    base_model: str = field(metadata={"help": "base model folder or .gguf file (or hub name when online)"})
+    data: Path = field(metadata={"help": "records in the LLM-Adapters layout (.json list or .jsonl)"})
+    weights_paths: list[str] = field(
+        default_factory=list, metadata={"help": "adapters to compare with the base"}
+    )
+    output_dir: Path = field(
+        default=Path("analyze_out"), metadata={"help": "where analyze.json and the PNG go"}
+    )
+    n: int = field(default=64, metadata={"help": "how many records (the first n) to average over"})
+    batch_size: int = field(default=8, metadata={"help": "records per forward pass"})
+    max_length: int = field(default=512, metadata={"help": "truncate each record to this many tokens"})
+    dtype: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32"})
+
+    def __post_init__(self) -> None:
+        self.data, self.output_dir = Path(self.data), Path(self.output_dir)
+        if self.n < 1 or self.batch_size < 1 or self.max_length < 2:
+            raise InputError("--n and --batch_size must be at least 1, --max_length at least 2")
+        if not self.data.is_file():
+            raise InputError(f"data file {self.data} does not exist")
+        for path in self.weights_paths:
+            if not Path(path).is_dir():
+                raise InputError(f"adapter directory {path} does not exist")
+            check_weights_dir(path, ADAPTER_WEIGHTS)  # now, not after the models before it were measured
+
+
+def mean_pairwise_cosine(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per sequence, the mean cos(h_i, h_j) over pairs i ≠ j of real tokens; NaN with fewer than 2.
+
+    hidden (B, T, D), mask (B, T) with 1 for real tokens. Uses Σ_{i≠j} ĥ_i·ĥ_j = ‖Σ ĥ_i‖² - Σ ‖ĥ_i‖²,
+    so it costs O(T·D), not O(T²·D).
+    """
+    real = mask.to(torch.float64).unsqueeze(-1)  # (B, T, 1)
+    unit = torch.nn.functional.normalize(hidden.to(torch.float64), dim=-1) * real  # (B, T, D), pads zeroed
+    total = unit.sum(dim=1).pow(2).sum(dim=-1)  # (B,) ‖Σ ĥ_i‖²
+    self_pairs = unit.pow(2).sum(dim=(1, 2))  # (B,) Σ ‖ĥ_i‖²
+    count = real.sum(dim=(1, 2))  # (B,)
+    pairs = count * (count - 1)
+    return torch.where(pairs > 0, (total - self_pairs) / pairs.clamp(min=1), torch.nan)
+
+
+@torch.no_grad()
+def layer_similarity(
+    model, tokenizer, texts: list[str], batch_size: int = 8, max_length: int = 512
+) -> list[float]:
+    """For each hidden state (embeddings, then every block), the similarity averaged over texts."""
+    device = next(model.parameters()).device
+    sums: torch.Tensor | None = None
+    counted = 0
+    for start in tqdm(range(0, len(texts), batch_size), desc="similarity", leave=False):
+        batch = tokenizer(
+            texts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+        ).to(device)
+        hidden_states = model(**batch, output_hidden_states=True, use_cache=False).hidden_states
+        per_layer = torch.stack(
+            [mean_pairwise_cosine(h, batch["attention_mask"]) for h in hidden_states]
+        )  # (L+1, B)
+        usable = ~per_layer[0].isnan()  # records with at least two tokens
+        batch_sums = per_layer[:, usable].sum(dim=1).cpu()
+        sums = batch_sums if sums is None else sums + batch_sums
+        counted += int(usable.sum())
+    if not counted:
+        raise InputError("no record has two or more tokens to compare")
+    return (sums / counted).tolist()
+
+
+def read_texts(path: Path, n: int) -> list[str]:
+    """The first n records of an LLM-Adapters file as full texts: prompt (shared template) + output."""
+    records = read_records_file(path)
+    if len(records) < n:
+        logger.info("%s holds %d records, fewer than n=%d: using them all", path, len(records), n)
+    return [build_prompt(record.instruction, record.input or None) + record.output for record in records[:n]]
+
+
+def model_labels(weights_paths: list[str]) -> list[str]:
+    """'base', then each adapter's directory name (its full path when names repeat)."""
+    names = [Path(path).name or str(path) for path in weights_paths]
+    unique = len(set(names)) == len(names) and BASE_LABEL not in names
+    return [BASE_LABEL] + (names if unique else [str(path) for path in weights_paths])
+
+
+def analyze(config: AnalyzeConfig) -> dict:
+    """Measure every model, write analyze.json and analyze.png; returns what analyze.json holds."""
+    pyplot()  # fail before the long part, not after it, when matplotlib is missing
+    texts = read_texts(config.data, config.n)
+    labels = model_labels(config.weights_paths)
+    similarity = {}
+    for label, weights_path in zip(labels, [None, *config.weights_paths], strict=True):
+        logger.info("measuring %s on %d records", label, len(texts))
+        model, tokenizer = load_model(config.base_model, weights_path, dtype=config.dtype)
+        similarity[label] = layer_similarity(model, tokenizer, texts, config.batch_size, config.max_length)
+        del model
+    results = {
+        "base_model": config.base_model,
+        "data": str(config.data),
+        "n": len(texts),
+        "layers": list(range(len(next(iter(similarity.values()))))),
+        "similarity": similarity,
+        "adapters": dict(zip(labels[1:], config.weights_paths, strict=True)),
+    }
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(config.output_dir / RESULTS_FILE, (json.dumps(results, indent=2) + "\n").encode())
+    plot_similarity(
+        similarity, config.output_dir / PLOT_FILE, title=f"{Path(config.base_model).name}, n={len(texts)}"
+    )
+    return results
+
+
+def plot_similarity(similarity: dict[str, list[float]], file: Path, title: str = "") -> None:
+    """A line per model: layer on x, mean pairwise token cosine similarity on y."""
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label, values in similarity.items():
+        axes.plot(range(len(values)), values, marker="o", label=label)
+    axes.set_xlabel("layer (0 = embeddings)")
+    axes.set_ylabel("mean pairwise token cosine similarity")
+    axes.set_title(title or "token similarity by depth")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    save_figure(figure, file)
+
+
+def format_table(results: dict) -> str:
+    """The similarity table as text: one row per layer, one column per model."""
+    labels = list(results["similarity"])
+    width = max(10, *(len(label) for label in labels))
+    lines = ["layer  " + "  ".join(f"{label:>{width}}" for label in labels)]
+    for layer in results["layers"]:
+        cells = "  ".join(f"{results['similarity'][label][layer]:>{width}.4f}" for label in labels)
+        lines.append(f"{layer:>5}  {cells}")
+    return "\n".join(lines)
+
+
+def _write_atomically(file: Path, content: bytes) -> None:
+    partial = file.with_name(f".{file.name}.partial")
+    partial.write_bytes(content)
+    os.replace(partial, file)

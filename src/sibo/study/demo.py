@@ -1,0 +1,281 @@
+"""The SIBO study in miniature, offline: LoRA vs LoRA-SIBO (and bottleneck vs Adapter-SIBO).
+
+    sibo demo                      # about 2 minutes on 2 idle CPU cores (the budget is 10)
+    sibo demo --quick              # a smaller setting (the test suite runs it)
+
+A GPU user's study, with only the sizes changed: draw arithmetic word problems with worked
+answers (`sibo.study.synthetic`), take a deep narrow base model that already knows such text (12
+LLaMA blocks, pretrained by scripts/pretrain_demo_base.py and shipped in the package), fine-tune
+one adapter per method through `sibo.train.recipe`, score each on held-out problems through
+`sibo.eval.runner`, measure token similarity by depth through `sibo.study.analyze`, and report one row per
+method: λ, accuracy, last-layer token similarity. Everything lands in output_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from sibo.checkpoint.weights import check_weights_dir
+from sibo.errors import InputError
+from sibo.study.synthetic import generate_splits, write_records
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+DEMO_MARKER = "demo_config.json"  # an output_dir holding this is a demo's, and may be overwritten
+_OWN_ENTRIES = {"data", "adapters", "eval", "analyze", RESULTS_FILE, DEMO_MARKER}
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the study: an adapter type, with or without SIBO."""
+
+    label: str
+    adapter: str  # FinetuneConfig.adapter_name
+    boosted: bool
+
+
+METHODS = {
+    "lora": Method("LoRA", "lora", False),
+    "lora-sibo": Method("LoRA-SIBO", "lora", True),
+    "adapter": Method("Adapter", "bottleneck", False),
+    "adapter-sibo": Method("Adapter-SIBO", "bottleneck", True),
+}
+# LLM-Adapters' LoRA modules for LLaMA; SIBO ("ffn") boosts the one reading the hidden state: up_proj.
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class DemoConfig:
+    """The study's sizes; the defaults fit 10 minutes on 2 CPU cores."""
+
+    output_dir: Path = field(
+        default=Path("sibo_demo"), metadata={"help": "where data, adapters and results go"}
+    )
+    base_model: str | None = field(
+        default=None, metadata={"help": "base model directory (default: the shipped 12-layer demo model)"}
+    )
+    methods: tuple[str, ...] = field(default=tuple(METHODS), metadata={"help": f"of {', '.join(METHODS)}"})
+    lam: float = field(default=0.2, metadata={"help": "λ of the SIBO methods"})
+    num_train: int = field(default=2000, metadata={"help": "synthetic training problems"})
+    num_test: int = field(default=200, metadata={"help": "held-out test problems"})
+    max_steps: int = field(default=100, metadata={"help": "optimizer steps per adapter"})
+    batch_size: int = field(default=16, metadata={"help": "examples per optimizer step"})
+    learning_rate: float = field(default=2e-3, metadata={"help": "peak learning rate of the LoRA methods"})
+    adapter_learning_rate: float = field(
+        default=6e-3,
+        metadata={
+            "help": "peak learning rate of the bottleneck methods (at 2e-3 they learnt far less: BENCHMARKS.md)"
+        },
+    )
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    bottleneck_size: int = field(default=16, metadata={"help": "bottleneck adapter width"})
+    seed: int = field(default=0, metadata={"help": "data, initialisation and order seed"})
+    eval_batch_size: int = field(default=50, metadata={"help": "test questions per generate call"})
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens decoded per answer (greedy)"})
+    analyze_n: int = field(default=64, metadata={"help": "test records averaged in the similarity analysis"})
+    threads: int = field(
+        default=1,
+        metadata={
+            "help": "torch CPU threads: 1 is fastest here, the model's 64-wide matrices are too small to "
+            "split, and more threads than free cores make every step wait (up to 20× slower on a busy machine)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self.output_dir = Path(self.output_dir)
+        unknown = [name for name in self.methods if name not in METHODS]
+        if unknown or not self.methods:
+            raise InputError(f"unknown demo methods {unknown}; choose from {', '.join(METHODS)}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise InputError(f"λ must be in [0, 1], got {self.lam}")
+        for name in (
+            "num_train",
+            "num_test",
+            "max_steps",
+            "batch_size",
+            "eval_batch_size",
+            "analyze_n",
+            "threads",
+        ):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def quick_config(**overrides) -> DemoConfig:
+    """The test suite's setting: every stage runs, on little data for few steps."""
+    sizes = dict(num_train=128, num_test=16, max_steps=4, batch_size=8, analyze_n=8, max_new_tokens=40)
+    return DemoConfig(**{**sizes, **overrides})
+
+
+def shipped_base_model() -> Path:
+    """The pretrained demo base inside the installed package."""
+    return Path(str(resources.files("sibo") / "assets" / "demo_base"))
+
+
+@dataclass
+class Row:
+    method: str
+    lam: float | None  # None for the base model
+    accuracy: float
+    last_layer_similarity: float
+    adapter_dir: str | None
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    """Start clean, but only ever delete what an earlier demo wrote."""
+    if output_dir.exists() and any(output_dir.iterdir()):
+        if not (output_dir / DEMO_MARKER).is_file():
+            raise InputError(
+                f"{output_dir} is not empty and not an earlier demo's output: choose another --output_dir"
+            )
+        for entry in output_dir.iterdir():
+            if entry.name in _OWN_ENTRIES:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_demo(config: DemoConfig) -> list[Row]:
+    """Data → base → fine-tune each method → evaluate → analyze; rows in method order, base first."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: DemoConfig) -> list[Row]:
+    base_model = Path(config.base_model) if config.base_model else shipped_base_model()
+    if not (base_model / "config.json").is_file():
+        raise InputError(
+            f"no demo base model at {base_model}: run `python scripts/pretrain_demo_base.py --out {base_model}`"
+        )
+    check_weights_dir(base_model)  # before anything is written to output_dir
+    prepare_output_dir(config.output_dir)
+    (config.output_dir / DEMO_MARKER).write_text(json.dumps(asdict(config), indent=2, default=str) + "\n")
+
+    train, test = generate_splits(config.num_train, config.num_test, seed=config.seed)
+    train_path = write_records(train, config.output_dir / "data" / "train.json")
+    test_path = write_records(test, config.output_dir / "data" / "test.json")
+    logger.info("demo: %d training and %d test problems in %s", len(train), len(test), train_path.parent)
+
+    adapters = {name: config.output_dir / "adapters" / name for name in config.methods}
+    for name, adapter_dir in adapters.items():
+        logger.info("demo: fine-tuning %s", METHODS[name].label)
+        train_adapter(config, METHODS[name], str(base_model), train_path, adapter_dir)
+
+    accuracy = {"base": score_model(config, str(base_model), None, test, config.output_dir / "eval" / "base")}
+    for name, adapter_dir in adapters.items():
+        accuracy[name] = score_model(
+            config, str(base_model), adapter_dir, test, config.output_dir / "eval" / name
+        )
+
+    similarity = measure_similarity(config, str(base_model), test_path, list(adapters.values()))
+    rows = [Row("base", None, accuracy["base"], similarity["base"][-1], None)]
+    for name, adapter_dir in adapters.items():
+        lam = config.lam if METHODS[name].boosted else 0.0
+        rows.append(Row(METHODS[name].label, lam, accuracy[name], similarity[name][-1], str(adapter_dir)))
+    results = {"config": asdict(config), "base_model": str(base_model), "rows": [asdict(row) for row in rows]}
+    (config.output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return rows
+
+
+def train_adapter(
+    config: DemoConfig, method: Method, base_model: str, train_path: Path, adapter_dir: Path
+) -> None:
+    """One adapter through the finetune recipe, with the demo's sizes."""
+    from sibo.train.recipe import FinetuneConfig, finetune
+
+    never = config.max_steps + 1  # no mid-run validation or checkpoints: the final adapter is saved
+    finetune(
+        FinetuneConfig(
+            base_model=base_model,
+            data_path=str(train_path),
+            output_dir=str(adapter_dir),
+            adapter_name=method.adapter,
+            batch_size=config.batch_size,
+            micro_batch_size=config.batch_size,
+            max_steps=config.max_steps,
+            learning_rate=config.learning_rate if method.adapter == "lora" else config.adapter_learning_rate,
+            warmup_steps=max(1, config.max_steps // 10),
+            cutoff_len=160,
+            val_set_size=0,
+            eval_step=never,
+            save_step=never,
+            logging_steps=max(1, config.max_steps // 5),
+            seed=config.seed,
+            lora_r=config.lora_r,
+            lora_alpha=2 * config.lora_r,
+            lora_dropout=0.0,
+            target_modules=LORA_TARGETS if method.adapter == "lora" else None,
+            bottleneck_size=config.bottleneck_size,
+            embedding_lambda=config.lam if method.boosted else 0.0,
+            sibo_targets="ffn",
+        )
+    )
+
+
+def score_model(
+    config: DemoConfig,
+    base_model: str,
+    adapter_dir: Path | None,
+    test: list[dict[str, str]],
+    output_dir: Path,
+) -> float:
+    """Greedy-decoded accuracy on the test problems, read the way the math benchmarks are read."""
+    from sibo.checkpoint.load import load_model
+    from sibo.eval.runner import DecodingConfig, EvalConfig, evaluate
+    from sibo.eval.tasks import Example, Task
+
+    task = Task("synthetic", "math")  # scored like AddSub: the number after "The answer is"
+    examples = [
+        Example(index, record["instruction"], "", record["answer"]) for index, record in enumerate(test)
+    ]
+    eval_config = EvalConfig(
+        datasets="AddSub",  # required by EvalConfig; the synthetic examples are passed in directly
+        data_dir=config.output_dir / "data",
+        output_dir=output_dir,
+        decoding=DecodingConfig(
+            batch_size=config.eval_batch_size, num_beams=1, max_new_tokens=config.max_new_tokens
+        ),
+    )
+    model, tokenizer = load_model(base_model, adapter_dir)
+    run_info = {"base_model": base_model, "weights_path": str(adapter_dir)}
+    results = evaluate(model, tokenizer, eval_config, benchmarks=[(task, examples)], run_info=run_info)
+    return results[task.name].accuracy
+
+
+def measure_similarity(
+    config: DemoConfig, base_model: str, test_path: Path, adapter_dirs: list[Path]
+) -> dict[str, list[float]]:
+    """Per model ('base' and each adapter directory's name), mean token similarity at every depth."""
+    from sibo.study.analyze import AnalyzeConfig, analyze
+
+    analysis = analyze(
+        AnalyzeConfig(
+            base_model=base_model,
+            data=test_path,
+            weights_paths=[str(path) for path in adapter_dirs],
+            output_dir=config.output_dir / "analyze",
+            n=config.analyze_n,
+            batch_size=16,
+        )
+    )
+    return analysis["similarity"]
+
+
+def format_rows(rows: list[Row]) -> str:
+    """The study's table, as plain text."""
+    lines = [f"{'method':<14} {'λ':>5} {'accuracy':>9} {'last-layer sim':>15}"]
+    for row in rows:
+        lam = "-" if row.lam is None else f"{row.lam:.2f}"
+        lines.append(f"{row.method:<14} {lam:>5} {row.accuracy:>9.3f} {row.last_layer_similarity:>15.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The training recipe: its config, packing of sequences, and resuming from checkpoints."""

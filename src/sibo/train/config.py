@@ -1,0 +1,222 @@
+"""What `sibo finetune` can be asked to do: one dataclass, every field documented and checked.
+
+The field names, defaults and meanings are the seed's (LLM-Adapters' finetune.py, plus the SIBO
+paper's --embedding_lambda and --ffn); the rest are ours. `sibo.cli.finetune` builds its flags
+from these fields, so --help and the checks below never drift apart.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+from transformers.activations import ACT2FN
+
+from sibo.core.booster import TARGET_POLICIES
+from sibo.errors import InputError
+
+ADAPTERS = ("lora", "dora", "bottleneck")
+
+
+def _field(default, help: str, group: str, **metadata):
+    return field(default=default, metadata={"help": help, "group": group, **metadata})
+
+
+@dataclass
+class FinetuneConfig:
+    """A fine-tuning run, as the seed's flags describe it."""
+
+    # model and data
+    base_model: str = _field(
+        "", "base model: a directory, .gguf file or hub name (required)", "model and data"
+    )
+    data_path: str = _field(
+        "yahma/alpaca-cleaned",
+        "instruction data: a JSON list or JSONL file of {instruction, input, output}, or a datasets hub name",
+        "model and data",
+    )
+    output_dir: str = _field("./lora-alpaca", "where checkpoints and the final adapter go", "model and data")
+    adapter_name: str = _field("lora", "adapter type", "model and data", choices=ADAPTERS)
+    load_8bit: bool = _field(False, "load the base in 8-bit (bitsandbytes, CUDA only)", "model and data")
+    load_4bit: bool = _field(
+        False, "load the base in 4-bit NF4, the QLoRA recipe (CUDA only)", "model and data"
+    )
+    trust_remote_code: bool = _field(
+        False, "run modelling code shipped with the base model", "model and data"
+    )
+    # training
+    batch_size: int = _field(
+        128, "global batch size: micro_batch_size × accumulation × processes", "training"
+    )
+    micro_batch_size: int = _field(4, "examples per forward pass on each process", "training")
+    num_epochs: int = _field(3, "passes over the training data", "training")
+    max_steps: int = _field(-1, "stop after this many optimizer steps (-1: num_epochs decides)", "training")
+    learning_rate: float = _field(3e-4, "peak learning rate (linear warm-up and decay)", "training")
+    warmup_steps: int = _field(100, "linear warm-up steps", "training")
+    cutoff_len: int = _field(256, "tokens per example; longer records are truncated and counted", "training")
+    val_set_size: int = _field(2000, "records held out for validation loss (0: none)", "training")
+    eval_step: int = _field(200, "validation loss every this many steps", "training")
+    save_step: int = _field(200, "checkpoint every this many steps (a multiple of eval_step)", "training")
+    save_total_limit: int = _field(3, "checkpoints kept (the best one is always kept)", "training")
+    logging_steps: int = _field(10, "log the training loss every this many steps", "training")
+    use_gradient_checkpointing: bool = _field(
+        False, "recompute activations in backward to save memory (also --gradient_checkpointing)", "training"
+    )
+    train_on_inputs: bool = _field(
+        True, "train on the prompt tokens too; False masks them out of the loss", "training"
+    )
+    group_by_length: bool = _field(
+        False, "batch records of similar length (always on when packing is unavailable)", "training"
+    )
+    packing: bool = _field(
+        True, "padding-free packed batches when the model keeps packed sequences apart", "training"
+    )
+    use_liger_kernel: bool = _field(
+        False,
+        "Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, linear + cross-entropy; CUDA, pip install "
+        "liger-kernel); off unless measured faster for your model",
+        "training",
+    )
+    seed: int = _field(42, "random seed (sampling order, dropout, adapter initialisation)", "training")
+    resume_from_checkpoint: str | None = _field(
+        None,
+        "a checkpoint directory, 'latest' (the newest complete one in output_dir: half-written or damaged "
+        "ones are skipped with a warning naming each), or a final adapter",
+        "training",
+    )
+    # LoRA / DoRA
+    lora_r: int = _field(8, "LoRA rank", "LoRA / DoRA")
+    lora_alpha: int = _field(16, "LoRA alpha; the branch is scaled by alpha / r", "LoRA / DoRA")
+    lora_dropout: float = _field(0.05, "dropout on the LoRA branch input", "LoRA / DoRA")
+    target_modules: list[str] | None = _field(
+        None,
+        'modules to adapt: ["q_proj","k_proj"], [q_proj,k_proj] or q_proj,k_proj (also --lora_target_modules); '
+        "unset: the adapter's default modules for the architecture",
+        "LoRA / DoRA",
+    )
+    # bottleneck adapters (AdapterH, AdapterP, parallel)
+    bottleneck_size: int = _field(256, "bottleneck width", "bottleneck adapter")
+    non_linearity: str = _field(
+        "tanh", "bottleneck activation (a transformers ACT2FN name)", "bottleneck adapter"
+    )
+    adapter_dropout: float = _field(0.0, "dropout on the bottleneck adapter input", "bottleneck adapter")
+    scaling: float | str = _field(
+        1.0, "scale of the adapter output (a number, or 'learned')", "bottleneck adapter"
+    )
+    use_parallel_adapter: bool = _field(
+        False, "parallel adapter instead of sequential (AdapterH)", "bottleneck adapter"
+    )
+    use_adapterp: bool = _field(
+        False, "AdapterP: one adapter after the feed-forward block only", "bottleneck adapter"
+    )
+    # SIBO
+    embedding_lambda: float = _field(0.1, "λ: the share of h0 each boosted branch reads, in [0, 1]", "SIBO")
+    ffn: bool | None = _field(
+        None,
+        "the paper's switch: True boosts the feed-forward branches, False the attention branches (the seed's "
+        "code boosts nothing with False; plain PEFT here is --embedding_lambda 0)",
+        "SIBO",
+    )
+    sibo_targets: str | None = _field(
+        None,
+        "which branches SIBO boosts (default ffn); must agree with --ffn when both are given",
+        "SIBO",
+        choices=TARGET_POLICIES,
+    )
+    learnable_lambda: bool = _field(False, "learn one λ per block, starting at --embedding_lambda", "SIBO")
+    # experiment tracking
+    report_to: str | None = _field(None, "integration to log to: none, wandb, tensorboard, … (default: wandb when "
+                                   "--wandb_project is set, else none)", "tracking")  # fmt: skip
+    wandb_project: str = _field("", "W&B project (turns on W&B logging)", "tracking")
+    wandb_run_name: str = _field("", "W&B run name", "tracking")
+    wandb_watch: str = _field("", "W&B watch: false | gradients | all", "tracking")
+    wandb_log_model: str = _field("", "W&B log model: false | true", "tracking")
+
+    def __post_init__(self) -> None:
+        if not self.base_model:
+            raise InputError("--base_model is required (a local model directory or a hub name)")
+        if not self.data_path:
+            raise InputError("--data_path is required")
+        _choose("adapter_name", self.adapter_name, ADAPTERS)
+        if self.non_linearity not in ACT2FN:
+            raise InputError(
+                f"--non_linearity {self.non_linearity!r} is not a transformers activation (tanh, relu, gelu, …)"
+            )
+        for name in ("batch_size", "micro_batch_size", "num_epochs", "cutoff_len", "eval_step", "save_step"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("lora_r", "lora_alpha", "bottleneck_size", "save_total_limit", "logging_steps"):
+            _at_least(name, getattr(self, name), 1)
+        _at_least("val_set_size", self.val_set_size, 0)
+        _at_least("warmup_steps", self.warmup_steps, 0)
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise InputError(f"--max_steps must be -1 or at least 1, got {self.max_steps}")
+        if not self.learning_rate > 0:
+            raise InputError(f"--learning_rate must be positive, got {self.learning_rate}")
+        for name in ("lora_dropout", "adapter_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise InputError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.batch_size % self.micro_batch_size:
+            raise InputError(
+                f"--batch_size {self.batch_size} is not a multiple of --micro_batch_size {self.micro_batch_size}"
+            )
+        if self.val_set_size > 0 and self.save_step % self.eval_step:
+            raise InputError(
+                f"--save_step {self.save_step} must be a multiple of --eval_step {self.eval_step}: "
+                "the best adapter is picked among validated checkpoints"
+            )
+        if self.load_8bit and self.load_4bit:
+            raise InputError("choose one of --load_8bit and --load_4bit")
+        self._check_sibo()
+        self._check_tracking()
+        if self.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+            raise InputError("--use_liger_kernel needs the liger-kernel package: pip install liger-kernel")
+        if isinstance(self.scaling, str) and self.scaling != "learned":
+            raise InputError(f"--scaling must be a number or 'learned', got {self.scaling!r}")
+        if self.target_modules is not None and not self.target_modules:
+            raise InputError("--target_modules is empty")
+
+    def _check_sibo(self) -> None:
+        if isinstance(self.embedding_lambda, bool) or not 0.0 <= self.embedding_lambda <= 1.0:
+            raise InputError(f"--embedding_lambda must be in [0, 1], got {self.embedding_lambda}")
+        if self.learnable_lambda and not 0.0 < self.embedding_lambda < 1.0:
+            raise InputError(
+                f"--learnable_lambda starts from --embedding_lambda in (0, 1), got {self.embedding_lambda}"
+            )
+        implied = None if self.ffn is None else ("ffn" if self.ffn else "attn")
+        if self.sibo_targets is not None:
+            _choose("sibo_targets", self.sibo_targets, TARGET_POLICIES)
+            if implied is not None and implied != self.sibo_targets:
+                raise InputError(f"--ffn {self.ffn} means --sibo_targets {implied}, not {self.sibo_targets}")
+        self.sibo_targets = self.sibo_targets or implied or "ffn"
+
+    def _check_tracking(self) -> None:
+        wanted = self.report_to or ("wandb" if self.wandb_project else "none")
+        for integration in wanted.split(","):
+            module = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}.get(
+                integration.strip()
+            )
+            if module and importlib.util.find_spec(module) is None:
+                raise InputError(
+                    f"reporting to {integration} needs the {module} package: pip install {module}"
+                )
+
+
+def gradient_accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    """batch_size / (micro_batch_size × world_size), which must be a whole number."""
+    per_step = micro_batch_size * world_size
+    if batch_size % per_step:
+        raise InputError(
+            f"--batch_size {batch_size} is not a multiple of --micro_batch_size {micro_batch_size} × "
+            f"{world_size} process(es) = {per_step}"
+        )
+    return batch_size // per_step
+
+
+def _choose(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InputError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or value < low:
+        raise InputError(f"--{name} must be at least {low}, got {value}")

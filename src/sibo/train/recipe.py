@@ -1,0 +1,408 @@
+"""The fine-tuning recipe: a causal LM + a LoRA / DoRA / bottleneck adapter boosted by SIBO, on
+instruction records, with transformers' Trainer.
+
+    sibo finetune --base_model BASE --data_path math_10k.json --output_dir out --adapter_name lora \
+        --embedding_lambda 0.1 --target_modules '["q_proj","k_proj","v_proj","up_proj","down_proj"]'
+
+`setup` checks everything that can be wrong with the input — flags, data, model, adapter — before
+anything is written to output_dir; `train` runs the Trainer (and resumes from a complete
+checkpoint); `save` writes the adapter, SIBO settings, tokenizer, run config and metrics. The
+same command runs on one CPU, one GPU, under `torchrun --nproc_per_node N` and under
+`accelerate launch` (DDP, FSDP, DeepSpeed): the Trainer and accelerate do the distribution.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+import sibo
+from sibo.checkpoint.load import load_model, resolve_dtype
+from sibo.core.peft_model import boosted_adapter
+from sibo.data import PaddedCollator, TokenizedSet, load_records, split_validation, tokenize_records
+from sibo.errors import InputError, first_line
+from sibo.train.config import FinetuneConfig, gradient_accumulation_steps
+from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
+from sibo.train.resume import find_latest_checkpoint, is_complete_checkpoint, resolve_resume
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FinetuneConfig", "Run", "finetune", "find_latest_checkpoint", "is_complete_checkpoint"]
+
+RUN_CONFIG_FILE = "run_config.json"
+TRAIN_METRICS_FILE = "train_metrics.json"
+EVAL_METRICS_FILE = "eval_metrics.json"
+
+
+@dataclass
+class Run:
+    """Everything `setup` prepared: the boosted model, its data, and how it will be batched."""
+
+    config: FinetuneConfig
+    model: torch.nn.Module
+    tokenizer: object
+    train_set: TokenizedSet
+    val_set: TokenizedSet | None
+    packing: bool
+    world_size: int
+    accumulation_steps: int
+    dtype: torch.dtype
+    resume_from: str | None  # a Trainer checkpoint to resume from
+
+
+def finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None) -> dict:
+    """setup → train → save; returns the train (and eval) metrics."""
+    run = setup(config)
+    trainer = train(run, callbacks)
+    return save(run, trainer)
+
+
+# ---------------------------------------------------------------- setup
+
+
+def setup(config: FinetuneConfig) -> Run:
+    """Validate all input and build the model and data; raises InputError and writes nothing on bad input."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    accumulation = gradient_accumulation_steps(config.batch_size, config.micro_batch_size, world_size)
+    quantization = "8bit" if config.load_8bit else "4bit" if config.load_4bit else None
+    if quantization and not torch.cuda.is_available():
+        raise InputError(f"--load_{quantization} needs a CUDA GPU (bitsandbytes); none is available here")
+    resume_from, start_adapter = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    if resume_from is None and any(Path(config.output_dir).glob("checkpoint-*")):
+        # A fresh run would mix its checkpoints with these, and `latest` could later pick a stale one.
+        raise InputError(
+            f"{config.output_dir} already holds checkpoints of another run: continue it with "
+            "--resume_from_checkpoint latest, delete them, or choose another --output_dir"
+        )
+    peft_config = build_peft_config(config)
+
+    records = load_records(config.data_path)
+    train_records, val_records = split_validation(records, config.val_set_size)
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    model, tokenizer = load_model(
+        config.base_model,
+        quantization=quantization,
+        device_map={"": local_rank} if quantization else None,
+        trust_remote_code=config.trust_remote_code,
+    )
+    dtype = resolve_dtype("auto")
+
+    train_set = tokenize_records(
+        train_records, tokenizer, config.cutoff_len, config.train_on_inputs, description="tokenizing train"
+    )
+    val_set = (
+        tokenize_records(
+            val_records, tokenizer, config.cutoff_len, config.train_on_inputs, description="tokenizing val"
+        )
+        if val_records
+        else None
+    )
+    _report_tokenized(config, "train", train_set)
+    if val_set is not None:
+        _report_tokenized(config, "validation", val_set)
+    for split, tokenized in (("training", train_set), ("validation", val_set)):
+        if tokenized is not None and not tokenized.examples:
+            raise InputError(
+                f"{config.data_path}: zero usable {split} records: every response is cut off at "
+                f"cutoff_len={config.cutoff_len}; raise --cutoff_len"
+            )
+
+    packing = config.packing and enable_packing(model)
+    if config.packing and not packing:
+        logger.info(
+            "%s cannot keep packed sequences apart: using length-grouped padded batches", config.base_model
+        )
+    elif packing:
+        logger.info("padding-free packed batches: %s", packed_attention(model, dtype))
+
+    if quantization:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=config.use_gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    set_seed(config.seed)  # the adapter's initial weights
+    model = _wrap(model, peft_config, config)
+    if start_adapter is not None:
+        logger.info("starting from the adapter weights in %s", start_adapter)
+        try:
+            model.load_adapter(start_adapter, "default", is_trainable=True)
+        except (RuntimeError, ValueError, KeyError) as error:
+            reason = str(error).strip().splitlines()[-1].strip()
+            raise InputError(
+                f"--resume_from_checkpoint {start_adapter}: does not fit this adapter ({reason})"
+            ) from None
+    return Run(
+        config, model, tokenizer, train_set, val_set, packing, world_size, accumulation, dtype, resume_from
+    )
+
+
+def packed_attention(model: torch.nn.Module, dtype: torch.dtype) -> str:
+    """How packed rows are attended on this machine: the attention implementation, and its kernel."""
+    implementation = model.config._attn_implementation
+    if implementation != PACKED_SDPA:
+        return f"{implementation} attention"
+    text_config = model.config.get_text_config()
+    head_dim = getattr(text_config, "head_dim", None) or (
+        text_config.hidden_size // text_config.num_attention_heads
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"{implementation} attention, {packed_attention_kernel(device, dtype, head_dim)}"
+
+
+def _wrap(model: torch.nn.Module, peft_config, config: FinetuneConfig) -> torch.nn.Module:
+    """The adapter, boosted by SIBO: its branches read (1-λ)·x + λ·h0."""
+    try:
+        model = sibo.get_sibo_model(
+            model,
+            peft_config,
+            lam=config.embedding_lambda,
+            targets=config.sibo_targets,
+            learnable_lambda=config.learnable_lambda,
+        )
+    except ValueError as error:  # e.g. target modules not found in the base model
+        reason = first_line(error)
+        raise InputError(
+            f"cannot add a {config.adapter_name} adapter to {config.base_model}: {reason}"
+        ) from None
+    # Trainable weights in fp32 whatever the base's dtype: fp16 AMP cannot step fp16 parameters.
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype in (torch.float16, torch.bfloat16):
+            parameter.data = parameter.data.float()
+    boosted = boosted_adapter(model)
+    if config.ffn is False and config.embedding_lambda > 0:
+        names = sorted({re.split(r"\.\d+\.", layer.name)[-1] for layer in boosted.layers})
+        logger.warning(
+            "--ffn False boosts the attention branches here (%s); the seed's code boosts nothing with it. "
+            "For plain PEFT, use --embedding_lambda 0",
+            ", ".join(names) or "none of the adapted modules",
+        )
+    if boosted is not None and not boosted.layers and config.embedding_lambda > 0:
+        logger.warning(
+            "SIBO boosts no module: none of the adapted modules is a %s branch reading the hidden state; "
+            "add such modules to --target_modules or choose --sibo_targets",
+            config.sibo_targets,
+        )
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("trainable parameters: %d of %d (%.4f%%)", trainable, total, 100 * trainable / total)
+    return model
+
+
+def build_peft_config(config: FinetuneConfig):
+    """The PEFT config of the chosen adapter: LoRA (DoRA = LoRA with use_dora) or the bottleneck adapter."""
+    if config.adapter_name in ("lora", "dora"):
+        from peft import LoraConfig
+
+        try:
+            return LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.target_modules,
+                use_dora=config.adapter_name == "dora",
+                bias="none",
+                task_type="CAUSAL_LM",
+            )
+        except ValueError as error:
+            raise InputError(f"bad LoRA settings: {first_line(error)}") from None
+    return sibo.BottleneckConfig(
+        bottleneck_size=config.bottleneck_size,
+        non_linearity=config.non_linearity,
+        adapter_dropout=config.adapter_dropout,
+        scaling=config.scaling,
+        target_modules=config.target_modules,
+        use_parallel_adapter=config.use_parallel_adapter,
+        use_adapterp=config.use_adapterp,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _report_tokenized(config: FinetuneConfig, split: str, tokenized: TokenizedSet) -> None:
+    if tokenized.truncated:
+        logger.info(
+            "%s: %d record(s) longer than cutoff_len=%d were truncated",
+            split,
+            tokenized.truncated,
+            config.cutoff_len,
+        )
+    if tokenized.dropped:
+        logger.warning(
+            "%s: %d record(s) dropped: their response lies beyond cutoff_len", split, tokenized.dropped
+        )
+
+
+# ---------------------------------------------------------------- train
+
+
+def training_arguments(run: Run) -> TrainingArguments:
+    """The seed's Trainer settings in transformers v5 spelling, plus precision, packing and DDP fixes,
+    and on a GPU no host waits in the step: fused AdamW, non-blocking batch copies, no NaN check."""
+    config = run.config
+    on_gpu = torch.cuda.is_available()
+    validating = run.val_set is not None
+    report_to = config.report_to or ("wandb" if config.wandb_project else "none")
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.micro_batch_size,
+        per_device_eval_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=run.accumulation_steps,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        optim="adamw_torch_fused" if on_gpu else "adamw_torch",  # one kernel for all parameters
+        bf16=on_gpu and run.dtype == torch.bfloat16,
+        fp16=on_gpu and run.dtype == torch.float16,
+        use_cpu=not on_gpu,
+        # Batches go to the GPU from pinned memory without waiting: the host queues the step meanwhile.
+        accelerator_config={"non_blocking": True} if on_gpu else None,
+        logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # its check reads the loss back from the GPU at every micro-step
+        use_liger_kernel=config.use_liger_kernel,
+        eval_strategy="steps" if validating else "no",
+        eval_steps=config.eval_step if validating else None,
+        save_strategy="steps",
+        save_steps=config.save_step,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=validating,
+        metric_for_best_model="eval_loss" if validating else None,
+        # Packed batches have nothing to group; padded ones waste least when grouped by length.
+        train_sampling_strategy="group_by_length" if config.group_by_length or not run.packing else "random",
+        # Non-reentrant checkpointing: DDP would otherwise see parameters "marked ready twice".
+        activation_checkpointing=config.use_gradient_checkpointing
+        and not (config.load_8bit or config.load_4bit),
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        ddp_find_unused_parameters=False if run.world_size > 1 else None,
+        remove_unused_columns=False,
+        report_to=report_to,
+        run_name=config.wandb_run_name or None,
+        seed=config.seed,
+        data_seed=config.seed,
+    )
+
+
+def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
+    """Run the Trainer (resuming when asked); output_dir is created here, after setup passed."""
+    import datasets
+
+    config = run.config
+    for name, value in (("WANDB_PROJECT", config.wandb_project), ("WANDB_WATCH", config.wandb_watch),
+                        ("WANDB_LOG_MODEL", config.wandb_log_model)):  # fmt: skip
+        if value:
+            os.environ[name] = value
+    collator = PackingCollator() if run.packing else PaddedCollator(run.tokenizer.pad_token_id)
+
+    def as_dataset(tokenized: TokenizedSet) -> datasets.Dataset:
+        columns = {
+            name: [example[name] for example in tokenized.examples] for name in ("input_ids", "labels")
+        }
+        return datasets.Dataset.from_dict({**columns, "length": [len(ids) for ids in columns["input_ids"]]})
+
+    run.model.config.use_cache = False  # a KV cache would let packed sequences attend to each other
+    trainer = Trainer(
+        model=run.model,
+        args=training_arguments(run),
+        train_dataset=as_dataset(run.train_set),
+        eval_dataset=as_dataset(run.val_set) if run.val_set is not None else None,
+        data_collator=collator,
+        processing_class=run.tokenizer,
+        callbacks=callbacks,
+    )
+    logger.info(
+        "training on %d examples (%s batches), global batch %d = %d micro × %d accumulation × %d process(es)",
+        len(run.train_set.examples),
+        "packed" if run.packing else "padded, length-grouped",
+        config.batch_size,
+        config.micro_batch_size,
+        run.accumulation_steps,
+        run.world_size,
+    )
+    if run.resume_from:
+        logger.info("resuming from %s", run.resume_from)
+    trainer.train(resume_from_checkpoint=run.resume_from)
+    return trainer
+
+
+# ---------------------------------------------------------------- save
+
+
+def save(run: Run, trainer: Trainer) -> dict:
+    """Adapter + SIBO settings + tokenizer (trainer.save_model), run config and metrics, in output_dir."""
+    output_dir = Path(run.config.output_dir)
+    if trainer.is_fsdp_enabled:  # gather the shards: the final adapter must load without FSDP
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(output_dir))
+    metrics = {"train": _train_metrics(trainer)}
+    if run.val_set is not None:
+        metrics["eval"] = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        _write_json(output_dir / RUN_CONFIG_FILE, resolved_run_config(run, trainer))
+        _write_json(output_dir / TRAIN_METRICS_FILE, metrics["train"])
+        if "eval" in metrics:
+            _write_json(output_dir / EVAL_METRICS_FILE, metrics["eval"])
+        logger.info("saved the adapter, tokenizer, run config and metrics to %s", output_dir)
+    return metrics
+
+
+def _train_metrics(trainer: Trainer) -> dict:
+    history = trainer.state.log_history
+    summary = next((entry for entry in reversed(history) if "train_runtime" in entry), {})
+    return {
+        **summary,
+        "global_step": trainer.state.global_step,
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_eval_loss": trainer.state.best_metric,
+        "log_history": history,
+    }
+
+
+def resolved_run_config(run: Run, trainer: Trainer) -> dict:
+    """The flags as resolved, plus what the run decided (batching, precision, processes)."""
+    settings = sibo.sibo_settings(run.model)
+    return {
+        "config": asdict(run.config),
+        "resolved": {
+            "world_size": run.world_size,
+            "gradient_accumulation_steps": run.accumulation_steps,
+            "packing": run.packing,
+            "attention": getattr(run.model.config, "_attn_implementation", None),
+            "packed_attention": packed_attention(run.model, run.dtype) if run.packing else None,
+            "optim": trainer.args.optim,
+            "use_liger_kernel": trainer.args.use_liger_kernel,
+            "dtype": str(run.dtype).removeprefix("torch."),
+            "bf16": trainer.args.bf16,
+            "fp16": trainer.args.fp16,
+            "train_examples": len(run.train_set.examples),
+            "train_truncated": run.train_set.truncated,
+            "train_dropped": run.train_set.dropped,
+            "val_examples": len(run.val_set.examples) if run.val_set else 0,
+            "sibo": asdict(settings) if settings is not None else None,
+            "resumed_from": run.resume_from,
+        },
+        "versions": {
+            "sibo": sibo.__version__,
+            "torch": torch.__version__,
+            "transformers": _version("transformers"),
+            "peft": _version("peft"),
+        },
+    }
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.write_text(json.dumps(value, indent=2, default=str) + "\n")

@@ -1,0 +1,112 @@
+"""Which checkpoint to resume from: never one that a kill left half-written.
+
+Trainer writes a checkpoint's files in order — adapter, optimizer, scheduler, RNG state — and
+trainer_state.json last, then deletes the checkpoints beyond save_total_limit. A kill -9 can
+stop it anywhere in that sequence, so a checkpoint counts as complete only when its trainer
+state parses, names its own step, the files written before it are all still there, and its
+adapter weights pass `sibo.checkpoint.weights.check_weights_file` (a disk can damage a finished one).
+
+`--resume_from_checkpoint latest` skips incomplete or damaged checkpoints with a warning that
+names each and why, and resumes from the newest complete one; a damaged checkpoint named
+explicitly is refused, and the message offers the previous complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
+from sibo.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_resume(target: str | None, output_dir: str | os.PathLike) -> tuple[str | None, str | None]:
+    """(Trainer checkpoint to resume, adapter directory to start from): at most one is set."""
+    if not target:
+        return None, None
+    if target == "latest":
+        latest = find_latest_checkpoint(output_dir)
+        if latest is None:
+            raise InputError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}")
+        return str(latest), None
+    path = Path(target)
+    if not path.is_dir():
+        raise InputError(f"--resume_from_checkpoint {target}: no such directory")
+    problem = checkpoint_problem(path)
+    if problem is None:
+        return str(path), None
+    if (path / "trainer_state.json").exists() or path.name.startswith("checkpoint-"):
+        previous = find_latest_checkpoint(path.parent, before=_step(path))
+        offer = (
+            f"resume from the previous complete one with --resume_from_checkpoint {previous}"
+            if previous is not None
+            else f"no earlier complete checkpoint is in {path.parent}"
+        )
+        raise InputError(f"--resume_from_checkpoint {target}: {problem}; {offer}")
+    if any((path / name).is_file() for name in ADAPTER_WEIGHTS):
+        check_weights_dir(path, ADAPTER_WEIGHTS)
+        return None, str(path)  # a final adapter (as the seed allows): its weights, a fresh schedule
+    raise InputError(
+        f"--resume_from_checkpoint {target}: neither a training checkpoint nor an adapter directory"
+    )
+
+
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    """A checkpoint Trainer finished writing, whose adapter weights are intact (see checkpoint_problem)."""
+    return checkpoint_problem(path) is None
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why a checkpoint cannot be resumed, or None: trainer_state.json, written last, must parse and name
+    this step; the adapter, optimizer, scheduler and RNG states must be there (rotation deletes files);
+    the adapter weights must be intact."""
+    path = Path(path)
+    step = _step(path)
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        state = None
+    if step is None or not isinstance(state, dict) or state.get("global_step") != step:
+        return "only partly written (no trainer state of this step)"
+    # FSDP writes pytorch_model_fsdp_0/ + optimizer_0/ (sharded) or pytorch_model_fsdp.bin + optimizer.bin
+    # (full state dict); DeepSpeed global_step*/.
+    fsdp_weights = any(path.glob("pytorch_model_fsdp*"))
+    has_adapter = fsdp_weights or any((path / name).is_file() for name in ADAPTER_WEIGHTS)
+    has_optimizer = (path / "optimizer.pt").is_file() and (path / "scheduler.pt").is_file()
+    sharded_optimizer = (
+        any(path.glob("optimizer_*")) or (path / "optimizer.bin").is_file() or any(path.glob("global_step*"))
+    )
+    has_rng = any(path.glob("rng_state*.pth"))
+    if not (has_adapter and has_rng and (has_optimizer or sharded_optimizer)):
+        return "only partly written (adapter, optimizer, scheduler or RNG state missing)"
+    try:
+        check_weights_dir(path, ADAPTER_WEIGHTS)
+    except InputError as error:
+        return f"damaged adapter weights: {error}"
+    return None
+
+
+def _step(path: Path) -> int | None:
+    head, _, suffix = path.name.rpartition("-")
+    return int(suffix) if head and suffix.isdigit() else None
+
+
+def find_latest_checkpoint(output_dir: str | os.PathLike, before: int | None = None) -> Path | None:
+    """The highest-step complete `checkpoint-N` in output_dir (with N < `before` when given); partly
+    written or damaged ones are skipped with a warning that says which and why."""
+    directory = Path(output_dir)
+    if not directory.is_dir():
+        return None
+    candidates = [(_step(child), child) for child in directory.glob("checkpoint-*") if child.is_dir()]
+    for step, child in sorted((c for c in candidates if c[0] is not None), reverse=True):
+        if before is not None and step >= before:
+            continue
+        problem = checkpoint_problem(child)
+        if problem is None:
+            return child
+        logger.warning("skipping %s: %s", child, problem)
+    return None

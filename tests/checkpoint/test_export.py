@@ -1,0 +1,282 @@
+"""Export: every exact form reloads with the unmerged adapter's logits; --approximate measures its error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+from safetensors.torch import load_model as load_safetensors_into
+from transformers import AutoModelForCausalLM
+
+from sibo import get_sibo_model
+from sibo.adapters.bottleneck import BottleneckConfig
+from sibo.checkpoint.export import STATE_DICT_FILE, ExportConfig, export_adapter, merge_for_inference
+from sibo.checkpoint.load import RESIDUAL_DIR, load_model
+from sibo.cli import main as cli_main
+from sibo.core.h0_branches import UP_BUFFER
+from sibo.core.peft_model import boosted_adapter
+from sibo.errors import InputError
+from sibo.testing import build_tiny_model, build_tokenizer
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer):
+    return tokenizer(["The sum of 2 and 3 is", "hi"], return_tensors="pt", padding=True)
+
+
+def logits(model, batch) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def lora(arch: str, **overrides) -> LoraConfig:
+    settings = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear", "init_lora_weights": False}
+    return LoraConfig(fan_in_fan_out=arch == "gpt2", **{**settings, **overrides})
+
+
+def boosted_model(
+    tokenizer, arch: str = "llama", lam: float = 0.3, learnable: bool = False, **lora_overrides
+):
+    model = get_sibo_model(
+        build_tiny_model(arch, len(tokenizer)),
+        lora(arch, **lora_overrides),
+        lam=lam,
+        learnable_lambda=learnable,
+    )
+    return model.eval()
+
+
+def boosted_names(model) -> list[str]:
+    return sorted(layer.name.removeprefix("base_model.model.") for layer in boosted_adapter(model).layers)
+
+
+@pytest.mark.parametrize(
+    ("arch", "learnable", "lora_overrides"),
+    [
+        ("llama", False, {"rank_pattern": {"gate_proj": 2}, "alpha_pattern": {"up_proj": 3}}),
+        ("gpt2", True, {}),  # Conv1D (fan_in_fan_out) and one λ per block
+        ("opt", False, {"lora_bias": True, "use_rslora": True}),
+    ],
+)
+def test_exact_hf_export_reloads_with_the_unmerged_logits(
+    tokenizer, batch, tmp_path, arch, learnable, lora_overrides
+):
+    model = boosted_model(tokenizer, arch, learnable=learnable, **lora_overrides)
+    if learnable:  # make the blocks' λ differ, so a mixed-up block index would show
+        with torch.no_grad():
+            boosted_adapter(model).lambdas.logits.copy_(torch.tensor([-2.0, 1.0]))
+    expected, names = logits(model, batch), boosted_names(model)
+    report = export_adapter(model, tokenizer, ExportConfig(tmp_path / "out"))
+
+    assert report.exact and report.residual_modules == names
+    residual_settings = json.loads((tmp_path / "out" / RESIDUAL_DIR / "sibo_config.json").read_text())
+    assert (residual_settings["lam"], residual_settings["targets"]) == (1.0, "all")
+    assert sorted(residual_settings["boosted_modules"]) == ["base_model.model." + name for name in names]
+    reloaded = load_model(str(tmp_path / "out"))[0]
+    torch.testing.assert_close(logits(reloaded, batch), expected, atol=ATOL, rtol=0)
+    # The merged base alone is a plain checkpoint; without the residual it is not the adapter.
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert (logits(plain, batch) - expected).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("lam", [None, 0.0])
+def test_plain_lora_and_zero_lambda_merge_like_peft(tokenizer, batch, tmp_path, lam):
+    base = build_tiny_model("llama", len(tokenizer))
+    if lam is None:
+        model = get_peft_model(base, lora("llama")).eval()
+    else:
+        model = get_sibo_model(base, lora("llama"), lam=lam).eval()
+    expected = logits(model, batch)
+    reference = get_peft_model(build_tiny_model("llama", len(tokenizer)), lora("llama")).merge_and_unload()
+    report = export_adapter(model, tokenizer, ExportConfig(tmp_path / "out"))
+
+    assert report.exact and report.residual_modules == [] and not (tmp_path / "out" / RESIDUAL_DIR).exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    torch.testing.assert_close(logits(reloaded, batch), expected, atol=ATOL, rtol=0)
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, atol=0, rtol=0)
+
+
+def test_state_dict_export_is_one_safetensors_file(tokenizer, batch, tmp_path):
+    model = get_peft_model(build_tiny_model("gpt2", len(tokenizer)), lora("gpt2")).eval()
+    expected = logits(model, batch)
+    report = export_adapter(model, tokenizer, ExportConfig(tmp_path / "out", format="state_dict"))
+
+    assert report.files == [tmp_path / "out" / STATE_DICT_FILE]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [STATE_DICT_FILE]
+    fresh = build_tiny_model("gpt2", len(tokenizer), seed=1)
+    load_safetensors_into(fresh, report.files[0])
+    torch.testing.assert_close(logits(fresh, batch), expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("format", ["hf", "state_dict"])
+def test_approximate_export_reports_the_dropped_term(tokenizer, batch, tmp_path, format):
+    model = boosted_model(tokenizer, lam=0.5)
+    expected = logits(model, batch)
+    report = export_adapter(model, tokenizer, ExportConfig(tmp_path / "out", format=format, approximate=True))
+
+    assert not report.exact and report.residual_modules == []
+    assert report.max_logit_deviation > 1e-3
+    assert not (tmp_path / "out" / RESIDUAL_DIR).exists()
+    if format == "hf":
+        plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    else:
+        plain = build_tiny_model("llama", len(tokenizer), seed=1)
+        load_safetensors_into(plain, tmp_path / "out" / STATE_DICT_FILE)
+    assert (logits(plain, batch) - expected).abs().max() > 1e-3
+
+
+def test_sequence_classifier_exports_with_its_trained_head(tokenizer, batch, tmp_path):
+    def classifier():
+        base = build_tiny_model("llama", len(tokenizer), num_labels=3)
+        return get_sibo_model(base, lora("llama", task_type="SEQ_CLS"), lam=0.3).eval()
+
+    model = classifier()
+    expected = logits(model, batch)  # (2, 3)
+    export_adapter(model, tokenizer, ExportConfig(tmp_path / "exact"))
+    reloaded = load_model(str(tmp_path / "exact"), task="sequence-classification")[0]
+    torch.testing.assert_close(logits(reloaded, batch), expected, atol=ATOL, rtol=0)
+
+    report = export_adapter(classifier(), tokenizer, ExportConfig(tmp_path / "approx", approximate=True))
+    assert report.max_logit_deviation > 1e-4
+
+
+def _dora(tokenizer):
+    return boosted_model(tokenizer, use_dora=True)
+
+
+def _bottleneck(tokenizer):
+    return get_sibo_model(
+        build_tiny_model("llama", len(tokenizer)), BottleneckConfig(bottleneck_size=4), lam=0.2
+    )
+
+
+def _plain_bottleneck(tokenizer):
+    return get_peft_model(build_tiny_model("llama", len(tokenizer)), BottleneckConfig(bottleneck_size=4))
+
+
+@pytest.mark.parametrize(
+    ("build", "format", "message"),
+    [
+        (_dora, "hf", "a DoRA adapter boosted with λ > 0 has no merged form"),
+        (_bottleneck, "hf", "a bottleneck adapter cannot be merged"),
+        (_plain_bottleneck, "state_dict", "a bottleneck adapter cannot be merged"),
+        (boosted_model, "state_dict", "has no exact single-file form"),
+    ],
+)
+def test_unmergeable_forms_are_refused_before_writing(tokenizer, tmp_path, build, format, message):
+    with pytest.raises(InputError, match=message):
+        export_adapter(build(tokenizer), tokenizer, ExportConfig(tmp_path / "out", format=format))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_non_empty_output_dir_is_refused(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="already exists and is not empty"):
+        ExportConfig(tmp_path / "out")
+
+
+@pytest.mark.integration
+def test_cli_export_of_a_saved_sibo_adapter(tokenizer, batch, tmp_path, capsys):
+    base = build_tiny_model("llama", len(tokenizer))
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    model = get_sibo_model(base, lora("llama"), lam=0.25).eval()
+    model.save_pretrained(tmp_path / "adapter")
+    expected = logits(model, batch)
+    argv = ["export", "--base_model", str(tmp_path / "base"), "--weights_path", str(tmp_path / "adapter")]
+
+    assert cli_main([*argv, "--output_dir", str(tmp_path / "exact")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("exact export: merged base + SIBO residual adapter on 4 modules")  # gate, up × 2
+    assert f"wrote {tmp_path / 'exact' / RESIDUAL_DIR / 'adapter_model.safetensors'}" in out
+    torch.testing.assert_close(
+        logits(load_model(str(tmp_path / "exact"))[0], batch), expected, atol=ATOL, rtol=0
+    )
+
+    assert cli_main([*argv, "--output_dir", str(tmp_path / "approx"), "--approximate"]) == 0
+    first_line = capsys.readouterr().out.splitlines()[0]
+    deviation = float(first_line.rsplit("= ", 1)[1])
+    assert first_line.startswith("approximate export: the λ·ΔW·h0 term is dropped") and deviation > 1e-3
+
+    assert cli_main([*argv, "--output_dir", str(tmp_path / "sd"), "--format", "state_dict"]) == 2
+    assert "has no exact single-file form" in capsys.readouterr().err
+    assert not (tmp_path / "sd").exists()
+
+
+# -- the same merge in memory, for decoding ------------------------------------------------------
+
+
+def greedy(model, tokenizer, batch, num_beams: int = 1) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(
+            **batch,
+            max_new_tokens=8,
+            num_beams=num_beams,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
+@pytest.mark.parametrize(("lam", "learnable"), [(0.0, False), (0.2, False), (0.2, True)])
+def test_merged_for_inference_decodes_like_the_unmerged_model(tokenizer, batch, arch, lam, learnable):
+    model = boosted_model(tokenizer, arch, lam=lam, learnable=learnable, lora_bias=arch == "opt")
+    if learnable:
+        with torch.no_grad():
+            boosted_adapter(model).lambdas.logits.copy_(torch.tensor([-2.0, 1.0]))
+    expected_logits, expected_tokens = logits(model, batch), greedy(model, tokenizer, batch)
+    names = boosted_names(model)
+    merged = merge_for_inference(model)
+
+    torch.testing.assert_close(logits(merged, batch), expected_logits, atol=ATOL, rtol=0)
+    assert torch.equal(greedy(merged, tokenizer, batch), expected_tokens)
+    # what is left of the adapter: nothing at λ = 0, else an h0 term on exactly the boosted modules
+    assert not any(isinstance(module, LoraLayer) for module in merged.modules())
+    left = [name for name, module in merged.named_modules() if hasattr(module, UP_BUFFER)]
+    assert left == ([] if lam == 0 else names)
+
+
+def test_merged_for_inference_keeps_beam_search_outputs(tokenizer, batch):
+    model = boosted_model(tokenizer, "llama", lam=0.2)
+    expected = greedy(model, tokenizer, batch, num_beams=3)
+    assert torch.equal(greedy(merge_for_inference(model), tokenizer, batch, num_beams=3), expected)
+
+
+def test_plain_dora_merges_exactly_and_boosted_dora_stays_unmerged(tokenizer, batch, caplog):
+    plain = boosted_model(tokenizer, lam=0.0, use_dora=True)
+    expected = logits(plain, batch)
+    torch.testing.assert_close(logits(merge_for_inference(plain), batch), expected, atol=ATOL, rtol=0)
+
+    boosted = boosted_model(tokenizer, lam=0.2, use_dora=True)
+    expected = logits(boosted, batch)
+    with caplog.at_level("INFO", logger="sibo.checkpoint.export"):
+        assert merge_for_inference(boosted) is boosted
+    assert "unmerged: a DoRA adapter boosted with λ > 0 has no merged form" in caplog.text
+    assert torch.equal(logits(boosted, batch), expected)
+
+
+@pytest.mark.parametrize("build", [_bottleneck, _plain_bottleneck])
+def test_bottleneck_adapters_stay_unmerged(tokenizer, batch, build, caplog):
+    model = build(tokenizer).eval()
+    expected = logits(model, batch)
+    with caplog.at_level("INFO", logger="sibo.checkpoint.export"):
+        assert merge_for_inference(model) is model
+    assert "unmerged: a bottleneck adapter cannot be merged into the base weights" in caplog.text
+    assert torch.equal(logits(model, batch), expected)
+
+
+def test_a_base_model_alone_is_returned_as_it_is(tokenizer):
+    base = build_tiny_model("llama", len(tokenizer))
+    assert merge_for_inference(base) is base
