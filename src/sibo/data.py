@@ -12,7 +12,6 @@ cannot keep packed sequences apart. The padding-free batches are in `sibo.train.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sibo.errors import InputError, first_line
+from sibo.files import check_text, parse_json
 from sibo.prompts import build_prompt
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class TokenizedSet:
     examples: list[dict[str, list[int]]]  # each: input_ids, labels (same length)
     truncated: int  # records cut at cutoff_len
     dropped: int  # records left with no token to learn from (their response was cut off)
+    prompt_only: int = 0  # kept with train_on_inputs, but their whole response was cut off
 
 
 # ---------------------------------------------------------------- reading and validation
@@ -56,6 +57,8 @@ def load_records(data_path: str) -> list[Record]:
     path = Path(data_path)
     if path.is_file():
         return read_records_file(path)
+    if path.is_dir():
+        raise InputError(f"data file {data_path} is a folder, not a .json or .jsonl file")
     if path.suffix in LOCAL_SUFFIXES or path.exists() or data_path.startswith((".", "/", "~")):
         raise InputError(f"data file {data_path} does not exist")
     return _load_hub_records(data_path)
@@ -64,27 +67,19 @@ def load_records(data_path: str) -> list[Record]:
 def read_records_file(path: Path) -> list[Record]:
     """Records from a JSON list or JSONL file, each checked; InputError names the file and the place."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8").removeprefix("\ufeff")  # a BOM, as Windows editors write
     except UnicodeDecodeError as error:
         raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
-        try:
-            raw_records = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise InputError(
-                f"{path}: malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-            ) from None
+        raw_records = parse_json(text, str(path))
         records = [validate_record(raw, f"{path}: record {index}") for index, raw in enumerate(raw_records)]
     elif stripped.startswith("{") or not stripped:
         records = []
         for line_number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{path}: malformed JSON at line {line_number}: {error.msg}") from None
+            raw = parse_json(line, str(path), line=line_number)
             records.append(validate_record(raw, f"{path}: line {line_number}"))
     else:
         raise InputError(f"{path}: expected a JSON list of records or JSONL (one record per line)")
@@ -109,7 +104,7 @@ def validate_record(raw: object, where: str) -> Record:
             value = ""
         if not isinstance(value, str):
             raise InputError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
-        values[name] = value
+        values[name] = check_text(value, f"{where}: field {name!r}")
     if not values["instruction"].strip():
         raise InputError(f"{where}: field 'instruction' is empty")
     return Record(**values)
@@ -160,7 +155,7 @@ def tokenize_records(
     description: str = "tokenizing",
 ) -> TokenizedSet:
     """Examples for every record; records whose response is entirely cut off are dropped."""
-    examples, truncated, dropped = [], 0, 0
+    examples, truncated, dropped, prompt_only = [], 0, 0, 0
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     with tqdm(total=len(records), desc=description, unit="rec", disable=len(records) < 5000) as progress:
         for start in range(0, len(records), chunk_size):
@@ -170,12 +165,13 @@ def tokenize_records(
             for prompt_ids, response_ids in zip(prompts, responses, strict=True):
                 example, was_cut = build_example(prompt_ids, response_ids + eos, cutoff_len, train_on_inputs)
                 truncated += was_cut
+                prompt_only += example is not None and len(prompt_ids) >= cutoff_len
                 if example is None:
                     dropped += 1
                 else:
                     examples.append(example)
             progress.update(len(chunk))
-    return TokenizedSet(examples, truncated, dropped)
+    return TokenizedSet(examples, truncated, dropped, prompt_only)
 
 
 def build_example(

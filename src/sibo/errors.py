@@ -5,6 +5,10 @@ class InputError(ValueError):
     """Bad input (a file, a flag, a record): the message says what is wrong and where."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C, handled: the message says what was kept; the CLI prints it as one line and exits 130."""
+
+
 def first_line(error: BaseException) -> str:
     """An exception's first line, for a one-line InputError (libraries' messages run on for lines)."""
     text = str(error).strip()

@@ -158,3 +158,19 @@ def write_llama_gguf(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def write_training_state(directory, step: int, skip: tuple[str, ...] = ()) -> None:
+    """What Trainer writes beside a checkpoint's adapter at `step`: optimizer, scheduler and RNG states
+    (empty, but real torch.save files) and trainer_state.json, written last; `skip` leaves files out."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from transformers.trainer_callback import TrainerState
+
+    directory = Path(directory)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        if name not in skip:
+            torch.save({}, directory / name)
+    if "trainer_state.json" not in skip:
+        (directory / "trainer_state.json").write_text(json.dumps(asdict(TrainerState(global_step=step))))

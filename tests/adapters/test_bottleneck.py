@@ -422,7 +422,7 @@ def test_another_architecture_needs_named_roles():
 @pytest.mark.parametrize(
     "field, value, message",
     [("bottleneck_size", 0, "positive integer"), ("non_linearity", "swoosh", "not a transformers activation"),
-     ("adapter_dropout", 1.0, r"in \[0, 1\)"), ("scaling", "big", "a number or 'learned'"),
+     ("adapter_dropout", 1.0, r"in \[0, 1\)"), ("scaling", "big", "a finite number or 'learned'"),
      ("init_weights", "xavier", "init_weights must be one of"), ("bias", "lora_only", "bias must be one of"),
      ("module_roles", {"fc": "sideways"}, "a role is one of"), ("use_adapterp", True, "choose one")],
 )  # fmt: skip

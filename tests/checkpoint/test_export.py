@@ -19,6 +19,7 @@ from sibo.cli import main as cli_main
 from sibo.core.h0_branches import UP_BUFFER
 from sibo.core.peft_model import boosted_adapter
 from sibo.errors import InputError
+from sibo.files import RUN_MARKER
 from sibo.testing import build_tiny_model, build_tokenizer
 
 ATOL = 1e-5
@@ -113,7 +114,7 @@ def test_state_dict_export_is_one_safetensors_file(tokenizer, batch, tmp_path):
     report = export_adapter(model, tokenizer, ExportConfig(tmp_path / "out", format="state_dict"))
 
     assert report.files == [tmp_path / "out" / STATE_DICT_FILE]
-    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [STATE_DICT_FILE]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [STATE_DICT_FILE, RUN_MARKER]
     fresh = build_tiny_model("gpt2", len(tokenizer), seed=1)
     load_safetensors_into(fresh, report.files[0])
     torch.testing.assert_close(logits(fresh, batch), expected, atol=ATOL, rtol=0)
@@ -180,11 +181,27 @@ def test_unmergeable_forms_are_refused_before_writing(tokenizer, tmp_path, build
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_non_empty_output_dir_is_refused(tmp_path):
+def test_a_non_empty_output_dir_is_refused_and_only_an_earlier_export_is_replaced(tokenizer, tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(InputError, match="already exists and is not empty"):
-        ExportConfig(tmp_path / "out")
+    for overwrite in (False, True):
+        with pytest.raises(InputError) as refused:
+            ExportConfig(tmp_path / "out", overwrite=overwrite)
+        assert str(refused.value) == (
+            f"--output_dir {tmp_path / 'out'} already holds files (keep.txt), not written by a sibo run: "
+            "choose an empty or new --output_dir"
+        )
+    model = get_peft_model(build_tiny_model("gpt2", len(tokenizer)), lora("gpt2")).eval()
+    export_adapter(model, tokenizer, ExportConfig(tmp_path / "again", format="state_dict"))
+    with pytest.raises(
+        InputError, match=r"already exists and is not empty \(an earlier export\): pass --overwrite"
+    ):
+        ExportConfig(tmp_path / "again")
+    first = (tmp_path / "again" / STATE_DICT_FILE).read_bytes()
+    model = get_peft_model(build_tiny_model("gpt2", len(tokenizer), seed=3), lora("gpt2")).eval()
+    export_adapter(model, tokenizer, ExportConfig(tmp_path / "again", format="state_dict", overwrite=True))
+    assert (tmp_path / "again" / STATE_DICT_FILE).read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "out"]  # no lock, no staging left
 
 
 @pytest.mark.integration

@@ -18,7 +18,7 @@ from sibo.checkpoint.load import load_model
 from sibo.checkpoint.weights import check_weights_file
 from sibo.cli import main as sibo_main
 from sibo.errors import InputError
-from sibo.testing import build_tiny_model, build_tokenizer
+from sibo.testing import build_tiny_model, build_tokenizer, write_training_state
 
 TENSORS = {"a": torch.arange(32, dtype=torch.float32).reshape(4, 8), "b": torch.ones(3)}
 
@@ -169,9 +169,7 @@ def checkpoint(out, adapter):
     """A complete Trainer checkpoint-2 of `adapter`, the only one in `out`."""
     directory = out / "checkpoint-2"
     shutil.copytree(adapter, directory)
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
-        torch.save({}, directory / name)
-    (directory / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
+    write_training_state(directory, 2)
     return directory / "adapter_model.safetensors"
 
 

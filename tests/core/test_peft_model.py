@@ -86,7 +86,7 @@ def test_wrong_base_is_a_clear_error(tmp_path):
 
 def test_plain_adapter_on_wrong_width_names_the_base(tmp_path):
     get_peft_model(build_tiny_model("llama", VOCAB), lora()).save_pretrained(tmp_path)
-    with pytest.raises(InputError, match=r"does not fit the base model \(llama, hidden size 48\)"):
+    with pytest.raises(InputError, match=r"does not fit the base model \(llama, 2 layers, hidden size 48\)"):
         load_sibo_model(build_tiny_model("llama", VOCAB, hidden_size=48), tmp_path)
 
 

@@ -62,7 +62,7 @@ def test_respond_turns_bad_input_into_a_message(model, tokenizer):
         (
             "",
             "**Cannot answer:** the prompt is 1140 tokens and max_new_tokens is 6, but the model's context "
-            "holds 300 tokens: shorten the instruction/input or lower max_new_tokens to 0",
+            "holds 300 tokens: shorten the instruction/input",
         )
     ]
     assert list(respond(model, tokenizer, "   ", "", 0.0, 0.75, 40, 1, 6)) == [

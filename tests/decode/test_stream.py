@@ -175,7 +175,8 @@ def test_error_in_the_worker_reaches_the_reader(model, tokenizer):
     ("field", "value", "message"),
     [
         ("max_new_tokens", 0, "max_new_tokens must be at least 1"),
-        ("temperature", -0.5, "temperature must be >= 0"),
+        ("temperature", -0.5, "temperature must be a finite number >= 0, got -0.5"),
+        ("temperature", float("nan"), "temperature must be a finite number >= 0, got nan"),
         ("top_p", 0.0, r"top_p must be in \(0, 1\]"),
         ("num_beams", 0, "num_beams must be at least 1"),
     ],

@@ -410,7 +410,9 @@ def test_an_output_dir_of_another_run_is_refused(tiny, data_dir, tmp_path, monke
     monkeypatch.setattr(evaluate_module, "generate_responses", scripted_responses([]))
     run(model, tokenizer, data_dir, tmp_path / "out")
     config = EvalConfig("AddSub", data_dir, tmp_path / "out", decoding=DecodingConfig(num_beams=1))
-    with pytest.raises(InputError, match=r"holds results of another run \(num_beams 4 there, 1 now\)"):
+    with pytest.raises(
+        InputError, match=r"holds another evaluate run \(num_beams 4 there, 1 now\): pass --overwrite"
+    ):
         evaluate(model, tokenizer, config, run_info={"base_model": "tiny"})
     write_dataset(data_dir, "AddSub", list(reversed(ADDSUB)))
     with pytest.raises(InputError, match=r"AddSub.jsonl holds results for other data \(record 0"):
@@ -441,7 +443,7 @@ def test_two_ranks_score_disjoint_shards_and_rank0_merges(tiny, data_dir, tmp_pa
     assert failures == []
     assert sorted(calls) == [1, 1, 2, 2, 2, 2, 2]  # AddSub 4 + 3, boolq 3 + 2, in batches of 2
     assert sorted(p.name for p in (tmp_path / "parallel").iterdir()) == [
-        "AddSub.jsonl", "boolq.jsonl", "run.json", "summary.json",
+        "AddSub.jsonl", "boolq.jsonl", "run.json", "sibo_run.json", "summary.json",
     ]  # fmt: skip
     for name in ("AddSub.jsonl", "boolq.jsonl", "summary.json"):
         single = (tmp_path / "single" / name).read_text()

@@ -22,7 +22,7 @@ from sibo.cli.finetune import parse_config
 from sibo.errors import InputError
 from sibo.prompts import build_prompt
 from sibo.study.synthetic import generate_problems
-from sibo.testing import build_tiny_model, build_tokenizer
+from sibo.testing import build_tiny_model, build_tokenizer, write_training_state
 from sibo.train.config import gradient_accumulation_steps
 from sibo.train.recipe import (
     FinetuneConfig,
@@ -111,7 +111,7 @@ def test_defaults_are_the_seeds():
         ({"adapter_name": "prefix"}, "--adapter_name must be one of lora, dora, bottleneck, got 'prefix'"),
         ({"batch_size": 10, "micro_batch_size": 4}, "--batch_size 10 is not a multiple of --micro_batch_size 4"),
         ({"micro_batch_size": 0}, "--micro_batch_size must be at least 1, got 0"),
-        ({"learning_rate": 0.0}, "--learning_rate must be positive"),
+        ({"learning_rate": 0.0}, "--learning_rate must be a positive finite number, got 0.0"),
         ({"lora_dropout": 1.0}, r"--lora_dropout must be in \[0, 1\)"),
         ({"embedding_lambda": 1.5}, r"--embedding_lambda must be in \[0, 1\], got 1.5"),
         ({"learnable_lambda": True, "embedding_lambda": 0.0}, r"--learnable_lambda starts from --embedding_lambda in \(0, 1\)"),
@@ -167,13 +167,9 @@ def fake_checkpoint(root: Path, step: int, skip: tuple[str, ...] = (), state: st
     directory.mkdir(parents=True)
     if "adapter_model.safetensors" not in skip:
         save_file({"lora_A": torch.zeros(2, 4)}, directory / "adapter_model.safetensors")
-    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
-        if name not in skip:
-            (directory / name).write_bytes(b"x")
-    if "trainer_state.json" not in skip:
-        (directory / "trainer_state.json").write_text(
-            state if state is not None else json.dumps({"global_step": step})
-        )
+    write_training_state(directory, step, skip)
+    if state is not None:
+        (directory / "trainer_state.json").write_text(state)
     return directory
 
 
@@ -226,8 +222,9 @@ def test_fsdp_checkpoints_are_complete_without_adapter_files(tmp_path, weights, 
     directory = fake_checkpoint(
         tmp_path, 4, skip=("adapter_model.safetensors", "optimizer.pt", "rng_state.pth")
     )
-    for name in (weights, optimizer, "rng_state_0.pth"):
+    for name in (weights, optimizer):
         (directory / name).write_bytes(b"x")  # for the sharded layout, a file stands in for the folder
+    torch.save({}, directory / "rng_state_0.pth")  # loaded and checked like the other torch files
     assert find_latest_checkpoint(tmp_path) == directory
 
 

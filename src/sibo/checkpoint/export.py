@@ -33,10 +33,12 @@ from sibo.checkpoint.load import RESIDUAL_DIR
 from sibo.core.h0_branches import add_h0_branches
 from sibo.core.peft_model import boosted_adapter, get_sibo_model
 from sibo.errors import InputError
+from sibo.files import LOCK_FILE, RUN_MARKER, claim_output_dir, hold_output_dir, write_json
 from sibo.prompts import build_prompt
 
 logger = logging.getLogger(__name__)
 
+VERB = "export"
 STATE_DICT_FILE = "model.safetensors"
 FORMATS = ("hf", "state_dict")
 # Probe prompts for --approximate: the deviation is the largest |Δlogit| over all their positions.
@@ -60,13 +62,21 @@ class ExportConfig:
         metadata={"help": "for λ > 0: fold the whole ΔW into a plain checkpoint, dropping the λ·ΔW·h0 term"},
     )
     adapter_name: str = field(default="default", metadata={"help": "which adapter of the PeftModel to merge"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace an earlier `sibo export` in output_dir (nothing else)"}
+    )
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
         if self.format not in FORMATS:
             raise InputError(f"unknown export format {self.format!r}: use one of {FORMATS}")
-        if self.output_dir.exists() and (not self.output_dir.is_dir() or any(self.output_dir.iterdir())):
-            raise InputError(f"output directory {self.output_dir} already exists and is not empty")
+        # A file, a model, a dataset or another verb's output is refused whatever --overwrite says.
+        claim_output_dir(self.output_dir, VERB, {}, self.overwrite, may_differ=None, dry_run=True)
+        if self.output_dir.is_dir() and any(self.output_dir.iterdir()) and not self.overwrite:
+            raise InputError(
+                f"output directory {self.output_dir} already exists and is not empty (an earlier export): "
+                "pass --overwrite to replace it, or choose another --output_dir"
+            )
 
 
 @dataclass
@@ -130,24 +140,46 @@ def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportR
     merged.eval()
 
     config.output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=config.output_dir.parent.resolve()))
-    try:
-        files = []
-        if residual:
-            files = _write_residual(merged, residual, model.peft_config[adapter_name], staging / RESIDUAL_DIR)
-        files = _write_merged(merged, tokenizer, staging, config.format) + files
-        report = ExportReport(config.output_dir, exact=not config.approximate or not needs_residual, files=[])
-        if probes is not None:
-            report.max_logit_deviation = _max_deviation(merged, probes)
-        if config.output_dir.exists():
-            config.output_dir.rmdir()  # empty, checked by ExportConfig
-        staging.rename(config.output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    lock = config.output_dir.parent / f".{config.output_dir.name}{LOCK_FILE}"
+    with hold_output_dir(config.output_dir, lock_file=lock):
+        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=config.output_dir.parent.resolve()))
+        try:
+            files = []
+            if residual:
+                files = _write_residual(
+                    merged, residual, model.peft_config[adapter_name], staging / RESIDUAL_DIR
+                )
+            files = _write_merged(merged, tokenizer, staging, config.format) + files
+            write_json(staging / RUN_MARKER, {"verb": VERB, "settings": {}})
+            report = ExportReport(
+                config.output_dir, exact=not config.approximate or not needs_residual, files=[]
+            )
+            if probes is not None:
+                report.max_logit_deviation = _max_deviation(merged, probes)
+            _replace_dir(staging, config.output_dir)
+        except BaseException as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, OSError | RuntimeError) and "No space left" in str(error) + str(
+                error.__cause__
+            ):
+                raise InputError(
+                    f"disk full while writing the export (nothing written to {config.output_dir})"
+                ) from None
+            raise
     report.files = [config.output_dir / path.relative_to(staging) for path in files]
     report.residual_modules = sorted(residual)
     return report
+
+
+def _replace_dir(staging: Path, output_dir: Path) -> None:
+    """Put the finished export in place: an empty output_dir or an earlier export (--overwrite) goes."""
+    if output_dir.exists():
+        earlier = output_dir.with_name(f".{output_dir.name}.replaced")
+        output_dir.rename(earlier)
+        staging.rename(output_dir)
+        shutil.rmtree(earlier)
+    else:
+        staging.rename(output_dir)
 
 
 def _unmergeable_reason(model: PeftModel, adapter_name: str, lambdas: dict[str, float]) -> str | None:

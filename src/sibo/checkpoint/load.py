@@ -15,12 +15,10 @@ from sibo.checkpoint.gguf import find_gguf, load_gguf_model, load_gguf_tokenizer
 from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
 from sibo.core.peft_model import load_sibo_model
 from sibo.errors import InputError, first_line
+from sibo.files import RESIDUAL_DIR
 
 logger = logging.getLogger(__name__)
 
-RESIDUAL_DIR = (
-    "sibo_residual"  # an exact `sibo export` keeps SIBO's λ·ΔW·h0 path here, beside the merged base
-)
 
 _MODEL_CLASSES = {
     "causal-lm": AutoModelForCausalLM,

@@ -13,6 +13,8 @@ What the check sees, cheaply and exactly, without reading the tensor data:
   format, so no data is read); a pickle that names anything but tensors and plain containers is
   refused — nothing in it runs. A truncated zip (no central directory), a zero-filled file and
   flips in the pickle are caught; flips in the stored tensor bytes are not.
+- adapters (small) are also read whole: a NaN or an infinity in any tensor is refused by name, so
+  a diverged or damaged adapter never reaches generate, evaluate, export, analyze or a resume.
 """
 
 from __future__ import annotations
@@ -57,6 +59,48 @@ def check_weights_file(path: str | os.PathLike) -> None:
         raise InputError(f"{path}: damaged or not a torch.save file ({_reason(error)})") from None
 
 
+def check_finite(tensors: dict, where: str) -> None:
+    """Raise InputError naming the first tensor in `tensors` (nested dicts and lists too) that holds a NaN
+    or an infinity: an adapter or optimizer state that diverged, or a damaged file."""
+    for name, tensor in _tensors(tensors, ""):
+        if tensor.is_floating_point() or tensor.is_complex():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad = tensor[~finite].flatten()[0].item()
+                count = int((~finite).sum())
+                raise InputError(
+                    f"{where}: tensor {name} holds {count} non-finite value(s) ({bad}): "
+                    "damaged, or written by a run that diverged"
+                )
+
+
+def _tensors(value, prefix: str):
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _tensors(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{prefix}.{index}" if prefix else str(index))
+
+
+def read_tensors(path: str | os.PathLike) -> dict:
+    """Every tensor of a (checked) weights file, on the CPU."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_adapter_file(path: str | os.PathLike) -> None:
+    """check_weights_file, and every value finite: an adapter is small enough to read whole."""
+    check_weights_file(path)
+    check_finite(read_tensors(path), str(path))
+
+
 def weights_files(directory: str | os.PathLike, patterns: tuple[str, str]) -> list[Path]:
     """The files of `patterns` a loader will read from `directory`: the safetensors ones, else the .bin ones."""
     directory = Path(directory)
@@ -69,10 +113,13 @@ def weights_files(directory: str | os.PathLike, patterns: tuple[str, str]) -> li
 
 def check_weights_dir(directory: str | os.PathLike, patterns: tuple[str, str] = BASE_WEIGHTS) -> None:
     """Check every weights file a loader will read from a local model (or, with ADAPTER_WEIGHTS, adapter)
-    folder; a hub name or a folder without such files is left to the loader."""
+    folder; a hub name or a folder without such files is left to the loader. Adapter values must be finite."""
     if Path(directory).is_dir():
         for path in weights_files(directory, patterns):
-            check_weights_file(path)
+            if patterns == ADAPTER_WEIGHTS:
+                check_adapter_file(path)
+            else:
+                check_weights_file(path)
 
 
 def _reason(error: Exception) -> str:

@@ -9,6 +9,7 @@ and warnings, transformers' per-load progress bars) only with -v/--verbose, befo
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -16,7 +17,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sibo.errors import InputError
+from sibo.errors import InputError, Interrupted
 
 VERBS = {
     "demo": ("sibo.cli.demo", "offline end-to-end study: fine-tune, evaluate and analyze LoRA vs LoRA-SIBO"),
@@ -72,8 +73,27 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return module.main(rest) or 0
         except InputError as error:
-            print(f"sibo {verb}: error: {error}", file=sys.stderr)
+            print(f"sibo {verb}: error: {one_line(error)}", file=sys.stderr)
             return 2
+        except Interrupted as error:
+            print(f"sibo {verb}: {one_line(error)}", file=sys.stderr)
+            return 130
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            print(
+                f"sibo {verb}: error: disk full: could not write {error.filename or 'a file'}",
+                file=sys.stderr,
+            )
+            return 2
+        except KeyboardInterrupt:
+            print(f"sibo {verb}: interrupted", file=sys.stderr)
+            return 130
+
+
+def one_line(error: BaseException) -> str:
+    """The message on one line, whatever it quotes (a record's text may hold newlines)."""
+    return " ".join(str(error).split("\n"))
 
 
 @contextmanager

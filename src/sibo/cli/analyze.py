@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from sibo.cli._flags import optional_bool_flag
 from sibo.study.analyze import PLOT_FILE, RESULTS_FILE, AnalyzeConfig, analyze, format_table
 
 
@@ -27,6 +28,7 @@ def setup() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=8, help=help_of["batch_size"].metadata["help"])
     parser.add_argument("--max_length", type=int, default=512, help=help_of["max_length"].metadata["help"])
     parser.add_argument("--dtype", default="auto", help=help_of["dtype"].metadata["help"])
+    optional_bool_flag(parser, "--overwrite", False, help_of["overwrite"].metadata["help"])
     return parser
 
 
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         max_length=args.max_length,
         dtype=args.dtype,
+        overwrite=args.overwrite,
     )
     results = analyze(config)
     print(f"mean pairwise token cosine similarity by layer (n={results['n']}, layer 0 = embeddings)")

@@ -19,8 +19,10 @@ from sibo.eval.runner import (
     DecodingConfig,
     EvalConfig,
     accelerate_shard,
+    claim_eval_dir,
     evaluate,
     load_benchmarks,
+    run_record,
 )
 from sibo.eval.tasks import EXTRACTION_MODES, default_data_dir
 
@@ -65,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--limit", type=int, default=None, help="score only the first N examples of each dataset"
     )
+    optional_bool_flag(
+        parser, "--overwrite", False, EvalConfig.__dataclass_fields__["overwrite"].metadata["help"]
+    )
     parser.add_argument("--model", default=None, help="the seed's model name (LLaMA-7B, …): recorded only")
     parser.add_argument("--adapter", default=None, help="the seed's adapter name (LoRA, …): recorded only")
     return parser
@@ -79,19 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         extraction=args.extraction,
         limit=args.limit,
         decoding=DecodingConfig(args.batch_size, args.num_beams, args.max_new_tokens, args.static_cache),
+        overwrite=args.overwrite,
     )
     benchmarks = load_benchmarks(config)  # a missing or malformed file stops us before any model loads
-
-    from sibo.checkpoint.load import load_model
-
-    shard, device = accelerate_shard()
     loading = model_loading_kwargs(args)
-    device_map = {"": str(device)} if device.type != "cpu" else None
-    model, tokenizer = load_model(args.base_model, args.weights_path, device_map=device_map, **loading)
-    if args.merge:
-        from sibo.checkpoint.export import merge_for_inference
-
-        model = merge_for_inference(model)
     run_info = {
         "base_model": args.base_model,
         "weights_path": args.weights_path,
@@ -101,6 +97,18 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "adapter": args.adapter,
     }
+    shard, device = accelerate_shard()
+    if shard.is_main:  # a folder that is not this run's stops us before any model loads too
+        claim_eval_dir(config, run_record(config, run_info), dry_run=True)
+
+    from sibo.checkpoint.load import load_model
+
+    device_map = {"": str(device)} if device.type != "cpu" else None
+    model, tokenizer = load_model(args.base_model, args.weights_path, device_map=device_map, **loading)
+    if args.merge:
+        from sibo.checkpoint.export import merge_for_inference
+
+        model = merge_for_inference(model)
     results = evaluate(model, tokenizer, config, benchmarks, run_info, shard)
     if shard.is_main:
         print(format_table(results))

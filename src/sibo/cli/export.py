@@ -31,6 +31,9 @@ def setup() -> argparse.ArgumentParser:
         False,
         "for λ > 0: write a plain merged checkpoint that drops the λ·ΔW·h0 term, and report the largest |Δlogit|",
     )
+    optional_bool_flag(
+        parser, "--overwrite", False, ExportConfig.__dataclass_fields__["overwrite"].metadata["help"]
+    )
     parser.add_argument(
         "--embedding_lambda",
         "--lam",
@@ -48,7 +51,9 @@ def setup() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = setup().parse_args(argv)
-    config = ExportConfig(output_dir=args.output_dir, format=args.format, approximate=args.approximate)
+    config = ExportConfig(
+        output_dir=args.output_dir, format=args.format, approximate=args.approximate, overwrite=args.overwrite
+    )
     model, tokenizer = load_model(
         args.base_model, args.weights_path, lam=args.lam, dtype=args.dtype, task=args.task
     )

@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
 
     config = parse_config(argv)
     metrics = finetune(config)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0 and metrics.get("finished"):
+        print(
+            f"{config.output_dir} already holds this run, finished after {metrics['train'].get('global_step')} "
+            "steps: nothing to do (--overwrite trains it again)"
+        )
+    elif int(os.environ.get("RANK", "0")) == 0:
         train = metrics["train"]
         print(
             f"trained {train['global_step']} steps, final train loss {train.get('train_loss', float('nan')):.4f}"

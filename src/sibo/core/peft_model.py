@@ -26,7 +26,7 @@ import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors import SafetensorError
 
-from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
+from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir, read_tensors, weights_files
 from sibo.core.booster import (
     BoostedAdapter,
     InitialState,
@@ -36,6 +36,7 @@ from sibo.core.booster import (
     find_transformer_blocks,
 )
 from sibo.errors import InputError, first_line
+from sibo.files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class SiboModelMixin:
         """PEFT's load_adapter (Trainer uses it to resume and to load the best checkpoint), plus SIBO's settings."""
         check_weights_dir(Path(model_id) / (kwargs.get("subfolder") or ""), ADAPTER_WEIGHTS)
         result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
+        check_adapter_fits(self, Path(model_id) / (kwargs.get("subfolder") or ""), adapter_name)
         settings = read_settings(
             Path(model_id) / (kwargs.get("subfolder") or ""), self.base_model.model.config
         )
@@ -221,6 +223,7 @@ def load_sibo_model(
             f"the adapter at {path} does not fit the base model ({_describe(base_model.config)}): "
             f"{str(error).strip().splitlines()[-1].strip()}"
         ) from None
+    check_adapter_fits(model, path, adapter_name)
     if lam is None and settings is None:
         return model
     config, logits = settings if settings is not None else (SiboConfig(), None)
@@ -263,7 +266,7 @@ def write_settings(
         settings["lambda_logits"] = logits.tolist()
         settings["lambda_per_block"] = torch.sigmoid(logits).tolist()
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    write_json(directory / SETTINGS_FILE, settings)
 
 
 def read_settings(directory: Path, base_config) -> tuple[SiboConfig, list[float] | None] | None:
@@ -333,5 +336,35 @@ def _refuse_lossy_merge(model: SiboModelMixin, method: str) -> None:
             )
 
 
+def check_adapter_fits(model: PeftModel, path: Path, adapter_name: str = "default") -> None:
+    """Every tensor of the adapter file finds its module in the base (layer count included), and every
+    adapted module of the base finds its tensor: PEFT drops the first silently and only warns of the second."""
+    from peft.utils import get_peft_model_state_dict
+
+    files = weights_files(path, ADAPTER_WEIGHTS)
+    if not files:
+        return
+    saved = {name: tuple(t.shape) for file in files for name, t in read_tensors(file).items()}
+    expected = {
+        name: tuple(t.shape)
+        for name, t in get_peft_model_state_dict(model, adapter_name=adapter_name).items()
+    }
+    base = f"the base model ({_describe(model.base_model.model.config)})"
+    extra = next((name for name in saved if name not in expected), None)
+    if extra is not None:
+        raise InputError(
+            f"the adapter at {path} does not fit {base}: its tensor {extra} {list(saved[extra])} has no "
+            "module in the base"
+        )
+    missing = next((name for name in expected if name not in saved), None)
+    if missing is not None:
+        raise InputError(
+            f"the adapter at {path} does not fit {base}: the base's {missing} {list(expected[missing])} has "
+            "no tensor in the adapter"
+        )
+
+
 def _describe(config) -> str:
-    return f"{config.model_type}, hidden size {config.get_text_config().hidden_size}"
+    text = config.get_text_config()
+    layers = getattr(text, "num_hidden_layers", None)
+    return f"{config.model_type}, {f'{layers} layers, ' if layers else ''}hidden size {text.hidden_size}"

@@ -60,11 +60,11 @@ def respond(
     """(response so far, status message) as the model writes; bad input ends with a message instead."""
     try:
         settings = DecodingSettings(
-            max_new_tokens=int(max_new_tokens),
-            temperature=float(temperature),
-            top_p=float(top_p),
-            top_k=int(top_k),
-            num_beams=int(num_beams),
+            max_new_tokens=_number(max_new_tokens, int, "max new tokens"),
+            temperature=_number(temperature, float, "temperature"),
+            top_p=_number(top_p, float, "top p"),
+            top_k=_number(top_k, int, "top k"),
+            num_beams=_number(num_beams, int, "beams"),
         )
         response = ""
         for piece in stream_response(model, tokenizer, instruction, input or None, settings):
@@ -73,6 +73,17 @@ def respond(
         yield response, ""  # also when nothing was written (EOS first): clears the previous answer
     except InputError as error:
         yield "", f"**Cannot answer:** {error}"
+    except Exception:  # noqa: BLE001 - the page shows a status line, never raw exception text
+        logger.exception("request failed")
+        yield "", "**Cannot answer:** the request failed (the server log has the details)"
+
+
+def _number(value, kind: type, name: str):
+    """A slider's value as `kind`; a missing or malformed one is bad input, not a crash."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
 
 
 def build_app(model, tokenizer, config: ServeConfig | None = None, defaults: DecodingSettings | None = None):

@@ -13,6 +13,7 @@ A SIBO model keeps h0 in per-model state, so one model must serve one generation
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Generator, Iterator
 from contextlib import closing
@@ -22,6 +23,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from sibo.errors import InputError
+from sibo.files import check_text
 from sibo.prompts import STOP_STRINGS, build_prompt, cut_at_next_section, next_section_at
 
 logger = logging.getLogger(__name__)
@@ -46,8 +48,8 @@ class DecodingSettings:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 <= self.temperature < math.inf:
+            raise InputError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
@@ -103,10 +105,11 @@ def encode_prompt(
     prompt_tokens = inputs["input_ids"].shape[1]
     limit = context_length(model)
     if limit is not None and prompt_tokens + max_new_tokens > limit:
+        room = limit - prompt_tokens
         raise InputError(
             f"the prompt is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}, "
-            f"but the model's context holds {limit} tokens: shorten the instruction/input "
-            f"or lower max_new_tokens to {max(limit - prompt_tokens, 0)}"
+            f"but the model's context holds {limit} tokens: shorten the instruction/input"
+            + (f" or lower max_new_tokens to {room}" if room >= 1 else "")
         )
     device = next(model.parameters()).device
     return {name: tensor.to(device) for name, tensor in inputs.items()}
@@ -208,8 +211,10 @@ def stream_response(
     settings: DecodingSettings | None = None,
 ) -> Iterator[str]:
     """Yield the response to an instruction (with optional input), built with the shared template."""
-    if not instruction.strip():
+    if not isinstance(instruction, str) or not instruction.strip():
         raise InputError("the instruction is empty")
+    check_text(instruction, "the instruction")
+    check_text(input or "", "the input")
     yield from stream_completion(model, tokenizer, build_prompt(instruction, input), settings)
 
 

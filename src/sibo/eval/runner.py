@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,12 +28,21 @@ from tqdm.auto import tqdm
 from sibo.decode.stream import context_length, stopping_settings
 from sibo.errors import InputError
 from sibo.eval.tasks import EXTRACTION_MODES, Example, Task, load_examples, resolve_datasets
+from sibo.files import (
+    EVAL_RUN_FILE,
+    SUMMARY_FILE,
+    claim_output_dir,
+    hold_output_dir,
+    read_json,
+    write_atomically,
+    write_json,
+)
 from sibo.prompts import build_prompt, extract_response
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
-RUN_FILE = "run.json"  # what produced the responses in this output directory, checked on resume
+VERB = "evaluate"
+RUN_FILE = EVAL_RUN_FILE
 CPU_BATCH_SIZE = 8  # --batch_size auto off a GPU: CPU decoding gains little from wider batches
 MAX_AUTO_BATCH_SIZE = 512  # past this, padding and the longest response per batch cost more than they save
 AUTO_MEMORY_SHARE = 0.8  # of the GPU's free memory; the estimate below leaves out allocator slack
@@ -86,6 +95,10 @@ class EvalConfig:
     extraction: str = field(default="careful", metadata={"help": "careful, or legacy (the seed's rules)"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "hand output_dir over to this run: another run's results there are deleted first"},
+    )
 
     def __post_init__(self) -> None:
         self.data_dir, self.output_dir = Path(self.data_dir), Path(self.output_dir)
@@ -151,27 +164,59 @@ def evaluate(
     """Score every benchmark (resuming any earlier run in config.output_dir); {dataset: result}."""
     shard = shard or Shard()
     benchmarks = benchmarks if benchmarks is not None else load_benchmarks(config)
-    run = {
-        **(run_info or {}),
-        "num_beams": config.decoding.num_beams,
-        "max_new_tokens": config.decoding.max_new_tokens,
-    }
+    run = run_record(config, run_info)
+    if shard.is_main:
+        claim_eval_dir(config, run, dry_run=True)
     lengths = {}  # prompt tokens per example, per benchmark: checked against the context before any output
     for task, examples in benchmarks:
         lengths[task.name] = prompt_lengths(tokenizer, {e.index: prompt_of(e) for e in examples})
         check_fits_context(model, task, lengths[task.name], config.decoding.tokens_for(task))
-    if shard.is_main:
-        check_same_run(config.output_dir, run)
-    shard.barrier()
-    results = {}
-    for task, examples in benchmarks:
-        results[task.name] = evaluate_dataset(
-            model, tokenizer, task, examples, config, shard, lengths[task.name]
-        )
-    if shard.is_main:
-        write_summary(config, results, run)
-    shard.barrier()
+    with hold_output_dir(config.output_dir) if shard.is_main else nullcontext():
+        if shard.is_main:
+            claim_eval_dir(config, run)
+        shard.barrier()
+        results = {}
+        for task, examples in benchmarks:
+            results[task.name] = evaluate_dataset(
+                model, tokenizer, task, examples, config, shard, lengths[task.name]
+            )
+        if shard.is_main:
+            write_summary(config, results, run)
+        shard.barrier()
     return results
+
+
+def run_record(config: EvalConfig, run_info: dict | None) -> dict:
+    """What produces the responses (model, decoding): run.json; resuming needs the same."""
+    return {
+        **(run_info or {}),
+        "num_beams": config.decoding.num_beams,
+        "max_new_tokens": config.decoding.max_new_tokens,
+    }
+
+
+def claim_eval_dir(config: EvalConfig, run: dict, dry_run: bool = False) -> None:
+    """output_dir must be empty, this run's earlier results (resumed), or handed over with --overwrite;
+    refused in one line otherwise (see sibo.files.claim_output_dir). `dry_run` writes nothing."""
+    claim_output_dir(config.output_dir, VERB, run, config.overwrite, dry_run=dry_run, legacy=_legacy_results)
+    if not dry_run:
+        write_json(config.output_dir / RUN_FILE, run)
+
+
+def _legacy_results(directory: Path) -> dict | None:
+    """An evaluate folder written before sibo.files.RUN_MARKER: run.json, summary.json and results only."""
+    own = all(
+        entry.name in (RUN_FILE, SUMMARY_FILE) or entry.name.endswith((".jsonl", ".jsonl.tmp"))
+        for entry in directory.iterdir()
+        if not entry.name.startswith(".")
+    )
+    if not own or not (directory / RUN_FILE).exists():
+        return None
+    try:
+        run = read_json(directory / RUN_FILE)
+    except InputError:
+        run = None  # a run.json torn by a full disk: its settings are unknown
+    return {"verb": VERB, "settings": run if isinstance(run, dict) else None}
 
 
 def evaluate_dataset(
@@ -362,15 +407,16 @@ def score(task: Task, example: Example, response: str, extraction: str) -> dict:
 
 
 def read_records(path: Path) -> dict[int, dict]:
-    """The complete records of a results file (first one wins per index); a torn last line is skipped."""
+    """The complete records of a results file (first one wins per index); a torn line is skipped, also one
+    cut inside a multi-byte character."""
     records: dict[int, dict] = {}
     if not path.is_file():
         return records
-    with path.open(encoding="utf-8") as lines:
+    with path.open("rb") as lines:
         for line in lines:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
                 continue  # a line cut short when the run was killed
             if isinstance(record, dict) and isinstance(record.get("index"), int):
                 records.setdefault(record["index"], record)
@@ -398,33 +444,20 @@ def consolidate(path: Path, task: Task, examples: list[Example], extraction: str
     rescored = {
         index: score(task, by_index[index], records[index]["output"], extraction) for index in sorted(records)
     }
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8") as out:
-        out.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in rescored.values())
-    os.replace(temporary, path)
+    write_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rescored.values()))
     for shard in shards:
         shard.unlink()
     return rescored
 
 
-def check_same_run(output_dir: Path, run: dict) -> None:
-    """Refuse to mix responses of different models or decodings in one output directory."""
-    file = output_dir / RUN_FILE
-    if file.is_file():
-        before = json.loads(file.read_text())
-        changed = {key: (before.get(key), value) for key, value in run.items() if before.get(key) != value}
-        if changed:
-            what = ", ".join(f"{key} {old!r} there, {new!r} now" for key, (old, new) in changed.items())
-            raise InputError(f"{output_dir} holds results of another run ({what}): use another --output_dir")
-        return
-    output_dir.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(run, indent=2) + "\n")
-
-
 def write_summary(config: EvalConfig, results: dict[str, DatasetResult], run: dict) -> None:
     """summary.json: accuracy per dataset, kept across runs that share the output directory."""
     file = config.output_dir / SUMMARY_FILE
-    datasets = json.loads(file.read_text()).get("datasets", {}) if file.is_file() else {}
+    try:
+        datasets = read_json(file).get("datasets", {}) if file.is_file() else {}
+    except (InputError, AttributeError):
+        logger.warning("%s was damaged: it now holds this run's datasets only", file)
+        datasets = {}
     for name, result in results.items():
         datasets[name] = {"n": result.n, "correct": result.correct, "accuracy": result.accuracy}
     summary = {
@@ -433,7 +466,7 @@ def write_summary(config: EvalConfig, results: dict[str, DatasetResult], run: di
         "decoding": asdict(config.decoding),
         "datasets": datasets,
     }
-    file.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(file, summary)
 
 
 def prompt_lengths(tokenizer, prompts: dict[int, str]) -> dict[int, int]:

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,13 +22,20 @@ from sibo.checkpoint.load import load_model
 from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
 from sibo.data import read_records_file
 from sibo.errors import InputError
+from sibo.files import (
+    ANALYZE_PLOT_FILE,
+    ANALYZE_RESULTS_FILE,
+    claim_output_dir,
+    hold_output_dir,
+    write_atomically,
+)
 from sibo.prompts import build_prompt
 from sibo.study.plots import pyplot, save_figure
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "analyze.json"
-PLOT_FILE = "analyze.png"
+RESULTS_FILE = ANALYZE_RESULTS_FILE
+PLOT_FILE = ANALYZE_PLOT_FILE
 BASE_LABEL = "base"
 
 
@@ -49,6 +55,10 @@ class AnalyzeConfig:
     batch_size: int = field(default=8, metadata={"help": "records per forward pass"})
     max_length: int = field(default=512, metadata={"help": "truncate each record to this many tokens"})
     dtype: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "hand output_dir over to this run: another analysis there is deleted first"},
+    )
 
     def __post_init__(self) -> None:
         self.data, self.output_dir = Path(self.data), Path(self.output_dir)
@@ -124,6 +134,7 @@ def model_labels(weights_paths: list[str]) -> list[str]:
 def analyze(config: AnalyzeConfig) -> dict:
     """Measure every model, write analyze.json and analyze.png; returns what analyze.json holds."""
     pyplot()  # fail before the long part, not after it, when matplotlib is missing
+    claim_analyze_dir(config, dry_run=True)  # and when output_dir is not ours to write
     texts = read_texts(config.data, config.n)
     labels = model_labels(config.weights_paths)
     similarity = {}
@@ -140,12 +151,28 @@ def analyze(config: AnalyzeConfig) -> dict:
         "similarity": similarity,
         "adapters": dict(zip(labels[1:], config.weights_paths, strict=True)),
     }
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(config.output_dir / RESULTS_FILE, (json.dumps(results, indent=2) + "\n").encode())
-    plot_similarity(
-        similarity, config.output_dir / PLOT_FILE, title=f"{Path(config.base_model).name}, n={len(texts)}"
-    )
+    with hold_output_dir(config.output_dir):
+        claim_analyze_dir(config)
+        write_atomically(config.output_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+        plot_similarity(
+            similarity, config.output_dir / PLOT_FILE, title=f"{Path(config.base_model).name}, n={len(texts)}"
+        )
     return results
+
+
+def claim_analyze_dir(config: AnalyzeConfig, dry_run: bool = False) -> None:
+    """output_dir must be empty, an analysis with these settings (redone), or handed over with --overwrite."""
+    settings = {key: value for key, value in asdict(config).items() if key not in ("output_dir", "overwrite")}
+    claim_output_dir(
+        config.output_dir, "analyze", json.loads(json.dumps(settings, default=str)), config.overwrite,
+        dry_run=dry_run, legacy=_legacy_analysis,
+    )  # fmt: skip
+
+
+def _legacy_analysis(directory: Path) -> dict | None:
+    """A folder an analysis wrote before sibo.files.RUN_MARKER: analyze.json and analyze.png only."""
+    names = {entry.name for entry in directory.iterdir() if not entry.name.startswith(".")}
+    return {"verb": "analyze", "settings": None} if names <= {RESULTS_FILE, PLOT_FILE} else None
 
 
 def plot_similarity(similarity: dict[str, list[float]], file: Path, title: str = "") -> None:
@@ -172,9 +199,3 @@ def format_table(results: dict) -> str:
         cells = "  ".join(f"{results['similarity'][label][layer]:>{width}.4f}" for label in labels)
         lines.append(f"{layer:>5}  {cells}")
     return "\n".join(lines)
-
-
-def _write_atomically(file: Path, content: bytes) -> None:
-    partial = file.with_name(f".{file.name}.partial")
-    partial.write_bytes(content)
-    os.replace(partial, file)

@@ -13,7 +13,6 @@ method: λ, accuracy, last-layer token similarity. Everything lands in output_di
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ import torch
 
 from sibo.checkpoint.weights import check_weights_dir
 from sibo.errors import InputError
+from sibo.files import write_json
 from sibo.study.synthetic import generate_splits, write_records
 
 logger = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def _run(config: DemoConfig) -> list[Row]:
         )
     check_weights_dir(base_model)  # before anything is written to output_dir
     prepare_output_dir(config.output_dir)
-    (config.output_dir / DEMO_MARKER).write_text(json.dumps(asdict(config), indent=2, default=str) + "\n")
+    write_json(config.output_dir / DEMO_MARKER, asdict(config), default=str)
 
     train, test = generate_splits(config.num_train, config.num_test, seed=config.seed)
     train_path = write_records(train, config.output_dir / "data" / "train.json")
@@ -184,7 +184,7 @@ def _run(config: DemoConfig) -> list[Row]:
         lam = config.lam if METHODS[name].boosted else 0.0
         rows.append(Row(METHODS[name].label, lam, accuracy[name], similarity[name][-1], str(adapter_dir)))
     results = {"config": asdict(config), "base_model": str(base_model), "rows": [asdict(row) for row in rows]}
-    (config.output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_json(config.output_dir / RESULTS_FILE, results, default=str)
     return rows
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 from sibo.errors import InputError
+from sibo.files import write_atomically
 
 
 def pyplot():
@@ -22,7 +23,7 @@ def pyplot():
 
 def save_figure(figure, file: Path) -> None:
     """Write the PNG whole or not at all (a kill mid-write leaves no half file), then free the figure."""
-    partial = file.with_name(f".{file.name}.partial")
-    figure.savefig(partial, format="png", dpi=120)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=120)
     pyplot().close(figure)
-    os.replace(partial, file)
+    write_atomically(file, image.getvalue())

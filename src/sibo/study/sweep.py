@@ -13,15 +13,15 @@ seeds) against λ. Every setting and benchmark file is checked before the first 
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
-import os
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sibo.errors import InputError
 from sibo.eval.runner import SUMMARY_FILE, DecodingConfig, EvalConfig, evaluate, load_benchmarks
+from sibo.files import read_json, write_atomically
 from sibo.study.plots import pyplot, save_figure
 from sibo.train.config import FinetuneConfig
 
@@ -120,8 +120,8 @@ def run_one(
         finetune(finetune_config)
     summary = eval_config.output_dir / SUMMARY_FILE
     names = [task.name for task, _ in benchmarks]
-    if summary.is_file() and set(names) <= set(json.loads(summary.read_text())["datasets"]):
-        scored = json.loads(summary.read_text())["datasets"]
+    scored = _scored(summary)
+    if set(names) <= set(scored):
         accuracy = {name: scored[name]["accuracy"] for name in names}
     else:
         model, tokenizer = load_model(finetune_config.base_model, adapter_dir)
@@ -132,18 +132,26 @@ def run_one(
     return SweepRow(lam, seed, accuracy, str(adapter_dir))
 
 
+def _scored(summary: Path) -> dict:
+    """The datasets an earlier evaluation scored; none when its summary is missing or damaged."""
+    try:
+        scored = read_json(summary).get("datasets", {}) if summary.is_file() else {}
+    except (InputError, AttributeError):
+        return {}
+    return scored if isinstance(scored, dict) else {}
+
+
 def write_csv(rows: list[SweepRow], file: Path) -> None:
     """One row per (λ, seed): accuracy per benchmark, their mean, and the adapter's directory."""
     datasets = list(rows[0].accuracy)
     file.parent.mkdir(parents=True, exist_ok=True)
-    partial = file.with_name(f".{file.name}.partial")
-    with partial.open("w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["lambda", "seed", *datasets, "mean_accuracy", "adapter_dir"])
-        for row in rows:
-            cells = [f"{row.accuracy[name]:.6f}" for name in datasets]
-            writer.writerow([f"{row.lam:g}", row.seed, *cells, f"{row.mean_accuracy:.6f}", row.adapter_dir])
-    os.replace(partial, file)
+    out = io.StringIO(newline="")
+    writer = csv.writer(out)
+    writer.writerow(["lambda", "seed", *datasets, "mean_accuracy", "adapter_dir"])
+    for row in rows:
+        cells = [f"{row.accuracy[name]:.6f}" for name in datasets]
+        writer.writerow([f"{row.lam:g}", row.seed, *cells, f"{row.mean_accuracy:.6f}", row.adapter_dir])
+    write_atomically(file, out.getvalue())
 
 
 def summarize(rows: list[SweepRow]) -> list[tuple[float, float, float, int]]:

@@ -8,6 +8,7 @@ from these fields, so --help and the checks below never drift apart.
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass, field
 
 from transformers.activations import ACT2FN
@@ -36,6 +37,12 @@ class FinetuneConfig:
         "model and data",
     )
     output_dir: str = _field("./lora-alpaca", "where checkpoints and the final adapter go", "model and data")
+    overwrite: bool = _field(
+        False,
+        "hand output_dir over to this run: what another run wrote there (adapter, checkpoints, metrics) is "
+        "deleted first",
+        "model and data",
+    )
     adapter_name: str = _field("lora", "adapter type", "model and data", choices=ADAPTERS)
     load_8bit: bool = _field(False, "load the base in 8-bit (bitsandbytes, CUDA only)", "model and data")
     load_4bit: bool = _field(
@@ -150,8 +157,10 @@ class FinetuneConfig:
         _at_least("warmup_steps", self.warmup_steps, 0)
         if self.max_steps == 0 or self.max_steps < -1:
             raise InputError(f"--max_steps must be -1 or at least 1, got {self.max_steps}")
-        if not self.learning_rate > 0:
-            raise InputError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if not 0 < self.learning_rate < math.inf:
+            raise InputError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
+        if isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise InputError(f"--seed must be in 0…{2**32 - 1}, got {self.seed}")
         for name in ("lora_dropout", "adapter_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise InputError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
@@ -172,6 +181,12 @@ class FinetuneConfig:
             raise InputError("--use_liger_kernel needs the liger-kernel package: pip install liger-kernel")
         if isinstance(self.scaling, str) and self.scaling != "learned":
             raise InputError(f"--scaling must be a number or 'learned', got {self.scaling!r}")
+        if not isinstance(self.scaling, str) and not math.isfinite(self.scaling):
+            raise InputError(f"--scaling must be a finite number or 'learned', got {self.scaling}")
+        if self.overwrite and self.resume_from_checkpoint is not None:
+            raise InputError(
+                "--overwrite starts output_dir afresh: it cannot go with --resume_from_checkpoint"
+            )
         if self.target_modules is not None and not self.target_modules:
             raise InputError("--target_modules is empty")
 
@@ -190,8 +205,15 @@ class FinetuneConfig:
         self.sibo_targets = self.sibo_targets or implied or "ffn"
 
     def _check_tracking(self) -> None:
+        from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
         wanted = self.report_to or ("wandb" if self.wandb_project else "none")
         for integration in wanted.split(","):
+            if integration.strip() not in (*INTEGRATION_TO_CALLBACK, "none", "all"):
+                raise InputError(
+                    f"--report_to {integration.strip()!r} is not an integration transformers knows: use none, "
+                    f"all or {', '.join(INTEGRATION_TO_CALLBACK)}"
+                )
             module = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}.get(
                 integration.strip()
             )

@@ -13,32 +13,47 @@ same command runs on one CPU, one GPU, under `torchrun --nproc_per_node N` and u
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 import sibo
 from sibo.checkpoint.load import load_model, resolve_dtype
+from sibo.checkpoint.weights import check_finite
 from sibo.core.peft_model import boosted_adapter
 from sibo.data import PaddedCollator, TokenizedSet, load_records, split_validation, tokenize_records
+from sibo.decode.stream import context_length
 from sibo.errors import InputError, first_line
+from sibo.files import (
+    EVAL_METRICS_FILE,
+    RUN_CONFIG_FILE,
+    TRAIN_METRICS_FILE,
+    hold_output_dir,
+    is_main_process,
+    write_json,
+)
 from sibo.train.config import FinetuneConfig, gradient_accumulation_steps
+from sibo.train.guards import (
+    StopOnInterrupt,
+    StopOnNonFinite,
+    claim_run_dir,
+    disk_full,
+    finished_metrics,
+    last_checkpoint_words,
+)
 from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
 from sibo.train.resume import find_latest_checkpoint, is_complete_checkpoint, resolve_resume
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FinetuneConfig", "Run", "finetune", "find_latest_checkpoint", "is_complete_checkpoint"]
-
-RUN_CONFIG_FILE = "run_config.json"
-TRAIN_METRICS_FILE = "train_metrics.json"
-EVAL_METRICS_FILE = "eval_metrics.json"
 
 
 @dataclass
@@ -58,10 +73,29 @@ class Run:
 
 
 def finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None) -> dict:
-    """setup → train → save; returns the train (and eval) metrics."""
+    """setup → train → save, with output_dir locked; returns the train (and eval) metrics. When output_dir
+    already holds this run finished, nothing is trained: its metrics come back with "finished": True."""
+    finished = finished_metrics(config, claim_run_dir(config, dry_run=True))
+    if finished is not None:
+        logger.info(
+            "%s holds this run, finished: nothing to do (--overwrite trains it again)", config.output_dir
+        )
+        return {"train": finished, "finished": True}
     run = setup(config)
-    trainer = train(run, callbacks)
-    return save(run, trainer)
+    main = is_main_process()
+    with hold_output_dir(config.output_dir) if main else nullcontext():
+        if main:
+            claim_run_dir(config)
+        try:
+            trainer = train(run, callbacks)
+            return save(run, trainer)
+        except (OSError, RuntimeError, SafetensorError) as error:
+            if not disk_full(error, config.output_dir):
+                raise
+            where = getattr(error, "filename", None) or f"a checkpoint or the adapter in {config.output_dir}"
+            raise InputError(
+                f"disk full while writing {where}: {last_checkpoint_words(config.output_dir)}"
+            ) from None
 
 
 # ---------------------------------------------------------------- setup
@@ -75,11 +109,11 @@ def setup(config: FinetuneConfig) -> Run:
     if quantization and not torch.cuda.is_available():
         raise InputError(f"--load_{quantization} needs a CUDA GPU (bitsandbytes); none is available here")
     resume_from, start_adapter = resolve_resume(config.resume_from_checkpoint, config.output_dir)
-    if resume_from is None and any(Path(config.output_dir).glob("checkpoint-*")):
+    if resume_from is None and not config.overwrite and any(Path(config.output_dir).glob("checkpoint-*")):
         # A fresh run would mix its checkpoints with these, and `latest` could later pick a stale one.
         raise InputError(
             f"{config.output_dir} already holds checkpoints of another run: continue it with "
-            "--resume_from_checkpoint latest, delete them, or choose another --output_dir"
+            "--resume_from_checkpoint latest, hand the folder over with --overwrite, or choose another --output_dir"
         )
     peft_config = build_peft_config(config)
 
@@ -94,6 +128,11 @@ def setup(config: FinetuneConfig) -> Run:
         trust_remote_code=config.trust_remote_code,
     )
     dtype = resolve_dtype("auto")
+    limit = context_length(model)
+    if limit is not None and config.cutoff_len > limit:
+        raise InputError(
+            f"--cutoff_len {config.cutoff_len} is longer than the context of {config.base_model} ({limit} tokens)"
+        )
 
     train_set = tokenize_records(
         train_records, tokenizer, config.cutoff_len, config.train_on_inputs, description="tokenizing train"
@@ -235,6 +274,13 @@ def _report_tokenized(config: FinetuneConfig, split: str, tokenized: TokenizedSe
             tokenized.truncated,
             config.cutoff_len,
         )
+    if tokenized.prompt_only:
+        logger.warning(
+            "%s: %d record(s) train on their prompt only: cutoff_len=%d cuts away their whole response",
+            split,
+            tokenized.prompt_only,
+            config.cutoff_len,
+        )
     if tokenized.dropped:
         logger.warning(
             "%s: %d record(s) dropped: their response lies beyond cutoff_len", split, tokenized.dropped
@@ -329,7 +375,16 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
     )
     if run.resume_from:
         logger.info("resuming from %s", run.resume_from)
-    trainer.train(resume_from_checkpoint=run.resume_from)
+    interrupt = StopOnInterrupt()
+    trainer.add_callback(StopOnNonFinite())
+    trainer.add_callback(interrupt)
+    try:
+        trainer.train(resume_from_checkpoint=run.resume_from)
+    finally:
+        interrupt.restore()
+        for callback in trainer.callback_handler.callbacks:
+            if getattr(callback, "training_bar", None) is not None:
+                callback.training_bar.close()  # a one-line error then starts on a line of its own
     return trainer
 
 
@@ -341,15 +396,20 @@ def save(run: Run, trainer: Trainer) -> dict:
     output_dir = Path(run.config.output_dir)
     if trainer.is_fsdp_enabled:  # gather the shards: the final adapter must load without FSDP
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    else:
+        trainable = {name: p.detach() for name, p in run.model.named_parameters() if p.requires_grad}
+        check_finite(trainable, f"the final adapter (not saved to {output_dir})")
     trainer.save_model(str(output_dir))
     metrics = {"train": _train_metrics(trainer)}
     if run.val_set is not None:
         metrics["eval"] = trainer.evaluate()
     if trainer.is_world_process_zero():
-        _write_json(output_dir / RUN_CONFIG_FILE, resolved_run_config(run, trainer))
-        _write_json(output_dir / TRAIN_METRICS_FILE, metrics["train"])
+        write_json(output_dir / RUN_CONFIG_FILE, resolved_run_config(run, trainer), default=str)
         if "eval" in metrics:
-            _write_json(output_dir / EVAL_METRICS_FILE, metrics["eval"])
+            write_json(output_dir / EVAL_METRICS_FILE, metrics["eval"], default=str)
+        write_json(
+            output_dir / TRAIN_METRICS_FILE, metrics["train"], default=str
+        )  # last: the run is finished
         logger.info("saved the adapter, tokenizer, run config and metrics to %s", output_dir)
     return metrics
 
@@ -402,7 +462,3 @@ def _version(package: str) -> str:
     from importlib.metadata import version
 
     return version(package)
-
-
-def _write_json(path: Path, value: dict) -> None:
-    path.write_text(json.dumps(value, indent=2, default=str) + "\n")

@@ -3,8 +3,10 @@
 Trainer writes a checkpoint's files in order — adapter, optimizer, scheduler, RNG state — and
 trainer_state.json last, then deletes the checkpoints beyond save_total_limit. A kill -9 can
 stop it anywhere in that sequence, so a checkpoint counts as complete only when its trainer
-state parses, names its own step, the files written before it are all still there, and its
-adapter weights pass `sibo.checkpoint.weights.check_weights_file` (a disk can damage a finished one).
+state parses, names its own step and holds every field Trainer writes, the files written before it
+are all still there, its adapter weights pass `sibo.checkpoint.weights.check_weights_dir` (finite
+values included: a disk can damage a finished one), and its optimizer, scheduler and RNG states load
+safely (the optimizer's moments finite).
 
 `--resume_from_checkpoint latest` skips incomplete or damaged checkpoints with a warning that
 names each and why, and resumes from the newest complete one; a damaged checkpoint named
@@ -13,12 +15,19 @@ explicitly is refused, and the message offers the previous complete one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 from pathlib import Path
 
-from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
+from sibo.checkpoint.weights import (
+    ADAPTER_WEIGHTS,
+    check_finite,
+    check_weights_dir,
+    check_weights_file,
+    read_tensors,
+)
 from sibo.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -87,6 +96,33 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
         check_weights_dir(path, ADAPTER_WEIGHTS)
     except InputError as error:
         return f"damaged adapter weights: {error}"
+    return training_state_problem(path, state)
+
+
+def training_state_problem(path: Path, state: dict) -> str | None:
+    """Why the optimizer, scheduler, RNG or trainer state of a checkpoint cannot be resumed, or None:
+    each torch file must load safely (and the optimizer's moments be finite), the trainer state must
+    hold every field Trainer writes and nothing else."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_pt_utils import safe_globals
+
+    expected = {field.name for field in dataclasses.fields(TrainerState)}
+    missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unknown:
+        what = f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}"
+        return f"damaged {path / 'trainer_state.json'}: {what}"
+    for name in ("optimizer.pt", "scheduler.pt", *sorted(p.name for p in path.glob("rng_state*.pth"))):
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            # the RNG states hold numpy arrays: allowed as Trainer allows them when it loads them
+            with safe_globals():
+                check_weights_file(file)
+            if name == "optimizer.pt":
+                check_finite(read_tensors(file), str(file))
+        except InputError as error:
+            return f"damaged training state: {error}"
     return None
 
 

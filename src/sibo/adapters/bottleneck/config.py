@@ -6,6 +6,8 @@ unchanged: peft picks this class by `peft_type: "BOTTLENECK"`.
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass, field
 
 from peft.config import PeftConfig
@@ -135,11 +137,14 @@ class BottleneckConfig(PeftConfig):
 def _checked_scaling(scaling: object) -> float | str:
     if scaling == "learned":
         return "learned"
+    number = None
     if isinstance(scaling, str):
-        try:
-            return float(scaling)  # a number from a command line or an old JSON file
-        except ValueError:
-            pass
+        # a number from a command line or an old JSON file
+        with contextlib.suppress(ValueError):
+            number = float(scaling)
     elif isinstance(scaling, int | float) and not isinstance(scaling, bool):
-        return float(scaling)
-    raise InputError(f"scaling must be a number or 'learned', got {scaling!r}")
+        number = float(scaling)
+    # nan or inf would train an all-NaN adapter
+    if number is not None and math.isfinite(number):
+        return number
+    raise InputError(f"scaling must be a finite number or 'learned', got {scaling!r}")

@@ -18,6 +18,7 @@ from types import ModuleType
 
 from sibo.errors import InputError
 from sibo.eval.tasks import commonsense, math
+from sibo.files import check_text, parse_json
 
 EXTRACTION_MODES = ("careful", "legacy")
 FAMILIES: dict[str, ModuleType] = {"math": math, "commonsense": commonsense}
@@ -107,16 +108,23 @@ def load_examples(task: Task, data_dir: str | os.PathLike) -> list[Example]:
     path = dataset_file(task, data_dir)
     if not path.is_file():
         raise InputError(f"dataset file {path} not found (expected <data_dir>/{task.name}/test.json)")
+    if path.is_dir():
+        raise InputError(f"dataset file {path} is a folder, not a JSON file")
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(path.read_text(encoding="utf-8").removeprefix("\ufeff"))
     except json.JSONDecodeError as error:
         raise InputError(
             f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno})"
         ) from None
     except UnicodeDecodeError as error:
         raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except (RecursionError, ValueError):  # nested too deep; an integer of over 4,300 digits
+        parse_json(path.read_bytes(), str(path))
+        raise
     if not isinstance(records, list):
         raise InputError(f"{path}: expected a JSON list of records, found a {type(records).__name__}")
+    if not records:
+        raise InputError(f"{path}: no examples: an empty test set has no accuracy")
     return [_example(record, index, task, path) for index, record in enumerate(records)]
 
 
@@ -132,6 +140,7 @@ def _example(record: object, index: int, task: Task, path: Path) -> Example:
         raise InputError(f"{where}: 'instruction' must be a non-empty string")
     if not isinstance(input_text, str):
         raise InputError(f"{where}: 'input' must be a string")
+    check_text(instruction + input_text, where)
     if isinstance(answer, int | float) and not isinstance(answer, bool):
         answer = str(answer)
     if not isinstance(answer, str) or not task.module.is_valid_label(answer.strip(), task.name):

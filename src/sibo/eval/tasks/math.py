@@ -18,6 +18,7 @@ Both score a number as correct when |prediction − label| ≤ 0.001, as the see
 
 from __future__ import annotations
 
+import math
 import re
 
 from sibo.prompts import RESPONSE_MARKER
@@ -60,10 +61,10 @@ def is_valid_label(label: str, dataset: str) -> bool:
     if dataset == "AQuA":
         return label in tuple(OPTION_LETTERS)
     try:
-        float(label)
+        # "NaN", "inf" and 1e999 parse, but no prediction can ever equal them
+        return math.isfinite(float(label))
     except ValueError:
         return False
-    return True
 
 
 def extract(response: str, dataset: str, instruction: str, mode: str = "careful") -> float | str | None:

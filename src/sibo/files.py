@@ -1,0 +1,309 @@
+"""Output files and folders: written whole or not at all, owned by one run, one writer at a time.
+
+- `write_atomically` / `write_json`: a unique temporary name in the same folder, fsync, then
+  os.replace — a kill or a full disk leaves the old file or the new one, never a torn one.
+- `parse_json` / `read_json`: JSON in, one-line InputError out (malformed, nested too deep, an
+  integer too long for Python, not UTF-8).
+- `claim_output_dir`: a verb writes only into an empty folder, its own earlier run (same
+  settings), or one handed over with --overwrite (which clears what the old run wrote); never into
+  a folder holding a model, a dataset or another run's files. `RUN_MARKER` records who owns it.
+- `hold_output_dir`: an OS lock (fcntl.flock) on the folder for the whole run; a second run on
+  the same folder stops at once, naming the holder's pid.
+
+Every file name a verb writes is defined here, so ownership knows what a run leaves behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sibo.errors import InputError
+
+# ---------------------------------------------------------------- the names of what verbs write
+
+RUN_MARKER = "sibo_run.json"  # {"verb", "settings"}: which run owns an output folder
+LOCK_FILE = ".sibo.lock"  # flock'ed while a run writes the folder; holds the holder's pid
+# finetune
+RUN_CONFIG_FILE = "run_config.json"
+TRAIN_METRICS_FILE = "train_metrics.json"  # written last: its presence means the run finished
+EVAL_METRICS_FILE = "eval_metrics.json"
+# evaluate
+EVAL_RUN_FILE = "run.json"  # what produced the responses in an evaluate folder, checked on resume
+SUMMARY_FILE = "summary.json"
+# export: an exact export keeps SIBO's λ·ΔW·h0 path here, beside the merged base
+RESIDUAL_DIR = "sibo_residual"
+# analyze
+ANALYZE_RESULTS_FILE = "analyze.json"
+ANALYZE_PLOT_FILE = "analyze.png"
+
+# What marks a folder as someone else's: the first match names it in the refusal.
+_FOREIGN = (
+    ("a model", ("config.json", "model*.safetensors", "pytorch_model*.bin", "*.gguf")),
+    ("an adapter", ("adapter_config.json", "adapter_model.*")),
+    ("a dataset", ("*.json", "*.jsonl", "*.csv", "*.parquet", "*/test.json")),
+)
+
+
+# ---------------------------------------------------------------- writing whole files
+
+
+def write_atomically(path: str | os.PathLike, content: str | bytes) -> None:
+    """Write `content` to `path` whole or not at all: a unique temporary file beside it, fsync, rename.
+
+    Disk full or a kill leaves the previous file (or none); two writers never share a temporary name.
+    """
+    path = Path(path)
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException as error:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InputError(f"disk full: could not write {path} (it is unchanged)") from None
+        raise
+
+
+def write_json(path: str | os.PathLike, value: object, **dumps) -> None:
+    """`value` as indented JSON, written atomically."""
+    dumps.setdefault("indent", 2)
+    write_atomically(path, json.dumps(value, **dumps) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---------------------------------------------------------------- reading JSON
+
+
+def parse_json(text: str | bytes, where: str, line: int | None = None) -> object:
+    """json.loads, with every way it can fail as one line naming `where` (and `line`, for a JSONL line)."""
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        # A BOM is no JSON, but editors on Windows write one.
+        return json.loads(text.removeprefix("\ufeff"))
+    except UnicodeDecodeError as error:
+        raise InputError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        place = f"line {line}" if line is not None else f"line {error.lineno}, column {error.colno}"
+        raise InputError(f"{where}: malformed JSON at {place}: {error.msg}") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deep to read") from None
+    except ValueError as error:  # an integer of more than 4,300 digits
+        raise InputError(f"{where}: unreadable JSON ({str(error).split(';')[0]})") from None
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """The JSON in `path`; InputError naming the file when it is unreadable or malformed."""
+    try:
+        return parse_json(Path(path).read_bytes(), str(path))
+    except OSError as error:
+        raise InputError(f"{path}: cannot be read ({error.strerror})") from None
+
+
+def check_text(value: str, where: str) -> str:
+    """`value` if it is valid text; a lone surrogate (from a JSON escape like \\ud800) is refused."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(
+            f"{where}: not valid text (a lone surrogate {value[error.start]!r} at character {error.start})"
+        ) from None
+    return value
+
+
+# ---------------------------------------------------------------- owning a folder
+
+
+def claim_output_dir(
+    directory: str | os.PathLike,
+    verb: str,
+    settings: dict,
+    overwrite: bool = False,
+    may_differ: tuple[str, ...] | None = (),
+    dry_run: bool = False,
+    legacy: Callable[[Path], dict | None] | None = None,
+) -> dict | None:
+    """Make `directory` this run's: returns the settings of this verb's earlier run there (resume), or None
+    when the folder is new, empty, or handed over with `overwrite` (and then cleared).
+
+    Refused in one line: a path that is a file; a folder in use by another run; a folder holding a model,
+    a dataset or files sibo did not write; another verb's run; this verb's run with other settings (except
+    keys in `may_differ`; None: any key may differ) unless `overwrite`. `dry_run` checks without writing
+    (call it before the slow part, then again under `hold_output_dir`). `legacy(directory)` recognises a
+    folder this verb wrote before RUN_MARKER existed: it returns its marker, {"verb", "settings"}, or None.
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"--output_dir {directory} is a file, not a folder")
+    if dry_run:
+        _check_unlocked(directory)
+    entries = _entries(directory)
+    previous = _read_marker(directory) if entries else None
+    if entries and previous is None and legacy is not None:
+        previous = legacy(directory)
+    if entries and previous is None:
+        what = describe_contents(directory, entries)
+        raise InputError(
+            f"--output_dir {directory} already holds {what}, not written by a sibo run: "
+            "choose an empty or new --output_dir"
+        )
+    if previous is not None:
+        changed = _changed(previous, verb, settings, may_differ)
+        if not changed:
+            if not dry_run:
+                write_json(directory / RUN_MARKER, {"verb": verb, "settings": settings}, default=str)
+            return previous["settings"] or {}
+        if not overwrite:
+            raise InputError(
+                f"--output_dir {directory} holds another {previous['verb']} run ({changed}): "
+                "pass --overwrite to replace it, or choose another --output_dir"
+            )
+        if dry_run:
+            return None
+        clear_output_dir(directory)
+    if dry_run:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / RUN_MARKER, {"verb": verb, "settings": settings}, default=str)
+    return None
+
+
+def clear_output_dir(directory: Path) -> None:
+    """Remove everything a handed-over run wrote (metrics included); the lock stays with its holder."""
+    for entry in _entries(directory):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def describe_contents(directory: Path, entries: list[Path] | None = None) -> str:
+    """'a model (config.json, model.safetensors)', 'an adapter (…)', 'a dataset (…)' or 'files (…)'."""
+    entries = _entries(directory) if entries is None else entries
+    for kind, patterns in _FOREIGN:
+        found = sorted(
+            {str(p.relative_to(directory)) for pattern in patterns for p in directory.glob(pattern)}
+        )
+        if found:
+            return f"{kind} ({', '.join(found[:3])}{', …' if len(found) > 3 else ''})"
+    names = sorted(entry.name for entry in entries)
+    return f"files ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})"
+
+
+def _entries(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return [entry for entry in directory.iterdir() if entry.name != LOCK_FILE]
+
+
+def _read_marker(directory: Path) -> dict | None:
+    try:
+        marker = json.loads((directory / RUN_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if (
+        isinstance(marker, dict)
+        and isinstance(marker.get("verb"), str)
+        and isinstance(marker.get("settings"), dict)
+    ):
+        return marker
+    return None
+
+
+def _changed(previous: dict, verb: str, settings: dict, may_differ: tuple[str, ...] | None) -> str:
+    """'' when `previous` is this verb's run with these settings, else what differs, in words."""
+    if previous["verb"] != verb:
+        return f"written by sibo {previous['verb']}, not {verb}"
+    if may_differ is None or previous["settings"] is None:  # None: a legacy folder, settings unknown
+        return ""
+    # Compare as JSON stores them (tuples become lists, paths strings).
+    now = json.loads(json.dumps(settings, default=str))
+    before = previous["settings"]
+    keys = [key for key in {**before, **now} if key not in may_differ and before.get(key) != now.get(key)]
+    return ", ".join(f"{key} {before.get(key)!r} there, {now.get(key)!r} now" for key in keys)
+
+
+# ---------------------------------------------------------------- one writer
+
+
+@contextmanager
+def hold_output_dir(
+    directory: str | os.PathLike, lock_file: str | os.PathLike | None = None
+) -> Iterator[None]:
+    """An exclusive OS lock on `directory` (its LOCK_FILE, or `lock_file`) while the block runs.
+
+    A second run stops at once with one line naming the holder's pid. The lock dies with the process,
+    so a killed run never leaves the folder locked; a finished one removes the file (before unlocking:
+    whoever opened it meanwhile sees it gone and takes a fresh one).
+    """
+    directory = Path(directory)
+    path = Path(lock_file) if lock_file is not None else directory / LOCK_FILE
+    created = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        # unbuffered: a pid that a full disk refuses must not come back as an error on close
+        handle = open(path, "a+b", buffering=0)  # noqa: SIM115 - held across the yield below
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().decode(errors="replace").strip()
+            handle.close()
+            raise InputError(_in_use(directory, holder)) from None
+        if path.is_file() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the previous holder removed the file as we opened it
+    try:
+        # the pid only names the holder in the refusal: a full disk leaves it out, the lock holds anyway
+        with contextlib.suppress(OSError):
+            handle.truncate(0)
+            handle.write(f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
+        if created and not any(path.parent.iterdir()):
+            path.parent.rmdir()  # a run that wrote nothing leaves nothing behind
+
+
+def _check_unlocked(directory: Path) -> None:
+    """Refuse now, before the slow part, when another run holds the folder's lock."""
+    if not (directory / LOCK_FILE).is_file():
+        return
+    with open(directory / LOCK_FILE, encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(_in_use(directory, handle.read().strip())) from None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _in_use(directory: Path, holder: str) -> str:
+    return (
+        f"--output_dir {directory} is in use by another sibo run (pid {holder or 'unknown'}): "
+        "wait for it to finish or choose another --output_dir"
+    )
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch (or a plain process): the one that owns output folders."""
+    return int(os.environ.get("RANK", "0")) == 0
