@@ -69,7 +69,7 @@ def write_atomically(path: str | os.PathLike, content: str | bytes) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
+        os.chmod(temporary, 0o666 & ~_UMASK)  # as open() would: mkstemp makes it 0600
         os.replace(temporary, path)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
@@ -78,16 +78,33 @@ def write_atomically(path: str | os.PathLike, content: str | bytes) -> None:
         raise
 
 
+def disk_full(error: BaseException, directory: str | os.PathLike) -> bool:
+    """An OSError ENOSPC, or a torch / safetensors write error (their words vary: "file write failed",
+    "iostream error", "unexpected pos") while `directory`'s disk has under 1 MiB left."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(error):
+        return True
+    try:
+        return shutil.disk_usage(directory).free < 2**20
+    except OSError:
+        return False
+
+
 def write_json(path: str | os.PathLike, value: object, **dumps) -> None:
     """`value` as indented JSON, written atomically."""
     dumps.setdefault("indent", 2)
     write_atomically(path, json.dumps(value, **dumps) + "\n")
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once, at import: os.umask can only be read by setting it, which would race with other threads.
+_UMASK = _read_umask()
 
 
 # ---------------------------------------------------------------- reading JSON
@@ -154,7 +171,7 @@ def claim_output_dir(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise InputError(f"--output_dir {directory} is a file, not a folder")
-    if dry_run:
+    if dry_run and is_main_process():  # the other ranks' check may come after rank 0 took the lock
         _check_unlocked(directory)
     entries = _entries(directory)
     previous = _read_marker(directory) if entries else None

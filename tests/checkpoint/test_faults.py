@@ -35,6 +35,7 @@ from sibo.files import (
     parse_json,
     write_atomically,
 )
+from sibo.prompts import build_prompt
 from sibo.study.synthetic import generate_problems
 from sibo.testing import build_tiny_model, build_tokenizer, write_training_state
 from sibo.train.guards import StopOnInterrupt
@@ -584,3 +585,47 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_what_was_there(root, 
     line = refused(capsys, finetune_args(root, run, "--max_steps", "2", "--save_step", "1"))
     assert line.startswith("sibo finetune: error: disk full while writing "), line
     assert line.endswith("no complete checkpoint was written"), line
+
+
+# ---------------------------------------------------------------- the minor items
+
+
+@pytest.mark.integration
+def test_a_cutoff_len_beyond_the_context_is_refused_as_generate_and_evaluate_refuse_it(
+    root, tmp_path, capsys
+):
+    limit = json.loads((root / "base4" / "config.json").read_text())["max_position_embeddings"]
+    line = refused(capsys, finetune_args(root, tmp_path / "out", "--cutoff_len", str(limit + 1)), tmp_path)
+    assert line == (
+        f"sibo finetune: error: --cutoff_len {limit + 1} is longer than the context of {root / 'base4'} "
+        f"({limit} tokens)"
+    )
+
+
+def test_a_response_cut_away_entirely_is_counted_as_prompt_only():
+    from sibo.data import Record, tokenize_records
+
+    tokenizer = build_tokenizer()
+    records = [Record("Add 1 and 2 " * 20, "", "3"), Record("Add 1 and 2.", "", "3")]
+    cutoff = len(tokenizer(build_prompt("Add 1 and 2."))["input_ids"]) + 2  # the short one fits whole
+    tokenized = tokenize_records(records, tokenizer, cutoff_len=cutoff, train_on_inputs=True)
+    assert (len(tokenized.examples), tokenized.prompt_only, tokenized.dropped) == (2, 1, 0)
+    tokenized = tokenize_records(records, tokenizer, cutoff_len=cutoff, train_on_inputs=False)
+    assert (len(tokenized.examples), tokenized.prompt_only, tokenized.dropped) == (1, 0, 1)
+
+
+def test_the_gradio_page_shows_a_status_line_never_raw_exception_text(caplog):
+    from sibo.decode.app import respond
+
+    tokenizer = build_tokenizer()
+    sliders = (0.0, 0.75, 40, 1, 8)
+    assert list(respond(None, tokenizer, None, "", *sliders)) == [
+        ("", "**Cannot answer:** the instruction is empty")
+    ]
+    assert list(respond(None, tokenizer, "hi", "", 0.0, 0.75, 40, 1, None)) == [
+        ("", "**Cannot answer:** max new tokens must be a number, got None")
+    ]
+    assert list(respond(object(), tokenizer, "hi", "", *sliders)) == [
+        ("", "**Cannot answer:** the request failed (the server log has the details)")
+    ]
+    assert "request failed" in caplog.text  # the details go to the log

@@ -33,7 +33,7 @@ from sibo.checkpoint.load import RESIDUAL_DIR
 from sibo.core.h0_branches import add_h0_branches
 from sibo.core.peft_model import boosted_adapter, get_sibo_model
 from sibo.errors import InputError
-from sibo.files import LOCK_FILE, RUN_MARKER, claim_output_dir, hold_output_dir, write_json
+from sibo.files import LOCK_FILE, RUN_MARKER, claim_output_dir, disk_full, hold_output_dir, write_json
 from sibo.prompts import build_prompt
 
 logger = logging.getLogger(__name__)
@@ -159,11 +159,9 @@ def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportR
             _replace_dir(staging, config.output_dir)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(error, OSError | RuntimeError) and "No space left" in str(error) + str(
-                error.__cause__
-            ):
+            if isinstance(error, Exception) and disk_full(error, config.output_dir.parent):
                 raise InputError(
-                    f"disk full while writing the export (nothing written to {config.output_dir})"
+                    f"disk full while writing the export: {config.output_dir} is unchanged"
                 ) from None
             raise
     report.files = [config.output_dir / path.relative_to(staging) for path in files]

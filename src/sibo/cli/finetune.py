@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) == 0 and metrics.get("finished"):
         print(
             f"{config.output_dir} already holds this run, finished after {metrics['train'].get('global_step')} "
-            "steps: nothing to do (--overwrite trains it again)"
+            "steps: nothing to do (a higher --max_steps or --num_epochs resumes it; --overwrite starts over)"
         )
     elif int(os.environ.get("RANK", "0")) == 0:
         train = metrics["train"]

@@ -79,7 +79,13 @@ class SiboModelMixin:
     def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False, **kwargs):
         """PEFT's load_adapter (Trainer uses it to resume and to load the best checkpoint), plus SIBO's settings."""
         check_weights_dir(Path(model_id) / (kwargs.get("subfolder") or ""), ADAPTER_WEIGHTS)
-        result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
+        try:
+            result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
+        except RuntimeError as error:  # size mismatches from load_state_dict
+            raise InputError(
+                f"the adapter at {model_id} does not fit the base model ({_describe(self.base_model.model.config)}): "
+                f"{str(error).strip().splitlines()[-1].strip()}"
+            ) from None
         check_adapter_fits(self, Path(model_id) / (kwargs.get("subfolder") or ""), adapter_name)
         settings = read_settings(
             Path(model_id) / (kwargs.get("subfolder") or ""), self.base_model.model.config

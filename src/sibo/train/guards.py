@@ -4,6 +4,8 @@
   finished one is not trained again), or handed over with --overwrite. Resuming with settings that
   change the adapter's shape or base is refused naming the setting; other changes (λ, data, …) are
   allowed with a warning that says so.
+- `guarded_output_dir`: the run holds output_dir's lock while it trains and saves; a full disk is one
+  line naming the file and the last complete checkpoint.
 - `StopOnNonFinite`: after each optimizer step, the trainable weights (and, outside fp16 loss
   scaling, their gradients) must be finite; otherwise training stops naming the step, before the
   step's weights can reach a checkpoint. One device sync per optimizer step, not per micro-batch.
@@ -13,18 +15,28 @@
 
 from __future__ import annotations
 
-import errno
 import logging
-import shutil
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import TrainerCallback
 
 from sibo.errors import InputError, Interrupted
-from sibo.files import RUN_CONFIG_FILE, TRAIN_METRICS_FILE, claim_output_dir, describe_contents, read_json
+from sibo.files import (
+    RUN_CONFIG_FILE,
+    TRAIN_METRICS_FILE,
+    claim_output_dir,
+    describe_contents,
+    disk_full,
+    hold_output_dir,
+    is_main_process,
+    read_json,
+)
 from sibo.train.config import FinetuneConfig
 from sibo.train.resume import find_latest_checkpoint
 
@@ -65,9 +77,12 @@ def claim_run_dir(config: FinetuneConfig, dry_run: bool = False) -> dict | None:
 
 
 def finished_metrics(config: FinetuneConfig, previous: dict | None) -> dict | None:
-    """The train metrics of this run when output_dir already holds it finished (nothing left to do)."""
+    """The train metrics of this run when output_dir already holds it finished with the same length
+    (max_steps, num_epochs): nothing is left to do. A longer one resumes and trains on."""
     metrics = Path(config.output_dir) / TRAIN_METRICS_FILE
     if previous is None or config.overwrite or not metrics.is_file():
+        return None
+    if any(previous.get(key) != getattr(config, key) for key in ("max_steps", "num_epochs")):
         return None
     finished = read_json(metrics)
     return finished if isinstance(finished, dict) else None
@@ -92,17 +107,38 @@ def last_checkpoint_words(output_dir: str) -> str:
     return f"the last complete checkpoint is {latest}" if latest else "no complete checkpoint was written"
 
 
-def disk_full(error: BaseException, output_dir: str) -> bool:
-    """An OSError ENOSPC, or a torch / safetensors write error (their words vary: "file write failed",
-    "iostream error", "unexpected pos") on a disk with under 1 MiB left."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if "No space left on device" in str(error):
-        return True
+@contextmanager
+def guarded_output_dir(config: FinetuneConfig) -> Iterator[None]:
+    """output_dir locked and claimed by this run (rank 0) for the block; a full disk there is one line
+    naming the file and the last complete checkpoint."""
+    main = is_main_process()
+    with hold_output_dir(config.output_dir) if main else nullcontext():
+        if main:
+            claim_run_dir(config)
+        try:
+            yield
+        except (OSError, RuntimeError, SafetensorError) as error:
+            if not disk_full(error, config.output_dir):
+                raise
+            where = getattr(error, "filename", None) or f"a checkpoint or the adapter in {config.output_dir}"
+            raise InputError(
+                f"disk full while writing {where}: {last_checkpoint_words(config.output_dir)}"
+            ) from None
+
+
+@contextmanager
+def guarded_training(trainer) -> Iterator[None]:
+    """`trainer.train` under StopOnNonFinite and StopOnInterrupt; Ctrl-C is Python's again afterwards."""
+    interrupt = StopOnInterrupt()
+    trainer.add_callback(StopOnNonFinite())
+    trainer.add_callback(interrupt)
     try:
-        return shutil.disk_usage(output_dir).free < 2**20
-    except OSError:
-        return False
+        yield
+    finally:
+        interrupt.restore()
+        for callback in trainer.callback_handler.callbacks:
+            if getattr(callback, "training_bar", None) is not None:
+                callback.training_bar.close()  # a one-line error then starts on a line of its own
 
 
 class StopOnNonFinite(TrainerCallback):

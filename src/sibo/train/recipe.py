@@ -16,12 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 import sibo
@@ -31,23 +29,9 @@ from sibo.core.peft_model import boosted_adapter
 from sibo.data import PaddedCollator, TokenizedSet, load_records, split_validation, tokenize_records
 from sibo.decode.stream import context_length
 from sibo.errors import InputError, first_line
-from sibo.files import (
-    EVAL_METRICS_FILE,
-    RUN_CONFIG_FILE,
-    TRAIN_METRICS_FILE,
-    hold_output_dir,
-    is_main_process,
-    write_json,
-)
+from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
 from sibo.train.config import FinetuneConfig, gradient_accumulation_steps
-from sibo.train.guards import (
-    StopOnInterrupt,
-    StopOnNonFinite,
-    claim_run_dir,
-    disk_full,
-    finished_metrics,
-    last_checkpoint_words,
-)
+from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
 from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
 from sibo.train.resume import find_latest_checkpoint, is_complete_checkpoint, resolve_resume
 
@@ -77,25 +61,11 @@ def finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = N
     already holds this run finished, nothing is trained: its metrics come back with "finished": True."""
     finished = finished_metrics(config, claim_run_dir(config, dry_run=True))
     if finished is not None:
-        logger.info(
-            "%s holds this run, finished: nothing to do (--overwrite trains it again)", config.output_dir
-        )
         return {"train": finished, "finished": True}
     run = setup(config)
-    main = is_main_process()
-    with hold_output_dir(config.output_dir) if main else nullcontext():
-        if main:
-            claim_run_dir(config)
-        try:
-            trainer = train(run, callbacks)
-            return save(run, trainer)
-        except (OSError, RuntimeError, SafetensorError) as error:
-            if not disk_full(error, config.output_dir):
-                raise
-            where = getattr(error, "filename", None) or f"a checkpoint or the adapter in {config.output_dir}"
-            raise InputError(
-                f"disk full while writing {where}: {last_checkpoint_words(config.output_dir)}"
-            ) from None
+    with guarded_output_dir(config):
+        trainer = train(run, callbacks)
+        return save(run, trainer)
 
 
 # ---------------------------------------------------------------- setup
@@ -375,16 +345,8 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
     )
     if run.resume_from:
         logger.info("resuming from %s", run.resume_from)
-    interrupt = StopOnInterrupt()
-    trainer.add_callback(StopOnNonFinite())
-    trainer.add_callback(interrupt)
-    try:
+    with guarded_training(trainer):
         trainer.train(resume_from_checkpoint=run.resume_from)
-    finally:
-        interrupt.restore()
-        for callback in trainer.callback_handler.callbacks:
-            if getattr(callback, "training_bar", None) is not None:
-                callback.training_bar.close()  # a one-line error then starts on a line of its own
     return trainer
 
 
