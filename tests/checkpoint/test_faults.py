@@ -360,11 +360,17 @@ def test_training_stops_at_the_first_non_finite_gradient_keeping_the_last_good_c
 
     monkeypatch.setattr(StopOnInterrupt, "on_pre_optimizer_step", poison)
     out = tmp_path / "run"
-    line = refused(capsys, finetune_args(root, out, "--max_steps", "4", "--save_step", "2"))
-    assert line.startswith("sibo finetune: error: step 3: the gradient of base_model.model.model.layers.0.")
-    assert line.endswith(
-        f"training stopped and nothing of this step was saved; the last complete checkpoint is {out / 'checkpoint-2'}"
+    line = refused(
+        capsys, finetune_args(root, out, "--max_steps", "6", "--save_step", "2", "--logging_steps", "5")
     )
+    # found at step 4, the next checkpoint step (the check stays on the device until then), named as step 3
+    assert line == (
+        "sibo finetune: error: step 3: a weight or gradient stopped being finite ("
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight is not): training stopped (the "
+        "loss diverged, or the learning rate or resumed optimizer state is bad) and nothing since was saved; "
+        f"the last complete checkpoint is {out / 'checkpoint-2'}"
+    )
+    assert not (out / "checkpoint-4").exists()
     assert not (out / "adapter_model.safetensors").exists() and not (out / "train_metrics.json").exists()
     assert resolve_resume("latest", out) == (str(out / "checkpoint-2"), None)
 
@@ -629,3 +635,18 @@ def test_the_gradio_page_shows_a_status_line_never_raw_exception_text(caplog):
         ("", "**Cannot answer:** the request failed (the server log has the details)")
     ]
     assert "request failed" in caplog.text  # the details go to the log
+
+
+@pytest.mark.integration
+def test_finetune_refuses_to_start_from_an_adapter_of_another_depth(root, tmp_path, capsys):
+    argv = [
+        *finetune_args(root, tmp_path / "out", "--max_steps", "1"),
+        "--resume_from_checkpoint",
+        root / "adapter6",
+    ]
+    line = refused(capsys, argv, root / "adapter6", tmp_path)
+    assert line == (
+        f"sibo finetune: error: --resume_from_checkpoint {root / 'adapter6'}: does not fit this adapter (the adapter "
+        f"at {root / 'adapter6'} does not fit the base model (llama, 4 layers, hidden size 32): its tensor "
+        "base_model.model.model.layers.4.mlp.up_proj.lora_A.weight [4, 32] has no module in the base)"
+    )

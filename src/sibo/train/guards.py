@@ -7,8 +7,9 @@
 - `guarded_output_dir`: the run holds output_dir's lock while it trains and saves; a full disk is one
   line naming the file and the last complete checkpoint.
 - `StopOnNonFinite`: after each optimizer step, the trainable weights (and, outside fp16 loss
-  scaling, their gradients) must be finite; otherwise training stops naming the step, before the
-  step's weights can reach a checkpoint. One device sync per optimizer step, not per micro-batch.
+  scaling, their gradients) must be finite; otherwise training stops naming the first bad step,
+  before its weights can reach a checkpoint or the final adapter. The check stays on the device;
+  the host reads it only at logging, evaluation and checkpoint steps, where Trainer syncs anyway.
 - `StopOnInterrupt`: Ctrl-C stops after the current step (no final adapter is saved) and says where
   the last complete checkpoint is (exit 130); a second Ctrl-C stops at once.
 """
@@ -142,28 +143,55 @@ def guarded_training(trainer) -> Iterator[None]:
 
 
 class StopOnNonFinite(TrainerCallback):
-    """Stop training, naming the step, when a trainable weight or gradient stops being finite."""
+    """Stop training, naming the first step whose trainable weights or gradients were not finite.
+
+    Each optimizer step folds its check into a device tensor (the first bad step, 0 while there is
+    none), so the GPU never waits for the host; the host reads it once where Trainer syncs anyway —
+    at logging, evaluation, checkpoint and final steps — before anything is saved.
+    """
+
+    def __init__(self) -> None:
+        self.first_bad: torch.Tensor | None = None
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        trainable = [p.detach() for p in model.parameters() if p.requires_grad]
         # fp16 loss scaling meets inf gradients by design: it skips that step, the weights stay finite.
-        tensors = [p for _, p in trainable]
-        if not args.fp16:
-            tensors += [p.grad for _, p in trainable if p.grad is not None]
-        if not tensors:
+        grads = [] if args.fp16 else [p.grad.detach() for p in model.parameters() if p.grad is not None]
+        if not trainable:
             return
-        norms = torch._foreach_norm([t.detach() for t in tensors])
-        if bool(torch.isfinite(torch.stack([n.float().cpu() for n in norms])).all()):
+        finite = (
+            torch.stack([norm.float() for norm in torch._foreach_norm(trainable + grads)]).isfinite().all()
+        )
+        if self.first_bad is None:
+            self.first_bad = torch.zeros((), dtype=torch.long, device=finite.device)
+        self.first_bad.masked_fill_(~finite & (self.first_bad == 0), state.global_step + 1)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if (
+            control.should_log
+            or control.should_evaluate
+            or control.should_save
+            or control.should_training_stop
+        ):
+            self.check(args, model)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.check(args, model)
+
+    def check(self, args, model) -> None:
+        """Raise InputError naming the first bad step, if there was one (one host sync)."""
+        step = 0 if self.first_bad is None else int(self.first_bad)
+        if not step:
             return
-        step = state.global_step + 1
         what = next(
-            (f"the gradient of {name}" for name, p in trainable
-             if not args.fp16 and p.grad is not None and not torch.isfinite(p.grad).all()),
-            next((name for name, p in trainable if not torch.isfinite(p).all()), "a weight"),
+            (f"the gradient of {name}" for name, p in model.named_parameters()
+             if p.grad is not None and not torch.isfinite(p.grad).all()),
+            next((name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()),
+                 "a weight"),
         )  # fmt: skip
         raise InputError(
-            f"step {step}: {what} is not finite (the loss diverged, or the learning rate or resumed optimizer "
-            f"state is bad): training stopped and nothing of this step was saved; "
+            f"step {step}: a weight or gradient stopped being finite ({what} is not): training stopped (the loss "
+            "diverged, or the learning rate or resumed optimizer state is bad) and nothing since was saved; "
             f"{last_checkpoint_words(args.output_dir)}"
         )
 
