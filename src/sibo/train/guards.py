@@ -159,9 +159,9 @@ class StopOnNonFinite(TrainerCallback):
         grads = [] if args.fp16 else [p.grad.detach() for p in model.parameters() if p.grad is not None]
         if not trainable:
             return
-        finite = (
-            torch.stack([norm.float() for norm in torch._foreach_norm(trainable + grads)]).isfinite().all()
-        )
+        # under FSDP2 each rank checks its own shards (a NaN reaches every rank through the reduced gradients)
+        local = [t.to_local() if hasattr(t, "to_local") else t for t in trainable + grads]
+        finite = torch.stack([norm.float() for norm in torch._foreach_norm(local)]).isfinite().all()
         if self.first_bad is None:
             self.first_bad = torch.zeros((), dtype=torch.long, device=finite.device)
         self.first_bad.masked_fill_(~finite & (self.first_bad == 0), state.global_step + 1)
