@@ -56,6 +56,8 @@ class DecodingSettings:
             raise InputError(f"top_k must be >= 0, got {self.top_k}")
         if self.num_beams < 1:
             raise InputError(f"num_beams must be at least 1, got {self.num_beams}")
+        if self.seed is not None and not 0 <= self.seed < 2**32:
+            raise InputError(f"seed must be in 0…{2**32 - 1}, got {self.seed}")
 
     def generate_kwargs(self) -> dict:
         """The keyword arguments for `model.generate`."""
