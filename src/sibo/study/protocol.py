@@ -265,7 +265,9 @@ class Study:
         if accuracy_benchmarks is None:  # a tuning run: loss only
             train_adapter(finetune_config, callbacks)
         else:
-            train_and_score(self.base_model, eval_config, accuracy_benchmarks, finetune_config, callbacks)
+            train_and_score(
+                self.base_model, eval_config, accuracy_benchmarks, finetune_config, callbacks, self.device
+            )
         written = json.loads((run_dir / LOSSES_FILE).read_text())
         metrics = json.loads((Path(finetune_config.output_dir) / "train_metrics.json").read_text())
         result = {

@@ -45,8 +45,10 @@ def train_and_score(
     benchmarks: list[tuple[Task, list[Example]]],
     finetune_config: FinetuneConfig | None = None,
     callbacks: list[TrainerCallback] | None = None,
+    device: str | None = None,
 ) -> dict[str, DatasetResult]:
-    """Train the adapter (none: the base model alone) and score it on `benchmarks`; {set: result}.
+    """Train the adapter (none: the base model alone) and score it on `benchmarks` (on `device`, when
+    given); {set: result}.
 
     A summary in eval_config.output_dir that already holds every set is read, not recomputed.
     """
@@ -63,5 +65,7 @@ def train_and_score(
     from sibo.checkpoint.load import load_model
 
     model, tokenizer = load_model(base_model, adapter_dir)
+    if device is not None:
+        model.to(device)
     run_info = {"base_model": base_model, "weights_path": str(adapter_dir)}
     return evaluate(model, tokenizer, eval_config, benchmarks=benchmarks, run_info=run_info)
