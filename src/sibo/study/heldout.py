@@ -82,26 +82,31 @@ def held_out_losses(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    losses: dict[str, list[float]] = {"rationale": [], "answer": []}
+    # longest first, so that references of similar length share a batch (little padding)
+    order = sorted(range(len(encoded)), key=lambda k: -len(encoded[k].input_ids))
+    losses: dict[str, list[float]] = {
+        "rationale": [math.nan] * len(encoded),
+        "answer": [math.nan] * len(encoded),
+    }
     try:
-        for start in range(0, len(encoded), batch_size):
-            batch = encoded[start : start + batch_size]
-            width = max(len(item.input_ids) for item in batch)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = len(encoded[batch[0]].input_ids)
             ids = torch.zeros(len(batch), width, dtype=torch.long)  # (B, T), right-padded
             mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for row, item in enumerate(batch):
-                ids[row, : len(item.input_ids)] = torch.tensor(item.input_ids)
-                mask[row, : len(item.input_ids)] = 1
+            for row, k in enumerate(batch):
+                ids[row, : len(encoded[k].input_ids)] = torch.tensor(encoded[k].input_ids)
+                mask[row, : len(encoded[k].input_ids)] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             # position t predicts token t + 1: (B, T - 1)
             nll = torch.nn.functional.cross_entropy(
                 logits[:, :-1].float().transpose(1, 2), ids[:, 1:].to(device), reduction="none"
             ).cpu()
-            for row, item in enumerate(batch):
+            for row, k in enumerate(batch):
                 for name in losses:
-                    chosen = torch.tensor(getattr(item, name)[1:], dtype=torch.bool)  # (len - 1,)
+                    chosen = torch.tensor(getattr(encoded[k], name)[1:], dtype=torch.bool)  # (len - 1,)
                     values = nll[row, : len(chosen)][chosen]
-                    losses[name].append(float(values.mean()) if len(values) else math.nan)
+                    losses[name][k] = float(values.mean()) if len(values) else math.nan
     finally:
         model.train(was_training)
     return losses
