@@ -17,8 +17,8 @@
 #      tar -C /tmp/study --exclude dense_base --exclude '*.safetensors' --exclude '*.pt' -czf "$OUT/study.tgz" .`
 #      (gpu_env.sh joins the two parts and checks the md5; if /root/partA is gone the machine went
 #      cold: it stops). The gpu size (docs/BENCHMARKS.md, protocol of 2026-11-29): 6 tuning runs, then
-#      7 arms × 3 seeds, 320 steps at batch 8, held-out loss on all 802 clean references at 5 points,
-#      greedy accuracy on all 989 clean questions. Not yet timed on an H200: from NOTES.md's rates
+#      7 arms × 3 seeds, 320 steps at batch 8, held-out loss on all 762 clean references at 5 points,
+#      greedy accuracy on all 869 clean questions. Not yet timed on an H200: from NOTES.md's rates
 #      (~6-9k tokens/s unpacked) a run is ~1 min, 27 runs in 6 processes ~5-6 min. `timeout 570`
 #      leaves the report and the tar their time: what finished comes back, and the report says
 #      which arms and seeds it holds.

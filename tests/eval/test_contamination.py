@@ -25,9 +25,21 @@ TRAINING = [
     {"instruction": QUESTIONS[3].upper(), "input": "", "output": "15"},
     {"instruction": "Ann has 2 pears. How many pears does she have?", "output": "2"},
 ]
-# NOTES.md: the test questions of each math set that math_train_3k does not hold.
-UNSEEN_IN_MATH_TRAIN_3K = {"AddSub": (79, 395), "MultiArith": (109, 600), "SingleEq": (102, 508),
-                           "gsm8k": (264, 1319), "AQuA": (51, 254), "SVAMP": (200, 1000), "mawps": (184, 238)}  # fmt: skip
+# The test questions of each math set that math_train_3k does not hold, words and numbers compared.
+# NOTES.md's counts compare whitespace- and case-normalised text; they hold 120 more questions that the
+# training file holds with other spacing, punctuation or thousands separators (AddSub 18, SingleEq 22,
+# mawps 80), each with the same answer there.
+UNSEEN_IN_MATH_TRAIN_3K = {"AddSub": (61, 395), "MultiArith": (109, 600), "SingleEq": (80, 508),
+                           "gsm8k": (264, 1319), "AQuA": (51, 254), "SVAMP": (200, 1000), "mawps": (104, 238)}  # fmt: skip
+NOTES_MD_COUNTS = {
+    "AddSub": 79,
+    "MultiArith": 109,
+    "SingleEq": 102,
+    "gsm8k": 264,
+    "AQuA": 51,
+    "SVAMP": 200,
+    "mawps": 184,
+}
 
 
 @pytest.fixture
@@ -48,9 +60,17 @@ def answer_everything_with_3(model, tokenizer, prompts, **_):
     return ["The answer is 3."] * len(prompts)
 
 
-def test_normalising_erases_case_and_runs_of_whitespace():
-    assert normalise("  A\tb \n C ") == "a b c"
-    assert normalise("Q", "ctx") == "q ctx" and normalise("Q") != normalise("Q", "ctx")
+def test_normalising_keeps_words_and_whole_numbers_only():
+    assert normalise("  A\tb \n C ") == normalise("a b c") == "abc"
+    # LLM-Adapters' copies of one question: spaced punctuation, thousands separators, split contractions
+    assert normalise("has 2,041 part-time employees. How many?") == normalise(
+        "has 2041 part-time employees . How many ? "
+    )
+    assert normalise("If 49 did n't leave a tip") == normalise("If 49 didn't leave a tip")
+    # numbers stay whole: another number is another question
+    assert normalise("sawed 0.33 meters") != normalise("sawed 33 meters")
+    assert normalise("add 2 41") != normalise("add 241")
+    assert normalise("Q", "ctx") != normalise("Q")
 
 
 def test_questions_in_the_training_data_are_marked_seen(files):
@@ -138,12 +158,18 @@ MATH_DATA = default_data_dir()
 @pytest.mark.skipif(
     not (MATH_DATA / "math_train_3k.json").is_file(), reason="needs ../shared/data/llm-adapters"
 )
-def test_math_train_3k_leaves_exactly_the_clean_questions_that_notes_md_counts():
+def test_math_train_3k_leaves_exactly_the_clean_questions_counted_here_and_notes_md_counts_spacing_alone():
+    train = json.loads((Path(MATH_DATA) / "math_train_3k.json").read_text())
     questions = training_questions(Path(MATH_DATA) / "math_train_3k.json")
-    assert len(questions) == 3251
-    found = {}
+    by_spacing_and_case = {" ".join(r["instruction"].split()).lower() for r in train}
+    assert (len(questions), len(by_spacing_and_case)) == (3172, 3251)
+    found, notes = {}, {}
     for name in UNSEEN_IN_MATH_TRAIN_3K:
         examples = load_examples(resolve_datasets(name)[0], MATH_DATA)
         unseen = [e for e in examples if normalise(e.instruction, e.input) not in questions]
         found[name] = (len(unseen), len(examples))
+        notes[name] = sum(
+            " ".join(e.instruction.split()).lower() not in by_spacing_and_case for e in examples
+        )
     assert found == UNSEEN_IN_MATH_TRAIN_3K
+    assert notes == NOTES_MD_COUNTS

@@ -1,5 +1,6 @@
-"""Which test questions the adapter was trained on: a test question whose text (whitespace and case
-normalised) is also a training record's is "seen", and its score is not a held-out score.
+"""Which test questions the adapter was trained on: a test question whose words and numbers (case,
+spacing and punctuation aside) are also a training record's is "seen", and its score is not a
+held-out score.
 
     questions = training_questions(Path("math_train_3k.json"))
     seen = seen_indices(examples, questions)   # {index of each seen test question}
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -23,13 +25,20 @@ from sibo.eval.tasks import Example, Task
 
 logger = logging.getLogger(__name__)
 
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[^\W\d_]+")
+
 RUN_CONFIG_FILE = "run_config.json"  # the finetune recipe's record of its flags, data_path among them
 
 
 def normalise(instruction: str, input_text: str = "") -> str:
-    """A question's text with case and runs of whitespace erased: the key two copies share."""
+    """A question's words and numbers, lower-cased, with spacing, punctuation and thousands separators
+    erased: the key two copies of one question share. LLM-Adapters' files hold the same question as
+    "2,041 part-time employees." and "2041 part-time employees ." or "didn't" and "did n't"."""
     text = f"{instruction}\n{input_text}" if input_text else instruction
-    return " ".join(text.split()).lower()
+    text = _THOUSANDS.sub("", text.lower())
+    # numbers stay whole and delimited ("0.33" is not "33"); words join across apostrophes
+    return "".join(f"<{token}>" if token[0].isdigit() else token for token in _TOKEN.findall(text))
 
 
 def training_questions(train_data: Path) -> set[str]:

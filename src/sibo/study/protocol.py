@@ -81,7 +81,7 @@ class Size:
 # cpu: 160 steps × 8 records × ~165 tokens ≈ 211k tokens: ~25 min on 2 idle cores at NOTES.md's ~140
 # tokens/s (longer on a busy machine); held-out loss on 20 clean references per set (120, ~19k tokens)
 # at 4 points; greedy decoding of 20 clean questions per set (140) at the end.
-# gpu: all 802 clean references at 5 points, all 989 clean questions decoded, twice the steps.
+# gpu: all 762 clean references at 5 points, all 869 clean questions decoded, twice the steps.
 SIZES = {
     "quick": Size(4, 2, 0, (0, 2, 4), 2, 1, 4, 2, max_new_tokens=8),
     "cpu": Size(160, 8, 16, (0, 40, 80, 160), 20, 20, 100, 16),
