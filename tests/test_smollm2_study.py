@@ -98,6 +98,9 @@ def test_quick_study_tunes_scores_clean_questions_pairs_seeds_and_resumes(
     assert later["seeds"]["resampled"] == "seeds (2, t-interval)"
     assert later["seeds"]["difference"] == pytest.approx(sum(later["per_seed"]) / 2)
     assert later["questions_only"]["resampled"] == "questions only"
+    low, high = later["seeds"]["low"], later["seeds"]["high"]
+    expected = "SIBO lowers" if high < 0 else "SIBO raises" if low > 0 else "no detectable effect"
+    assert comparison["verdict"].startswith(expected)
     # the same batches in the same order for both arms of a seed; another seed, another order
     orders = {arm: results["arms"][arm]["data_order"] for arm in ("lora", "lora-sibo0.2")}
     assert orders["lora"] == orders["lora-sibo0.2"] and orders["lora"][0] != orders["lora"][1]
@@ -105,7 +108,7 @@ def test_quick_study_tunes_scores_clean_questions_pairs_seeds_and_resumes(
     assert len(accuracy["gained"]) == 2 and len(accuracy["mcnemar_p_per_seed"]) == 2
     assert len(comparison["similarity"]["by_layer"]) == 3  # embeddings + 2 blocks
     assert (out / "loss_difference.png").read_bytes()[:4] == b"\x89PNG"
-    assert "lora-sibo0.2 − lora (primary), seeds [0, 1]:" in capsys.readouterr().out
+    assert f"lora-sibo0.2 − lora (primary), seeds [0, 1]: {comparison['verdict']}" in capsys.readouterr().out
 
     # resumed: every run is skipped, nothing is rewritten
     stamps = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/result.json")}

@@ -94,6 +94,8 @@ def compare(arm: str, plain: str, sibo_runs: dict[int, dict], plain_runs: dict[i
             )
             for measure in ("rationale", "answer")
         }
+    last = row["loss"][max(row["loss"], key=int)]["rationale"]
+    row["verdict"] = loss_verdict(last.get("seeds"))
     if sibo_runs[seeds[0]]["accuracy"]:
         row["accuracy"] = compare_accuracy([sibo_runs[s] for s in seeds], [plain_runs[s] for s in seeds])
         row["similarity"] = compare_similarity(
@@ -115,6 +117,17 @@ def paired_intervals(sibo: list[list[float]], plain: list[list[float]]) -> dict:
     if a.shape[0] > 1:
         found["seeds"] = described(seed_t_interval(a, b))
     return found
+
+
+def loss_verdict(interval: dict | None) -> str:
+    """The protocol's rule, on the seed t-interval of SIBO − plain held-out loss at the last point."""
+    if interval is None:
+        return "one seed: no verdict"
+    if interval["high"] < 0:
+        return "SIBO lowers held-out loss"
+    if interval["low"] > 0:
+        return "SIBO raises held-out loss"
+    return "no detectable effect at this size"
 
 
 def compare_accuracy(sibo_runs: list[dict], plain_runs: list[dict]) -> dict:
@@ -189,7 +202,7 @@ def tables(summary: dict) -> str:
     for row in summary["comparisons"]:
         lines += [
             "",
-            f"{row['sibo']} − {row['plain']}{' (primary)' if row['primary'] else ''}, seeds {row['seeds']}:",
+            f"{row['sibo']} − {row['plain']}{' (primary)' if row['primary'] else ''}, seeds {row['seeds']}: {row['verdict']}",
             "",
         ]
         lines.append(
