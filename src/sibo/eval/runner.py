@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from sibo.decode.stream import context_length, stopping_settings
 from sibo.errors import InputError
+from sibo.eval import contamination
 from sibo.eval.tasks import EXTRACTION_MODES, Example, Task, load_examples, resolve_datasets
 from sibo.files import (
     EVAL_RUN_FILE,
@@ -99,9 +100,22 @@ class EvalConfig:
         default=False,
         metadata={"help": "hand output_dir over to this run: another run's results there are deleted first"},
     )
+    train_data: Path | None = field(
+        default=None,
+        metadata={"help": "the adapter's training file: count the test questions it holds (None: no check)"},
+    )
+    exclude_seen: bool = field(
+        default=False, metadata={"help": "score only the test questions that are not in train_data"}
+    )
 
     def __post_init__(self) -> None:
         self.data_dir, self.output_dir = Path(self.data_dir), Path(self.output_dir)
+        self.train_data = Path(self.train_data) if self.train_data is not None else None
+        if self.exclude_seen and self.train_data is None:
+            raise InputError(
+                "exclude_seen needs the training data: pass --train_data FILE (or an adapter whose "
+                "run_config.json names a file that is here)"
+            )
         if self.extraction not in EXTRACTION_MODES:
             raise InputError(
                 f"unknown extraction {self.extraction!r}: use one of {', '.join(EXTRACTION_MODES)}"
@@ -145,12 +159,13 @@ def accelerate_shard() -> tuple[Shard, torch.device]:
 
 
 def load_benchmarks(config: EvalConfig) -> list[tuple[Task, list[Example]]]:
-    """Every requested benchmark, read and validated before a model is loaded."""
+    """Every requested benchmark, read and validated before a model is loaded; with train_data, each
+    example marked `seen` when the training file holds its question."""
     benchmarks = []
     for task in config.tasks:
         examples = load_examples(task, config.data_dir)
         benchmarks.append((task, examples[: config.limit] if config.limit else examples))
-    return benchmarks
+    return contamination.mark_seen(benchmarks, config.train_data) if config.train_data else benchmarks
 
 
 def evaluate(
@@ -167,6 +182,9 @@ def evaluate(
     run = run_record(config, run_info)
     if shard.is_main:
         claim_eval_dir(config, run, dry_run=True)
+    overlap = contamination.overlap_report(benchmarks, config.exclude_seen) if config.train_data else {}
+    if config.exclude_seen:
+        benchmarks = contamination.unseen_only(benchmarks)
     lengths = {}  # prompt tokens per example, per benchmark: checked against the context before any output
     for task, examples in benchmarks:
         lengths[task.name] = prompt_lengths(tokenizer, {e.index: prompt_of(e) for e in examples})
@@ -181,7 +199,7 @@ def evaluate(
                 model, tokenizer, task, examples, config, shard, lengths[task.name]
             )
         if shard.is_main:
-            write_summary(config, results, run)
+            write_summary(config, results, run, overlap)
         shard.barrier()
     return results
 
@@ -192,6 +210,8 @@ def run_record(config: EvalConfig, run_info: dict | None) -> dict:
         **(run_info or {}),
         "num_beams": config.decoding.num_beams,
         "max_new_tokens": config.decoding.max_new_tokens,
+        # scoring fewer questions is another run; counting them is not
+        **({"exclude_seen": True} if config.exclude_seen else {}),
     }
 
 
@@ -450,8 +470,11 @@ def consolidate(path: Path, task: Task, examples: list[Example], extraction: str
     return rescored
 
 
-def write_summary(config: EvalConfig, results: dict[str, DatasetResult], run: dict) -> None:
-    """summary.json: accuracy per dataset, kept across runs that share the output directory."""
+def write_summary(
+    config: EvalConfig, results: dict[str, DatasetResult], run: dict, overlap: dict[str, dict]
+) -> None:
+    """summary.json: accuracy per dataset (and how many of its questions the training data holds),
+    kept across runs that share the output directory."""
     file = config.output_dir / SUMMARY_FILE
     try:
         datasets = read_json(file).get("datasets", {}) if file.is_file() else {}
@@ -459,11 +482,17 @@ def write_summary(config: EvalConfig, results: dict[str, DatasetResult], run: di
         logger.warning("%s was damaged: it now holds this run's datasets only", file)
         datasets = {}
     for name, result in results.items():
-        datasets[name] = {"n": result.n, "correct": result.correct, "accuracy": result.accuracy}
+        datasets[name] = {
+            "n": result.n,
+            "correct": result.correct,
+            "accuracy": result.accuracy,
+            **overlap.get(name, {}),
+        }
     summary = {
         "run": run,
         "extraction": config.extraction,
         "decoding": asdict(config.decoding),
+        "train_data": str(config.train_data) if config.train_data else None,
         "datasets": datasets,
     }
     write_json(file, summary)

@@ -23,8 +23,12 @@ import torch
 
 from sibo.checkpoint.weights import check_weights_dir
 from sibo.errors import InputError
+from sibo.eval.runner import DecodingConfig, EvalConfig
+from sibo.eval.tasks import Example, Task
 from sibo.files import write_json
+from sibo.study.runs import train_and_score
 from sibo.study.synthetic import generate_splits, write_records
+from sibo.train.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -168,15 +172,11 @@ def _run(config: DemoConfig) -> list[Row]:
     logger.info("demo: %d training and %d test problems in %s", len(train), len(test), train_path.parent)
 
     adapters = {name: config.output_dir / "adapters" / name for name in config.methods}
+    accuracy = {"base": score_model(config, str(base_model), test, "base")}
     for name, adapter_dir in adapters.items():
-        logger.info("demo: fine-tuning %s", METHODS[name].label)
-        train_adapter(config, METHODS[name], str(base_model), train_path, adapter_dir)
-
-    accuracy = {"base": score_model(config, str(base_model), None, test, config.output_dir / "eval" / "base")}
-    for name, adapter_dir in adapters.items():
-        accuracy[name] = score_model(
-            config, str(base_model), adapter_dir, test, config.output_dir / "eval" / name
-        )
+        logger.info("demo: fine-tuning and scoring %s", METHODS[name].label)
+        finetune_config = adapter_config(config, METHODS[name], str(base_model), train_path, adapter_dir)
+        accuracy[name] = score_model(config, str(base_model), test, name, finetune_config)
 
     similarity = measure_similarity(config, str(base_model), test_path, list(adapters.values()))
     rows = [Row("base", None, accuracy["base"], similarity["base"][-1], None)]
@@ -188,53 +188,46 @@ def _run(config: DemoConfig) -> list[Row]:
     return rows
 
 
-def train_adapter(
+def adapter_config(
     config: DemoConfig, method: Method, base_model: str, train_path: Path, adapter_dir: Path
-) -> None:
-    """One adapter through the finetune recipe, with the demo's sizes."""
-    from sibo.train.recipe import FinetuneConfig, finetune
-
+) -> FinetuneConfig:
+    """One adapter's finetune settings, with the demo's sizes."""
     never = config.max_steps + 1  # no mid-run validation or checkpoints: the final adapter is saved
-    finetune(
-        FinetuneConfig(
-            base_model=base_model,
-            data_path=str(train_path),
-            output_dir=str(adapter_dir),
-            adapter_name=method.adapter,
-            batch_size=config.batch_size,
-            micro_batch_size=config.batch_size,
-            max_steps=config.max_steps,
-            learning_rate=config.learning_rate if method.adapter == "lora" else config.adapter_learning_rate,
-            warmup_steps=max(1, config.max_steps // 10),
-            cutoff_len=160,
-            val_set_size=0,
-            eval_step=never,
-            save_step=never,
-            logging_steps=max(1, config.max_steps // 5),
-            seed=config.seed,
-            lora_r=config.lora_r,
-            lora_alpha=2 * config.lora_r,
-            lora_dropout=0.0,
-            target_modules=LORA_TARGETS if method.adapter == "lora" else None,
-            bottleneck_size=config.bottleneck_size,
-            embedding_lambda=config.lam if method.boosted else 0.0,
-            sibo_targets="ffn",
-        )
+    return FinetuneConfig(
+        base_model=base_model,
+        data_path=str(train_path),
+        output_dir=str(adapter_dir),
+        adapter_name=method.adapter,
+        batch_size=config.batch_size,
+        micro_batch_size=config.batch_size,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate if method.adapter == "lora" else config.adapter_learning_rate,
+        warmup_steps=max(1, config.max_steps // 10),
+        cutoff_len=160,
+        val_set_size=0,
+        eval_step=never,
+        save_step=never,
+        logging_steps=max(1, config.max_steps // 5),
+        seed=config.seed,
+        lora_r=config.lora_r,
+        lora_alpha=2 * config.lora_r,
+        lora_dropout=0.0,
+        target_modules=LORA_TARGETS if method.adapter == "lora" else None,
+        bottleneck_size=config.bottleneck_size,
+        embedding_lambda=config.lam if method.boosted else 0.0,
+        sibo_targets="ffn",
     )
 
 
 def score_model(
     config: DemoConfig,
     base_model: str,
-    adapter_dir: Path | None,
     test: list[dict[str, str]],
-    output_dir: Path,
+    name: str,
+    finetune_config: FinetuneConfig | None = None,
 ) -> float:
-    """Greedy-decoded accuracy on the test problems, read the way the math benchmarks are read."""
-    from sibo.checkpoint.load import load_model
-    from sibo.eval.runner import DecodingConfig, EvalConfig, evaluate
-    from sibo.eval.tasks import Example, Task
-
+    """Train the adapter (None: the base alone), then its greedy accuracy on the test problems, read
+    the way the math benchmarks are read."""
     task = Task("synthetic", "math")  # scored like AddSub: the number after "The answer is"
     examples = [
         Example(index, record["instruction"], "", record["answer"]) for index, record in enumerate(test)
@@ -242,14 +235,12 @@ def score_model(
     eval_config = EvalConfig(
         datasets="AddSub",  # required by EvalConfig; the synthetic examples are passed in directly
         data_dir=config.output_dir / "data",
-        output_dir=output_dir,
+        output_dir=config.output_dir / "eval" / name,
         decoding=DecodingConfig(
             batch_size=config.eval_batch_size, num_beams=1, max_new_tokens=config.max_new_tokens
         ),
     )
-    model, tokenizer = load_model(base_model, adapter_dir)
-    run_info = {"base_model": base_model, "weights_path": str(adapter_dir)}
-    results = evaluate(model, tokenizer, eval_config, benchmarks=[(task, examples)], run_info=run_info)
+    results = train_and_score(base_model, eval_config, [(task, examples)], finetune_config)
     return results[task.name].accuracy
 
 

@@ -1,7 +1,15 @@
-"""Is a difference in accuracy real? A paired bootstrap over questions, for two methods scored on the same set.
+"""Is a difference real? Paired intervals for two methods scored on the same questions with the same seeds.
 
+    interval = seed_t_interval(sibo_scores, lora_scores)       # (seeds, questions): seeds included
     interval = paired_bootstrap(sibo_correct, lora_correct, groups=dataset_of_each_question)
+    p = exact_mcnemar(gained, lost)                               # paired 0/1 answers
     verdict(interval)  # "helps", "hurts" or "within noise"
+
+Training noise (another seed: another initialisation and data order) often moves a difference
+more than another draw of questions does, so the study's primary interval is `seed_t_interval`:
+a t-interval over the per-seed mean differences. `paired_bootstrap` resamples questions only and
+says so in its `resampled` field; `exact_mcnemar` tests paired right/wrong answers exactly
+(a bootstrap over a handful of discordant questions is far too sure of itself).
 
 Both methods answer the same questions, so the question-to-question spread (some are easy for
 every model) cancels in the per-question difference; resampling questions with replacement then
@@ -14,6 +22,7 @@ the "average over benchmarks" that the tables report, not a mean that favours th
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,13 +32,14 @@ from sibo.errors import InputError
 
 @dataclass(frozen=True)
 class Interval:
-    """A mean difference (a − b) and its bootstrap percentile interval."""
+    """A mean difference (a − b), its interval, and what the interval resampled (its noise sources)."""
 
     difference: float
     low: float
     high: float
     confidence: float
     questions: int
+    resampled: str = "questions only"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +79,59 @@ def paired_bootstrap(
     tail = (1.0 - confidence) / 2
     low, high = np.quantile(draws, [tail, 1.0 - tail])
     return Interval(observed, float(low), float(high), confidence, int(per_question.shape[0]))
+
+
+def seed_t_interval(a, b, confidence: float = 0.95) -> Interval:
+    """Mean of a − b with a t-interval over the per-seed mean differences (each seed: its mean over questions).
+
+    a, b: (seeds, Q), the same questions in the same order, seed k of a paired with seed k of b.
+    Seeds carry training noise and question noise both; at least 2 seeds are needed.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2 or a.shape[0] < 2 or a.shape[1] == 0:
+        raise InputError(
+            f"a seed interval needs (seeds ≥ 2, questions ≥ 1) paired scores, got {a.shape} and {b.shape}"
+        )
+    per_seed = (a - b).mean(axis=1)  # (S,)
+    mean = float(per_seed.mean())
+    half = (
+        t_quantile(0.5 + confidence / 2, len(per_seed) - 1)
+        * float(per_seed.std(ddof=1))
+        / math.sqrt(len(per_seed))
+    )
+    return Interval(
+        mean, mean - half, mean + half, confidence, a.shape[1], f"seeds ({len(per_seed)}, t-interval)"
+    )
+
+
+def t_quantile(probability: float, df: int) -> float:
+    """Student's t quantile (0.5 < probability < 1), by bisection on its CDF (Simpson's rule on the density)."""
+    log_scale = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float) -> float:
+        grid = np.linspace(0.0, x, 4001)
+        density = np.exp(log_scale - (df + 1) / 2 * np.log1p(grid**2 / df))
+        weights = np.ones_like(grid)
+        weights[1:-1:2], weights[2:-1:2] = 4, 2
+        return 0.5 + float((weights * density).sum()) * (x / 4000) / 3
+
+    low, high = 0.0, 1.0
+    while cdf(high) < probability:
+        high *= 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if cdf(middle) < probability else (low, middle)
+    return (low + high) / 2
+
+
+def exact_mcnemar(gained: int, lost: int) -> float:
+    """Two-sided exact McNemar p-value: among the gained + lost discordant pairs, how unlikely so uneven
+    a split is when either way is a fair coin (binomial, p = 1/2). 1.0 when nothing changed."""
+    discordant = gained + lost
+    if discordant == 0:
+        return 1.0
+    tail = sum(math.comb(discordant, k) for k in range(min(gained, lost) + 1)) / 2**discordant
+    return min(1.0, 2 * tail)
 
 
 def verdict(interval: Interval) -> str:

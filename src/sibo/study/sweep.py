@@ -20,16 +20,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sibo.errors import InputError
-from sibo.eval.runner import SUMMARY_FILE, DecodingConfig, EvalConfig, evaluate, load_benchmarks
-from sibo.files import read_json, write_atomically
+from sibo.eval.runner import DecodingConfig, EvalConfig, load_benchmarks
+from sibo.files import write_atomically
 from sibo.study.plots import pyplot, save_figure
+from sibo.study.runs import train_and_score
 from sibo.train.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
 CSV_FILE = "sweep.csv"
 PLOT_FILE = "sweep.png"
-_FINISHED_ADAPTER = "train_metrics.json"  # the finetune recipe writes it last
 
 
 @dataclass
@@ -110,35 +110,9 @@ def run_one(
     lam: float, seed: int, finetune_config: FinetuneConfig, eval_config: EvalConfig, benchmarks
 ) -> SweepRow:
     """Fine-tune (unless a finished adapter is there) and score one run."""
-    from sibo.checkpoint.load import load_model
-    from sibo.train.recipe import finetune
-
-    adapter_dir = Path(finetune_config.output_dir)
-    if (adapter_dir / _FINISHED_ADAPTER).is_file():
-        logger.info("sweep: %s is finished, reusing it", adapter_dir)
-    else:
-        finetune(finetune_config)
-    summary = eval_config.output_dir / SUMMARY_FILE
-    names = [task.name for task, _ in benchmarks]
-    scored = _scored(summary)
-    if set(names) <= set(scored):
-        accuracy = {name: scored[name]["accuracy"] for name in names}
-    else:
-        model, tokenizer = load_model(finetune_config.base_model, adapter_dir)
-        run_info = {"base_model": finetune_config.base_model, "weights_path": str(adapter_dir)}
-        results = evaluate(model, tokenizer, eval_config, benchmarks=benchmarks, run_info=run_info)
-        accuracy = {name: results[name].accuracy for name in names}
-        del model
-    return SweepRow(lam, seed, accuracy, str(adapter_dir))
-
-
-def _scored(summary: Path) -> dict:
-    """The datasets an earlier evaluation scored; none when its summary is missing or damaged."""
-    try:
-        scored = read_json(summary).get("datasets", {}) if summary.is_file() else {}
-    except (InputError, AttributeError):
-        return {}
-    return scored if isinstance(scored, dict) else {}
+    results = train_and_score(finetune_config.base_model, eval_config, benchmarks, finetune_config)
+    accuracy = {name: result.accuracy for name, result in results.items()}
+    return SweepRow(lam, seed, accuracy, finetune_config.output_dir)
 
 
 def write_csv(rows: list[SweepRow], file: Path) -> None:

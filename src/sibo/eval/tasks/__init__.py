@@ -29,12 +29,14 @@ Prediction = float | str | None
 
 @dataclass(frozen=True)
 class Example:
-    """One test question; `label` is the dataset's answer string ("576.0", "D", "answer3")."""
+    """One test question; `label` is the dataset's answer string ("576.0", "D", "answer3"); `seen`:
+    the question is also in the adapter's training data (`sibo.eval.contamination`)."""
 
     index: int
     instruction: str
     input: str
     label: str
+    seen: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,175 @@
+"""Test questions the adapter was trained on: counted per set, excluded on request, the real math file's counts."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from peft import LoraConfig
+
+import sibo.eval.runner as runner
+from sibo import get_sibo_model
+from sibo.cli import main as sibo_main
+from sibo.errors import InputError
+from sibo.eval.contamination import normalise, training_questions
+from sibo.eval.runner import DecodingConfig, EvalConfig, evaluate, load_benchmarks
+from sibo.eval.tasks import default_data_dir, load_examples, resolve_datasets
+from sibo.testing import build_tiny_model, build_tokenizer
+
+QUESTIONS = [f"Tom has {a} apples and buys {b} more. How many apples does he have?" for a, b in
+             [(1, 2), (3, 4), (10, 5), (7, 8), (2, 2)]]  # fmt: skip
+ADDSUB = [{"instruction": q, "input": "", "output": "", "answer": str(i)} for i, q in enumerate(QUESTIONS)]
+# Questions 1 and 3 again, re-spaced and re-cased as copies in other files are; one question of no test set.
+TRAINING = [
+    {"instruction": "  TOM has 3 apples and\tbuys 4 more.  How many apples does he have?", "output": "7"},
+    {"instruction": QUESTIONS[3].upper(), "input": "", "output": "15"},
+    {"instruction": "Ann has 2 pears. How many pears does she have?", "output": "2"},
+]
+# The test questions of each math set that math_train_3k does not hold, words and numbers compared.
+# NOTES.md's counts compare whitespace- and case-normalised text; they hold 120 more questions that the
+# training file holds with other spacing, punctuation or thousands separators (AddSub 18, SingleEq 22,
+# mawps 80), each with the same answer there.
+UNSEEN_IN_MATH_TRAIN_3K = {"AddSub": (61, 395), "MultiArith": (109, 600), "SingleEq": (80, 508),
+                           "gsm8k": (264, 1319), "AQuA": (51, 254), "SVAMP": (200, 1000), "mawps": (104, 238)}  # fmt: skip
+NOTES_MD_COUNTS = {
+    "AddSub": 79,
+    "MultiArith": 109,
+    "SingleEq": 102,
+    "gsm8k": 264,
+    "AQuA": 51,
+    "SVAMP": 200,
+    "mawps": 184,
+}
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "data" / "AddSub").mkdir(parents=True)
+    (tmp_path / "data" / "AddSub" / "test.json").write_text(json.dumps(ADDSUB))
+    (tmp_path / "train.json").write_text(json.dumps(TRAINING))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = build_tokenizer(QUESTIONS + ["The answer is 3."], vocab_size=300)
+    return build_tiny_model("llama", len(tokenizer)), tokenizer
+
+
+def answer_everything_with_3(model, tokenizer, prompts, **_):
+    return ["The answer is 3."] * len(prompts)
+
+
+def test_normalising_keeps_words_and_whole_numbers_only():
+    assert normalise("  A\tb \n C ") == normalise("a b c") == "abc"
+    # LLM-Adapters' copies of one question: spaced punctuation, thousands separators, split contractions
+    assert normalise("has 2,041 part-time employees. How many?") == normalise(
+        "has 2041 part-time employees . How many ? "
+    )
+    assert normalise("If 49 did n't leave a tip") == normalise("If 49 didn't leave a tip")
+    # numbers stay whole: another number is another question
+    assert normalise("sawed 0.33 meters") != normalise("sawed 33 meters")
+    assert normalise("add 2 41") != normalise("add 241")
+    assert normalise("Q", "ctx") != normalise("Q")
+
+
+def test_questions_in_the_training_data_are_marked_seen(files):
+    config = EvalConfig("AddSub", files / "data", files / "out", train_data=files / "train.json")
+    [(task, examples)] = load_benchmarks(config)
+    assert [example.seen for example in examples] == [False, True, False, True, False]
+    [(_, unmarked)] = load_benchmarks(EvalConfig("AddSub", files / "data", files / "out"))
+    assert not any(example.seen for example in unmarked)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_the_log_and_summary_count_seen_questions_and_exclusion_scores_only_the_rest(
+    files, tiny, monkeypatch, caplog, exclude
+):
+    monkeypatch.setattr(runner, "generate_responses", answer_everything_with_3)
+    out = files / "out"
+    config = EvalConfig("AddSub", files / "data", out, train_data=files / "train.json", exclude_seen=exclude,
+                        decoding=DecodingConfig(batch_size=2))  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="sibo.eval.contamination"):
+        results = evaluate(*tiny, config, run_info={"base_model": "tiny"})
+    scored = [json.loads(line)["index"] for line in (out / "AddSub.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    message = "AddSub: 2 of 5 test questions appear in the training data"
+    if exclude:
+        assert scored == [0, 2, 4] and (results["AddSub"].n, results["AddSub"].correct) == (3, 0)
+        assert caplog.messages == [f"{message}; scoring the 3 unseen ones"]
+        assert summary["run"]["exclude_seen"] is True
+    else:
+        assert scored == [0, 1, 2, 3, 4] and (results["AddSub"].n, results["AddSub"].correct) == (5, 1)
+        assert caplog.messages == [message]
+        assert "exclude_seen" not in summary["run"]
+    assert summary["datasets"]["AddSub"] == {
+        "n": 3 if exclude else 5, "correct": 0 if exclude else 1, "accuracy": 0.0 if exclude else 0.2,
+        "seen_in_training": 2, "test_questions": 5, "scored": "unseen only" if exclude else "all",
+    }  # fmt: skip
+    assert summary["train_data"] == str(files / "train.json")
+
+
+def test_exclusion_without_training_data_is_refused():
+    with pytest.raises(InputError, match="^exclude_seen needs the training data: pass --train_data FILE"):
+        EvalConfig("AddSub", "data", "out", exclude_seen=True)
+
+
+@pytest.mark.integration
+def test_cli_reports_a_missing_training_file_in_one_line(files, capsys):
+    out = files / "out"
+    code = sibo_main(["evaluate", "--base_model", "unused", "--dataset", "AddSub", "--data_dir",
+                      str(files / "data"), "--output_dir", str(out), "--train_data", str(files / "nope.json")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        f"sibo evaluate: error: training data file {files / 'nope.json'} not found "
+        "(needed to find seen test questions)\n"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.integration
+def test_cli_takes_the_training_file_from_the_adapters_run_config(files, tiny, capsys):
+    """No --train_data: the adapter's run_config.json names the file; --exclude_seen scores the 3 others."""
+    model, tokenizer = tiny
+    model.save_pretrained(files / "base")
+    tokenizer.save_pretrained(files / "base")
+    adapter = get_sibo_model(model, LoraConfig(r=2, target_modules=["up_proj"]), lam=0.2)
+    adapter.save_pretrained(files / "adapter")
+    run_config = {"config": {"data_path": str(files / "train.json")}}
+    (files / "adapter" / "run_config.json").write_text(json.dumps(run_config))
+    out = files / "out"
+    argv = ["evaluate", "--base_model", str(files / "base"), "--weights_path", str(files / "adapter"),
+            "--dataset", "AddSub", "--data_dir", str(files / "data"), "--output_dir", str(out),
+            "--num_beams", "1", "--max_new_tokens", "2", "--exclude_seen"]  # fmt: skip
+    assert sibo_main(argv) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["AddSub", "3"]
+    summary = json.loads((out / "summary.json").read_text())["datasets"]["AddSub"]
+    assert (summary["seen_in_training"], summary["test_questions"], summary["scored"]) == (
+        2,
+        5,
+        "unseen only",
+    )
+
+
+MATH_DATA = default_data_dir()
+
+
+@pytest.mark.skipif(
+    not (MATH_DATA / "math_train_3k.json").is_file(), reason="needs ../shared/data/llm-adapters"
+)
+def test_math_train_3k_leaves_exactly_the_clean_questions_counted_here_and_notes_md_counts_spacing_alone():
+    train = json.loads((Path(MATH_DATA) / "math_train_3k.json").read_text())
+    questions = training_questions(Path(MATH_DATA) / "math_train_3k.json")
+    by_spacing_and_case = {" ".join(r["instruction"].split()).lower() for r in train}
+    assert (len(questions), len(by_spacing_and_case)) == (3172, 3251)
+    found, notes = {}, {}
+    for name in UNSEEN_IN_MATH_TRAIN_3K:
+        examples = load_examples(resolve_datasets(name)[0], MATH_DATA)
+        unseen = [e for e in examples if normalise(e.instruction, e.input) not in questions]
+        found[name] = (len(unseen), len(examples))
+        notes[name] = sum(
+            " ".join(e.instruction.split()).lower() not in by_spacing_and_case for e in examples
+        )
+    assert found == UNSEEN_IN_MATH_TRAIN_3K
+    assert notes == NOTES_MD_COUNTS
