@@ -1,7 +1,7 @@
 """Instruction records in, training examples and batches out.
 
-A record is {instruction, input, output} (input optional), read from a JSON list, a JSONL file,
-or a datasets hub name. Every bad record is reported with its file and index (or line) before
+A record is {instruction, input, output} (input optional), read from a JSON list or a JSONL file
+here, and from any other source by `sibo.data_sources`. Every bad record is reported with its file and index (or line) before
 anything is trained. A record becomes one example: the prompt (the one template in
 `sibo.prompts`) and the response tokenized separately — exactly what generation sees — then
 joined, cut at cutoff_len, and with the prompt masked out of the loss unless train_on_inputs.
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +23,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from sibo.errors import InputError, first_line
+from sibo.errors import InputError
 from sibo.prompts import build_prompt
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value the loss skips
-LOCAL_SUFFIXES = (".json", ".jsonl")
 
 
 @dataclass(frozen=True)
@@ -43,22 +44,13 @@ class Record:
 class TokenizedSet:
     """Examples ready for a collator, and what happened on the way."""
 
-    examples: list[dict[str, list[int]]]  # each: input_ids, labels (same length)
+    # each: input_ids, labels (same length); a datasets.Dataset (+ length) from `tokenize_dataset`
+    examples: list[dict[str, list[int]]]
     truncated: int  # records cut at cutoff_len
     dropped: int  # records left with no token to learn from (their response was cut off)
 
 
 # ---------------------------------------------------------------- reading and validation
-
-
-def load_records(data_path: str) -> list[Record]:
-    """The records of a local .json/.jsonl file, or of a datasets hub dataset's train split."""
-    path = Path(data_path)
-    if path.is_file():
-        return read_records_file(path)
-    if path.suffix in LOCAL_SUFFIXES or path.exists() or data_path.startswith((".", "/", "~")):
-        raise InputError(f"data file {data_path} does not exist")
-    return _load_hub_records(data_path)
 
 
 def read_records_file(path: Path) -> list[Record]:
@@ -115,28 +107,13 @@ def validate_record(raw: object, where: str) -> Record:
     return Record(**values)
 
 
-def _load_hub_records(name: str) -> list[Record]:
-    import datasets
+def split_validation(records, val_set_size: int, seed: int = 42):
+    """(train, validation): a seeded random hold-out of val_set_size records, as the seed does.
 
-    try:
-        dataset = datasets.load_dataset(name, split="train")
-    except Exception as error:  # noqa: BLE001 - offline, unknown name, gated: all one message
-        raise InputError(
-            f"data_path {name}: not a local file, and no hub dataset of that name could be loaded "
-            f"({first_line(error)})"
-        ) from None
-    records = [validate_record(raw, f"{name}: record {index}") for index, raw in enumerate(dataset)]
-    if not records:
-        raise InputError(f"{name}: zero usable records")
-    return records
-
-
-def split_validation(
-    records: Sequence[Record], val_set_size: int, seed: int = 42
-) -> tuple[list[Record], list[Record]]:
-    """(train, validation): a seeded random hold-out of val_set_size records, as the seed does."""
+    `records` is a list of Records or a `datasets.Dataset` of rows; the halves are of the same kind.
+    """
     if val_set_size <= 0:
-        return list(records), []
+        return records, records.select([]) if hasattr(records, "select") else []
     if val_set_size >= len(records):
         raise InputError(
             f"val_set_size {val_set_size} leaves no training records: the data has {len(records)}; "
@@ -144,8 +121,10 @@ def split_validation(
         )
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
     held_out = set(order[:val_set_size])
-    train = [record for index, record in enumerate(records) if index not in held_out]
-    return train, [records[index] for index in order[:val_set_size]]
+    train = [index for index in range(len(records)) if index not in held_out]
+    if hasattr(records, "select"):  # a datasets.Dataset: index it, copy nothing
+        return records.select(train), records.select(order[:val_set_size])
+    return [records[index] for index in train], [records[index] for index in order[:val_set_size]]
 
 
 # ---------------------------------------------------------------- tokenisation
@@ -161,14 +140,12 @@ def tokenize_records(
 ) -> TokenizedSet:
     """Examples for every record; records whose response is entirely cut off are dropped."""
     examples, truncated, dropped = [], 0, 0
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     with tqdm(total=len(records), desc=description, unit="rec", disable=len(records) < 5000) as progress:
         for start in range(0, len(records), chunk_size):
             chunk = records[start : start + chunk_size]
-            prompts = tokenizer([build_prompt(r.instruction, r.input) for r in chunk])["input_ids"]
-            responses = tokenizer([r.output for r in chunk], add_special_tokens=False)["input_ids"]
-            for prompt_ids, response_ids in zip(prompts, responses, strict=True):
-                example, was_cut = build_example(prompt_ids, response_ids + eos, cutoff_len, train_on_inputs)
+            for example, was_cut in _tokenize_batch(
+                tokenizer, [(r.instruction, r.input, r.output) for r in chunk], cutoff_len, train_on_inputs
+            ):
                 truncated += was_cut
                 if example is None:
                     dropped += 1
@@ -176,6 +153,54 @@ def tokenize_records(
                     examples.append(example)
             progress.update(len(chunk))
     return TokenizedSet(examples, truncated, dropped)
+
+
+def tokenize_dataset(
+    dataset, tokenizer, cutoff_len: int, train_on_inputs: bool = True, description: str = "tokenizing"
+) -> TokenizedSet:
+    """`tokenize_records` over a `datasets.Dataset` of records, in Arrow batches: the same examples,
+    as a Dataset of input_ids, labels and length (what the Trainer's length grouping reads)."""
+    import pyarrow.compute
+
+    def tokenize(batch: dict) -> dict[str, list]:
+        rows = zip(batch["instruction"], batch["input"], batch["output"], strict=True)
+        columns = {"input_ids": [], "labels": [], "length": [], "was_cut": []}
+        for example, was_cut in _tokenize_batch(tokenizer, list(rows), cutoff_len, train_on_inputs):
+            columns["was_cut"].append(was_cut)
+            columns["input_ids"].append(example["input_ids"] if example else [])
+            columns["labels"].append(example["labels"] if example else [])
+            columns["length"].append(len(example["input_ids"]) if example else 0)
+        return columns
+
+    tokenized = map_rows(dataset, tokenize, remove_columns=dataset.column_names, desc=description)
+    truncated = pyarrow.compute.sum(tokenized.data.column("was_cut")).as_py() or 0
+    # A dropped record left an empty row (length 0): filter keeps an index over the rows, no copy.
+    examples = tokenized.remove_columns("was_cut").filter(
+        lambda lengths: [length > 0 for length in lengths], input_columns="length", batched=True
+    )
+    return TokenizedSet(examples, truncated, len(dataset) - len(examples))
+
+
+def map_rows(dataset, function, **kwargs):
+    """`dataset.map(batched=True)`, its output beside no user file: a dataset read from a folder would
+    otherwise get cache files written into that folder. In-memory datasets stay in memory."""
+    from datasets.fingerprint import get_temporary_cache_files_directory
+
+    if dataset.cache_files:
+        name = f"sibo-{uuid.uuid4().hex}.arrow"
+        kwargs.setdefault("cache_file_name", os.path.join(get_temporary_cache_files_directory(), name))
+    return dataset.map(function, batched=True, load_from_cache_file=False, **kwargs)
+
+
+def _tokenize_batch(tokenizer, records: list[tuple[str, str, str]], cutoff_len: int, train_on_inputs: bool):
+    """(example or None, was_cut) for each (instruction, input, output)."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    prompts = tokenizer([build_prompt(instruction, input) for instruction, input, _ in records])["input_ids"]
+    responses = tokenizer([output for _, _, output in records], add_special_tokens=False)["input_ids"]
+    return [
+        build_example(prompt_ids, response_ids + eos, cutoff_len, train_on_inputs)
+        for prompt_ids, response_ids in zip(prompts, responses, strict=True)
+    ]
 
 
 def build_example(
