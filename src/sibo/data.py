@@ -16,7 +16,8 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from sibo.prompts import build_prompt
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value the loss skips
+LONG_WORK_ROWS = 5000  # fewer records than this are read and tokenized in a blink: no progress bar
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,9 @@ def tokenize_records(
 ) -> TokenizedSet:
     """Examples for every record; records whose response is entirely cut off are dropped."""
     examples, truncated, dropped = [], 0, 0
-    with tqdm(total=len(records), desc=description, unit="rec", disable=len(records) < 5000) as progress:
+    with tqdm(
+        total=len(records), desc=description, unit="rec", disable=len(records) < LONG_WORK_ROWS
+    ) as progress:
         for start in range(0, len(records), chunk_size):
             chunk = records[start : start + chunk_size]
             for example, was_cut in _tokenize_batch(
@@ -175,9 +179,10 @@ def tokenize_dataset(
     tokenized = map_rows(dataset, tokenize, remove_columns=dataset.column_names, desc=description)
     truncated = pyarrow.compute.sum(tokenized.data.column("was_cut")).as_py() or 0
     # A dropped record left an empty row (length 0): filter keeps an index over the rows, no copy.
-    examples = tokenized.remove_columns("was_cut").filter(
-        lambda lengths: [length > 0 for length in lengths], input_columns="length", batched=True
-    )
+    with datasets_bars(len(tokenized) >= LONG_WORK_ROWS):
+        examples = tokenized.remove_columns("was_cut").filter(
+            lambda lengths: [length > 0 for length in lengths], input_columns="length", batched=True
+        )
     return TokenizedSet(examples, truncated, len(dataset) - len(examples))
 
 
@@ -189,7 +194,23 @@ def map_rows(dataset, function, **kwargs):
     if dataset.cache_files:
         name = f"sibo-{uuid.uuid4().hex}.arrow"
         kwargs.setdefault("cache_file_name", os.path.join(get_temporary_cache_files_directory(), name))
-    return dataset.map(function, batched=True, load_from_cache_file=False, **kwargs)
+    with datasets_bars(len(dataset) >= LONG_WORK_ROWS):
+        return dataset.map(function, batched=True, load_from_cache_file=False, **kwargs)
+
+
+@contextmanager
+def datasets_bars(shown: bool) -> Iterator[None]:
+    """datasets' progress bars only when `shown`: a bar for work that is over in a blink is noise."""
+    import datasets
+
+    hidden_before = datasets.are_progress_bars_disabled()
+    if not shown:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not shown and not hidden_before:
+            datasets.enable_progress_bars()
 
 
 def _tokenize_batch(tokenizer, records: list[tuple[str, str, str]], cutoff_len: int, train_on_inputs: bool):

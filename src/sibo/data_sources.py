@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from sibo.data import map_rows, read_records_file, validate_record
+from sibo.data import datasets_bars, map_rows, read_records_file, validate_record
 from sibo.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ FIELDS = ("instruction", "input", "output")
 LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 # What marks a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`.
 SAVED_MARKERS = ("state.json", "dataset_dict.json")
+LARGE_FILE_BYTES = 50 * 2**20  # datasets' bar while it converts a file to Arrow shows from this size up
 
 
 def parse_columns(text: str) -> dict[str, str]:
@@ -82,7 +83,8 @@ def _load_file(path: Path):
     if loader == "json" and _first_character(path) == "[":
         return _from_records(read_records_file(path))
     try:
-        dataset = datasets.load_dataset(loader, data_files=str(path), split="train")
+        with datasets_bars(path.stat().st_size >= LARGE_FILE_BYTES):
+            dataset = datasets.load_dataset(loader, data_files=str(path), split="train")
     except Exception as error:  # noqa: BLE001 - arrow, pandas and json parsers raise their own types
         if loader == "json":
             # Not JSONL the loader can read: the JSON reader says what is wrong, and where.
@@ -106,7 +108,8 @@ def _load_saved(path: Path):
             f"{' or '.join(SAVED_MARKERS)})"
         )
     try:
-        dataset = datasets.load_from_disk(str(path))
+        with datasets_bars(False):  # memory-mapped: no time to show
+            dataset = datasets.load_from_disk(str(path))
     except Exception as error:  # noqa: BLE001 - a damaged folder fails in arrow or json
         raise InputError(f"{path}: cannot read this save_to_disk folder ({first_line(error)})") from None
     return _train_split(dataset, str(path))
