@@ -1,10 +1,11 @@
 """Instruction records in, training examples and batches out.
 
 A record is {instruction, input, output} (input optional), read from a JSON list or a JSONL file
-here, and from any other source by `sibo.data_sources`. Every bad record is reported with its file and index (or line) before
-anything is trained. A record becomes one example: the prompt (the one template in
-`sibo.prompts`) and the response tokenized separately — exactly what generation sees — then
-joined, cut at cutoff_len, and with the prompt masked out of the loss unless train_on_inputs.
+here, from any other source by `sibo.data_sources`. Every bad record is reported with its file
+and index (or line) before anything is trained. A record becomes one example: the prompt (the one
+template in `sibo.prompts`) and the response tokenized separately — exactly what generation sees —
+then joined, cut at cutoff_len, and with the prompt masked out of the loss unless train_on_inputs.
+`tokenize_dataset` does the same over a `datasets.Dataset`, in Arrow batches.
 
 `PaddedCollator` pads a micro-batch to its longest example; it serves the models whose attention
 cannot keep packed sequences apart. The padding-free batches are in `sibo.train.packing`.
@@ -20,12 +21,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from sibo.errors import InputError
 from sibo.prompts import build_prompt
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +51,8 @@ class Record:
 class TokenizedSet:
     """Examples ready for a collator, and what happened on the way."""
 
-    # each: input_ids, labels (same length); a datasets.Dataset (+ length) from `tokenize_dataset`
-    examples: list[dict[str, list[int]]]
+    # each: input_ids, labels (same length); `tokenize_dataset` gives a datasets.Dataset (+ length)
+    examples: list[dict[str, list[int]]] | datasets.Dataset
     truncated: int  # records cut at cutoff_len
     dropped: int  # records left with no token to learn from (their response was cut off)
 
