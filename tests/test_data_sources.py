@@ -193,3 +193,16 @@ def test_finetune_reads_a_renamed_csv_and_a_bad_mapping_is_exit_2(tmp_path, caps
     assert sibo_main([*flags, "--output_dir", str(tmp_path / "ok"), "--data_columns", COLUMNS]) == 0
     run = json.loads((tmp_path / "ok" / "run_config.json").read_text())
     assert run["config"]["data_columns"] == COLUMNS and run["resolved"]["train_examples"] == len(RECORDS)
+
+
+def test_a_hub_name_is_loaded_by_datasets_train_split(monkeypatch, tokenizer):
+    calls = []
+
+    def load_dataset(name, split):
+        calls.append((name, split))
+        return datasets.Dataset.from_list(RENAMED)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    dataset = load_record_dataset("someone/math", parse_columns(COLUMNS))
+    assert calls == [("someone/math", "train")]
+    assert dataset[:] == {name: [r[name] for r in RECORDS] for name in ("instruction", "input", "output")}
