@@ -11,11 +11,11 @@ from sibo.data import (
     PaddedCollator,
     Record,
     build_example,
-    load_records,
     read_records_file,
     split_validation,
     tokenize_records,
 )
+from sibo.data_sources import load_record_dataset
 from sibo.errors import InputError
 from sibo.prompts import build_prompt
 from sibo.testing import build_tokenizer
@@ -74,13 +74,13 @@ BAD_FILES = [
 @pytest.mark.parametrize(("name", "text", "message"), BAD_FILES)
 def test_bad_files_name_the_file_the_place_and_the_problem(tmp_path, name, text, message):
     with pytest.raises(InputError, match=message) as caught:
-        load_records(str(write(tmp_path, name, text)))
+        load_record_dataset(str(write(tmp_path, name, text)))
     assert "\n" not in str(caught.value)
 
 
 def test_missing_local_file_is_not_mistaken_for_a_hub_name(tmp_path):
     with pytest.raises(InputError, match=r"data file .*nope\.json does not exist"):
-        load_records(str(tmp_path / "nope.json"))
+        load_record_dataset(str(tmp_path / "nope.json"))
 
 
 def test_validation_split_is_seeded_and_disjoint():

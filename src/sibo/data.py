@@ -1,10 +1,11 @@
 """Instruction records in, training examples and batches out.
 
-A record is {instruction, input, output} (input optional), read from a JSON list, a JSONL file,
-or a datasets hub name. Every bad record is reported with its file and index (or line) before
-anything is trained. A record becomes one example: the prompt (the one template in
-`sibo.prompts`) and the response tokenized separately — exactly what generation sees — then
-joined, cut at cutoff_len, and with the prompt masked out of the loss unless train_on_inputs.
+A record is {instruction, input, output} (input optional), read from a JSON list or a JSONL file
+here, from any other source by `sibo.data_sources`. Every bad record is reported with its file
+and index (or line) before anything is trained. A record becomes one example: the prompt (the one
+template in `sibo.prompts`) and the response tokenized separately — exactly what generation sees —
+then joined, cut at cutoff_len, and with the prompt masked out of the loss unless train_on_inputs.
+`tokenize_dataset` does the same over a `datasets.Dataset`, in Arrow batches.
 
 `PaddedCollator` pads a micro-batch to its longest example; it serves the models whose attention
 cannot keep packed sequences apart. The padding-free batches are in `sibo.train.packing`.
@@ -13,21 +14,28 @@ cannot keep packed sequences apart. The padding-free batches are in `sibo.train.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
-from sibo.errors import InputError, first_line
+from sibo.errors import InputError
 from sibo.files import check_text, parse_json
 from sibo.prompts import build_prompt
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label value the loss skips
-LOCAL_SUFFIXES = (".json", ".jsonl")
+LONG_WORK_ROWS = 5000  # fewer records than this are read and tokenized in a blink: no progress bar
 
 
 @dataclass(frozen=True)
@@ -43,25 +51,14 @@ class Record:
 class TokenizedSet:
     """Examples ready for a collator, and what happened on the way."""
 
-    examples: list[dict[str, list[int]]]  # each: input_ids, labels (same length)
+    # each: input_ids, labels (same length); `tokenize_dataset` gives a datasets.Dataset (+ length)
+    examples: list[dict[str, list[int]]] | datasets.Dataset
     truncated: int  # records cut at cutoff_len
     dropped: int  # records left with no token to learn from (their response was cut off)
     prompt_only: int = 0  # kept with train_on_inputs, but their whole response was cut off
 
 
 # ---------------------------------------------------------------- reading and validation
-
-
-def load_records(data_path: str) -> list[Record]:
-    """The records of a local .json/.jsonl file, or of a datasets hub dataset's train split."""
-    path = Path(data_path)
-    if path.is_file():
-        return read_records_file(path)
-    if path.is_dir():
-        raise InputError(f"data file {data_path} is a folder, not a .json or .jsonl file")
-    if path.suffix in LOCAL_SUFFIXES or path.exists() or data_path.startswith((".", "/", "~")):
-        raise InputError(f"data file {data_path} does not exist")
-    return _load_hub_records(data_path)
 
 
 def read_records_file(path: Path) -> list[Record]:
@@ -110,28 +107,13 @@ def validate_record(raw: object, where: str) -> Record:
     return Record(**values)
 
 
-def _load_hub_records(name: str) -> list[Record]:
-    import datasets
+def split_validation(records, val_set_size: int, seed: int = 42):
+    """(train, validation): a seeded random hold-out of val_set_size records, as the seed does.
 
-    try:
-        dataset = datasets.load_dataset(name, split="train")
-    except Exception as error:  # noqa: BLE001 - offline, unknown name, gated: all one message
-        raise InputError(
-            f"data_path {name}: not a local file, and no hub dataset of that name could be loaded "
-            f"({first_line(error)})"
-        ) from None
-    records = [validate_record(raw, f"{name}: record {index}") for index, raw in enumerate(dataset)]
-    if not records:
-        raise InputError(f"{name}: zero usable records")
-    return records
-
-
-def split_validation(
-    records: Sequence[Record], val_set_size: int, seed: int = 42
-) -> tuple[list[Record], list[Record]]:
-    """(train, validation): a seeded random hold-out of val_set_size records, as the seed does."""
+    `records` is a list of Records or a `datasets.Dataset` of rows; the halves are of the same kind.
+    """
     if val_set_size <= 0:
-        return list(records), []
+        return records, records.select([]) if hasattr(records, "select") else []
     if val_set_size >= len(records):
         raise InputError(
             f"val_set_size {val_set_size} leaves no training records: the data has {len(records)}; "
@@ -139,8 +121,10 @@ def split_validation(
         )
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
     held_out = set(order[:val_set_size])
-    train = [record for index, record in enumerate(records) if index not in held_out]
-    return train, [records[index] for index in order[:val_set_size]]
+    train = [index for index in range(len(records)) if index not in held_out]
+    if hasattr(records, "select"):  # a datasets.Dataset: index it, copy nothing
+        return records.select(train), records.select(order[:val_set_size])
+    return [records[index] for index in train], [records[index] for index in order[:val_set_size]]
 
 
 # ---------------------------------------------------------------- tokenisation
@@ -156,22 +140,93 @@ def tokenize_records(
 ) -> TokenizedSet:
     """Examples for every record; records whose response is entirely cut off are dropped."""
     examples, truncated, dropped, prompt_only = [], 0, 0, 0
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    with tqdm(total=len(records), desc=description, unit="rec", disable=len(records) < 5000) as progress:
+    with tqdm(
+        total=len(records), desc=description, unit="rec", disable=len(records) < LONG_WORK_ROWS
+    ) as progress:
         for start in range(0, len(records), chunk_size):
             chunk = records[start : start + chunk_size]
-            prompts = tokenizer([build_prompt(r.instruction, r.input) for r in chunk])["input_ids"]
-            responses = tokenizer([r.output for r in chunk], add_special_tokens=False)["input_ids"]
-            for prompt_ids, response_ids in zip(prompts, responses, strict=True):
-                example, was_cut = build_example(prompt_ids, response_ids + eos, cutoff_len, train_on_inputs)
+            for example, was_cut, only_prompt in _tokenize_batch(
+                tokenizer, [(r.instruction, r.input, r.output) for r in chunk], cutoff_len, train_on_inputs
+            ):
                 truncated += was_cut
-                prompt_only += example is not None and len(prompt_ids) >= cutoff_len
+                prompt_only += only_prompt
                 if example is None:
                     dropped += 1
                 else:
                     examples.append(example)
             progress.update(len(chunk))
     return TokenizedSet(examples, truncated, dropped, prompt_only)
+
+
+def tokenize_dataset(
+    dataset, tokenizer, cutoff_len: int, train_on_inputs: bool = True, description: str = "tokenizing"
+) -> TokenizedSet:
+    """`tokenize_records` over a `datasets.Dataset` of records, in Arrow batches: the same examples,
+    as a Dataset of input_ids, labels and length (what the Trainer's length grouping reads)."""
+    import pyarrow.compute
+
+    def tokenize(batch: dict) -> dict[str, list]:
+        rows = zip(batch["instruction"], batch["input"], batch["output"], strict=True)
+        columns = {"input_ids": [], "labels": [], "length": [], "was_cut": [], "prompt_only": []}
+        for example, was_cut, only_prompt in _tokenize_batch(
+            tokenizer, list(rows), cutoff_len, train_on_inputs
+        ):
+            columns["was_cut"].append(was_cut)
+            columns["prompt_only"].append(only_prompt)
+            columns["input_ids"].append(example["input_ids"] if example else [])
+            columns["labels"].append(example["labels"] if example else [])
+            columns["length"].append(len(example["input_ids"]) if example else 0)
+        return columns
+
+    tokenized = map_rows(dataset, tokenize, remove_columns=dataset.column_names, desc=description)
+    truncated = pyarrow.compute.sum(tokenized.data.column("was_cut")).as_py() or 0
+    prompt_only = pyarrow.compute.sum(tokenized.data.column("prompt_only")).as_py() or 0
+    # A dropped record left an empty row (length 0): filter keeps an index over the rows, no copy.
+    with datasets_bars(len(tokenized) >= LONG_WORK_ROWS):
+        examples = tokenized.remove_columns(["was_cut", "prompt_only"]).filter(
+            lambda lengths: [length > 0 for length in lengths], input_columns="length", batched=True
+        )
+    return TokenizedSet(examples, truncated, len(dataset) - len(examples), prompt_only)
+
+
+def map_rows(dataset, function, **kwargs):
+    """`dataset.map(batched=True)`, its output beside no user file: a dataset read from a folder would
+    otherwise get cache files written into that folder. In-memory datasets stay in memory."""
+    from datasets.fingerprint import get_temporary_cache_files_directory
+
+    if dataset.cache_files:
+        name = f"sibo-{uuid.uuid4().hex}.arrow"
+        kwargs.setdefault("cache_file_name", os.path.join(get_temporary_cache_files_directory(), name))
+    with datasets_bars(len(dataset) >= LONG_WORK_ROWS):
+        return dataset.map(function, batched=True, load_from_cache_file=False, **kwargs)
+
+
+@contextmanager
+def datasets_bars(shown: bool) -> Iterator[None]:
+    """datasets' progress bars only when `shown`: a bar for work that is over in a blink is noise."""
+    import datasets
+
+    hidden_before = datasets.are_progress_bars_disabled()
+    if not shown:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not shown and not hidden_before:
+            datasets.enable_progress_bars()
+
+
+def _tokenize_batch(tokenizer, records: list[tuple[str, str, str]], cutoff_len: int, train_on_inputs: bool):
+    """(example or None, was_cut, prompt_only) for each (instruction, input, output): prompt_only when
+    an example is kept (train_on_inputs) but cutoff_len left none of its response."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    prompts = tokenizer([build_prompt(instruction, input) for instruction, input, _ in records])["input_ids"]
+    responses = tokenizer([output for _, _, output in records], add_special_tokens=False)["input_ids"]
+    results = []
+    for prompt_ids, response_ids in zip(prompts, responses, strict=True):
+        example, was_cut = build_example(prompt_ids, response_ids + eos, cutoff_len, train_on_inputs)
+        results.append((example, was_cut, example is not None and len(prompt_ids) >= cutoff_len))
+    return results
 
 
 def build_example(

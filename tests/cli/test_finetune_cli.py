@@ -80,6 +80,11 @@ OUR_FLAGS = [
     "packing",
     "save_total_limit",
     "logging_steps",
+    "data_columns",
+    "use_rslora",
+    "init_lora_weights",
+    "loraplus_lr_ratio",
+    "modules_to_save",
 ]
 
 

@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str] | None) -> FinetuneConfig:
     """Flags → FinetuneConfig (which checks them; bad values raise InputError)."""
     values = vars(build_parser().parse_args(argv))
-    if values["target_modules"] is not None:
-        values["target_modules"] = parse_list(values["target_modules"])
+    for name in ("target_modules", "modules_to_save"):
+        if values[name] is not None:
+            values[name] = parse_list(values[name])
     return FinetuneConfig(**values)
 
 

@@ -14,9 +14,14 @@ from dataclasses import dataclass, field
 from transformers.activations import ACT2FN
 
 from sibo.core.booster import TARGET_POLICIES
+from sibo.data_sources import parse_columns
 from sibo.errors import InputError
 
 ADAPTERS = ("lora", "dora", "bottleneck")
+# peft's init_lora_weights whose adapters reload exactly: A and B are saved, and the base weights that PiSSA
+# (an SVD) and OLoRA (a QR) move, PEFT moves again, identically, when it loads the adapter. pissa_niter_N
+# (a randomised SVD) cannot be repeated on reload; eva, corda, loftq and lora_ga need data or more settings.
+LORA_INITS = ("true", "false", "gaussian", "orthogonal", "pissa", "olora")
 
 
 def _field(default, help: str, group: str, **metadata):
@@ -33,7 +38,13 @@ class FinetuneConfig:
     )
     data_path: str = _field(
         "yahma/alpaca-cleaned",
-        "instruction data: a JSON list or JSONL file of {instruction, input, output}, or a datasets hub name",
+        "instruction data {instruction, input, output}: a JSON list, .jsonl, .csv or .parquet file, a "
+        "datasets.save_to_disk folder, or a datasets hub name",
+        "model and data",
+    )
+    data_columns: str = _field(
+        "",
+        "the data's names for our fields, e.g. instruction=question,output=answer (unset: the same names)",
         "model and data",
     )
     output_dir: str = _field("./lora-alpaca", "where checkpoints and the final adapter go", "model and data")
@@ -99,6 +110,25 @@ class FinetuneConfig:
         None,
         'modules to adapt: ["q_proj","k_proj"], [q_proj,k_proj] or q_proj,k_proj (also --lora_target_modules); '
         "unset: the adapter's default modules for the architecture",
+        "LoRA / DoRA",
+    )
+    use_rslora: bool = _field(
+        False, "rank-stabilised LoRA: scale the branch by alpha / sqrt(r)", "LoRA / DoRA"
+    )
+    init_lora_weights: str = _field(
+        "true",
+        "LoRA initialisation (peft's init_lora_weights): true (B = 0), false (random, for tests), gaussian, "
+        "orthogonal, pissa or olora (these two move the base weights: the base reads x, SIBO's branch the mix)",
+        "LoRA / DoRA",
+    )
+    loraplus_lr_ratio: float = _field(
+        0.0,
+        "LoRA+: B's learning rate is this many times A's (peft's create_loraplus_optimizer; 0: off)",
+        "LoRA / DoRA",
+    )
+    modules_to_save: list[str] | None = _field(
+        None,
+        "modules trained in full and saved with the adapter, e.g. lm_head (same spellings as --target_modules)",
         "LoRA / DoRA",
     )
     # bottleneck adapters (AdapterH, AdapterP, parallel)
@@ -189,6 +219,8 @@ class FinetuneConfig:
             )
         if self.target_modules is not None and not self.target_modules:
             raise InputError("--target_modules is empty")
+        self._check_lora_options()
+        parse_columns(self.data_columns)
 
     def _check_sibo(self) -> None:
         if isinstance(self.embedding_lambda, bool) or not 0.0 <= self.embedding_lambda <= 1.0:
@@ -203,6 +235,20 @@ class FinetuneConfig:
             if implied is not None and implied != self.sibo_targets:
                 raise InputError(f"--ffn {self.ffn} means --sibo_targets {implied}, not {self.sibo_targets}")
         self.sibo_targets = self.sibo_targets or implied or "ffn"
+
+    def _check_lora_options(self) -> None:
+        self.init_lora_weights = str(self.init_lora_weights).lower()
+        _choose("init_lora_weights", self.init_lora_weights, LORA_INITS)
+        if isinstance(self.loraplus_lr_ratio, bool) or not self.loraplus_lr_ratio >= 0:
+            raise InputError(f"--loraplus_lr_ratio must be 0 (off) or positive, got {self.loraplus_lr_ratio}")
+        if self.adapter_name == "bottleneck":
+            lora_only = {"use_rslora": self.use_rslora, "init_lora_weights": self.init_lora_weights != "true",
+                         "loraplus_lr_ratio": self.loraplus_lr_ratio, "modules_to_save": self.modules_to_save}  # fmt: skip
+            for name, given in lora_only.items():
+                if given:
+                    raise InputError(f"--{name} is a LoRA option; --adapter_name bottleneck does not take it")
+        if self.modules_to_save is not None and not self.modules_to_save:
+            raise InputError("--modules_to_save is empty")
 
     def _check_tracking(self) -> None:
         from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK

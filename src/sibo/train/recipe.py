@@ -26,12 +26,14 @@ import sibo
 from sibo.checkpoint.load import load_model, resolve_dtype
 from sibo.checkpoint.weights import check_finite
 from sibo.core.peft_model import boosted_adapter
-from sibo.data import PaddedCollator, TokenizedSet, load_records, split_validation, tokenize_records
+from sibo.data import PaddedCollator, TokenizedSet, split_validation, tokenize_dataset
+from sibo.data_sources import load_record_dataset, parse_columns
 from sibo.decode.stream import context_length
 from sibo.errors import InputError, first_line
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
 from sibo.train.config import FinetuneConfig, gradient_accumulation_steps
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
+from sibo.train.loraplus import LoraPlusTrainer
 from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
 from sibo.train.resume import find_latest_checkpoint, is_complete_checkpoint, resolve_resume
 
@@ -87,7 +89,7 @@ def setup(config: FinetuneConfig) -> Run:
         )
     peft_config = build_peft_config(config)
 
-    records = load_records(config.data_path)
+    records = load_record_dataset(config.data_path, parse_columns(config.data_columns))
     train_records, val_records = split_validation(records, config.val_set_size)
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -104,14 +106,14 @@ def setup(config: FinetuneConfig) -> Run:
             f"--cutoff_len {config.cutoff_len} is longer than the context of {config.base_model} ({limit} tokens)"
         )
 
-    train_set = tokenize_records(
+    train_set = tokenize_dataset(
         train_records, tokenizer, config.cutoff_len, config.train_on_inputs, description="tokenizing train"
     )
     val_set = (
-        tokenize_records(
+        tokenize_dataset(
             val_records, tokenizer, config.cutoff_len, config.train_on_inputs, description="tokenizing val"
         )
-        if val_records
+        if len(val_records)
         else None
     )
     _report_tokenized(config, "train", train_set)
@@ -213,12 +215,16 @@ def build_peft_config(config: FinetuneConfig):
         from peft import LoraConfig
 
         try:
+            init = {"true": True, "false": False}.get(config.init_lora_weights, config.init_lora_weights)
             return LoraConfig(
                 r=config.lora_r,
                 lora_alpha=config.lora_alpha,
                 lora_dropout=config.lora_dropout,
-                target_modules=config.target_modules,
+                target_modules=_peft_targets(config.target_modules),
                 use_dora=config.adapter_name == "dora",
+                use_rslora=config.use_rslora,
+                init_lora_weights=init,
+                modules_to_save=config.modules_to_save,
                 bias="none",
                 task_type="CAUSAL_LM",
             )
@@ -234,6 +240,11 @@ def build_peft_config(config: FinetuneConfig):
         use_adapterp=config.use_adapterp,
         task_type="CAUSAL_LM",
     )
+
+
+def _peft_targets(target_modules: list[str] | None) -> list[str] | str | None:
+    """PEFT's spelling: the single word all-linear (every linear layer but the output head) is not a list."""
+    return "all-linear" if target_modules == ["all-linear"] else target_modules
 
 
 def _report_tokenized(config: FinetuneConfig, split: str, tokenized: TokenizedSet) -> None:
@@ -309,8 +320,6 @@ def training_arguments(run: Run) -> TrainingArguments:
 
 def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
     """Run the Trainer (resuming when asked); output_dir is created here, after setup passed."""
-    import datasets
-
     config = run.config
     for name, value in (("WANDB_PROJECT", config.wandb_project), ("WANDB_WATCH", config.wandb_watch),
                         ("WANDB_LOG_MODEL", config.wandb_log_model)):  # fmt: skip
@@ -318,18 +327,14 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
             os.environ[name] = value
     collator = PackingCollator() if run.packing else PaddedCollator(run.tokenizer.pad_token_id)
 
-    def as_dataset(tokenized: TokenizedSet) -> datasets.Dataset:
-        columns = {
-            name: [example[name] for example in tokenized.examples] for name in ("input_ids", "labels")
-        }
-        return datasets.Dataset.from_dict({**columns, "length": [len(ids) for ids in columns["input_ids"]]})
-
     run.model.config.use_cache = False  # a KV cache would let packed sequences attend to each other
-    trainer = Trainer(
+    loraplus = {"loraplus_lr_ratio": config.loraplus_lr_ratio} if config.loraplus_lr_ratio else {}
+    trainer = (LoraPlusTrainer if loraplus else Trainer)(
+        **loraplus,
         model=run.model,
         args=training_arguments(run),
-        train_dataset=as_dataset(run.train_set),
-        eval_dataset=as_dataset(run.val_set) if run.val_set is not None else None,
+        train_dataset=run.train_set.examples,
+        eval_dataset=run.val_set.examples if run.val_set is not None else None,
         data_collator=collator,
         processing_class=run.tokenizer,
         callbacks=callbacks,

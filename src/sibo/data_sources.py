@@ -1,0 +1,190 @@
+"""Any data a user brings, as one `datasets.Dataset` of checked {instruction, input, output} rows.
+
+    --data_path math.json | math.jsonl | math.csv | math.parquet | a save_to_disk folder | a hub name
+    --data_columns instruction=question,output=answer      (other column names mapped onto ours)
+
+JSONL, CSV and Parquet go through `datasets`' own loaders, so a large file is read into an
+Arrow table on disk and checked and tokenized with `Dataset.map`, never copied into Python
+lists. A JSON list is parsed by `sibo.data.read_records_file` (it has to be read whole anyway),
+which also names the line of a bad JSONL record. Every problem is one `InputError` naming the
+file and the record.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+
+from sibo.data import datasets_bars, map_rows, read_records_file, validate_record
+from sibo.errors import InputError, first_line
+
+logger = logging.getLogger(__name__)
+
+FIELDS = ("instruction", "input", "output")
+# file suffix -> the `datasets` loader that reads it
+LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+# What marks a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`.
+SAVED_MARKERS = ("state.json", "dataset_dict.json")
+LARGE_FILE_BYTES = 50 * 2**20  # datasets' bar while it converts a file to Arrow shows from this size up
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    """'instruction=question,output=answer' -> {'instruction': 'question', 'output': 'answer'}."""
+    mapping = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        ours, _, theirs = (side.strip() for side in item.partition("="))
+        if ours not in FIELDS or not theirs:
+            raise InputError(
+                f"--data_columns {text!r}: expected FIELD=COLUMN pairs with FIELD one of "
+                f"{', '.join(FIELDS)}, got {item!r}"
+            )
+        mapping[ours] = theirs
+    return mapping
+
+
+def load_record_dataset(data_path: str, columns: Mapping[str, str] | None = None):
+    """Checked {instruction, input, output} rows of a local file or folder, or of a hub dataset's train split.
+
+    `columns` maps our field names to the data's column names ({'instruction': 'question'}).
+    """
+    path = Path(data_path)
+    if path.is_dir():
+        dataset = _load_saved(path)
+    elif path.is_file():
+        dataset = _load_file(path)
+    elif path.suffix in LOADERS or data_path.startswith((".", "/", "~")):
+        raise InputError(f"data file {data_path} does not exist")
+    else:
+        dataset = _load_hub(data_path)
+    try:
+        dataset = _checked(_select_columns(dataset, columns or {}, data_path), data_path)
+    except InputError:
+        if not (path.is_file() and LOADERS.get(path.suffix) == "json") or columns:
+            raise
+        # Name the line, not the row: the JSONL reader reports the first bad line of the file.
+        read_records_file(path)
+        raise
+    if len(dataset) == 0:
+        raise InputError(f"{data_path}: zero usable records")
+    return dataset
+
+
+def _load_file(path: Path):
+    import datasets
+
+    loader = LOADERS.get(path.suffix.lower())
+    if loader is None:
+        raise InputError(
+            f"{path}: unknown data file type {path.suffix!r}: expected .json or .jsonl (records), .csv, "
+            ".parquet, a datasets.save_to_disk folder, or a hub dataset name"
+        )
+    if loader == "json" and _first_character(path) == "[":
+        return _from_records(read_records_file(path))
+    try:
+        with datasets_bars(path.stat().st_size >= LARGE_FILE_BYTES):
+            dataset = datasets.load_dataset(loader, data_files=str(path), split="train")
+    except Exception as error:  # noqa: BLE001 - arrow, pandas and json parsers raise their own types
+        if loader == "json":
+            # Not JSONL the loader can read: the JSON reader says what is wrong, and where.
+            return _from_records(read_records_file(path))
+        reason = first_line(error.__cause__ or error)
+        raise InputError(f"{path}: not a readable {loader} file ({reason})") from None
+    if loader == "csv":
+        # A CSV cell is text: a column of numbers is still the text the file holds.
+        dataset = dataset.cast(
+            datasets.Features({name: datasets.Value("string") for name in dataset.column_names})
+        )
+    return dataset
+
+
+def _load_saved(path: Path):
+    import datasets
+
+    if not any((path / marker).is_file() for marker in SAVED_MARKERS):
+        raise InputError(
+            f"{path} is a folder, but not one written by datasets' save_to_disk (it has no "
+            f"{' or '.join(SAVED_MARKERS)})"
+        )
+    try:
+        with datasets_bars(False):  # memory-mapped: no time to show
+            dataset = datasets.load_from_disk(str(path))
+    except Exception as error:  # noqa: BLE001 - a damaged folder fails in arrow or json
+        raise InputError(f"{path}: cannot read this save_to_disk folder ({first_line(error)})") from None
+    return _train_split(dataset, str(path))
+
+
+def _load_hub(name: str):
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(name, split="train")
+    except Exception as error:  # noqa: BLE001 - offline, unknown name, gated: all one message
+        raise InputError(
+            f"data_path {name}: not a local file, and no hub dataset of that name could be loaded "
+            f"({first_line(error)})"
+        ) from None
+    return dataset
+
+
+def _train_split(dataset, where: str):
+    import datasets
+
+    if not isinstance(dataset, datasets.DatasetDict):
+        return dataset
+    if "train" not in dataset:
+        raise InputError(f"{where}: no 'train' split (splits: {', '.join(dataset)})")
+    return dataset["train"]
+
+
+def _select_columns(dataset, columns: Mapping[str, str], where: str):
+    """Only our three fields, renamed from the data's columns where `columns` says so."""
+    for ours, theirs in columns.items():
+        if theirs not in dataset.column_names:
+            raise InputError(
+                f"{where}: no column {theirs!r} for --data_columns {ours}={theirs}; "
+                f"columns: {', '.join(dataset.column_names)}"
+            )
+    for name in ("instruction", "output"):
+        if name not in columns and name not in dataset.column_names:
+            raise InputError(
+                f"{where}: no column {name!r} (columns: {', '.join(dataset.column_names) or 'none'}); "
+                f"name the column that holds it with --data_columns {name}=COLUMN"
+            )
+    mapped = {theirs: ours for ours, theirs in columns.items()}
+    # A column of our name that another column replaces is dropped, as is everything we do not read.
+    kept = [
+        name for name in dataset.column_names if name in mapped or (name in FIELDS and name not in columns)
+    ]
+    dataset = dataset.select_columns(kept)
+    return dataset.rename_columns({theirs: ours for theirs, ours in mapped.items() if theirs != ours})
+
+
+def _checked(dataset, where: str):
+    """Each row through `validate_record` (an empty input is ''), in batches: 'file: record 3' on error."""
+
+    def check(batch: dict, indices: list[int]) -> dict[str, list[str]]:
+        rows = []
+        for offset, index in enumerate(indices):
+            # A null cell (an empty CSV field, a key absent from some JSONL lines) is a missing field.
+            raw = {name: batch[name][offset] for name in batch if batch[name][offset] is not None}
+            rows.append(asdict(validate_record(raw, f"{where}: record {index}")))
+        return {name: [row[name] for row in rows] for name in FIELDS}
+
+    return map_rows(dataset, check, with_indices=True, remove_columns=dataset.column_names, desc="checking")
+
+
+def _from_records(records):
+    import datasets
+
+    return datasets.Dataset.from_list([asdict(record) for record in records])
+
+
+def _first_character(path: Path) -> str:
+    """The file's first non-blank character (a BOM skipped), read without loading the file."""
+    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
+        for line in handle:
+            if line.strip():
+                return line.lstrip()[0]
+    return ""

@@ -1,0 +1,57 @@
+"""LoRA+ (Hayou, Ghosh, Yu 2024): B learns `loraplus_lr_ratio` times faster than A.
+
+The optimizer is PEFT's `create_loraplus_optimizer` (AdamW, the Trainer's settings). PEFT gives the
+raised rate to B and to every 1-D parameter (biases, DoRA's magnitudes); SIBO's learnable λ logits
+are not LoRA weights, and keep the base rate. The Trainer builds the optimizer after it has placed
+(and, under FSDP, wrapped) the model, so the optimizer is made there, in `create_optimizer`.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import Trainer
+
+
+def loraplus_optimizer(
+    model: torch.nn.Module, learning_rate: float, loraplus_lr_ratio: float, weight_decay: float = 0.0, **adamw
+) -> torch.optim.Optimizer:
+    """AdamW with B's learning rate `loraplus_lr_ratio` × learning_rate, A's (and λ's) learning_rate."""
+    from peft.optimizers import create_loraplus_optimizer
+
+    optimizer = create_loraplus_optimizer(
+        model,
+        torch.optim.AdamW,
+        lr=learning_rate,
+        loraplus_lr_ratio=loraplus_lr_ratio,
+        loraplus_weight_decay=weight_decay,
+        **adamw,
+    )
+    lambdas = {id(p) for name, p in model.named_parameters() if p.requires_grad and "sibo_lambdas" in name}
+    base_group = optimizer.param_groups[0]  # groupA: lr = learning_rate
+    for group in optimizer.param_groups[1:]:
+        moved = [p for p in group["params"] if id(p) in lambdas]
+        group["params"] = [p for p in group["params"] if id(p) not in lambdas]
+        base_group["params"].extend(moved)
+    return optimizer
+
+
+class LoraPlusTrainer(Trainer):
+    """transformers' Trainer whose optimizer is LoRA+'s; everything else (schedule, DDP, FSDP) is the Trainer's."""
+
+    def __init__(self, *args, loraplus_lr_ratio: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loraplus_lr_ratio = loraplus_lr_ratio
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            args = self.args
+            self.optimizer = loraplus_optimizer(
+                self.model if model is None else model,
+                args.learning_rate,
+                self.loraplus_lr_ratio,
+                weight_decay=args.weight_decay,
+                betas=(args.adam_beta1, args.adam_beta2),
+                eps=args.adam_epsilon,
+                fused=args.optim == "adamw_torch_fused",
+            )
+        return self.optimizer
