@@ -518,7 +518,10 @@ def test_a_folder_as_data_path_and_a_bom_are_named_for_what_they_are(root, tmp_p
     argv = finetune_args(root, tmp_path / "out")
     argv[argv.index("--data_path") + 1] = tmp_path
     line = refused(capsys, argv, tmp_path)
-    assert line == f"sibo finetune: error: data file {tmp_path} is a folder, not a .json or .jsonl file"
+    assert line == (
+        f"sibo finetune: error: {tmp_path} is a folder, but not one written by datasets' save_to_disk "
+        "(it has no state.json or dataset_dict.json)"
+    )
     from sibo.data import read_records_file
 
     (tmp_path / "bom.json").write_text("\ufeff" + (root / "records.json").read_text())
