@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sibo.errors import InputError, first_line
+from sibo.hub import require_hub
 from sibo.prompts import build_prompt
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def validate_record(raw: object, where: str) -> Record:
 def _load_hub_records(name: str) -> list[Record]:
     import datasets
 
+    require_hub(name, "data_path")
     try:
         dataset = datasets.load_dataset(name, split="train")
     except Exception as error:  # noqa: BLE001 - offline, unknown name, gated: all one message

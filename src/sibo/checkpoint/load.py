@@ -15,6 +15,7 @@ from sibo.checkpoint.gguf import find_gguf, load_gguf_model, load_gguf_tokenizer
 from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
 from sibo.core.peft_model import load_sibo_model
 from sibo.errors import InputError, first_line
+from sibo.hub import require_hub
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ def load_tokenizer(
     if source == base_model and (gguf_file := find_gguf(base_model)) is not None:
         tokenizer = load_gguf_tokenizer(gguf_file)
     else:
+        if not Path(source).expanduser().exists():
+            require_hub(str(source), "tokenizer")
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
@@ -136,6 +139,8 @@ def load_model(
             raise InputError("a GGUF base cannot be loaded in 8 or 4 bits: drop --load_8bit/--load_4bit")
         model = load_gguf_model(gguf_file, _MODEL_CLASSES[task], torch_dtype, device_map)
     else:
+        if not Path(base_model).expanduser().exists():
+            require_hub(base_model, "base model")
         check_weights_dir(base_model)
         try:
             model = _MODEL_CLASSES[task].from_pretrained(

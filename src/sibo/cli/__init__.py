@@ -84,10 +84,12 @@ def console(verbose: bool) -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    root, ours = logging.getLogger(), logging.getLogger("sibo")
-    levels = {root: root.level, ours: ours.level}
+    root, ours, hub = logging.getLogger(), logging.getLogger("sibo"), logging.getLogger("huggingface_hub")
+    levels = {root: root.level, ours: ours.level, hub: hub.level}
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     ours.setLevel(logging.INFO)
+    # its retry warnings ("Retrying in 8s [Retry 4/5]", each twice) are a library's log like any other
+    hub.setLevel(logging.INFO if verbose else logging.ERROR)
     quiet_bars = lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True})  # noqa: E731
     previous_hook = None if verbose else hf_logging.set_tqdm_hook(quiet_bars)
     try:
