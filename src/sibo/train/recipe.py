@@ -28,7 +28,7 @@ from sibo.checkpoint.load import load_model, resolve_dtype
 from sibo.core.peft_model import boosted_adapter
 from sibo.data import PaddedCollator, TokenizedSet, load_records, split_validation, tokenize_records
 from sibo.errors import InputError, first_line
-from sibo.train.config import FinetuneConfig, gradient_accumulation_steps
+from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmup_warning
 from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
 from sibo.train.resume import find_latest_checkpoint, is_complete_checkpoint, resolve_resume
 
@@ -316,7 +316,7 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
         eval_dataset=as_dataset(run.val_set) if run.val_set is not None else None,
         data_collator=collator,
         processing_class=run.tokenizer,
-        callbacks=callbacks,
+        callbacks=[WarmupCheck(), *(callbacks or [])],
     )
     logger.info(
         "training on %d examples (%s batches), global batch %d = %d micro × %d accumulation × %d process(es)",
@@ -331,6 +331,15 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
         logger.info("resuming from %s", run.resume_from)
     trainer.train(resume_from_checkpoint=run.resume_from)
     return trainer
+
+
+class WarmupCheck(TrainerCallback):
+    """Warns when warm-up is half the run or more; the Trainer knows the planned steps only here."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        warning = warmup_warning(args.warmup_steps, state.max_steps, args.learning_rate)
+        if warning and state.is_world_process_zero:
+            logger.warning(warning)
 
 
 # ---------------------------------------------------------------- save
