@@ -85,6 +85,19 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def test_the_page_names_its_address_and_the_share_flag(model, tokenizer, capsys, caplog):
+    pytest.importorskip("gradio")
+    from sibo.decode.app import build_app, launch_app
+
+    config = ServeConfig(port=_free_port())
+    with caplog.at_level("INFO", logger="sibo"):
+        launch_app(build_app(model, tokenizer, config), config, block=False).close()
+    assert [r.getMessage() for r in caplog.records if r.name == "sibo.decode.app"] == [
+        f"the page is on http://127.0.0.1:{config.port}/ (--share adds a public link; Ctrl+C stops it)"
+    ]
+    assert "share=True" not in capsys.readouterr().out
+
+
 def chromium_missing(which=shutil.which, euid=os.geteuid) -> str | None:
     """None when Chromium is there (installed with apt-get when we are root); else how to get it."""
     if which(CHROMIUM) is None and euid() == 0 and which("apt-get") is not None:
