@@ -79,9 +79,10 @@ def main(argv: list[str] | None = None) -> int:
 
 @contextmanager
 def console(verbose: bool) -> Iterator[None]:
-    """sibo's INFO lines (rank 0's only, under torchrun) and progress bars always; the libraries' INFO logs, their FutureWarnings and
-    DeprecationWarnings (about their own APIs) and transformers' bars (one per model load or save, over
-    in a blink) only when verbose. Restored on exit, for in-process callers (tests, notebooks)."""
+    """sibo's INFO lines (rank 0's only, under torchrun) and progress bars always; the libraries' INFO
+    logs, their FutureWarnings and DeprecationWarnings (about their own APIs) and transformers' bars (one
+    per model load or save, over in a blink) only when verbose. Restored on exit, for in-process callers
+    (tests, notebooks)."""
     from transformers.utils import logging as hf_logging
 
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -293,7 +293,7 @@ def next_steps(config: DemoConfig, rows: list[Row], sibo: str = "sibo") -> list[
     again = config.output_dir / "eval" / "again"
 
     def command(verb: str, *flags: str) -> str:
-        return shlex.join([*sibo.split(), verb, "--base_model", base, "--weights_path", adapter, *flags])
+        return shlex.join([*shlex.split(sibo), verb, "--base_model", base, "--weights_path", adapter, *flags])
 
     # the table's decoding, so the accuracy it prints is the table's
     evaluation = ["--dataset", "AddSub", "--data_dir", str(data), "--num_beams", "1", "--max_new_tokens",
