@@ -1,5 +1,8 @@
+import socket
+
 import pytest
 import torch
+from huggingface_hub import constants
 
 from sibo.prompts import build_prompt
 from sibo.study.synthetic import generate_splits, write_records
@@ -60,3 +63,15 @@ def tiny_training_run():
         return test
 
     return make
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """The Hub's endpoint is a local port nobody listens on: refused at once, as with no network."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return endpoint

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sibo.data import datasets_bars, map_rows, read_records_file, validate_record
 from sibo.errors import InputError, first_line
+from sibo.hub import require_hub
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ def _load_saved(path: Path):
 def _load_hub(name: str):
     import datasets
 
+    require_hub(name, "data_path")
     try:
         dataset = datasets.load_dataset(name, split="train")
     except Exception as error:  # noqa: BLE001 - offline, unknown name, gated: all one message

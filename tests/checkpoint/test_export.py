@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -205,7 +207,7 @@ def test_a_non_empty_output_dir_is_refused_and_only_an_earlier_export_is_replace
 
 
 @pytest.mark.integration
-def test_cli_export_of_a_saved_sibo_adapter(tokenizer, batch, tmp_path, capsys):
+def test_cli_export_of_a_saved_sibo_adapter(tokenizer, batch, tmp_path, capsys, caplog):
     base = build_tiny_model("llama", len(tokenizer))
     base.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
@@ -218,9 +220,14 @@ def test_cli_export_of_a_saved_sibo_adapter(tokenizer, batch, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("exact export: merged base + SIBO residual adapter on 4 modules")  # gate, up × 2
     assert f"wrote {tmp_path / 'exact' / RESIDUAL_DIR / 'adapter_model.safetensors'}" in out
-    torch.testing.assert_close(
-        logits(load_model(str(tmp_path / "exact"))[0], batch), expected, atol=ATOL, rtol=0
-    )
+    caplog.clear()
+    with caplog.at_level("INFO", logger="sibo"):
+        torch.testing.assert_close(
+            logits(load_model(str(tmp_path / "exact"))[0], batch), expected, atol=ATOL, rtol=0
+        )
+    assert caplog.messages == [  # what was loaded, not the residual's inner λ = 1 on "all"
+        f"exact export {tmp_path / 'exact'}: the merged base and its SIBO residual adapter (λ·ΔW·h0 on 4 modules)"
+    ]
 
     assert cli_main([*argv, "--output_dir", str(tmp_path / "approx"), "--approximate"]) == 0
     first_line = capsys.readouterr().out.splitlines()[0]
@@ -230,6 +237,25 @@ def test_cli_export_of_a_saved_sibo_adapter(tokenizer, batch, tmp_path, capsys):
     assert cli_main([*argv, "--output_dir", str(tmp_path / "sd"), "--format", "state_dict"]) == 2
     assert "has no exact single-file form" in capsys.readouterr().err
     assert not (tmp_path / "sd").exists()
+
+
+def test_export_is_as_readable_as_the_umask_allows(tokenizer, tmp_path):
+    base = build_tiny_model("llama", len(tokenizer))
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    get_sibo_model(base, lora("llama"), lam=0.25).save_pretrained(tmp_path / "adapter")
+    argv = ["export", "--base_model", str(tmp_path / "base"), "--weights_path", str(tmp_path / "adapter")]
+    previous = os.umask(0o022)
+    try:
+        assert cli_main([*argv, "--output_dir", str(tmp_path / "exact")]) == 0
+    finally:
+        os.umask(previous)
+    modes = {
+        str(path.relative_to(tmp_path)): stat.S_IMODE(path.stat().st_mode)
+        for path in [tmp_path / "exact", *(tmp_path / "exact").rglob("*")]
+    }
+    assert modes["exact"] == modes[f"exact/{RESIDUAL_DIR}"] == 0o755  # not mkdtemp's 0700
+    assert {mode for name, mode in modes.items() if (tmp_path / name).is_file()} == {0o644}
 
 
 # -- the same merge in memory, for decoding ------------------------------------------------------

@@ -200,3 +200,11 @@ def test_without_the_gguf_package_the_error_names_the_extra(tied_bases, monkeypa
     assert capsys.readouterr().err == (
         "sibo generate: error: a GGUF base model needs the gguf package: pip install 'sibo[gguf]'\n"
     )
+
+
+@pytest.mark.parametrize("verbose", [[], ["-v"]])
+def test_the_dequantizing_bar_shows_only_with_verbose(tied_bases, capfd, verbose):
+    argv = ["generate", "--base_model", str(tied_bases[0]), "--prompt", "hi", "--max_new_tokens", "1"]
+    capfd.readouterr()
+    assert cli_main([*verbose, *argv]) == 0
+    assert ("de-quantizing GGUF tensors" in capfd.readouterr().err) == bool(verbose)

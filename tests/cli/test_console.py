@@ -63,3 +63,14 @@ def test_console_keeps_sibo_info_and_restores_what_it_changed():
             assert logging.getLogger("matplotlib.font_manager").isEnabledFor(logging.INFO) == verbose
         assert root.level == level
     assert hf_logging.set_tqdm_hook(None) is None  # no bar-hiding hook left behind
+
+
+@pytest.mark.parametrize(("rank", "says"), [(None, True), ("0", True), ("1", False)])
+def test_under_torchrun_only_rank_0_logs_setup(monkeypatch, rank, says):
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    with console(False):
+        assert logging.getLogger("sibo.train.recipe").isEnabledFor(logging.INFO) == says
+        assert logging.getLogger("sibo.train.recipe").isEnabledFor(logging.WARNING)

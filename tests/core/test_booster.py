@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
 from sibo import SiboConfig, get_sibo_model, mix_initial_residual
+from sibo.core import booster
 from sibo.testing import build_tiny_model
 
 VOCAB = 64
@@ -162,6 +163,19 @@ def test_lambda_zero_is_plain_peft(dora):
         torch.manual_seed(3)
         b = boosted(input_ids=ids).logits
         assert torch.equal(a, b)
+
+
+def test_the_log_says_what_is_boosted_and_why_not_once_and_nothing_at_lambda_zero(caplog, monkeypatch):
+    monkeypatch.setattr(booster, "_SKIPS_SAID", set())
+    base = tiny("llama")
+    with caplog.at_level("INFO", logger="sibo"):
+        for lam in (0.2, 0.3, 0.0):
+            get_sibo_model(copy.deepcopy(base), lora_config("llama", False), lam=lam)
+    assert caplog.messages == [
+        "SIBO λ=0.2 targets=ffn: boosted 4 of 10 adapted modules; skipped 4 not ffn (self_attn.q_proj, "
+        "self_attn.v_proj); 2 reading width 64, not the hidden size 32 (mlp.down_proj)",
+        "SIBO λ=0.3 targets=ffn: boosted 4 of 10 adapted modules",  # the same skips: said once
+    ]  # λ = 0: plain PEFT, nothing boosted to speak of
 
 
 def test_lambda_one_branch_sees_only_h0():

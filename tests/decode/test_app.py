@@ -1,14 +1,17 @@
 """The Gradio page: the response handler, and the real page driven in headless Chromium.
 
-The browser test needs Debian's chromium (/usr/bin/chromium), playwright and gradio; it never
-downloads a browser and talks to the page over loopback only.
+The browser test needs Debian's chromium (/usr/bin/chromium), playwright and gradio; run as root
+it installs chromium with apt-get (as CI does), otherwise it skips saying how to enable it. It never
+downloads a browser through playwright and talks to the page over loopback only.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import socket
+import subprocess
 
 import pytest
 
@@ -82,13 +85,48 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _browser_missing() -> str | None:
-    if shutil.which(CHROMIUM) is None:
-        return f"{CHROMIUM} is absent (apt-get install chromium)"
+def test_the_page_names_its_address_and_the_share_flag(model, tokenizer, capsys, caplog):
+    pytest.importorskip("gradio")
+    from sibo.decode.app import build_app, launch_app
+
+    config = ServeConfig(port=_free_port())
+    with caplog.at_level("INFO", logger="sibo"):
+        launch_app(build_app(model, tokenizer, config), config, block=False).close()
+    assert [r.getMessage() for r in caplog.records if r.name == "sibo.decode.app"] == [
+        f"the page is on http://127.0.0.1:{config.port}/ (--share adds a public link; Ctrl+C stops it)"
+    ]
+    assert "share=True" not in capsys.readouterr().out
+
+
+def chromium_missing(which=shutil.which, euid=os.geteuid) -> str | None:
+    """None when Chromium is there (installed with apt-get when we are root); else how to get it."""
+    if which(CHROMIUM) is None and euid() == 0 and which("apt-get") is not None:
+        subprocess.run(
+            "apt-get update -qq && apt-get install -y -qq chromium", shell=True, capture_output=True
+        )
+    if which(CHROMIUM) is None:
+        return f"{CHROMIUM} is absent: `sudo apt-get install chromium` (or make test as root) runs this test"
+    return None
+
+
+@pytest.fixture(scope="module")
+def chromium():
     for module in ("playwright", "gradio"):
         if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed (pip install {module})"
-    return None
+            pytest.skip(f"{module} is not installed (pip install {module})")
+    reason = chromium_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+def test_without_root_the_browser_test_says_how_to_enable_it():
+    installs = []
+    reason = chromium_missing(which=lambda name: installs.append(name) or None, euid=lambda: 1000)
+    assert reason == (
+        "/usr/bin/chromium is absent: `sudo apt-get install chromium` (or make test as root) runs this test"
+    )
+    assert installs == [CHROMIUM, CHROMIUM]  # looked twice, never for apt-get: no install attempted
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +146,7 @@ def served_page(model, tokenizer):
 
 @pytest.mark.integration
 @pytest.mark.browser
-@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
-def test_the_page_streams_a_response_in_chromium(served_page, model, tokenizer):
+def test_the_page_streams_a_response_in_chromium(chromium, served_page, model, tokenizer):
     from playwright.sync_api import expect, sync_playwright
 
     app, url = served_page
@@ -120,7 +157,7 @@ def test_the_page_streams_a_response_in_chromium(served_page, model, tokenizer):
     )
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
             page.goto(url)

@@ -31,6 +31,17 @@ doc_to_target: label
 metric_list:
   - metric: acc
 """
+# a task whose dataset lives on the Hub, as the harness's arc_easy
+HUB_TASK_YAML = """\
+task: sibo_arc
+dataset_path: allenai/ai2_arc
+dataset_name: ARC-Easy
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{question}}"
+doc_to_choice: "{{choices.text}}"
+doc_to_target: 0
+"""
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +101,18 @@ def _tokenizer(saved):
     return AutoTokenizer.from_pretrained(saved / "base")
 
 
-@pytest.mark.integration
-def test_cli_runs_a_harness_task_with_the_sibo_model(saved, tmp_path, monkeypatch):
+def only_included_tasks(monkeypatch):
+    """The harness indexes its ~14,000 built-in task files first (half a minute here): only ours are needed."""
     import lm_eval.tasks
 
-    # the harness indexes its ~14,000 built-in task files first (half a minute here): only ours is needed
     monkeypatch.setattr(
         lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager, include_defaults=False)
     )
+
+
+@pytest.mark.integration
+def test_cli_runs_a_harness_task_with_the_sibo_model(saved, tmp_path, monkeypatch, caplog):
+    only_included_tasks(monkeypatch)
     data = tmp_path / "colors.jsonl"
     data.write_text("".join(json.dumps({"word": word, "label": label}) + "\n" for word, label in WORDS))
     tasks = tmp_path / "tasks"
@@ -108,6 +123,9 @@ def test_cli_runs_a_harness_task_with_the_sibo_model(saved, tmp_path, monkeypatc
     argv = ["lm-eval", "--model", "sibo", "--model_args", model_args, "--tasks", "sibo_colors",
             "--include_path", str(tasks), "--device", "cpu", "--batch_size", "4", "--output_path", str(out)]  # fmt: skip
     assert sibo_main(argv) == 0
+    assert (
+        f"lm-eval model: {saved / 'base'} + {saved / 'adapter'} (SIBO λ=0.5 targets=ffn)" in caplog.messages
+    )
 
     [results_file] = out.rglob("results_*.json")
     accuracy = json.loads(results_file.read_text())["results"]["sibo_colors"]["acc,none"]
@@ -131,4 +149,22 @@ def test_cli_without_the_harness_says_how_to_install_it(monkeypatch, capsys):
     assert sibo_main(["lm-eval", "--tasks", "arc_easy"]) == 2
     assert capsys.readouterr().err == (
         "sibo lm-eval: error: sibo lm-eval needs lm-evaluation-harness: pip install 'sibo[eval]'\n"
+    )
+
+
+def test_cli_says_in_one_line_when_a_tasks_dataset_is_out_of_reach(
+    saved, tmp_path, monkeypatch, capfd, offline
+):
+    only_included_tasks(monkeypatch)
+    (tmp_path / "arc.yaml").write_text(HUB_TASK_YAML)
+    argv = ["lm-eval", "--model", "sibo", "--model_args", f"pretrained={saved / 'base'}", "--tasks", "sibo_arc",
+            "--include_path", str(tmp_path), "--device", "cpu"]  # fmt: skip
+    capfd.readouterr()
+    assert sibo_main(argv) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Retry" not in err
+    assert err.splitlines()[-1] == (
+        "sibo lm-eval: error: Couldn't reach 'allenai/ai2_arc' on the Hub (OfflineModeIsEnabled); "
+        f"{offline} cannot be reached: pass a local folder or file, or set HF_HUB_OFFLINE=1 to load it from "
+        "the Hugging Face cache"
     )

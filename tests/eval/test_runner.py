@@ -143,7 +143,9 @@ def test_each_row_stops_at_the_tokenizers_eos_when_the_generation_config_names_n
     k = next(k for k in range(1, 8) if row0[k] not in row0[:k] + row1)
     stop = row0[k]
     monkeypatch.setattr(model.generation_config, "eos_token_id", None)
-    monkeypatch.setattr(tokenizer, "eos_token", tokenizer.convert_ids_to_tokens(stop))
+    # a copy, not the module-scoped fixture's tokenizer: pytest 9.2 cannot undo setattr on a tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(stop)
 
     seen = []
     original = type(model).generate

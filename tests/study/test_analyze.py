@@ -101,3 +101,25 @@ def test_cli_reports_a_missing_data_file(tmp_path, capsys):
     assert (
         capsys.readouterr().err == f"sibo analyze: error: data file {tmp_path / 'nope.json'} does not exist\n"
     )
+
+
+@pytest.mark.integration
+def test_cli_writes_beside_the_first_adapter_unless_told_where(tokenizer, tmp_path, capsys, monkeypatch):
+    base = build_tiny_model("llama", len(tokenizer), num_layers=2)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["up_proj"], init_lora_weights=False)
+    get_sibo_model(base, lora, lam=0.5).save_pretrained(tmp_path / "sibo")
+    (tmp_path / "data.json").write_text(json.dumps([{"instruction": "Add 1 and 2.", "output": "3"}] * 2))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    argv = ["analyze", "--base_model", str(tmp_path / "base"), "--data", str(tmp_path / "data.json")]
+
+    assert cli_main([*argv, "--weights_path", str(tmp_path / "sibo")]) == 0
+    out = tmp_path / "sibo" / "analyze"
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {out / RESULTS_FILE} and {out / PLOT_FILE}"
+    assert list((tmp_path / "cwd").iterdir()) == []
+    assert cli_main(argv) == 2
+    assert capsys.readouterr().err == (
+        "sibo analyze: error: --output_dir is needed for the base model alone (with adapters: the first's/analyze)\n"
+    )

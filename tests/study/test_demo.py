@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
 from sibo.cli import main
+from sibo.cli.demo import sibo_command
 from sibo.errors import InputError
-from sibo.study.demo import DEMO_MARKER, DemoConfig, prepare_output_dir, quick_config, shipped_base_model
+from sibo.study.demo import (
+    ADAPTER_ROWS_NOTE,
+    DEMO_MARKER,
+    DemoConfig,
+    prepare_output_dir,
+    quick_config,
+    shipped_base_model,
+)
 
 LABELS = ["base", "LoRA", "LoRA-SIBO", "Adapter", "Adapter-SIBO"]
+NEXT_STEPS = "next, on what the demo made (answer a test problem, score it again, the Gradio page):"
 DIRECTORIES = {"LoRA": "lora", "LoRA-SIBO": "lora-sibo", "Adapter": "adapter", "Adapter-SIBO": "adapter-sibo"}
 
 
@@ -53,6 +66,37 @@ def test_quick_demo_prints_the_table_and_writes_its_files(tmp_path, capsys):
 
     assert len(json.loads((output_dir / "data" / "train.json").read_text())) == 128
     assert (output_dir / "analyze" / "analyze.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # it ends with why the Adapter rows differ and three commands that run on what it made
+    assert printed[header + 9] == ADAPTER_ROWS_NOTE
+    assert printed[header + 11] == NEXT_STEPS
+    generate, evaluate, page = (shlex.split(line) for line in printed[header + 12 :])
+    prefix = sibo_command().split()
+    assert generate[: len(prefix)] == evaluate[: len(prefix)] == page[: len(prefix)] == prefix
+    model = [
+        "--base_model",
+        str(shipped_base_model()),
+        "--weights_path",
+        str(output_dir / "adapters" / "lora-sibo"),
+    ]
+    assert page[len(prefix) :] == ["generate", *model, "--ui"]
+    problem = json.loads((output_dir / "data" / "AddSub" / "test.json").read_text())[0]["instruction"]
+    assert generate[len(prefix) :] == ["generate", *model, "--prompt", problem]
+    assert main(generate[len(prefix) :]) == 0
+    assert capsys.readouterr().out.strip()  # an answer
+    assert main(evaluate[len(prefix) :]) == 0  # scores LoRA-SIBO again: the table's number
+    again = json.loads((output_dir / "eval" / "again" / "summary.json").read_text())
+    assert again["datasets"]["AddSub"]["accuracy"] == results["rows"][2]["accuracy"]
+
+
+def test_next_steps_call_sibo_as_this_shell_reaches_it(monkeypatch):
+    script = str(Path(sys.executable).parent / "sibo")
+    monkeypatch.setattr(shutil, "which", lambda name: script)
+    assert sibo_command() == "sibo"
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # `make demo`: the venv is not activated
+    assert sibo_command().endswith("python -m sibo") and Path(sibo_command().split()[0]).samefile(
+        sys.executable
+    )
 
 
 def test_a_foreign_non_empty_directory_is_refused(tmp_path, capsys):

@@ -23,7 +23,7 @@ from sibo.errors import InputError
 from sibo.prompts import build_prompt
 from sibo.study.synthetic import generate_problems
 from sibo.testing import build_tiny_model, build_tokenizer, write_training_state
-from sibo.train.config import gradient_accumulation_steps
+from sibo.train.config import gradient_accumulation_steps, warmup_warning
 from sibo.train.recipe import (
     FinetuneConfig,
     find_latest_checkpoint,
@@ -289,6 +289,32 @@ def test_finetune_writes_a_loadable_adapter_that_learned(base_model, data_file, 
     assert losses(again)[0] < 0.85 * train_losses[0]  # a fresh adapter starts at the base model's loss
 
 
+@pytest.mark.parametrize(
+    ("warmup", "steps", "expected"),
+    [
+        (1, 20, None),
+        (9, 20, None),
+        (10, 20, "--warmup_steps 10 is at least half the 20 planned steps: the learning rate reaches 0.0003 "
+                  "only at step 10, then decays to 0 by step 20; lower --warmup_steps for a run this short"),
+        (100, 20, "--warmup_steps 100 ≥ the 20 planned steps: the learning rate only climbs to 5.7e-05 of "
+                  "--learning_rate 0.0003; lower --warmup_steps for a run this short"),
+    ],
+)  # fmt: skip
+def test_warmup_of_half_the_run_or_more_is_named_with_the_rate_it_reaches(warmup, steps, expected):
+    assert warmup_warning(warmup, steps, 3e-4) == expected
+
+
+def test_finetune_warns_once_when_warmup_outlasts_the_run(base_model, data_file, tmp_path, caplog):
+    flags = ["--max_steps", "2", "--val_set_size", "0"]
+    argv = run_args(base_model, data_file, tmp_path / "run", *flags)
+    argv[argv.index("--warmup_steps") + 1] = "8"
+    assert sibo_main(["finetune", *argv]) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "--warmup_steps 8 ≥ the 2 planned steps: the learning rate only climbs to 0.0025 of "
+        "--learning_rate 0.02; lower --warmup_steps for a run this short"
+    ]
+
+
 KILL_AT_STEP = """
 import os, signal, sys
 from transformers import TrainerCallback
@@ -422,7 +448,7 @@ def test_two_cpu_processes_match_one_process(base_model, data_file, tmp_path, la
              "--use_gradient_checkpointing"]  # fmt: skip
     two = finetune_subprocess(run_args(base_model, data_file, tmp_path / "ddp", *flags), launcher)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert two.stderr.count("2 micro × 1 accumulation × 2 process(es)") == 2  # both ranks trained
+    assert two.stderr.count("2 micro × 1 accumulation × 2 process(es)") == 1  # rank 0 alone logs setup
     assert json.loads((tmp_path / "ddp" / "run_config.json").read_text())["resolved"]["world_size"] == 2
 
     finetune(parse_config(run_args(base_model, data_file, tmp_path / "one", *flags)))

@@ -20,8 +20,9 @@ instead of a residual adapter.
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
-import tempfile
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 
-from sibo.checkpoint.load import RESIDUAL_DIR
+from sibo.checkpoint.load import RESIDUAL_DIR, booster_line_off
 from sibo.core.h0_branches import add_h0_branches
 from sibo.core.peft_model import boosted_adapter, get_sibo_model
 from sibo.errors import InputError
@@ -142,7 +143,11 @@ def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportR
     config.output_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = config.output_dir.parent / f".{config.output_dir.name}{LOCK_FILE}"
     with hold_output_dir(config.output_dir, lock_file=lock):
-        staging = Path(tempfile.mkdtemp(prefix=".export-", dir=config.output_dir.parent.resolve()))
+        # made by mkdir, not mkdtemp (mode 0700): the export is as readable as the user's umask allows
+        staging = (
+            config.output_dir.parent.resolve() / f".export-{config.output_dir.name}-{secrets.token_hex(4)}"
+        )
+        staging.mkdir()
         try:
             files = []
             if residual:
@@ -156,6 +161,7 @@ def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportR
             )
             if probes is not None:
                 report.max_logit_deviation = _max_deviation(merged, probes)
+            _readable_as_umask_allows(staging)
             _replace_dir(staging, config.output_dir)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
@@ -178,6 +184,15 @@ def _replace_dir(staging: Path, output_dir: Path) -> None:
         shutil.rmtree(earlier)
     else:
         staging.rename(output_dir)
+
+
+def _readable_as_umask_allows(directory: Path) -> None:
+    """safetensors (0.8) writes its files with mode 0600: give every file the mode the user's umask gives new
+    files, read off the folder that mkdir just made."""
+    file_mode = stat.S_IMODE(directory.stat().st_mode) & 0o666
+    for path in directory.rglob("*"):
+        if path.is_file():
+            path.chmod(file_mode)
 
 
 def _unmergeable_reason(model: PeftModel, adapter_name: str, lambdas: dict[str, float]) -> str | None:
@@ -310,13 +325,8 @@ def _write_residual(
         task_type=peft_config.task_type,
         init_lora_weights=False,
     )
-    booster_log = logging.getLogger("sibo.core.booster")
-    level = booster_log.level
-    booster_log.setLevel(logging.WARNING)  # its "boosted N modules" line would describe this inner adapter
-    try:
+    with booster_line_off():
         model = get_sibo_model(merged, residual_config, lam=1.0, targets="all")
-    finally:
-        booster_log.setLevel(level)
     boosted = {layer.name.removeprefix("base_model.model.") for layer in boosted_adapter(model).layers}
     if boosted != set(residual):
         raise RuntimeError(f"the residual adapter boosts {sorted(boosted)}, expected {sorted(residual)}")

@@ -8,6 +8,8 @@ tokenizer and its chat template are rebuilt from the file's metadata.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -41,17 +43,33 @@ def load_gguf_model(file: Path, model_class, dtype: torch.dtype, device_map: str
 
     _require_gguf()
     try:
-        model = model_class.from_pretrained(
-            str(file.parent),
-            gguf_file=file.name,
-            quantization_config=GgufConfig(dequantize=True),
-            dtype=dtype,
-            device_map=device_map,
-        )
+        with _bar_as_transformers_bars():
+            model = model_class.from_pretrained(
+                str(file.parent),
+                gguf_file=file.name,
+                quantization_config=GgufConfig(dequantize=True),
+                dtype=dtype,
+                device_map=device_map,
+            )
     except _READ_ERRORS as error:
         raise InputError(f"cannot load GGUF base model {file}: {first_line(error)}") from None
     model.name_or_path = model.config._name_or_path = str(file)  # adapters record the file, not its folder
     return model
+
+
+@contextmanager
+def _bar_as_transformers_bars() -> Iterator[None]:
+    """transformers draws its "de-quantizing GGUF tensors" bar with plain tqdm: route it through its own
+    tqdm, whose hook decides for every loading bar (the CLI shows them with -v only)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    plain = gguf_utils.tqdm
+    gguf_utils.tqdm = hf_logging.tqdm
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = plain
 
 
 def load_gguf_tokenizer(file: Path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -13,9 +15,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from sibo.checkpoint.gguf import find_gguf, load_gguf_model, load_gguf_tokenizer
 from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
-from sibo.core.peft_model import load_sibo_model
+from sibo.core.peft_model import boosted_adapter, load_sibo_model
 from sibo.errors import InputError, first_line
 from sibo.files import RESIDUAL_DIR
+from sibo.hub import require_hub
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +27,19 @@ _MODEL_CLASSES = {
     "causal-lm": AutoModelForCausalLM,
     "sequence-classification": AutoModelForSequenceClassification,
 }
+
+
+@contextmanager
+def booster_line_off() -> Iterator[None]:
+    """The booster's "SIBO λ=1.0 targets=all" line would describe an export's residual adapter (λ·s·B held
+    at λ = 1), not the adapter the user trained: callers say what it is instead."""
+    booster_log = logging.getLogger("sibo.core.booster")
+    level = booster_log.level
+    booster_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        booster_log.setLevel(level)
 
 
 def resolve_dtype(dtype: str | torch.dtype = "auto") -> torch.dtype:
@@ -87,6 +103,8 @@ def load_tokenizer(
     if source == base_model and (gguf_file := find_gguf(base_model)) is not None:
         tokenizer = load_gguf_tokenizer(gguf_file)
     else:
+        if not Path(source).expanduser().exists():
+            require_hub(str(source), "tokenizer")
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:
@@ -134,6 +152,8 @@ def load_model(
             raise InputError("a GGUF base cannot be loaded in 8 or 4 bits: drop --load_8bit/--load_4bit")
         model = load_gguf_model(gguf_file, _MODEL_CLASSES[task], torch_dtype, device_map)
     else:
+        if not Path(base_model).expanduser().exists():
+            require_hub(base_model, "base model")
         check_weights_dir(base_model)
         try:
             model = _MODEL_CLASSES[task].from_pretrained(
@@ -147,10 +167,28 @@ def load_model(
             raise InputError(f"cannot load base model {base_model}: {first_line(error)}") from None
     padding_side = "right" if task == "sequence-classification" else "left"
     tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side)
-    if weights_path is not None:
+    if weights_path is not None and Path(weights_path) == residual:
+        model = _load_residual(model, base_model, residual, lam, is_trainable)
+    elif weights_path is not None:
         model = load_sibo_model(model, weights_path, lam=lam, is_trainable=is_trainable)
     elif lam is not None:
         logger.warning("λ=%s ignored: no adapter given", lam)
     if not is_trainable:
         model.eval()
     return model, tokenizer
+
+
+def _load_residual(model, base_model: str, residual: Path, lam: float | None, is_trainable: bool):
+    """An exact export's residual adapter: λ·s·B held at λ = 1, so a λ given here would be wrong."""
+    if lam is not None:
+        logger.warning(
+            "λ=%s ignored: %s is an exact export, its λ is folded into the residual", lam, base_model
+        )
+    with booster_line_off():
+        model = load_sibo_model(model, residual, is_trainable=is_trainable)
+    logger.info(
+        "exact export %s: the merged base and its SIBO residual adapter (λ·ΔW·h0 on %d modules)",
+        base_model,
+        len(boosted_adapter(model).layers),
+    )
+    return model

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import importlib
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Iterator
@@ -98,16 +99,20 @@ def one_line(error: BaseException) -> str:
 
 @contextmanager
 def console(verbose: bool) -> Iterator[None]:
-    """sibo's INFO lines and progress bars always; the libraries' INFO logs, their FutureWarnings and
-    DeprecationWarnings (about their own APIs) and transformers' bars (one per model load or save, over
-    in a blink) only when verbose. Restored on exit, for in-process callers (tests, notebooks)."""
+    """sibo's INFO lines (rank 0's only, under torchrun) and progress bars always; the libraries' INFO
+    logs, their FutureWarnings and DeprecationWarnings (about their own APIs) and transformers' bars (one
+    per model load or save, over in a blink) only when verbose. Restored on exit, for in-process callers
+    (tests, notebooks)."""
     from transformers.utils import logging as hf_logging
 
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    root, ours = logging.getLogger(), logging.getLogger("sibo")
-    levels = {root: root.level, ours: ours.level}
+    root, ours, hub = logging.getLogger(), logging.getLogger("sibo"), logging.getLogger("huggingface_hub")
+    levels = {root: root.level, ours: ours.level, hub: hub.level}
     root.setLevel(logging.INFO if verbose else logging.WARNING)
-    ours.setLevel(logging.INFO)
+    # under torchrun every process runs the verb: rank 0 alone says what it sets up, each still warns
+    ours.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
+    # its retry warnings ("Retrying in 8s [Retry 4/5]", each twice) are a library's log like any other
+    hub.setLevel(logging.INFO if verbose else logging.ERROR)
     quiet_bars = lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True})  # noqa: E731
     previous_hook = None if verbose else hf_logging.set_tqdm_hook(quiet_bars)
     try:

@@ -24,7 +24,7 @@ def setup() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data", required=True, help=help_of["data"].metadata["help"])
     parser.add_argument("--n", type=int, default=64, help=help_of["n"].metadata["help"])
-    parser.add_argument("--output_dir", default="analyze_out", help=help_of["output_dir"].metadata["help"])
+    parser.add_argument("--output_dir", default=None, help=help_of["output_dir"].metadata["help"])
     parser.add_argument("--batch_size", type=int, default=8, help=help_of["batch_size"].metadata["help"])
     parser.add_argument("--max_length", type=int, default=512, help=help_of["max_length"].metadata["help"])
     parser.add_argument("--dtype", default="auto", help=help_of["dtype"].metadata["help"])

@@ -7,11 +7,15 @@ sibo demo --quick --output_dir /tmp/demo   # the smaller setting the tests run
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
 import time
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from sibo.cli._flags import optional_bool_flag, parse_list
-from sibo.study.demo import DemoConfig, format_rows, quick_config, run_demo
+from sibo.study.demo import ADAPTER_ROWS_NOTE, DemoConfig, format_rows, next_steps, quick_config, run_demo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,4 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{len(rows) - 1} adapters in {time.perf_counter() - started:.0f} s; results in {config.output_dir}"
     )
     print(f"token similarity by depth: {config.output_dir / 'analyze' / 'analyze.png'}")
+    if {"Adapter", "Adapter-SIBO"} <= {row.method for row in rows}:
+        print(ADAPTER_ROWS_NOTE)
+    print("\nnext, on what the demo made (answer a test problem, score it again, the Gradio page):")
+    print("\n".join(f"  {line}" for line in next_steps(config, rows, sibo_command())))
     return 0
+
+
+def sibo_command() -> str:
+    """How this shell reaches sibo: `sibo` when it is this environment's script on PATH, else this
+    Python with -m (`make demo` runs .venv/bin/python without activating the environment)."""
+    script = Path(sys.executable).parent / "sibo"
+    if shutil.which("sibo") == str(script):
+        return "sibo"
+    python = os.path.relpath(sys.executable)
+    return f"{sys.executable if python.startswith('..') else python} -m sibo"

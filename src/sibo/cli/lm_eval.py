@@ -13,12 +13,14 @@ from __future__ import annotations
 import sys
 
 from sibo.checkpoint.weights import ADAPTER_WEIGHTS, BASE_WEIGHTS, check_weights_dir
-from sibo.errors import InputError
+from sibo.errors import InputError, first_line
+from sibo.hub import offline_when_unreachable, unreachable
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        from huggingface_hub import constants
         from lm_eval.__main__ import cli_evaluate
 
         import sibo.eval.lm_eval_bridge  # noqa: F401  (registers the model class the harness's CLI looks up)
@@ -30,9 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     saved_argv = sys.argv
     sys.argv = ["sibo lm-eval", *argv]  # the harness's CLI reads sys.argv itself
     try:
-        cli_evaluate()
+        with offline_when_unreachable() as offline:
+            cli_evaluate()
     except SystemExit as exit_:  # argparse's --help and usage errors
         return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+    except (OSError, ValueError) as error:  # a task or dataset it cannot load: ConnectionError is an OSError
+        hint = f"; {unreachable(constants.ENDPOINT)}" if offline else ""
+        raise InputError(f"{first_line(error)}{hint}") from None
     finally:
         sys.argv = saved_argv
     return 0

@@ -203,7 +203,7 @@ def boost(
         if block is None:
             reason = "outside the transformer blocks"
         elif width != hidden_size:
-            reason = f"input width {width} ≠ hidden size {hidden_size}"
+            reason = f"reading width {width}, not the hidden size {hidden_size}"
         elif config.targets != "all" and _role(name[len(block_prefixes[block]) :]) != config.targets:
             reason = f"not {config.targets}"
         else:
@@ -222,18 +222,30 @@ def boost(
             adapter.handles.append(
                 boosted_layer.layer.register_forward_pre_hook(_refuse_merged(adapter_name))
             )
-    total = len(boosted) + sum(map(len, skipped.values()))
-    why = "; ".join(f"{reason}: {sorted(set(names))} ×{len(names)}" for reason, names in skipped.items())
-    logger.info(
-        "SIBO λ=%s%s targets=%s: boosted %d of %d adapted modules%s",
-        config.lam,
-        " (learnable, one per block)" if config.learnable_lambda else "",
-        config.targets,
-        len(boosted),
-        total,
-        f"; skipped {why}" if why else "",
-    )
+    if config.lam > 0 or config.learnable_lambda:  # λ = 0 is plain PEFT: nothing to report
+        logger.info(
+            "SIBO λ=%s%s targets=%s: boosted %d of %d adapted modules%s",
+            config.lam,
+            " (learnable, one per block)" if config.learnable_lambda else "",
+            config.targets,
+            len(boosted),
+            len(boosted) + sum(map(len, skipped.values())),
+            _skipped_once(skipped),
+        )
     return adapter
+
+
+_SKIPS_SAID: set[str] = set()  # a study loads the same kind of adapter many times: say why once
+
+
+def _skipped_once(skipped: dict[str, list[str]]) -> str:
+    why = "; ".join(
+        f"{len(names)} {reason} ({', '.join(sorted(set(names)))})" for reason, names in skipped.items()
+    )
+    if not why or why in _SKIPS_SAID:
+        return ""
+    _SKIPS_SAID.add(why)
+    return f"; skipped {why}"
 
 
 def _has_adapter(layer: nn.Module, adapter_name: str) -> bool:

@@ -127,12 +127,17 @@ def launch_app(app, config: ServeConfig, block: bool = True):
     """Serve the page; `block=False` returns at once (tests); the caller closes it with app.close()."""
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s: anyone who can reach this address can use the model", config.host)
+    # quiet: gradio's own lines tell a CLI user to "set `share=True` in `launch()`"; ours name --share
     app.launch(
         server_name=config.host,
         server_port=config.port,
         share=config.share,
-        prevent_thread_lock=not block,
-        quiet=not block,
+        prevent_thread_lock=True,
+        quiet=True,
         show_error=True,
     )
+    public = f"public link {app.share_url}" if app.share_url else "--share adds a public link"
+    logger.info("the page is on %s (%s; Ctrl+C stops it)", app.local_url, public)
+    if block:
+        app.block_thread()
     return app

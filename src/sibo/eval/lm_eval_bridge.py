@@ -21,6 +21,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from sibo.checkpoint.load import load_model, load_tokenizer
+from sibo.core.peft_model import sibo_settings
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ class SiboLM(HFLM):
             device_map=placement.get("device_map"),
             trust_remote_code=bool(trust_remote_code),
         )
+        settings = sibo_settings(self._model)
         logger.info(
-            "lm-eval model: %s + %s (λ=%s)", pretrained, self.sibo_weights or "no adapter", self.sibo_lam
+            "lm-eval model: %s + %s (%s)",
+            pretrained,
+            self.sibo_weights or "no adapter",
+            "plain, no SIBO" if settings is None else f"SIBO λ={settings.lam} targets={settings.targets}",
         )

@@ -48,8 +48,9 @@ class AnalyzeConfig:
     weights_paths: list[str] = field(
         default_factory=list, metadata={"help": "adapters to compare with the base"}
     )
-    output_dir: Path = field(
-        default=Path("analyze_out"), metadata={"help": "where analyze.json and the PNG go"}
+    output_dir: Path | None = field(
+        default=None,
+        metadata={"help": "where analyze.json and the PNG go (default: the first adapter's folder/analyze)"},
     )
     n: int = field(default=64, metadata={"help": "how many records (the first n) to average over"})
     batch_size: int = field(default=8, metadata={"help": "records per forward pass"})
@@ -61,7 +62,7 @@ class AnalyzeConfig:
     )
 
     def __post_init__(self) -> None:
-        self.data, self.output_dir = Path(self.data), Path(self.output_dir)
+        self.data = Path(self.data)
         if self.n < 1 or self.batch_size < 1 or self.max_length < 2:
             raise InputError("--n and --batch_size must be at least 1, --max_length at least 2")
         if not self.data.is_file():
@@ -70,6 +71,12 @@ class AnalyzeConfig:
             if not Path(path).is_dir():
                 raise InputError(f"adapter directory {path} does not exist")
             check_weights_dir(path, ADAPTER_WEIGHTS)  # now, not after the models before it were measured
+        if self.output_dir is None and not self.weights_paths:
+            raise InputError(
+                "--output_dir is needed for the base model alone (with adapters: the first's/analyze)"
+            )
+        # beside what was measured, not in whatever folder the command ran from
+        self.output_dir = Path(self.output_dir or Path(self.weights_paths[0]) / "analyze")
 
 
 def mean_pairwise_cosine(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -280,6 +280,25 @@ def gradient_accumulation_steps(batch_size: int, micro_batch_size: int, world_si
     return batch_size // per_step
 
 
+def warmup_warning(warmup_steps: int, planned_steps: int, learning_rate: float) -> str | None:
+    """One line when the linear warm-up takes half the run or more, and so what the learning rate reaches:
+    a short run with the seed's --warmup_steps 100 trains at a fraction of --learning_rate throughout."""
+    if planned_steps < 1 or 2 * warmup_steps < planned_steps:
+        return None
+    fix = "lower --warmup_steps for a run this short"
+    if warmup_steps >= planned_steps:
+        # the last of steps 0 … n-1 runs at lr × (n-1)/warmup
+        reached = learning_rate * (planned_steps - 1) / warmup_steps
+        return (
+            f"--warmup_steps {warmup_steps} ≥ the {planned_steps} planned steps: the learning rate only climbs "
+            f"to {reached:.3g} of --learning_rate {learning_rate:g}; {fix}"
+        )
+    return (
+        f"--warmup_steps {warmup_steps} is at least half the {planned_steps} planned steps: the learning rate "
+        f"reaches {learning_rate:g} only at step {warmup_steps}, then decays to 0 by step {planned_steps}; {fix}"
+    )
+
+
 def _choose(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise InputError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")

@@ -31,7 +31,7 @@ from sibo.data_sources import load_record_dataset, parse_columns
 from sibo.decode.stream import context_length
 from sibo.errors import InputError, first_line
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
-from sibo.train.config import FinetuneConfig, gradient_accumulation_steps
+from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmup_warning
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
 from sibo.train.loraplus import LoraPlusTrainer
 from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
@@ -337,7 +337,7 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
         eval_dataset=run.val_set.examples if run.val_set is not None else None,
         data_collator=collator,
         processing_class=run.tokenizer,
-        callbacks=callbacks,
+        callbacks=[WarmupCheck(), *(callbacks or [])],
     )
     logger.info(
         "training on %d examples (%s batches), global batch %d = %d micro × %d accumulation × %d process(es)",
@@ -353,6 +353,15 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
     with guarded_training(trainer):
         trainer.train(resume_from_checkpoint=run.resume_from)
     return trainer
+
+
+class WarmupCheck(TrainerCallback):
+    """Warns when warm-up is half the run or more; the Trainer knows the planned steps only here."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        warning = warmup_warning(args.warmup_steps, state.max_steps, args.learning_rate)
+        if warning and state.is_world_process_zero:
+            logger.warning(warning)
 
 
 # ---------------------------------------------------------------- save
