@@ -203,6 +203,8 @@ def test_a_hub_name_is_loaded_by_datasets_train_split(monkeypatch, tokenizer):
         return datasets.Dataset.from_list(RENAMED)
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    # the Hub is out of reach here: as with HF_HUB_OFFLINE=1, the cache (datasets' loader) answers
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     dataset = load_record_dataset("someone/math", parse_columns(COLUMNS))
     assert calls == [("someone/math", "train")]
     assert dataset[:] == {name: [r[name] for r in RECORDS] for name in ("instruction", "input", "output")}
