@@ -15,7 +15,7 @@ lengths); ids past its vocabulary decode to nothing.
 - sibo evaluate: the adapter merged for inference (`sibo.checkpoint.export.merge_for_inference`, exact; off
   with --merge False), prompts sorted by length, batches of --batch_size (auto: as the runner
   sizes them from free GPU memory; 8 on CPU), left padding, KV cache on
-  (`sibo.eval.runner.generate_responses`, the function the runner calls).
+  (`sibo.decode.batch.generate_batch`, the function the runner calls).
 - the seed (LLM-Adapters evaluate.py as the SIBO authors ran it): the unmerged adapter, one
   question per generate call, use_cache=False, so every new token recomputes the whole prefix for
   every beam. It runs on --seed_examples questions (default: all; 0: none) spread evenly over the
@@ -56,7 +56,7 @@ from peft import LoraConfig
 from sibo import get_sibo_model
 from sibo.checkpoint.export import merge_for_inference
 from sibo.cli._flags import optional_bool_flag
-from sibo.eval.runner import auto_batch_size, generate_responses
+from sibo.decode.batch import auto_batch_size, generate_batch
 from sibo.eval.tasks import default_data_dir
 from sibo.prompts import build_prompt, extract_response
 from sibo.testing import build_tokenizer
@@ -172,7 +172,7 @@ def main() -> None:
     seed_set = {order[(j * n) // k] for j in range(k)}
 
     for warm in (model, seed_model):  # CUDA context, kernels and allocator: not part of either side's time
-        generate_responses(warm, tokenizer, prompts[:1], num_beams=args.num_beams, max_new_tokens=2)
+        generate_batch(warm, tokenizer, prompts[:1], num_beams=args.num_beams, max_new_tokens=2)
     counters = [count_new_tokens(each) for each in dict.fromkeys((model, seed_model))]
     sibo_seconds = seed_seconds = sibo_cpu = seed_cpu = 0.0
     sibo_out, seed_out = {}, {}
@@ -188,7 +188,7 @@ def main() -> None:
 
     def sibo_batch(batch: list[int]) -> tuple[list[str], float, float]:
         return timed(
-            generate_responses, model, tokenizer, [prompts[i] for i in batch], num_beams=args.num_beams,
+            generate_batch, model, tokenizer, [prompts[i] for i in batch], num_beams=args.num_beams,
             max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, **static,
         )  # fmt: skip
 

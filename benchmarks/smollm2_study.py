@@ -48,8 +48,9 @@ from common import add_device_flag, describe_machine
 
 from sibo.checkpoint.gguf import find_gguf
 from sibo.checkpoint.load import load_model
+from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import DecodingConfig, EvalConfig, evaluate, load_benchmarks, read_records
+from sibo.eval.runner import EvalConfig, evaluate, load_benchmarks, read_records
 from sibo.eval.tasks import commonsense as commonsense_tasks
 from sibo.eval.tasks import default_data_dir
 from sibo.eval.tasks import math as math_tasks
@@ -214,7 +215,7 @@ class Plan:
             data_dir=self.data_dir,
             output_dir=self.run_dir(method, seed) / decoding_name(beams),
             limit=None if self.validation else self.size.test_limit,  # held-out records: all of them
-            decoding=DecodingConfig(
+            decoding=DecodingSettings(
                 batch_size=max(1, self.size.eval_batch_size // beams),
                 num_beams=beams,
                 max_new_tokens=min(self.size.max_new_tokens, MAX_NEW_TOKENS[self.task]),

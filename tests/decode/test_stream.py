@@ -8,10 +8,9 @@ from peft import LoraConfig
 
 from sibo import get_sibo_model
 from sibo.cli import main as cli_main
+from sibo.decode.settings import DecodingSettings, context_length
 from sibo.decode.stream import (
-    DecodingSettings,
     _until_next_section,
-    context_length,
     generate_response,
     stream_response,
 )
@@ -151,7 +150,10 @@ def test_boosted_model_streams_what_it_generates(model, tokenizer):
 def test_over_long_prompt_is_an_input_error(tokenizer):
     short_model = build_tiny_model("llama", len(tokenizer), max_positions=200)
     assert context_length(short_model) == 200
-    with pytest.raises(InputError, match=r"the model's context holds 200 tokens"):
+    with pytest.raises(
+        InputError,
+        match="the prompt is 640 tokens and max_new_tokens is 8, more than the model's context of 200 tokens: shorten it",
+    ):
         next(
             stream_response(
                 short_model, tokenizer, "word " * 100, settings=DecodingSettings(max_new_tokens=8)

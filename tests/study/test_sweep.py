@@ -9,8 +9,8 @@ import pytest
 
 from sibo.cli import main
 from sibo.cli.sweep import parse_config
+from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import DecodingConfig
 from sibo.study.sweep import SweepConfig, SweepRow, summarize, write_csv
 from sibo.study.synthetic import write_records
 from sibo.train.config import FinetuneConfig
@@ -108,7 +108,13 @@ def test_repeated_lambdas_are_refused(workspace):
     finetune = FinetuneConfig(base_model="b", data_path="d")
     with pytest.raises(InputError, match="must not repeat"):
         SweepConfig(
-            finetune, [0.1, 0.1], [1], "AddSub", workspace, workspace / "o", decoding=DecodingConfig()
+            finetune,
+            [0.1, 0.1],
+            [1],
+            "AddSub",
+            workspace,
+            workspace / "o",
+            decoding=DecodingSettings(num_beams=4),
         )
 
 

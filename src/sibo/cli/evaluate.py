@@ -14,14 +14,8 @@ from __future__ import annotations
 import argparse
 
 from sibo.cli._flags import add_merge_flag, add_model_flags, model_loading_kwargs, optional_bool_flag
-from sibo.eval.runner import (
-    CPU_BATCH_SIZE,
-    DecodingConfig,
-    EvalConfig,
-    accelerate_shard,
-    evaluate,
-    load_benchmarks,
-)
+from sibo.decode.settings import CPU_BATCH_SIZE, DecodingSettings
+from sibo.eval.runner import EvalConfig, accelerate_shard, evaluate, load_benchmarks
 from sibo.eval.tasks import EXTRACTION_MODES, default_data_dir
 
 
@@ -78,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         output_dir=args.output_dir,
         extraction=args.extraction,
         limit=args.limit,
-        decoding=DecodingConfig(args.batch_size, args.num_beams, args.max_new_tokens, args.static_cache),
+        decoding=DecodingSettings(
+            batch_size=args.batch_size,
+            num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens,
+            static_cache=args.static_cache,
+        ),
     )
     benchmarks = load_benchmarks(config)  # a missing or malformed file stops us before any model loads
 

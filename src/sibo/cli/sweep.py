@@ -12,8 +12,8 @@ import argparse
 
 from sibo.cli._flags import parse_list
 from sibo.cli.finetune import build_parser as build_finetune_parser
+from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import DecodingConfig
 from sibo.eval.tasks import EXTRACTION_MODES, default_data_dir
 from sibo.study.sweep import CSV_FILE, PLOT_FILE, SweepConfig, summarize, sweep
 from sibo.train.config import FinetuneConfig
@@ -73,7 +73,11 @@ def parse_config(argv: list[str] | None) -> SweepConfig:
         output_dir=finetune.output_dir,
         limit=grid["eval_limit"],
         extraction=grid["extraction"],
-        decoding=DecodingConfig(grid["eval_batch_size"], grid["num_beams"], grid["max_new_tokens"]),
+        decoding=DecodingSettings(
+            batch_size=grid["eval_batch_size"],
+            num_beams=grid["num_beams"],
+            max_new_tokens=grid["max_new_tokens"],
+        ),
     )
 
 

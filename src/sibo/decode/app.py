@@ -14,7 +14,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sibo.decode.stream import DecodingSettings, stream_response
+from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings
+from sibo.decode.stream import stream_response
 from sibo.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def build_app(model, tokenizer, config: ServeConfig | None = None, defaults: Dec
                     1, 4, value=defaults.num_beams, step=1, label="Beams (no streaming above 1)"
                 )
                 max_new_tokens = gr.Slider(
-                    1, 2048, value=defaults.max_new_tokens, step=1, label="Max new tokens"
+                    1, 2048, value=defaults.tokens_or(ONE_ANSWER_TOKENS), step=1, label="Max new tokens"
                 )
                 submit = gr.Button("Generate", variant="primary", elem_id="submit")
             with gr.Column():

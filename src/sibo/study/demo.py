@@ -232,7 +232,8 @@ def score_model(
 ) -> float:
     """Greedy-decoded accuracy on the test problems, read the way the math benchmarks are read."""
     from sibo.checkpoint.load import load_model
-    from sibo.eval.runner import DecodingConfig, EvalConfig, evaluate
+    from sibo.decode.settings import DecodingSettings
+    from sibo.eval.runner import EvalConfig, evaluate
     from sibo.eval.tasks import Example, Task
 
     task = Task("synthetic", "math")  # scored like AddSub: the number after "The answer is"
@@ -243,7 +244,7 @@ def score_model(
         datasets="AddSub",  # required by EvalConfig; the synthetic examples are passed in directly
         data_dir=config.output_dir / "data",
         output_dir=output_dir,
-        decoding=DecodingConfig(
+        decoding=DecodingSettings(
             batch_size=config.eval_batch_size, num_beams=1, max_new_tokens=config.max_new_tokens
         ),
     )

@@ -20,8 +20,9 @@ import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import SUMMARY_FILE, DecodingConfig, EvalConfig, evaluate, load_benchmarks
+from sibo.eval.runner import SUMMARY_FILE, EvalConfig, evaluate, load_benchmarks
 from sibo.study.plots import pyplot, save_figure
 from sibo.train.config import FinetuneConfig
 
@@ -46,7 +47,9 @@ class SweepConfig:
     output_dir: Path = field(metadata={"help": "where runs, sweep.csv and sweep.png go"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
     extraction: str = field(default="careful", metadata={"help": "careful, or legacy (the seed's rules)"})
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    decoding: DecodingSettings = field(
+        default_factory=lambda: DecodingSettings(num_beams=UPSTREAM_EVAL_BEAMS)
+    )
 
     def __post_init__(self) -> None:
         self.output_dir, self.data_dir = Path(self.output_dir), Path(self.data_dir)
