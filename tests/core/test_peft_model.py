@@ -53,7 +53,7 @@ def test_learnable_lambda_trains_and_stays_in_unit_interval():
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     with torch.no_grad():
         logits.fill_(1e4)
-    assert model._sibo_adapters["default"].lam(0).item() <= 1.0
+    assert model._sibo_adapters["default"].lambda_at(0).item() <= 1.0
 
 
 def test_plain_peft_adapter_loads_plain_or_boosted(tmp_path):

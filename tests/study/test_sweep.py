@@ -78,7 +78,9 @@ def test_sweep_writes_one_row_per_lambda_and_seed(workspace, capsys):
 def test_a_bad_lambda_stops_the_sweep_before_anything_is_written(workspace, capsys):
     output_dir = workspace / "bad"
     assert main(_flags(workspace, output_dir, "--lambdas", "0.1,1.5")) == 2
-    assert capsys.readouterr().err.strip() == "sibo sweep: error: every λ must be in [0, 1], got 1.5"
+    assert (
+        capsys.readouterr().err.strip() == "sibo sweep: error: SIBO's λ must be a number in [0, 1], got 1.5"
+    )
     assert not output_dir.exists()
 
 

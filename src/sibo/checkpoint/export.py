@@ -193,7 +193,7 @@ def _boosted_lambdas(model: PeftModel, adapter_name: str) -> dict[str, float]:
         return {}
     prefix = "base_model.model."
     return {
-        layer.name.removeprefix(prefix): float(torch.as_tensor(adapter.lam(layer.block)).detach())
+        layer.name.removeprefix(prefix): float(torch.as_tensor(adapter.lambda_at(layer.block)).detach())
         for layer in adapter.layers
     }
 

@@ -29,40 +29,11 @@ from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.variants import DoraLinearVariant
 from torch import nn
 
-from sibo.errors import InputError
+from sibo.core.config import SiboConfig
 
 logger = logging.getLogger(__name__)
 
-TARGET_POLICIES = ("ffn", "attn", "all")
 _ATTENTION_PART = re.compile(r"attn|attention", re.IGNORECASE)
-
-
-@dataclass
-class SiboConfig:
-    """How one adapter is boosted. Saved beside the adapter as sibo_config.json."""
-
-    lam: float = field(
-        default=0.1, metadata={"help": "λ, the share of h0 every boosted branch reads, in [0, 1]"}
-    )
-    targets: str = field(
-        default="ffn",
-        metadata={"help": "which branches take h0: 'ffn' (the paper's code), 'attn', or 'all'"},
-    )
-    learnable_lambda: bool = field(
-        default=False,
-        metadata={
-            "help": "learn one λ per transformer block, initialised at lam, kept in (0, 1) by a sigmoid"
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if isinstance(self.lam, bool) or not isinstance(self.lam, int | float) or not 0.0 <= self.lam <= 1.0:
-            raise InputError(f"SIBO's λ must be a number in [0, 1], got {self.lam!r}")
-        self.lam = float(self.lam)
-        if self.targets not in TARGET_POLICIES:
-            raise InputError(f"SIBO targets must be one of {TARGET_POLICIES}, got {self.targets!r}")
-        if self.learnable_lambda and not 0.0 < self.lam < 1.0:
-            raise InputError(f"a learnable λ starts strictly inside (0, 1), got {self.lam!r}")
 
 
 class InitialState:
@@ -108,7 +79,8 @@ class BoostedAdapter:
     lambdas: LearnableLambda | None
     handles: list = field(default_factory=list, repr=False)
 
-    def lam(self, block: int) -> float | torch.Tensor:
+    def lambda_at(self, block: int) -> float | torch.Tensor:
+        """The λ block `block` mixes with: the config's number, or that block's learnable one."""
         return self.config.lam if self.lambdas is None else self.lambdas(block)
 
 
@@ -169,7 +141,7 @@ def _register_mixing_hook(
         key = (adapter_name, block)
         if state.last_mix is not None and state.last_mix[0] is x and state.last_mix[1] == key:
             return state.last_mix[2]
-        mixed = mix_initial_residual(x, state.for_branch(adapter_name), adapter.lam(block))
+        mixed = mix_initial_residual(x, state.for_branch(adapter_name), adapter.lambda_at(block))
         state.last_mix = (x, key, mixed)
         return mixed
 

@@ -273,7 +273,9 @@ def read_settings(directory: Path, base_config) -> tuple[SiboConfig, list[float]
         return _seed_settings(Path(directory))
     try:
         settings = json.loads(file.read_text())
-        config = SiboConfig(settings["lam"], settings["targets"], settings["learnable_lambda"])
+        config = SiboConfig(
+            lam=settings["lam"], targets=settings["targets"], learnable_lambda=settings["learnable_lambda"]
+        )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise InputError(f"{file}: not a valid SIBO settings file ({error})") from None
     saved = (settings.get("base_model_type"), settings.get("hidden_size"))

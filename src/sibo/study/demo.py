@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from sibo.checkpoint.weights import check_weights_dir
+from sibo.core.config import SiboConfig
 from sibo.errors import InputError
 from sibo.study.synthetic import generate_splits, write_records
 
@@ -94,8 +95,8 @@ class DemoConfig:
         unknown = [name for name in self.methods if name not in METHODS]
         if unknown or not self.methods:
             raise InputError(f"unknown demo methods {unknown}; choose from {', '.join(METHODS)}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise InputError(f"λ must be in [0, 1], got {self.lam}")
+        # not a field (demo_config.json keeps its keys): the SIBO methods' settings, checked by SiboConfig
+        self.sibo = SiboConfig(lam=self.lam, targets="ffn")
         for name in (
             "num_train",
             "num_test",
@@ -217,8 +218,8 @@ def train_adapter(
             lora_dropout=0.0,
             target_modules=LORA_TARGETS if method.adapter == "lora" else None,
             bottleneck_size=config.bottleneck_size,
-            embedding_lambda=config.lam if method.boosted else 0.0,
-            sibo_targets="ffn",
+            embedding_lambda=config.sibo.lam if method.boosted else 0.0,
+            sibo_targets=config.sibo.targets,
         )
     )
 

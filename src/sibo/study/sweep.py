@@ -56,8 +56,7 @@ class SweepConfig:
         if not self.lambdas or not self.seeds:
             raise InputError("a sweep needs at least one λ and one seed")
         for lam in self.lambdas:
-            if not 0.0 <= lam <= 1.0:
-                raise InputError(f"every λ must be in [0, 1], got {lam}")
+            replace(self.finetune.sibo, lam=lam)  # SiboConfig checks each λ
         if len(set(self.lambdas)) != len(self.lambdas) or len(set(self.seeds)) != len(self.seeds):
             raise InputError(f"λ values and seeds must not repeat: {self.lambdas}, {self.seeds}")
 

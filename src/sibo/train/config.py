@@ -10,9 +10,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 
-from transformers.activations import ACT2FN
-
-from sibo.core.booster import TARGET_POLICIES
+from sibo.core.config import TARGET_POLICIES, SiboConfig
 from sibo.errors import InputError
 
 ADAPTERS = ("lora", "dora", "bottleneck")
@@ -138,6 +136,8 @@ class FinetuneConfig:
         if not self.data_path:
             raise InputError("--data_path is required")
         _choose("adapter_name", self.adapter_name, ADAPTERS)
+        from transformers.activations import ACT2FN
+
         if self.non_linearity not in ACT2FN:
             raise InputError(
                 f"--non_linearity {self.non_linearity!r} is not a transformers activation (tanh, relu, gelu, …)"
@@ -176,18 +176,17 @@ class FinetuneConfig:
             raise InputError("--target_modules is empty")
 
     def _check_sibo(self) -> None:
-        if isinstance(self.embedding_lambda, bool) or not 0.0 <= self.embedding_lambda <= 1.0:
-            raise InputError(f"--embedding_lambda must be in [0, 1], got {self.embedding_lambda}")
-        if self.learnable_lambda and not 0.0 < self.embedding_lambda < 1.0:
-            raise InputError(
-                f"--learnable_lambda starts from --embedding_lambda in (0, 1), got {self.embedding_lambda}"
-            )
+        """The SIBO flags as one SiboConfig (which holds the λ rules): `self.sibo`, what the recipe boosts with."""
         implied = None if self.ffn is None else ("ffn" if self.ffn else "attn")
         if self.sibo_targets is not None:
             _choose("sibo_targets", self.sibo_targets, TARGET_POLICIES)
             if implied is not None and implied != self.sibo_targets:
                 raise InputError(f"--ffn {self.ffn} means --sibo_targets {implied}, not {self.sibo_targets}")
         self.sibo_targets = self.sibo_targets or implied or "ffn"
+        # not a field: run_config.json's "config" keeps the flags as given; "resolved" records the SiboConfig
+        self.sibo = SiboConfig(
+            lam=self.embedding_lambda, targets=self.sibo_targets, learnable_lambda=self.learnable_lambda
+        )
 
     def _check_tracking(self) -> None:
         wanted = self.report_to or ("wandb" if self.wandb_project else "none")

@@ -21,11 +21,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from peft import get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 import sibo
 from sibo.checkpoint.load import load_model, resolve_dtype
-from sibo.core.peft_model import boosted_adapter
+from sibo.core.peft_model import boost_adapter, boosted_adapter
 from sibo.data import PaddedCollator, TokenizedSet, load_records, split_validation, tokenize_records
 from sibo.errors import InputError, first_line
 from sibo.train.config import FinetuneConfig, gradient_accumulation_steps
@@ -132,7 +133,7 @@ def setup(config: FinetuneConfig) -> Run:
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     set_seed(config.seed)  # the adapter's initial weights
-    model = _wrap(model, peft_config, config)
+    model = add_boosted_adapter(model, peft_config, config)
     if start_adapter is not None:
         logger.info("starting from the adapter weights in %s", start_adapter)
         try:
@@ -160,16 +161,10 @@ def packed_attention(model: torch.nn.Module, dtype: torch.dtype) -> str:
     return f"{implementation} attention, {packed_attention_kernel(device, dtype, head_dim)}"
 
 
-def _wrap(model: torch.nn.Module, peft_config, config: FinetuneConfig) -> torch.nn.Module:
-    """The adapter, boosted by SIBO: its branches read (1-λ)·x + λ·h0."""
+def add_boosted_adapter(model: torch.nn.Module, peft_config, config: FinetuneConfig) -> torch.nn.Module:
+    """`model` with a new adapter, boosted by SIBO as `config.sibo` says: its branches read (1-λ)·x + λ·h0."""
     try:
-        model = sibo.get_sibo_model(
-            model,
-            peft_config,
-            lam=config.embedding_lambda,
-            targets=config.sibo_targets,
-            learnable_lambda=config.learnable_lambda,
-        )
+        model = boost_adapter(get_peft_model(model, peft_config), config.sibo)
     except ValueError as error:  # e.g. target modules not found in the base model
         reason = first_line(error)
         raise InputError(
