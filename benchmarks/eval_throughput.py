@@ -49,6 +49,7 @@ from common import (
     add_shape_flag,
     compute_dtype,
     describe_machine,
+    llm_adapters_dir,
     synchronize,
 )
 from peft import LoraConfig
@@ -57,7 +58,6 @@ from sibo import get_sibo_model
 from sibo.checkpoint.export import merge_for_inference
 from sibo.cli._flags import optional_bool_flag
 from sibo.decode.batch import auto_batch_size, generate_batch
-from sibo.eval.tasks import default_data_dir
 from sibo.prompts import build_prompt, extract_response
 from sibo.testing import build_tokenizer
 
@@ -94,7 +94,9 @@ def parse_args() -> argparse.Namespace:
         "--threads", type=int, default=1, help="torch threads (more than the free cores slows every step)"
     )
     parser.add_argument(
-        "--data_dir", default=None, help="LLM-Adapters data (default: as sibo evaluate finds it)"
+        "--data_dir",
+        default=None,
+        help="LLM-Adapters data (default: $SIBO_DATA_DIR, else ../shared/data/llm-adapters)",
     )
     parser.add_argument("--json", default=None, help="also write the headline figures to this JSON file")
     add_device_flag(parser)
@@ -151,7 +153,7 @@ def count_new_tokens(model) -> list[int]:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    data_file = Path(args.data_dir or default_data_dir()) / "gsm8k" / "test.json"
+    data_file = Path(args.data_dir or llm_adapters_dir()) / "gsm8k" / "test.json"
     if not data_file.is_file():
         sys.exit(f"gsm8k not found at {data_file}: pass --data_dir or set SIBO_DATA_DIR")
     records = json.loads(data_file.read_text())

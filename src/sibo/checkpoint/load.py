@@ -49,10 +49,8 @@ def resolve_dtype(dtype: str | torch.dtype = "auto") -> torch.dtype:
     return torch.float32
 
 
-def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
-    """A BitsAndBytesConfig for 8-bit or 4-bit (QLoRA: NF4, double quantisation) bases; CUDA only."""
-    if quantization is None:
-        return None
+def require_quantization(quantization: str) -> None:
+    """InputError unless this machine can load a base in `quantization` ('8bit' or '4bit')."""
     if quantization not in ("8bit", "4bit"):
         raise InputError(f"unknown quantization {quantization!r}: use 8bit or 4bit")
     if not torch.cuda.is_available():
@@ -61,6 +59,13 @@ def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise InputError(f"--load_{quantization} needs bitsandbytes: pip install 'sibo[quant]'") from None
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
+    """A BitsAndBytesConfig for 8-bit or 4-bit (QLoRA: NF4, double quantisation) bases; CUDA only."""
+    if quantization is None:
+        return None
+    require_quantization(quantization)
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
@@ -109,10 +114,14 @@ def load_model(
     trust_remote_code: bool = False,
     is_trainable: bool = False,
     task: str = "causal-lm",
+    threads: int | None = None,
 ):
     """(model, tokenizer): the base model, with the adapter at `weights_path` loaded (SIBO-boosted as saved,
     or with λ = `lam` when given) — or the base alone when weights_path is None. An exact `sibo export`
-    directory loads as a base model: its SIBO residual adapter comes along."""
+    directory loads as a base model: its SIBO residual adapter comes along. `threads`: torch's CPU
+    threads for this process from now on (None leaves them as they are)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     if task not in _MODEL_CLASSES:
         raise InputError(f"unknown task {task!r}: use one of {sorted(_MODEL_CLASSES)}")
     gguf_file = find_gguf(base_model)  # a .gguf file, or a folder holding one

@@ -67,13 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in PASS_THROUGH_VERBS:
         verbose = verbose or any(arg in VERBOSE_FLAGS for arg in rest)
         rest = [arg for arg in rest if arg not in VERBOSE_FLAGS]
-    with console(verbose):
-        module = importlib.import_module(VERBS[verb][0])
-        try:
-            return module.main(rest) or 0
-        except InputError as error:
-            print(f"sibo {verb}: error: {error}", file=sys.stderr)
-            return 2
+    module = importlib.import_module(VERBS[verb][0])
+    try:
+        if verb in PASS_THROUGH_VERBS:
+            with console(verbose):
+                return module.main(rest) or 0
+        # flags first, outside the console: --help and a bad flag import no torch and load nothing
+        args = module.build_parser().parse_args(rest)
+        with console(verbose):
+            return module.run(args) or 0
+    except InputError as error:
+        print(f"sibo {verb}: error: {error}", file=sys.stderr)
+        return 2
 
 
 @contextmanager

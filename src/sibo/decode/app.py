@@ -38,7 +38,8 @@ class ServeConfig:
             raise InputError(f"the queue size must be at least 1, got {self.queue_size}")
 
 
-def _gradio():
+def require_gradio():
+    """gradio, imported; InputError naming the extra to install when it is missing."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an offline box
     try:
         import gradio
@@ -78,7 +79,7 @@ def respond(
 
 def build_app(model, tokenizer, config: ServeConfig | None = None, defaults: DecodingSettings | None = None):
     """The page as gradio Blocks, queued one request at a time; not yet launched."""
-    gr = _gradio()
+    gr = require_gradio()
     config = config or ServeConfig()
     defaults = defaults or DecodingSettings()
 

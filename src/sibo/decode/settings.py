@@ -36,13 +36,9 @@ class DecodingSettings:
     """
 
     max_new_tokens: int | None = field(
-        default=None,
-        metadata={
-            "help": "new tokens per response (default: 128 for one answer; each benchmark's own for "
-            "evaluate: 256 math, 32 commonsense, as upstream)"
-        },
+        default=None, metadata={"help": "new tokens per response (unset: the caller's budget)"}
     )
-    num_beams: int = field(default=1, metadata={"help": "beam width; 1 decodes greedily (> 1 cannot stream)"})
+    num_beams: int = field(default=1, metadata={"help": "beam width; 1 decodes greedily"})
     temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily; > 0 samples"})
     top_p: float = field(default=0.75, metadata={"help": "nucleus sampling mass (sampling only)"})
     top_k: int = field(default=40, metadata={"help": "sample among the k likeliest tokens (sampling only)"})

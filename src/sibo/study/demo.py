@@ -1,6 +1,6 @@
 """The SIBO study in miniature, offline: LoRA vs LoRA-SIBO (and bottleneck vs Adapter-SIBO).
 
-    sibo demo                      # about 2 minutes on 2 idle CPU cores (the budget is 10)
+    sibo demo                      # about 2 minutes on 2 idle CPU cores
     sibo demo --quick              # a smaller setting (the test suite runs it)
 
 A GPU user's study, with only the sizes changed: draw arithmetic word problems with worked
@@ -20,9 +20,6 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import torch
-
-from sibo.checkpoint.weights import check_weights_dir
 from sibo.core.config import SiboConfig
 from sibo.errors import InputError
 from sibo.study.synthetic import generate_splits, write_records
@@ -55,7 +52,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
 @dataclass
 class DemoConfig:
-    """The study's sizes; the defaults fit 10 minutes on 2 CPU cores."""
+    """The study's sizes; the defaults take about 2 minutes on 2 idle CPU cores."""
 
     output_dir: Path = field(
         default=Path("sibo_demo"), metadata={"help": "where data, adapters and results go"}
@@ -63,7 +60,9 @@ class DemoConfig:
     base_model: str | None = field(
         default=None, metadata={"help": "base model directory (default: the shipped 12-layer demo model)"}
     )
-    methods: tuple[str, ...] = field(default=tuple(METHODS), metadata={"help": f"of {', '.join(METHODS)}"})
+    methods: tuple[str, ...] = field(
+        default=tuple(METHODS), metadata={"help": f"the study's rows, of {', '.join(METHODS)}"}
+    )
     lam: float = field(default=0.2, metadata={"help": "λ of the SIBO methods"})
     num_train: int = field(default=2000, metadata={"help": "synthetic training problems"})
     num_test: int = field(default=200, metadata={"help": "held-out test problems"})
@@ -72,9 +71,7 @@ class DemoConfig:
     learning_rate: float = field(default=2e-3, metadata={"help": "peak learning rate of the LoRA methods"})
     adapter_learning_rate: float = field(
         default=6e-3,
-        metadata={
-            "help": "peak learning rate of the bottleneck methods (at 2e-3 they learnt far less: BENCHMARKS.md)"
-        },
+        metadata={"help": "peak learning rate of the bottleneck methods (they need a higher one than LoRA)"},
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     bottleneck_size: int = field(default=16, metadata={"help": "bottleneck adapter width"})
@@ -85,13 +82,13 @@ class DemoConfig:
     threads: int = field(
         default=1,
         metadata={
-            "help": "torch CPU threads: 1 is fastest here, the model's 64-wide matrices are too small to "
-            "split, and more threads than free cores make every step wait (up to 20× slower on a busy machine)"
+            "help": "torch CPU threads (1 is fastest for the demo's 64-wide model: it is too small to split)"
         },
     )
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
+        self.methods = tuple(self.methods)
         unknown = [name for name in self.methods if name not in METHODS]
         if unknown or not self.methods:
             raise InputError(f"unknown demo methods {unknown}; choose from {', '.join(METHODS)}")
@@ -145,15 +142,20 @@ def prepare_output_dir(output_dir: Path) -> None:
 
 def run_demo(config: DemoConfig) -> list[Row]:
     """Data → base → fine-tune each method → evaluate → analyze; rows in method order, base first."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _run(config)
+        return run_study(config)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(config: DemoConfig) -> list[Row]:
+def run_study(config: DemoConfig) -> list[Row]:
+    """The study itself (run_demo sets and restores torch's threads around it)."""
+    from sibo.checkpoint.weights import check_weights_dir
+
     base_model = Path(config.base_model) if config.base_model else shipped_base_model()
     if not (base_model / "config.json").is_file():
         raise InputError(
@@ -213,6 +215,7 @@ def train_adapter(
             save_step=never,
             logging_steps=max(1, config.max_steps // 5),
             seed=config.seed,
+            threads=config.threads,
             lora_r=config.lora_r,
             lora_alpha=2 * config.lora_r,
             lora_dropout=0.0,
@@ -249,7 +252,7 @@ def score_model(
             batch_size=config.eval_batch_size, num_beams=1, max_new_tokens=config.max_new_tokens
         ),
     )
-    model, tokenizer = load_model(base_model, adapter_dir)
+    model, tokenizer = load_model(base_model, adapter_dir, threads=config.threads)
     run_info = {"base_model": base_model, "weights_path": str(adapter_dir)}
     results = evaluate(model, tokenizer, eval_config, benchmarks=[(task, examples)], run_info=run_info)
     return results[task.name].accuracy
@@ -269,6 +272,7 @@ def measure_similarity(
             output_dir=config.output_dir / "analyze",
             n=config.analyze_n,
             batch_size=16,
+            threads=config.threads,
         )
     )
     return analysis["similarity"]

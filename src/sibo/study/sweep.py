@@ -126,7 +126,9 @@ def run_one(
         scored = json.loads(summary.read_text())["datasets"]
         accuracy = {name: scored[name]["accuracy"] for name in names}
     else:
-        model, tokenizer = load_model(finetune_config.base_model, adapter_dir)
+        model, tokenizer = load_model(
+            finetune_config.base_model, adapter_dir, threads=finetune_config.threads
+        )
         run_info = {"base_model": finetune_config.base_model, "weights_path": str(adapter_dir)}
         results = evaluate(model, tokenizer, eval_config, benchmarks=benchmarks, run_info=run_info)
         accuracy = {name: results[name].accuracy for name in names}

@@ -1,6 +1,6 @@
 """What `sibo finetune` can be asked to do: one dataclass, every field documented and checked.
 
-The field names, defaults and meanings are the seed's (LLM-Adapters' finetune.py, plus the SIBO
+The field names, defaults and meanings are upstream's (LLM-Adapters' finetune.py, plus the SIBO
 paper's --embedding_lambda and --ffn); the rest are ours. `sibo.cli.finetune` builds its flags
 from these fields, so --help and the checks below never drift apart.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass, field
 
+from sibo.checkpoint.config import THREADS_HELP, check_threads, quantization_of
 from sibo.core.config import TARGET_POLICIES, SiboConfig
 from sibo.errors import InputError
 
@@ -22,11 +23,11 @@ def _field(default, help: str, group: str, **metadata):
 
 @dataclass
 class FinetuneConfig:
-    """A fine-tuning run, as the seed's flags describe it."""
+    """A fine-tuning run, as upstream's flags describe it."""
 
     # model and data
     base_model: str = _field(
-        "", "base model: a directory, .gguf file or hub name (required)", "model and data"
+        "", "base model: a directory, .gguf file or hub name", "model and data", required=True
     )
     data_path: str = _field(
         "yahma/alpaca-cleaned",
@@ -75,6 +76,7 @@ class FinetuneConfig:
         "liger-kernel); off unless measured faster for your model",
         "training",
     )
+    threads: int | None = _field(None, THREADS_HELP, "training")
     seed: int = _field(42, "random seed (sampling order, dropout, adapter initialisation)", "training")
     resume_from_checkpoint: str | None = _field(
         None,
@@ -111,7 +113,7 @@ class FinetuneConfig:
     embedding_lambda: float = _field(0.1, "λ: the share of h0 each boosted branch reads, in [0, 1]", "SIBO")
     ffn: bool | None = _field(
         None,
-        "the paper's switch: True boosts the feed-forward branches, False the attention branches (the seed's "
+        "the paper's switch: True boosts the feed-forward branches, False the attention branches (upstream's "
         "code boosts nothing with False; plain PEFT here is --embedding_lambda 0)",
         "SIBO",
     )
@@ -164,8 +166,8 @@ class FinetuneConfig:
                 f"--save_step {self.save_step} must be a multiple of --eval_step {self.eval_step}: "
                 "the best adapter is picked among validated checkpoints"
             )
-        if self.load_8bit and self.load_4bit:
-            raise InputError("choose one of --load_8bit and --load_4bit")
+        self.quantization = quantization_of(self.load_8bit, self.load_4bit)
+        self.threads = check_threads(self.threads)
         self._check_sibo()
         self._check_tracking()
         if self.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:

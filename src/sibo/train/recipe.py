@@ -25,7 +25,7 @@ from peft import get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 import sibo
-from sibo.checkpoint.load import load_model, resolve_dtype
+from sibo.checkpoint.load import load_model, require_quantization, resolve_dtype
 from sibo.core.peft_model import boost_adapter, boosted_adapter
 from sibo.data import PaddedCollator, TokenizedSet, load_records, split_validation, tokenize_records
 from sibo.errors import InputError, first_line
@@ -72,9 +72,9 @@ def setup(config: FinetuneConfig) -> Run:
     """Validate all input and build the model and data; raises InputError and writes nothing on bad input."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = gradient_accumulation_steps(config.batch_size, config.micro_batch_size, world_size)
-    quantization = "8bit" if config.load_8bit else "4bit" if config.load_4bit else None
-    if quantization and not torch.cuda.is_available():
-        raise InputError(f"--load_{quantization} needs a CUDA GPU (bitsandbytes); none is available here")
+    quantization = config.quantization
+    if quantization:
+        require_quantization(quantization)  # now, not after the data has been read
     resume_from, start_adapter = resolve_resume(config.resume_from_checkpoint, config.output_dir)
     if resume_from is None and any(Path(config.output_dir).glob("checkpoint-*")):
         # A fresh run would mix its checkpoints with these, and `latest` could later pick a stale one.
@@ -93,6 +93,7 @@ def setup(config: FinetuneConfig) -> Run:
         quantization=quantization,
         device_map={"": local_rank} if quantization else None,
         trust_remote_code=config.trust_remote_code,
+        threads=config.threads,
     )
     dtype = resolve_dtype("auto")
 
@@ -274,8 +275,7 @@ def training_arguments(run: Run) -> TrainingArguments:
         # Packed batches have nothing to group; padded ones waste least when grouped by length.
         train_sampling_strategy="group_by_length" if config.group_by_length or not run.packing else "random",
         # Non-reentrant checkpointing: DDP would otherwise see parameters "marked ready twice".
-        activation_checkpointing=config.use_gradient_checkpointing
-        and not (config.load_8bit or config.load_4bit),
+        activation_checkpointing=config.use_gradient_checkpointing and not config.quantization,
         activation_checkpointing_kwargs={"use_reentrant": False},
         ddp_find_unused_parameters=False if run.world_size > 1 else None,
         remove_unused_columns=False,
