@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from sibo.eval.runner import EvalConfig, accelerate_shard, evaluate, load_benchmarks
 
+    # a bad model flag, or a missing or malformed data file, stops us before any model loads
+    source = ModelConfig(**dataclass_values(args, ModelConfig, skip=("task",)))
     flags = EvaluateFlags(**dataclass_values(args, EvaluateFlags))
     config = EvalConfig(
         datasets=flags.dataset,
@@ -94,9 +96,7 @@ def run(args: argparse.Namespace) -> int:
         limit=flags.limit,
         decoding=DecodingSettings(**dataclass_values(args, DecodingSettings, skip=SAMPLING_FIELDS)),
     )
-    # a missing or malformed file, or a bad model flag, stops us before any model loads
     benchmarks = load_benchmarks(config)
-    source = ModelConfig(**dataclass_values(args, ModelConfig, skip=("task",)))
 
     shard, device = accelerate_shard()
     device_map = {"": str(device)} if device.type != "cpu" else None
