@@ -134,7 +134,7 @@ def _load_hub_records(name: str) -> list[Record]:
 def split_validation(
     records: Sequence[Record], val_set_size: int, seed: int = 42
 ) -> tuple[list[Record], list[Record]]:
-    """(train, validation): a seeded random hold-out of val_set_size records, as the seed does."""
+    """(train, validation): a seeded random hold-out of val_set_size records, as upstream does."""
     if val_set_size <= 0:
         return list(records), []
     if val_set_size >= len(records):

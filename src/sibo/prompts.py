@@ -1,6 +1,6 @@
-"""The one prompt template (Alpaca's, as the seed's finetune/evaluate/generate intend it).
+"""The one prompt template (Alpaca's, as upstream's finetune/evaluate/generate intend it).
 
-The seed builds it with indented triple-quoted f-strings, so its prompts carry stray leading
+Upstream builds it with indented triple-quoted f-strings, so its prompts carry stray leading
 spaces on every line; here the template is written out exactly.
 """
 

@@ -18,9 +18,8 @@ from sibo.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
 
-RESIDUAL_DIR = (
-    "sibo_residual"  # an exact `sibo export` keeps SIBO's λ·ΔW·h0 path here, beside the merged base
-)
+# an exact `sibo export` keeps SIBO's λ·ΔW·h0 path here, beside the merged base
+RESIDUAL_DIR = "sibo_residual"
 
 _MODEL_CLASSES = {
     "causal-lm": AutoModelForCausalLM,
@@ -83,15 +82,17 @@ def load_tokenizer(
     weights_path: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
     padding_side: str = "left",
+    gguf_file: Path | None = None,
 ):
     """The adapter's tokenizer when it ships one (finetune saves it), else the base model's. Generation
-    pads on the left; BERT-style classifiers read position 0 and need the right."""
+    pads on the left; BERT-style classifiers read position 0 and need the right. `gguf_file`: the base's
+    GGUF file when the caller has already resolved it (else it is looked up here)."""
     source = (
         weights_path
         if weights_path and (Path(weights_path) / "tokenizer_config.json").is_file()
         else base_model
     )
-    if source == base_model and (gguf_file := find_gguf(base_model)) is not None:
+    if source == base_model and (gguf_file := gguf_file or find_gguf(base_model)) is not None:
         tokenizer = load_gguf_tokenizer(gguf_file)
     else:
         try:
@@ -138,7 +139,8 @@ def load_model(
         raise InputError(f"adapter directory {weights_path} does not exist")
     torch_dtype = resolve_dtype(dtype)
     quantization = quantization_config(quantization, torch_dtype)
-    if weights_path is not None:  # both before the base loads: a damaged file fails in seconds
+    # before the base loads: a damaged adapter file fails in seconds (load_sibo_model then skips it)
+    if weights_path is not None:
         check_weights_dir(weights_path, ADAPTER_WEIGHTS)
     if gguf_file is not None:
         if quantization is not None:
@@ -157,9 +159,9 @@ def load_model(
         except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
             raise InputError(f"cannot load base model {base_model}: {first_line(error)}") from None
     padding_side = "right" if task == "sequence-classification" else "left"
-    tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side)
+    tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side, gguf_file)
     if weights_path is not None:
-        model = load_sibo_model(model, weights_path, lam=lam, is_trainable=is_trainable)
+        model = load_sibo_model(model, weights_path, lam=lam, is_trainable=is_trainable, check_files=False)
     elif lam is not None:
         logger.warning("λ=%s ignored: no adapter given", lam)
     if not is_trainable:

@@ -2,9 +2,9 @@
 
     sibo evaluate --base_model B --weights_path W --dataset math --output_dir O
 
-The seed scores one question at a time with 4 beams and use_cache=False, so every new token
+Upstream scores one question at a time with 4 beams and use_cache=False, so every new token
 recomputes the whole prefix. Here prompts are sorted by length, batched with left padding and
-decoded with the KV cache on; the decoding itself is the seed's (4 beams, no sampling, its
+decoded with the KV cache on; the decoding itself is upstream's (4 beams, no sampling, its
 max_new_tokens per family). Every scored example is appended to O/<dataset>.jsonl at once, so a
 killed run resumes where it stopped; at the end the file is rewritten in index order (predictions
 re-read from the stored responses with the current --extraction) and O/summary.json updated.
@@ -46,7 +46,7 @@ class EvalConfig:
     datasets: str | list[str] = field(metadata={"help": "names, 'math' or 'commonsense', comma-separated"})
     data_dir: Path = field(metadata={"help": "folder holding <Name>/test.json"})
     output_dir: Path = field(metadata={"help": "where <dataset>.jsonl and summary.json are written"})
-    extraction: str = field(default="careful", metadata={"help": "careful, or legacy (the seed's rules)"})
+    extraction: str = field(default="careful", metadata={"help": "careful, or legacy (upstream's rules)"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
     decoding: DecodingSettings = field(
         default_factory=lambda: DecodingSettings(num_beams=UPSTREAM_EVAL_BEAMS)

@@ -46,7 +46,7 @@ class SweepConfig:
     data_dir: Path = field(metadata={"help": "folder holding <Name>/test.json"})
     output_dir: Path = field(metadata={"help": "where runs, sweep.csv and sweep.png go"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
-    extraction: str = field(default="careful", metadata={"help": "careful, or legacy (the seed's rules)"})
+    extraction: str = field(default="careful", metadata={"help": "careful, or legacy (upstream's rules)"})
     decoding: DecodingSettings = field(
         default_factory=lambda: DecodingSettings(num_beams=UPSTREAM_EVAL_BEAMS)
     )

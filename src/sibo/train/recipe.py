@@ -179,7 +179,7 @@ def add_boosted_adapter(model: torch.nn.Module, peft_config, config: FinetuneCon
     if config.ffn is False and config.embedding_lambda > 0:
         names = sorted({re.split(r"\.\d+\.", layer.name)[-1] for layer in boosted.layers})
         logger.warning(
-            "--ffn False boosts the attention branches here (%s); the seed's code boosts nothing with it. "
+            "--ffn False boosts the attention branches here (%s); LLM-Adapters' code boosts nothing with it. "
             "For plain PEFT, use --embedding_lambda 0",
             ", ".join(names) or "none of the adapted modules",
         )
@@ -241,7 +241,7 @@ def _report_tokenized(config: FinetuneConfig, split: str, tokenized: TokenizedSe
 
 
 def training_arguments(run: Run) -> TrainingArguments:
-    """The seed's Trainer settings in transformers v5 spelling, plus precision, packing and DDP fixes,
+    """Upstream's Trainer settings in transformers v5 spelling, plus precision, packing and DDP fixes,
     and on a GPU no host waits in the step: fused AdamW, non-blocking batch copies, no NaN check."""
     config = run.config
     on_gpu = torch.cuda.is_available()
