@@ -12,7 +12,7 @@ same beam search (4 beams, no sampling). `--shape` picks the config: `custom` (-
 benchmarks/gpu_check.sh runs it). The tokenizer is trained on the questions (realistic prompt
 lengths); ids past its vocabulary decode to nothing.
 
-- sibo evaluate: the adapter merged for inference (`sibo.checkpoint.export.merge_for_inference`, exact; off
+- sibo evaluate: the adapter merged for inference (`sibo.core.merge.merge_for_inference`, exact; off
   with --merge False), prompts sorted by length, batches of --batch_size (auto: as the runner
   sizes them from free GPU memory; 8 on CPU), left padding, KV cache on
   (`sibo.decode.batch.generate_batch`, the function the runner calls).
@@ -55,8 +55,8 @@ from common import (
 from peft import LoraConfig
 
 from sibo import get_sibo_model
-from sibo.checkpoint.export import merge_for_inference
 from sibo.cli._flags import optional_bool_flag
+from sibo.core.merge import merge_for_inference
 from sibo.decode.batch import auto_batch_size, generate_batch
 from sibo.prompts import build_prompt, extract_response
 from sibo.testing import build_tokenizer

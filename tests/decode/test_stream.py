@@ -217,7 +217,7 @@ def test_cli_loads_a_sibo_adapter(saved_base, tokenizer, tmp_path, capsys, caplo
         reference_ids(boosted, tokenizer, DecodingSettings(max_new_tokens=5)), skip_special_tokens=True
     )
     argv = ["generate", "--base_model", str(saved_base), "--weights_path", str(tmp_path / "adapter")]
-    with caplog.at_level("INFO", logger="sibo.checkpoint.export"):
+    with caplog.at_level("INFO", logger="sibo.core.merge"):
         assert cli_main([*argv, "--prompt", INSTRUCTION, "--max_new_tokens", "5", "--merge", str(merge)]) == 0
     assert capsys.readouterr().out == expected + "\n"  # merged or not, the same tokens
     assert ("λ·ΔW·h0 kept on 4 modules" in caplog.text) == merge  # gate, up × 2

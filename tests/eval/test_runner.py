@@ -10,8 +10,8 @@ from peft import LoraConfig
 
 import sibo.decode.batch as batch_module
 from sibo import get_sibo_model
-from sibo.checkpoint.export import merge_for_inference
 from sibo.cli import main as sibo_main
+from sibo.core.merge import merge_for_inference
 from sibo.decode.batch import MAX_AUTO_BATCH_SIZE, auto_batch_size, generate_batch
 from sibo.decode.settings import CPU_BATCH_SIZE, DecodingSettings
 from sibo.errors import InputError

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     device_map = {"": str(device)} if device.type != "cpu" else None
     model, tokenizer = source.load(device_map=device_map)
     if flags.merge:
-        from sibo.checkpoint.export import merge_for_inference
+        from sibo.core.merge import merge_for_inference
 
         model = merge_for_inference(model)
     run_info = {

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         require_gradio()  # a missing gradio should say so before the model loads
     model, tokenizer = source.load()
     if flags.merge:
-        from sibo.checkpoint.export import merge_for_inference
+        from sibo.core.merge import merge_for_inference
 
         model = merge_for_inference(model)
     if serve_config is not None:
