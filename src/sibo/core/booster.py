@@ -23,6 +23,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -36,6 +37,23 @@ logger = logging.getLogger(__name__)
 _ATTENTION_PART = re.compile(r"attn|attention", re.IGNORECASE)
 
 
+class LastMix(NamedTuple):
+    """The mix a branch just computed: q/k/v (and gate/up) of a block read the same x, so they share it."""
+
+    x: torch.Tensor
+    adapter_name: str
+    block: int
+    mixed: torch.Tensor
+
+
+class Branch(NamedTuple):
+    """Where SIBO hooks a PEFT layer: the module whose input is the branch's input, how, and its width."""
+
+    module: nn.Module
+    kind: str  # "input": mix the module's input; "dora": DoRA's magnitude module (see _register_mixing_hook)
+    in_features: int
+
+
 class InitialState:
     """h0 of the current forward pass, shared by every boosted branch of one model."""
 
@@ -43,8 +61,7 @@ class InitialState:
         self.h0: torch.Tensor | None = None
         # adapter name -> rows of the batch it runs on, while PEFT runs an `adapter_names=` mixed batch
         self.adapter_rows: dict[str, torch.Tensor] | None = None
-        # (x, (adapter, block), mix) of the last branch, for its siblings that read the same x
-        self.last_mix: tuple | None = None
+        self.last_mix: LastMix | None = None
 
     def for_branch(self, adapter_name: str) -> torch.Tensor:
         if self.h0 is None:
@@ -118,18 +135,20 @@ def capture_initial_state(blocks: nn.ModuleList, state: InitialState):
     return blocks[0].register_forward_pre_hook(store_h0, with_kwargs=True)
 
 
-def _branch(layer: nn.Module, adapter_name: str) -> tuple[nn.Module, str, int] | None:
-    """(module whose input is the branch's input, kind of hook, branch input width) for a PEFT layer."""
+def _branch(layer: nn.Module, adapter_name: str) -> Branch | None:
+    """Where a PEFT layer's branch for `adapter_name` can take h0; None for layers SIBO cannot boost."""
     if isinstance(layer, LoraLayer):
         variant = getattr(layer, "lora_variant", {}).get(adapter_name)
         if variant is None:
-            return layer.lora_dropout[adapter_name], "input", layer.in_features
+            return Branch(layer.lora_dropout[adapter_name], "input", layer.in_features)
         if isinstance(variant, DoraLinearVariant):
             # DoRA calls lora_dropout only in training with p > 0: hook its magnitude module instead.
-            return layer.lora_magnitude_vector[adapter_name], "dora", layer.in_features
+            return Branch(layer.lora_magnitude_vector[adapter_name], "dora", layer.in_features)
         return None
     if hasattr(layer, "sibo_branch_input"):
-        return layer.sibo_branch_input(adapter_name), "input", layer.sibo_branch_in_features(adapter_name)
+        return Branch(
+            layer.sibo_branch_input(adapter_name), "input", layer.sibo_branch_in_features(adapter_name)
+        )
     return None
 
 
@@ -138,11 +157,11 @@ def _register_mixing_hook(
 ):
     def mix(x: torch.Tensor) -> torch.Tensor:
         # q/k/v (and gate/up) of a block read the same x: mix it once.
-        key = (adapter_name, block)
-        if state.last_mix is not None and state.last_mix[0] is x and state.last_mix[1] == key:
-            return state.last_mix[2]
+        last = state.last_mix
+        if last is not None and last.x is x and (last.adapter_name, last.block) == (adapter_name, block):
+            return last.mixed
         mixed = mix_initial_residual(x, state.for_branch(adapter_name), adapter.lambda_at(block))
-        state.last_mix = (x, key, mixed)
+        state.last_mix = LastMix(x, adapter_name, block, mixed)
         return mixed
 
     if kind == "input":
@@ -170,7 +189,7 @@ def boost(
         branch = _branch(layer, adapter_name) if _has_adapter(layer, adapter_name) else None
         if branch is None:
             continue
-        _, _, width = branch
+        width = branch.in_features
         block = next((i for i, prefix in enumerate(block_prefixes) if name.startswith(prefix)), None)
         if block is None:
             reason = "outside the transformer blocks"
@@ -186,9 +205,11 @@ def boost(
     device = next(model.parameters()).device
     lambdas = LearnableLambda(config.lam, len(blocks)).to(device) if config.learnable_lambda else None
     adapter = BoostedAdapter(config, [layer for layer, _ in boosted], lambdas)
-    for boosted_layer, (module, kind, _) in boosted:
+    for boosted_layer, branch in boosted:
         adapter.handles.append(
-            _register_mixing_hook(module, kind, adapter, boosted_layer.block, state, adapter_name)
+            _register_mixing_hook(
+                branch.module, branch.kind, adapter, boosted_layer.block, state, adapter_name
+            )
         )
         if config.lam > 0 or config.learnable_lambda:
             adapter.handles.append(
