@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import re
 
-from sibo.eval.tasks.math import cut_at_new_prompt
-from sibo.prompts import RESPONSE_MARKER
+from sibo.prompts import RESPONSE_MARKER, cut_at_new_prompt
 
 DATASETS = (
     "boolq",

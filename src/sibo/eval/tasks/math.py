@@ -20,17 +20,12 @@ from __future__ import annotations
 
 import re
 
-from sibo.prompts import RESPONSE_MARKER
+from sibo.prompts import RESPONSE_MARKER, cut_at_new_prompt
 
 DATASETS = ("AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps")
 MAX_NEW_TOKENS = 256  # upstream's evaluate.py budget
 TOLERANCE = 0.001  # upstream's `miss`
 OPTION_LETTERS = "ABCDE"
-
-# Where a response stops being an answer: the model starting another Alpaca prompt by itself.
-_NEW_PROMPT = re.compile(
-    r"\n\s*###|###\s*(?:Instruction|Input|Response)\b|Below is an instruction", re.IGNORECASE
-)
 
 # A number as people write it. Not inside a word or after a decimal point; a minus sign only when
 # it is attached to the digits and not a binary minus ("10-3" and "10 - 3" read as 10 and 3,
@@ -81,11 +76,6 @@ def is_correct(prediction: float | str | None, label: str, dataset: str) -> bool
     if dataset == "AQuA":
         return prediction == label
     return abs(float(label) - float(prediction)) <= TOLERANCE
-
-
-def cut_at_new_prompt(response: str) -> str:
-    match = _NEW_PROMPT.search(response)
-    return (response[: match.start()] if match else response).strip()
 
 
 # -- upstream's rules ---------------------------------------------------------------------------
