@@ -186,7 +186,7 @@ def _add_flag(
         "dest": dest,
         "help": help_text,
         "required": required,
-        "metavar": config_field.metadata.get("metavar"),
+        "metavar": config_field.metadata.get("metavar") or name.upper(),
     }
     if default is not MISSING:
         options["default"] = argparse.SUPPRESS if only_given else default
@@ -194,11 +194,13 @@ def _add_flag(
         options.update(type=str2bool, nargs="?", const=True, metavar=BOOL_METAVAR)
     elif kind.startswith(("list", "tuple")):
         empty_allowed = default == [] or default == ()
-        options.update(
-            action=_ListAction, nargs="*" if empty_allowed else "+", metavar=options["metavar"] or "A,B"
-        )
+        options.update(action=_ListAction, nargs="*" if empty_allowed else "+")
     else:
-        options.update(type=_TYPES.get(kind, str), choices=config_field.metadata.get("choices"))
+        choices = config_field.metadata.get("choices")
+        options.update(type=_TYPES.get(kind, str), choices=choices)
+        if choices:
+            # argparse shows {a,b,c} in place of the metavar
+            options["metavar"] = None
     target.add_argument(*(spellings or [f"--{name}"]), **options)
 
 
