@@ -142,7 +142,7 @@ def test_ffn_false_names_the_attention_branches_it_boosts(base_model, data_file,
         setup(parse_config(run_args(base_model, data_file, tmp_path / "run", *flags)))
     assert [r.getMessage() for r in caplog.records if "--ffn False" in r.getMessage()] == [
         "--ffn False boosts the attention branches here (self_attn.k_proj, self_attn.o_proj, self_attn.q_proj, "
-        "self_attn.v_proj); the seed's code boosts nothing with it. For plain PEFT, use --embedding_lambda 0"
+        "self_attn.v_proj); LLM-Adapters' code boosts nothing with it. For plain PEFT, use --embedding_lambda 0"
     ]
     caplog.clear()
     with caplog.at_level("INFO", logger="sibo"):
