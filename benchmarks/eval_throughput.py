@@ -55,7 +55,7 @@ from common import (
 from peft import LoraConfig
 
 from sibo import get_sibo_model
-from sibo.cli._flags import optional_bool_flag
+from sibo.cli._flags import str2bool
 from sibo.core.merge import merge_for_inference
 from sibo.decode.batch import auto_batch_size, generate_batch
 from sibo.prompts import build_prompt, extract_response
@@ -83,10 +83,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--seed_examples", type=int, default=None, help="questions the seed runs (default: all)"
     )
-    optional_bool_flag(parser, "--merge", True, "sibo decodes with the adapter merged for inference")
-    optional_bool_flag(
-        parser, "--static_cache", False, "sibo decodes with a static KV cache (compiled steps on a GPU)"
-    )
+    for flag, default, help_text in (
+        ("--merge", True, "sibo decodes with the adapter merged for inference"),
+        ("--static_cache", False, "sibo decodes with a static KV cache (compiled steps on a GPU)"),
+    ):
+        parser.add_argument(
+            flag, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help_text
+        )
     parser.add_argument(
         "--gsm8k_full", action="store_true", help="all of gsm8k, greedy, 256 tokens; the seed on 2 questions"
     )
