@@ -15,6 +15,8 @@ from pathlib import Path
 from sibo.errors import InputError
 
 FORMATS = ("hf", "state_dict")
+# What ModelConfig passes on to load_model, by the same names.
+_LOAD_SETTINGS = ("lam", "quantization", "dtype", "trust_remote_code", "task", "threads")
 THREADS_HELP = (
     "torch CPU threads (default: $OMP_NUM_THREADS when set, else the physical cores divided by the "
     "processes torchrun or accelerate started on this machine)"
@@ -121,17 +123,8 @@ class ModelConfig:
         """(model, tokenizer) through `sibo.checkpoint.load.load_model`; `options`: its other keywords."""
         from sibo.checkpoint.load import load_model
 
-        return load_model(
-            self.base_model,
-            self.weights_path,
-            lam=self.lam,
-            quantization=self.quantization,
-            dtype=self.dtype,
-            trust_remote_code=self.trust_remote_code,
-            task=self.task,
-            threads=self.threads,
-            **options,
-        )
+        settings = {name: getattr(self, name) for name in _LOAD_SETTINGS}
+        return load_model(self.base_model, self.weights_path, **settings, **options)
 
 
 # The spellings of ModelConfig's flags, upstream's included.
