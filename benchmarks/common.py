@@ -47,6 +47,14 @@ class ModelShape:
             )  # fmt: skip
 
 
+def llm_adapters_dir() -> Path:
+    """LLM-Adapters' benchmark data: $SIBO_DATA_DIR, else the team's copy beside this checkout."""
+    return Path(
+        os.environ.get("SIBO_DATA_DIR")
+        or Path(__file__).resolve().parents[1].parent / "shared/data/llm-adapters"
+    )
+
+
 # The real models' widths, shared by every script that takes --shape (benchmarks/gpu_check.sh uses both).
 SHAPES = {
     "smollm2-135m": ModelShape(30, 576, 9, 3, 1536, vocab=49152, tied_embeddings=True),

@@ -12,10 +12,10 @@ same beam search (4 beams, no sampling). `--shape` picks the config: `custom` (-
 benchmarks/gpu_check.sh runs it). The tokenizer is trained on the questions (realistic prompt
 lengths); ids past its vocabulary decode to nothing.
 
-- sibo evaluate: the adapter merged for inference (`sibo.checkpoint.export.merge_for_inference`, exact; off
+- sibo evaluate: the adapter merged for inference (`sibo.core.merge.merge_for_inference`, exact; off
   with --merge False), prompts sorted by length, batches of --batch_size (auto: as the runner
   sizes them from free GPU memory; 8 on CPU), left padding, KV cache on
-  (`sibo.eval.runner.generate_responses`, the function the runner calls).
+  (`sibo.decode.batch.generate_batch`, the function the runner calls).
 - the seed (LLM-Adapters evaluate.py as the SIBO authors ran it): the unmerged adapter, one
   question per generate call, use_cache=False, so every new token recomputes the whole prefix for
   every beam. It runs on --seed_examples questions (default: all; 0: none) spread evenly over the
@@ -49,15 +49,15 @@ from common import (
     add_shape_flag,
     compute_dtype,
     describe_machine,
+    llm_adapters_dir,
     synchronize,
 )
 from peft import LoraConfig
 
 from sibo import get_sibo_model
-from sibo.checkpoint.export import merge_for_inference
-from sibo.cli._flags import optional_bool_flag
-from sibo.eval.runner import auto_batch_size, generate_responses
-from sibo.eval.tasks import default_data_dir
+from sibo.cli._flags import str2bool
+from sibo.core.merge import merge_for_inference
+from sibo.decode.batch import auto_batch_size, generate_batch
 from sibo.prompts import build_prompt, extract_response
 from sibo.testing import build_tokenizer
 
@@ -83,10 +83,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--seed_examples", type=int, default=None, help="questions the seed runs (default: all)"
     )
-    optional_bool_flag(parser, "--merge", True, "sibo decodes with the adapter merged for inference")
-    optional_bool_flag(
-        parser, "--static_cache", False, "sibo decodes with a static KV cache (compiled steps on a GPU)"
-    )
+    for flag, default, help_text in (
+        ("--merge", True, "sibo decodes with the adapter merged for inference"),
+        ("--static_cache", False, "sibo decodes with a static KV cache (compiled steps on a GPU)"),
+    ):
+        parser.add_argument(
+            flag, type=str2bool, nargs="?", const=True, default=default, metavar="BOOL", help=help_text
+        )
     parser.add_argument(
         "--gsm8k_full", action="store_true", help="all of gsm8k, greedy, 256 tokens; the seed on 2 questions"
     )
@@ -94,7 +97,9 @@ def parse_args() -> argparse.Namespace:
         "--threads", type=int, default=1, help="torch threads (more than the free cores slows every step)"
     )
     parser.add_argument(
-        "--data_dir", default=None, help="LLM-Adapters data (default: as sibo evaluate finds it)"
+        "--data_dir",
+        default=None,
+        help="LLM-Adapters data (default: $SIBO_DATA_DIR, else ../shared/data/llm-adapters)",
     )
     parser.add_argument("--json", default=None, help="also write the headline figures to this JSON file")
     add_device_flag(parser)
@@ -151,7 +156,7 @@ def count_new_tokens(model) -> list[int]:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    data_file = Path(args.data_dir or default_data_dir()) / "gsm8k" / "test.json"
+    data_file = Path(args.data_dir or llm_adapters_dir()) / "gsm8k" / "test.json"
     if not data_file.is_file():
         sys.exit(f"gsm8k not found at {data_file}: pass --data_dir or set SIBO_DATA_DIR")
     records = json.loads(data_file.read_text())
@@ -172,7 +177,7 @@ def main() -> None:
     seed_set = {order[(j * n) // k] for j in range(k)}
 
     for warm in (model, seed_model):  # CUDA context, kernels and allocator: not part of either side's time
-        generate_responses(warm, tokenizer, prompts[:1], num_beams=args.num_beams, max_new_tokens=2)
+        generate_batch(warm, tokenizer, prompts[:1], num_beams=args.num_beams, max_new_tokens=2)
     counters = [count_new_tokens(each) for each in dict.fromkeys((model, seed_model))]
     sibo_seconds = seed_seconds = sibo_cpu = seed_cpu = 0.0
     sibo_out, seed_out = {}, {}
@@ -188,7 +193,7 @@ def main() -> None:
 
     def sibo_batch(batch: list[int]) -> tuple[list[str], float, float]:
         return timed(
-            generate_responses, model, tokenizer, [prompts[i] for i in batch], num_beams=args.num_beams,
+            generate_batch, model, tokenizer, [prompts[i] for i in batch], num_beams=args.num_beams,
             max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, **static,
         )  # fmt: skip
 

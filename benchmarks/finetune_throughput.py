@@ -47,6 +47,7 @@ from common import (
     autocast,
     compute_dtype,
     describe_machine,
+    llm_adapters_dir,
     synchronize,
 )
 from peft import LoraConfig
@@ -54,7 +55,6 @@ from transformers import AutoTokenizer
 
 from sibo import get_sibo_model
 from sibo.data import PaddedCollator, read_records_file, tokenize_records
-from sibo.eval.tasks import default_data_dir
 from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
 
 RECIPES = ("seed", "sibo", "grouped")
@@ -62,7 +62,7 @@ TINY = ModelShape(4, 256, 4, 4, 688)
 
 
 def data_file() -> Path:
-    return default_data_dir() / "math_train_3k.json"
+    return llm_adapters_dir() / "math_train_3k.json"
 
 
 def minilm_tokenizer(path: str | None):

@@ -34,8 +34,8 @@ from common import (
 from peft import LoraConfig, get_peft_model
 
 from sibo import get_sibo_model
-from sibo.checkpoint.export import merge_for_inference
 from sibo.cli._flags import str2bool
+from sibo.core.merge import merge_for_inference
 from sibo.prompts import build_prompt
 from sibo.testing import build_tokenizer
 

@@ -28,12 +28,11 @@ import sys
 from pathlib import Path
 
 import torch
-from common import add_device_flag, describe_machine
+from common import add_device_flag, describe_machine, llm_adapters_dir
 
 from sibo.checkpoint.gguf import find_gguf
 from sibo.checkpoint.load import load_model
 from sibo.errors import InputError
-from sibo.eval.tasks import default_data_dir
 from sibo.study.protocol import (
     ARMS,
     LEARNING_RATES,
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    data_dir = Path(args.data_dir) if args.data_dir else llm_adapters_dir()
     train_file = data_dir / "math_train_3k.json"
     try:
         if args.write_clean_ids:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from sibo.errors import InputError
 from sibo.eval.contamination import normalise, training_questions
-from sibo.eval.tasks import default_data_dir, load_examples, resolve_datasets
+from sibo.eval.tasks import load_examples, resolve_datasets
 from sibo.study.report import summarize
 from sibo.study.synthetic import write_records
 
@@ -143,7 +144,10 @@ def test_results_of_different_code_versions_are_not_combined():
     ]
 
 
-DATA = default_data_dir()
+# the team's copy beside the checkout, or $SIBO_DATA_DIR
+DATA = Path(
+    os.environ.get("SIBO_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared/data/llm-adapters"
+)
 
 
 @pytest.mark.skipif(not (DATA / "math_train_3k.json").is_file(), reason="needs ../shared/data/llm-adapters")

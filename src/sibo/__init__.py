@@ -1,16 +1,35 @@
-"""sibo: SIBO, a simple booster for parameter-efficient fine-tuning (Wen, Zhang, Fang, ACL 2024)."""
+"""sibo: SIBO, a simple booster for parameter-efficient fine-tuning (Wen, Zhang, Fang, ACL 2024).
 
-from sibo.adapters.bottleneck import BottleneckConfig  # registers the bottleneck method with peft
-from sibo.core.booster import SiboConfig, mix_initial_residual
-from sibo.core.peft_model import boost_adapter, get_sibo_model, load_sibo_model, sibo_settings
+The names below load on first use, so `import sibo` (and `sibo --help`) costs no torch import.
+"""
 
-__all__ = [
-    "BottleneckConfig",
-    "SiboConfig",
-    "boost_adapter",
-    "get_sibo_model",
-    "load_sibo_model",
-    "mix_initial_residual",
-    "sibo_settings",
-]
+from __future__ import annotations
+
+import importlib
+
+# public name -> the module that defines it
+_EXPORTS = {
+    # importing the bottleneck subpackage registers the method with peft
+    "BottleneckConfig": "sibo.adapters.bottleneck",
+    "SiboConfig": "sibo.core.config",
+    "boost_adapter": "sibo.core.peft_model",
+    "get_sibo_model": "sibo.core.peft_model",
+    "load_sibo_model": "sibo.core.peft_model",
+    "mix_initial_residual": "sibo.core.booster",
+    "sibo_settings": "sibo.core.peft_model",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'sibo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -1,10 +1,12 @@
-"""The one prompt template (Alpaca's, as the seed's finetune/evaluate/generate intend it).
+"""The one prompt template (Alpaca's, as upstream's finetune/evaluate/generate intend it).
 
-The seed builds it with indented triple-quoted f-strings, so its prompts carry stray leading
+Upstream builds it with indented triple-quoted f-strings, so its prompts carry stray leading
 spaces on every line; here the template is written out exactly.
 """
 
 from __future__ import annotations
+
+import re
 
 INSTRUCTION_MARKER = "### Instruction:"
 INPUT_MARKER = "### Input:"
@@ -33,6 +35,20 @@ def build_prompt(instruction: str, input: str | None = None) -> str:
 def next_section_at(text: str) -> int:
     """Where the first template section header in `text` starts; len(text) when there is none."""
     return min((at for marker in STOP_STRINGS if (at := text.find(marker)) >= 0), default=len(text))
+
+
+# Where a scored response stops being an answer: the model starting another prompt of its own, in
+# any spelling (any "###" header on a new line, a header without its colon, the template's preamble).
+# Looser than STOP_STRINGS, which transformers needs as literal text and which decoding stops at.
+_NEW_PROMPT = re.compile(
+    r"\n\s*###|###\s*(?:Instruction|Input|Response)\b|Below is an instruction", re.IGNORECASE
+)
+
+
+def cut_at_new_prompt(response: str) -> str:
+    """A scored response up to where the model begins a new prompt (the loose rule above), stripped."""
+    match = _NEW_PROMPT.search(response)
+    return (response[: match.start()] if match else response).strip()
 
 
 def cut_at_next_section(completion: str) -> str:

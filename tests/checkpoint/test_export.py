@@ -15,10 +15,11 @@ from transformers import AutoModelForCausalLM
 
 from sibo import get_sibo_model
 from sibo.adapters.bottleneck import BottleneckConfig
-from sibo.checkpoint.export import STATE_DICT_FILE, ExportConfig, export_adapter, merge_for_inference
+from sibo.checkpoint.export import STATE_DICT_FILE, ExportConfig, export_adapter
 from sibo.checkpoint.load import RESIDUAL_DIR, load_model
 from sibo.cli import main as cli_main
 from sibo.core.h0_branches import UP_BUFFER
+from sibo.core.merge import merge_for_inference
 from sibo.core.peft_model import boosted_adapter
 from sibo.errors import InputError
 from sibo.files import RUN_MARKER
@@ -304,7 +305,7 @@ def test_plain_dora_merges_exactly_and_boosted_dora_stays_unmerged(tokenizer, ba
 
     boosted = boosted_model(tokenizer, lam=0.2, use_dora=True)
     expected = logits(boosted, batch)
-    with caplog.at_level("INFO", logger="sibo.checkpoint.export"):
+    with caplog.at_level("INFO", logger="sibo.core.merge"):
         assert merge_for_inference(boosted) is boosted
     assert "unmerged: a DoRA adapter boosted with λ > 0 has no merged form" in caplog.text
     assert torch.equal(logits(boosted, batch), expected)
@@ -314,7 +315,7 @@ def test_plain_dora_merges_exactly_and_boosted_dora_stays_unmerged(tokenizer, ba
 def test_bottleneck_adapters_stay_unmerged(tokenizer, batch, build, caplog):
     model = build(tokenizer).eval()
     expected = logits(model, batch)
-    with caplog.at_level("INFO", logger="sibo.checkpoint.export"):
+    with caplog.at_level("INFO", logger="sibo.core.merge"):
         assert merge_for_inference(model) is model
     assert "unmerged: a bottleneck adapter cannot be merged into the base weights" in caplog.text
     assert torch.equal(logits(model, batch), expected)

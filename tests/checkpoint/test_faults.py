@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 
 from sibo import get_sibo_model
 from sibo.cli import main as sibo_main
+from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import DecodingConfig, EvalConfig, evaluate
+from sibo.eval.runner import EvalConfig, evaluate
 from sibo.files import (
     LOCK_FILE,
     RUN_MARKER,
@@ -281,9 +282,9 @@ def test_a_torn_multibyte_tail_a_damaged_summary_and_an_empty_run_json_do_not_bl
     data_dir = write_benchmark(tmp_path / "bench", [
         {"instruction": f"Add {a} and 2.", "input": "", "answer": str(a + 2)} for a in range(3)
     ])  # fmt: skip
-    monkeypatch.setattr("sibo.eval.runner.generate_responses", scripted)
+    monkeypatch.setattr("sibo.decode.batch.generate_batch", scripted)
     out = tmp_path / "out"
-    config = EvalConfig("AddSub", data_dir, out, decoding=DecodingConfig(batch_size=1, num_beams=1))
+    config = EvalConfig("AddSub", data_dir, out, decoding=DecodingSettings(batch_size=1, num_beams=1))
     evaluate(model, tokenizer, config)
     results = out / "AddSub.jsonl"
     lines = results.read_bytes().splitlines(keepends=True)

@@ -53,7 +53,7 @@ def test_learnable_lambda_trains_and_stays_in_unit_interval():
     assert logits.grad is not None and logits.grad.abs().sum() > 0
     with torch.no_grad():
         logits.fill_(1e4)
-    assert model._sibo_adapters["default"].lam(0).item() <= 1.0
+    assert model._sibo_adapters["default"].lambda_at(0).item() <= 1.0
 
 
 def test_plain_peft_adapter_loads_plain_or_boosted(tmp_path):
@@ -183,7 +183,7 @@ def test_load_adapter_restores_learnable_lambda_as_trainer_resume_does(tmp_path)
     assert torch.equal(fresh.sibo_lambdas["second"].logits, saved.sibo_lambdas["default"].logits)
 
 
-# -- checkpoints of the seed's code (LLM-Adapters' peft 0.3 fork) ---------------------------------
+# -- checkpoints of LLM-Adapters' code (LLM-Adapters' peft 0.3 fork) ---------------------------------
 
 SEED_TARGETS = {"self_attn.q_proj": (32, 32), "self_attn.v_proj": (32, 32), "mlp.gate_proj": (32, 64),
                 "mlp.up_proj": (32, 64), "mlp.down_proj": (64, 32)}  # fmt: skip
@@ -240,10 +240,10 @@ def test_seed_lora_checkpoint_loads_boosted_with_its_stored_lambda(tmp_path, cap
         logits = model(input_ids=ids()).logits
     torch.testing.assert_close(logits, seed_formula(base, weights, lam=0.25))
     assert (logits - seed_formula(base, weights, lam=0.0)).abs().max() > 1e-3  # the boost shows
-    seed_lines = [r.getMessage() for r in caplog.records if "seed's code" in r.getMessage()]
+    seed_lines = [r.getMessage() for r in caplog.records if "LLM-Adapters' code" in r.getMessage()]
     assert seed_lines == [
-        f"{tmp_path} was written by the seed's code: boosting it with its embedding_lambda=0.25 on the "
-        "feed-forward branches, as the seed's --ffn True does (--embedding_lambda overrides it; 0 loads it plain)"
+        f"{tmp_path} was written by LLM-Adapters' code: boosting it with its embedding_lambda=0.25 on the "
+        "feed-forward branches, as upstream's --ffn True does (--embedding_lambda overrides it; 0 loads it plain)"
     ]
     assert not [
         w for w in recwarn if "upgrade the PEFT version" in str(w.message)

@@ -16,7 +16,8 @@ import subprocess
 import pytest
 
 from sibo.decode.app import ServeConfig, respond
-from sibo.decode.stream import DecodingSettings, generate_response
+from sibo.decode.settings import DecodingSettings
+from sibo.decode.stream import generate_response
 from sibo.errors import InputError
 from sibo.testing import build_tiny_model, build_tokenizer
 
@@ -64,8 +65,8 @@ def test_respond_turns_bad_input_into_a_message(model, tokenizer):
     assert list(respond(model, tokenizer, "word " * 200, "", 0.0, 0.75, 40, 1, 6)) == [
         (
             "",
-            "**Cannot answer:** the prompt is 1140 tokens and max_new_tokens is 6, but the model's context "
-            "holds 300 tokens: shorten the instruction/input",
+            "**Cannot answer:** the prompt is 1140 tokens and max_new_tokens is 6, more than the model's "
+            "context of 300 tokens: shorten it",
         )
     ]
     assert list(respond(model, tokenizer, "   ", "", 0.0, 0.75, 40, 1, 6)) == [

@@ -8,10 +8,9 @@ from peft import LoraConfig
 
 from sibo import get_sibo_model
 from sibo.cli import main as cli_main
+from sibo.decode.settings import DecodingSettings, context_length
 from sibo.decode.stream import (
-    DecodingSettings,
     _until_next_section,
-    context_length,
     generate_response,
     stream_response,
 )
@@ -151,7 +150,10 @@ def test_boosted_model_streams_what_it_generates(model, tokenizer):
 def test_over_long_prompt_is_an_input_error(tokenizer):
     short_model = build_tiny_model("llama", len(tokenizer), max_positions=200)
     assert context_length(short_model) == 200
-    with pytest.raises(InputError, match=r"the model's context holds 200 tokens"):
+    with pytest.raises(
+        InputError,
+        match="the prompt is 640 tokens and max_new_tokens is 8, more than the model's context of 200 tokens: shorten it",
+    ):
         next(
             stream_response(
                 short_model, tokenizer, "word " * 100, settings=DecodingSettings(max_new_tokens=8)
@@ -217,7 +219,7 @@ def test_cli_loads_a_sibo_adapter(saved_base, tokenizer, tmp_path, capsys, caplo
         reference_ids(boosted, tokenizer, DecodingSettings(max_new_tokens=5)), skip_special_tokens=True
     )
     argv = ["generate", "--base_model", str(saved_base), "--weights_path", str(tmp_path / "adapter")]
-    with caplog.at_level("INFO", logger="sibo.checkpoint.export"):
+    with caplog.at_level("INFO", logger="sibo.core.merge"):
         assert cli_main([*argv, "--prompt", INSTRUCTION, "--max_new_tokens", "5", "--merge", str(merge)]) == 0
     assert capsys.readouterr().out == expected + "\n"  # merged or not, the same tokens
     assert ("λ·ΔW·h0 kept on 4 modules" in caplog.text) == merge  # gate, up × 2

@@ -2,18 +2,19 @@
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
 from peft import LoraConfig
 
-import sibo.eval.runner as runner
 from sibo import get_sibo_model
 from sibo.cli import main as sibo_main
+from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
 from sibo.eval.contamination import normalise, training_questions
-from sibo.eval.runner import DecodingConfig, EvalConfig, evaluate, load_benchmarks
-from sibo.eval.tasks import default_data_dir, load_examples, resolve_datasets
+from sibo.eval.runner import EvalConfig, evaluate, load_benchmarks
+from sibo.eval.tasks import load_examples, resolve_datasets
 from sibo.testing import build_tiny_model, build_tokenizer
 
 QUESTIONS = [f"Tom has {a} apples and buys {b} more. How many apples does he have?" for a, b in
@@ -85,10 +86,10 @@ def test_questions_in_the_training_data_are_marked_seen(files):
 def test_the_log_and_summary_count_seen_questions_and_exclusion_scores_only_the_rest(
     files, tiny, monkeypatch, caplog, exclude
 ):
-    monkeypatch.setattr(runner, "generate_responses", answer_everything_with_3)
+    monkeypatch.setattr("sibo.decode.batch.generate_batch", answer_everything_with_3)
     out = files / "out"
     config = EvalConfig("AddSub", files / "data", out, train_data=files / "train.json", exclude_seen=exclude,
-                        decoding=DecodingConfig(batch_size=2))  # fmt: skip
+                        decoding=DecodingSettings(batch_size=2))  # fmt: skip
     with caplog.at_level(logging.INFO, logger="sibo.eval.contamination"):
         results = evaluate(*tiny, config, run_info={"base_model": "tiny"})
     scored = [json.loads(line)["index"] for line in (out / "AddSub.jsonl").read_text().splitlines()]
@@ -152,7 +153,10 @@ def test_cli_takes_the_training_file_from_the_adapters_run_config(files, tiny, c
     )
 
 
-MATH_DATA = default_data_dir()
+MATH_  # the team's copy beside the checkout, or $SIBO_DATA_DIR
+DATA = Path(
+    os.environ.get("SIBO_DATA_DIR") or Path(__file__).resolve().parents[3] / "shared/data/llm-adapters"
+)
 
 
 @pytest.mark.skipif(

@@ -8,23 +8,14 @@ import pytest
 import torch
 from peft import LoraConfig
 
-import sibo.eval.runner as evaluate_module
+import sibo.decode.batch as batch_module
 from sibo import get_sibo_model
-from sibo.checkpoint.export import merge_for_inference
 from sibo.cli import main as sibo_main
+from sibo.core.merge import merge_for_inference
+from sibo.decode.batch import MAX_AUTO_BATCH_SIZE, auto_batch_size, generate_batch
+from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import (
-    CPU_BATCH_SIZE,
-    MAX_AUTO_BATCH_SIZE,
-    DecodingConfig,
-    EvalConfig,
-    Shard,
-    auto_batch_size,
-    evaluate,
-    generate_responses,
-    load_benchmarks,
-    score,
-)
+from sibo.eval.runner import EvalConfig, Shard, evaluate, load_benchmarks, score
 from sibo.eval.tasks import load_examples, resolve_datasets
 from sibo.prompts import build_prompt, extract_response
 from sibo.testing import build_tiny_model, build_tokenizer
@@ -118,89 +109,12 @@ def test_cli_reports_a_missing_dataset_in_one_line(tmp_path, data_dir, capsys):
     assert not out.exists()
 
 
-# -- decoding -----------------------------------------------------------------------------------
-
-
-def test_batched_greedy_equals_unbatched(tiny):
-    model, tokenizer, _ = tiny
-    prompts = [build_prompt(record["instruction"]) for record in ADDSUB[:3] + BOOLQ[:3]]
-    assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) > 1  # so the batch is really padded
-    one_by_one = [
-        generate_responses(model, tokenizer, [p], num_beams=1, max_new_tokens=12)[0] for p in prompts
-    ]
-    batched = generate_responses(model, tokenizer, prompts, num_beams=1, max_new_tokens=12)
-    assert batched == one_by_one
-    assert len(set(batched)) > 1
-
-
-def test_each_row_stops_at_the_tokenizers_eos_when_the_generation_config_names_none(tiny, monkeypatch):
-    model, tokenizer, _ = tiny
-    prompts = [build_prompt(ADDSUB[0]["instruction"]), build_prompt(BOOLQ[0]["instruction"])]
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
-    free = model.generate(**inputs, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    row0, row1 = free[:, inputs["input_ids"].shape[1] :].tolist()
-    # a token row 0 writes at step k >= 1 and row 1 never does: made the EOS, row 0 must end there
-    k = next(k for k in range(1, 8) if row0[k] not in row0[:k] + row1)
-    stop = row0[k]
-    monkeypatch.setattr(model.generation_config, "eos_token_id", None)
-    # a copy, not the module-scoped fixture's tokenizer: pytest 9.2 cannot undo setattr on a tokenizer
-    tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(stop)
-
-    seen = []
-    original = type(model).generate
-
-    def spy(self, **kwargs):
-        seen.append(original(self, **kwargs))
-        return seen[-1]
-
-    monkeypatch.setattr(type(model), "generate", spy)
-    generate_responses(model, tokenizer, prompts, num_beams=1, max_new_tokens=8)
-    new = seen[0][:, inputs["input_ids"].shape[1] :].tolist()
-    assert new == [row0[: k + 1] + [tokenizer.pad_token_id] * (7 - k), row1]  # row 0 ended, row 1 ran on
-
-
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "opt"])
-def test_each_prompt_is_prefilled_once_for_all_its_beams_with_the_same_responses(arch, monkeypatch):
-    tokenizer = build_tokenizer()
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
-    lora.fan_in_fan_out = arch == "gpt2"
-    model = get_sibo_model(build_tiny_model(arch, len(tokenizer)), lora, lam=0.3).eval()
-    prompts = [build_prompt(ADDSUB[0]["instruction"]), build_prompt("hi")]  # left padding, absolute positions
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        sequences = model.generate(
-            **inputs, num_beams=3, do_sample=False, max_new_tokens=10, pad_token_id=tokenizer.pad_token_id
-        )  # transformers' own: every prompt prefilled once per beam
-    new = tokenizer.batch_decode(sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    prefilled = []
-    original = evaluate_module.prefill_once
-    monkeypatch.setattr(
-        evaluate_module,
-        "prefill_once",
-        lambda *args: prefilled.append(args[1]["input_ids"].shape) or original(*args),
+def test_evaluate_decodes_with_upstreams_beams_and_each_benchmarks_budget():
+    assert EvalConfig("gsm8k", ".", ".").decoding.num_beams == 4
+    assert (
+        EvalConfig("gsm8k", ".", ".").decoding.tokens_or(resolve_datasets("gsm8k")[0].max_new_tokens) == 256
     )
-    responses = generate_responses(model, tokenizer, prompts, num_beams=3, max_new_tokens=10)
-    assert prefilled == [inputs["input_ids"].shape]  # (2, T): once per prompt, not per beam
-    assert responses == [extract_response(p + c) for p, c in zip(prompts, new, strict=True)]
-
-
-def test_decoding_uses_the_kv_cache_and_the_seeds_beams(tiny, monkeypatch):
-    model, tokenizer, _ = tiny
-    seen = {}
-    original = type(model).generate
-
-    def spy(self, **kwargs):
-        seen.update(kwargs)
-        return original(self, **kwargs)
-
-    monkeypatch.setattr(type(model), "generate", spy)
-    [response] = generate_responses(model, tokenizer, [build_prompt("Add 2 and 3.")], max_new_tokens=5)
-    settings = {key: seen[key] for key in ("num_beams", "do_sample", "use_cache", "max_new_tokens")}
-    assert settings == {"num_beams": 4, "do_sample": False, "use_cache": True, "max_new_tokens": 5}
-    assert isinstance(response, str)
-    assert DecodingConfig().tokens_for(resolve_datasets("gsm8k")[0]) == 256
-    assert DecodingConfig().tokens_for(resolve_datasets("boolq")[0]) == 32
+    assert DecodingSettings().tokens_or(resolve_datasets("boolq")[0].max_new_tokens) == 32
 
 
 @pytest.mark.parametrize("num_beams", [1, 4])
@@ -216,7 +130,7 @@ def test_an_answer_run_on_into_a_new_prompt_scores_as_the_answer_alone(
     script_model(model, tokens)
     prompt = build_prompt(example.instruction)
     # a named cache skips prefill_once, whose extra forward would advance the script by one token
-    responses = generate_responses(
+    responses = generate_batch(
         model,
         tokenizer,
         [prompt, prompt],
@@ -236,7 +150,7 @@ def test_prompts_that_cannot_fit_the_context_stop_the_run_before_any_output(tiny
     model, tokenizer, _ = tiny
     longest = max(len(tokenizer(build_prompt(r["instruction"]))["input_ids"]) for r in ADDSUB)
     config = EvalConfig(
-        "AddSub,boolq", data_dir, tmp_path / "out", decoding=DecodingConfig(max_new_tokens=500)
+        "AddSub,boolq", data_dir, tmp_path / "out", decoding=DecodingSettings(num_beams=4, max_new_tokens=500)
     )
     message = (
         rf"AddSub example \d: its prompt is {longest} tokens and max_new_tokens is 500, more than "
@@ -251,7 +165,7 @@ def test_prompts_that_cannot_fit_the_context_stop_the_run_before_any_output(tiny
 
 
 def scripted_responses(calls: list):
-    """A stand-in for generate_responses. AddSub: i%3==0 no number; i%3==1 right, then a stray number
+    """A stand-in for generate_batch. AddSub: i%3==0 no number; i%3==1 right, then a stray number
     (careful right, legacy wrong); else right. boolq: right, but "False" capitalised (legacy misses it)."""
     answers = {}
     for index, record in enumerate(ADDSUB):
@@ -273,7 +187,11 @@ def scripted_responses(calls: list):
 
 def run(model, tokenizer, data_dir, out, shard=None, batch_size=3, extraction="careful"):
     config = EvalConfig(
-        "AddSub,boolq", data_dir, out, extraction, decoding=DecodingConfig(batch_size=batch_size)
+        "AddSub,boolq",
+        data_dir,
+        out,
+        extraction,
+        decoding=DecodingSettings(num_beams=4, batch_size=batch_size),
     )
     return evaluate(model, tokenizer, config, run_info={"base_model": "tiny"}, shard=shard)
 
@@ -284,7 +202,7 @@ def lines(path):
 
 def test_scores_summary_and_table(tiny, data_dir, tmp_path, monkeypatch):
     model, tokenizer, _ = tiny
-    monkeypatch.setattr(evaluate_module, "generate_responses", scripted_responses([]))
+    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses([]))
     results = run(model, tokenizer, data_dir, tmp_path / "out")
     assert {name: (r.n, r.correct) for name, r in results.items()} == {"AddSub": (7, 4), "boolq": (5, 5)}
     records = lines(tmp_path / "out" / "AddSub.jsonl")
@@ -300,7 +218,7 @@ def test_scores_summary_and_table(tiny, data_dir, tmp_path, monkeypatch):
 
 def test_resume_after_a_kill_matches_an_unbroken_run(tiny, data_dir, tmp_path, monkeypatch):
     model, tokenizer, _ = tiny
-    monkeypatch.setattr(evaluate_module, "generate_responses", scripted_responses([]))
+    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses([]))
     run(model, tokenizer, data_dir, tmp_path / "unbroken")
 
     calls = []
@@ -311,7 +229,7 @@ def test_resume_after_a_kill_matches_an_unbroken_run(tiny, data_dir, tmp_path, m
             raise KeyboardInterrupt
         return fake(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "generate_responses", killed_after_two_batches)
+    monkeypatch.setattr(batch_module, "generate_batch", killed_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
         run(model, tokenizer, data_dir, tmp_path / "resumed")
     partial = tmp_path / "resumed" / "AddSub.jsonl"
@@ -320,7 +238,7 @@ def test_resume_after_a_kill_matches_an_unbroken_run(tiny, data_dir, tmp_path, m
         out.write('{"index": 6, "instruction": "Tom has 12 app')  # the kill tore the line being written
 
     calls.clear()
-    monkeypatch.setattr(evaluate_module, "generate_responses", fake)
+    monkeypatch.setattr(batch_module, "generate_batch", fake)
     run(model, tokenizer, data_dir, tmp_path / "resumed")
     assert calls == [1, 3, 2]  # only AddSub's last example, then all of boolq
     for name in ("AddSub.jsonl", "boolq.jsonl"):
@@ -331,10 +249,10 @@ def test_resume_after_a_kill_matches_an_unbroken_run(tiny, data_dir, tmp_path, m
 
 def test_a_finished_run_is_rescored_without_decoding(tiny, data_dir, tmp_path, monkeypatch):
     model, tokenizer, _ = tiny
-    monkeypatch.setattr(evaluate_module, "generate_responses", scripted_responses([]))
+    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses([]))
     run(model, tokenizer, data_dir, tmp_path / "out")
     calls = []
-    monkeypatch.setattr(evaluate_module, "generate_responses", scripted_responses(calls))
+    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses(calls))
     results = run(model, tokenizer, data_dir, tmp_path / "out", extraction="legacy")
     assert calls == []
     assert {name: (r.n, r.correct) for name, r in results.items()} == {"AddSub": (7, 2), "boolq": (5, 3)}
@@ -343,23 +261,9 @@ def test_a_finished_run_is_rescored_without_decoding(tiny, data_dir, tmp_path, m
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["extraction"] == "legacy"
 
 
-def test_auto_batch_size_is_fixed_on_cpu_and_sized_from_free_memory_on_a_gpu(tiny):
-    model, tokenizer, _ = tiny
-    assert DecodingConfig().batch_size == "auto"
-    assert auto_batch_size(model, 10, 20, 4) == CPU_BATCH_SIZE  # the model is on the CPU
-    # per question and beam (2 layers, 4 KV heads × 8, fp32): KV cache 2·2·4·8·(10+20)·4 = 15,360 bytes,
-    # vocabulary rows 4·V·4, prefill 4·10·64·4 = 10,240
-    per_question = 4 * (15_360 + 16 * len(tokenizer) + 10_240)
-    assert auto_batch_size(model, 10, 20, 4, free_bytes=10 * per_question) == 8  # 80 % of the memory
-    assert auto_batch_size(model, 10, 20, 4, free_bytes=100) == 1
-    assert auto_batch_size(model, 10, 20, 4, free_bytes=10**15) == MAX_AUTO_BATCH_SIZE
-    with pytest.raises(InputError, match="batch_size must be 'auto' or at least 1, got 'big'"):
-        DecodingConfig(batch_size="big")
-
-
 def test_auto_batch_size_halves_on_out_of_memory(tiny, data_dir, tmp_path, monkeypatch):
     model, tokenizer, _ = tiny
-    monkeypatch.setattr(evaluate_module, "generate_responses", scripted_responses([]))
+    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses([]))
     run(model, tokenizer, data_dir, tmp_path / "reference")
     calls = []
     fake = scripted_responses(calls)
@@ -370,7 +274,7 @@ def test_auto_batch_size_halves_on_out_of_memory(tiny, data_dir, tmp_path, monke
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
         return fake(model, tokenizer, prompts, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "generate_responses", small_gpu)
+    monkeypatch.setattr(batch_module, "generate_batch", small_gpu)
     run(model, tokenizer, data_dir, tmp_path / "auto", batch_size="auto")
     # AddSub's 7 in one batch (auto: 8 on CPU), out of memory, 4, again, then 2 at a time; boolq alike
     assert calls == [-7, -4, 2, 2, 2, 1, -5, -4, 2, 2, 1]
@@ -383,7 +287,7 @@ def test_auto_batch_size_halves_on_out_of_memory(tiny, data_dir, tmp_path, monke
 def test_a_static_cache_scores_like_the_dynamic_one(tiny, data_dir, tmp_path):
     model, tokenizer, _ = tiny
     for name in ("dynamic", "static"):
-        decoding = DecodingConfig(num_beams=1, max_new_tokens=6, static_cache=name == "static")
+        decoding = DecodingSettings(num_beams=1, max_new_tokens=6, static_cache=name == "static")
         evaluate(model, tokenizer, EvalConfig("AddSub", data_dir, tmp_path / name, decoding=decoding))
     assert (tmp_path / "static" / "AddSub.jsonl").read_text() == (
         tmp_path / "dynamic" / "AddSub.jsonl"
@@ -398,8 +302,11 @@ def test_on_a_gpu_merged_auto_batched_compiled_decoding_scores_like_the_plain_ru
     merged = merge_for_inference(copy.deepcopy(model)).to("cuda")
     assert 1 <= auto_batch_size(merged, 200, 256, 4) <= MAX_AUTO_BATCH_SIZE
     runs = {
-        "plain": (plain, DecodingConfig(batch_size=3, max_new_tokens=8)),
-        "fast": (merged, DecodingConfig(batch_size="auto", max_new_tokens=8, static_cache=True)),
+        "plain": (plain, DecodingSettings(num_beams=4, batch_size=3, max_new_tokens=8)),
+        "fast": (
+            merged,
+            DecodingSettings(num_beams=4, batch_size="auto", max_new_tokens=8, static_cache=True),
+        ),
     }
     for name, (each, decoding) in runs.items():
         evaluate(each, tokenizer, EvalConfig("AddSub,boolq", data_dir, tmp_path / name, decoding=decoding))
@@ -409,9 +316,9 @@ def test_on_a_gpu_merged_auto_batched_compiled_decoding_scores_like_the_plain_ru
 
 def test_an_output_dir_of_another_run_is_refused(tiny, data_dir, tmp_path, monkeypatch):
     model, tokenizer, _ = tiny
-    monkeypatch.setattr(evaluate_module, "generate_responses", scripted_responses([]))
+    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses([]))
     run(model, tokenizer, data_dir, tmp_path / "out")
-    config = EvalConfig("AddSub", data_dir, tmp_path / "out", decoding=DecodingConfig(num_beams=1))
+    config = EvalConfig("AddSub", data_dir, tmp_path / "out", decoding=DecodingSettings(num_beams=1))
     with pytest.raises(
         InputError, match=r"holds another evaluate run \(num_beams 4 there, 1 now\): pass --overwrite"
     ):
@@ -423,11 +330,11 @@ def test_an_output_dir_of_another_run_is_refused(tiny, data_dir, tmp_path, monke
 
 def test_two_ranks_score_disjoint_shards_and_rank0_merges(tiny, data_dir, tmp_path, monkeypatch):
     model, tokenizer, _ = tiny
-    monkeypatch.setattr(evaluate_module, "generate_responses", scripted_responses([]))
+    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses([]))
     run(model, tokenizer, data_dir, tmp_path / "single")
 
     calls = []
-    monkeypatch.setattr(evaluate_module, "generate_responses", scripted_responses(calls))
+    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses(calls))
     barrier, failures = threading.Barrier(2, timeout=60), []
 
     def rank(r):
@@ -471,9 +378,7 @@ def test_cli_end_to_end_on_a_boosted_adapter(tiny, data_dir, tmp_path, capsys):
     records = lines(out / "AddSub.jsonl")
     assert [r["index"] for r in records] == list(range(7))
     # the responses are the boosted model's own greedy continuations
-    expected = generate_responses(
-        model, tokenizer, [build_prompt(r["instruction"]) for r in ADDSUB[:4]], 1, 8
-    )
+    expected = generate_batch(model, tokenizer, [build_prompt(r["instruction"]) for r in ADDSUB[:4]], 1, 8)
     assert [r["output"] for r in records[:4]] == expected
     task, examples = load_benchmarks(EvalConfig("AddSub", data_dir, out))[0]
     assert [r["prediction"] for r in records] == [

@@ -122,7 +122,7 @@ def test_an_earlier_demo_output_is_cleared_but_foreign_files_are_kept(tmp_path):
 def test_bad_settings_are_input_errors():
     with pytest.raises(InputError, match=r"unknown demo methods \['prefix'\]"):
         DemoConfig(methods=("lora", "prefix"))
-    with pytest.raises(InputError, match="λ must be in"):
+    with pytest.raises(InputError, match=r"SIBO's λ must be a number in \[0, 1\], got 1.5"):
         quick_config(lam=1.5)
     with pytest.raises(InputError, match="max_steps must be at least 1"):
         quick_config(max_steps=0)

@@ -9,8 +9,8 @@ import pytest
 
 from sibo.cli import main
 from sibo.cli.sweep import parse_config
+from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import DecodingConfig
 from sibo.study.sweep import SweepConfig, SweepRow, summarize, write_csv
 from sibo.study.synthetic import write_records
 from sibo.train.config import FinetuneConfig
@@ -78,7 +78,9 @@ def test_sweep_writes_one_row_per_lambda_and_seed(workspace, capsys):
 def test_a_bad_lambda_stops_the_sweep_before_anything_is_written(workspace, capsys):
     output_dir = workspace / "bad"
     assert main(_flags(workspace, output_dir, "--lambdas", "0.1,1.5")) == 2
-    assert capsys.readouterr().err.strip() == "sibo sweep: error: every λ must be in [0, 1], got 1.5"
+    assert (
+        capsys.readouterr().err.strip() == "sibo sweep: error: SIBO's λ must be a number in [0, 1], got 1.5"
+    )
     assert not output_dir.exists()
 
 
@@ -108,7 +110,13 @@ def test_repeated_lambdas_are_refused(workspace):
     finetune = FinetuneConfig(base_model="b", data_path="d")
     with pytest.raises(InputError, match="must not repeat"):
         SweepConfig(
-            finetune, [0.1, 0.1], [1], "AddSub", workspace, workspace / "o", decoding=DecodingConfig()
+            finetune,
+            [0.1, 0.1],
+            [1],
+            "AddSub",
+            workspace,
+            workspace / "o",
+            decoding=DecodingSettings(num_beams=4),
         )
 
 

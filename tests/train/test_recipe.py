@@ -113,8 +113,8 @@ def test_defaults_are_the_seeds():
         ({"micro_batch_size": 0}, "--micro_batch_size must be at least 1, got 0"),
         ({"learning_rate": 0.0}, "--learning_rate must be a positive finite number, got 0.0"),
         ({"lora_dropout": 1.0}, r"--lora_dropout must be in \[0, 1\)"),
-        ({"embedding_lambda": 1.5}, r"--embedding_lambda must be in \[0, 1\], got 1.5"),
-        ({"learnable_lambda": True, "embedding_lambda": 0.0}, r"--learnable_lambda starts from --embedding_lambda in \(0, 1\)"),
+        ({"embedding_lambda": 1.5}, r"SIBO's λ must be a number in \[0, 1\], got 1.5"),
+        ({"learnable_lambda": True, "embedding_lambda": 0.0}, r"a learnable λ starts strictly inside \(0, 1\), got 0.0"),
         ({"ffn": False, "sibo_targets": "ffn"}, "--ffn False means --sibo_targets attn, not ffn"),
         ({"eval_step": 150}, "--save_step 200 must be a multiple of --eval_step 150"),
         ({"load_8bit": True, "load_4bit": True}, "choose one of --load_8bit and --load_4bit"),
@@ -142,7 +142,7 @@ def test_ffn_false_names_the_attention_branches_it_boosts(base_model, data_file,
         setup(parse_config(run_args(base_model, data_file, tmp_path / "run", *flags)))
     assert [r.getMessage() for r in caplog.records if "--ffn False" in r.getMessage()] == [
         "--ffn False boosts the attention branches here (self_attn.k_proj, self_attn.o_proj, self_attn.q_proj, "
-        "self_attn.v_proj); the seed's code boosts nothing with it. For plain PEFT, use --embedding_lambda 0"
+        "self_attn.v_proj); LLM-Adapters' code boosts nothing with it. For plain PEFT, use --embedding_lambda 0"
     ]
     caplog.clear()
     with caplog.at_level("INFO", logger="sibo"):

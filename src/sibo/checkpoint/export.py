@@ -1,20 +1,13 @@
-"""Merge an adapter into a standalone checkpoint, exactly where SIBO allows it.
+"""Write an adapter merged into a standalone checkpoint, exactly where SIBO allows it.
 
     sibo export --base_model B --weights_path W --output_dir O [--format hf|state_dict] [--approximate]
 
-A boosted LoRA branch reads (1-λ)·x + λ·h0, so it splits into two linear terms:
-
-    s·B·A·((1-λ)·x + λ·h0) = (1-λ)·ΔW·x  +  λ·ΔW·h0,      ΔW = s·B·A  (out, in)
-
-The first folds into the base weight like any LoRA; the second reads h0, which no weight of a
-plain checkpoint sees. The exact export therefore writes the merged base (an ordinary HF
+The merge itself is `sibo.core.merge`. The exact export writes the merged base (an ordinary HF
 checkpoint) plus, in O/sibo_residual/, a small SIBO adapter on exactly the boosted modules that
-reads h0 alone (λ = 1) with B ← λ·s·B (per block λ when learnable, scaling folded in).
-`--approximate` folds the whole ΔW and drops the h0 term, and measures what that costs on probe
-prompts. Plain LoRA and λ = 0 merge exactly, as PEFT's merge_and_unload does.
-`merge_for_inference` is the same exact merge kept in memory, for decoding (`sibo evaluate`,
-`sibo generate`), with the h0 terms as hooks that project h0 once per step (`sibo.core.h0_branches`)
-instead of a residual adapter.
+reads h0 alone (λ = 1) with B ← λ·s·B (per block λ when learnable, scaling folded in): the
+λ·ΔW·h0 term no plain weight can hold. `--approximate` folds the whole ΔW and drops the h0 term,
+and measures what that costs on probe prompts. Files are staged in a temporary folder beside
+O and renamed into place, so a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -28,56 +21,25 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel
-from peft.tuners.lora import LoraLayer
 
-from sibo.checkpoint.load import RESIDUAL_DIR, booster_line_off
-from sibo.core.h0_branches import add_h0_branches
+from sibo.checkpoint.config import EXPORT_VERB, ExportConfig
+from sibo.checkpoint.load import booster_line_off
+from sibo.core.merge import boosted_lambdas, fold, lora_layers, merge_exactly, unmergeable_reason
 from sibo.core.peft_model import boosted_adapter, get_sibo_model
 from sibo.errors import InputError
-from sibo.files import LOCK_FILE, RUN_MARKER, claim_output_dir, disk_full, hold_output_dir, write_json
+from sibo.files import LOCK_FILE, RESIDUAL_DIR, RUN_MARKER, disk_full, hold_output_dir, write_json
 from sibo.prompts import build_prompt
 
 logger = logging.getLogger(__name__)
 
-VERB = "export"
+
 STATE_DICT_FILE = "model.safetensors"
-FORMATS = ("hf", "state_dict")
 # Probe prompts for --approximate: the deviation is the largest |Δlogit| over all their positions.
 PROBE_INSTRUCTIONS = (
     ("Tom has 3 apples and buys 4 more. How many apples does he have now?", None),
     ("Answer the question with true or false.", "Is the sky green?"),
     ("Write one sentence about the sea.", None),
 )
-
-
-@dataclass
-class ExportConfig:
-    """Where and in which form to write the merged model."""
-
-    output_dir: Path = field(metadata={"help": "directory to create; must be absent or empty"})
-    format: str = field(
-        default="hf", metadata={"help": "'hf' (save_pretrained) or 'state_dict' (one safetensors)"}
-    )
-    approximate: bool = field(
-        default=False,
-        metadata={"help": "for λ > 0: fold the whole ΔW into a plain checkpoint, dropping the λ·ΔW·h0 term"},
-    )
-    adapter_name: str = field(default="default", metadata={"help": "which adapter of the PeftModel to merge"})
-    overwrite: bool = field(
-        default=False, metadata={"help": "replace an earlier `sibo export` in output_dir (nothing else)"}
-    )
-
-    def __post_init__(self) -> None:
-        self.output_dir = Path(self.output_dir)
-        if self.format not in FORMATS:
-            raise InputError(f"unknown export format {self.format!r}: use one of {FORMATS}")
-        # A file, a model, a dataset or another verb's output is refused whatever --overwrite says.
-        claim_output_dir(self.output_dir, VERB, {}, self.overwrite, may_differ=None, dry_run=True)
-        if self.output_dir.is_dir() and any(self.output_dir.iterdir()) and not self.overwrite:
-            raise InputError(
-                f"output directory {self.output_dir} already exists and is not empty (an earlier export): "
-                "pass --overwrite to replace it, or choose another --output_dir"
-            )
 
 
 @dataclass
@@ -91,39 +53,11 @@ class ExportReport:
     max_logit_deviation: float | None = None  # measured by --approximate
 
 
-def merge_for_inference(model: torch.nn.Module, adapter_name: str = "default") -> torch.nn.Module:
-    """`model` with the same outputs and fewer kernels per decoding step: the exact merge of `sibo export`,
-    kept in memory (merged base + hooks adding λ·ΔW·h0 when λ > 0). An adapter with no exact
-    merged form (bottleneck, DoRA with λ > 0, a quantized base, several adapters) comes back unmerged.
-    The model is merged in place: use the returned one."""
-    if not isinstance(model, PeftModel):
-        return model
-    lambdas = _boosted_lambdas(model, adapter_name)
-    reason = (
-        "it holds several adapters"
-        if len(model.peft_config) > 1
-        else _unmergeable_reason(model, adapter_name, lambdas)
-    )
-    if reason is None and model.peft_config[adapter_name].peft_type != "LORA":
-        reason = f"the inference merge handles LoRA only, not {model.peft_config[adapter_name].peft_type}"
-    if reason is not None:
-        logger.info("decoding with the adapter unmerged: %s", reason.split(":")[0])
-        return model
-    merged, residual = _merge_exactly(model, adapter_name, lambdas)
-    if residual:
-        add_h0_branches(merged, residual)
-    logger.info(
-        "merged the adapter into the base weights for decoding%s",
-        f"; λ·ΔW·h0 kept on {len(residual)} modules" if residual else "",
-    )
-    return merged.eval()
-
-
 def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportReport:
     """Merge `model`'s adapter and write it; the model is merged in place (do not use it afterwards)."""
     adapter_name = config.adapter_name
-    lambdas = _boosted_lambdas(model, adapter_name)  # module name in the base model -> λ of its block
-    reason = _unmergeable_reason(model, adapter_name, lambdas)
+    lambdas = boosted_lambdas(model, adapter_name)  # module name in the base model -> λ of its block
+    reason = unmergeable_reason(model, adapter_name, lambdas)
     if reason is not None:
         raise InputError(reason)
     needs_residual = any(lam != 0 for lam in lambdas.values())
@@ -135,9 +69,9 @@ def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportR
 
     probes = _probe_logits(model, tokenizer) if needs_residual and config.approximate else None
     if config.approximate:
-        merged, residual = _fold(model, adapter_name, {}), {}
+        merged, residual = fold(model, adapter_name, {}), {}
     else:
-        merged, residual = _merge_exactly(model, adapter_name, lambdas)
+        merged, residual = merge_exactly(model, adapter_name, lambdas)
     merged.eval()
 
     config.output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +89,7 @@ def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportR
                     merged, residual, model.peft_config[adapter_name], staging / RESIDUAL_DIR
                 )
             files = _write_merged(merged, tokenizer, staging, config.format) + files
-            write_json(staging / RUN_MARKER, {"verb": VERB, "settings": {}})
+            write_json(staging / RUN_MARKER, {"verb": EXPORT_VERB, "settings": {}})
             report = ExportReport(
                 config.output_dir, exact=not config.approximate or not needs_residual, files=[]
             )
@@ -193,100 +127,6 @@ def _readable_as_umask_allows(directory: Path) -> None:
     for path in directory.rglob("*"):
         if path.is_file():
             path.chmod(file_mode)
-
-
-def _unmergeable_reason(model: PeftModel, adapter_name: str, lambdas: dict[str, float]) -> str | None:
-    """Why the adapter has no exact merged form, or None when it has one (`lambdas`: _boosted_lambdas)."""
-    peft_config = model.peft_config[adapter_name]
-    peft_type = str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
-    if "BOTTLENECK" in peft_type.upper():
-        return (
-            "a bottleneck adapter cannot be merged into the base weights: its branch up(act(down(·))) is "
-            "nonlinear. Keep the adapter and load it with sibo.load_sibo_model"
-        )
-    if peft_type != "LORA" and boosted_adapter(model, adapter_name) is not None:
-        return f"sibo export merges boosted LoRA adapters only, not {peft_type}"
-    if getattr(model.base_model.model.config, "quantization_config", None) is not None:
-        return "a quantized base model has no merged form: load it without --load_8bit/--load_4bit"
-    if getattr(peft_config, "use_dora", False) and any(lam != 0 for lam in lambdas.values()):
-        return (
-            "a DoRA adapter boosted with λ > 0 has no merged form: its magnitude normalises ‖W0 + ΔW‖, "
-            "which the h0 term changes. Load the adapter with sibo.load_sibo_model instead"
-        )
-    return None
-
-
-def _merge_exactly(
-    model: PeftModel, adapter_name: str, lambdas: dict[str, float]
-) -> tuple[torch.nn.Module, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """The merged base and the λ·ΔW·h0 terms it cannot hold, as (A, λ·s·B) per module ({} when every
-    λ is 0): the export writes them as a residual adapter, decoding adds them as hooks."""
-    if not any(lam != 0 for lam in lambdas.values()):
-        try:
-            return model.merge_and_unload(), {}
-        except (AttributeError, NotImplementedError) as error:
-            peft_type = model.peft_config[adapter_name].peft_type
-            raise InputError(f"this {peft_type} adapter cannot be merged: {error}") from None
-    residual = _residual_weights(model, adapter_name, lambdas)
-    return _fold(model, adapter_name, lambdas), residual
-
-
-def _boosted_lambdas(model: PeftModel, adapter_name: str) -> dict[str, float]:
-    """Each boosted module's name relative to the base model, with the λ of its block."""
-    adapter = boosted_adapter(model, adapter_name)
-    if adapter is None:
-        return {}
-    prefix = "base_model.model."
-    return {
-        layer.name.removeprefix(prefix): float(torch.as_tensor(adapter.lam(layer.block)).detach())
-        for layer in adapter.layers
-    }
-
-
-def _lora_layers(model: PeftModel, adapter_name: str) -> dict[str, LoraLayer]:
-    base = model.base_model.model
-    return {
-        name: module
-        for name, module in base.named_modules()
-        if isinstance(module, LoraLayer) and adapter_name in module.lora_A
-    }
-
-
-def _residual_weights(
-    model: PeftModel, adapter_name: str, lambdas: dict[str, float]
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(A, λ·s·B) for every boosted module with λ ≠ 0: the branch that reads h0 alone."""
-    layers = _lora_layers(model, adapter_name)
-    residual = {}
-    for name, lam in lambdas.items():
-        if lam == 0:
-            continue
-        layer = layers[name]
-        lora_a = layer.lora_A[adapter_name].weight.detach()  # (r, in)
-        lora_b = layer.lora_B[adapter_name].weight.detach()  # (out, r)
-        scaled_b = (lora_b.float() * (lam * layer.scaling[adapter_name])).to(lora_b.dtype)
-        residual[name] = (lora_a.clone(), scaled_b)
-    return residual
-
-
-@torch.no_grad()
-def _fold(model: PeftModel, adapter_name: str, lambdas: dict[str, float]) -> torch.nn.Module:
-    """Fold (1-λ)·ΔW into each module in `lambdas`, the whole ΔW (PEFT's merge) into the others; unload."""
-    for name, layer in _lora_layers(model, adapter_name).items():
-        if name not in lambdas:
-            layer.merge(adapter_names=[adapter_name])
-            continue
-        base_layer = layer.get_base_layer()
-        delta = layer.get_delta_weight(adapter_name).float() * (
-            1.0 - lambdas[name]
-        )  # shaped like the base weight
-        base_layer.weight.data = (base_layer.weight.float() + delta).to(base_layer.weight.dtype)
-        if layer.lora_bias.get(adapter_name, False):
-            if base_layer.bias is None:
-                raise InputError(f"cannot merge lora_bias into {name}: its base layer has no bias")
-            bias = layer.lora_B[adapter_name].bias.float() * layer.scaling[adapter_name]
-            base_layer.bias.data = (base_layer.bias.float() + bias).to(base_layer.bias.dtype)
-    return model.unload()
 
 
 def _write_merged(merged: torch.nn.Module, tokenizer, directory: Path, format: str) -> list[Path]:
@@ -330,7 +170,7 @@ def _write_residual(
     boosted = {layer.name.removeprefix("base_model.model.") for layer in boosted_adapter(model).layers}
     if boosted != set(residual):
         raise RuntimeError(f"the residual adapter boosts {sorted(boosted)}, expected {sorted(residual)}")
-    layers = _lora_layers(model, "default")
+    layers = lora_layers(model, "default")
     with torch.no_grad():
         for name, (lora_a, lora_b) in residual.items():
             layers[name].lora_A["default"].weight.copy_(lora_a)
@@ -355,9 +195,8 @@ def _probe_logits(model: torch.nn.Module, tokenizer) -> tuple[dict[str, torch.Te
 @torch.no_grad()
 def _max_deviation(merged: torch.nn.Module, probes: tuple[dict[str, torch.Tensor], torch.Tensor]) -> float:
     batch, reference = probes
-    deviation = (
-        merged(**batch).logits.float() - reference
-    ).abs()  # (B, T, V), or (B, labels) for a classifier
+    # (B, T, V), or (B, labels) for a classifier
+    deviation = (merged(**batch).logits.float() - reference).abs()
     if deviation.dim() == 3:
         deviation = deviation[batch["attention_mask"].bool()]  # padding positions do not count
     return deviation.max().item()

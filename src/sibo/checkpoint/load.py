@@ -63,10 +63,8 @@ def resolve_dtype(dtype: str | torch.dtype = "auto") -> torch.dtype:
     return torch.float32
 
 
-def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
-    """A BitsAndBytesConfig for 8-bit or 4-bit (QLoRA: NF4, double quantisation) bases; CUDA only."""
-    if quantization is None:
-        return None
+def require_quantization(quantization: str) -> None:
+    """InputError unless this machine can load a base in `quantization` ('8bit' or '4bit')."""
     if quantization not in ("8bit", "4bit"):
         raise InputError(f"unknown quantization {quantization!r}: use 8bit or 4bit")
     if not torch.cuda.is_available():
@@ -75,6 +73,13 @@ def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise InputError(f"--load_{quantization} needs bitsandbytes: pip install 'sibo[quant]'") from None
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
+    """A BitsAndBytesConfig for 8-bit or 4-bit (QLoRA: NF4, double quantisation) bases; CUDA only."""
+    if quantization is None:
+        return None
+    require_quantization(quantization)
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
@@ -92,15 +97,17 @@ def load_tokenizer(
     weights_path: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
     padding_side: str = "left",
+    gguf_file: Path | None = None,
 ):
     """The adapter's tokenizer when it ships one (finetune saves it), else the base model's. Generation
-    pads on the left; BERT-style classifiers read position 0 and need the right."""
+    pads on the left; BERT-style classifiers read position 0 and need the right. `gguf_file`: the base's
+    GGUF file when the caller has already resolved it (else it is looked up here)."""
     source = (
         weights_path
         if weights_path and (Path(weights_path) / "tokenizer_config.json").is_file()
         else base_model
     )
-    if source == base_model and (gguf_file := find_gguf(base_model)) is not None:
+    if source == base_model and (gguf_file := gguf_file or find_gguf(base_model)) is not None:
         tokenizer = load_gguf_tokenizer(gguf_file)
     else:
         if not Path(source).expanduser().exists():
@@ -125,10 +132,14 @@ def load_model(
     trust_remote_code: bool = False,
     is_trainable: bool = False,
     task: str = "causal-lm",
+    threads: int | None = None,
 ):
     """(model, tokenizer): the base model, with the adapter at `weights_path` loaded (SIBO-boosted as saved,
     or with λ = `lam` when given) — or the base alone when weights_path is None. An exact `sibo export`
-    directory loads as a base model: its SIBO residual adapter comes along."""
+    directory loads as a base model: its SIBO residual adapter comes along. `threads`: torch's CPU
+    threads for this process from now on (None leaves them as they are)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
     if task not in _MODEL_CLASSES:
         raise InputError(f"unknown task {task!r}: use one of {sorted(_MODEL_CLASSES)}")
     gguf_file = find_gguf(base_model)  # a .gguf file, or a folder holding one
@@ -145,7 +156,8 @@ def load_model(
         raise InputError(f"adapter directory {weights_path} does not exist")
     torch_dtype = resolve_dtype(dtype)
     quantization = quantization_config(quantization, torch_dtype)
-    if weights_path is not None:  # both before the base loads: a damaged file fails in seconds
+    # before the base loads: a damaged adapter file fails in seconds (load_sibo_model then skips it)
+    if weights_path is not None:
         check_weights_dir(weights_path, ADAPTER_WEIGHTS)
     if gguf_file is not None:
         if quantization is not None:
@@ -166,11 +178,11 @@ def load_model(
         except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
             raise InputError(f"cannot load base model {base_model}: {first_line(error)}") from None
     padding_side = "right" if task == "sequence-classification" else "left"
-    tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side)
+    tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side, gguf_file)
     if weights_path is not None and Path(weights_path) == residual:
         model = _load_residual(model, base_model, residual, lam, is_trainable)
     elif weights_path is not None:
-        model = load_sibo_model(model, weights_path, lam=lam, is_trainable=is_trainable)
+        model = load_sibo_model(model, weights_path, lam=lam, is_trainable=is_trainable, check_files=False)
     elif lam is not None:
         logger.warning("λ=%s ignored: no adapter given", lam)
     if not is_trainable:

@@ -69,27 +69,29 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in PASS_THROUGH_VERBS:
         verbose = verbose or any(arg in VERBOSE_FLAGS for arg in rest)
         rest = [arg for arg in rest if arg not in VERBOSE_FLAGS]
-    with console(verbose):
-        module = importlib.import_module(VERBS[verb][0])
-        try:
-            return module.main(rest) or 0
-        except InputError as error:
-            print(f"sibo {verb}: error: {one_line(error)}", file=sys.stderr)
-            return 2
-        except Interrupted as error:
-            print(f"sibo {verb}: {one_line(error)}", file=sys.stderr)
-            return 130
-        except OSError as error:
-            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            print(
-                f"sibo {verb}: error: disk full: could not write {error.filename or 'a file'}",
-                file=sys.stderr,
-            )
-            return 2
-        except KeyboardInterrupt:
-            print(f"sibo {verb}: interrupted", file=sys.stderr)
-            return 130
+    module = importlib.import_module(VERBS[verb][0])
+    try:
+        if verb in PASS_THROUGH_VERBS:
+            with console(verbose):
+                return module.main(rest) or 0
+        # flags first, outside the console: --help and a bad flag import no torch and load nothing
+        args = module.build_parser().parse_args(rest)
+        with console(verbose):
+            return module.run(args) or 0
+    except InputError as error:
+        print(f"sibo {verb}: error: {one_line(error)}", file=sys.stderr)
+        return 2
+    except Interrupted as error:
+        print(f"sibo {verb}: {one_line(error)}", file=sys.stderr)
+        return 130
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"sibo {verb}: error: disk full: could not write {error.filename or 'a file'}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sibo {verb}: interrupted", file=sys.stderr)
+        return 130
 
 
 def one_line(error: BaseException) -> str:

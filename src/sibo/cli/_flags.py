@@ -1,13 +1,59 @@
-"""Flag spellings shared by the verbs: the seed's `--flag True/False` and its list syntaxes."""
+"""Flags from dataclasses, for every verb: one generator, upstream's spellings, one-line errors.
+
+Each config field becomes `--<field>` (plus the spellings in `rename`), its help text from
+`metadata["help"]`, its default from the field (shown once; a required field shows none), its
+type from the annotation: booleans take upstream's words (`--ffn True`, `--ffn false`, bare
+`--ffn`), lists take upstream's syntaxes ('["q_proj","k_proj"]', [q_proj,k_proj], q_proj,k_proj).
+Nothing here imports torch: `sibo <verb> --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import MISSING, Field, fields
+from pathlib import Path
+
+from sibo.errors import InputError
+
+BOOL_METAVAR = "BOOL"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad flag as an InputError (one line, exit 2) and `--lr -1e-4` read as a number."""
+
+    def error(self, message: str):
+        raise InputError(message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(_attach_negative_numbers(args), namespace)
+
+
+def _attach_negative_numbers(args: list[str] | None) -> list[str] | None:
+    """`--flag -1e-4` → `--flag=-1e-4`: argparse takes '-1e-4' for an option (it knows only '-1' and '-.5')."""
+    if args is None:
+        return None
+    joined: list[str] = []
+    for arg in args:
+        if joined and joined[-1].startswith("--") and "=" not in joined[-1] and _is_negative_number(arg):
+            joined[-1] = f"{joined[-1]}={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
+def _is_negative_number(text: str) -> bool:
+    if not text.startswith("-"):
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def str2bool(value: str | bool) -> bool:
-    """`--ffn True`, `--ffn false`, `--ffn 1`: the seed passes booleans as words."""
+    """`--ffn True`, `--ffn false`, `--ffn 1`: upstream passes booleans as words."""
     if isinstance(value, bool):
         return value
     lowered = value.strip().lower()
@@ -19,7 +65,7 @@ def str2bool(value: str | bool) -> bool:
 
 
 def parse_list(value: str | list[str]) -> list[str]:
-    """A list flag as the seed writes it: '["q_proj","k_proj"]', '[q_proj,k_proj]' (what a shell
+    """A list flag as upstream writes it: '["q_proj","k_proj"]', '[q_proj,k_proj]' (what a shell
     leaves of the unquoted form) or 'q_proj,k_proj'. Several shell words are joined first."""
     if isinstance(value, list):
         value = ",".join(value)
@@ -37,54 +83,134 @@ def parse_list(value: str | list[str]) -> list[str]:
     return [item for item in items if item]
 
 
-def optional_bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
-    """`--name`, `--name True` and `--name False` all work."""
-    parser.add_argument(
-        name, type=str2bool, nargs="?", const=True, default=default, help=f"{help} (default: {default})"
-    )
+class _ListAction(argparse.Action):
+    """nargs="+": an unquoted `["q_proj", "k_proj"]` reaches us as several shell words, joined here."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, parse_list(values))
 
 
-def add_model_flags(parser, quantization: bool = True) -> None:
-    """The flags that pick a model for `sibo.checkpoint.load.load_model`, as every verb (and the seed) spells them."""
-    parser.add_argument(
-        "--base_model", required=True, help="base model: a folder, a .gguf file, or a hub name when online"
-    )
-    parser.add_argument(
-        "--weights_path", "--lora_weights", dest="weights_path", default=None,
-        help="adapter folder (SIBO or plain PEFT); without it the base model alone",
-    )  # fmt: skip
-    parser.add_argument(
-        "--embedding_lambda", "--lam", dest="lam", type=float, default=None,
-        help="SIBO's λ, overriding the one stored with the adapter (boosts a plain PEFT adapter too)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32"
-    )
-    optional_bool_flag(parser, "--trust_remote_code", False, "run the model repository's own code")
-    if quantization:
-        optional_bool_flag(parser, "--load_8bit", False, "load the base model in 8 bits (CUDA, bitsandbytes)")
-        optional_bool_flag(
-            parser, "--load_4bit", False, "load the base model in 4 bits, NF4 (CUDA, bitsandbytes)"
-        )
+def number_or_word(value: str) -> float | str:
+    """--scaling 2 or --scaling learned."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
-def add_merge_flag(parser) -> None:
-    """`--merge`: decode with the adapter folded into the base weights (`sibo.checkpoint.export.merge_for_inference`)."""
-    optional_bool_flag(
-        parser,
-        "--merge",
-        True,
-        "fold the adapter into the base weights for decoding: same outputs, fewer kernels "
-        "(bottleneck, DoRA with λ > 0 and quantized bases stay unmerged)",
-    )
+def count_or_word(value: str) -> int | str:
+    """--batch_size 16 or --batch_size auto."""
+    try:
+        return int(value)
+    except ValueError:
+        return value
 
 
-def model_loading_kwargs(args: argparse.Namespace) -> dict:
-    """What `add_model_flags` parsed, as keyword arguments of `sibo.checkpoint.load.load_model`."""
-    load_8bit, load_4bit = getattr(args, "load_8bit", False), getattr(args, "load_4bit", False)
-    return {
-        "lam": args.lam,
-        "dtype": args.dtype,
-        "trust_remote_code": args.trust_remote_code,
-        "quantization": "8bit" if load_8bit else "4bit" if load_4bit else None,
+_TYPES = {
+    "int": int,
+    "int | None": int,
+    "float": float,
+    "float | None": float,
+    "float | str": number_or_word,
+    "int | str": count_or_word,
+}
+
+
+def field_default(config_field: Field):
+    """The field's default (MISSING when the field is required)."""
+    if config_field.default_factory is not MISSING:
+        return config_field.default_factory()
+    return config_field.default
+
+
+def _shown(value) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, Path):
+        return str(value)
+    return repr(value)
+
+
+def add_dataclass_flags(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    rename: dict[str, list[str]] | None = None,
+    skip: tuple[str, ...] = (),
+    defaults: dict | None = None,
+    helps: dict[str, str] | None = None,
+    group: str | None = None,
+    only_given: bool = False,
+    dest_prefix: str = "",
+) -> None:
+    """One flag per field of the dataclass `cls` (see the module docstring).
+
+    rename: field -> its spellings, the first shown first (`{"lam": ["--embedding_lambda", "--lam"]}`);
+    defaults / helps: this verb's defaults and help texts where they differ from the field's;
+    group: the help section, unless the field's metadata names one; only_given: a flag not given
+    leaves no value (the caller applies its own defaults), while --help still shows the field's;
+    dest_prefix: keeps two dataclasses' same-named fields apart in the parsed namespace.
+    """
+    rename, defaults, helps = rename or {}, defaults or {}, helps or {}
+    for config_field in fields(cls):
+        if config_field.name in skip or not config_field.init:
+            continue
+        section = config_field.metadata.get("group", group)
+        target = parser if section is None else _group(parser, section)
+        spellings = rename.get(config_field.name)
+        help_text = helps.get(config_field.name, config_field.metadata["help"])
+        dest = dest_prefix + config_field.name
+        _add_flag(target, config_field, spellings, defaults, help_text, only_given, dest)
+
+
+def _group(parser: argparse.ArgumentParser, title: str):
+    """The parser's help section `title`, made on first use (several dataclasses may share one)."""
+    existing = next((group for group in parser._action_groups if group.title == title), None)
+    return existing or parser.add_argument_group(title)
+
+
+def _add_flag(
+    target,
+    config_field: Field,
+    spellings: list[str] | None,
+    defaults: dict,
+    help_text: str,
+    only_given: bool,
+    dest: str,
+) -> None:
+    name, kind = config_field.name, str(config_field.type)
+    default = defaults.get(name, field_default(config_field))
+    required = default is MISSING or config_field.metadata.get("required", False)
+    if not required and default is not None and default != "":
+        help_text = f"{help_text} (default: {_shown(default)})"
+    options = {
+        "dest": dest,
+        "help": help_text,
+        "required": required,
+        "metavar": config_field.metadata.get("metavar") or name.upper(),
     }
+    if default is not MISSING:
+        options["default"] = argparse.SUPPRESS if only_given else default
+    if kind.startswith("bool"):
+        options.update(type=str2bool, nargs="?", const=True, metavar=BOOL_METAVAR)
+    elif kind.startswith(("list", "tuple")):
+        empty_allowed = default == [] or default == ()
+        options.update(action=_ListAction, nargs="*" if empty_allowed else "+")
+    else:
+        choices = config_field.metadata.get("choices")
+        options.update(type=_TYPES.get(kind, str), choices=choices)
+        if choices:
+            # argparse shows {a,b,c} in place of the metavar
+            options["metavar"] = None
+    target.add_argument(*(spellings or [f"--{name}"]), **options)
+
+
+def dataclass_values(
+    args: argparse.Namespace, cls: type, skip: tuple[str, ...] = (), dest_prefix: str = ""
+) -> dict:
+    """The parsed flags of `cls`'s fields (those given, with only_given), as keyword arguments for `cls(**…)`."""
+    values = {
+        f.name: getattr(args, dest_prefix + f.name, MISSING)
+        for f in fields(cls)
+        if f.init and f.name not in skip
+    }
+    return {name: value for name, value in values.items() if value is not MISSING}

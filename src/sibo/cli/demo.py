@@ -1,6 +1,6 @@
 """`sibo demo`: the offline SIBO study — fine-tune, evaluate and analyze LoRA vs LoRA-SIBO.
 
-sibo demo                                  # about 2 minutes on 2 idle CPU cores (the budget is 10)
+sibo demo                                  # about 2 minutes on 2 idle CPU cores
 sibo demo --quick --output_dir /tmp/demo   # the smaller setting the tests run
 """
 
@@ -11,40 +11,45 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import MISSING, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sibo.cli._flags import optional_bool_flag, parse_list
-from sibo.study.demo import ADAPTER_ROWS_NOTE, DemoConfig, format_rows, next_steps, quick_config, run_demo
+from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
+from sibo.study.demo import DemoConfig, quick_config
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sibo demo", description=__doc__.splitlines()[0].split(": ", 1)[1])
-    optional_bool_flag(
-        parser, "--quick", False, "the smaller setting the test suite runs (sizes below still override)"
+@dataclass
+class DemoFlags:
+    quick: bool = field(
+        default=False,
+        metadata={"help": "the smaller setting the test suite runs (sizes given still override)"},
     )
-    for config_field in fields(DemoConfig):
-        default = (
-            config_field.default if config_field.default is not MISSING else config_field.default_factory()
-        )
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        help_text = config_field.metadata["help"] + ("" if default is None else f" (default: {shown})")
-        kind = {"int": int, "float": float}.get(str(config_field.type), str)
-        parser.add_argument(f"--{config_field.name}", type=kind, default=None, help=help_text)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="sibo demo", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    add_dataclass_flags(parser, DemoFlags)
+    add_dataclass_flags(parser, DemoConfig, only_given=True)
     return parser
 
 
 def parse_config(argv: list[str] | None) -> DemoConfig:
-    values = vars(build_parser().parse_args(argv))
-    quick = values.pop("quick")
-    overrides = {name: value for name, value in values.items() if value is not None}
-    if "methods" in overrides:
-        overrides["methods"] = tuple(parse_list(overrides["methods"]))
-    return quick_config(**overrides) if quick else DemoConfig(**overrides)
+    return _config(build_parser().parse_args(argv))
+
+
+def _config(args: argparse.Namespace) -> DemoConfig:
+    given = dataclass_values(args, DemoConfig)
+    return quick_config(**given) if args.quick else DemoConfig(**given)
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    from sibo.study.demo import ADAPTER_ROWS_NOTE, format_rows, next_steps, run_demo
+
+    config = _config(args)
     started = time.perf_counter()
     rows = run_demo(config)
     print(format_rows(rows))

@@ -1,10 +1,10 @@
 """`sibo evaluate`: accuracy of a base model or adapter on the paper's math and commonsense benchmarks.
 
-    sibo evaluate --base_model B --weights_path W --dataset math --output_dir O
+    sibo evaluate --weights_path W --dataset math --output_dir O        # the base the adapter records
     sibo evaluate --base_model B --lora_weights W --dataset gsm8k --embedding_lambda 0.2 --batch_size 16
     torchrun --nproc_per_node 4 -m sibo evaluate --base_model B --weights_path W --dataset commonsense
 
-The seed's flags work as they are: --lora_weights, --embedding_lambda, --load_8bit, --batch_size,
+Upstream's flags work as they are: --lora_weights, --embedding_lambda, --load_8bit, --batch_size,
 and --model / --adapter (recorded in run.json, they choose nothing). Results: O/<dataset>.jsonl
 (one line per example, resumable), O/summary.json, and a table on stdout. Test questions that
 the adapter's training data holds (--train_data, or the file its run_config.json names) are
@@ -14,112 +14,133 @@ counted per set; --exclude_seen scores only the others.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 
-from sibo.cli._flags import add_merge_flag, add_model_flags, model_loading_kwargs, optional_bool_flag
-from sibo.eval.contamination import recorded_training_data
-from sibo.eval.runner import (
-    CPU_BATCH_SIZE,
-    DecodingConfig,
-    EvalConfig,
-    accelerate_shard,
-    claim_eval_dir,
-    evaluate,
-    load_benchmarks,
-    run_record,
-)
-from sibo.eval.tasks import EXTRACTION_MODES, default_data_dir
+from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
+from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
+from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings
+from sibo.eval.tasks import DATA_DIR_HELP, EXTRACTION_MODES, default_data_dir
+
+# Sampling settings are generate's: the benchmarks are scored with upstream's deterministic decoding.
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "seed")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sibo evaluate", description=__doc__.split("\n\n")[0])
-    add_model_flags(parser)
-    parser.add_argument(
-        "--dataset", required=True,
-        help="comma-separated names (AddSub, MultiArith, SingleEq, gsm8k, AQuA, SVAMP, mawps, boolq, piqa, "
-        "social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa), or math / commonsense",
-    )  # fmt: skip
-    parser.add_argument(
-        "--data_dir", default=None,
-        help="folder holding <Name>/test.json (default: $SIBO_DATA_DIR, else ../shared/data/llm-adapters "
-        "beside the checkout, else ./dataset as in the seed)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--output_dir", default="outputs/evaluate", help="where results go (default: %(default)s)"
+@dataclass
+class EvaluateFlags:
+    """What `sibo evaluate` adds to the model and decoding flags."""
+
+    dataset: str = field(
+        metadata={
+            "help": "comma-separated names (AddSub, MultiArith, SingleEq, gsm8k, AQuA, SVAMP, mawps, boolq, piqa, "
+            "social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa), or math / commonsense"
+        }
     )
-    parser.add_argument(
-        "--batch_size", type=batch_size, default="auto",
-        help="questions per generate call, or auto: as many as the GPU's free memory holds, halved on "
-        f"out-of-memory; {CPU_BATCH_SIZE} on CPU (default: %(default)s)",
-    )  # fmt: skip
-    add_merge_flag(parser)
-    optional_bool_flag(
-        parser, "--static_cache", False,
-        "a static KV cache; on a GPU transformers then compiles each decoding step (CUDA graphs)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--num_beams", type=int, default=4, help="beam width; 1 is greedy (default: %(default)s, the seed's)"
+    data_dir: str | None = field(default=None, metadata={"help": DATA_DIR_HELP})
+    output_dir: str = field(default="outputs/evaluate", metadata={"help": "where results go"})
+    merge: bool = field(
+        default=True,
+        metadata={
+            "help": "fold the adapter into the base weights for decoding: same outputs, fewer kernels "
+            "(bottleneck, DoRA with λ > 0 and quantized bases stay unmerged)"
+        },
     )
-    parser.add_argument(
-        "--max_new_tokens", type=int, default=None,
-        help="new tokens per response (default: the seed's, 256 for math and 32 for commonsense)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--extraction", choices=EXTRACTION_MODES, default="careful",
-        help="careful (default) or legacy: the seed's answer-reading rules, for comparable numbers",
-    )  # fmt: skip
-    parser.add_argument(
-        "--limit", type=int, default=None, help="score only the first N examples of each dataset"
+    extraction: str = field(
+        default="careful",
+        metadata={
+            "help": "careful, or legacy: upstream's answer-reading rules, for comparable numbers",
+            "choices": EXTRACTION_MODES,
+        },
     )
-    optional_bool_flag(
-        parser, "--overwrite", False, EvalConfig.__dataclass_fields__["overwrite"].metadata["help"]
+    limit: int | None = field(
+        default=None, metadata={"help": "score only the first N examples of each dataset"}
     )
-    parser.add_argument(
-        "--train_data", default=None,
-        help="the adapter's training file: report how many test questions it holds (default: the data_path "
-        "in the adapter's run_config.json, when that file is here)",
-    )  # fmt: skip
-    optional_bool_flag(
-        parser, "--exclude_seen", False, "score only the test questions that are not in the training data"
+    model: str | None = field(
+        default=None, metadata={"help": "upstream's model name (LLaMA-7B, …): recorded only"}
     )
-    parser.add_argument("--model", default=None, help="the seed's model name (LLaMA-7B, …): recorded only")
-    parser.add_argument("--adapter", default=None, help="the seed's adapter name (LoRA, …): recorded only")
+    adapter: str | None = field(
+        default=None, metadata={"help": "upstream's adapter name (LoRA, …): recorded only"}
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "hand output_dir over to this run: another run's results there are deleted first"},
+    )
+    train_data: str | None = field(
+        default=None,
+        metadata={
+            "help": "the adapter's training file: report how many test questions it holds (default: the "
+            "data_path in the adapter's run_config.json, when that file is here)"
+        },
+    )
+    exclude_seen: bool = field(
+        default=False, metadata={"help": "score only the test questions that are not in the training data"}
+    )
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="sibo evaluate", description=__doc__.split("\n\n")[0])
+    add_dataclass_flags(parser, ModelConfig, rename=MODEL_FLAG_SPELLINGS, skip=("task",), group="model")
+    add_dataclass_flags(parser, EvaluateFlags, group="benchmarks")
+    add_dataclass_flags(
+        parser,
+        DecodingSettings,
+        skip=SAMPLING_FIELDS,
+        defaults={"num_beams": UPSTREAM_EVAL_BEAMS},
+        helps={
+            "max_new_tokens": "new tokens per response (default: each benchmark's, as upstream: "
+            "256 math, 32 commonsense)"
+        },
+        group="decoding",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = EvalConfig(
-        datasets=args.dataset,
-        data_dir=args.data_dir or default_data_dir(),
-        output_dir=args.output_dir,
-        extraction=args.extraction,
-        limit=args.limit,
-        decoding=DecodingConfig(args.batch_size, args.num_beams, args.max_new_tokens, args.static_cache),
-        overwrite=args.overwrite,
-        train_data=args.train_data or recorded_training_data(args.weights_path),
-        exclude_seen=args.exclude_seen,
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    from sibo.eval.contamination import recorded_training_data
+    from sibo.eval.runner import (
+        EvalConfig,
+        accelerate_shard,
+        claim_eval_dir,
+        evaluate,
+        load_benchmarks,
+        run_record,
     )
-    benchmarks = load_benchmarks(config)  # a missing or malformed file stops us before any model loads
-    loading = model_loading_kwargs(args)
+
+    # a bad model flag, or a missing or malformed data file, stops us before any model loads
+    source = ModelConfig(**dataclass_values(args, ModelConfig, skip=("task",)))
+    flags = EvaluateFlags(**dataclass_values(args, EvaluateFlags))
+    config = EvalConfig(
+        datasets=flags.dataset,
+        data_dir=flags.data_dir or default_data_dir(),
+        output_dir=flags.output_dir,
+        extraction=flags.extraction,
+        limit=flags.limit,
+        decoding=DecodingSettings(**dataclass_values(args, DecodingSettings, skip=SAMPLING_FIELDS)),
+        overwrite=flags.overwrite,
+        train_data=flags.train_data or recorded_training_data(source.weights_path),
+        exclude_seen=flags.exclude_seen,
+    )
+    benchmarks = load_benchmarks(config)
     run_info = {
-        "base_model": args.base_model,
-        "weights_path": args.weights_path,
-        "embedding_lambda": args.lam,
-        "quantization": loading["quantization"],
-        "dtype": args.dtype,
-        "model": args.model,
-        "adapter": args.adapter,
+        "base_model": source.base_model,
+        "weights_path": source.weights_path,
+        "embedding_lambda": source.lam,
+        "quantization": source.quantization,
+        "dtype": source.dtype,
+        "model": flags.model,
+        "adapter": flags.adapter,
     }
     shard, device = accelerate_shard()
     if shard.is_main:  # a folder that is not this run's stops us before any model loads too
         claim_eval_dir(config, run_record(config, run_info), dry_run=True)
 
-    from sibo.checkpoint.load import load_model
-
     device_map = {"": str(device)} if device.type != "cpu" else None
-    model, tokenizer = load_model(args.base_model, args.weights_path, device_map=device_map, **loading)
-    if args.merge:
-        from sibo.checkpoint.export import merge_for_inference
+    model, tokenizer = source.load(device_map=device_map)
+    if flags.merge:
+        from sibo.core.merge import merge_for_inference
 
         model = merge_for_inference(model)
     results = evaluate(model, tokenizer, config, benchmarks, run_info, shard)
@@ -127,16 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(results))
         print(f"results in {config.output_dir}")
     return 0
-
-
-def batch_size(value: str) -> int | str:
-    """`--batch_size 16` or `--batch_size auto`."""
-    if value == "auto":
-        return value
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or auto, got {value!r}") from None
 
 
 def format_table(results) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 
-from sibo.checkpoint.weights import ADAPTER_WEIGHTS, BASE_WEIGHTS, check_weights_dir
 from sibo.errors import InputError, first_line
 from sibo.hub import offline_when_unreachable, unreachable
 
@@ -47,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 def _check_weights(argv: list[str]) -> None:
     """The model's weights files, checked before the harness starts (and logs): `--model_args pretrained=B,peft=W`
     (comma- or space-separated, as the harness takes them)."""
+    from sibo.checkpoint.weights import ADAPTER_WEIGHTS, BASE_WEIGHTS, check_weights_dir
+
     if "--model_args" not in argv:
         return
     words = []

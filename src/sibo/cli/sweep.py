@@ -9,42 +9,56 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 
-from sibo.cli._flags import parse_list
-from sibo.cli.finetune import build_parser as build_finetune_parser
+from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values, parse_list
+from sibo.cli.finetune import SPELLINGS as FINETUNE_SPELLINGS
+from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import DecodingConfig
-from sibo.eval.tasks import EXTRACTION_MODES, default_data_dir
-from sibo.study.sweep import CSV_FILE, PLOT_FILE, SweepConfig, summarize, sweep
+from sibo.eval.tasks import DATA_DIR_HELP, EXTRACTION_MODES, default_data_dir
 from sibo.train.config import FinetuneConfig
 
-_SWEEP_FLAGS = ("lambdas", "seeds", "datasets", "data_dir", "eval_limit", "extraction", "eval_batch_size",
-                "num_beams", "max_new_tokens")  # fmt: skip
+# Sampling and compiled caches are not part of the scoring a sweep compares.
+SKIPPED_DECODING = ("temperature", "top_p", "top_k", "seed", "static_cache")
+DECODING = "decoding."
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = build_finetune_parser()
-    parser.prog = "sibo sweep"
-    parser.description = "Fine-tune and evaluate one adapter per (λ, seed); write sweep.csv and sweep.png."
-    group = parser.add_argument_group("sweep")
-    group.add_argument(
-        "--lambdas", default=None, help="λ values: 0,0.1,0.2 or [0,0.1,0.2] (default: --embedding_lambda)"
+@dataclass
+class SweepFlags:
+    """The grid, and which benchmarks score each run."""
+
+    lambdas: str | None = field(
+        default=None, metadata={"help": "λ values: 0,0.1,0.2 or [0,0.1,0.2] (default: --embedding_lambda)"}
     )
-    group.add_argument("--seeds", default=None, help="seeds: 1,2,3 (default: --seed)")
-    group.add_argument("--datasets", default="math", help="benchmarks to score each run on (default: math)")
-    group.add_argument(
-        "--data_dir", default=None, help="folder holding <Name>/test.json (default: as `sibo evaluate`)"
+    seeds: str | None = field(default=None, metadata={"help": "seeds: 1,2,3 (default: --seed)"})
+    datasets: str = field(default="math", metadata={"help": "benchmarks to score each run on"})
+    data_dir: str | None = field(default=None, metadata={"help": DATA_DIR_HELP})
+    eval_limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
+    extraction: str = field(
+        default="careful",
+        metadata={"help": "careful, or legacy: upstream's answer-reading rules", "choices": EXTRACTION_MODES},
     )
-    group.add_argument("--eval_limit", type=int, default=None, help="score only the first N examples of each")
-    group.add_argument(
-        "--extraction", default="careful", choices=EXTRACTION_MODES, help="how answers are read"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="sibo sweep",
+        description="Fine-tune and evaluate one adapter per (λ, seed); write sweep.csv and sweep.png.",
     )
-    group.add_argument(
-        "--eval_batch_size", type=int, default=8, help="questions per generate call (default: 8)"
-    )
-    group.add_argument("--num_beams", type=int, default=4, help="beam width; 1 is greedy (default: 4)")
-    group.add_argument(
-        "--max_new_tokens", type=int, default=None, help="new tokens per answer (default: the seed's)"
+    add_dataclass_flags(parser, FinetuneConfig, rename=FINETUNE_SPELLINGS)
+    add_dataclass_flags(parser, SweepFlags, group="sweep")
+    add_dataclass_flags(
+        parser,
+        DecodingSettings,
+        skip=SKIPPED_DECODING,
+        rename={"batch_size": ["--eval_batch_size"]},
+        defaults={"num_beams": UPSTREAM_EVAL_BEAMS},
+        helps={
+            "max_new_tokens": "new tokens per response (default: each benchmark's, as upstream: "
+            "256 math, 32 commonsense)"
+        },
+        group="sweep",
+        dest_prefix=DECODING,
     )
     return parser
 
@@ -56,29 +70,39 @@ def _numbers(text: str, kind: type, flag: str) -> list:
         raise InputError(f"--{flag} must be a list of {kind.__name__} values, got {text!r}") from None
 
 
-def parse_config(argv: list[str] | None) -> SweepConfig:
-    values = vars(build_parser().parse_args(argv))
-    grid = {name: values.pop(name) for name in _SWEEP_FLAGS}
-    if values["target_modules"] is not None:
-        values["target_modules"] = parse_list(values["target_modules"])
-    finetune = FinetuneConfig(**values)
-    lambdas = _numbers(grid["lambdas"], float, "lambdas") if grid["lambdas"] else [finetune.embedding_lambda]
-    seeds = _numbers(grid["seeds"], int, "seeds") if grid["seeds"] else [finetune.seed]
+def parse_config(argv: list[str] | None):
+    return _config(build_parser().parse_args(argv))
+
+
+def _config(args: argparse.Namespace):
+    from sibo.study.sweep import SweepConfig
+
+    finetune = FinetuneConfig(**dataclass_values(args, FinetuneConfig))
+    grid = SweepFlags(**dataclass_values(args, SweepFlags))
+    lambdas = _numbers(grid.lambdas, float, "lambdas") if grid.lambdas else [finetune.embedding_lambda]
+    seeds = _numbers(grid.seeds, int, "seeds") if grid.seeds else [finetune.seed]
+    decoding = DecodingSettings(**dataclass_values(args, DecodingSettings, SKIPPED_DECODING, DECODING))
     return SweepConfig(
         finetune=finetune,
         lambdas=lambdas,
         seeds=seeds,
-        datasets=grid["datasets"],
-        data_dir=grid["data_dir"] or default_data_dir(),
+        datasets=grid.datasets,
+        data_dir=grid.data_dir or default_data_dir(),
         output_dir=finetune.output_dir,
-        limit=grid["eval_limit"],
-        extraction=grid["extraction"],
-        decoding=DecodingConfig(grid["eval_batch_size"], grid["num_beams"], grid["max_new_tokens"]),
+        limit=grid.eval_limit,
+        extraction=grid.extraction,
+        decoding=decoding,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = parse_config(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    from sibo.study.sweep import CSV_FILE, PLOT_FILE, summarize, sweep
+
+    config = _config(args)
     rows = sweep(config)
     print(f"{'λ':>6} {'seeds':>5} {'accuracy':>9} {'std':>7}")
     for lam, mean, std, count in summarize(rows):

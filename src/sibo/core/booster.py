@@ -23,46 +23,35 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.variants import DoraLinearVariant
 from torch import nn
 
-from sibo.errors import InputError
+from sibo.core.config import SiboConfig
 
 logger = logging.getLogger(__name__)
 
-TARGET_POLICIES = ("ffn", "attn", "all")
 _ATTENTION_PART = re.compile(r"attn|attention", re.IGNORECASE)
 
 
-@dataclass
-class SiboConfig:
-    """How one adapter is boosted. Saved beside the adapter as sibo_config.json."""
+class LastMix(NamedTuple):
+    """The mix a branch just computed: q/k/v (and gate/up) of a block read the same x, so they share it."""
 
-    lam: float = field(
-        default=0.1, metadata={"help": "λ, the share of h0 every boosted branch reads, in [0, 1]"}
-    )
-    targets: str = field(
-        default="ffn",
-        metadata={"help": "which branches take h0: 'ffn' (the paper's code), 'attn', or 'all'"},
-    )
-    learnable_lambda: bool = field(
-        default=False,
-        metadata={
-            "help": "learn one λ per transformer block, initialised at lam, kept in (0, 1) by a sigmoid"
-        },
-    )
+    x: torch.Tensor
+    adapter_name: str
+    block: int
+    mixed: torch.Tensor
 
-    def __post_init__(self) -> None:
-        if isinstance(self.lam, bool) or not isinstance(self.lam, int | float) or not 0.0 <= self.lam <= 1.0:
-            raise InputError(f"SIBO's λ must be a number in [0, 1], got {self.lam!r}")
-        self.lam = float(self.lam)
-        if self.targets not in TARGET_POLICIES:
-            raise InputError(f"SIBO targets must be one of {TARGET_POLICIES}, got {self.targets!r}")
-        if self.learnable_lambda and not 0.0 < self.lam < 1.0:
-            raise InputError(f"a learnable λ starts strictly inside (0, 1), got {self.lam!r}")
+
+class Branch(NamedTuple):
+    """Where SIBO hooks a PEFT layer: the module whose input is the branch's input, how, and its width."""
+
+    module: nn.Module
+    kind: str  # "input": mix the module's input; "dora": DoRA's magnitude module (see _register_mixing_hook)
+    in_features: int
 
 
 class InitialState:
@@ -72,8 +61,7 @@ class InitialState:
         self.h0: torch.Tensor | None = None
         # adapter name -> rows of the batch it runs on, while PEFT runs an `adapter_names=` mixed batch
         self.adapter_rows: dict[str, torch.Tensor] | None = None
-        # (x, (adapter, block), mix) of the last branch, for its siblings that read the same x
-        self.last_mix: tuple | None = None
+        self.last_mix: LastMix | None = None
 
     def for_branch(self, adapter_name: str) -> torch.Tensor:
         if self.h0 is None:
@@ -108,7 +96,8 @@ class BoostedAdapter:
     lambdas: LearnableLambda | None
     handles: list = field(default_factory=list, repr=False)
 
-    def lam(self, block: int) -> float | torch.Tensor:
+    def lambda_at(self, block: int) -> float | torch.Tensor:
+        """The λ block `block` mixes with: the config's number, or that block's learnable one."""
         return self.config.lam if self.lambdas is None else self.lambdas(block)
 
 
@@ -146,18 +135,20 @@ def capture_initial_state(blocks: nn.ModuleList, state: InitialState):
     return blocks[0].register_forward_pre_hook(store_h0, with_kwargs=True)
 
 
-def _branch(layer: nn.Module, adapter_name: str) -> tuple[nn.Module, str, int] | None:
-    """(module whose input is the branch's input, kind of hook, branch input width) for a PEFT layer."""
+def _branch(layer: nn.Module, adapter_name: str) -> Branch | None:
+    """Where a PEFT layer's branch for `adapter_name` can take h0; None for layers SIBO cannot boost."""
     if isinstance(layer, LoraLayer):
         variant = getattr(layer, "lora_variant", {}).get(adapter_name)
         if variant is None:
-            return layer.lora_dropout[adapter_name], "input", layer.in_features
+            return Branch(layer.lora_dropout[adapter_name], "input", layer.in_features)
         if isinstance(variant, DoraLinearVariant):
             # DoRA calls lora_dropout only in training with p > 0: hook its magnitude module instead.
-            return layer.lora_magnitude_vector[adapter_name], "dora", layer.in_features
+            return Branch(layer.lora_magnitude_vector[adapter_name], "dora", layer.in_features)
         return None
     if hasattr(layer, "sibo_branch_input"):
-        return layer.sibo_branch_input(adapter_name), "input", layer.sibo_branch_in_features(adapter_name)
+        return Branch(
+            layer.sibo_branch_input(adapter_name), "input", layer.sibo_branch_in_features(adapter_name)
+        )
     return None
 
 
@@ -166,11 +157,11 @@ def _register_mixing_hook(
 ):
     def mix(x: torch.Tensor) -> torch.Tensor:
         # q/k/v (and gate/up) of a block read the same x: mix it once.
-        key = (adapter_name, block)
-        if state.last_mix is not None and state.last_mix[0] is x and state.last_mix[1] == key:
-            return state.last_mix[2]
-        mixed = mix_initial_residual(x, state.for_branch(adapter_name), adapter.lam(block))
-        state.last_mix = (x, key, mixed)
+        last = state.last_mix
+        if last is not None and last.x is x and (last.adapter_name, last.block) == (adapter_name, block):
+            return last.mixed
+        mixed = mix_initial_residual(x, state.for_branch(adapter_name), adapter.lambda_at(block))
+        state.last_mix = LastMix(x, adapter_name, block, mixed)
         return mixed
 
     if kind == "input":
@@ -198,7 +189,7 @@ def boost(
         branch = _branch(layer, adapter_name) if _has_adapter(layer, adapter_name) else None
         if branch is None:
             continue
-        _, _, width = branch
+        width = branch.in_features
         block = next((i for i, prefix in enumerate(block_prefixes) if name.startswith(prefix)), None)
         if block is None:
             reason = "outside the transformer blocks"
@@ -214,9 +205,11 @@ def boost(
     device = next(model.parameters()).device
     lambdas = LearnableLambda(config.lam, len(blocks)).to(device) if config.learnable_lambda else None
     adapter = BoostedAdapter(config, [layer for layer, _ in boosted], lambdas)
-    for boosted_layer, (module, kind, _) in boosted:
+    for boosted_layer, branch in boosted:
         adapter.handles.append(
-            _register_mixing_hook(module, kind, adapter, boosted_layer.block, state, adapter_name)
+            _register_mixing_hook(
+                branch.module, branch.kind, adapter, boosted_layer.block, state, adapter_name
+            )
         )
         if config.lam > 0 or config.learnable_lambda:
             adapter.handles.append(

@@ -5,9 +5,9 @@ for a subclass that adds SIBO's pieces: the h0 capture, the settings file beside
 adapter files (PEFT drops unknown keys from adapter_config.json on load), learnable λ in
 checkpoints, mixed-batch rows, and a refusal to merge away the λ·ΔW·h0 term.
 
-Checkpoints of the seed's code (LLM-Adapters' peft 0.3 fork) have no settings file: their λ is
+Checkpoints of LLM-Adapters' code (LLM-Adapters' peft 0.3 fork) have no settings file: their λ is
 `embedding_lambda` in adapter_config.json, and PEFT already reads their weights (keys without
-adapter names, pickled adapter_model.bin); they load boosted as the seed ran them.
+adapter names, pickled adapter_model.bin); they load boosted as upstream ran them.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from sibo.files import write_json
 
 logger = logging.getLogger(__name__)
 
-SETTINGS_FILE = "sibo_config.json"
-SEED_LAMBDA_FIELD = "embedding_lambda"  # where the seed's peft fork kept λ, in adapter_config.json
-# PEFT calls the seed's extra config fields "saved by a higher version" and says to upgrade: they are read here.
-_SEED_FIELDS_WARNING = (
+SIBO_CONFIG_FILE = "sibo_config.json"
+UPSTREAM_LAMBDA_FIELD = "embedding_lambda"  # where upstream's peft fork kept λ, in adapter_config.json
+# PEFT calls upstream's extra config fields "saved by a higher version" and says to upgrade: they are read here.
+_UPSTREAM_FIELDS_WARNING = (
     r"Unexpected keyword arguments \[('(embedding_lambda|enable_lora|merge_weights)'(, )?)+\]"
 )
 
@@ -74,7 +74,7 @@ class SiboModelMixin:
             if name in self._sibo_adapters:
                 directory = Path(save_directory) / name if name != "default" else Path(save_directory)
                 logits = state_dict.get(f"sibo_lambdas.{name}.logits")
-                write_settings(directory, self._sibo_adapters[name], self.base_model.model.config, logits)
+                write_sibo_config(directory, self._sibo_adapters[name], self.base_model.model.config, logits)
 
     def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False, **kwargs):
         """PEFT's load_adapter (Trainer uses it to resume and to load the best checkpoint), plus SIBO's settings."""
@@ -87,7 +87,7 @@ class SiboModelMixin:
                 f"{str(error).strip().splitlines()[-1].strip()}"
             ) from None
         check_adapter_fits(self, Path(model_id) / (kwargs.get("subfolder") or ""), adapter_name)
-        settings = read_settings(
+        settings = read_sibo_config(
             Path(model_id) / (kwargs.get("subfolder") or ""), self.base_model.model.config
         )
         if settings is not None:
@@ -205,20 +205,23 @@ def load_sibo_model(
     targets: str | None = None,
     is_trainable: bool = False,
     adapter_name: str = "default",
+    check_files: bool = True,
 ) -> PeftModel:
-    """Load an adapter saved by sibo (boosted as saved), by the seed's code (boosted with its stored λ, the
-    seed's policy) or by plain PEFT (plain, or boosted when `lam` is given).
+    """Load an adapter saved by sibo (boosted as saved), by LLM-Adapters' code (boosted with its stored λ, the
+    LLM-Adapters' policy) or by plain PEFT (plain, or boosted when `lam` is given).
 
     `lam` (and `targets`) override the stored settings; the λ is then fixed, not learnable.
+    `check_files=False`: the caller has checked the weights files already (`sibo.checkpoint.load.load_model`).
     """
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise InputError(f"no adapter at {path}: adapter_config.json is missing")
-    settings = read_settings(path, base_model.config)
-    check_weights_dir(path, ADAPTER_WEIGHTS)
+    settings = read_sibo_config(path, base_model.config)
+    if check_files:
+        check_weights_dir(path, ADAPTER_WEIGHTS)
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", _SEED_FIELDS_WARNING, UserWarning)
+            warnings.filterwarnings("ignore", _UPSTREAM_FIELDS_WARNING, UserWarning)
             model = PeftModel.from_pretrained(
                 base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
             )
@@ -254,7 +257,7 @@ def boosted_adapter(model: torch.nn.Module, adapter_name: str = "default") -> Bo
     return getattr(model, "_sibo_adapters", {}).get(adapter_name)
 
 
-def write_settings(
+def write_sibo_config(
     directory: Path, adapter: BoostedAdapter, base_config, logits: torch.Tensor | None = None
 ) -> None:
     """sibo_config.json: the SIBO settings, learnable λ (as logits, bit-exact) and what base it fits.
@@ -272,17 +275,19 @@ def write_settings(
         settings["lambda_logits"] = logits.tolist()
         settings["lambda_per_block"] = torch.sigmoid(logits).tolist()
     directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / SETTINGS_FILE, settings)
+    write_json(directory / SIBO_CONFIG_FILE, settings)
 
 
-def read_settings(directory: Path, base_config) -> tuple[SiboConfig, list[float] | None] | None:
+def read_sibo_config(directory: Path, base_config) -> tuple[SiboConfig, list[float] | None] | None:
     """The SIBO settings saved in `directory`, checked against the base model; None if there are none."""
-    file = Path(directory) / SETTINGS_FILE
+    file = Path(directory) / SIBO_CONFIG_FILE
     if not file.is_file():
-        return _seed_settings(Path(directory))
+        return _upstream_sibo_config(Path(directory))
     try:
         settings = json.loads(file.read_text())
-        config = SiboConfig(settings["lam"], settings["targets"], settings["learnable_lambda"])
+        config = SiboConfig(
+            lam=settings["lam"], targets=settings["targets"], learnable_lambda=settings["learnable_lambda"]
+        )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise InputError(f"{file}: not a valid SIBO settings file ({error})") from None
     saved = (settings.get("base_model_type"), settings.get("hidden_size"))
@@ -295,15 +300,15 @@ def read_settings(directory: Path, base_config) -> tuple[SiboConfig, list[float]
     return config, settings.get("lambda_logits")
 
 
-def _seed_settings(directory: Path) -> tuple[SiboConfig, None] | None:
-    """The settings of a checkpoint written by the seed's code: its λ, on the feed-forward branches that
-    read the hidden state (with `--ffn True`, the seed's code mixes h0 into those only)."""
+def _upstream_sibo_config(directory: Path) -> tuple[SiboConfig, None] | None:
+    """The settings of a checkpoint written by LLM-Adapters' code: its λ, on the feed-forward branches that
+    read the hidden state (with `--ffn True`, LLM-Adapters' code mixes h0 into those only)."""
     file = directory / "adapter_config.json"
     try:
         stored = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError):
         return None  # PEFT reports an unreadable adapter config itself
-    lam = stored.get(SEED_LAMBDA_FIELD) if isinstance(stored, dict) else None
+    lam = stored.get(UPSTREAM_LAMBDA_FIELD) if isinstance(stored, dict) else None
     if lam is None or lam == 0:
         return None
     try:
@@ -311,10 +316,10 @@ def _seed_settings(directory: Path) -> tuple[SiboConfig, None] | None:
     except InputError as error:
         raise InputError(f"{file}: {error}") from None
     logger.info(
-        "%s was written by the seed's code: boosting it with its %s=%s on the feed-forward branches, "
-        "as the seed's --ffn True does (--embedding_lambda overrides it; 0 loads it plain)",
+        "%s was written by LLM-Adapters' code: boosting it with its %s=%s on the feed-forward branches, "
+        "as upstream's --ffn True does (--embedding_lambda overrides it; 0 loads it plain)",
         directory,
-        SEED_LAMBDA_FIELD,
+        UPSTREAM_LAMBDA_FIELD,
         lam,
     )
     return config, None

@@ -14,7 +14,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sibo.decode.stream import DecodingSettings, stream_response
+from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings
+from sibo.decode.stream import stream_response
 from sibo.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ class ServeConfig:
             raise InputError(f"the queue size must be at least 1, got {self.queue_size}")
 
 
-def _gradio():
+def require_gradio():
+    """gradio, imported; InputError naming the extra to install when it is missing."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from an offline box
     try:
         import gradio
@@ -88,7 +90,7 @@ def _number(value, kind: type, name: str):
 
 def build_app(model, tokenizer, config: ServeConfig | None = None, defaults: DecodingSettings | None = None):
     """The page as gradio Blocks, queued one request at a time; not yet launched."""
-    gr = _gradio()
+    gr = require_gradio()
     config = config or ServeConfig()
     defaults = defaults or DecodingSettings()
 
@@ -110,7 +112,7 @@ def build_app(model, tokenizer, config: ServeConfig | None = None, defaults: Dec
                     1, 4, value=defaults.num_beams, step=1, label="Beams (no streaming above 1)"
                 )
                 max_new_tokens = gr.Slider(
-                    1, 2048, value=defaults.max_new_tokens, step=1, label="Max new tokens"
+                    1, 2048, value=defaults.tokens_or(ONE_ANSWER_TOKENS), step=1, label="Max new tokens"
                 )
                 submit = gr.Button("Generate", variant="primary", elem_id="submit")
             with gr.Column():

@@ -13,90 +13,19 @@ A SIBO model keeps h0 in per-model state, so one model must serve one generation
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Generator, Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings, check_fits_context, stopping_settings
 from sibo.errors import InputError
 from sibo.files import check_text
 from sibo.prompts import STOP_STRINGS, build_prompt, cut_at_next_section, next_section_at
 
 logger = logging.getLogger(__name__)
-
-# Config fields that name a model's context length, in the order architectures use them.
-_CONTEXT_LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
-
-
-@dataclass
-class DecodingSettings:
-    """How to decode: greedy when temperature is 0, else sampling; beams when num_beams > 1."""
-
-    max_new_tokens: int = field(default=128, metadata={"help": "stop after this many generated tokens"})
-    temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily; > 0 samples"})
-    top_p: float = field(default=0.75, metadata={"help": "nucleus sampling mass (sampling only)"})
-    top_k: int = field(default=40, metadata={"help": "sample among the k likeliest tokens (sampling only)"})
-    num_beams: int = field(default=1, metadata={"help": "beam search width; > 1 cannot stream"})
-    seed: int | None = field(
-        default=None, metadata={"help": "seed torch before sampling, for reproducible output"}
-    )
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if not 0 <= self.temperature < math.inf:
-            raise InputError(f"temperature must be a finite number >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise InputError(f"top_k must be >= 0, got {self.top_k}")
-        if self.num_beams < 1:
-            raise InputError(f"num_beams must be at least 1, got {self.num_beams}")
-        if self.seed is not None and not 0 <= self.seed < 2**32:
-            raise InputError(f"seed must be in 0…{2**32 - 1}, got {self.seed}")
-
-    def generate_kwargs(self) -> dict:
-        """The keyword arguments for `model.generate`."""
-        kwargs: dict = {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams}
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kwargs
-
-
-def context_length(model: torch.nn.Module) -> int | None:
-    """The longest sequence the model's config allows, or None when the config names no limit."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for name in _CONTEXT_LENGTH_FIELDS:
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int] | None:
-    """The model's own end tokens plus the tokenizer's EOS, the one fine-tuning appends to every response:
-    a base whose generation config names another (or none) would otherwise never stop early."""
-    config = getattr(model, "generation_config", None)
-    configured = getattr(config, "eos_token_id", None)
-    ids = [configured] if isinstance(configured, int) else list(configured or [])
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return list(dict.fromkeys(ids)) or None  # None: no end token anywhere, decode to max_new_tokens
-
-
-def stopping_settings(model: torch.nn.Module, tokenizer) -> dict:
-    """`model.generate` keywords that end a response at its EOS or at the template's next section header."""
-    return {
-        "stop_strings": list(STOP_STRINGS),
-        "tokenizer": tokenizer,  # transformers needs it to find the stop strings in the tokens
-        "eos_token_id": eos_token_ids(model, tokenizer),
-    }
 
 
 def encode_prompt(
@@ -104,15 +33,7 @@ def encode_prompt(
 ) -> dict[str, torch.Tensor]:
     """Tokenize the prompt and check that prompt + response fit the context; InputError if not."""
     inputs = tokenizer(prompt, return_tensors="pt")
-    prompt_tokens = inputs["input_ids"].shape[1]
-    limit = context_length(model)
-    if limit is not None and prompt_tokens + max_new_tokens > limit:
-        room = limit - prompt_tokens
-        raise InputError(
-            f"the prompt is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}, "
-            f"but the model's context holds {limit} tokens: shorten the instruction/input"
-            + (f" or lower max_new_tokens to {room}" if room >= 1 else "")
-        )
+    check_fits_context(model, inputs["input_ids"].shape[1], max_new_tokens, "the prompt")
     device = next(model.parameters()).device
     return {name: tensor.to(device) for name, tensor in inputs.items()}
 
@@ -122,7 +43,7 @@ def stream_completion(
 ) -> Iterator[str]:
     """Yield the completion of a raw prompt piece by piece (the prompt itself is not repeated)."""
     settings = settings or DecodingSettings()
-    inputs = encode_prompt(tokenizer, model, prompt, settings.max_new_tokens)
+    inputs = encode_prompt(tokenizer, model, prompt, settings.tokens_or(ONE_ANSWER_TOKENS))
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     generate_kwargs = {

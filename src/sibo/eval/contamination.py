@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from sibo.data import read_records_file
 from sibo.errors import InputError
 from sibo.eval.tasks import Example, Task
 
@@ -45,6 +44,8 @@ def training_questions(train_data: Path) -> set[str]:
     """The normalised questions of a local training file (JSON list or JSONL), each record checked."""
     if not Path(train_data).is_file():
         raise InputError(f"training data file {train_data} not found (needed to find seen test questions)")
+    from sibo.data import read_records_file  # here: sibo.data imports torch, and --help must not
+
     return {normalise(record.instruction, record.input) for record in read_records_file(Path(train_data))}
 
 

@@ -2,9 +2,9 @@
 
     sibo evaluate --base_model B --weights_path W --dataset math --output_dir O
 
-The seed scores one question at a time with 4 beams and use_cache=False, so every new token
+Upstream scores one question at a time with 4 beams and use_cache=False, so every new token
 recomputes the whole prefix. Here prompts are sorted by length, batched with left padding and
-decoded with the KV cache on; the decoding itself is the seed's (4 beams, no sampling, its
+decoded with the KV cache on; the decoding itself is upstream's (4 beams, no sampling, its
 max_new_tokens per family). Every scored example is appended to O/<dataset>.jsonl at once, so a
 killed run resumes where it stopped; at the end the file is rewritten in index order (predictions
 re-read from the stored responses with the current --extraction) and O/summary.json updated.
@@ -19,13 +19,11 @@ import json
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tqdm.auto import tqdm
-
-from sibo.decode.stream import context_length, stopping_settings
+from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings, check_fits_context
 from sibo.errors import InputError
 from sibo.eval import contamination
 from sibo.eval.tasks import EXTRACTION_MODES, Example, Task, load_examples, resolve_datasets
@@ -38,52 +36,18 @@ from sibo.files import (
     write_atomically,
     write_json,
 )
-from sibo.prompts import build_prompt, extract_response
+from sibo.prompts import build_prompt
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
 VERB = "evaluate"
+# The decoding settings summary.json records: the ones a batch of questions reads.
+EVAL_DECODING_FIELDS = ("batch_size", "num_beams", "max_new_tokens", "static_cache")
+# what produced the responses in this output directory, checked on resume
 RUN_FILE = EVAL_RUN_FILE
-CPU_BATCH_SIZE = 8  # --batch_size auto off a GPU: CPU decoding gains little from wider batches
-MAX_AUTO_BATCH_SIZE = 512  # past this, padding and the longest response per batch cost more than they save
-AUTO_MEMORY_SHARE = 0.8  # of the GPU's free memory; the estimate below leaves out allocator slack
-
-
-@dataclass
-class DecodingConfig:
-    """How responses are decoded. The defaults are the seed's: beam search, 4 beams, no sampling."""
-
-    batch_size: int | str = field(
-        default="auto",
-        metadata={
-            "help": "questions per generate call (each has num_beams beams); 'auto': as many as the GPU's "
-            f"free memory holds (halved on OOM), {CPU_BATCH_SIZE} on CPU"
-        },
-    )
-    num_beams: int = field(default=4, metadata={"help": "beam width; 1 decodes greedily"})
-    max_new_tokens: int | None = field(
-        default=None,
-        metadata={"help": "new tokens per response; None: the seed's (math 256, commonsense 32)"},
-    )
-
-    static_cache: bool = field(
-        default=False,
-        metadata={
-            "help": "a static KV cache; on a GPU transformers then compiles the decoding step (CUDA graphs). "
-            "Exact: SIBO's hooks trace into one graph"
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise InputError(f"batch_size must be 'auto' or at least 1, got {self.batch_size!r}")
-        if self.num_beams < 1:
-            raise InputError(f"num_beams must be at least 1, got {self.num_beams}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-
-    def tokens_for(self, task: Task) -> int:
-        return self.max_new_tokens or task.max_new_tokens
 
 
 @dataclass
@@ -93,9 +57,11 @@ class EvalConfig:
     datasets: str | list[str] = field(metadata={"help": "names, 'math' or 'commonsense', comma-separated"})
     data_dir: Path = field(metadata={"help": "folder holding <Name>/test.json"})
     output_dir: Path = field(metadata={"help": "where <dataset>.jsonl and summary.json are written"})
-    extraction: str = field(default="careful", metadata={"help": "careful, or legacy (the seed's rules)"})
+    extraction: str = field(default="careful", metadata={"help": "careful, or legacy (upstream's rules)"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    decoding: DecodingSettings = field(
+        default_factory=lambda: DecodingSettings(num_beams=UPSTREAM_EVAL_BEAMS)
+    )
     overwrite: bool = field(
         default=False,
         metadata={"help": "hand output_dir over to this run: another run's results there are deleted first"},
@@ -152,6 +118,7 @@ class DatasetResult:
 
 def accelerate_shard() -> tuple[Shard, torch.device]:
     """(Shard, device) from accelerate's view of the launch (torchrun / accelerate launch / plain)."""
+    import torch
     from accelerate import PartialState
 
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -188,7 +155,10 @@ def evaluate(
     lengths = {}  # prompt tokens per example, per benchmark: checked against the context before any output
     for task, examples in benchmarks:
         lengths[task.name] = prompt_lengths(tokenizer, {e.index: prompt_of(e) for e in examples})
-        check_fits_context(model, task, lengths[task.name], config.decoding.tokens_for(task))
+        if lengths[task.name]:
+            index, longest = max(lengths[task.name].items(), key=lambda item: item[1])
+            budget = config.decoding.tokens_or(task.max_new_tokens)
+            check_fits_context(model, longest, budget, f"{task.name} example {index}: its prompt")
     with hold_output_dir(config.output_dir) if shard.is_main else nullcontext():
         if shard.is_main:
             claim_eval_dir(config, run)
@@ -248,13 +218,19 @@ def evaluate_dataset(
     shard: Shard,
     lengths: dict[int, int],
 ) -> DatasetResult:
+    """Score one benchmark's pending examples, appending each batch to <output_dir>/<name>.jsonl."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from sibo.decode.batch import auto_batch_size, generate_batch
+
     path = config.output_dir / f"{task.name}.jsonl"
     if shard.is_main:
         consolidate(path, task, examples, config.extraction)  # repairs a torn tail, merges stale shards
     shard.barrier()
     done = read_records(path)
     pending = [example for example in examples if example.index not in done]
-    max_new_tokens = config.decoding.tokens_for(task)
+    max_new_tokens = config.decoding.tokens_or(task.max_new_tokens)
     prompts = {example.index: prompt_of(example) for example in pending}
     # Longest first, so similar lengths share a batch (little padding) and an OOM shows up at once;
     # striding the sorted list gives every rank the same mix of lengths.
@@ -275,7 +251,7 @@ def evaluate_dataset(
         while start < len(mine):
             batch = mine[start : start + size]
             try:
-                responses = generate_responses(
+                responses = generate_batch(
                     model,
                     tokenizer,
                     [prompts[example.index] for example in batch],
@@ -308,104 +284,6 @@ def evaluate_dataset(
     result = DatasetResult(n=len(records), correct=sum(record["correct"] for record in records.values()))
     logger.info("%s: %d/%d correct (%.4f)", task.name, result.correct, result.n, result.accuracy)
     return result
-
-
-def auto_batch_size(
-    model: torch.nn.Module,
-    prompt_tokens: int,
-    max_new_tokens: int,
-    num_beams: int,
-    free_bytes: int | None = None,
-) -> int:
-    """Questions per generate call that fit in `free_bytes` (the GPU's free memory; CPU_BATCH_SIZE off a GPU).
-
-    Per question and beam: its KV cache, 2·layers·kv_heads·head_dim·(prompt + new)·dtype bytes, plus
-    beam search's fp32 rows over the vocabulary (logits, log-probs, scores: ~4 copies) and the prefill's
-    widest activation. The runner halves the size if a batch still runs out of memory.
-    """
-    if free_bytes is None:
-        device = next(model.parameters()).device
-        if device.type != "cuda":
-            return CPU_BATCH_SIZE
-        free_bytes, _ = torch.cuda.mem_get_info(device)
-    config = model.config.get_text_config()
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    itemsize = model.get_input_embeddings().weight.element_size()
-    kv_cache = (
-        2 * config.num_hidden_layers * kv_heads * head_dim * (prompt_tokens + max_new_tokens) * itemsize
-    )
-    vocab_rows = 4 * config.vocab_size * 4
-    widest = max(getattr(config, "intermediate_size", None) or 4 * config.hidden_size, config.hidden_size)
-    prefill = 4 * prompt_tokens * widest * itemsize
-    per_question = num_beams * (kv_cache + vocab_rows + prefill)
-    return max(1, min(MAX_AUTO_BATCH_SIZE, int(free_bytes * AUTO_MEMORY_SHARE) // per_question))
-
-
-def generate_responses(
-    model: torch.nn.Module,
-    tokenizer,
-    prompts: list[str],
-    num_beams: int = 4,
-    max_new_tokens: int = 256,
-    **overrides,
-) -> list[str]:
-    """The responses to a batch of prompts: left padding, KV cache on, no sampling, each stopped at
-    the template's next section header (what follows it is another prompt, not the answer)."""
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"  # new tokens follow every prompt directly
-    device = next(model.parameters()).device
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True).to(device)  # (B, T)
-    settings = {
-        "num_beams": num_beams,
-        "do_sample": False,
-        "max_new_tokens": max_new_tokens,
-        "use_cache": True,
-        "pad_token_id": tokenizer.pad_token_id,
-        **stopping_settings(model, tokenizer),  # each row stops at its EOS or next section (then pads)
-        # the model's own generation_config may ask for sampling: these would only warn
-        "temperature": None,
-        "top_p": None,
-        "top_k": None,
-        **overrides,
-    }
-    with torch.inference_mode():
-        if (
-            num_beams > 1
-            and settings["use_cache"]
-            and "cache_implementation" not in settings
-            and len(inputs["input_ids"][0]) > 1
-        ):
-            settings["cache"] = prefill_once(model, inputs, num_beams)
-        sequences = model.generate(**inputs, **settings)  # (B, T + new)
-    completions = tokenizer.batch_decode(
-        sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-    )
-    return [
-        extract_response(prompt + completion) for prompt, completion in zip(prompts, completions, strict=True)
-    ]
-
-
-def prefill_once(model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_beams: int):
-    """The KV cache of each prompt but its last token, computed once and repeated for its beams.
-
-    transformers copies every prompt num_beams times before the first forward; given this cache,
-    generate runs only the last prompt token, on every beam. Positions as generate derives them.
-    """
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]  # (B, T)
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    output = model(
-        input_ids=ids[:, :-1],
-        attention_mask=mask[:, :-1],
-        position_ids=positions[:, :-1],
-        use_cache=True,
-        logits_to_keep=1,  # the logits are not used: keep (B, 1, V), not (B, T, V)
-    )
-    cache = output.cache
-    cache.batch_repeat_interleave(num_beams)  # (B, …) -> (B·beams, …), each row's beams adjacent
-    return cache
 
 
 def prompt_of(example: Example) -> str:
@@ -491,7 +369,7 @@ def write_summary(
     summary = {
         "run": run,
         "extraction": config.extraction,
-        "decoding": asdict(config.decoding),
+        "decoding": {name: getattr(config.decoding, name) for name in EVAL_DECODING_FIELDS},
         "train_data": str(config.train_data) if config.train_data else None,
         "datasets": datasets,
     }
@@ -503,22 +381,3 @@ def prompt_lengths(tokenizer, prompts: dict[int, str]) -> dict[int, int]:
         return {}
     ids = tokenizer(list(prompts.values()))["input_ids"]
     return {index: len(tokens) for index, tokens in zip(prompts, ids, strict=True)}
-
-
-def check_fits_context(
-    model: torch.nn.Module, task: Task, lengths: dict[int, int], max_new_tokens: int
-) -> None:
-    limit = context_length(model)
-    if limit is None or not lengths:
-        return
-    index, longest = max(lengths.items(), key=lambda item: item[1])
-    if longest >= limit:
-        raise InputError(
-            f"{task.name} example {index}: its prompt is {longest} tokens, the model's context {limit}"
-        )
-    if longest + max_new_tokens > limit:
-        raise InputError(
-            f"{task.name} example {index}: its prompt is {longest} tokens and max_new_tokens is "
-            f"{max_new_tokens}, more than the model's context of {limit} tokens: use --max_new_tokens "
-            f"{limit - longest} or less"
-        )

@@ -14,13 +14,9 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tqdm.auto import tqdm
-
-from sibo.checkpoint.load import load_model
-from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
-from sibo.data import read_records_file
+from sibo.checkpoint.config import THREADS_HELP, check_threads, resolve_base_model
 from sibo.errors import InputError
 from sibo.files import (
     ANALYZE_PLOT_FILE,
@@ -31,6 +27,9 @@ from sibo.files import (
 )
 from sibo.prompts import build_prompt
 from sibo.study.plots import pyplot, save_figure
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +42,14 @@ BASE_LABEL = "base"
 class AnalyzeConfig:
     """Which models to compare on which records, and where the results go."""
 
-    base_model: str = field(metadata={"help": "base model folder or .gguf file (or hub name when online)"})
     data: Path = field(metadata={"help": "records in the LLM-Adapters layout (.json list or .jsonl)"})
+    base_model: str = field(
+        default="",
+        metadata={
+            "help": "base model folder or .gguf file (or hub name when online) (default: the base recorded "
+            "in the first adapter's adapter_config.json)"
+        },
+    )
     weights_paths: list[str] = field(
         default_factory=list, metadata={"help": "adapters to compare with the base"}
     )
@@ -60,6 +65,7 @@ class AnalyzeConfig:
         default=False,
         metadata={"help": "hand output_dir over to this run: another analysis there is deleted first"},
     )
+    threads: int | None = field(default=None, metadata={"help": THREADS_HELP})
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)
@@ -67,10 +73,14 @@ class AnalyzeConfig:
             raise InputError("--n and --batch_size must be at least 1, --max_length at least 2")
         if not self.data.is_file():
             raise InputError(f"data file {self.data} does not exist")
+        from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
+
         for path in self.weights_paths:
             if not Path(path).is_dir():
                 raise InputError(f"adapter directory {path} does not exist")
             check_weights_dir(path, ADAPTER_WEIGHTS)  # now, not after the models before it were measured
+        self.base_model = resolve_base_model(self.base_model, next(iter(self.weights_paths), None))
+        self.threads = check_threads(self.threads)
         if self.output_dir is None and not self.weights_paths:
             raise InputError(
                 "--output_dir is needed for the base model alone (with adapters: the first's/analyze)"
@@ -85,6 +95,8 @@ def mean_pairwise_cosine(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     hidden (B, T, D), mask (B, T) with 1 for real tokens. Uses Σ_{i≠j} ĥ_i·ĥ_j = ‖Σ ĥ_i‖² - Σ ‖ĥ_i‖²,
     so it costs O(T·D), not O(T²·D).
     """
+    import torch
+
     real = mask.to(torch.float64).unsqueeze(-1)  # (B, T, 1)
     unit = torch.nn.functional.normalize(hidden.to(torch.float64), dim=-1) * real  # (B, T, D), pads zeroed
     total = unit.sum(dim=1).pow(2).sum(dim=-1)  # (B,) ‖Σ ĥ_i‖²
@@ -94,30 +106,32 @@ def mean_pairwise_cosine(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     return torch.where(pairs > 0, (total - self_pairs) / pairs.clamp(min=1), torch.nan)
 
 
-@torch.no_grad()
 def layer_similarity(
     model, tokenizer, texts: list[str], batch_size: int = 8, max_length: int = 512
 ) -> list[float]:
     """For each hidden state (embeddings, then every block), the similarity averaged over texts."""
+    import torch
+    from tqdm.auto import tqdm
+
     device = next(model.parameters()).device
     sums: torch.Tensor | None = None
     counted = 0
-    for start in tqdm(range(0, len(texts), batch_size), desc="similarity", leave=False):
-        batch = tokenizer(
-            texts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-        ).to(device)
-        hidden_states = model(**batch, output_hidden_states=True, use_cache=False).hidden_states
-        per_layer = torch.stack(
-            [mean_pairwise_cosine(h, batch["attention_mask"]) for h in hidden_states]
-        )  # (L+1, B)
-        usable = ~per_layer[0].isnan()  # records with at least two tokens
-        batch_sums = per_layer[:, usable].sum(dim=1).cpu()
-        sums = batch_sums if sums is None else sums + batch_sums
-        counted += int(usable.sum())
+    with torch.no_grad():
+        for start in tqdm(range(0, len(texts), batch_size), desc="similarity", leave=False):
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+            ).to(device)
+            hidden_states = model(**batch, output_hidden_states=True, use_cache=False).hidden_states
+            # (L+1, B)
+            per_layer = torch.stack([mean_pairwise_cosine(h, batch["attention_mask"]) for h in hidden_states])
+            usable = ~per_layer[0].isnan()  # records with at least two tokens
+            batch_sums = per_layer[:, usable].sum(dim=1).cpu()
+            sums = batch_sums if sums is None else sums + batch_sums
+            counted += int(usable.sum())
     if not counted:
         raise InputError("no record has two or more tokens to compare")
     return (sums / counted).tolist()
@@ -125,6 +139,8 @@ def layer_similarity(
 
 def read_texts(path: Path, n: int) -> list[str]:
     """The first n records of an LLM-Adapters file as full texts: prompt (shared template) + output."""
+    from sibo.data import read_records_file
+
     records = read_records_file(path)
     if len(records) < n:
         logger.info("%s holds %d records, fewer than n=%d: using them all", path, len(records), n)
@@ -140,6 +156,8 @@ def model_labels(weights_paths: list[str]) -> list[str]:
 
 def analyze(config: AnalyzeConfig) -> dict:
     """Measure every model, write analyze.json and analyze.png; returns what analyze.json holds."""
+    from sibo.checkpoint.load import load_model
+
     pyplot()  # fail before the long part, not after it, when matplotlib is missing
     claim_analyze_dir(config, dry_run=True)  # and when output_dir is not ours to write
     texts = read_texts(config.data, config.n)
@@ -147,7 +165,9 @@ def analyze(config: AnalyzeConfig) -> dict:
     similarity = {}
     for label, weights_path in zip(labels, [None, *config.weights_paths], strict=True):
         logger.info("measuring %s on %d records", label, len(texts))
-        model, tokenizer = load_model(config.base_model, weights_path, dtype=config.dtype)
+        model, tokenizer = load_model(
+            config.base_model, weights_path, dtype=config.dtype, threads=config.threads
+        )
         similarity[label] = layer_similarity(model, tokenizer, texts, config.batch_size, config.max_length)
         del model
     results = {

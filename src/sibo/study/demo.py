@@ -1,6 +1,6 @@
 """The SIBO study in miniature, offline: LoRA vs LoRA-SIBO (and bottleneck vs Adapter-SIBO).
 
-    sibo demo                      # about 2 minutes on 2 idle CPU cores (the budget is 10)
+    sibo demo                      # about 2 minutes on 2 idle CPU cores
     sibo demo --quick              # a smaller setting (the test suite runs it)
 
 A GPU user's study, with only the sizes changed: draw arithmetic word problems with worked
@@ -21,11 +21,10 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import torch
-
-from sibo.checkpoint.weights import check_weights_dir
+from sibo.core.config import SiboConfig
+from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import DecodingConfig, EvalConfig
+from sibo.eval.runner import EvalConfig
 from sibo.eval.tasks import Example, Task
 from sibo.files import write_json
 from sibo.study.runs import train_and_score
@@ -60,7 +59,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
 @dataclass
 class DemoConfig:
-    """The study's sizes; the defaults fit 10 minutes on 2 CPU cores."""
+    """The study's sizes; the defaults take about 2 minutes on 2 idle CPU cores."""
 
     output_dir: Path = field(
         default=Path("sibo_demo"), metadata={"help": "where data, adapters and results go"}
@@ -68,7 +67,9 @@ class DemoConfig:
     base_model: str | None = field(
         default=None, metadata={"help": "base model directory (default: the shipped 12-layer demo model)"}
     )
-    methods: tuple[str, ...] = field(default=tuple(METHODS), metadata={"help": f"of {', '.join(METHODS)}"})
+    methods: tuple[str, ...] = field(
+        default=tuple(METHODS), metadata={"help": f"the study's rows, of {', '.join(METHODS)}"}
+    )
     lam: float = field(default=0.2, metadata={"help": "λ of the SIBO methods"})
     num_train: int = field(default=2000, metadata={"help": "synthetic training problems"})
     num_test: int = field(default=200, metadata={"help": "held-out test problems"})
@@ -77,9 +78,7 @@ class DemoConfig:
     learning_rate: float = field(default=2e-3, metadata={"help": "peak learning rate of the LoRA methods"})
     adapter_learning_rate: float = field(
         default=6e-3,
-        metadata={
-            "help": "peak learning rate of the bottleneck methods (at 2e-3 they learnt far less: BENCHMARKS.md)"
-        },
+        metadata={"help": "peak learning rate of the bottleneck methods (they need a higher one than LoRA)"},
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     bottleneck_size: int = field(default=16, metadata={"help": "bottleneck adapter width"})
@@ -90,18 +89,18 @@ class DemoConfig:
     threads: int = field(
         default=1,
         metadata={
-            "help": "torch CPU threads: 1 is fastest here, the model's 64-wide matrices are too small to "
-            "split, and more threads than free cores make every step wait (up to 20× slower on a busy machine)"
+            "help": "torch CPU threads (1 is fastest for the demo's 64-wide model: it is too small to split)"
         },
     )
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
+        self.methods = tuple(self.methods)
         unknown = [name for name in self.methods if name not in METHODS]
         if unknown or not self.methods:
             raise InputError(f"unknown demo methods {unknown}; choose from {', '.join(METHODS)}")
-        if not 0.0 <= self.lam <= 1.0:
-            raise InputError(f"λ must be in [0, 1], got {self.lam}")
+        # not a field (demo_config.json keeps its keys): the SIBO methods' settings, checked by SiboConfig
+        self.sibo = SiboConfig(lam=self.lam, targets="ffn")
         for name in (
             "num_train",
             "num_test",
@@ -150,15 +149,20 @@ def prepare_output_dir(output_dir: Path) -> None:
 
 def run_demo(config: DemoConfig) -> list[Row]:
     """Data → base → fine-tune each method → evaluate → analyze; rows in method order, base first."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return _run(config)
+        return run_study(config)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(config: DemoConfig) -> list[Row]:
+def run_study(config: DemoConfig) -> list[Row]:
+    """The study itself (run_demo sets and restores torch's threads around it)."""
+    from sibo.checkpoint.weights import check_weights_dir
+
     base_model = Path(config.base_model) if config.base_model else shipped_base_model()
     if not (base_model / "config.json").is_file():
         raise InputError(
@@ -213,13 +217,14 @@ def adapter_config(
         save_step=never,
         logging_steps=max(1, config.max_steps // 5),
         seed=config.seed,
+        threads=config.threads,
         lora_r=config.lora_r,
         lora_alpha=2 * config.lora_r,
         lora_dropout=0.0,
         target_modules=LORA_TARGETS if method.adapter == "lora" else None,
         bottleneck_size=config.bottleneck_size,
-        embedding_lambda=config.lam if method.boosted else 0.0,
-        sibo_targets="ffn",
+        embedding_lambda=config.sibo.lam if method.boosted else 0.0,
+        sibo_targets=config.sibo.targets,
     )
 
 
@@ -240,11 +245,13 @@ def score_model(
         datasets="AddSub",  # required by EvalConfig; the synthetic examples are passed in directly
         data_dir=config.output_dir / "data",
         output_dir=config.output_dir / "eval" / name,
-        decoding=DecodingConfig(
+        decoding=DecodingSettings(
             batch_size=config.eval_batch_size, num_beams=1, max_new_tokens=config.max_new_tokens
         ),
     )
-    results = train_and_score(base_model, eval_config, [(task, examples)], finetune_config)
+    results = train_and_score(
+        base_model, eval_config, [(task, examples)], finetune_config, threads=config.threads
+    )
     return results[task.name].accuracy
 
 
@@ -262,6 +269,7 @@ def measure_similarity(
             output_dir=config.output_dir / "analyze",
             n=config.analyze_n,
             batch_size=16,
+            threads=config.threads,
         )
     )
     return analysis["similarity"]

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
 from sibo.eval.contamination import normalise
-from sibo.eval.runner import DecodingConfig, EvalConfig, load_benchmarks, read_records
+from sibo.eval.runner import EvalConfig, load_benchmarks, read_records
 from sibo.eval.tasks import Example, Task
 from sibo.study.analyze import layer_similarity
 from sibo.study.heldout import HeldOutLossCallback, Reference, encode_references
@@ -259,7 +260,7 @@ class Study:
             run_dir / "greedy",
             train_data=self.train_file,
             exclude_seen=True,
-            decoding=DecodingConfig(
+            decoding=DecodingSettings(
                 batch_size=self.size.eval_batch_size, num_beams=1, max_new_tokens=self.size.max_new_tokens
             ),
         )

@@ -47,9 +47,10 @@ def train_and_score(
     finetune_config: FinetuneConfig | None = None,
     callbacks: list[TrainerCallback] | None = None,
     device: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, DatasetResult]:
     """Train the adapter (none: the base model alone) and score it on `benchmarks` (on `device`, when
-    given); {set: result}.
+    given, with `threads` CPU threads); {set: result}.
 
     A summary in eval_config.output_dir that already holds every set is read, not recomputed.
     """
@@ -63,7 +64,7 @@ def train_and_score(
         return {name: DatasetResult(scored[name]["n"], scored[name]["correct"]) for name in names}
     from sibo.checkpoint.load import load_model
 
-    model, tokenizer = load_model(base_model, adapter_dir)
+    model, tokenizer = load_model(base_model, adapter_dir, threads=threads)
     if device is not None:
         model.to(device)
     run_info = {"base_model": base_model, "weights_path": str(adapter_dir)}

@@ -19,8 +19,9 @@ import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import DecodingConfig, EvalConfig, load_benchmarks
+from sibo.eval.runner import EvalConfig, load_benchmarks
 from sibo.files import write_atomically
 from sibo.study.plots import pyplot, save_figure
 from sibo.study.runs import train_and_score
@@ -45,16 +46,17 @@ class SweepConfig:
     data_dir: Path = field(metadata={"help": "folder holding <Name>/test.json"})
     output_dir: Path = field(metadata={"help": "where runs, sweep.csv and sweep.png go"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
-    extraction: str = field(default="careful", metadata={"help": "careful, or legacy (the seed's rules)"})
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    extraction: str = field(default="careful", metadata={"help": "careful, or legacy (upstream's rules)"})
+    decoding: DecodingSettings = field(
+        default_factory=lambda: DecodingSettings(num_beams=UPSTREAM_EVAL_BEAMS)
+    )
 
     def __post_init__(self) -> None:
         self.output_dir, self.data_dir = Path(self.output_dir), Path(self.data_dir)
         if not self.lambdas or not self.seeds:
             raise InputError("a sweep needs at least one λ and one seed")
         for lam in self.lambdas:
-            if not 0.0 <= lam <= 1.0:
-                raise InputError(f"every λ must be in [0, 1], got {lam}")
+            replace(self.finetune.sibo, lam=lam)  # SiboConfig checks each λ
         if len(set(self.lambdas)) != len(self.lambdas) or len(set(self.seeds)) != len(self.seeds):
             raise InputError(f"λ values and seeds must not repeat: {self.lambdas}, {self.seeds}")
 
@@ -110,7 +112,9 @@ def run_one(
     lam: float, seed: int, finetune_config: FinetuneConfig, eval_config: EvalConfig, benchmarks
 ) -> SweepRow:
     """Fine-tune (unless a finished adapter is there) and score one run."""
-    results = train_and_score(finetune_config.base_model, eval_config, benchmarks, finetune_config)
+    results = train_and_score(
+        finetune_config.base_model, eval_config, benchmarks, finetune_config, threads=finetune_config.threads
+    )
     accuracy = {name: result.accuracy for name, result in results.items()}
     return SweepRow(lam, seed, accuracy, finetune_config.output_dir)
 

@@ -1,6 +1,6 @@
 """What `sibo finetune` can be asked to do: one dataclass, every field documented and checked.
 
-The field names, defaults and meanings are the seed's (LLM-Adapters' finetune.py, plus the SIBO
+The field names, defaults and meanings are upstream's (LLM-Adapters' finetune.py, plus the SIBO
 paper's --embedding_lambda and --ffn); the rest are ours. `sibo.cli.finetune` builds its flags
 from these fields, so --help and the checks below never drift apart.
 """
@@ -11,10 +11,8 @@ import importlib.util
 import math
 from dataclasses import dataclass, field
 
-from transformers.activations import ACT2FN
-
-from sibo.core.booster import TARGET_POLICIES
-from sibo.data_sources import parse_columns
+from sibo.checkpoint.config import THREADS_HELP, check_threads, quantization_of
+from sibo.core.config import TARGET_POLICIES, SiboConfig
 from sibo.errors import InputError
 
 ADAPTERS = ("lora", "dora", "bottleneck")
@@ -30,11 +28,11 @@ def _field(default, help: str, group: str, **metadata):
 
 @dataclass
 class FinetuneConfig:
-    """A fine-tuning run, as the seed's flags describe it."""
+    """A fine-tuning run, as upstream's flags describe it."""
 
     # model and data
     base_model: str = _field(
-        "", "base model: a directory, .gguf file or hub name (required)", "model and data"
+        "", "base model: a directory, .gguf file or hub name", "model and data", required=True
     )
     data_path: str = _field(
         "yahma/alpaca-cleaned",
@@ -95,6 +93,7 @@ class FinetuneConfig:
         "liger-kernel); off unless measured faster for your model",
         "training",
     )
+    threads: int | None = _field(None, THREADS_HELP, "training")
     seed: int = _field(42, "random seed (sampling order, dropout, adapter initialisation)", "training")
     resume_from_checkpoint: str | None = _field(
         None,
@@ -150,7 +149,7 @@ class FinetuneConfig:
     embedding_lambda: float = _field(0.1, "λ: the share of h0 each boosted branch reads, in [0, 1]", "SIBO")
     ffn: bool | None = _field(
         None,
-        "the paper's switch: True boosts the feed-forward branches, False the attention branches (the seed's "
+        "the paper's switch: True boosts the feed-forward branches, False the attention branches (upstream's "
         "code boosts nothing with False; plain PEFT here is --embedding_lambda 0)",
         "SIBO",
     )
@@ -175,6 +174,8 @@ class FinetuneConfig:
         if not self.data_path:
             raise InputError("--data_path is required")
         _choose("adapter_name", self.adapter_name, ADAPTERS)
+        from transformers.activations import ACT2FN
+
         if self.non_linearity not in ACT2FN:
             raise InputError(
                 f"--non_linearity {self.non_linearity!r} is not a transformers activation (tanh, relu, gelu, …)"
@@ -203,8 +204,8 @@ class FinetuneConfig:
                 f"--save_step {self.save_step} must be a multiple of --eval_step {self.eval_step}: "
                 "the best adapter is picked among validated checkpoints"
             )
-        if self.load_8bit and self.load_4bit:
-            raise InputError("choose one of --load_8bit and --load_4bit")
+        self.quantization = quantization_of(self.load_8bit, self.load_4bit)
+        self.threads = check_threads(self.threads)
         self._check_sibo()
         self._check_tracking()
         if self.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
@@ -220,21 +221,23 @@ class FinetuneConfig:
         if self.target_modules is not None and not self.target_modules:
             raise InputError("--target_modules is empty")
         self._check_lora_options()
+        # here, not at the top: the data module imports torch, and --help must not
+        from sibo.data_sources import parse_columns
+
         parse_columns(self.data_columns)
 
     def _check_sibo(self) -> None:
-        if isinstance(self.embedding_lambda, bool) or not 0.0 <= self.embedding_lambda <= 1.0:
-            raise InputError(f"--embedding_lambda must be in [0, 1], got {self.embedding_lambda}")
-        if self.learnable_lambda and not 0.0 < self.embedding_lambda < 1.0:
-            raise InputError(
-                f"--learnable_lambda starts from --embedding_lambda in (0, 1), got {self.embedding_lambda}"
-            )
+        """The SIBO flags as one SiboConfig (which holds the λ rules): `self.sibo`, what the recipe boosts with."""
         implied = None if self.ffn is None else ("ffn" if self.ffn else "attn")
         if self.sibo_targets is not None:
             _choose("sibo_targets", self.sibo_targets, TARGET_POLICIES)
             if implied is not None and implied != self.sibo_targets:
                 raise InputError(f"--ffn {self.ffn} means --sibo_targets {implied}, not {self.sibo_targets}")
         self.sibo_targets = self.sibo_targets or implied or "ffn"
+        # not a field: run_config.json's "config" keeps the flags as given; "resolved" records the SiboConfig
+        self.sibo = SiboConfig(
+            lam=self.embedding_lambda, targets=self.sibo_targets, learnable_lambda=self.learnable_lambda
+        )
 
     def _check_lora_options(self) -> None:
         self.init_lora_weights = str(self.init_lora_weights).lower()

@@ -20,15 +20,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from peft import get_peft_model
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
 import sibo
-from sibo.checkpoint.load import load_model, resolve_dtype
+from sibo.checkpoint.load import load_model, require_quantization, resolve_dtype
 from sibo.checkpoint.weights import check_finite
-from sibo.core.peft_model import boosted_adapter
+from sibo.core.peft_model import boost_adapter, boosted_adapter
 from sibo.data import PaddedCollator, TokenizedSet, split_validation, tokenize_dataset
 from sibo.data_sources import load_record_dataset, parse_columns
-from sibo.decode.stream import context_length
+from sibo.decode.settings import context_length
 from sibo.errors import InputError, first_line
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
 from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmup_warning
@@ -77,9 +78,9 @@ def setup(config: FinetuneConfig) -> Run:
     """Validate all input and build the model and data; raises InputError and writes nothing on bad input."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = gradient_accumulation_steps(config.batch_size, config.micro_batch_size, world_size)
-    quantization = "8bit" if config.load_8bit else "4bit" if config.load_4bit else None
-    if quantization and not torch.cuda.is_available():
-        raise InputError(f"--load_{quantization} needs a CUDA GPU (bitsandbytes); none is available here")
+    quantization = config.quantization
+    if quantization:
+        require_quantization(quantization)  # now, not after the data has been read
     resume_from, start_adapter = resolve_resume(config.resume_from_checkpoint, config.output_dir)
     if resume_from is None and not config.overwrite and any(Path(config.output_dir).glob("checkpoint-*")):
         # A fresh run would mix its checkpoints with these, and `latest` could later pick a stale one.
@@ -98,6 +99,7 @@ def setup(config: FinetuneConfig) -> Run:
         quantization=quantization,
         device_map={"": local_rank} if quantization else None,
         trust_remote_code=config.trust_remote_code,
+        threads=config.threads,
     )
     dtype = resolve_dtype("auto")
     limit = context_length(model)
@@ -143,7 +145,7 @@ def setup(config: FinetuneConfig) -> Run:
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     set_seed(config.seed)  # the adapter's initial weights
-    model = _wrap(model, peft_config, config)
+    model = add_boosted_adapter(model, peft_config, config)
     if start_adapter is not None:
         logger.info("starting from the adapter weights in %s", start_adapter)
         try:
@@ -171,16 +173,10 @@ def packed_attention(model: torch.nn.Module, dtype: torch.dtype) -> str:
     return f"{implementation} attention, {packed_attention_kernel(device, dtype, head_dim)}"
 
 
-def _wrap(model: torch.nn.Module, peft_config, config: FinetuneConfig) -> torch.nn.Module:
-    """The adapter, boosted by SIBO: its branches read (1-λ)·x + λ·h0."""
+def add_boosted_adapter(model: torch.nn.Module, peft_config, config: FinetuneConfig) -> torch.nn.Module:
+    """`model` with a new adapter, boosted by SIBO as `config.sibo` says: its branches read (1-λ)·x + λ·h0."""
     try:
-        model = sibo.get_sibo_model(
-            model,
-            peft_config,
-            lam=config.embedding_lambda,
-            targets=config.sibo_targets,
-            learnable_lambda=config.learnable_lambda,
-        )
+        model = boost_adapter(get_peft_model(model, peft_config), config.sibo)
     except ValueError as error:  # e.g. target modules not found in the base model
         reason = first_line(error)
         raise InputError(
@@ -194,7 +190,7 @@ def _wrap(model: torch.nn.Module, peft_config, config: FinetuneConfig) -> torch.
     if config.ffn is False and config.embedding_lambda > 0:
         names = sorted({re.split(r"\.\d+\.", layer.name)[-1] for layer in boosted.layers})
         logger.warning(
-            "--ffn False boosts the attention branches here (%s); the seed's code boosts nothing with it. "
+            "--ffn False boosts the attention branches here (%s); LLM-Adapters' code boosts nothing with it. "
             "For plain PEFT, use --embedding_lambda 0",
             ", ".join(names) or "none of the adapted modules",
         )
@@ -272,7 +268,7 @@ def _report_tokenized(config: FinetuneConfig, split: str, tokenized: TokenizedSe
 
 
 def training_arguments(run: Run) -> TrainingArguments:
-    """The seed's Trainer settings in transformers v5 spelling, plus precision, packing and DDP fixes,
+    """Upstream's Trainer settings in transformers v5 spelling, plus precision, packing and DDP fixes,
     and on a GPU no host waits in the step: fused AdamW, non-blocking batch copies, no NaN check."""
     config = run.config
     on_gpu = torch.cuda.is_available()
@@ -306,8 +302,7 @@ def training_arguments(run: Run) -> TrainingArguments:
         # Packed batches have nothing to group; padded ones waste least when grouped by length.
         train_sampling_strategy="group_by_length" if config.group_by_length or not run.packing else "random",
         # Non-reentrant checkpointing: DDP would otherwise see parameters "marked ready twice".
-        activation_checkpointing=config.use_gradient_checkpointing
-        and not (config.load_8bit or config.load_4bit),
+        activation_checkpointing=config.use_gradient_checkpointing and not config.quantization,
         activation_checkpointing_kwargs={"use_reentrant": False},
         ddp_find_unused_parameters=False if run.world_size > 1 else None,
         remove_unused_columns=False,

@@ -58,7 +58,7 @@ def resolve_resume(target: str | None, output_dir: str | os.PathLike) -> tuple[s
         raise InputError(f"--resume_from_checkpoint {target}: {problem}; {offer}")
     if any((path / name).is_file() for name in ADAPTER_WEIGHTS):
         check_weights_dir(path, ADAPTER_WEIGHTS)
-        return None, str(path)  # a final adapter (as the seed allows): its weights, a fresh schedule
+        return None, str(path)  # a final adapter (as upstream allows): its weights, a fresh schedule
     raise InputError(
         f"--resume_from_checkpoint {target}: neither a training checkpoint nor an adapter directory"
     )

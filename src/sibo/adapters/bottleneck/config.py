@@ -1,6 +1,6 @@
 """BottleneckConfig: the settings of one bottleneck adapter, as LLM-Adapters' `BottleneckConfig` names them.
 
-The field names and defaults are the seed's (LLM-Adapters), so its adapter_config.json files load here
+The field names and defaults are upstream's (LLM-Adapters), so its adapter_config.json files load here
 unchanged: peft picks this class by `peft_type: "BOTTLENECK"`.
 """
 

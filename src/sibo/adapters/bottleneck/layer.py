@@ -93,7 +93,7 @@ class BottleneckLayer(nn.Module, BaseTunerLayer):
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     def reset_bottleneck_parameters(self, adapter_name: str, init_weights: str) -> None:
-        """LLM-Adapters' two schemes: seed checkpoints were trained from these starting points."""
+        """LLM-Adapters' two schemes: upstream's checkpoints were trained from these starting points."""
         down, up = self.adapter_down[adapter_name], self.adapter_up[adapter_name]
         if init_weights == "bert":  # BertPreTrainedModel's init, as LLM-Adapters uses it
             nn.init.normal_(down.weight, mean=0.0, std=0.02)

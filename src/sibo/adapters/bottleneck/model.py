@@ -121,7 +121,7 @@ def adaptable_module_names(model: nn.Module) -> list[str]:
 class BottleneckModel(BaseTuner):
     """peft's tuner for bottleneck adapters (AdapterH, AdapterP, parallel)."""
 
-    prefix: str = "adapter_"  # LLM-Adapters' parameter names: checkpoints of the seed load unchanged
+    prefix: str = "adapter_"  # LLM-Adapters' parameter names: checkpoints of upstream load unchanged
     tuner_layer_cls = BottleneckLayer
     target_module_mapping: dict[str, list[str]] = {}  # defaults depend on the mode: default_target_modules
 

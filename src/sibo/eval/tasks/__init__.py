@@ -1,6 +1,6 @@
 """The paper's 15 benchmarks in LLM-Adapters' layout: <data_dir>/<Name>/test.json, a JSON list of
 {instruction, input, output, answer}. One module per family (math, commonsense) knows its
-dataset names, the seed's decoding budget, and how a response becomes a prediction.
+dataset names, upstream's decoding budget, and how a response becomes a prediction.
 
     tasks = resolve_datasets("math,boolq")          # names, families, case-insensitive
     examples = load_examples(tasks[0], data_dir)   # validated: InputError names file and record
@@ -23,6 +23,9 @@ from sibo.files import check_text, parse_json
 EXTRACTION_MODES = ("careful", "legacy")
 FAMILIES: dict[str, ModuleType] = {"math": math, "commonsense": commonsense}
 DATA_DIR_ENV = "SIBO_DATA_DIR"
+DATA_DIR_HELP = (
+    "folder holding <Name>/test.json (default: $SIBO_DATA_DIR when set, else ./dataset as upstream)"
+)
 
 Prediction = float | str | None
 
@@ -41,7 +44,7 @@ class Example:
 
 @dataclass(frozen=True)
 class Task:
-    """One benchmark: its canonical name, its family module, and the seed's max_new_tokens."""
+    """One benchmark: its canonical name, its family module, and upstream's max_new_tokens."""
 
     name: str
     family: str
@@ -94,11 +97,8 @@ def resolve_datasets(spec: str | Sequence[str]) -> list[Task]:
 
 
 def default_data_dir() -> Path:
-    """$SIBO_DATA_DIR; else the checkout's ../shared/data/llm-adapters when it exists; else ./dataset (the seed's)."""
-    if os.environ.get(DATA_DIR_ENV):
-        return Path(os.environ[DATA_DIR_ENV])
-    shared = Path(__file__).resolve().parents[4].parent / "shared" / "data" / "llm-adapters"
-    return shared if shared.is_dir() else Path("dataset")
+    """$SIBO_DATA_DIR when set, else ./dataset (where upstream keeps them)."""
+    return Path(os.environ.get(DATA_DIR_ENV) or "dataset")
 
 
 def dataset_file(task: Task, data_dir: str | os.PathLike) -> Path:

@@ -5,7 +5,7 @@
   the keywords this example's "Answer format" allows (answer5 is no answer to a 3-option
   question), as whole words ("untrue" is not "true"), in any case ("Answer2", "True",
   "answer 2"); the keyword after "answer is" wins over the first one mentioned.
-- legacy: the seed's rules, byte for byte (AGI-Edgerunners/LLM-Adapters, commonsense_evaluate.py,
+- legacy: upstream's rules, byte for byte (AGI-Edgerunners/LLM-Adapters, commonsense_evaluate.py,
   `extract_answer`): the response up to a second "### Response:", then the first match of the
   dataset's fixed, case-sensitive alternation (boolq `true|false`, piqa `solution1|solution2`,
   social_i_qa / ARC / openbookqa `answer1|…|answer5`, hellaswag `ending1|…|ending4`, winogrande
@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import re
 
-from sibo.eval.tasks.math import cut_at_new_prompt
-from sibo.prompts import RESPONSE_MARKER
+from sibo.prompts import RESPONSE_MARKER, cut_at_new_prompt
 
 DATASETS = (
     "boolq",
@@ -31,9 +30,9 @@ DATASETS = (
     "ARC-Challenge",
     "openbookqa",
 )
-MAX_NEW_TOKENS = 32  # the seed's commonsense_evaluate.py budget
+MAX_NEW_TOKENS = 32  # upstream's commonsense_evaluate.py budget
 
-# The seed's keyword sets, per dataset (also the careful fallback when an instruction names none).
+# Upstream's keyword sets, per dataset (also the careful fallback when an instruction names none).
 KEYWORDS = {
     "boolq": ("true", "false"),
     "piqa": ("solution1", "solution2"),
@@ -64,7 +63,7 @@ def is_correct(prediction: str, label: str, dataset: str) -> bool:
 
 
 def legacy_keyword(sentence: str, dataset: str) -> str:
-    """The seed's `extract_answer`: the first keyword of the dataset's alternation, case-sensitive."""
+    """Upstream's `extract_answer`: the first keyword of the dataset's alternation, case-sensitive."""
     matches = re.findall("|".join(KEYWORDS[dataset]), sentence.strip())
     return matches[0] if matches else ""
 

@@ -7,13 +7,13 @@ Two ways to turn a response into a prediction:
   number, and read numbers as written: thousands separators, negatives, decimals, fractions.
   AQuA: the option letter in "(D)", "answer is D", "Answer: D", or the option whose value the
   answer names — never any capital letter.
-- legacy: the seed's rules, byte for byte (AGI-Edgerunners/LLM-Adapters, evaluate.py,
+- legacy: upstream's rules, byte for byte (AGI-Edgerunners/LLM-Adapters, evaluate.py,
   `extract_answer_number` / `extract_answer_letter`): the response up to a second
   "### Response:", commas deleted, the last match of `-?\\d+\\.?\\d*`; AQuA: the first capital
-  A–E anywhere ("Answer: (C)" reads as A). The seed has no rule for mawps; legacy uses the
+  A–E anywhere ("Answer: (C)" reads as A). Upstream has no rule for mawps; legacy uses the
   number rule there too.
 
-Both score a number as correct when |prediction − label| ≤ 0.001, as the seed does.
+Both score a number as correct when |prediction − label| ≤ 0.001, as upstream does.
 """
 
 from __future__ import annotations
@@ -21,17 +21,12 @@ from __future__ import annotations
 import math
 import re
 
-from sibo.prompts import RESPONSE_MARKER
+from sibo.prompts import RESPONSE_MARKER, cut_at_new_prompt
 
 DATASETS = ("AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps")
-MAX_NEW_TOKENS = 256  # the seed's evaluate.py budget
-TOLERANCE = 0.001  # the seed's `miss`
+MAX_NEW_TOKENS = 256  # upstream's evaluate.py budget
+TOLERANCE = 0.001  # upstream's `miss`
 OPTION_LETTERS = "ABCDE"
-
-# Where a response stops being an answer: the model starting another Alpaca prompt by itself.
-_NEW_PROMPT = re.compile(
-    r"\n\s*###|###\s*(?:Instruction|Input|Response)\b|Below is an instruction", re.IGNORECASE
-)
 
 # A number as people write it. Not inside a word or after a decimal point; a minus sign only when
 # it is attached to the digits and not a binary minus ("10-3" and "10 - 3" read as 10 and 3,
@@ -84,22 +79,17 @@ def is_correct(prediction: float | str | None, label: str, dataset: str) -> bool
     return abs(float(label) - float(prediction)) <= TOLERANCE
 
 
-def cut_at_new_prompt(response: str) -> str:
-    match = _NEW_PROMPT.search(response)
-    return (response[: match.start()] if match else response).strip()
-
-
-# -- the seed's rules ---------------------------------------------------------------------------
+# -- upstream's rules ---------------------------------------------------------------------------
 
 
 def legacy_number(sentence: str) -> float | None:
-    """The seed's `extract_answer_number`: commas deleted, then the last `-?\\d+\\.?\\d*` (inf → None)."""
+    """Upstream's `extract_answer_number`: commas deleted, then the last `-?\\d+\\.?\\d*` (inf → None)."""
     matches = re.findall(r"-?\d+\.?\d*", sentence.replace(",", ""))
     return float(matches[-1]) if matches else None
 
 
 def legacy_letter(sentence: str) -> str | None:
-    """The seed's `extract_answer_letter`: the first capital A–E anywhere in the response."""
+    """Upstream's `extract_answer_letter`: the first capital A–E anywhere in the response."""
     matches = re.findall(r"A|B|C|D|E", sentence.strip())
     return matches[0] if matches else None
 

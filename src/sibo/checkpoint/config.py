@@ -1,0 +1,175 @@
+"""Which model a verb loads: one dataclass for the shared model flags, checked before anything loads.
+
+`sibo generate`, `evaluate` and `export` build their model flags from `ModelConfig`; `finetune`,
+`analyze`, `demo` and `sweep` use the same rules (`quantization_of`, `resolve_base_model`,
+`default_threads`) through their own configs. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sibo.errors import InputError
+
+EXPORT_VERB = "export"
+FORMATS = ("hf", "state_dict")
+# What ModelConfig passes on to load_model, by the same names.
+_LOAD_SETTINGS = ("lam", "quantization", "dtype", "trust_remote_code", "task", "threads")
+THREADS_HELP = (
+    "torch CPU threads (default: $OMP_NUM_THREADS when set, else the physical cores divided by the "
+    "processes torchrun or accelerate started on this machine)"
+)
+
+
+def quantization_of(load_8bit: bool, load_4bit: bool) -> str | None:
+    """'8bit', '4bit' or None: the one rule for --load_8bit and --load_4bit."""
+    if load_8bit and load_4bit:
+        raise InputError("choose one of --load_8bit and --load_4bit")
+    return "8bit" if load_8bit else "4bit" if load_4bit else None
+
+
+def resolve_base_model(base_model: str | None, weights_path: str | os.PathLike | None) -> str:
+    """`base_model`, or when none is given the base recorded in the adapter (adapter_config.json's
+    base_model_name_or_path); InputError when there is neither, or the recorded folder is gone."""
+    if base_model:
+        return str(base_model)
+    if weights_path is None:
+        raise InputError("--base_model is required without --weights_path")
+    config_file = Path(weights_path) / "adapter_config.json"
+    try:
+        recorded = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        recorded = None
+    if not recorded:
+        raise InputError(f"{config_file} records no base model: pass --base_model")
+    looks_local = Path(recorded).is_absolute() or recorded.startswith((".", "~"))
+    if looks_local and not Path(recorded).expanduser().exists():
+        raise InputError(
+            f"the base model recorded in {config_file}, {recorded}, does not exist: pass --base_model"
+        )
+    return recorded
+
+
+def default_threads() -> int:
+    """$OMP_NUM_THREADS when set, else the physical cores this process may use divided by the processes
+    torchrun/accelerate started on this machine: never more threads than cores."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or logical
+    except ImportError:
+        physical = logical
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    return max(1, min(physical, logical) // max(1, local_processes))
+
+
+def check_threads(threads: int | None) -> int:
+    """`threads`, or default_threads() when None; at least 1."""
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or threads < 1:
+        raise InputError(f"--threads must be at least 1, got {threads}")
+    return threads
+
+
+@dataclass
+class ModelConfig:
+    """A base model, an optional adapter on it, and how to load them."""
+
+    base_model: str = field(
+        default="",
+        metadata={
+            "help": "base model: a folder, a .gguf file, or a hub name when online (default: the base "
+            "recorded in the adapter's adapter_config.json)"
+        },
+    )
+    weights_path: str | None = field(
+        default=None,
+        metadata={"help": "adapter folder (SIBO or plain PEFT); without it the base model alone"},
+    )
+    lam: float | None = field(
+        default=None,
+        metadata={"help": "SIBO's λ, overriding the adapter's stored one (boosts a plain PEFT adapter too)"},
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": "auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32"}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "run the model repository's own code"})
+    load_8bit: bool = field(
+        default=False, metadata={"help": "load the base model in 8 bits (CUDA, bitsandbytes)"}
+    )
+    load_4bit: bool = field(
+        default=False, metadata={"help": "load the base model in 4 bits, NF4 (CUDA, bitsandbytes)"}
+    )
+    task: str = field(
+        default="causal-lm",
+        metadata={"help": "the model's head", "choices": ("causal-lm", "sequence-classification")},
+    )
+    threads: int | None = field(default=None, metadata={"help": THREADS_HELP})
+
+    def __post_init__(self) -> None:
+        self.quantization = quantization_of(self.load_8bit, self.load_4bit)
+        if self.weights_path is not None and not Path(self.weights_path).is_dir():
+            raise InputError(f"adapter directory {self.weights_path} does not exist")
+        self.base_model = resolve_base_model(self.base_model, self.weights_path)
+        self.threads = check_threads(self.threads)
+
+    def load(self, **options):
+        """(model, tokenizer) through `sibo.checkpoint.load.load_model`; `options`: its other keywords."""
+        from sibo.checkpoint.load import load_model
+
+        settings = {name: getattr(self, name) for name in _LOAD_SETTINGS}
+        return load_model(self.base_model, self.weights_path, **settings, **options)
+
+
+# The spellings of ModelConfig's flags, upstream's included.
+MODEL_FLAG_SPELLINGS = {
+    "weights_path": ["--weights_path", "--lora_weights"],
+    "lam": ["--embedding_lambda", "--lam"],
+}
+
+
+@dataclass
+class ExportConfig:
+    """Where and in which form to write the merged model."""
+
+    output_dir: Path = field(metadata={"help": "directory to create; must be absent or empty"})
+    format: str = field(
+        default="hf",
+        metadata={
+            "help": "hf: save_pretrained checkpoint + tokenizer; state_dict: the merged weights as one "
+            "safetensors file",
+            "choices": FORMATS,
+        },
+    )
+    approximate: bool = field(
+        default=False,
+        metadata={
+            "help": "for λ > 0: write a plain merged checkpoint that drops the λ·ΔW·h0 term, and report "
+            "the largest |Δlogit| on probe prompts"
+        },
+    )
+    adapter_name: str = field(default="default", metadata={"help": "which adapter of the PeftModel to merge"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace an earlier `sibo export` in output_dir (nothing else)"}
+    )
+
+    def __post_init__(self) -> None:
+        from sibo.files import claim_output_dir
+
+        self.output_dir = Path(self.output_dir)
+        if self.format not in FORMATS:
+            raise InputError(f"unknown export format {self.format!r}: use one of {FORMATS}")
+        # A file, a model, a dataset or another verb's output is refused whatever --overwrite says.
+        claim_output_dir(self.output_dir, EXPORT_VERB, {}, self.overwrite, may_differ=None, dry_run=True)
+        if self.output_dir.is_dir() and any(self.output_dir.iterdir()) and not self.overwrite:
+            raise InputError(
+                f"output directory {self.output_dir} already exists and is not empty (an earlier export): "
+                "pass --overwrite to replace it, or choose another --output_dir"
+            )

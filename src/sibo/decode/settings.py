@@ -1,0 +1,133 @@
+"""How to decode, for every verb: one settings dataclass, the model's context length, where a response ends.
+
+`sibo generate` streams one answer (`sibo.decode.stream`); `sibo evaluate` decodes batches
+(`sibo.decode.batch`). Both take a `DecodingSettings`, check prompts against the context with
+`check_fits_context`, and stop at the end tokens and stop strings named here. Nothing here
+imports torch: the CLI builds its flags from this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sibo.errors import InputError
+from sibo.prompts import STOP_STRINGS
+
+if TYPE_CHECKING:
+    import torch
+
+CPU_BATCH_SIZE = 8  # --batch_size auto off a GPU: CPU decoding gains little from wider batches
+ONE_ANSWER_TOKENS = 128  # max_new_tokens of `sibo generate` when none is given
+# LLM-Adapters' evaluate.py decodes with 4 beams; `sibo evaluate` and `sibo sweep` keep that default.
+UPSTREAM_EVAL_BEAMS = 4
+
+# Config fields that name a model's context length, in the order architectures use them.
+_CONTEXT_LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
+
+
+@dataclass
+class DecodingSettings:
+    """How to decode: greedy when temperature is 0, else sampling; beams when num_beams > 1.
+
+    A batch of benchmark questions reads batch_size and static_cache too; one streamed answer
+    reads the sampling fields. max_new_tokens None means the caller's budget: the benchmark's
+    (math 256, commonsense 32, as upstream) or ONE_ANSWER_TOKENS for one answer.
+    """
+
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "new tokens per response (unset: the caller's budget)"}
+    )
+    num_beams: int = field(default=1, metadata={"help": "beam width; 1 decodes greedily"})
+    temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily; > 0 samples"})
+    top_p: float = field(default=0.75, metadata={"help": "nucleus sampling mass (sampling only)"})
+    top_k: int = field(default=40, metadata={"help": "sample among the k likeliest tokens (sampling only)"})
+    seed: int | None = field(
+        default=None, metadata={"help": "random seed set before sampling, for reproducible output"}
+    )
+    batch_size: int | str = field(
+        default="auto",
+        metadata={
+            "help": "questions per generate call (each has num_beams beams), or auto: as many as the GPU's "
+            f"free memory holds (halved on out-of-memory), {CPU_BATCH_SIZE} on CPU"
+        },
+    )
+    static_cache: bool = field(
+        default=False,
+        metadata={"help": "a static KV cache; on a GPU transformers then compiles each decoding step"},
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 0 <= self.temperature < math.inf:
+            raise InputError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be >= 0, got {self.top_k}")
+        if self.num_beams < 1:
+            raise InputError(f"num_beams must be at least 1, got {self.num_beams}")
+        if self.seed is not None and not 0 <= self.seed < 2**32:
+            raise InputError(f"seed must be in 0…{2**32 - 1}, got {self.seed}")
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise InputError(f"batch_size must be 'auto' or at least 1, got {self.batch_size!r}")
+
+    def tokens_or(self, budget: int) -> int:
+        """max_new_tokens, or `budget` (the task's, or one answer's) when none was given."""
+        return self.max_new_tokens or budget
+
+    def generate_kwargs(self) -> dict:
+        """The keyword arguments for `model.generate` (max_new_tokens: ONE_ANSWER_TOKENS when unset)."""
+        kwargs: dict = {"max_new_tokens": self.tokens_or(ONE_ANSWER_TOKENS), "num_beams": self.num_beams}
+        if self.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The longest sequence the model's config allows, or None when the config names no limit."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in _CONTEXT_LENGTH_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_fits_context(model: torch.nn.Module, prompt_tokens: int, max_new_tokens: int, what: str) -> None:
+    """InputError naming `what` ("the prompt", "gsm8k example 7's prompt") unless prompt + response fit."""
+    limit = context_length(model)
+    if limit is None or prompt_tokens + max_new_tokens <= limit:
+        return
+    room = limit - prompt_tokens
+    fix = f"use --max_new_tokens {room} or less" if room > 0 else "shorten it"
+    raise InputError(
+        f"{what} is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}, more than the model's "
+        f"context of {limit} tokens: {fix}"
+    )
+
+
+def eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int] | None:
+    """The model's own end tokens plus the tokenizer's EOS, the one fine-tuning appends to every response:
+    a base whose generation config names another (or none) would otherwise never stop early."""
+    config = getattr(model, "generation_config", None)
+    configured = getattr(config, "eos_token_id", None)
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    # None: no end token anywhere, decode to max_new_tokens
+    return list(dict.fromkeys(ids)) or None
+
+
+def stopping_settings(model: torch.nn.Module, tokenizer) -> dict:
+    """`model.generate` keywords that end a response at its EOS or at the template's next section header."""
+    return {
+        "stop_strings": list(STOP_STRINGS),
+        # transformers needs it to find the stop strings in the tokens
+        "tokenizer": tokenizer,
+        "eos_token_id": eos_token_ids(model, tokenizer),
+    }
