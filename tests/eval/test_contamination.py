@@ -153,8 +153,8 @@ def test_cli_takes_the_training_file_from_the_adapters_run_config(files, tiny, c
     )
 
 
-MATH_  # the team's copy beside the checkout, or $SIBO_DATA_DIR
-DATA = Path(
+# the team's copy beside the checkout, or $SIBO_DATA_DIR
+MATH_DATA = Path(
     os.environ.get("SIBO_DATA_DIR") or Path(__file__).resolve().parents[3] / "shared/data/llm-adapters"
 )
 
