@@ -235,7 +235,7 @@ def test_overwrite_hands_over_only_a_sibo_run(tmp_path):
 @pytest.mark.integration
 def test_analyze_refuses_an_output_dir_that_is_a_file_before_measuring(root, tmp_path, capsys, monkeypatch):
     (tmp_path / "out").write_text("mine")
-    monkeypatch.setattr("sibo.study.analyze.load_model", lambda *a, **k: pytest.fail("measured first"))
+    monkeypatch.setattr("sibo.checkpoint.load.load_model", lambda *a, **k: pytest.fail("measured first"))
     line = refused(capsys, ["analyze", "--base_model", root / "base4", "--data", root / "records.json",
                             "--n", "2", "--output_dir", tmp_path / "out"], tmp_path)  # fmt: skip
     assert line == f"sibo analyze: error: --output_dir {tmp_path / 'out'} is a file, not a folder"
@@ -314,7 +314,7 @@ def test_a_torn_multibyte_tail_a_damaged_summary_and_an_empty_run_json_do_not_bl
             ["--adapter_name", "bottleneck", "--scaling", "inf"],
             "--scaling must be a finite number or 'learned', got inf",
         ),
-        (["--embedding_lambda", "nan"], "--embedding_lambda must be in [0, 1], got nan"),
+        (["--embedding_lambda", "nan"], "SIBO's λ must be a number in [0, 1], got nan"),
         (["--lora_dropout", "nan"], "--lora_dropout must be in [0, 1), got nan"),
         (["--seed", "-1"], "--seed must be in 0…4294967295, got -1"),
         (["--seed", str(2**32)], "--seed must be in 0…4294967295, got 4294967296"),

@@ -90,7 +90,7 @@ def test_bad_flags_are_one_line_and_exit_2(argv, message, capsys):
 
 
 def test_a_negative_number_parses_in_space_form():
-    with pytest.raises(InputError, match=r"^--learning_rate must be positive, got -0.0001$"):
+    with pytest.raises(InputError, match=r"^--learning_rate must be a positive finite number, got -0.0001$"):
         parse_finetune(["--base_model", "b", "--learning_rate", "-1e-4"])
     assert (
         parse_finetune(["--base_model", "b", "--embedding_lambda", "0", "--max_steps", "-1"]).max_steps == -1
