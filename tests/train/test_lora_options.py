@@ -27,9 +27,9 @@ from sibo.cli.finetune import parse_config
 from sibo.core.peft_model import boosted_adapter
 from sibo.errors import InputError
 from sibo.testing import build_tiny_model, build_tokenizer
+from sibo.train.adapter import build_peft_config
 from sibo.train.config import FinetuneConfig
 from sibo.train.loraplus import loraplus_optimizer
-from sibo.train.recipe import build_peft_config
 
 LAM, R, ALPHA = 0.3, 4, 8
 LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
