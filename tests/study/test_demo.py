@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import sys
@@ -13,6 +14,7 @@ import pytest
 from sibo.cli import main
 from sibo.cli.demo import sibo_command
 from sibo.errors import InputError
+from sibo.files import LOCK_FILE, hold_output_dir
 from sibo.study.demo import (
     ADAPTER_ROWS_NOTE,
     DEMO_MARKER,
@@ -133,3 +135,14 @@ def test_a_missing_base_model_says_how_to_make_one(tmp_path):
 
     with pytest.raises(InputError, match="scripts/pretrain_demo_base.py"):
         run_demo(quick_config(output_dir=tmp_path / "out", base_model=str(tmp_path / "nowhere")))
+
+
+def test_a_second_demo_on_a_folder_in_use_stops_naming_the_first(tmp_path, capsys):
+    output_dir = tmp_path / "demo"
+    with hold_output_dir(output_dir):
+        assert main(["demo", "--quick", "--output_dir", str(output_dir)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"sibo demo: error: --output_dir {output_dir} is in use by another sibo run (pid {os.getpid()}): "
+            "wait for it to finish or choose another --output_dir"
+        )
+        assert sorted(entry.name for entry in output_dir.iterdir()) == [LOCK_FILE]

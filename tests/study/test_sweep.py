@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 
@@ -11,6 +12,7 @@ from sibo.cli import main
 from sibo.cli.sweep import parse_config
 from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
+from sibo.files import LOCK_FILE, hold_output_dir
 from sibo.study.sweep import SweepConfig, SweepRow, summarize, write_csv
 from sibo.study.synthetic import write_records
 from sibo.train.config import FinetuneConfig
@@ -137,3 +139,14 @@ def test_summary_and_csv_from_rows(tmp_path):
         "0,2,0.300000,0.500000,0.400000,r2",
         "0.1,1,1.000000,0.000000,0.500000,r3",
     ]
+
+
+def test_a_second_sweep_on_a_folder_in_use_stops_naming_the_first(workspace, capsys):
+    output_dir = workspace / "in_use"
+    with hold_output_dir(output_dir):
+        assert main(_flags(workspace, output_dir)) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"sibo sweep: error: --output_dir {output_dir} is in use by another sibo run (pid {os.getpid()}): "
+            "wait for it to finish or choose another --output_dir"
+        )
+        assert sorted(entry.name for entry in output_dir.iterdir()) == [LOCK_FILE]

@@ -26,7 +26,7 @@ from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
 from sibo.eval.runner import EvalConfig
 from sibo.eval.tasks import Example, Task
-from sibo.files import write_json
+from sibo.files import LOCK_FILE, hold_output_dir, write_json
 from sibo.study.runs import train_and_score
 from sibo.study.synthetic import generate_splits, write_records
 from sibo.train.config import FinetuneConfig
@@ -135,8 +135,8 @@ class Row:
 
 
 def prepare_output_dir(output_dir: Path) -> None:
-    """Start clean, but only ever delete what an earlier demo wrote."""
-    if output_dir.exists() and any(output_dir.iterdir()):
+    """Start clean, but only ever delete what an earlier demo wrote (the run's own lock file stays)."""
+    if output_dir.exists() and any(entry.name != LOCK_FILE for entry in output_dir.iterdir()):
         if not (output_dir / DEMO_MARKER).is_file():
             raise InputError(
                 f"{output_dir} is not empty and not an earlier demo's output: choose another --output_dir"
@@ -154,7 +154,9 @@ def run_demo(config: DemoConfig) -> list[Row]:
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
-        return run_study(config)
+        # one demo per folder: a second one stops at once, naming this one's pid
+        with hold_output_dir(config.output_dir):
+            return run_study(config)
     finally:
         torch.set_num_threads(threads)
 
