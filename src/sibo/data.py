@@ -108,7 +108,7 @@ def validate_record(raw: object, where: str) -> Record:
 
 
 def split_validation(records, val_set_size: int, seed: int = 42):
-    """(train, validation): a seeded random hold-out of val_set_size records, as the seed does.
+    """(train, validation): a seeded random hold-out of val_set_size records, as upstream does.
 
     `records` is a list of Records or a `datasets.Dataset` of rows; the halves are of the same kind.
     """

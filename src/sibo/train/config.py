@@ -285,7 +285,7 @@ def gradient_accumulation_steps(batch_size: int, micro_batch_size: int, world_si
 
 def warmup_warning(warmup_steps: int, planned_steps: int, learning_rate: float) -> str | None:
     """One line when the linear warm-up takes half the run or more, and so what the learning rate reaches:
-    a short run with the seed's --warmup_steps 100 trains at a fraction of --learning_rate throughout."""
+    a short run with upstream's --warmup_steps 100 trains at a fraction of --learning_rate throughout."""
     if planned_steps < 1 or 2 * warmup_steps < planned_steps:
         return None
     fix = "lower --warmup_steps for a run this short"
