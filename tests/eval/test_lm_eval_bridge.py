@@ -163,6 +163,8 @@ def test_cli_says_in_one_line_when_a_tasks_dataset_is_out_of_reach(
     assert sibo_main(argv) == 2
     err = capfd.readouterr().err
     assert "Traceback" not in err and "Retry" not in err
+    # the harness's INFO lines only with -v: the error line alone
+    assert len(err.splitlines()) == 1
     assert err.splitlines()[-1] == (
         "sibo lm-eval: error: Couldn't reach 'allenai/ai2_arc' on the Hub (OfflineModeIsEnabled); "
         f"{offline} cannot be reached: pass a local folder or file, or set HF_HUB_OFFLINE=1 to load it from "

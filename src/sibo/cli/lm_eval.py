@@ -10,10 +10,15 @@ harness's hf class would load a SIBO adapter as plain LoRA, without SIBO. Needs 
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 from sibo.errors import InputError, first_line
 from sibo.hub import offline_when_unreachable, unreachable
+
+# the harness reads its log level here (its --verbosity is deprecated)
+HARNESS_LOG_LEVEL = "LMEVAL_LOG_LEVEL"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         raise InputError("sibo lm-eval needs lm-evaluation-harness: pip install 'sibo[eval]'") from None
     _check_weights(argv)
-    saved_argv = sys.argv
+    saved_argv, saved_level = sys.argv, os.environ.get(HARNESS_LOG_LEVEL)
     sys.argv = ["sibo lm-eval", *argv]  # the harness's CLI reads sys.argv itself
+    if _quiet(argv):
+        os.environ[HARNESS_LOG_LEVEL] = "WARNING"
     try:
         with offline_when_unreachable() as offline:
             cli_evaluate()
@@ -40,7 +47,18 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"{first_line(error)}{hint}") from None
     finally:
         sys.argv = saved_argv
+        if saved_level is None:
+            os.environ.pop(HARNESS_LOG_LEVEL, None)
+        else:
+            os.environ[HARNESS_LOG_LEVEL] = saved_level
     return 0
+
+
+def _quiet(argv: list[str]) -> bool:
+    """The harness logs at INFO by default: as sibo's other verbs, only its warnings unless asked for more
+    (`sibo -v lm-eval`, the harness's own -v/--verbosity, or LMEVAL_LOG_LEVEL)."""
+    asked = HARNESS_LOG_LEVEL in os.environ or any(arg in ("-v", "--verbosity") for arg in argv)
+    return not asked and not logging.getLogger().isEnabledFor(logging.INFO)
 
 
 def _check_weights(argv: list[str]) -> None:
