@@ -105,7 +105,7 @@ def _flags_by_key(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]
     return {
         option.removeprefix("--"): action
         for action in parser._actions
-        if not isinstance(action, argparse._HelpAction | AbbreviatedConfigFlag)
+        if action.dest not in ("help", "config")
         for option in action.option_strings
         if option.startswith("--")
     }
