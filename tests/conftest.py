@@ -1,5 +1,9 @@
 import socket
 
+# datasets gives its logger a StreamHandler on sys.stderr when first imported: imported inside a test
+# with capsys, that stream is closed after the test, and each later datasets log line prints a
+# "--- Logging error ---" traceback. Imported here, the handler holds the session's stderr.
+import datasets  # noqa: F401
 import pytest
 import torch
 from huggingface_hub import constants

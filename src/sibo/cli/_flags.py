@@ -4,35 +4,65 @@ Each config field becomes `--<field>` (plus the spellings in `rename`), its help
 `metadata["help"]`, its default from the field (shown once; a required field shows none), its
 type from the annotation: booleans take upstream's words (`--ffn True`, `--ffn false`, bare
 `--ffn`), lists take upstream's syntaxes ('["q_proj","k_proj"]', [q_proj,k_proj], q_proj,k_proj).
-Nothing here imports torch: `sibo <verb> --help` stays fast.
+Every verb also takes `--config FILE` (sibo.cli.config_file): a YAML or JSON file of these flags, read
+as if typed before the command line. Nothing here imports torch: `sibo <verb> --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
 
+from sibo.cli.config_file import (
+    CONFIG_FLAG,
+    CONFIG_HELP,
+    AbbreviatedConfigFlag,
+    config_file_arguments,
+    split_config_flag,
+)
 from sibo.errors import InputError
 
 BOOL_METAVAR = "BOOL"
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a bad flag as an InputError (one line, exit 2) and `--lr -1e-4` read as a number."""
+    """argparse, with a bad flag as an InputError (one line, exit 2), `--lr -1e-4` read as a number, and
+    `--config FILE`'s settings (sibo.cli.config_file) read as flags typed before the command line's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument(CONFIG_FLAG, metavar="FILE", help=CONFIG_HELP, action=AbbreviatedConfigFlag)
 
     def error(self, message: str):
         raise InputError(message)
 
     def parse_known_args(self, args=None, namespace=None):
+        path, args = split_config_flag(sys.argv[1:] if args is None else list(args))
+        if path is not None:
+            from_file = config_file_arguments(self, path)
+            self._check_alone(from_file, path)
+            args = from_file + args
         return super().parse_known_args(_attach_negative_numbers(args), namespace)
 
+    def _check_alone(self, from_file: list[str], path: str) -> None:
+        """A bad value in the file is one line naming the file (required flags may come from the command line)."""
+        required = [action for action in self._actions if action.required]
+        for action in required:
+            action.required = False
+        try:
+            super().parse_known_args(from_file)
+        except InputError as error:
+            raise InputError(f"{path}: {error}") from None
+        finally:
+            for action in required:
+                action.required = True
 
-def _attach_negative_numbers(args: list[str] | None) -> list[str] | None:
+
+def _attach_negative_numbers(args: list[str]) -> list[str]:
     """`--flag -1e-4` → `--flag=-1e-4`: argparse takes '-1e-4' for an option (it knows only '-1' and '-.5')."""
-    if args is None:
-        return None
     joined: list[str] = []
     for arg in args:
         if joined and joined[-1].startswith("--") and "=" not in joined[-1] and _is_negative_number(arg):

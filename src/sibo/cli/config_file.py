@@ -1,0 +1,128 @@
+"""`sibo <verb> --config run.yaml`: a run's flags kept in a YAML or JSON file; the command line wins.
+
+    base_model: HuggingFaceTB/SmolLM2-135M
+    data_path: math.jsonl
+    embedding_lambda: 0.1
+    lora_target_modules: [q_proj, v_proj]
+    ffn: true
+
+Keys are the verb's flag names without `--` (any spelling the flag takes); a value is what the flag
+takes (a list for a list flag, true/false for a switch), and null leaves the flag's default. A finetune
+run's run_config.json is such a file: its "config" block holds the run's flags. Each setting becomes a
+`--flag=value` argument ahead of the command line, so it passes the same checks as a typed flag, and a
+flag typed after it wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+from pathlib import Path
+
+from sibo.errors import InputError
+from sibo.files import read_json
+
+CONFIG_FLAG = "--config"
+CONFIG_HELP = (
+    "a YAML or JSON file of flag: value settings (a finetune run's run_config.json repeats that run); "
+    "flags on the command line win"
+)
+
+
+class AbbreviatedConfigFlag(argparse.Action):
+    """`--config FILE` is read before parsing; argparse reaches this only for an abbreviation (`--conf`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise InputError(f"{CONFIG_FLAG} must be written in full: its file is read before the other flags")
+
+
+def split_config_flag(args: list[str]) -> tuple[str | None, list[str]]:
+    """(the --config file or None, the other arguments)."""
+    path, rest = None, []
+    arguments = iter(args)
+    for arg in arguments:
+        if arg == CONFIG_FLAG or arg.startswith(f"{CONFIG_FLAG}="):
+            if path is not None:
+                raise InputError(f"{CONFIG_FLAG} given twice: one file holds a run's settings")
+            path = arg.partition("=")[2] if "=" in arg else next(arguments, None)
+            if not path:
+                raise InputError(f"argument {CONFIG_FLAG}: expected one argument")
+        else:
+            rest.append(arg)
+    return path, rest
+
+
+def config_file_arguments(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    """The file's settings as `--flag=value` arguments of `parser`, in the file's order."""
+    flags = _flags_by_key(parser)
+    arguments, seen = [], {}
+    for key, value in read_settings(path).items():
+        name = str(key).lstrip("-")
+        action = flags.get(name)
+        if action is None:
+            raise InputError(f"{path}: unknown key {key!r}{_closest(name, flags, parser.prog)}")
+        if action.dest in seen:
+            raise InputError(f"{path}: {seen[action.dest]} and {name} set the same flag")
+        seen[action.dest] = name
+        if value is not None:
+            arguments.append(f"--{name}={_flag_text(value, action, path, name)}")
+    return arguments
+
+
+def read_settings(path: str) -> dict:
+    """The file's key: value mapping (run_config.json's "config" block); one line naming the file if it is bad."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"{CONFIG_FLAG} {path}: no such file")
+    settings = read_json(file) if file.suffix.lower() == ".json" else _read_yaml(file)
+    if isinstance(settings, dict) and isinstance(settings.get("config"), dict):
+        settings = settings["config"]
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        raise InputError(f"{path}: expected flag: value settings, got a {type(settings).__name__}")
+    return settings
+
+
+def _read_yaml(file: Path) -> object:
+    # here, not at the top: only a run given --config pays for the import
+    import yaml
+
+    try:
+        return yaml.safe_load(file.read_bytes())
+    except OSError as error:
+        raise InputError(f"{file}: cannot be read ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        place = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise InputError(f"{file}: malformed YAML{place}: {problem}") from None
+
+
+def _flags_by_key(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Every long spelling of every flag, without its dashes (--help and --config aside)."""
+    return {
+        option.removeprefix("--"): action
+        for action in parser._actions
+        if action.dest not in ("help", "config")
+        for option in action.option_strings
+        if option.startswith("--")
+    }
+
+
+def _closest(name: str, flags: dict, prog: str) -> str:
+    close = difflib.get_close_matches(name, flags, n=1)
+    return f": the closest flag is --{close[0]}" if close else f": `{prog} --help` lists the flags"
+
+
+def _flag_text(value: object, action: argparse.Action, path: str, name: str) -> str:
+    """A YAML/JSON value as the text the flag would be typed with."""
+    if isinstance(value, dict):
+        raise InputError(f"{path}: {name}: expected a value or a list, got a mapping")
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list):
+        # a list flag reads JSON; a flag of comma-separated names (--dataset, --lambdas) reads a,b
+        return json.dumps(value) if action.nargs in ("+", "*") else ",".join(map(str, value))
+    return str(value)
