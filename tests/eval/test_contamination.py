@@ -1,5 +1,6 @@
 """Test questions the adapter was trained on: counted per set, excluded on request, the real math file's counts."""
 
+import csv
 import json
 import logging
 import os
@@ -12,7 +13,12 @@ from sibo import get_sibo_model
 from sibo.cli import main as sibo_main
 from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.contamination import normalise, training_questions
+from sibo.eval.contamination import (
+    normalise,
+    recorded_data_columns,
+    recorded_training_data,
+    training_questions,
+)
 from sibo.eval.runner import EvalConfig, evaluate, load_benchmarks
 from sibo.eval.tasks import load_examples, resolve_datasets
 from sibo.testing import build_tiny_model, build_tokenizer
@@ -151,6 +157,25 @@ def test_cli_takes_the_training_file_from_the_adapters_run_config(files, tiny, c
         5,
         "unseen only",
     )
+
+
+def test_training_data_in_any_shape_finetune_reads_with_its_recorded_columns(files):
+    """A CSV with other column names, as `sibo finetune --data_columns` trained on it: the same 2 seen."""
+    with (files / "train.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["question", "input", "answer"])
+        writer.writeheader()
+        writer.writerows({"question": r["instruction"], "input": "", "answer": r["output"]} for r in TRAINING)
+    adapter = files / "adapter"
+    adapter.mkdir()
+    columns = "instruction=question,output=answer"
+    run_config = {"config": {"data_path": str(files / "train.csv"), "data_columns": columns}}
+    (adapter / "run_config.json").write_text(json.dumps(run_config))
+    assert recorded_training_data(str(adapter)) == files / "train.csv"
+    assert recorded_data_columns(str(adapter)) == columns
+    config = EvalConfig("AddSub", files / "data", files / "out", train_data=files / "train.csv",
+                        train_data_columns=columns)  # fmt: skip
+    [(_, examples)] = load_benchmarks(config)
+    assert [example.seen for example in examples] == [False, True, False, True, False]
 
 
 # the team's copy beside the checkout, or $SIBO_DATA_DIR

@@ -74,6 +74,13 @@ class EvaluateFlags:
     exclude_seen: bool = field(
         default=False, metadata={"help": "score only the test questions that are not in the training data"}
     )
+    train_data_columns: str = field(
+        default="",
+        metadata={
+            "help": "the training data's column names, as finetune's --data_columns (default: what the "
+            "adapter's run_config.json records)"
+        },
+    )
 
 
 def build_parser() -> ArgumentParser:
@@ -99,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sibo.eval.contamination import recorded_training_data
+    from sibo.eval.contamination import recorded_data_columns, recorded_training_data
     from sibo.eval.runner import (
         EvalConfig,
         accelerate_shard,
@@ -122,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=flags.overwrite,
         train_data=flags.train_data or recorded_training_data(source.weights_path),
         exclude_seen=flags.exclude_seen,
+        train_data_columns=flags.train_data_columns
+        or ("" if flags.train_data else recorded_data_columns(source.weights_path)),
     )
     benchmarks = load_benchmarks(config)
     run_info = {

@@ -40,13 +40,19 @@ def normalise(instruction: str, input_text: str = "") -> str:
     return "".join(f"<{token}>" if token[0].isdigit() else token for token in _TOKEN.findall(text))
 
 
-def training_questions(train_data: Path) -> set[str]:
-    """The normalised questions of a local training file (JSON list or JSONL), each record checked."""
-    if not Path(train_data).is_file():
+def training_questions(train_data: Path, columns: str = "") -> set[str]:
+    """The normalised questions of local training data in any shape finetune reads (JSON list, JSONL, CSV,
+    Parquet, a save_to_disk folder), its columns renamed as `--data_columns` says, each record checked."""
+    if not Path(train_data).exists():
         raise InputError(f"training data file {train_data} not found (needed to find seen test questions)")
-    from sibo.data import read_records_file  # here: sibo.data imports torch, and --help must not
+    # here: the data modules import torch, and --help must not
+    from sibo.data_sources import load_record_dataset, parse_columns
 
-    return {normalise(record.instruction, record.input) for record in read_records_file(Path(train_data))}
+    records = load_record_dataset(str(train_data), parse_columns(columns))
+    return {
+        normalise(instruction, input_text)
+        for instruction, input_text in zip(records["instruction"], records["input"], strict=True)
+    }
 
 
 def seen_indices(examples: Iterable[Example], questions: set[str]) -> set[int]:
@@ -56,8 +62,17 @@ def seen_indices(examples: Iterable[Example], questions: set[str]) -> set[int]:
     }
 
 
+def recorded_data_columns(weights_path: str | None) -> str:
+    """The --data_columns an adapter's run_config.json records ("" when none)."""
+    file = Path(weights_path or "") / RUN_CONFIG_FILE
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))["config"].get("data_columns") or ""
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return ""
+
+
 def recorded_training_data(weights_path: str | None) -> Path | None:
-    """The data_path an adapter's run_config.json records, when it names a local file still there."""
+    """The data_path an adapter's run_config.json records, when it names local data still there."""
     if not weights_path:
         return None
     file = Path(weights_path) / RUN_CONFIG_FILE
@@ -68,7 +83,7 @@ def recorded_training_data(weights_path: str | None) -> Path | None:
     except (json.JSONDecodeError, KeyError, TypeError):
         logger.warning("%s records no data_path: test questions are not checked against training data", file)
         return None
-    if not Path(data_path).is_file():
+    if not Path(data_path).exists():
         logger.warning(
             "the adapter was trained on %s, which is not here: test questions are not checked against "
             "training data (pass --train_data FILE)",
@@ -79,10 +94,10 @@ def recorded_training_data(weights_path: str | None) -> Path | None:
 
 
 def mark_seen(
-    benchmarks: list[tuple[Task, list[Example]]], train_data: Path
+    benchmarks: list[tuple[Task, list[Example]]], train_data: Path, columns: str = ""
 ) -> list[tuple[Task, list[Example]]]:
-    """The benchmarks with each example's `seen` set from the training file's questions."""
-    questions = training_questions(train_data)
+    """The benchmarks with each example's `seen` set from the training data's questions."""
+    questions = training_questions(train_data, columns)
     marked = []
     for task, examples in benchmarks:
         seen = seen_indices(examples, questions)

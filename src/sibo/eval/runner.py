@@ -73,6 +73,9 @@ class EvalConfig:
     exclude_seen: bool = field(
         default=False, metadata={"help": "score only the test questions that are not in train_data"}
     )
+    train_data_columns: str = field(
+        default="", metadata={"help": "train_data's column names, as finetune's --data_columns takes them"}
+    )
 
     def __post_init__(self) -> None:
         self.data_dir, self.output_dir = Path(self.data_dir), Path(self.output_dir)
@@ -132,7 +135,9 @@ def load_benchmarks(config: EvalConfig) -> list[tuple[Task, list[Example]]]:
     for task in config.tasks:
         examples = load_examples(task, config.data_dir)
         benchmarks.append((task, examples[: config.limit] if config.limit else examples))
-    return contamination.mark_seen(benchmarks, config.train_data) if config.train_data else benchmarks
+    if not config.train_data:
+        return benchmarks
+    return contamination.mark_seen(benchmarks, config.train_data, config.train_data_columns)
 
 
 def evaluate(
