@@ -21,13 +21,12 @@ from pathlib import Path
 
 from sibo.errors import InputError
 from sibo.eval.tasks import Example, Task
+from sibo.files import RUN_CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
 _TOKEN = re.compile(r"\d+(?:\.\d+)?|[^\W\d_]+")
-
-RUN_CONFIG_FILE = "run_config.json"  # the finetune recipe's record of its flags, data_path among them
 
 
 def normalise(instruction: str, input_text: str = "") -> str:
@@ -62,26 +61,34 @@ def seen_indices(examples: Iterable[Example], questions: set[str]) -> set[int]:
     }
 
 
+def _recorded_config(weights_path: str | None) -> dict | None:
+    """The flags an adapter's run_config.json records: None when it has none, {} when it is unreadable."""
+    file = Path(weights_path or "") / RUN_CONFIG_FILE
+    if not weights_path or not file.is_file():
+        return None
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))["config"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
 def recorded_data_columns(weights_path: str | None) -> str:
     """The --data_columns an adapter's run_config.json records ("" when none)."""
-    file = Path(weights_path or "") / RUN_CONFIG_FILE
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))["config"].get("data_columns") or ""
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
-        return ""
+    return (_recorded_config(weights_path) or {}).get("data_columns") or ""
 
 
 def recorded_training_data(weights_path: str | None) -> Path | None:
     """The data_path an adapter's run_config.json records, when it names local data still there."""
-    if not weights_path:
+    config = _recorded_config(weights_path)
+    if config is None:
         return None
-    file = Path(weights_path) / RUN_CONFIG_FILE
-    if not file.is_file():
-        return None
-    try:
-        data_path = json.loads(file.read_text(encoding="utf-8"))["config"]["data_path"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        logger.warning("%s records no data_path: test questions are not checked against training data", file)
+    data_path = config.get("data_path")
+    if not isinstance(data_path, str):
+        logger.warning(
+            "%s records no data_path: test questions are not checked against training data",
+            Path(weights_path) / RUN_CONFIG_FILE,
+        )
         return None
     if not Path(data_path).exists():
         logger.warning(

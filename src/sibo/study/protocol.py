@@ -24,6 +24,7 @@ from sibo.errors import InputError
 from sibo.eval.contamination import normalise
 from sibo.eval.runner import EvalConfig, load_benchmarks, read_records
 from sibo.eval.tasks import Example, Task
+from sibo.files import TRAIN_METRICS_FILE, read_json
 from sibo.study.analyze import layer_similarity
 from sibo.study.heldout import HeldOutLossCallback, Reference, encode_references
 from sibo.study.runs import train_adapter, train_and_score
@@ -272,7 +273,7 @@ class Study:
                 self.base_model, eval_config, accuracy_benchmarks, finetune_config, callbacks, self.device
             )
         written = json.loads((run_dir / LOSSES_FILE).read_text())
-        metrics = json.loads((Path(finetune_config.output_dir) / "train_metrics.json").read_text())
+        metrics = read_json(Path(finetune_config.output_dir) / TRAIN_METRICS_FILE)
         result = {
             "run": asdict(run),
             "code_version": self.code_version,
