@@ -353,15 +353,26 @@ def consolidate(path: Path, task: Task, examples: list[Example], extraction: str
     return rescored
 
 
+def scored_datasets(summary: Path) -> dict | None:
+    """{dataset: its n, correct, accuracy…} of an earlier run's summary.json; {} when there is none yet,
+    None when it is damaged."""
+    if not summary.is_file():
+        return {}
+    try:
+        datasets = read_json(summary).get("datasets", {})
+    except (InputError, AttributeError):
+        return None
+    return datasets if isinstance(datasets, dict) else None
+
+
 def write_summary(
     config: EvalConfig, results: dict[str, DatasetResult], run: dict, overlap: dict[str, dict]
 ) -> None:
     """summary.json: accuracy per dataset (and how many of its questions the training data holds),
     kept across runs that share the output directory."""
     file = config.output_dir / SUMMARY_FILE
-    try:
-        datasets = read_json(file).get("datasets", {}) if file.is_file() else {}
-    except (InputError, AttributeError):
+    datasets = scored_datasets(file)
+    if datasets is None:
         logger.warning("%s was damaged: it now holds this run's datasets only", file)
         datasets = {}
     for name, result in results.items():

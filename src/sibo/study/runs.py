@@ -13,8 +13,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sibo.errors import InputError
-from sibo.eval.runner import DatasetResult, EvalConfig, evaluate
+from sibo.eval.runner import DatasetResult, EvalConfig, evaluate, scored_datasets
 from sibo.eval.tasks import Example, Task
 from sibo.files import SUMMARY_FILE, TRAIN_METRICS_FILE, read_json
 from sibo.train.config import FinetuneConfig
@@ -59,7 +58,8 @@ def train_and_score(
         train_adapter(finetune_config, callbacks)
         adapter_dir = Path(finetune_config.output_dir)
     names = [task.name for task, _ in benchmarks]
-    scored = _scored(eval_config.output_dir / SUMMARY_FILE)
+    # a damaged summary counts as none: the sets are scored again
+    scored = scored_datasets(eval_config.output_dir / SUMMARY_FILE) or {}
     if set(names) <= set(scored):
         return {name: DatasetResult(scored[name]["n"], scored[name]["correct"]) for name in names}
     from sibo.checkpoint.load import load_model
@@ -69,12 +69,3 @@ def train_and_score(
         model.to(device)
     run_info = {"base_model": base_model, "weights_path": str(adapter_dir)}
     return evaluate(model, tokenizer, eval_config, benchmarks=benchmarks, run_info=run_info)
-
-
-def _scored(summary: Path) -> dict:
-    """The datasets an earlier evaluation scored; none when its summary is missing or damaged."""
-    try:
-        scored = read_json(summary).get("datasets", {}) if summary.is_file() else {}
-    except (InputError, AttributeError):
-        return {}
-    return scored if isinstance(scored, dict) else {}
