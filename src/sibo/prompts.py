@@ -1,12 +1,26 @@
-"""The one prompt template (Alpaca's, as upstream's finetune/evaluate/generate intend it).
+"""The two prompt templates: Alpaca's (upstream's, the default) and the model's own chat template.
 
-Upstream builds it with indented triple-quoted f-strings, so its prompts carry stray leading
-spaces on every line; here the template is written out exactly.
+An adapter is prompted the way it was trained: finetune records the template it used in
+TEMPLATE_FILE beside the adapter (and export beside the merged model), and generate, the Gradio
+page and evaluate read it back (`recorded_template`). Alpaca's is written out exactly here; upstream
+builds it with indented triple-quoted f-strings, so its prompts carry stray leading spaces on every
+line. The chat template is the tokenizer's own (a GGUF base's too); an instruction (and its input)
+becomes one user turn, and the response is the assistant turn the model writes.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sibo.errors import InputError
+from sibo.files import write_json
+
+ALPACA, CHAT, AUTO = "alpaca", "chat", "auto"
+TEMPLATES = (ALPACA, CHAT, AUTO)  # auto: the recorded one (finetune: chat for chat records)
+TEMPLATE_FILE = "prompt_template.json"  # {"template": "alpaca" | "chat"}, beside an adapter or an export
 
 INSTRUCTION_MARKER = "### Instruction:"
 INPUT_MARKER = "### Input:"
@@ -60,3 +74,78 @@ def cut_at_next_section(completion: str) -> str:
 def extract_response(generated: str) -> str:
     """The model's answer from a decoded prompt + completion (or from a completion alone)."""
     return cut_at_next_section(generated.split(RESPONSE_MARKER, 1)[-1]).strip()
+
+
+def chat_messages(instruction: str, input: str | None = None) -> list[dict[str, str]]:
+    """An instruction, and its input below it, as one user turn (how chat prompts a benchmark question)."""
+    return [{"role": "user", "content": f"{instruction}\n\n{input}" if input else instruction}]
+
+
+def require_chat_template(tokenizer, model_name: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(
+            f"{model_name} has no chat template (its tokenizer defines none): use --template alpaca"
+        )
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How an instruction becomes a prompt, and a completion the response: Alpaca's or the chat template."""
+
+    name: str = ALPACA
+
+    def __post_init__(self) -> None:
+        if self.name not in (ALPACA, CHAT):
+            raise InputError(f"unknown prompt template {self.name!r}: use {ALPACA} or {CHAT}")
+
+    def prompt(self, tokenizer, instruction: str, input: str | None = None) -> str:
+        """The text the model continues: up to the response marker, or the chat's open assistant turn."""
+        if self.name == ALPACA:
+            return build_prompt(instruction, input)
+        return tokenizer.apply_chat_template(
+            chat_messages(instruction, input), tokenize=False, add_generation_prompt=True
+        )
+
+    @property
+    def add_special_tokens(self) -> bool:
+        """Whether the tokenizer adds its BOS to a prompt: a chat template writes its own special tokens."""
+        return self.name == ALPACA
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Text that ends a response besides EOS: Alpaca's next section; a chat turn ends with its EOS."""
+        return STOP_STRINGS if self.name == ALPACA else ()
+
+    def response(self, completion: str) -> str:
+        """The answer in a decoded completion (special tokens already skipped)."""
+        return cut_at_next_section(completion).strip() if self.name == ALPACA else completion.strip()
+
+
+def recorded_template(*folders: str | Path | None) -> str | None:
+    """The template recorded in the first of `folders` (an adapter, then its base) that has TEMPLATE_FILE."""
+    for folder in folders:
+        file = Path(folder) / TEMPLATE_FILE if folder else None
+        if file is not None and file.is_file():
+            try:
+                name = json.loads(file.read_text(encoding="utf-8")).get("template")
+            except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+                name = None
+            if name not in (ALPACA, CHAT):
+                raise InputError(f"{file}: expected {{\"template\": \"alpaca\" or \"chat\"}}")
+            return name
+    return None
+
+
+def resolve_template(requested: str, tokenizer, model_name: str, *folders: str | Path | None) -> PromptTemplate:
+    """`requested` (alpaca, chat, or auto: the recorded one, else Alpaca's) checked against the tokenizer."""
+    if requested not in TEMPLATES:
+        raise InputError(f"--template must be one of {', '.join(TEMPLATES)}, got {requested!r}")
+    name = (recorded_template(*folders) or ALPACA) if requested == AUTO else requested
+    if name == CHAT:
+        require_chat_template(tokenizer, model_name)
+    return PromptTemplate(name)
+
+
+def write_template(folder: str | Path, template: PromptTemplate) -> None:
+    """Record beside an adapter (or a merged model) the template it was trained with."""
+    write_json(Path(folder) / TEMPLATE_FILE, {"template": template.name})

@@ -37,6 +37,11 @@ _DEFAULT_FIELDS = (
     "intermediate_size",
     "max_position_embeddings",
 )
+# ChatML, as SmolLM2-Instruct and Qwen write it (without their default system turn).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 CAUSAL_ARCHITECTURES = ("llama", "mistral", "qwen2", "gptj", "gpt_neox", "opt", "gpt2", "bloom")
 ENCODER_ARCHITECTURES = ("bert", "roberta")
 
@@ -61,6 +66,15 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512) 
         unk_token="<unk>",
         padding_side="left",
     )
+
+
+def add_chat_template(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """The tokenizer with ChatML's two turn markers as special tokens (new ids at the end of the vocabulary),
+    its chat template, and <|im_end|> as EOS, as an instruct model's tokenizer has them."""
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.eos_token = "<|im_end|>"
+    return tokenizer
 
 
 def tiny_config(
