@@ -127,6 +127,16 @@ def test_quick_study_tunes_scores_clean_questions_pairs_seeds_and_resumes(
         study.main(flags)
     study.main([*flags, "--allow_other_code"])
 
+    # a finetune flag added after a run was recorded, at its default, is the same run; another value is not
+    settings = json.loads(settings_file.read_text())
+    del settings["finetune"]["template"]
+    settings_file.write_text(json.dumps(settings))
+    study.main([*flags, "--allow_other_code"])
+    settings["finetune"]["train_on_inputs"] = False
+    settings_file.write_text(json.dumps(settings))
+    with pytest.raises(SystemExit, match="other settings \\(finetune; "):
+        study.main([*flags, "--allow_other_code"])
+
 
 def test_results_of_different_code_versions_are_not_combined():
     def result(version):

@@ -1,11 +1,14 @@
-"""Instruction records in, training examples and batches out.
+"""Records in, training examples and batches out.
 
-A record is {instruction, input, output} (input optional), read from a JSON list or a JSONL file
-here, from any other source by `sibo.data_sources`. Every bad record is reported with its file
-and index (or line) before anything is trained. A record becomes one example: the prompt (the one
-template in `sibo.prompts`) and the response tokenized separately — exactly what generation sees —
-then joined, cut at cutoff_len, and with the prompt masked out of the loss unless train_on_inputs.
-`tokenize_dataset` does the same over a `datasets.Dataset`, in Arrow batches.
+A record is an instruction record {instruction, input, output} (input optional) or a chat record
+(`sibo.chat`: messages or ShareGPT conversations), read from a JSON list or a JSONL file here,
+from any other source by `sibo.data_sources`; a file holds one kind. Every bad record is reported
+with its file and index (or line) before anything is trained. An instruction record with Alpaca's
+template becomes the prompt (`sibo.prompts`) and the response tokenized separately — exactly what
+generation sees — then joined, cut at cutoff_len, with the prompt masked out of the loss unless
+train_on_inputs. With the chat template, a record (an instruction record as one user turn and its
+reply) is rendered by the tokenizer's template and the loss covers the assistant turns.
+`tokenize_dataset` does this over a `datasets.Dataset`, in Arrow batches.
 
 `PaddedCollator` pads a micro-batch to its longest example; it serves the models whose attention
 cannot keep packed sequences apart. The padding-free batches are in `sibo.train.packing`.
@@ -25,9 +28,11 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from sibo import chat
+from sibo.chat import Conversation
 from sibo.errors import InputError
 from sibo.files import check_text, parse_json
-from sibo.prompts import build_prompt
+from sibo.prompts import ALPACA, PromptTemplate, build_prompt
 
 if TYPE_CHECKING:
     import datasets
@@ -61,7 +66,7 @@ class TokenizedSet:
 # ---------------------------------------------------------------- reading and validation
 
 
-def read_records_file(path: Path) -> list[Record]:
+def read_records_file(path: Path) -> list[Record] | list[Conversation]:
     """Records from a JSON list or JSONL file, each checked; InputError names the file and the place."""
     try:
         text = path.read_text(encoding="utf-8").removeprefix("\ufeff")  # a BOM, as Windows editors write
@@ -70,27 +75,44 @@ def read_records_file(path: Path) -> list[Record]:
     stripped = text.lstrip()
     if stripped.startswith("["):
         raw_records = parse_json(text, str(path))
-        records = [validate_record(raw, f"{path}: record {index}") for index, raw in enumerate(raw_records)]
+        places = [f"{path}: record {index}" for index in range(len(raw_records))]
+        records = [validate_record(raw, place) for raw, place in zip(raw_records, places, strict=True)]
     elif stripped.startswith("{") or not stripped:
-        records = []
+        records, places = [], []
         for line_number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             raw = parse_json(line, str(path), line=line_number)
-            records.append(validate_record(raw, f"{path}: line {line_number}"))
+            places.append(f"{path}: line {line_number}")
+            records.append(validate_record(raw, places[-1]))
     else:
         raise InputError(f"{path}: expected a JSON list of records or JSONL (one record per line)")
     if not records:
         raise InputError(f"{path}: zero usable records")
+    check_one_kind([type(record) is Conversation for record in records], places)
     return records
 
 
-def validate_record(raw: object, where: str) -> Record:
-    """A Record from one parsed JSON value; `where` ('file: record 3') prefixes any error."""
+def check_one_kind(is_chat: Sequence[bool], places: Sequence[str]) -> None:
+    """InputError at the first record whose kind (chat or instruction) differs from the first record's."""
+    kinds = ("an instruction record", "a chat record")
+    for index, chat_record in enumerate(is_chat):
+        if chat_record != is_chat[0]:
+            raise InputError(
+                f"{places[index]}: {kinds[chat_record]}, but {places[0].rsplit(': ', 1)[-1]} is "
+                f"{kinds[is_chat[0]]}: one data file holds one kind"
+            )
+
+
+def validate_record(raw: object, where: str) -> Record | Conversation:
+    """A Record (or a chat record's Conversation) from one parsed JSON value; `where` ('file: record 3')
+    prefixes any error."""
     if not isinstance(raw, dict):
         raise InputError(
-            f"{where}: expected an object with instruction/input/output, got {type(raw).__name__}"
+            f"{where}: expected an object with instruction/input/output (or messages), got {type(raw).__name__}"
         )
+    if chat.is_chat_record(raw):
+        return chat.validate_conversation(raw, where)
     for name in ("instruction", "output"):
         if name not in raw:
             raise InputError(f"{where}: missing field {name!r}")
@@ -159,18 +181,36 @@ def tokenize_records(
 
 
 def tokenize_dataset(
-    dataset, tokenizer, cutoff_len: int, train_on_inputs: bool = True, description: str = "tokenizing"
+    dataset,
+    tokenizer,
+    cutoff_len: int,
+    train_on_inputs: bool = True,
+    description: str = "tokenizing",
+    template: PromptTemplate | None = None,
+    where: str = "data",
 ) -> TokenizedSet:
     """`tokenize_records` over a `datasets.Dataset` of records, in Arrow batches: the same examples,
-    as a Dataset of input_ids, labels and length (what the Trainer's length grouping reads)."""
+    as a Dataset of input_ids, labels and length (what the Trainer's length grouping reads). Chat rows
+    (a `messages` column, with the file's `record` numbers) and, with the chat template, instruction rows
+    are rendered by the tokenizer's chat template; `where` (the data path) names a record it refuses."""
     import pyarrow.compute
 
+    chat_template = template is not None and template.name != ALPACA
+
     def tokenize(batch: dict) -> dict[str, list]:
-        rows = zip(batch["instruction"], batch["input"], batch["output"], strict=True)
+        if "messages" in batch:
+            places = [f"{where}: record {number}" for number in batch["record"]]
+            examples = _tokenize_chat_batch(tokenizer, batch["messages"], places, cutoff_len, train_on_inputs)
+        elif chat_template:
+            rows = zip(batch["instruction"], batch["input"], batch["output"], strict=True)
+            conversations = [chat.instruction_conversation(*row) for row in rows]
+            places = [f"{where}: a record" for _ in conversations]
+            examples = _tokenize_chat_batch(tokenizer, conversations, places, cutoff_len, train_on_inputs)
+        else:
+            rows = zip(batch["instruction"], batch["input"], batch["output"], strict=True)
+            examples = _tokenize_batch(tokenizer, list(rows), cutoff_len, train_on_inputs)
         columns = {"input_ids": [], "labels": [], "length": [], "was_cut": [], "prompt_only": []}
-        for example, was_cut, only_prompt in _tokenize_batch(
-            tokenizer, list(rows), cutoff_len, train_on_inputs
-        ):
+        for example, was_cut, only_prompt in examples:
             columns["was_cut"].append(was_cut)
             columns["prompt_only"].append(only_prompt)
             columns["input_ids"].append(example["input_ids"] if example else [])
@@ -226,6 +266,40 @@ def _tokenize_batch(tokenizer, records: list[tuple[str, str, str]], cutoff_len: 
     for prompt_ids, response_ids in zip(prompts, responses, strict=True):
         example, was_cut = build_example(prompt_ids, response_ids + eos, cutoff_len, train_on_inputs)
         results.append((example, was_cut, example is not None and len(prompt_ids) >= cutoff_len))
+    return results
+
+
+def _tokenize_chat_batch(
+    tokenizer, conversations: list[list[dict]], places: list[str], cutoff_len: int, train_on_inputs: bool
+):
+    """(example or None, was_cut, False) for each conversation: the chat template's text, tokenized as
+    `apply_chat_template` tokenizes it, labelled on the assistant turns only unless train_on_inputs."""
+    rendered = [
+        chat.render(tokenizer, messages, place, spans=not train_on_inputs)
+        for messages, place in zip(conversations, places, strict=True)
+    ]
+    texts = [text for text, _ in rendered]
+    try:
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=not train_on_inputs)
+    except NotImplementedError:
+        raise InputError(
+            "finding the assistant turns of chat records needs a fast tokenizer (offsets): use one, or "
+            "--train_on_inputs True"
+        ) from None
+    results = []
+    for index, input_ids in enumerate(encoded["input_ids"]):
+        if train_on_inputs:
+            labels = list(input_ids)
+        else:
+            learned = chat.in_spans(encoded["offset_mapping"][index], rendered[index][1])
+            labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, learned, strict=True)]
+        input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
+        was_cut = len(encoded["input_ids"][index]) > cutoff_len
+        # A causal LM never predicts position 0, so an example needs a label after it.
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            results.append((None, was_cut, False))
+        else:
+            results.append(({"input_ids": input_ids, "labels": labels}, was_cut, False))
     return results
 
 

@@ -1,7 +1,9 @@
-"""Any data a user brings, as one `datasets.Dataset` of checked {instruction, input, output} rows.
+"""Any data a user brings, as one `datasets.Dataset` of checked rows: {instruction, input, output},
+or for chat records {messages, record} (`sibo.chat`; record: the row's number in the file).
 
     --data_path math.json | math.jsonl | math.csv | math.parquet | a save_to_disk folder | a hub name
     --data_columns instruction=question,output=answer      (other column names mapped onto ours)
+    --data_columns messages=dialogue                       (the column that holds the conversations)
 
 JSONL, CSV and Parquet go through `datasets`' own loaders, so a large file is read into an
 Arrow table on disk and checked and tokenized with `Dataset.map`, never copied into Python
@@ -17,13 +19,15 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
-from sibo.data import datasets_bars, map_rows, read_records_file, validate_record
+from sibo.chat import CHAT_FIELDS, Conversation
+from sibo.data import check_one_kind, datasets_bars, map_rows, read_records_file, validate_record
 from sibo.errors import InputError, first_line
 from sibo.hub import require_hub
 
 logger = logging.getLogger(__name__)
 
 FIELDS = ("instruction", "input", "output")
+COLUMN_FIELDS = (*FIELDS, "messages")  # what --data_columns may map
 # file suffix -> the `datasets` loader that reads it
 LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 # What marks a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`.
@@ -36,17 +40,18 @@ def parse_columns(text: str) -> dict[str, str]:
     mapping = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         ours, _, theirs = (side.strip() for side in item.partition("="))
-        if ours not in FIELDS or not theirs:
+        if ours not in COLUMN_FIELDS or not theirs:
             raise InputError(
                 f"--data_columns {text!r}: expected FIELD=COLUMN pairs with FIELD one of "
-                f"{', '.join(FIELDS)}, got {item!r}"
+                f"{', '.join(COLUMN_FIELDS)}, got {item!r}"
             )
         mapping[ours] = theirs
     return mapping
 
 
 def load_record_dataset(data_path: str, columns: Mapping[str, str] | None = None):
-    """Checked {instruction, input, output} rows of a local file or folder, or of a hub dataset's train split.
+    """Checked rows of a local file or folder, or of a hub dataset's train split: instruction rows, or
+    chat rows when the data has a messages or conversations column.
 
     `columns` maps our field names to the data's column names ({'instruction': 'question'}).
     """
@@ -141,38 +146,62 @@ def _train_split(dataset, where: str):
 
 
 def _select_columns(dataset, columns: Mapping[str, str], where: str):
-    """Only our three fields, renamed from the data's columns where `columns` says so."""
+    """Only the fields we read (a chat column, or our three), renamed from the data's columns where
+    `columns` says so."""
     for ours, theirs in columns.items():
         if theirs not in dataset.column_names:
             raise InputError(
                 f"{where}: no column {theirs!r} for --data_columns {ours}={theirs}; "
                 f"columns: {', '.join(dataset.column_names)}"
             )
-    for name in ("instruction", "output"):
-        if name not in columns and name not in dataset.column_names:
-            raise InputError(
-                f"{where}: no column {name!r} (columns: {', '.join(dataset.column_names) or 'none'}); "
-                f"name the column that holds it with --data_columns {name}=COLUMN"
-            )
     mapped = {theirs: ours for ours, theirs in columns.items()}
+    # the column --data_columns names, else any of ours (a file may hold messages and ShareGPT records)
+    chat_columns = (
+        [columns["messages"]]
+        if "messages" in columns
+        else [name for name in dataset.column_names if name in CHAT_FIELDS]
+    )
+    if not chat_columns:
+        for name in ("instruction", "output"):
+            if name not in columns and name not in dataset.column_names:
+                raise InputError(
+                    f"{where}: no column {name!r} (columns: {', '.join(dataset.column_names) or 'none'}); "
+                    f"name the column that holds it with --data_columns {name}=COLUMN, or give chat records "
+                    "(messages or conversations)"
+                )
     # A column of our name that another column replaces is dropped, as is everything we do not read.
     kept = [
-        name for name in dataset.column_names if name in mapped or (name in FIELDS and name not in columns)
+        name
+        for name in dataset.column_names
+        if name in mapped or name in chat_columns or (name in FIELDS and name not in columns)
     ]
     dataset = dataset.select_columns(kept)
     return dataset.rename_columns({theirs: ours for theirs, ours in mapped.items() if theirs != ours})
 
 
 def _checked(dataset, where: str):
-    """Each row through `validate_record` (an empty input is ''), in batches: 'file: record 3' on error."""
+    """Each row through `validate_record` (an empty input is ''), in batches: 'file: record 3' on error.
+    A chat row becomes {messages, record}; one kind per file, the first row's."""
+    chat_rows = bool(set(CHAT_FIELDS) & set(dataset.column_names))
+    first_is_chat = (
+        chat_rows
+        and len(dataset) > 0
+        and any(dataset[0][name] is not None for name in CHAT_FIELDS if name in dataset.column_names)
+    )
+    names = ("messages", "record") if first_is_chat else FIELDS
 
-    def check(batch: dict, indices: list[int]) -> dict[str, list[str]]:
+    def check(batch: dict, indices: list[int]) -> dict[str, list]:
         rows = []
         for offset, index in enumerate(indices):
             # A null cell (an empty CSV field, a key absent from some JSONL lines) is a missing field.
             raw = {name: batch[name][offset] for name in batch if batch[name][offset] is not None}
-            rows.append(asdict(validate_record(raw, f"{where}: record {index}")))
-        return {name: [row[name] for row in rows] for name in FIELDS}
+            record = validate_record(raw, f"{where}: record {index}")
+            check_one_kind(
+                [first_is_chat, isinstance(record, Conversation)],
+                [f"{where}: record 0", f"{where}: record {index}"],
+            )
+            rows.append({"messages": record.messages, "record": index} if first_is_chat else asdict(record))
+        return {name: [row[name] for row in rows] for name in names}
 
     return map_rows(dataset, check, with_indices=True, remove_columns=dataset.column_names, desc="checking")
 
@@ -180,6 +209,10 @@ def _checked(dataset, where: str):
 def _from_records(records):
     import datasets
 
+    if records and isinstance(records[0], Conversation):
+        return datasets.Dataset.from_list(
+            [{"messages": record.messages, "record": index} for index, record in enumerate(records)]
+        )
     return datasets.Dataset.from_list([asdict(record) for record in records])
 
 

@@ -95,13 +95,15 @@ def test_defaults_are_the_seeds():
         batch_size=128, micro_batch_size=4, num_epochs=3, learning_rate=3e-4, cutoff_len=256, val_set_size=2000,
         use_gradient_checkpointing=False, eval_step=200, save_step=200, lora_r=8, lora_alpha=16, lora_dropout=0.05,
         target_modules=None, bottleneck_size=256, non_linearity="tanh", adapter_dropout=0.0,
-        use_parallel_adapter=False, use_adapterp=False, scaling=1.0, train_on_inputs=True, group_by_length=False,
+        use_parallel_adapter=False, use_adapterp=False, scaling=1.0, train_on_inputs=None, group_by_length=False,
         wandb_project="", wandb_run_name="", resume_from_checkpoint=None, warmup_steps=100, save_total_limit=3,
         logging_steps=10,
     )  # fmt: skip
     assert {name: getattr(config, name) for name in seed_defaults} == seed_defaults
     assert (config.embedding_lambda, config.sibo_targets, config.learnable_lambda) == (0.1, "ffn", False)
     assert (config.trust_remote_code, config.load_4bit, config.packing) == (False, False, True)
+    # train_on_inputs None: upstream's True with Alpaca's template (the default for instruction records)
+    assert config.template == "auto"
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -189,6 +189,7 @@ class Study:
             learning_rate=run.learning_rate,
             warmup_steps=self.size.warmup_steps,
             cutoff_len=256,
+            train_on_inputs=True,
             val_set_size=0,
             save_step=never,
             eval_step=never,
@@ -223,6 +224,13 @@ class Study:
             return
         before = json.loads(file.read_text())
         now = json.loads(json.dumps(settings, default=str))
+        # A finetune flag added after the run was recorded, at its default, does not change the run.
+        defaults = {f.name: f.default for f in fields(FinetuneConfig)}
+        now["finetune"] = {
+            key: value
+            for key, value in now["finetune"].items()
+            if key in before.get("finetune", {}) or value != defaults.get(key)
+        }
         if self.allow_other_code:
             before, now = {**before, "code_version": None}, {**now, "code_version": None}
         if before != now:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from sibo.checkpoint.config import THREADS_HELP, check_threads, quantization_of
 from sibo.core.config import TARGET_POLICIES, SiboConfig
 from sibo.errors import InputError
+from sibo.prompts import TEMPLATES
 
 ADAPTERS = ("lora", "dora", "bottleneck")
 # peft's init_lora_weights whose adapters reload exactly: A and B are saved, and the base weights that PiSSA
@@ -36,14 +37,21 @@ class FinetuneConfig:
     )
     data_path: str = _field(
         "yahma/alpaca-cleaned",
-        "instruction data {instruction, input, output}: a JSON list, .jsonl, .csv or .parquet file, a "
-        "datasets.save_to_disk folder, or a datasets hub name",
+        "instruction records {instruction, input, output} or chat records {messages} / {conversations}: "
+        "a JSON list, .jsonl, .csv or .parquet file, a datasets.save_to_disk folder, or a datasets hub name",
         "model and data",
     )
     data_columns: str = _field(
         "",
         "the data's names for our fields, e.g. instruction=question,output=answer (unset: the same names)",
         "model and data",
+    )
+    template: str = _field(
+        "auto",
+        "prompt template: alpaca (upstream's), chat (the tokenizer's chat template), or auto (chat for chat "
+        "records, alpaca for instruction records); recorded beside the adapter for generate and evaluate",
+        "model and data",
+        choices=TEMPLATES,
     )
     output_dir: str = _field("./lora-alpaca", "where checkpoints and the final adapter go", "model and data")
     overwrite: bool = _field(
@@ -78,8 +86,11 @@ class FinetuneConfig:
     use_gradient_checkpointing: bool = _field(
         False, "recompute activations in backward to save memory (also --gradient_checkpointing)", "training"
     )
-    train_on_inputs: bool = _field(
-        True, "train on the prompt tokens too; False masks them out of the loss", "training"
+    train_on_inputs: bool | None = _field(
+        None,
+        "train on the prompt tokens too; False masks them out of the loss (default: True with the alpaca "
+        "template, as upstream; False with chat, whose loss covers the assistant turns)",
+        "training",
     )
     group_by_length: bool = _field(
         False, "batch records of similar length (always on when packing is unavailable)", "training"
@@ -174,6 +185,7 @@ class FinetuneConfig:
         if not self.data_path:
             raise InputError("--data_path is required")
         _choose("adapter_name", self.adapter_name, ADAPTERS)
+        _choose("template", self.template, TEMPLATES)
         from transformers.activations import ACT2FN
 
         if self.non_linearity not in ACT2FN:

@@ -29,6 +29,7 @@ from sibo.data_sources import load_record_dataset, parse_columns
 from sibo.decode.settings import context_length
 from sibo.errors import InputError
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
+from sibo.prompts import ALPACA, AUTO, CHAT, PromptTemplate, resolve_template, write_template
 from sibo.train.adapter import add_boosted_adapter, build_peft_config
 from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmup_warning
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
@@ -55,6 +56,8 @@ class Run:
     accumulation_steps: int
     dtype: torch.dtype
     resume_from: str | None  # a Trainer checkpoint to resume from
+    template: PromptTemplate  # how records were rendered: recorded beside the adapter
+    train_on_inputs: bool  # resolved: --train_on_inputs, else True with Alpaca's template, False with chat
 
 
 def finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None) -> dict:
@@ -106,15 +109,27 @@ def setup(config: FinetuneConfig) -> Run:
             f"--cutoff_len {config.cutoff_len} is longer than the context of {config.base_model} ({limit} tokens)"
         )
 
-    train_set = tokenize_dataset(
-        train_records, tokenizer, config.cutoff_len, config.train_on_inputs, description="tokenizing train"
-    )
-    val_set = (
-        tokenize_dataset(
-            val_records, tokenizer, config.cutoff_len, config.train_on_inputs, description="tokenizing val"
+    template = training_template(config, "messages" in records.column_names, tokenizer)
+    train_on_inputs = template.name == ALPACA if config.train_on_inputs is None else config.train_on_inputs
+    if template.name == CHAT:
+        logger.info(
+            "rendering records with %s's chat template; the loss covers %s",
+            config.base_model,
+            "every token" if train_on_inputs else "the assistant turns",
         )
-        if len(val_records)
+    train_set, val_set = (
+        tokenize_dataset(
+            split,
+            tokenizer,
+            config.cutoff_len,
+            train_on_inputs,
+            f"tokenizing {name}",
+            template,
+            config.data_path,
+        )
+        if len(split)
         else None
+        for name, split in (("train", train_records), ("val", val_records))
     )
     _report_tokenized(config, "train", train_set)
     if val_set is not None:
@@ -154,8 +169,32 @@ def setup(config: FinetuneConfig) -> Run:
                 f"--resume_from_checkpoint {start_adapter}: does not fit this adapter ({reason})"
             ) from None
     return Run(
-        config, model, tokenizer, train_set, val_set, packing, world_size, accumulation, dtype, resume_from
+        config,
+        model,
+        tokenizer,
+        train_set,
+        val_set,
+        packing,
+        world_size,
+        accumulation,
+        dtype,
+        resume_from,
+        template,
+        train_on_inputs,
     )
+
+
+def training_template(config: FinetuneConfig, chat_records: bool, tokenizer) -> PromptTemplate:
+    """--template resolved for this data: auto is chat for chat records, Alpaca's for instruction records."""
+    requested = config.template
+    if requested == AUTO:
+        requested = CHAT if chat_records else ALPACA
+    if requested == ALPACA and chat_records:
+        raise InputError(
+            f"{config.data_path} holds chat records, which Alpaca's template cannot render: use --template chat "
+            "(or auto)"
+        )
+    return resolve_template(requested, tokenizer, config.base_model)
 
 
 def packed_attention(model: torch.nn.Module, dtype: torch.dtype) -> str:
@@ -303,6 +342,7 @@ def save(run: Run, trainer: Trainer) -> dict:
     if run.val_set is not None:
         metrics["eval"] = trainer.evaluate()
     if trainer.is_world_process_zero():
+        write_template(output_dir, run.template)
         write_json(output_dir / RUN_CONFIG_FILE, resolved_run_config(run, trainer), default=str)
         if "eval" in metrics:
             write_json(output_dir / EVAL_METRICS_FILE, metrics["eval"], default=str)
@@ -332,6 +372,8 @@ def resolved_run_config(run: Run, trainer: Trainer) -> dict:
         "config": asdict(run.config),
         "resolved": {
             "world_size": run.world_size,
+            "template": run.template.name,
+            "train_on_inputs": run.train_on_inputs,
             "gradient_accumulation_steps": run.accumulation_steps,
             "packing": run.packing,
             "attention": getattr(run.model.config, "_attn_implementation", None),
