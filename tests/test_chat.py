@@ -51,12 +51,16 @@ def expected_labels(tokenizer, conversation) -> tuple[list[int], list[int]]:
         head = tokenizer(f"<|im_start|>{turn['role']}\n", add_special_tokens=False)["input_ids"]
         body = tokenizer(turn["content"] + "<|im_end|>\n", add_special_tokens=False)["input_ids"]
         ids += head + body
-        labels += [IGNORE_INDEX] * len(head) + (body if turn["role"] == "assistant" else [IGNORE_INDEX] * len(body))
+        labels += [IGNORE_INDEX] * len(head) + (
+            body if turn["role"] == "assistant" else [IGNORE_INDEX] * len(body)
+        )
     return ids, labels
 
 
 @pytest.mark.parametrize("shape", ["messages", "sharegpt"])
-def test_chat_records_tokenize_as_apply_chat_template_and_learn_the_assistant_turns(tokenizer, tmp_path, shape):
+def test_chat_records_tokenize_as_apply_chat_template_and_learn_the_assistant_turns(
+    tokenizer, tmp_path, shape
+):
     record = {"messages": CONVERSATION} if shape == "messages" else {"conversations": SHAREGPT}
     example = tokenized(tokenizer, write_jsonl(tmp_path / "chat.jsonl", [record])).examples[0]
     assert example["input_ids"] == tokenizer.apply_chat_template(CONVERSATION)["input_ids"]
@@ -68,7 +72,9 @@ def test_chat_records_tokenize_as_apply_chat_template_and_learn_the_assistant_tu
 def test_train_on_inputs_learns_every_token(tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}])
     example = tokenized(tokenizer, path, train_on_inputs=True).examples[0]
-    assert example["labels"] == example["input_ids"] == tokenizer.apply_chat_template(CONVERSATION)["input_ids"]
+    assert (
+        example["labels"] == example["input_ids"] == tokenizer.apply_chat_template(CONVERSATION)["input_ids"]
+    )
 
 
 def test_a_json_list_and_jsonl_give_the_same_examples(tokenizer, tmp_path):
@@ -83,7 +89,10 @@ def test_a_json_list_and_jsonl_give_the_same_examples(tokenizer, tmp_path):
 def test_instruction_records_with_the_chat_template_are_one_user_turn_and_its_reply(tokenizer, tmp_path):
     record = {"instruction": "Add 2 and 3.", "input": "Show the sum.", "output": "2 + 3 = 5."}
     example = tokenized(tokenizer, write_jsonl(tmp_path / "alpaca.jsonl", [record])).examples[0]
-    turns = [{"role": "user", "content": "Add 2 and 3.\n\nShow the sum."}, {"role": "assistant", "content": "2 + 3 = 5."}]
+    turns = [
+        {"role": "user", "content": "Add 2 and 3.\n\nShow the sum."},
+        {"role": "assistant", "content": "2 + 3 = 5."},
+    ]
     assert (example["input_ids"], example["labels"]) == expected_labels(tokenizer, turns)
 
 
@@ -129,8 +138,12 @@ def test_bad_chat_records_are_one_line_naming_the_record(tmp_path, records, mess
 
 
 def test_a_jsonl_file_names_the_line_of_the_odd_record(tmp_path):
-    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}] * 2 + [{"instruction": "a", "output": "b"}])
-    with pytest.raises(InputError, match="chat.jsonl: line 3: an instruction record, but line 1 is a chat record"):
+    path = write_jsonl(
+        tmp_path / "chat.jsonl", [{"messages": CONVERSATION}] * 2 + [{"instruction": "a", "output": "b"}]
+    )
+    with pytest.raises(
+        InputError, match="chat.jsonl: line 3: an instruction record, but line 1 is a chat record"
+    ):
         load_record_dataset(path)
 
 
@@ -149,7 +162,9 @@ def test_a_conversation_the_template_refuses_is_named(tmp_path):
 def test_a_template_that_rewrites_earlier_turns_cannot_mask_and_says_what_to_do():
     tokenizer = add_chat_template(build_tokenizer())
     # The last turn is written differently from the same turn followed by more (as some reasoning templates do).
-    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% if loop.last %}<END>{% endif %}{% endfor %}"
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['content'] }}{% if loop.last %}<END>{% endif %}{% endfor %}"
+    )
     with pytest.raises(InputError, match="record 4: the chat template does not write this conversation turn by "
                                          "turn.*--train_on_inputs True trains on every token"):  # fmt: skip
         render(tokenizer, CONVERSATION, "chat.jsonl: record 4", spans=True)

@@ -64,7 +64,7 @@ BAD_FILES = [
     ("d.json", '[{"instruction": "a", "output": 5}]', r"record 0: field 'output' must be a string, got int"),
     ("d.json", '[{"instruction": "a", "input": ["x"], "output": "b"}]', r"record 0: field 'input' must be a string, got list"),
     ("d.json", '[{"instruction": "  ", "output": "b"}]', r"record 0: field 'instruction' is empty"),
-    ("d.json", '["just text"]', r"record 0: expected an object with instruction/input/output, got str"),
+    ("d.json", '["just text"]', r"record 0: expected an object with instruction/input/output \(or messages\), got str"),
     ("d.json", "[]", r"d\.json: zero usable records"),
     ("d.jsonl", "\n\n", r"d\.jsonl: zero usable records"),
     ("d.json", '"a string"', r"expected a JSON list of records or JSONL"),

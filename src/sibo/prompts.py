@@ -131,12 +131,14 @@ def recorded_template(*folders: str | Path | None) -> str | None:
             except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
                 name = None
             if name not in (ALPACA, CHAT):
-                raise InputError(f"{file}: expected {{\"template\": \"alpaca\" or \"chat\"}}")
+                raise InputError(f'{file}: expected {{"template": "alpaca" or "chat"}}')
             return name
     return None
 
 
-def resolve_template(requested: str, tokenizer, model_name: str, *folders: str | Path | None) -> PromptTemplate:
+def resolve_template(
+    requested: str, tokenizer, model_name: str, *folders: str | Path | None
+) -> PromptTemplate:
     """`requested` (alpaca, chat, or auto: the recorded one, else Alpaca's) checked against the tokenizer."""
     if requested not in TEMPLATES:
         raise InputError(f"--template must be one of {', '.join(TEMPLATES)}, got {requested!r}")

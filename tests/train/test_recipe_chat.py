@@ -59,7 +59,10 @@ def test_chat_records_train_with_the_chat_template_and_record_it(bases, tmp_path
     resolved = json.loads((out / "run_config.json").read_text())["resolved"]
     assert (resolved["template"], resolved["train_on_inputs"]) == ("chat", False)
     # the adapter ships the tokenizer, and so the template it was trained with (a GGUF base's too)
-    assert load_tokenizer(str(bases[base]), str(out)).chat_template == load_tokenizer(str(bases[base])).chat_template
+    assert (
+        load_tokenizer(str(bases[base]), str(out)).chat_template
+        == load_tokenizer(str(bases[base])).chat_template
+    )
 
 
 @pytest.mark.parametrize(
@@ -68,7 +71,9 @@ def test_chat_records_train_with_the_chat_template_and_record_it(bases, tmp_path
 )  # fmt: skip
 def test_instruction_records_take_either_template(bases, tmp_path, template, flags, expected):
     out = tmp_path / "out"
-    assert finetune(bases["chat"], write_data(tmp_path, INSTRUCTIONS), out, "--template", template, *flags) == 0
+    assert (
+        finetune(bases["chat"], write_data(tmp_path, INSTRUCTIONS), out, "--template", template, *flags) == 0
+    )
     resolved = json.loads((out / "run_config.json").read_text())["resolved"]
     assert (resolved["template"], resolved["train_on_inputs"]) == expected
     assert json.loads((out / TEMPLATE_FILE).read_text()) == {"template": expected[0]}
@@ -86,7 +91,9 @@ def test_instruction_records_take_either_template(bases, tmp_path, template, fla
         ("chat", CHATS, ["--template", "jinja"], "--template"),
     ],
 )  # fmt: skip
-def test_what_cannot_work_is_one_line_exit_2_and_nothing_written(bases, tmp_path, capsys, base, records, flags, message):
+def test_what_cannot_work_is_one_line_exit_2_and_nothing_written(
+    bases, tmp_path, capsys, base, records, flags, message
+):
     out = tmp_path / "out"
     assert finetune(bases[base], write_data(tmp_path, records), out, *flags) == 2
     stderr = capsys.readouterr().err
