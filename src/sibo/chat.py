@@ -93,7 +93,8 @@ def render(
     for index, message in enumerate(messages if spans else []):
         if message["role"] != "assistant":
             continue
-        before, through = write(messages[:index], generation_prompt=True), write(messages[: index + 1])
+        before = write(messages[:index], generation_prompt=True)
+        through = text if index == len(messages) - 1 else write(messages[: index + 1])
         if not (through.startswith(before) and text.startswith(through)):
             raise InputError(
                 f"{where}: the chat template does not write this conversation turn by turn, so its assistant "
