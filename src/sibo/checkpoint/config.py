@@ -18,6 +18,7 @@ from sibo.errors import InputError
 from sibo.prompts import AUTO, CHAT, TEMPLATES, PromptTemplate
 
 logger = logging.getLogger(__name__)
+
 EXPORT_VERB = "export"
 FORMATS = ("hf", "state_dict")
 # What ModelConfig passes on to load_model, by the same names.
