@@ -88,7 +88,9 @@ def main() -> None:
     reference = results["Alpaca, JSON list"][0]
     print(f"{'shape':34} {'seconds':>8} {'records/s':>10} {'tokens':>9} {'time vs JSON list':>18}")
     for name, (seconds, tokens) in results.items():
-        print(f"{name:34} {seconds:8.2f} {len(rows) / seconds:10.0f} {tokens:9d} {seconds / reference:17.2f}×")
+        print(
+            f"{name:34} {seconds:8.2f} {len(rows) / seconds:10.0f} {tokens:9d} {seconds / reference:17.2f}×"
+        )
 
 
 if __name__ == "__main__":

@@ -121,28 +121,39 @@ class PromptTemplate:
         return cut_at_next_section(completion).strip() if self.name == ALPACA else completion.strip()
 
 
+def template_file(*folders: str | Path | None) -> Path | None:
+    """TEMPLATE_FILE in the first of `folders` (an adapter, then its base) that has one; None if none does."""
+    files = (Path(folder) / TEMPLATE_FILE for folder in folders if folder)
+    return next((file for file in files if file.is_file()), None)
+
+
 def recorded_template(*folders: str | Path | None) -> str | None:
     """The template recorded in the first of `folders` (an adapter, then its base) that has TEMPLATE_FILE."""
-    for folder in folders:
-        file = Path(folder) / TEMPLATE_FILE if folder else None
-        if file is not None and file.is_file():
-            try:
-                name = json.loads(file.read_text(encoding="utf-8")).get("template")
-            except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
-                name = None
-            if name not in (ALPACA, CHAT):
-                raise InputError(f'{file}: expected {{"template": "alpaca" or "chat"}}')
-            return name
-    return None
+    file = template_file(*folders)
+    if file is None:
+        return None
+    try:
+        name = json.loads(file.read_text(encoding="utf-8")).get("template")
+    except (OSError, json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        name = None
+    if name not in (ALPACA, CHAT):
+        raise InputError(f'{file}: expected {{"template": "alpaca" or "chat"}}')
+    return name
+
+
+def template_name(requested: str, *folders: str | Path | None) -> str:
+    """`requested` (alpaca, chat, or auto: the one recorded in `folders`, else Alpaca's), not yet checked
+    against a tokenizer: what a run records before its model loads."""
+    if requested not in TEMPLATES:
+        raise InputError(f"--template must be one of {', '.join(TEMPLATES)}, got {requested!r}")
+    return (recorded_template(*folders) or ALPACA) if requested == AUTO else requested
 
 
 def resolve_template(
     requested: str, tokenizer, model_name: str, *folders: str | Path | None
 ) -> PromptTemplate:
     """`requested` (alpaca, chat, or auto: the recorded one, else Alpaca's) checked against the tokenizer."""
-    if requested not in TEMPLATES:
-        raise InputError(f"--template must be one of {', '.join(TEMPLATES)}, got {requested!r}")
-    name = (recorded_template(*folders) or ALPACA) if requested == AUTO else requested
+    name = template_name(requested, *folders)
     if name == CHAT:
         require_chat_template(tokenizer, model_name)
     return PromptTemplate(name)

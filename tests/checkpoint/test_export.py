@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from sibo import get_sibo_model
 from sibo.adapters.bottleneck import BottleneckConfig
+from sibo.checkpoint.config import ModelConfig
 from sibo.checkpoint.export import STATE_DICT_FILE, ExportConfig, export_adapter
 from sibo.checkpoint.load import RESIDUAL_DIR, load_model
 from sibo.cli import main as cli_main
@@ -23,7 +24,8 @@ from sibo.core.merge import merge_for_inference
 from sibo.core.peft_model import boosted_adapter
 from sibo.errors import InputError
 from sibo.files import RUN_MARKER
-from sibo.testing import build_tiny_model, build_tokenizer
+from sibo.prompts import TEMPLATE_FILE, PromptTemplate, write_template
+from sibo.testing import add_chat_template, build_tiny_model, build_tokenizer
 
 ATOL = 1e-5
 
@@ -238,6 +240,29 @@ def test_cli_export_of_a_saved_sibo_adapter(tokenizer, batch, tmp_path, capsys, 
     assert cli_main([*argv, "--output_dir", str(tmp_path / "sd"), "--format", "state_dict"]) == 2
     assert "has no exact single-file form" in capsys.readouterr().err
     assert not (tmp_path / "sd").exists()
+
+
+@pytest.mark.integration
+def test_cli_export_records_the_template_the_adapter_was_trained_with(tmp_path, capsys):
+    tokenizer = add_chat_template(build_tokenizer())
+    base = build_tiny_model("llama", len(tokenizer), num_layers=1, hidden_size=16)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    get_peft_model(base, lora("llama")).save_pretrained(tmp_path / "adapter")
+    argv = ["export", "--base_model", str(tmp_path / "base"), "--weights_path", str(tmp_path / "adapter")]
+    assert cli_main([*argv, "--output_dir", str(tmp_path / "untold")]) == 0
+    assert not (tmp_path / "untold" / TEMPLATE_FILE).exists()  # nothing recorded: Alpaca's, as before
+
+    write_template(tmp_path / "adapter", PromptTemplate("chat"))
+    capsys.readouterr()
+    for format in ("hf", "state_dict"):
+        out = tmp_path / format
+        assert cli_main([*argv, "--output_dir", str(out), "--format", format]) == 0
+        assert f"wrote {out / TEMPLATE_FILE}" in capsys.readouterr().out.splitlines()
+        assert json.loads((out / TEMPLATE_FILE).read_text()) == {"template": "chat"}
+    assert (
+        ModelConfig(base_model=str(tmp_path / "hf")).template_name == "chat"
+    )  # the export prompts as trained
 
 
 def test_export_is_as_readable_as_the_umask_allows(tokenizer, tmp_path):

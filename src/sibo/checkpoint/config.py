@@ -8,11 +8,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sibo import prompts
 from sibo.errors import InputError
+from sibo.prompts import AUTO, CHAT, TEMPLATES, PromptTemplate
+
+logger = logging.getLogger(__name__)
 
 EXPORT_VERB = "export"
 FORMATS = ("hf", "state_dict")
@@ -112,6 +117,15 @@ class ModelConfig:
         metadata={"help": "the model's head", "choices": ("causal-lm", "sequence-classification")},
     )
     threads: int | None = field(default=None, metadata={"help": THREADS_HELP})
+    template: str = field(
+        default=AUTO,
+        metadata={
+            "help": "prompt template: auto (the one the adapter was trained with, from its "
+            "prompt_template.json; Alpaca's when none is recorded), alpaca, or chat (the tokenizer's chat "
+            "template)",
+            "choices": TEMPLATES,
+        },
+    )
 
     def __post_init__(self) -> None:
         self.quantization = quantization_of(self.load_8bit, self.load_4bit)
@@ -119,6 +133,7 @@ class ModelConfig:
             raise InputError(f"adapter directory {self.weights_path} does not exist")
         self.base_model = resolve_base_model(self.base_model, self.weights_path)
         self.threads = check_threads(self.threads)
+        self.template_name  # noqa: B018 - a bad --template or a damaged recorded one fails before anything loads
 
     def load(self, **options):
         """(model, tokenizer) through `sibo.checkpoint.load.load_model`; `options`: its other keywords."""
@@ -126,6 +141,24 @@ class ModelConfig:
 
         settings = {name: getattr(self, name) for name in _LOAD_SETTINGS}
         return load_model(self.base_model, self.weights_path, **settings, **options)
+
+    @property
+    def template_name(self) -> str:
+        """alpaca or chat: --template, or for auto the one recorded beside the adapter (else its base: an
+        export records it too), else Alpaca's. Read before the model loads; `prompt_template` checks it."""
+        return prompts.template_name(self.template, self.weights_path, self.base_model)
+
+    def prompt_template(self, tokenizer) -> PromptTemplate:
+        """The template to prompt with; chat asked of a tokenizer without a chat template is an InputError."""
+        folders = (self.weights_path, self.base_model)
+        template = prompts.resolve_template(self.template, tokenizer, self.base_model, *folders)
+        if template.name == CHAT:
+            recorded = prompts.template_file(*folders) if self.template == AUTO else None
+            logger.info(
+                "prompting with the chat template%s",
+                f" recorded in {recorded}" if recorded else " (--template chat)",
+            )
+        return template
 
 
 # The spellings of ModelConfig's flags, upstream's included.

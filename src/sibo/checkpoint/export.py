@@ -6,8 +6,10 @@ The merge itself is `sibo.core.merge`. The exact export writes the merged base (
 checkpoint) plus, in O/sibo_residual/, a small SIBO adapter on exactly the boosted modules that
 reads h0 alone (λ = 1) with B ← λ·s·B (per block λ when learnable, scaling folded in): the
 λ·ΔW·h0 term no plain weight can hold. `--approximate` folds the whole ΔW and drops the h0 term,
-and measures what that costs on probe prompts. Files are staged in a temporary folder beside
-O and renamed into place, so a failed export leaves nothing behind.
+and measures what that costs on probe prompts. The prompt template the adapter was trained with
+is recorded beside the merged model (prompt_template.json, in either format: a state_dict's user
+prompts it the same way), so `--base_model O` prompts the way it was trained. Files are staged in
+a temporary folder beside O and renamed into place, so a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sibo.core.merge import boosted_lambdas, fold, lora_layers, merge_exactly, u
 from sibo.core.peft_model import boosted_adapter, get_sibo_model
 from sibo.errors import InputError
 from sibo.files import LOCK_FILE, RESIDUAL_DIR, RUN_MARKER, disk_full, hold_output_dir, write_json
-from sibo.prompts import build_prompt
+from sibo.prompts import TEMPLATE_FILE, PromptTemplate, build_prompt, write_template
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +55,11 @@ class ExportReport:
     max_logit_deviation: float | None = None  # measured by --approximate
 
 
-def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportReport:
-    """Merge `model`'s adapter and write it; the model is merged in place (do not use it afterwards)."""
+def export_adapter(
+    model: PeftModel, tokenizer, config: ExportConfig, template: PromptTemplate | None = None
+) -> ExportReport:
+    """Merge `model`'s adapter and write it; the model is merged in place (do not use it afterwards).
+    `template`: the one the adapter was trained with, recorded beside the export (None: none recorded)."""
     adapter_name = config.adapter_name
     lambdas = boosted_lambdas(model, adapter_name)  # module name in the base model -> λ of its block
     reason = unmergeable_reason(model, adapter_name, lambdas)
@@ -89,6 +94,9 @@ def export_adapter(model: PeftModel, tokenizer, config: ExportConfig) -> ExportR
                     merged, residual, model.peft_config[adapter_name], staging / RESIDUAL_DIR
                 )
             files = _write_merged(merged, tokenizer, staging, config.format) + files
+            if template is not None:
+                write_template(staging, template)
+                files.append(staging / TEMPLATE_FILE)
             write_json(staging / RUN_MARKER, {"verb": EXPORT_VERB, "settings": {}})
             report = ExportReport(
                 config.output_dir, exact=not config.approximate or not needs_residual, files=[]

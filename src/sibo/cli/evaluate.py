@@ -8,7 +8,8 @@ Upstream's flags work as they are: --lora_weights, --embedding_lambda, --load_8b
 and --model / --adapter (recorded in run.json, they choose nothing). Results: O/<dataset>.jsonl
 (one line per example, resumable), O/summary.json, and a table on stdout. Test questions that
 the adapter's training data holds (--train_data, or the file its run_config.json names) are
-counted per set; --exclude_seen scores only the others.
+counted per set; --exclude_seen scores only the others. The questions are prompted with the
+template the adapter was trained with (--template auto: its prompt_template.json, else Alpaca's).
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         exclude_seen=flags.exclude_seen,
         train_data_columns=flags.train_data_columns
         or ("" if flags.train_data else recorded_data_columns(source.weights_path)),
+        template=source.template_name,
     )
     benchmarks = load_benchmarks(config)
     run_info = {
@@ -148,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     device_map = {"": str(device)} if device.type != "cpu" else None
     model, tokenizer = source.load(device_map=device_map)
+    source.prompt_template(tokenizer)  # chat asked of a tokenizer without one: one line, nothing written yet
     if flags.merge:
         from sibo.core.merge import merge_for_inference
 

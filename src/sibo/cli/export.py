@@ -11,8 +11,9 @@ from dataclasses import MISSING
 from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ExportConfig, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
 
-# A quantized base has no merged form: export loads the base in full precision.
-SKIPPED_MODEL_FLAGS = ("load_8bit", "load_4bit")
+# A quantized base has no merged form: export loads the base in full precision. It prompts nothing: the
+# template the adapter records is copied beside the export.
+SKIPPED_MODEL_FLAGS = ("load_8bit", "load_4bit", "template")
 
 
 def build_parser() -> ArgumentParser:
@@ -40,11 +41,13 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     from sibo.checkpoint.export import export_adapter
     from sibo.checkpoint.load import RESIDUAL_DIR
+    from sibo.prompts import PromptTemplate, recorded_template
 
     config = ExportConfig(**dataclass_values(args, ExportConfig, skip=("adapter_name",)))
     source = ModelConfig(**dataclass_values(args, ModelConfig, skip=SKIPPED_MODEL_FLAGS))
+    recorded = recorded_template(source.weights_path, source.base_model)
     model, tokenizer = source.load()
-    report = export_adapter(model, tokenizer, config)
+    report = export_adapter(model, tokenizer, config, PromptTemplate(recorded) if recorded else None)
     if report.residual_modules:
         print(
             f"exact export: merged base + SIBO residual adapter on {len(report.residual_modules)} modules "

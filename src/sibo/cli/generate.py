@@ -2,6 +2,8 @@
 
 sibo generate [--base_model B] --weights_path W --prompt "Add 2 and 3." [--input TEXT]
 sibo generate --base_model B [--weights_path W] --ui [--host 127.0.0.1] [--port 7860] [--share]
+
+The prompt template is the one the adapter was trained with (--template auto), or --template alpaca|chat.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         serve_config = ServeConfig(host=flags.host, port=flags.port, share=flags.share, title=title)
         require_gradio()  # a missing gradio should say so before the model loads
     model, tokenizer = source.load()
+    template = source.prompt_template(tokenizer)
     if flags.merge:
         from sibo.core.merge import merge_for_inference
 
@@ -104,11 +107,11 @@ def run(args: argparse.Namespace) -> int:
     if serve_config is not None:
         from sibo.decode.app import build_app, launch_app
 
-        launch_app(build_app(model, tokenizer, serve_config, settings), serve_config)
+        launch_app(build_app(model, tokenizer, serve_config, settings, template), serve_config)
         return 0
     from sibo.decode.stream import stream_response
 
-    for piece in stream_response(model, tokenizer, flags.instruction, flags.input, settings):
+    for piece in stream_response(model, tokenizer, flags.instruction, flags.input, settings, template):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings
 from sibo.decode.stream import stream_response
 from sibo.errors import InputError
+from sibo.prompts import PromptTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,10 @@ def respond(
     top_k: int,
     num_beams: int,
     max_new_tokens: int,
+    template: PromptTemplate = PromptTemplate(),
 ) -> Iterator[tuple[str, str]]:
-    """(response so far, status message) as the model writes; bad input ends with a message instead."""
+    """(response so far, status message) as the model writes, prompted with `template`; bad input ends
+    with a message instead."""
     try:
         settings = DecodingSettings(
             max_new_tokens=_number(max_new_tokens, int, "max new tokens"),
@@ -69,7 +72,7 @@ def respond(
             num_beams=_number(num_beams, int, "beams"),
         )
         response = ""
-        for piece in stream_response(model, tokenizer, instruction, input or None, settings):
+        for piece in stream_response(model, tokenizer, instruction, input or None, settings, template):
             response += piece
             yield response, ""
         yield response, ""  # also when nothing was written (EOS first): clears the previous answer
@@ -88,16 +91,21 @@ def _number(value, kind: type, name: str):
         raise InputError(f"{name} must be a number, got {value!r}") from None
 
 
-def build_app(model, tokenizer, config: ServeConfig | None = None, defaults: DecodingSettings | None = None):
-    """The page as gradio Blocks, queued one request at a time; not yet launched."""
+def build_app(
+    model,
+    tokenizer,
+    config: ServeConfig | None = None,
+    defaults: DecodingSettings | None = None,
+    template: PromptTemplate = PromptTemplate(),
+):
+    """The page as gradio Blocks, queued one request at a time, prompting with `template`; not yet launched."""
     gr = require_gradio()
     config = config or ServeConfig()
     defaults = defaults or DecodingSettings()
 
     def run(instruction, input, temperature, top_p, top_k, num_beams, max_new_tokens):
-        yield from respond(
-            model, tokenizer, instruction, input, temperature, top_p, top_k, num_beams, max_new_tokens
-        )
+        knobs = (temperature, top_p, top_k, num_beams, max_new_tokens)
+        yield from respond(model, tokenizer, instruction, input, *knobs, template=template)
 
     with gr.Blocks(title=config.title, analytics_enabled=False) as app:
         gr.Markdown(f"# {config.title}\nAn instruction-tuned model boosted by SIBO. Greedy at temperature 0.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from sibo.decode.settings import CPU_BATCH_SIZE, stopping_settings
-from sibo.prompts import extract_response
+from sibo.prompts import PromptTemplate
 
 MAX_AUTO_BATCH_SIZE = 512  # past this, padding and the longest response per batch cost more than they save
 AUTO_MEMORY_SHARE = 0.8  # of the GPU's free memory; the estimate below leaves out allocator slack
@@ -55,22 +55,27 @@ def generate_batch(
     prompts: list[str],
     num_beams: int = 4,
     max_new_tokens: int = 256,
+    template: PromptTemplate = PromptTemplate(),
     **overrides,
 ) -> list[str]:
-    """The responses to a batch of prompts: left padding, KV cache on, no sampling, each stopped at
-    the template's next section header (what follows it is another prompt, not the answer)."""
+    """The responses to a batch of prompts written with `template`: left padding, KV cache on, no sampling,
+    each stopped at its EOS or Alpaca's next section header (what follows it is another prompt)."""
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # new tokens follow every prompt directly
     device = next(model.parameters()).device
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True).to(device)  # (B, T)
+    # (B, T); a chat prompt holds its own BOS
+    inputs = tokenizer(
+        prompts, return_tensors="pt", padding=True, add_special_tokens=template.add_special_tokens
+    ).to(device)
     settings = {
         "num_beams": num_beams,
         "do_sample": False,
         "max_new_tokens": max_new_tokens,
         "use_cache": True,
         "pad_token_id": tokenizer.pad_token_id,
-        **stopping_settings(model, tokenizer),  # each row stops at its EOS or next section (then pads)
+        # each row stops at its EOS or (Alpaca) its next section, then pads
+        **stopping_settings(model, tokenizer, template),
         # the model's own generation_config may ask for sampling: these would only warn
         "temperature": None,
         "top_p": None,
@@ -89,9 +94,7 @@ def generate_batch(
     completions = tokenizer.batch_decode(
         sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
     )
-    return [
-        extract_response(prompt + completion) for prompt, completion in zip(prompts, completions, strict=True)
-    ]
+    return [template.response(completion) for completion in completions]
 
 
 def prefill_once(model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_beams: int):

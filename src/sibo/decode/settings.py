@@ -2,7 +2,7 @@
 
 `sibo generate` streams one answer (`sibo.decode.stream`); `sibo evaluate` decodes batches
 (`sibo.decode.batch`). Both take a `DecodingSettings`, check prompts against the context with
-`check_fits_context`, and stop at the end tokens and stop strings named here. Nothing here
+`check_fits_context`, and stop at the end tokens and the template's stop strings named here. Nothing here
 imports torch: the CLI builds its flags from this module.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sibo.errors import InputError
-from sibo.prompts import STOP_STRINGS
+from sibo.prompts import PromptTemplate
 
 if TYPE_CHECKING:
     import torch
@@ -123,11 +123,11 @@ def eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int] | None:
     return list(dict.fromkeys(ids)) or None
 
 
-def stopping_settings(model: torch.nn.Module, tokenizer) -> dict:
-    """`model.generate` keywords that end a response at its EOS or at the template's next section header."""
-    return {
-        "stop_strings": list(STOP_STRINGS),
-        # transformers needs it to find the stop strings in the tokens
-        "tokenizer": tokenizer,
-        "eos_token_id": eos_token_ids(model, tokenizer),
-    }
+def stopping_settings(model: torch.nn.Module, tokenizer, template: PromptTemplate = PromptTemplate()) -> dict:
+    """`model.generate` keywords that end a response at its EOS, or (Alpaca) at the template's next section
+    header; a chat turn ends with the EOS alone."""
+    settings: dict = {"eos_token_id": eos_token_ids(model, tokenizer)}
+    if template.stop_strings:
+        # transformers needs the tokenizer to find the stop strings in the tokens
+        settings.update(stop_strings=list(template.stop_strings), tokenizer=tokenizer)
+    return settings

@@ -1,12 +1,13 @@
-"""Decoding for one instruction: the shared prompt template in, the model's response out, streamed.
+"""Decoding for one instruction: the prompt template (Alpaca's or the chat's) in, the response out, streamed.
 
     sibo generate --base_model B --weights_path W --prompt "Add 2 and 3."
 
 Streaming runs `model.generate` in a worker thread that feeds transformers' TextIteratorStreamer;
 the caller iterates over text pieces as they are decoded. Beam search cannot stream (transformers
 refuses a streamer with num_beams > 1), so beams yield the whole response once at the end.
-Decoding stops at the template's next section header (transformers' stop strings), where a model
-that has not learned to stop would start a new `### Instruction:` block; the header is never shown.
+With Alpaca's template decoding stops at its next section header (transformers' stop strings), where
+a model that has not learned to stop would start a new `### Instruction:` block; the header is never
+shown. A chat turn ends with the tokenizer's EOS (<|im_end|>, …), which decoding skips.
 A SIBO model keeps h0 in per-model state, so one model must serve one generation at a time.
 """
 
@@ -23,42 +24,53 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings, check_fits_context, stopping_settings
 from sibo.errors import InputError
 from sibo.files import check_text
-from sibo.prompts import STOP_STRINGS, build_prompt, cut_at_next_section, next_section_at
+from sibo.prompts import STOP_STRINGS, PromptTemplate, cut_at_next_section, next_section_at
 
 logger = logging.getLogger(__name__)
 
 
 def encode_prompt(
-    tokenizer, model: torch.nn.Module, prompt: str, max_new_tokens: int
+    tokenizer, model: torch.nn.Module, prompt: str, max_new_tokens: int, add_special_tokens: bool = True
 ) -> dict[str, torch.Tensor]:
-    """Tokenize the prompt and check that prompt + response fit the context; InputError if not."""
-    inputs = tokenizer(prompt, return_tensors="pt")
+    """Tokenize the prompt and check that prompt + response fit the context; InputError if not.
+    `add_special_tokens` False for a chat prompt, which holds its own BOS."""
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special_tokens)
     check_fits_context(model, inputs["input_ids"].shape[1], max_new_tokens, "the prompt")
     device = next(model.parameters()).device
     return {name: tensor.to(device) for name, tensor in inputs.items()}
 
 
 def stream_completion(
-    model: torch.nn.Module, tokenizer, prompt: str, settings: DecodingSettings | None = None
+    model: torch.nn.Module,
+    tokenizer,
+    prompt: str,
+    settings: DecodingSettings | None = None,
+    template: PromptTemplate = PromptTemplate(),
 ) -> Iterator[str]:
-    """Yield the completion of a raw prompt piece by piece (the prompt itself is not repeated)."""
+    """Yield the completion of a prompt written with `template`, piece by piece, up to where the
+    template's response ends (the prompt itself is not repeated)."""
     settings = settings or DecodingSettings()
-    inputs = encode_prompt(tokenizer, model, prompt, settings.tokens_or(ONE_ANSWER_TOKENS))
+    inputs = encode_prompt(
+        tokenizer, model, prompt, settings.tokens_or(ONE_ANSWER_TOKENS), template.add_special_tokens
+    )
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     generate_kwargs = {
         **inputs,
         **settings.generate_kwargs(),
         "pad_token_id": tokenizer.pad_token_id,
-        **stopping_settings(model, tokenizer),
+        **stopping_settings(model, tokenizer, template),
     }
     if settings.num_beams > 1:
         with torch.inference_mode():
             output_ids = model.generate(**generate_kwargs)
         completion = tokenizer.decode(output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        yield cut_at_next_section(completion)
+        # unstripped, as the streamed pieces add up
+        yield cut_at_next_section(completion) if template.stop_strings else completion
         return
-    yield from _until_next_section(_stream_in_thread(model, tokenizer, generate_kwargs))
+    pieces = _stream_in_thread(model, tokenizer, generate_kwargs)
+    # a chat response ends at EOS, which is never shown: nothing to hold back
+    yield from _until_next_section(pieces) if template.stop_strings else pieces
 
 
 def _until_next_section(pieces: Generator[str, None, None]) -> Iterator[str]:
@@ -132,13 +144,15 @@ def stream_response(
     instruction: str,
     input: str | None = None,
     settings: DecodingSettings | None = None,
+    template: PromptTemplate = PromptTemplate(),
 ) -> Iterator[str]:
-    """Yield the response to an instruction (with optional input), built with the shared template."""
+    """Yield the response to an instruction (with optional input), prompted with `template`."""
     if not isinstance(instruction, str) or not instruction.strip():
         raise InputError("the instruction is empty")
     check_text(instruction, "the instruction")
     check_text(input or "", "the input")
-    yield from stream_completion(model, tokenizer, build_prompt(instruction, input), settings)
+    prompt = template.prompt(tokenizer, instruction, input)
+    yield from stream_completion(model, tokenizer, prompt, settings, template)
 
 
 def generate_response(
@@ -147,6 +161,7 @@ def generate_response(
     instruction: str,
     input: str | None = None,
     settings: DecodingSettings | None = None,
+    template: PromptTemplate = PromptTemplate(),
 ) -> str:
     """The whole response at once (what the streamed pieces add up to)."""
-    return "".join(stream_response(model, tokenizer, instruction, input, settings))
+    return "".join(stream_response(model, tokenizer, instruction, input, settings, template))

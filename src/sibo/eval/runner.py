@@ -8,6 +8,8 @@ decoded with the KV cache on; the decoding itself is upstream's (4 beams, no sam
 max_new_tokens per family). Every scored example is appended to O/<dataset>.jsonl at once, so a
 killed run resumes where it stopped; at the end the file is rewritten in index order (predictions
 re-read from the stored responses with the current --extraction) and O/summary.json updated.
+With the chat template (an adapter trained on chat), the question (instruction + input) is the user
+turn and the response the assistant's.
 
 Data parallel (`torchrun --nproc_per_node N -m sibo evaluate …`, or `accelerate launch`): each
 rank scores every N-th pending example into O/<dataset>.rank<r>.jsonl; rank 0 merges them once.
@@ -36,7 +38,7 @@ from sibo.files import (
     write_atomically,
     write_json,
 )
-from sibo.prompts import build_prompt
+from sibo.prompts import ALPACA, CHAT, PromptTemplate
 
 if TYPE_CHECKING:
     import torch
@@ -76,8 +78,13 @@ class EvalConfig:
     train_data_columns: str = field(
         default="", metadata={"help": "train_data's column names, as finetune's --data_columns takes them"}
     )
+    template: str = field(
+        default=ALPACA,
+        metadata={"help": "the prompt template, alpaca or chat (ModelConfig.prompt_template resolves auto)"},
+    )
 
     def __post_init__(self) -> None:
+        self.prompt_template = PromptTemplate(self.template)
         self.data_dir, self.output_dir = Path(self.data_dir), Path(self.output_dir)
         self.train_data = Path(self.train_data) if self.train_data is not None else None
         if self.exclude_seen and self.train_data is None:
@@ -159,7 +166,8 @@ def evaluate(
         benchmarks = contamination.unseen_only(benchmarks)
     lengths = {}  # prompt tokens per example, per benchmark: checked against the context before any output
     for task, examples in benchmarks:
-        lengths[task.name] = prompt_lengths(tokenizer, {e.index: prompt_of(e) for e in examples})
+        prompts = {e.index: prompt_of(e, tokenizer, config.prompt_template) for e in examples}
+        lengths[task.name] = prompt_lengths(tokenizer, prompts, config.prompt_template)
         if lengths[task.name]:
             index, longest = max(lengths[task.name].items(), key=lambda item: item[1])
             budget = config.decoding.tokens_or(task.max_new_tokens)
@@ -185,6 +193,8 @@ def run_record(config: EvalConfig, run_info: dict | None) -> dict:
         **(run_info or {}),
         "num_beams": config.decoding.num_beams,
         "max_new_tokens": config.decoding.max_new_tokens,
+        # only when chat: result folders written before templates existed (Alpaca's) still resume
+        **({"template": CHAT} if config.template == CHAT else {}),
         # scoring fewer questions is another run; counting them is not
         **({"exclude_seen": True} if config.exclude_seen else {}),
     }
@@ -236,7 +246,7 @@ def evaluate_dataset(
     done = read_records(path)
     pending = [example for example in examples if example.index not in done]
     max_new_tokens = config.decoding.tokens_or(task.max_new_tokens)
-    prompts = {example.index: prompt_of(example) for example in pending}
+    prompts = {example.index: prompt_of(example, tokenizer, config.prompt_template) for example in pending}
     # Longest first, so similar lengths share a batch (little padding) and an OOM shows up at once;
     # striding the sorted list gives every rank the same mix of lengths.
     mine = sorted(pending, key=lambda example: -lengths[example.index])[shard.rank :: shard.world]
@@ -262,6 +272,7 @@ def evaluate_dataset(
                     [prompts[example.index] for example in batch],
                     num_beams=config.decoding.num_beams,
                     max_new_tokens=max_new_tokens,
+                    template=config.prompt_template,
                     **({"cache_implementation": "static"} if config.decoding.static_cache else {}),
                 )
             except torch.cuda.OutOfMemoryError:
@@ -291,8 +302,9 @@ def evaluate_dataset(
     return result
 
 
-def prompt_of(example: Example) -> str:
-    return build_prompt(example.instruction, example.input or None)
+def prompt_of(example: Example, tokenizer, template: PromptTemplate = PromptTemplate()) -> str:
+    """The benchmark question (instruction + input) as `template` prompts it: with chat, the user turn."""
+    return template.prompt(tokenizer, example.instruction, example.input or None)
 
 
 def score(task: Task, example: Example, response: str, extraction: str) -> dict:
@@ -392,8 +404,11 @@ def write_summary(
     write_json(file, summary)
 
 
-def prompt_lengths(tokenizer, prompts: dict[int, str]) -> dict[int, int]:
+def prompt_lengths(
+    tokenizer, prompts: dict[int, str], template: PromptTemplate = PromptTemplate()
+) -> dict[int, int]:
+    """Tokens per prompt, counted as decoding tokenizes them (a chat prompt holds its own BOS)."""
     if not prompts:
         return {}
-    ids = tokenizer(list(prompts.values()))["input_ids"]
+    ids = tokenizer(list(prompts.values()), add_special_tokens=template.add_special_tokens)["input_ids"]
     return {index: len(tokens) for index, tokens in zip(prompts, ids, strict=True)}
