@@ -126,3 +126,19 @@ def test_a_chat_response_is_read_like_an_alpaca_one(dataset, response, label, pr
     instruction = "Which? Answer Choices: (A) 12 (B) 5 (C) 60 (D) 17 (E) 7" if dataset == "AQuA" else "Which?"
     example = Example(0, instruction, "", label)
     assert task.extract(response, example, mode) == prediction
+
+
+@pytest.mark.parametrize(
+    ("dataset", "response", "alpaca", "chat"),
+    [
+        ("AddSub", "Let me work it out.\n### Answer\nThe answer is 9.", None, 9.0),
+        ("boolq", "Some thoughts.\n\n### Verdict\nthe correct answer is false", "", "false"),
+    ],
+)  # fmt: skip
+def test_a_chat_answer_is_not_cut_at_a_markdown_heading(dataset, response, alpaca, chat):
+    """An Alpaca response runs on into a new "###" prompt and is cut there; a chat answer ends at its EOS,
+    and an instruct model writes "###" headings in it."""
+    [task] = resolve_datasets(dataset)
+    example = Example(0, "Which?", "", "9")
+    assert task.extract(response, example, "careful") == alpaca
+    assert task.extract(response, example, "careful", chat=True) == chat

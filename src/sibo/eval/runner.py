@@ -240,8 +240,9 @@ def evaluate_dataset(
     from sibo.decode.batch import auto_batch_size, generate_batch
 
     path = config.output_dir / f"{task.name}.jsonl"
+    chat = config.prompt_template.name == CHAT
     if shard.is_main:
-        consolidate(path, task, examples, config.extraction)  # repairs a torn tail, merges stale shards
+        consolidate(path, task, examples, config.extraction, chat)  # repairs a torn tail, merges stale shards
     shard.barrier()
     done = read_records(path)
     pending = [example for example in examples if example.index not in done]
@@ -284,7 +285,7 @@ def evaluate_dataset(
                 continue
             start += len(batch)
             for example, response in zip(batch, responses, strict=True):
-                record = score(task, example, response, config.extraction)
+                record = score(task, example, response, config.extraction, chat)
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 correct += record["correct"]
             out.flush()
@@ -296,7 +297,7 @@ def evaluate_dataset(
     shard.barrier()
     if not shard.is_main:
         return DatasetResult(0, 0)
-    records = consolidate(path, task, examples, config.extraction)
+    records = consolidate(path, task, examples, config.extraction, chat)
     result = DatasetResult(n=len(records), correct=sum(record["correct"] for record in records.values()))
     logger.info("%s: %d/%d correct (%.4f)", task.name, result.correct, result.n, result.accuracy)
     return result
@@ -307,9 +308,9 @@ def prompt_of(example: Example, tokenizer, template: PromptTemplate = PromptTemp
     return template.prompt(tokenizer, example.instruction, example.input or None)
 
 
-def score(task: Task, example: Example, response: str, extraction: str) -> dict:
+def score(task: Task, example: Example, response: str, extraction: str, chat: bool = False) -> dict:
     """One output line: the example, the raw response, what was read from it, and whether it is right."""
-    prediction = task.extract(response, example, extraction)
+    prediction = task.extract(response, example, extraction, chat)
     return {
         "index": example.index,
         "instruction": example.instruction,
@@ -338,7 +339,9 @@ def read_records(path: Path) -> dict[int, dict]:
     return records
 
 
-def consolidate(path: Path, task: Task, examples: list[Example], extraction: str) -> dict[int, dict]:
+def consolidate(
+    path: Path, task: Task, examples: list[Example], extraction: str, chat: bool = False
+) -> dict[int, dict]:
     """Merge the rank shards into `path`, drop torn lines and duplicates, re-read every prediction
     with `extraction`, and rewrite the file in index order (atomically); returns the records."""
     shards = sorted(path.parent.glob(f"{task.name}.rank*.jsonl"))
@@ -357,7 +360,8 @@ def consolidate(path: Path, task: Task, examples: list[Example], extraction: str
                 f"example {index}): use another --output_dir"
             )
     rescored = {
-        index: score(task, by_index[index], records[index]["output"], extraction) for index in sorted(records)
+        index: score(task, by_index[index], records[index]["output"], extraction, chat)
+        for index in sorted(records)
     }
     write_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rescored.values()))
     for shard in shards:

@@ -57,10 +57,14 @@ class Task:
     def max_new_tokens(self) -> int:
         return self.module.MAX_NEW_TOKENS
 
-    def extract(self, response: str, example: Example, mode: str = "careful") -> Prediction:
+    def extract(
+        self, response: str, example: Example, mode: str = "careful", chat: bool = False
+    ) -> Prediction:
+        """The prediction in `response`; `chat`: a chat answer, which ends at its EOS, so is not cut at a
+        "###" heading as an Alpaca response running on into a new prompt is."""
         if mode not in EXTRACTION_MODES:
             raise InputError(f"unknown extraction {mode!r}: use one of {', '.join(EXTRACTION_MODES)}")
-        return self.module.extract(response, self.name, example.instruction, mode)
+        return self.module.extract(response, self.name, example.instruction, mode, cut=not chat)
 
     def is_correct(self, prediction: Prediction, label: str) -> bool:
         return self.module.is_correct(prediction, label, self.name)

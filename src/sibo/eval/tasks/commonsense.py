@@ -51,11 +51,12 @@ def is_valid_label(label: str, dataset: str) -> bool:
     return label in KEYWORDS[dataset]
 
 
-def extract(response: str, dataset: str, instruction: str, mode: str = "careful") -> str:
-    """The label keyword a response chooses, or "" when it names none."""
+def extract(response: str, dataset: str, instruction: str, mode: str = "careful", cut: bool = True) -> str:
+    """The label keyword a response chooses, or "" when it names none. `cut`: as in math.extract."""
     if mode == "legacy":
         return legacy_keyword(response.split(RESPONSE_MARKER)[0].strip(), dataset)
-    return careful_keyword(cut_at_new_prompt(response), allowed_keywords(instruction, dataset))
+    answer = cut_at_new_prompt(response) if cut else response.strip()
+    return careful_keyword(answer, allowed_keywords(instruction, dataset))
 
 
 def is_correct(prediction: str, label: str, dataset: str) -> bool:

@@ -62,12 +62,15 @@ def is_valid_label(label: str, dataset: str) -> bool:
         return False
 
 
-def extract(response: str, dataset: str, instruction: str, mode: str = "careful") -> float | str | None:
-    """The prediction in a response: a number, or for AQuA an option letter; None when there is none."""
+def extract(
+    response: str, dataset: str, instruction: str, mode: str = "careful", cut: bool = True
+) -> float | str | None:
+    """The prediction in a response: a number, or for AQuA an option letter; None when there is none.
+    `cut`: read only up to where the model starts a new Alpaca prompt (a chat answer ends at its EOS)."""
     if mode == "legacy":
         segment = response.split(RESPONSE_MARKER)[0].strip()
         return legacy_letter(segment) if dataset == "AQuA" else legacy_number(segment)
-    answer = cut_at_new_prompt(response)
+    answer = cut_at_new_prompt(response) if cut else response.strip()
     return careful_letter(answer, instruction) if dataset == "AQuA" else careful_number(answer)
 
 
