@@ -88,6 +88,19 @@ def test_questions_in_the_training_data_are_marked_seen(files):
     assert not any(example.seen for example in unmarked)
 
 
+def test_chat_training_data_is_asked_its_user_turns(files):
+    """A test question is prompted as the user turn: a chat record holds it there (system and replies aside)."""
+    chats = [
+        {"messages": [{"role": "system", "content": QUESTIONS[0]}, {"role": "user", "content": record["instruction"]},
+                      {"role": "assistant", "content": QUESTIONS[4]}]}
+        for record in TRAINING
+    ]  # fmt: skip
+    (files / "chat.json").write_text(json.dumps(chats))
+    config = EvalConfig("AddSub", files / "data", files / "out", train_data=files / "chat.json")
+    [(_, examples)] = load_benchmarks(config)
+    assert [example.seen for example in examples] == [False, True, False, True, False]
+
+
 @pytest.mark.parametrize("exclude", [False, True])
 def test_the_log_and_summary_count_seen_questions_and_exclusion_scores_only_the_rest(
     files, tiny, monkeypatch, caplog, exclude

@@ -41,13 +41,21 @@ def normalise(instruction: str, input_text: str = "") -> str:
 
 def training_questions(train_data: Path, columns: str = "") -> set[str]:
     """The normalised questions of local training data in any shape finetune reads (JSON list, JSONL, CSV,
-    Parquet, a save_to_disk folder), its columns renamed as `--data_columns` says, each record checked."""
+    Parquet, a save_to_disk folder), its columns renamed as `--data_columns` says, each record checked.
+    A chat record's questions are its user turns (a test question is prompted as one)."""
     if not Path(train_data).exists():
         raise InputError(f"training data file {train_data} not found (needed to find seen test questions)")
     # here: the data modules import torch, and --help must not
     from sibo.data_sources import load_record_dataset, parse_columns
 
     records = load_record_dataset(str(train_data), parse_columns(columns))
+    if "messages" in records.column_names:
+        return {
+            normalise(turn["content"])
+            for conversation in records["messages"]
+            for turn in conversation
+            if turn["role"] == "user"
+        }
     return {
         normalise(instruction, input_text)
         for instruction, input_text in zip(records["instruction"], records["input"], strict=True)
