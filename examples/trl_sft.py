@@ -4,8 +4,10 @@
     python examples/trl_sft.py --base_model HuggingFaceTB/SmolLM2-135M --data_path math_10k.json \
         --output_dir out --embedding_lambda 0.1
 
-The records (any data `sibo finetune` reads: JSON, JSONL, CSV, Parquet, a save_to_disk folder or
-a hub name, with --data_columns) become TRL prompt-completion pairs in sibo's one prompt template.
+The instruction records (any data `sibo finetune` reads: JSON, JSONL, CSV, Parquet, a save_to_disk
+folder or a hub name, with --data_columns) become TRL prompt-completion pairs in Alpaca's template.
+Chat records train with `sibo finetune` (the loss on the assistant turns of any chat template; TRL's
+assistant-only loss needs a template with {% generation %} markers).
 TRL then tokenizes them, trains on the completion only (`completion_only_loss`) in packed rows
 (`packing`), and saves an adapter that `sibo.load_sibo_model`, `sibo evaluate` and `sibo export`
 read like one from `sibo finetune`. tests/train/test_trl.py checks that TRL's loss on a batch is

@@ -4,7 +4,7 @@
     encoded = encode_references(references, tokenizer)
     losses = held_out_losses(model, encoded)       # {"rationale": [...], "answer": [...]}, one per reference
 
-For each reference, the prompt (the one template) and the reference output are tokenized exactly
+For each reference, the prompt (Alpaca's template, as the study trains) and the reference output are tokenized exactly
 as the finetune recipe tokenizes a training record (prompt, then output + EOS), so its rationale
 loss is the training loss on a record no run saw: the mean negative log-likelihood per output
 token. The answer loss is the same mean over the answer phrase alone ("The answer is 576." and
