@@ -133,7 +133,8 @@ class ModelConfig:
             raise InputError(f"adapter directory {self.weights_path} does not exist")
         self.base_model = resolve_base_model(self.base_model, self.weights_path)
         self.threads = check_threads(self.threads)
-        self.template_name  # noqa: B018 - a bad --template or a damaged recorded one fails before anything loads
+        # a bad --template, or a damaged recorded one, fails here: before anything loads
+        prompts.template_name(self.template, self.weights_path, self.base_model)
 
     def load(self, **options):
         """(model, tokenizer) through `sibo.checkpoint.load.load_model`; `options`: its other keywords."""
