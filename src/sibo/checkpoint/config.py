@@ -133,8 +133,9 @@ class ModelConfig:
             raise InputError(f"adapter directory {self.weights_path} does not exist")
         self.base_model = resolve_base_model(self.base_model, self.weights_path)
         self.threads = check_threads(self.threads)
-        # a bad --template, or a damaged recorded one, fails here: before anything loads
-        prompts.template_name(self.template, self.weights_path, self.base_model)
+        # alpaca or chat: --template, or for auto the one recorded beside the adapter (else its base: an
+        # export records it too), else Alpaca's. Read here, so a bad or damaged one fails before anything loads.
+        self.template_name = prompts.template_name(self.template, self.weights_path, self.base_model)
 
     def load(self, **options):
         """(model, tokenizer) through `sibo.checkpoint.load.load_model`; `options`: its other keywords."""
@@ -143,18 +144,14 @@ class ModelConfig:
         settings = {name: getattr(self, name) for name in _LOAD_SETTINGS}
         return load_model(self.base_model, self.weights_path, **settings, **options)
 
-    @property
-    def template_name(self) -> str:
-        """alpaca or chat: --template, or for auto the one recorded beside the adapter (else its base: an
-        export records it too), else Alpaca's. Read before the model loads; `prompt_template` checks it."""
-        return prompts.template_name(self.template, self.weights_path, self.base_model)
-
     def prompt_template(self, tokenizer) -> PromptTemplate:
         """The template to prompt with; chat asked of a tokenizer without a chat template is an InputError."""
-        folders = (self.weights_path, self.base_model)
-        template = prompts.resolve_template(self.template, tokenizer, self.base_model, *folders)
+        template = PromptTemplate(self.template_name)
         if template.name == CHAT:
-            recorded = prompts.template_file(*folders) if self.template == AUTO else None
+            prompts.require_chat_template(tokenizer, self.base_model)
+            recorded = (
+                prompts.template_file(self.weights_path, self.base_model) if self.template == AUTO else None
+            )
             logger.info(
                 "prompting with the chat template%s",
                 f" recorded in {recorded}" if recorded else " (--template chat)",
