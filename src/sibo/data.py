@@ -201,14 +201,14 @@ def tokenize_dataset(
         if "messages" in batch:
             places = [f"{where}: record {number}" for number in batch["record"]]
             examples = _tokenize_chat_batch(tokenizer, batch["messages"], places, cutoff_len, train_on_inputs)
-        elif chat_template:
-            rows = zip(batch["instruction"], batch["input"], batch["output"], strict=True)
-            conversations = [chat.instruction_conversation(*row) for row in rows]
-            places = [f"{where}: a record" for _ in conversations]
-            examples = _tokenize_chat_batch(tokenizer, conversations, places, cutoff_len, train_on_inputs)
         else:
-            rows = zip(batch["instruction"], batch["input"], batch["output"], strict=True)
-            examples = _tokenize_batch(tokenizer, list(rows), cutoff_len, train_on_inputs)
+            rows = list(zip(batch["instruction"], batch["input"], batch["output"], strict=True))
+            if chat_template:
+                conversations = [chat.instruction_conversation(*row) for row in rows]
+                places = [f"{where}: a record" for _ in conversations]
+                examples = _tokenize_chat_batch(tokenizer, conversations, places, cutoff_len, train_on_inputs)
+            else:
+                examples = _tokenize_batch(tokenizer, rows, cutoff_len, train_on_inputs)
         columns = {"input_ids": [], "labels": [], "length": [], "was_cut": [], "prompt_only": []}
         for example, was_cut, only_prompt in examples:
             columns["was_cut"].append(was_cut)
@@ -295,12 +295,14 @@ def _tokenize_chat_batch(
             labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, learned, strict=True)]
         input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
         was_cut = len(encoded["input_ids"][index]) > cutoff_len
-        # A causal LM never predicts position 0, so an example needs a label after it.
-        if all(label == IGNORE_INDEX for label in labels[1:]):
-            results.append((None, was_cut, False))
-        else:
-            results.append(({"input_ids": input_ids, "labels": labels}, was_cut, False))
+        example = None if nothing_to_learn(labels) else {"input_ids": input_ids, "labels": labels}
+        results.append((example, was_cut, False))
     return results
+
+
+def nothing_to_learn(labels: list[int]) -> bool:
+    """A causal LM never predicts position 0, so an example needs a label after it."""
+    return all(label == IGNORE_INDEX for label in labels[1:])
 
 
 def build_example(
@@ -311,8 +313,7 @@ def build_example(
     masked = 0 if train_on_inputs else min(len(prompt_ids), len(input_ids))
     labels = [IGNORE_INDEX] * masked + input_ids[masked:]
     was_cut = len(prompt_ids) + len(response_ids) > cutoff_len
-    # A causal LM never predicts position 0, so an example needs a label after it.
-    if all(label == IGNORE_INDEX for label in labels[1:]):
+    if nothing_to_learn(labels):
         return None, was_cut
     return {"input_ids": input_ids, "labels": labels}, was_cut
 
