@@ -15,7 +15,8 @@ from sibo.core.merge import merge_for_inference
 from sibo.decode.batch import MAX_AUTO_BATCH_SIZE, auto_batch_size, generate_batch
 from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import EvalConfig, Shard, evaluate, load_benchmarks, score
+from sibo.eval.results import score
+from sibo.eval.runner import EvalConfig, Shard, evaluate, load_benchmarks
 from sibo.eval.tasks import load_examples, resolve_datasets
 from sibo.prompts import build_prompt, extract_response
 from sibo.testing import build_tiny_model, build_tokenizer

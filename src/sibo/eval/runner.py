@@ -7,7 +7,8 @@ recomputes the whole prefix. Here prompts are sorted by length, batched with lef
 decoded with the KV cache on; the decoding itself is upstream's (4 beams, no sampling, its
 max_new_tokens per family). Every scored example is appended to O/<dataset>.jsonl at once, so a
 killed run resumes where it stopped; at the end the file is rewritten in index order (predictions
-re-read from the stored responses with the current --extraction) and O/summary.json updated.
+re-read from the stored responses with the current --extraction) and O/summary.json updated
+(those files: sibo.eval.results).
 With the chat template (an adapter trained on chat), the question (instruction + input) is the user
 turn and the response the assistant's.
 
@@ -17,7 +18,6 @@ rank scores every N-th pending example into O/<dataset>.rank<r>.jsonl; rank 0 me
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -28,16 +28,9 @@ from typing import TYPE_CHECKING
 from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings, check_fits_context
 from sibo.errors import InputError
 from sibo.eval import contamination
+from sibo.eval.results import DatasetResult, as_line, consolidate, read_records, score, write_summary
 from sibo.eval.tasks import EXTRACTION_MODES, Example, Task, load_examples, resolve_datasets
-from sibo.files import (
-    EVAL_RUN_FILE,
-    SUMMARY_FILE,
-    claim_output_dir,
-    hold_output_dir,
-    read_json,
-    write_atomically,
-    write_json,
-)
+from sibo.files import EVAL_RUN_FILE, SUMMARY_FILE, claim_output_dir, hold_output_dir, read_json, write_json
 from sibo.prompts import ALPACA, CHAT, PromptTemplate
 
 if TYPE_CHECKING:
@@ -46,8 +39,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 VERB = "evaluate"
-# The decoding settings summary.json records: the ones a batch of questions reads.
-EVAL_DECODING_FIELDS = ("batch_size", "num_beams", "max_new_tokens", "static_cache")
 # what produced the responses in this output directory, checked on resume
 RUN_FILE = EVAL_RUN_FILE
 
@@ -112,18 +103,6 @@ class Shard:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-@dataclass
-class DatasetResult:
-    """How one benchmark went: examples scored and how many were right."""
-
-    n: int
-    correct: int
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.n if self.n else 0.0
 
 
 def accelerate_shard() -> tuple[Shard, torch.device]:
@@ -286,7 +265,7 @@ def evaluate_dataset(
             start += len(batch)
             for example, response in zip(batch, responses, strict=True):
                 record = score(task, example, response, config.extraction, chat)
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                out.write(as_line(record))
                 correct += record["correct"]
             out.flush()
             scored += len(batch)
@@ -306,106 +285,6 @@ def evaluate_dataset(
 def prompt_of(example: Example, tokenizer, template: PromptTemplate = PromptTemplate()) -> str:
     """The benchmark question (instruction + input) as `template` prompts it: with chat, the user turn."""
     return template.prompt(tokenizer, example.instruction, example.input or None)
-
-
-def score(task: Task, example: Example, response: str, extraction: str, chat: bool = False) -> dict:
-    """One output line: the example, the raw response, what was read from it, and whether it is right."""
-    prediction = task.extract(response, example, extraction, chat)
-    return {
-        "index": example.index,
-        "instruction": example.instruction,
-        "input": example.input,
-        "output": response,
-        "prediction": prediction,
-        "label": example.label,
-        "correct": task.is_correct(prediction, example.label),
-    }
-
-
-def read_records(path: Path) -> dict[int, dict]:
-    """The complete records of a results file (first one wins per index); a torn line is skipped, also one
-    cut inside a multi-byte character."""
-    records: dict[int, dict] = {}
-    if not path.is_file():
-        return records
-    with path.open("rb") as lines:
-        for line in lines:
-            try:
-                record = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError, RecursionError):
-                continue  # a line cut short when the run was killed
-            if isinstance(record, dict) and isinstance(record.get("index"), int):
-                records.setdefault(record["index"], record)
-    return records
-
-
-def consolidate(
-    path: Path, task: Task, examples: list[Example], extraction: str, chat: bool = False
-) -> dict[int, dict]:
-    """Merge the rank shards into `path`, drop torn lines and duplicates, re-read every prediction
-    with `extraction`, and rewrite the file in index order (atomically); returns the records."""
-    shards = sorted(path.parent.glob(f"{task.name}.rank*.jsonl"))
-    if not path.is_file() and not shards:
-        return {}
-    records = read_records(path)
-    for shard in shards:
-        for index, record in read_records(shard).items():
-            records.setdefault(index, record)
-    by_index = {example.index: example for example in examples}
-    for index, record in records.items():
-        example = by_index.get(index)
-        if example is None or record.get("instruction") != example.instruction or "output" not in record:
-            raise InputError(
-                f"{path} holds results for other data (record {index} does not match {task.name} "
-                f"example {index}): use another --output_dir"
-            )
-    rescored = {
-        index: score(task, by_index[index], records[index]["output"], extraction, chat)
-        for index in sorted(records)
-    }
-    write_atomically(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rescored.values()))
-    for shard in shards:
-        shard.unlink()
-    return rescored
-
-
-def scored_datasets(summary: Path) -> dict | None:
-    """{dataset: its n, correct, accuracy…} of an earlier run's summary.json; {} when there is none yet,
-    None when it is damaged."""
-    if not summary.is_file():
-        return {}
-    try:
-        datasets = read_json(summary).get("datasets", {})
-    except (InputError, AttributeError):
-        return None
-    return datasets if isinstance(datasets, dict) else None
-
-
-def write_summary(
-    config: EvalConfig, results: dict[str, DatasetResult], run: dict, overlap: dict[str, dict]
-) -> None:
-    """summary.json: accuracy per dataset (and how many of its questions the training data holds),
-    kept across runs that share the output directory."""
-    file = config.output_dir / SUMMARY_FILE
-    datasets = scored_datasets(file)
-    if datasets is None:
-        logger.warning("%s was damaged: it now holds this run's datasets only", file)
-        datasets = {}
-    for name, result in results.items():
-        datasets[name] = {
-            "n": result.n,
-            "correct": result.correct,
-            "accuracy": result.accuracy,
-            **overlap.get(name, {}),
-        }
-    summary = {
-        "run": run,
-        "extraction": config.extraction,
-        "decoding": {name: getattr(config.decoding, name) for name in EVAL_DECODING_FIELDS},
-        "train_data": str(config.train_data) if config.train_data else None,
-        "datasets": datasets,
-    }
-    write_json(file, summary)
 
 
 def prompt_lengths(

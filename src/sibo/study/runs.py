@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sibo.eval.runner import DatasetResult, EvalConfig, evaluate, scored_datasets
+from sibo.eval.results import DatasetResult, scored_datasets
+from sibo.eval.runner import EvalConfig, evaluate
 from sibo.eval.tasks import Example, Task
 from sibo.files import SUMMARY_FILE, TRAIN_METRICS_FILE, read_json
 from sibo.train.config import FinetuneConfig
