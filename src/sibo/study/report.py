@@ -37,6 +37,7 @@ def summarize(results: dict[str, dict], allow_other_code: bool = False) -> dict:
     for result in results.values():
         if not result["run"]["tuning"]:
             arms.setdefault(result["run"]["arm"], {})[result["run"]["seed"]] = result
+    arms = {arm: arms[arm] for arm in ARMS if arm in arms}  # the protocol's order, in tables and plot
     return {
         "code_versions": versions,
         "tuning": summarize_tuning(tuning),
@@ -188,7 +189,7 @@ def tables(summary: dict) -> str:
     arms = summary["arms"]
     if arms:
         points = list(next(iter(arms.values()))["loss"])
-        lines += ["", "held-out loss (mean NLL per rationale token), mean ± std over seeds:", ""]
+        lines += ["", "held-out loss (mean NLL per rationale token), mean ± std over seeds (a bare number: one seed):", ""]
         lines.append("| arm | lr | seeds | " + " | ".join(f"step {p}" for p in points) + " | accuracy |")
         lines.append("|---|---|---|" + "---|" * (len(points) + 1))
         for arm, row in arms.items():
@@ -227,8 +228,10 @@ def tables(summary: dict) -> str:
 
 
 def mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
+    """'mean ± std' over seeds; one seed has no spread to show."""
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def interval_text(interval: dict | None) -> str:
