@@ -189,7 +189,11 @@ def tables(summary: dict) -> str:
     arms = summary["arms"]
     if arms:
         points = list(next(iter(arms.values()))["loss"])
-        lines += ["", "held-out loss (mean NLL per rationale token), mean ± std over seeds (a bare number: one seed):", ""]
+        lines += [
+            "",
+            "held-out loss (mean NLL per rationale token), mean ± std over seeds (a bare number: one seed):",
+            "",
+        ]
         lines.append("| arm | lr | seeds | " + " | ".join(f"step {p}" for p in points) + " | accuracy |")
         lines.append("|---|---|---|" + "---|" * (len(points) + 1))
         for arm, row in arms.items():
