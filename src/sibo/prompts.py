@@ -149,11 +149,8 @@ def template_name(requested: str, *folders: str | Path | None) -> str:
     return (recorded_template(*folders) or ALPACA) if requested == AUTO else requested
 
 
-def resolve_template(
-    requested: str, tokenizer, model_name: str, *folders: str | Path | None
-) -> PromptTemplate:
-    """`requested` (alpaca, chat, or auto: the recorded one, else Alpaca's) checked against the tokenizer."""
-    name = template_name(requested, *folders)
+def checked_template(name: str, tokenizer, model_name: str) -> PromptTemplate:
+    """The template `name` (alpaca or chat); chat asked of a tokenizer without a chat template is an InputError."""
     if name == CHAT:
         require_chat_template(tokenizer, model_name)
     return PromptTemplate(name)

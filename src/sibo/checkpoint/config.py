@@ -146,9 +146,8 @@ class ModelConfig:
 
     def prompt_template(self, tokenizer) -> PromptTemplate:
         """The template to prompt with; chat asked of a tokenizer without a chat template is an InputError."""
-        template = PromptTemplate(self.template_name)
+        template = prompts.checked_template(self.template_name, tokenizer, self.base_model)
         if template.name == CHAT:
-            prompts.require_chat_template(tokenizer, self.base_model)
             recorded = (
                 prompts.template_file(self.weights_path, self.base_model) if self.template == AUTO else None
             )

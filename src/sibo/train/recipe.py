@@ -29,7 +29,7 @@ from sibo.data_sources import load_record_dataset, parse_columns
 from sibo.decode.settings import context_length
 from sibo.errors import InputError
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
-from sibo.prompts import ALPACA, AUTO, CHAT, PromptTemplate, resolve_template, write_template
+from sibo.prompts import ALPACA, AUTO, CHAT, PromptTemplate, checked_template, write_template
 from sibo.train.adapter import add_boosted_adapter, build_peft_config
 from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmup_warning
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
@@ -194,7 +194,7 @@ def training_template(config: FinetuneConfig, chat_records: bool, tokenizer) -> 
             f"{config.data_path} holds chat records, which Alpaca's template cannot render: use --template chat "
             "(or auto)"
         )
-    return resolve_template(requested, tokenizer, config.base_model)
+    return checked_template(requested, tokenizer, config.base_model)
 
 
 def packed_attention(model: torch.nn.Module, dtype: torch.dtype) -> str:
