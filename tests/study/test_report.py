@@ -1,7 +1,9 @@
-"""The study's report on hand-made run results: the protocol's arm order, and one seed shown as one seed."""
+"""The study's report on hand-made run results: the protocol's arm order, one seed shown as one seed, one
+plot panel per comparison."""
 
 import pytest
 
+from sibo.study import report
 from sibo.study.report import summarize, tables
 
 
@@ -36,3 +38,18 @@ def test_several_seeds_show_mean_and_spread():
     runs = {f"{arm}{seed}": result(arm, seed, [value, value]) for arm in ("lora", "lora-sibo0.2")
             for seed, value in ((0, 0.4), (1, 0.6))}  # fmt: skip
     assert "| lora | 0.003 | 2 | 1.0000 ± 0.0000 | 0.5000 ± 0.1414 | - |" in tables(summarize(runs))
+
+
+def test_the_plot_gives_each_comparison_its_own_panel(monkeypatch, tmp_path):
+    pytest.importorskip("matplotlib")
+    runs = {f"{arm}{seed}": result(arm, seed, [0.5, 0.5]) for seed in (0, 1)
+            for arm in ("lora", "lora-sibo0.2", "lora-sibo0.5", "adapterh", "adapterh-sibo0.2")}  # fmt: skip
+    saved = []
+    monkeypatch.setattr(report, "save_figure", lambda figure, file: saved.append(figure))
+    report.plot_loss_difference(summarize(runs), tmp_path / "plot.png")
+    (figure,) = saved
+    shown = [axes for axes in figure.axes if axes.get_visible()]
+    assert [axes.get_title() for axes in shown] == [
+        "lora-sibo0.2 − lora", "lora-sibo0.5 − lora", "adapterh-sibo0.2 − adapterh",
+    ]  # fmt: skip
+    assert len(figure.axes) == 4  # two columns: the fourth panel is left empty, and hidden

@@ -245,15 +245,20 @@ def interval_text(interval: dict | None) -> str:
 
 
 def plot_loss_difference(summary: dict, file: Path) -> None:
-    """SIBO − plain held-out loss against training step: each seed's line and the seed t-interval band."""
+    """SIBO − plain held-out loss against training step, one panel per comparison (their bands differ
+    in width): the mean, each seed's line and the seed t-interval band."""
     plt = pyplot()
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for number, row in enumerate(summary["comparisons"]):
+    comparisons = summary["comparisons"]
+    columns = min(len(comparisons), 2)
+    rows = math.ceil(len(comparisons) / columns)
+    figure, panels = plt.subplots(rows, columns, figsize=(5 * columns, 3.4 * rows), squeeze=False)
+    used = panels.flat[: len(comparisons)]
+    for number, (axes, row) in enumerate(zip(used, comparisons, strict=True)):
         colour = f"C{number}"
         steps = [int(p) for p in row["loss"]]
         rationale = [row["loss"][p]["rationale"] for p in row["loss"]]
         means = [r["seeds"]["difference"] if "seeds" in r else r["per_seed"][0] for r in rationale]
-        axes.plot(steps, means, marker="o", color=colour, label=f"{row['sibo']} − {row['plain']}")
+        axes.plot(steps, means, marker="o", color=colour)
         if all("seeds" in r for r in rationale):
             axes.fill_between(
                 steps,
@@ -266,11 +271,18 @@ def plot_loss_difference(summary: dict, file: Path) -> None:
             axes.plot(
                 steps, [r["per_seed"][seed] for r in rationale], color=colour, alpha=0.35, linewidth=0.8
             )
-    axes.axhline(0.0, color="black", linewidth=0.8)
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("held-out loss difference (nats per token)")
-    axes.set_title("SIBO − plain on clean test rationales: mean, seeds, 95 % t-band over seeds")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+        axes.axhline(0.0, color="black", linewidth=0.8)
+        axes.set_title(f"{row['sibo']} − {row['plain']}", fontsize=10)
+        axes.grid(alpha=0.3)
+    for axes in panels.flat[len(comparisons) :]:
+        axes.set_visible(False)
+    for axes in used[-columns:]:  # the lowest panel of each column
+        axes.set_xlabel("optimizer step")
+    for axes in panels[:, 0]:
+        axes.set_ylabel("held-out loss difference\n(nats per token)")
+    figure.suptitle(
+        "SIBO − plain on clean test rationales\nmean (dots), each seed (thin lines), 95 % t-band over seeds",
+        fontsize=10,
+    )
     figure.tight_layout()
     save_figure(figure, file)
