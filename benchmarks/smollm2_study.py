@@ -5,6 +5,7 @@ on the test questions math_train_3k does not hold (protocol: docs/BENCHMARKS.md,
     python benchmarks/smollm2_study.py --size cpu --arms lora,lora-sibo0.2     # the primary pair, seeds 0,1,2
     python benchmarks/smollm2_study.py --size cpu                              # every arm (finished runs skipped)
     python benchmarks/smollm2_study.py --size cpu --stage report               # results.json, tables, plot
+    python benchmarks/smollm2_study.py --stage rescore --out DIR               # the addendum's scoring (below)
     python benchmarks/smollm2_study.py --device cuda --size gpu --workers 6 --stage all
     python benchmarks/smollm2_study.py --write_clean_ids                       # regenerate the clean id lists
 
@@ -25,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,6 +46,7 @@ from sibo.study.protocol import (
     accuracy_subset,
     clean_benchmarks,
     clean_ids,
+    code_version,
     write_json,
 )
 from sibo.study.report import plot_loss_difference, summarize, tables
@@ -128,6 +131,50 @@ def run_all(study: Study, runs: list[Run]) -> None:
             study.run(run, train_file, test_references, decoded)
 
 
+RESCORE_FILE = "rescore.json"
+
+
+def rescore(study: Study) -> None:
+    """The addendum of 2026-12-07: score each finished run's final adapter on every clean reference with a
+    rationale and on the tuning slice; check that its losses on the run's own references equal the step
+    the run ended at. Writes runs/<name>/rescore.json; a run already rescored, or whose adapter is gone,
+    is skipped."""
+    from sibo.study.heldout import encode_references, held_out_losses
+
+    _, tune_file = study.training_files()
+    every = Study(**{**study.__dict__, "size": replace(study.size, loss_per_set=None)})
+    references = every.test_references(study.test_benchmarks())
+    tuning = study.tuning_references(tune_file)
+    for name, result in finished_results(study, tuning=False).items():
+        run_dir, adapter = study.out / "runs" / name, study.out / "runs" / name / "adapter"
+        if (run_dir / RESCORE_FILE).is_file() or not adapter.is_dir():
+            continue
+        logger.info("rescoring %s on %d references and %d tuning records", name, len(references), len(tuning))
+        model, tokenizer = load_model(study.base_model, str(adapter), dtype="fp32")
+        model.to(study.device)
+        scored = {
+            part: held_out_losses(model, encode_references(chosen, tokenizer))
+            for part, chosen in (("references", references), ("tuning", tuning))
+        }
+        last = str(max(int(step) for step in result["points"]))
+        position = {r.key: k for k, r in enumerate(references)}
+        own = [scored["references"]["rationale"][position[key]] for key in result["keys"]]
+        check = max(abs(a - b) for a, b in zip(own, result["points"][last]["rationale"], strict=True))
+        if check > 1e-4:
+            logger.warning("%s: rescored losses differ from step %s's by up to %.2g", name, last, check)
+        write_json(
+            run_dir / RESCORE_FILE,
+            {
+                "code_version": code_version(),
+                "step": int(last),
+                "max_difference_from_run": check,
+                "references": {"keys": [r.key for r in references], **scored["references"]},
+                "tuning": {"keys": [r.key for r in tuning], **scored["tuning"]},
+            },
+        )
+        del model
+
+
 def launch_workers(argv: list[str], workers: int) -> None:
     """Run the planned runs in `workers` processes at once (each takes every workers-th run)."""
     children = [
@@ -155,8 +202,9 @@ def report(study: Study) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu", help="quick (tests), cpu or gpu")
-    parser.add_argument("--stage", choices=("tune", "arms", "report", "all"), default="arms",
-                        help="tune: the lr runs; arms: the arms' runs, then the report; all: tune, then arms")  # fmt: skip
+    parser.add_argument("--stage", choices=("tune", "arms", "report", "all", "rescore"), default="arms",
+                        help="tune: the lr runs; arms: the arms' runs, then the report; all: tune, then arms; "
+                             "rescore: score finished runs' adapters on every clean reference")  # fmt: skip
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
     parser.add_argument("--seeds", default="0,1,2", type=lambda text: [int(s) for s in text.split(",")])
     parser.add_argument(
@@ -203,7 +251,9 @@ def main(argv: list[str] | None = None) -> dict | None:
             raise InputError(f"unknown arm(s) {unknown}: choose from {', '.join(ARMS)}")
         out = Path(args.out or f"benchmarks/results/smollm2_heldout/{args.size}")
         study = Study(
-            base_model=dense_copy(args.base_model, out, make=args.shard is None and args.stage != "report"),
+            base_model=dense_copy(
+                args.base_model, out, make=args.shard is None and args.stage not in ("report", "rescore")
+            ),
             base_name=args.base_model,
             train_file=train_file,
             data_dir=data_dir,
@@ -213,6 +263,9 @@ def main(argv: list[str] | None = None) -> dict | None:
             allow_other_code=args.allow_other_code,
             device=args.device,
         )
+        if args.stage == "rescore":
+            rescore(study)
+            return None
         stages = {"all": ["tune", "arms"], "report": []}.get(args.stage, [args.stage])
         for stage in stages:
             runs = planned_runs(argparse.Namespace(**{**vars(args), "stage": stage}), study)

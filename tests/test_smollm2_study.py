@@ -111,6 +111,22 @@ def test_quick_study_tunes_scores_clean_questions_pairs_seeds_and_resumes(
     assert (out / "loss_difference.png").read_bytes()[:4] == b"\x89PNG"
     assert f"lora-sibo0.2 − lora (primary), seeds [0, 1]: {comparison['verdict']}" in capsys.readouterr().out
 
+    # the addendum's rescoring: every arm run's final adapter on every clean reference and the tuning slice,
+    # equal to what the run measured at its last step; a rescored run is not scored again
+    study.main([*flags, "--stage", "rescore"])
+    rescored = {path.parent.name: json.loads(path.read_text()) for path in out.glob("runs/*/rescore.json")}
+    assert sorted(rescored) == sorted(
+        f"{arm}_seed{seed}" for arm in ("lora", "lora-sibo0.2") for seed in (0, 1)
+    )
+    again = rescored["lora-sibo0.2_seed1"]
+    assert again["references"]["keys"] == run["keys"] and again["step"] == 4
+    assert again["references"]["rationale"] == pytest.approx(run["points"]["4"]["rationale"], abs=1e-4)
+    assert again["max_difference_from_run"] <= 1e-4
+    assert again["tuning"]["keys"] == [f"tune/{i}" for i in range(4)] and len(again["tuning"]["answer"]) == 4
+    stamps = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/rescore.json")}
+    study.main([*flags, "--stage", "rescore"])
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
     # resumed: every run is skipped, nothing is rewritten
     stamps = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/result.json")}
     caplog.clear()
