@@ -21,7 +21,7 @@ from sibo.checkpoint.load import RESIDUAL_DIR, load_model
 from sibo.cli import main as cli_main
 from sibo.core.h0_branches import UP_BUFFER
 from sibo.core.merge import merge_for_inference
-from sibo.core.peft_model import boosted_adapter
+from sibo.checkpoint.peft_model import boosted_adapter
 from sibo.errors import InputError
 from sibo.files import RUN_MARKER
 from sibo.prompts import TEMPLATE_FILE, PromptTemplate, write_template

@@ -24,7 +24,7 @@ from sibo import get_sibo_model, load_sibo_model
 from sibo.checkpoint.export import ExportConfig, export_adapter
 from sibo.checkpoint.load import load_model
 from sibo.cli.finetune import parse_config
-from sibo.core.peft_model import boosted_adapter
+from sibo.checkpoint.peft_model import boosted_adapter
 from sibo.errors import InputError
 from sibo.testing import build_tiny_model, build_tokenizer
 from sibo.train.adapter import build_peft_config

@@ -27,7 +27,7 @@ from peft import LoraConfig, PeftModel
 from sibo.checkpoint.config import EXPORT_VERB, ExportConfig
 from sibo.checkpoint.load import booster_line_off
 from sibo.core.merge import boosted_lambdas, fold, lora_layers, merge_exactly, unmergeable_reason
-from sibo.core.peft_model import boosted_adapter, get_sibo_model
+from sibo.checkpoint.peft_model import boosted_adapter, get_sibo_model
 from sibo.errors import InputError
 from sibo.files import LOCK_FILE, RESIDUAL_DIR, RUN_MARKER, disk_full, hold_output_dir, write_json
 from sibo.prompts import TEMPLATE_FILE, PromptTemplate, build_prompt, write_template

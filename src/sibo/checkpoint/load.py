@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from sibo.checkpoint.gguf import find_gguf, load_gguf_model, load_gguf_tokenizer
 from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
-from sibo.core.peft_model import boosted_adapter, load_sibo_model
+from sibo.checkpoint.peft_model import boosted_adapter, load_sibo_model
 from sibo.errors import InputError, first_line
 from sibo.files import RESIDUAL_DIR
 from sibo.hub import require_hub

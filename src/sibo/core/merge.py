@@ -21,7 +21,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
 from sibo.core.h0_branches import add_h0_branches
-from sibo.core.peft_model import boosted_adapter
+from sibo.checkpoint.peft_model import boosted_adapter
 from sibo.errors import InputError
 
 logger = logging.getLogger(__name__)

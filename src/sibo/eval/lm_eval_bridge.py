@@ -21,7 +21,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
 from sibo.checkpoint.load import load_model, load_tokenizer
-from sibo.core.peft_model import sibo_settings
+from sibo.checkpoint.peft_model import sibo_settings
 
 logger = logging.getLogger(__name__)
 

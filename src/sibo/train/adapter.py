@@ -9,7 +9,7 @@ import torch
 from peft import get_peft_model
 
 import sibo
-from sibo.core.peft_model import boost_adapter, boosted_adapter
+from sibo.checkpoint.peft_model import boost_adapter, boosted_adapter
 from sibo.errors import InputError, first_line
 from sibo.train.config import FinetuneConfig
 
