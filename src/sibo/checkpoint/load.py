@@ -14,8 +14,9 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from sibo.checkpoint.gguf import find_gguf, load_gguf_model, load_gguf_tokenizer
+from sibo.checkpoint.peft_model import load_sibo_model
 from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
-from sibo.checkpoint.peft_model import boosted_adapter, load_sibo_model
+from sibo.core.booster import find_boost
 from sibo.errors import InputError, first_line
 from sibo.files import RESIDUAL_DIR
 from sibo.hub import require_hub
@@ -201,6 +202,6 @@ def _load_residual(model, base_model: str, residual: Path, lam: float | None, is
     logger.info(
         "exact export %s: the merged base and its SIBO residual adapter (λ·ΔW·h0 on %d modules)",
         base_model,
-        len(boosted_adapter(model).layers),
+        len(find_boost(model).layers),
     )
     return model

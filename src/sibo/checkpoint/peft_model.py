@@ -33,6 +33,7 @@ from sibo.core.booster import (
     SiboConfig,
     boost,
     capture_initial_state,
+    find_boost,
     find_transformer_blocks,
 )
 from sibo.errors import InputError, first_line
@@ -248,13 +249,8 @@ def load_sibo_model(
 
 def sibo_settings(model: torch.nn.Module, adapter_name: str = "default") -> SiboConfig | None:
     """The SIBO settings an adapter is boosted with, or None for a plain PEFT adapter."""
-    adapter = getattr(model, "_sibo_adapters", {}).get(adapter_name)
+    adapter = find_boost(model, adapter_name)
     return None if adapter is None else adapter.config
-
-
-def boosted_adapter(model: torch.nn.Module, adapter_name: str = "default") -> BoostedAdapter | None:
-    """The boosted layers, their blocks and λ of an adapter (None for a plain PEFT adapter)."""
-    return getattr(model, "_sibo_adapters", {}).get(adapter_name)
 
 
 def write_sibo_config(
