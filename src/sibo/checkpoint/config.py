@@ -148,6 +148,10 @@ class ModelConfig:
         # alpaca or chat: --template, or for auto the one recorded beside the adapter (else its base: an
         # export records it too), else Alpaca's. Read here, so a bad or damaged one fails before anything loads.
         self.template_name = prompts.template_name(self.template, self.weights_path, self.base_model)
+        # where auto found it (None: --template given, or nothing recorded and so Alpaca's)
+        self.template_file = (
+            prompts.template_file(self.weights_path, self.base_model) if self.template == AUTO else None
+        )
 
     def load(self, **options):
         """(model, tokenizer) through `sibo.checkpoint.load.load_model`; `options`: its other keywords."""
@@ -160,12 +164,9 @@ class ModelConfig:
         """The template to prompt with; chat asked of a tokenizer without a chat template is an InputError."""
         template = prompts.checked_template(self.template_name, tokenizer, self.base_model)
         if template.name == CHAT:
-            recorded = (
-                prompts.template_file(self.weights_path, self.base_model) if self.template == AUTO else None
-            )
             logger.info(
                 "prompting with the chat template%s",
-                f" recorded in {recorded}" if recorded else " (--template chat)",
+                f" recorded in {self.template_file}" if self.template_file else " (--template chat)",
             )
         return template
 

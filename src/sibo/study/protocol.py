@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,7 +24,7 @@ from sibo.eval.contamination import normalise
 from sibo.eval.results import read_records
 from sibo.eval.runner import EvalConfig, load_benchmarks
 from sibo.eval.tasks import Example, Task
-from sibo.files import TRAIN_METRICS_FILE, read_json
+from sibo.files import TRAIN_METRICS_FILE, read_json, write_atomically
 from sibo.study.analyze import layer_similarity
 from sibo.study.heldout import HeldOutLossCallback, Reference, encode_references
 from sibo.study.runs import train_adapter, train_and_score
@@ -363,9 +362,7 @@ def code_version() -> str:
 def write_json(file: Path, value: object) -> None:
     """Whole or not at all: a killed study never leaves a half result that a rerun would trust."""
     file.parent.mkdir(parents=True, exist_ok=True)
-    partial = file.with_name(f".{file.name}.partial")
-    partial.write_text(json.dumps(value, separators=(",", ":"), default=str) + "\n")
-    os.replace(partial, file)
+    write_atomically(file, json.dumps(value, separators=(",", ":"), default=str) + "\n")
 
 
 def clean_benchmarks(train_file: Path, data_dir: Path) -> list[tuple[Task, list[Example]]]:
