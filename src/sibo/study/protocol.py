@@ -27,14 +27,13 @@ from sibo.eval.tasks import Example, Task
 from sibo.files import TRAIN_METRICS_FILE, read_json, write_atomically
 from sibo.study.analyze import layer_similarity
 from sibo.study.heldout import HeldOutLossCallback, Reference, encode_references
-from sibo.study.runs import train_adapter, train_and_score
+from sibo.study.runs import LORA_TARGETS, train_adapter, train_and_score
 from sibo.train.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
 SETS = ("AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps")
 LOSS_SETS = SETS[:-1]  # mawps' test records carry no reference output
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 LEARNING_RATES = (3e-4, 1e-3, 3e-3)
 SIMILARITY_SET = "gsm8k"
 SETTINGS_FILE, RESULT_FILE, LOSSES_FILE = "settings.json", "result.json", "losses.json"

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# the SIBO paper's LoRA targets (LLM-Adapters' q, k, v, up, down), for the demo and the SmolLM2 study
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+
 
 def train_adapter(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None) -> dict:
     """Fine-tune; returns what `finetune` does ({"train": metrics, …, "finished": True} when nothing was
