@@ -12,11 +12,11 @@ _EXPORTS = {
     # importing the bottleneck subpackage registers the method with peft
     "BottleneckConfig": "sibo.adapters.bottleneck",
     "SiboConfig": "sibo.core.config",
-    "boost_adapter": "sibo.core.peft_model",
-    "get_sibo_model": "sibo.core.peft_model",
-    "load_sibo_model": "sibo.core.peft_model",
+    "boost_adapter": "sibo.checkpoint.peft_model",
+    "get_sibo_model": "sibo.checkpoint.peft_model",
+    "load_sibo_model": "sibo.checkpoint.peft_model",
     "mix_initial_residual": "sibo.core.booster",
-    "sibo_settings": "sibo.core.peft_model",
+    "sibo_settings": "sibo.checkpoint.peft_model",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -71,11 +71,6 @@ def cut_at_next_section(completion: str) -> str:
     return completion if end == len(completion) else completion[:end].rstrip()
 
 
-def extract_response(generated: str) -> str:
-    """The model's answer from a decoded prompt + completion (or from a completion alone)."""
-    return cut_at_next_section(generated.split(RESPONSE_MARKER, 1)[-1]).strip()
-
-
 def chat_messages(instruction: str, input: str | None = None) -> list[dict[str, str]]:
     """An instruction, and its input below it, as one user turn (how chat prompts a benchmark question)."""
     return [{"role": "user", "content": f"{instruction}\n\n{input}" if input else instruction}]

@@ -42,8 +42,6 @@ CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
     "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-CAUSAL_ARCHITECTURES = ("llama", "mistral", "qwen2", "gptj", "gpt_neox", "opt", "gpt2", "bloom")
-ENCODER_ARCHITECTURES = ("bert", "roberta")
 
 
 def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512) -> PreTrainedTokenizerFast:

@@ -19,9 +19,9 @@ from sibo.checkpoint.config import ModelConfig
 from sibo.checkpoint.export import STATE_DICT_FILE, ExportConfig, export_adapter
 from sibo.checkpoint.load import RESIDUAL_DIR, load_model
 from sibo.cli import main as cli_main
+from sibo.core.booster import find_boost
 from sibo.core.h0_branches import UP_BUFFER
 from sibo.core.merge import merge_for_inference
-from sibo.core.peft_model import boosted_adapter
 from sibo.errors import InputError
 from sibo.files import RUN_MARKER
 from sibo.prompts import TEMPLATE_FILE, PromptTemplate, write_template
@@ -63,7 +63,7 @@ def boosted_model(
 
 
 def boosted_names(model) -> list[str]:
-    return sorted(layer.name.removeprefix("base_model.model.") for layer in boosted_adapter(model).layers)
+    return sorted(layer.name.removeprefix("base_model.model.") for layer in find_boost(model).layers)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_exact_hf_export_reloads_with_the_unmerged_logits(
     model = boosted_model(tokenizer, arch, learnable=learnable, **lora_overrides)
     if learnable:  # make the blocks' λ differ, so a mixed-up block index would show
         with torch.no_grad():
-            boosted_adapter(model).lambdas.logits.copy_(torch.tensor([-2.0, 1.0]))
+            find_boost(model).lambdas.logits.copy_(torch.tensor([-2.0, 1.0]))
     expected, names = logits(model, batch), boosted_names(model)
     report = export_adapter(model, tokenizer, ExportConfig(tmp_path / "out"))
 
@@ -304,7 +304,7 @@ def test_merged_for_inference_decodes_like_the_unmerged_model(tokenizer, batch, 
     model = boosted_model(tokenizer, arch, lam=lam, learnable=learnable, lora_bias=arch == "opt")
     if learnable:
         with torch.no_grad():
-            boosted_adapter(model).lambdas.logits.copy_(torch.tensor([-2.0, 1.0]))
+            find_boost(model).lambdas.logits.copy_(torch.tensor([-2.0, 1.0]))
     expected_logits, expected_tokens = logits(model, batch), greedy(model, tokenizer, batch)
     names = boosted_names(model)
     merged = merge_for_inference(model)

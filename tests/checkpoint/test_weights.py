@@ -258,7 +258,7 @@ def test_a_damaged_file_is_one_line_exit_2_and_nothing_written(
 def test_what_slips_past_the_check_is_still_an_input_error(
     saved, tmp_path, monkeypatch, kind, fault, message
 ):
-    for module in ("sibo.checkpoint.load", "sibo.core.peft_model"):
+    for module in ("sibo.checkpoint.load", "sibo.checkpoint.peft_model"):
         monkeypatch.setattr(f"{module}.check_weights_dir", lambda *args: None)
     folder, name, _, _ = KINDS[kind]
     damaged = shutil.copytree(saved / folder, tmp_path / folder)

@@ -12,7 +12,7 @@ from sibo import get_sibo_model
 from sibo.decode.batch import MAX_AUTO_BATCH_SIZE, auto_batch_size, generate_batch
 from sibo.decode.settings import CPU_BATCH_SIZE, DecodingSettings
 from sibo.errors import InputError
-from sibo.prompts import build_prompt, extract_response
+from sibo.prompts import PromptTemplate, build_prompt
 from sibo.testing import build_tiny_model, build_tokenizer
 
 MATH = [
@@ -96,7 +96,7 @@ def test_each_prompt_is_prefilled_once_for_all_its_beams_with_the_same_responses
     )
     responses = generate_batch(model, tokenizer, prompts, num_beams=3, max_new_tokens=10)
     assert prefilled == [inputs["input_ids"].shape]  # (2, T): once per prompt, not per beam
-    assert responses == [extract_response(p + c) for p, c in zip(prompts, new, strict=True)]
+    assert responses == [PromptTemplate().response(c) for c in new]
 
 
 def test_decoding_uses_the_kv_cache_and_upstreams_beams(tiny, monkeypatch):

@@ -7,8 +7,9 @@ import torch
 from peft import LoraConfig
 
 from sibo import get_sibo_model
+from sibo.checkpoint.config import context_length
 from sibo.cli import main as cli_main
-from sibo.decode.settings import DecodingSettings, context_length
+from sibo.decode.settings import DecodingSettings
 from sibo.decode.stream import (
     _until_next_section,
     generate_response,

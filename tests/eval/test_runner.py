@@ -18,7 +18,7 @@ from sibo.errors import InputError
 from sibo.eval.results import score
 from sibo.eval.runner import EvalConfig, Shard, evaluate, load_benchmarks
 from sibo.eval.tasks import load_examples, resolve_datasets
-from sibo.prompts import build_prompt, extract_response
+from sibo.prompts import PromptTemplate, build_prompt
 from sibo.testing import build_tiny_model, build_tokenizer
 
 ADDSUB = [
@@ -140,7 +140,7 @@ def test_an_answer_run_on_into_a_new_prompt_scores_as_the_answer_alone(
         cache_implementation="dynamic",
     )
     assert responses == [answer, answer]
-    assert extract_response(prompt + run_on) == answer  # cut even when decoding ran on (a stop string missed)
+    assert PromptTemplate().response(run_on) == answer  # cut even when decoding ran on (a stop string missed)
     for extraction in ("careful", "legacy"):
         assert score(task, example, responses[0], extraction)["correct"]
     # uncut, the seed's rule reads the last number before its own cut at "### Response:": the new question's

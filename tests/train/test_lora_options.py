@@ -24,7 +24,7 @@ from sibo import get_sibo_model, load_sibo_model
 from sibo.checkpoint.export import ExportConfig, export_adapter
 from sibo.checkpoint.load import load_model
 from sibo.cli.finetune import parse_config
-from sibo.core.peft_model import boosted_adapter
+from sibo.core.booster import find_boost
 from sibo.errors import InputError
 from sibo.testing import build_tiny_model, build_tokenizer
 from sibo.train.adapter import build_peft_config
@@ -140,7 +140,7 @@ def test_boosted_option_equals_the_formula_reloads_and_exports_exactly(tokenizer
             assert torch.equal(held, W0)
     adapted = {name.rsplit(".", 1)[-1] for name in initial}
     assert adapted == (set(LINEAR) if option == "all-linear" else set(config.target_modules))
-    boosted = {layer.name.rsplit(".", 1)[-1] for layer in boosted_adapter(model).layers}
+    boosted = {layer.name.rsplit(".", 1)[-1] for layer in find_boost(model).layers}
     assert boosted == adapted & BOOSTED
 
     train_a_little(model)

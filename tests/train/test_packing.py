@@ -151,7 +151,7 @@ def test_packed_and_padded_batches_give_the_same_loss_and_gradients_with_sibo(to
     # init_lora_weights=False: B is random, so the boosted branches (and h0) change the loss.
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[architecture], init_lora_weights=False)
     model = sibo.get_sibo_model(base, lora, lam=0.3, targets="all")
-    assert sibo.core.peft_model.boosted_adapter(model).layers  # SIBO is really on
+    assert sibo.core.booster.find_boost(model).layers  # SIBO is really on
     model.eval()  # no dropout: both layouts must see the same function
 
     losses, gradients = [], []

@@ -23,6 +23,8 @@ EXPORT_VERB = "export"
 FORMATS = ("hf", "state_dict")
 # What ModelConfig passes on to load_model, by the same names.
 _LOAD_SETTINGS = ("lam", "quantization", "dtype", "trust_remote_code", "task", "threads")
+# Config fields that name a model's context length, in the order architectures use them.
+_CONTEXT_LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
 THREADS_HELP = (
     "torch CPU threads (default: $OMP_NUM_THREADS when set, else the physical cores divided by the "
     "processes torchrun or accelerate started on this machine)"
@@ -56,6 +58,16 @@ def resolve_base_model(base_model: str | None, weights_path: str | os.PathLike |
             f"the base model recorded in {config_file}, {recorded}, does not exist: pass --base_model"
         )
     return recorded
+
+
+def context_length(model) -> int | None:
+    """The longest sequence the model's config allows, or None when the config names no limit."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in _CONTEXT_LENGTH_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def default_threads() -> int:
@@ -136,6 +148,10 @@ class ModelConfig:
         # alpaca or chat: --template, or for auto the one recorded beside the adapter (else its base: an
         # export records it too), else Alpaca's. Read here, so a bad or damaged one fails before anything loads.
         self.template_name = prompts.template_name(self.template, self.weights_path, self.base_model)
+        # where auto found it (None: --template given, or nothing recorded and so Alpaca's)
+        self.template_file = (
+            prompts.template_file(self.weights_path, self.base_model) if self.template == AUTO else None
+        )
 
     def load(self, **options):
         """(model, tokenizer) through `sibo.checkpoint.load.load_model`; `options`: its other keywords."""
@@ -148,12 +164,9 @@ class ModelConfig:
         """The template to prompt with; chat asked of a tokenizer without a chat template is an InputError."""
         template = prompts.checked_template(self.template_name, tokenizer, self.base_model)
         if template.name == CHAT:
-            recorded = (
-                prompts.template_file(self.weights_path, self.base_model) if self.template == AUTO else None
-            )
             logger.info(
                 "prompting with the chat template%s",
-                f" recorded in {recorded}" if recorded else " (--template chat)",
+                f" recorded in {self.template_file}" if self.template_file else " (--template chat)",
             )
         return template
 

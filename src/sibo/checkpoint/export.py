@@ -26,8 +26,9 @@ from peft import LoraConfig, PeftModel
 
 from sibo.checkpoint.config import EXPORT_VERB, ExportConfig
 from sibo.checkpoint.load import booster_line_off
+from sibo.checkpoint.peft_model import get_sibo_model
+from sibo.core.booster import find_boost
 from sibo.core.merge import boosted_lambdas, fold, lora_layers, merge_exactly, unmergeable_reason
-from sibo.core.peft_model import boosted_adapter, get_sibo_model
 from sibo.errors import InputError
 from sibo.files import LOCK_FILE, RESIDUAL_DIR, RUN_MARKER, disk_full, hold_output_dir, write_json
 from sibo.prompts import TEMPLATE_FILE, PromptTemplate, build_prompt, write_template
@@ -175,7 +176,7 @@ def _write_residual(
     )
     with booster_line_off():
         model = get_sibo_model(merged, residual_config, lam=1.0, targets="all")
-    boosted = {layer.name.removeprefix("base_model.model.") for layer in boosted_adapter(model).layers}
+    boosted = {layer.name.removeprefix("base_model.model.") for layer in find_boost(model).layers}
     if boosted != set(residual):
         raise RuntimeError(f"the residual adapter boosts {sorted(boosted)}, expected {sorted(residual)}")
     layers = lora_layers(model, "default")

@@ -13,12 +13,15 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from sibo.checkpoint.config import ModelConfig
 from sibo.checkpoint.gguf import find_gguf, load_gguf_model, load_gguf_tokenizer
+from sibo.checkpoint.peft_model import load_sibo_model
 from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
-from sibo.core.peft_model import boosted_adapter, load_sibo_model
+from sibo.core.booster import find_boost
 from sibo.errors import InputError, first_line
 from sibo.files import RESIDUAL_DIR
 from sibo.hub import require_hub
+from sibo.prompts import PromptTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +193,22 @@ def load_model(
     return model, tokenizer
 
 
+def load_for_decoding(
+    source: ModelConfig, merge: bool = True, device_map: str | dict | None = None
+) -> tuple[torch.nn.Module, object, PromptTemplate]:
+    """(model, tokenizer, template): the one way generate, evaluate, export, the studies and the lm-eval
+    bridge load a model to decode with. The template is the one the adapter was trained with (or
+    `source.template`), checked against the tokenizer; `merge`: the exact merge kept in memory (same
+    outputs, fewer kernels; an adapter without an exact merged form stays unmerged)."""
+    model, tokenizer = source.load(device_map=device_map)
+    template = source.prompt_template(tokenizer)
+    if merge:
+        from sibo.core.merge import merge_for_inference
+
+        model = merge_for_inference(model)
+    return model, tokenizer, template
+
+
 def _load_residual(model, base_model: str, residual: Path, lam: float | None, is_trainable: bool):
     """An exact export's residual adapter: λ·s·B held at λ = 1, so a λ given here would be wrong."""
     if lam is not None:
@@ -201,6 +220,6 @@ def _load_residual(model, base_model: str, residual: Path, lam: float | None, is
     logger.info(
         "exact export %s: the merged base and its SIBO residual adapter (λ·ΔW·h0 on %d modules)",
         base_model,
-        len(boosted_adapter(model).layers),
+        len(find_boost(model).layers),
     )
     return model

@@ -108,14 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from sibo.eval.contamination import recorded_data_columns, recorded_training_data
-    from sibo.eval.runner import (
-        EvalConfig,
-        accelerate_shard,
-        claim_eval_dir,
-        evaluate,
-        load_benchmarks,
-        run_record,
-    )
+    from sibo.eval.runner import EvalConfig, evaluate_model
 
     # a bad model flag, or a missing or malformed data file, stops us before any model loads
     source = ModelConfig(**dataclass_values(args, ModelConfig, skip=("task",)))
@@ -134,29 +127,10 @@ def run(args: argparse.Namespace) -> int:
         or ("" if flags.train_data else recorded_data_columns(source.weights_path)),
         template=source.template_name,
     )
-    benchmarks = load_benchmarks(config)
-    run_info = {
-        "base_model": source.base_model,
-        "weights_path": source.weights_path,
-        "embedding_lambda": source.lam,
-        "quantization": source.quantization,
-        "dtype": source.dtype,
-        "model": flags.model,
-        "adapter": flags.adapter,
-    }
-    shard, device = accelerate_shard()
-    if shard.is_main:  # a folder that is not this run's stops us before any model loads too
-        claim_eval_dir(config, run_record(config, run_info), dry_run=True)
-
-    device_map = {"": str(device)} if device.type != "cpu" else None
-    model, tokenizer = source.load(device_map=device_map)
-    source.prompt_template(tokenizer)  # chat asked of a tokenizer without one: one line, nothing written yet
-    if flags.merge:
-        from sibo.core.merge import merge_for_inference
-
-        model = merge_for_inference(model)
-    results = evaluate(model, tokenizer, config, benchmarks, run_info, shard)
-    if shard.is_main:
+    results, is_main = evaluate_model(
+        source, config, {"model": flags.model, "adapter": flags.adapter}, flags.merge
+    )
+    if is_main:
         print(format_table(results))
         print(f"results in {config.output_dir}")
     return 0

@@ -40,14 +40,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from sibo.checkpoint.export import export_adapter
-    from sibo.checkpoint.load import RESIDUAL_DIR
-    from sibo.prompts import PromptTemplate, recorded_template
+    from sibo.checkpoint.load import RESIDUAL_DIR, load_for_decoding
 
     config = ExportConfig(**dataclass_values(args, ExportConfig, skip=("adapter_name",)))
     source = ModelConfig(**dataclass_values(args, ModelConfig, skip=SKIPPED_MODEL_FLAGS))
-    recorded = recorded_template(source.weights_path, source.base_model)
-    model, tokenizer = source.load()
-    report = export_adapter(model, tokenizer, config, PromptTemplate(recorded) if recorded else None)
+    model, tokenizer, template = load_for_decoding(source, merge=False)
+    # the export carries the adapter's record of its template; an adapter without one gets none
+    report = export_adapter(model, tokenizer, config, template if source.template_file else None)
     if report.residual_modules:
         print(
             f"exact export: merged base + SIBO residual adapter on {len(report.residual_modules)} modules "

@@ -98,12 +98,9 @@ def run(args: argparse.Namespace) -> int:
         title = f"SIBO · {Path(source.weights_path or source.base_model).name or 'model'}"
         serve_config = ServeConfig(host=flags.host, port=flags.port, share=flags.share, title=title)
         require_gradio()  # a missing gradio should say so before the model loads
-    model, tokenizer = source.load()
-    template = source.prompt_template(tokenizer)
-    if flags.merge:
-        from sibo.core.merge import merge_for_inference
+    from sibo.checkpoint.load import load_for_decoding
 
-        model = merge_for_inference(model)
+    model, tokenizer, template = load_for_decoding(source, merge=flags.merge)
     if serve_config is not None:
         from sibo.decode.app import build_app, launch_app
 

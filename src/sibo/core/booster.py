@@ -101,6 +101,12 @@ class BoostedAdapter:
         return self.config.lam if self.lambdas is None else self.lambdas(block)
 
 
+def find_boost(model: nn.Module, adapter_name: str = "default") -> BoostedAdapter | None:
+    """The boost of an adapter of a SIBO PeftModel (`sibo.checkpoint.peft_model` keeps them in
+    `_sibo_adapters`); None for a plain PEFT adapter."""
+    return getattr(model, "_sibo_adapters", {}).get(adapter_name)
+
+
 def mix_initial_residual(x: torch.Tensor, h0: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
     """(1-λ)·x + λ·h0 — SIBO's initial residual, in x's dtype, device and layout."""
     if h0.dtype != x.dtype or h0.device != x.device:  # a model split over devices, or a bf16 branch

@@ -20,8 +20,8 @@ import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
+from sibo.core.booster import find_boost
 from sibo.core.h0_branches import add_h0_branches
-from sibo.core.peft_model import boosted_adapter
 from sibo.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def unmergeable_reason(model: PeftModel, adapter_name: str, lambdas: dict[str, f
             "a bottleneck adapter cannot be merged into the base weights: its branch up(act(down(·))) is "
             "nonlinear. Keep the adapter and load it with sibo.load_sibo_model"
         )
-    if peft_type != "LORA" and boosted_adapter(model, adapter_name) is not None:
+    if peft_type != "LORA" and find_boost(model, adapter_name) is not None:
         return f"sibo export merges boosted LoRA adapters only, not {peft_type}"
     if getattr(model.base_model.model.config, "quantization_config", None) is not None:
         return "a quantized base model has no merged form: load it without --load_8bit/--load_4bit"
@@ -93,7 +93,7 @@ def merge_exactly(
 
 def boosted_lambdas(model: PeftModel, adapter_name: str) -> dict[str, float]:
     """Each boosted module's name relative to the base model, with the λ of its block."""
-    adapter = boosted_adapter(model, adapter_name)
+    adapter = find_boost(model, adapter_name)
     if adapter is None:
         return {}
     prefix = "base_model.model."

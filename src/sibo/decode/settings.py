@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sibo.checkpoint.config import context_length
 from sibo.errors import InputError
 from sibo.prompts import PromptTemplate
 
@@ -22,9 +23,6 @@ CPU_BATCH_SIZE = 8  # --batch_size auto off a GPU: CPU decoding gains little fro
 ONE_ANSWER_TOKENS = 128  # max_new_tokens of `sibo generate` when none is given
 # LLM-Adapters' evaluate.py decodes with 4 beams; `sibo evaluate` and `sibo sweep` keep that default.
 UPSTREAM_EVAL_BEAMS = 4
-
-# Config fields that name a model's context length, in the order architectures use them.
-_CONTEXT_LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
 
 
 @dataclass
@@ -86,16 +84,6 @@ class DecodingSettings:
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kwargs
-
-
-def context_length(model: torch.nn.Module) -> int | None:
-    """The longest sequence the model's config allows, or None when the config names no limit."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for name in _CONTEXT_LENGTH_FIELDS:
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def check_fits_context(model: torch.nn.Module, prompt_tokens: int, max_new_tokens: int, what: str) -> None:

@@ -20,8 +20,10 @@ import logging
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
-from sibo.checkpoint.load import load_model, load_tokenizer
-from sibo.core.peft_model import sibo_settings
+from sibo.checkpoint.config import ModelConfig
+from sibo.checkpoint.load import load_for_decoding, load_tokenizer
+from sibo.checkpoint.peft_model import sibo_settings
+from sibo.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ MODEL_NAME = "sibo"
 
 @register_model(MODEL_NAME)
 class SiboLM(HFLM):
-    """HFLM whose model is a base model plus a (SIBO) adapter loaded by `sibo.checkpoint.load.load_model`.
+    """HFLM whose model is a base model plus a (SIBO) adapter loaded by `sibo.checkpoint.load.load_for_decoding`.
 
     Model args beyond HFLM's: `peft` (or `weights_path`): the adapter folder; `lam`: SIBO's λ,
     overriding the stored one; `quantization`: 8bit or 4bit.
@@ -50,6 +52,8 @@ class SiboLM(HFLM):
         self.sibo_weights = weights_path or peft
         self.sibo_lam = None if lam in (None, "") else float(lam)
         self.sibo_quantization = quantization or None
+        if self.sibo_quantization not in (None, "8bit", "4bit"):
+            raise InputError(f"quantization must be 8bit or 4bit, got {quantization!r}")
         if not kwargs.get("tokenizer"):
             # the adapter's tokenizer when it ships one, as every sibo verb does
             kwargs["tokenizer"] = load_tokenizer(
@@ -78,15 +82,17 @@ class SiboLM(HFLM):
             offload_folder=offload_folder,
             gpus=gpus,
         )
-        self._model, _ = load_model(
-            pretrained,
-            self.sibo_weights,
+        source = ModelConfig(
+            base_model=pretrained,
+            weights_path=self.sibo_weights,
             lam=self.sibo_lam,
-            quantization=self.sibo_quantization,
             dtype=dtype or "auto",
-            device_map=placement.get("device_map"),
             trust_remote_code=bool(trust_remote_code),
+            load_8bit=self.sibo_quantization == "8bit",
+            load_4bit=self.sibo_quantization == "4bit",
         )
+        # the harness formats its own prompts: the template is not ours to apply; unmerged, as HFLM places it
+        self._model, _, _ = load_for_decoding(source, merge=False, device_map=placement.get("device_map"))
         settings = sibo_settings(self._model)
         logger.info(
             "lm-eval model: %s + %s (%s)",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,8 @@ from sibo.prompts import ALPACA, CHAT, PromptTemplate
 
 if TYPE_CHECKING:
     import torch
+
+    from sibo.checkpoint.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +166,32 @@ def evaluate(
             write_summary(config, results, run, overlap)
         shard.barrier()
     return results
+
+
+def evaluate_model(
+    source: ModelConfig, config: EvalConfig, labels: dict | None = None, merge: bool = True
+) -> tuple[dict[str, DatasetResult], bool]:
+    """`sibo evaluate`: load the model `source` names (its own template), score it on every benchmark of
+    `config` on this process's shard; (results, whether this is the main process). `labels`: upstream's
+    --model / --adapter, recorded only. Bad data or a folder not ours stop before any model loads."""
+    from sibo.checkpoint.load import load_for_decoding
+
+    benchmarks = load_benchmarks(config)
+    run_info = {
+        "base_model": source.base_model,
+        "weights_path": source.weights_path,
+        "embedding_lambda": source.lam,
+        "quantization": source.quantization,
+        "dtype": source.dtype,
+        **(labels or {"model": None, "adapter": None}),
+    }
+    shard, device = accelerate_shard()
+    if shard.is_main:
+        claim_eval_dir(config, run_record(config, run_info), dry_run=True)
+    device_map = {"": str(device)} if device.type != "cpu" else None
+    model, tokenizer, template = load_for_decoding(source, merge, device_map)
+    config = replace(config, template=template.name)
+    return evaluate(model, tokenizer, config, benchmarks, run_info, shard), shard.is_main
 
 
 def run_record(config: EvalConfig, run_info: dict | None) -> dict:

@@ -27,7 +27,7 @@ from sibo.errors import InputError
 from sibo.eval.runner import EvalConfig
 from sibo.eval.tasks import Example, Task
 from sibo.files import LOCK_FILE, hold_output_dir, write_json
-from sibo.study.runs import train_and_score
+from sibo.study.runs import LORA_TARGETS, train_and_score
 from sibo.study.synthetic import generate_splits, write_records
 from sibo.train.config import FinetuneConfig
 
@@ -54,7 +54,6 @@ METHODS = {
     "adapter-sibo": Method("Adapter-SIBO", "bottleneck", True),
 }
 # LLM-Adapters' LoRA modules for LLaMA; SIBO ("ffn") boosts the one reading the hidden state: up_proj.
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,17 +24,16 @@ from sibo.eval.contamination import normalise
 from sibo.eval.results import read_records
 from sibo.eval.runner import EvalConfig, load_benchmarks
 from sibo.eval.tasks import Example, Task
-from sibo.files import TRAIN_METRICS_FILE, read_json
+from sibo.files import TRAIN_METRICS_FILE, read_json, write_atomically
 from sibo.study.analyze import layer_similarity
 from sibo.study.heldout import HeldOutLossCallback, Reference, encode_references
-from sibo.study.runs import train_adapter, train_and_score
+from sibo.study.runs import LORA_TARGETS, train_adapter, train_and_score
 from sibo.train.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
 SETS = ("AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps")
 LOSS_SETS = SETS[:-1]  # mawps' test records carry no reference output
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 LEARNING_RATES = (3e-4, 1e-3, 3e-3)
 SIMILARITY_SET = "gsm8k"
 SETTINGS_FILE, RESULT_FILE, LOSSES_FILE = "settings.json", "result.json", "losses.json"
@@ -363,9 +361,7 @@ def code_version() -> str:
 def write_json(file: Path, value: object) -> None:
     """Whole or not at all: a killed study never leaves a half result that a rerun would trust."""
     file.parent.mkdir(parents=True, exist_ok=True)
-    partial = file.with_name(f".{file.name}.partial")
-    partial.write_text(json.dumps(value, separators=(",", ":"), default=str) + "\n")
-    os.replace(partial, file)
+    write_atomically(file, json.dumps(value, separators=(",", ":"), default=str) + "\n")
 
 
 def clean_benchmarks(train_file: Path, data_dir: Path) -> list[tuple[Task, list[Example]]]:

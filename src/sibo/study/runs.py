@@ -3,20 +3,21 @@
     results = train_and_score(base_model, eval_config, benchmarks, finetune_config)  # {set: DatasetResult}
 
 `sibo demo`, `sibo sweep` and benchmarks/smollm2_study.py all make runs this way. Each step is
-skipped when its output is already there (a finished adapter, a summary holding every set), so a
-study stopped part way resumes run by run.
+skipped when its output is already there (this run's finished adapter, by finetune's own settings check;
+a summary holding every set), so a study stopped part way resumes run by run.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from sibo.checkpoint.config import ModelConfig
 from sibo.eval.results import DatasetResult, scored_datasets
 from sibo.eval.runner import EvalConfig, evaluate
 from sibo.eval.tasks import Example, Task
-from sibo.files import SUMMARY_FILE, TRAIN_METRICS_FILE, read_json
+from sibo.files import SUMMARY_FILE
 from sibo.train.config import FinetuneConfig
 
 if TYPE_CHECKING:
@@ -24,20 +25,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# the finetune recipe writes it last: an adapter folder holding it is finished
-FINISHED_ADAPTER = TRAIN_METRICS_FILE
+# the SIBO paper's LoRA targets (LLM-Adapters' q, k, v, up, down), for the demo and the SmolLM2 study
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 
 
 def train_adapter(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None) -> dict:
-    """Fine-tune unless config.output_dir holds a finished adapter; returns its train metrics."""
+    """Fine-tune; returns what `finetune` does ({"train": metrics, …, "finished": True} when nothing was
+    left to train). finetune's own settings check decides about an earlier run in config.output_dir: the
+    same run finished is reused, the same run stopped part way resumes, and a run with other settings is
+    refused (InputError) rather than silently taken for this one."""
     from sibo.train.recipe import finetune
 
-    finished = Path(config.output_dir) / FINISHED_ADAPTER
-    if finished.is_file():
-        logger.info("%s is finished, reusing it", config.output_dir)
-    else:
-        finetune(config, callbacks)
-    return read_json(finished)
+    return finetune(config, callbacks)
 
 
 def train_and_score(
@@ -50,23 +49,27 @@ def train_and_score(
     threads: int | None = None,
 ) -> dict[str, DatasetResult]:
     """Train the adapter (none: the base model alone) and score it on `benchmarks` (on `device`, when
-    given, with `threads` CPU threads); {set: result}.
+    given, with `threads` CPU threads), prompted with the template it was trained with; {set: result}.
 
     A summary in eval_config.output_dir that already holds every set is read, not recomputed.
     """
-    adapter_dir = None
+    adapter_dir, trained = None, False
     if finetune_config is not None:
-        train_adapter(finetune_config, callbacks)
-        adapter_dir = Path(finetune_config.output_dir)
+        trained = not train_adapter(finetune_config, callbacks).get("finished", False)
+        adapter_dir = str(finetune_config.output_dir)
+    if trained:  # scores in the folder, if any, are an earlier adapter's
+        eval_config = replace(eval_config, overwrite=True)
     names = [task.name for task, _ in benchmarks]
     # a damaged summary counts as none: the sets are scored again
-    scored = scored_datasets(eval_config.output_dir / SUMMARY_FILE) or {}
+    scored = {} if trained else scored_datasets(eval_config.output_dir / SUMMARY_FILE) or {}
     if set(names) <= set(scored):
         return {name: DatasetResult(scored[name]["n"], scored[name]["correct"]) for name in names}
-    from sibo.checkpoint.load import load_model
+    from sibo.checkpoint.load import load_for_decoding
 
-    model, tokenizer = load_model(base_model, adapter_dir, threads=threads)
+    source = ModelConfig(base_model=base_model, weights_path=adapter_dir, threads=threads)
+    model, tokenizer, template = load_for_decoding(source, merge=False)
     if device is not None:
         model.to(device)
-    run_info = {"base_model": base_model, "weights_path": str(adapter_dir)}
+    run_info = {"base_model": base_model, "weights_path": adapter_dir}
+    eval_config = replace(eval_config, template=template.name)
     return evaluate(model, tokenizer, eval_config, benchmarks=benchmarks, run_info=run_info)

@@ -105,23 +105,12 @@ def seed_t_interval(a, b, confidence: float = 0.95) -> Interval:
 
 
 def t_quantile(probability: float, df: int) -> float:
-    """Student's t quantile (0.5 < probability < 1), by bisection on its CDF (Simpson's rule on the density)."""
-    log_scale = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def cdf(x: float) -> float:
-        grid = np.linspace(0.0, x, 4001)
-        density = np.exp(log_scale - (df + 1) / 2 * np.log1p(grid**2 / df))
-        weights = np.ones_like(grid)
-        weights[1:-1:2], weights[2:-1:2] = 4, 2
-        return 0.5 + float((weights * density).sum()) * (x / 4000) / 3
-
-    low, high = 0.0, 1.0
-    while cdf(high) < probability:
-        high *= 2
-    for _ in range(60):
-        middle = (low + high) / 2
-        low, high = (middle, high) if cdf(middle) < probability else (low, middle)
-    return (low + high) / 2
+    """Student's t quantile (scipy's; imported here so that `import sibo` stays light)."""
+    try:
+        from scipy.stats import t
+    except ImportError:
+        raise InputError("the seed t-interval needs scipy: pip install 'sibo[eval]' (or scipy)") from None
+    return float(t.ppf(probability, df))
 
 
 def exact_mcnemar(gained: int, lost: int) -> float:

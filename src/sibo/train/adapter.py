@@ -8,8 +8,9 @@ import re
 import torch
 from peft import get_peft_model
 
-import sibo
-from sibo.core.peft_model import boost_adapter, boosted_adapter
+from sibo.adapters.bottleneck import BottleneckConfig
+from sibo.checkpoint.peft_model import boost_adapter
+from sibo.core.booster import find_boost
 from sibo.errors import InputError, first_line
 from sibo.train.config import FinetuneConfig
 
@@ -29,7 +30,7 @@ def add_boosted_adapter(model: torch.nn.Module, peft_config, config: FinetuneCon
     for parameter in model.parameters():
         if parameter.requires_grad and parameter.dtype in (torch.float16, torch.bfloat16):
             parameter.data = parameter.data.float()
-    boosted = boosted_adapter(model)
+    boosted = find_boost(model)
     if config.ffn is False and config.embedding_lambda > 0:
         names = sorted({re.split(r"\.\d+\.", layer.name)[-1] for layer in boosted.layers})
         logger.warning(
@@ -69,7 +70,7 @@ def build_peft_config(config: FinetuneConfig):
             )
         except ValueError as error:
             raise InputError(f"bad LoRA settings: {first_line(error)}") from None
-    return sibo.BottleneckConfig(
+    return BottleneckConfig(
         bottleneck_size=config.bottleneck_size,
         non_linearity=config.non_linearity,
         adapter_dropout=config.adapter_dropout,

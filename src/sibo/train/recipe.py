@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
-import sibo
+from sibo import __version__
+from sibo.checkpoint.config import context_length
 from sibo.checkpoint.load import load_model, require_quantization, resolve_dtype
+from sibo.checkpoint.peft_model import sibo_settings
 from sibo.checkpoint.weights import check_finite
 from sibo.data import PaddedCollator, TokenizedSet, split_validation, tokenize_dataset
 from sibo.data_sources import load_record_dataset, parse_columns
-from sibo.decode.settings import context_length
 from sibo.errors import InputError
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
 from sibo.prompts import ALPACA, AUTO, CHAT, PromptTemplate, checked_template, write_template
@@ -367,7 +368,7 @@ def _train_metrics(trainer: Trainer) -> dict:
 
 def resolved_run_config(run: Run, trainer: Trainer) -> dict:
     """The flags as resolved, plus what the run decided (batching, precision, processes)."""
-    settings = sibo.sibo_settings(run.model)
+    settings = sibo_settings(run.model)
     return {
         "config": asdict(run.config),
         "resolved": {
@@ -391,7 +392,7 @@ def resolved_run_config(run: Run, trainer: Trainer) -> dict:
             "resumed_from": run.resume_from,
         },
         "versions": {
-            "sibo": sibo.__version__,
+            "sibo": __version__,
             "torch": torch.__version__,
             "transformers": _version("transformers"),
             "peft": _version("peft"),

@@ -33,6 +33,7 @@ from sibo.core.booster import (
     SiboConfig,
     boost,
     capture_initial_state,
+    find_boost,
     find_transformer_blocks,
 )
 from sibo.errors import InputError, first_line
@@ -82,10 +83,7 @@ class SiboModelMixin:
         try:
             result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
         except RuntimeError as error:  # size mismatches from load_state_dict
-            raise InputError(
-                f"the adapter at {model_id} does not fit the base model ({_describe(self.base_model.model.config)}): "
-                f"{str(error).strip().splitlines()[-1].strip()}"
-            ) from None
+            raise _does_not_fit(model_id, self.base_model.model.config, error) from None
         check_adapter_fits(self, Path(model_id) / (kwargs.get("subfolder") or ""), adapter_name)
         settings = read_sibo_config(
             Path(model_id) / (kwargs.get("subfolder") or ""), self.base_model.model.config
@@ -228,10 +226,7 @@ def load_sibo_model(
     except (SafetensorError, pickle.UnpicklingError) as error:  # what the check above let through
         raise InputError(f"cannot read the adapter weights in {path}: {first_line(error)}") from None
     except RuntimeError as error:  # size mismatches from load_state_dict
-        raise InputError(
-            f"the adapter at {path} does not fit the base model ({_describe(base_model.config)}): "
-            f"{str(error).strip().splitlines()[-1].strip()}"
-        ) from None
+        raise _does_not_fit(path, base_model.config, error) from None
     check_adapter_fits(model, path, adapter_name)
     if lam is None and settings is None:
         return model
@@ -248,13 +243,8 @@ def load_sibo_model(
 
 def sibo_settings(model: torch.nn.Module, adapter_name: str = "default") -> SiboConfig | None:
     """The SIBO settings an adapter is boosted with, or None for a plain PEFT adapter."""
-    adapter = getattr(model, "_sibo_adapters", {}).get(adapter_name)
+    adapter = find_boost(model, adapter_name)
     return None if adapter is None else adapter.config
-
-
-def boosted_adapter(model: torch.nn.Module, adapter_name: str = "default") -> BoostedAdapter | None:
-    """The boosted layers, their blocks and λ of an adapter (None for a plain PEFT adapter)."""
-    return getattr(model, "_sibo_adapters", {}).get(adapter_name)
 
 
 def write_sibo_config(
@@ -379,6 +369,14 @@ def check_adapter_fits(model: PeftModel, path: Path, adapter_name: str = "defaul
             f"the adapter at {path} does not fit {base}: the base's {missing} {list(expected[missing])} has "
             "no tensor in the adapter"
         )
+
+
+def _does_not_fit(path, base_config, error: RuntimeError) -> InputError:
+    """load_state_dict's size mismatch as one line: its last line names the tensor and both shapes."""
+    return InputError(
+        f"the adapter at {path} does not fit the base model ({_describe(base_config)}): "
+        f"{str(error).strip().splitlines()[-1].strip()}"
+    )
 
 
 def _describe(config) -> str:
