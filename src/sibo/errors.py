@@ -6,7 +6,16 @@ class InputError(ValueError):
 
 
 class Interrupted(Exception):
-    """Ctrl-C, handled: the message says what was kept; the CLI prints it as one line and exits 130."""
+    """Ctrl-C or SIGTERM, handled: the message says what was kept; the CLI prints it as one line and exits
+    `exit_code` (130 for Ctrl-C, 143 for SIGTERM, as a shell reports them)."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a training loop: stop as Ctrl-C would, exit 143."""
 
 
 def first_line(error: BaseException) -> str:

@@ -5,12 +5,12 @@
 - `parse_json` / `read_json`: JSON in, one-line InputError out (malformed, nested too deep, an
   integer too long for Python, not UTF-8).
 - `claim_output_dir`: a verb writes only into an empty folder, its own earlier run (same
-  settings), or one handed over with --overwrite (which clears what the old run wrote); never into
-  a folder holding a model, a dataset or another run's files. `RUN_MARKER` records who owns it.
+  settings), or one handed over with --overwrite; never into a folder holding a model, a dataset or
+  another run's files. `RUN_MARKER` records who owns it and, once the run ends, every file it wrote
+  (while it runs: the files it found there), so --overwrite deletes exactly those — never a file the
+  user added beside them, nor one the same command reads (refused, naming it).
 - `hold_output_dir`: an OS lock (fcntl.flock) on the folder for the whole run; a second run on
-  the same folder stops at once, naming the holder's pid.
-
-Every file name a verb writes is defined here, so ownership knows what a run leaves behind.
+  the same folder stops at once, naming the holder's pid. Its exit records what the run wrote.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from sibo.errors import InputError
 
 # ---------------------------------------------------------------- the names of what verbs write
 
-RUN_MARKER = "sibo_run.json"  # {"verb", "settings"}: which run owns an output folder
+RUN_MARKER = "sibo_run.json"  # {"verb", "settings", "wrote" | "kept"}: which run owns a folder, what it wrote
 LOCK_FILE = ".sibo.lock"  # flock'ed while a run writes the folder; holds the holder's pid
 # finetune
 RUN_CONFIG_FILE = "run_config.json"
@@ -44,6 +44,9 @@ RESIDUAL_DIR = "sibo_residual"
 # analyze
 ANALYZE_RESULTS_FILE = "analyze.json"
 ANALYZE_PLOT_FILE = "analyze.png"
+
+# A folder sibo may not write: read-only file system, permission denied.
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 # What marks a folder as someone else's: the first match names it in the refusal.
 _FOREIGN = (
@@ -158,19 +161,20 @@ def claim_output_dir(
     may_differ: tuple[str, ...] | None = (),
     dry_run: bool = False,
     legacy: Callable[[Path], dict | None] | None = None,
+    reads: Sequence[tuple[str, str | os.PathLike]] = (),
 ) -> dict | None:
     """Make `directory` this run's: returns the settings of this verb's earlier run there (resume), or None
-    when the folder is new, empty, or handed over with `overwrite` (and then cleared).
+    when the folder is new, empty, or handed over with `overwrite` (and then what that run wrote deleted).
 
     Refused in one line: a path that is a file; a folder in use by another run; a folder holding a model,
     a dataset or files sibo did not write; another verb's run; this verb's run with other settings (except
-    keys in `may_differ`; None: any key may differ) unless `overwrite`. `dry_run` checks without writing
-    (call it before the slow part, then again under `hold_output_dir`). `legacy(directory)` recognises a
-    folder this verb wrote before RUN_MARKER existed: it returns its marker, {"verb", "settings"}, or None.
+    keys in `may_differ`; None: any key may differ) unless `overwrite`; a hand-over that would delete a file
+    this command reads (`reads`: (flag, path) pairs). `dry_run` checks without writing (call it before the
+    slow part, then again under `hold_output_dir`). `legacy(directory)` recognises a folder this verb wrote
+    before RUN_MARKER existed: it returns its marker, {"verb", "settings"}, or None.
     """
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise InputError(f"--output_dir {directory} is a file, not a folder")
+    check_folder_path(directory)
     if dry_run and is_main_process():  # the other ranks' check may come after rank 0 took the lock
         _check_unlocked(directory)
     entries = _entries(directory)
@@ -187,8 +191,9 @@ def claim_output_dir(
         changed = _changed(previous, verb, settings, may_differ)
         if not changed:
             if not dry_run:
-                write_json(directory / RUN_MARKER, {"verb": verb, "settings": settings}, default=str)
+                _write_marker(directory, verb, settings, kept=_kept(directory, previous))
             return previous["settings"] or {}
+        _refuse_deleting_inputs(directory, previous, verb, reads)
         if not overwrite:
             raise InputError(
                 f"--output_dir {directory} holds another {previous['verb']} run ({changed}): "
@@ -196,21 +201,132 @@ def claim_output_dir(
             )
         if dry_run:
             return None
-        clear_output_dir(directory)
+        clear_output_dir(directory, previous)
     if dry_run:
         return None
     directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / RUN_MARKER, {"verb": verb, "settings": settings}, default=str)
+    _write_marker(directory, verb, settings, kept=_kept(directory, None))
     return None
 
 
-def clear_output_dir(directory: Path) -> None:
-    """Remove everything a handed-over run wrote (metrics included); the lock stays with its holder."""
-    for entry in _entries(directory):
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+def clear_output_dir(directory: Path, marker: dict | None = None) -> list[str]:
+    """Delete what the run behind `marker` (default: the folder's own) wrote, metrics included, and the
+    folders that leaves empty; files the user put there stay, and so does the lock. Returns what went."""
+    marker = _read_marker(directory) if marker is None else marker
+    gone = owned_files(directory, marker) if marker is not None else []
+    for name in gone:
+        path = directory / name
+        path.unlink(missing_ok=True)
+        for parent in path.parents:
+            if parent == directory or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    return gone
+
+
+# ---------------------------------------------------------------- what a run wrote
+
+# Claimed by this process and not yet ended: hold_output_dir's exit records what the run wrote.
+_CLAIMED: set[Path] = set()
+
+
+def owned_files(directory: Path, marker: dict) -> list[str]:
+    """What the run behind `marker` wrote in `directory` (paths relative to it, the marker aside): the list
+    it recorded when it ended; while it runs (or after a kill) every file but those it found there; for a
+    folder written before sibo recorded this, every file."""
+    now = _files(directory)
+    if isinstance(marker.get("wrote"), list):
+        return sorted(now & {str(name) for name in marker["wrote"]})
+    if isinstance(marker.get("kept"), list):
+        return sorted(now - {str(name) for name in marker["kept"]})
+    return sorted(now)
+
+
+def record_written(directory: str | os.PathLike) -> None:
+    """When the run that claimed `directory` in this process ends: its marker lists what it wrote, so a
+    later --overwrite deletes those files and no file the user adds beside them."""
+    directory = Path(directory)
+    if _resolved(directory) not in _CLAIMED:
+        return
+    _CLAIMED.discard(_resolved(directory))
+    marker = _read_marker(directory)
+    if marker is None or "kept" not in marker:
+        return
+    record = {"verb": marker["verb"], "settings": marker["settings"], "wrote": owned_files(directory, marker)}
+    if not record["wrote"] and not _files(directory):  # it stopped before writing: it leaves nothing behind
+        (directory / RUN_MARKER).unlink(missing_ok=True)
+        return
+    with contextlib.suppress(OSError, InputError):  # a full disk keeps the "kept" form, just as exact
+        write_json(directory / RUN_MARKER, record, default=str)
+
+
+def refuse_replacing(directory: Path, verb: str, reads: Sequence[tuple[str, str | os.PathLike]] = ()) -> None:
+    """For a verb that replaces its earlier output whole (export, demo): the folder's run must be this verb's,
+    and nothing it wrote may be a file this command reads."""
+    marker = _read_marker(directory) if directory.is_dir() else None
+    if marker is None:
+        return
+    if marker["verb"] != verb:
+        raise InputError(
+            f"--output_dir {directory} holds a sibo {marker['verb']} run, not an earlier {verb}: "
+            f"{verb} replaces only its own output; choose another --output_dir"
+        )
+    _refuse_deleting_inputs(directory, marker, verb, reads)
+
+
+def user_files(directory: Path) -> list[str]:
+    """The files in `directory` that the run its marker names did not write (all of them: no marker)."""
+    marker = _read_marker(directory) if directory.is_dir() else None
+    return sorted(_files(directory) - set(owned_files(directory, marker))) if marker else sorted(_files(directory))
+
+
+def written_files(directory: Path) -> list[str]:
+    """Every file under `directory`, relative (the marker and lock aside): a run's record of what it wrote."""
+    return sorted(_files(directory))
+
+
+def _write_marker(directory: Path, verb: str, settings: dict, kept: list[str]) -> None:
+    write_json(directory / RUN_MARKER, {"verb": verb, "settings": settings, "kept": kept}, default=str)
+    _CLAIMED.add(_resolved(directory))
+
+
+def _kept(directory: Path, previous: dict | None) -> list[str]:
+    """The files in `directory` that no sibo run there wrote: the run claiming it now leaves them be."""
+    now = _files(directory)
+    return sorted(now - set(owned_files(directory, previous))) if previous is not None else sorted(now)
+
+
+def _files(directory: Path) -> set[str]:
+    """Every file and link under `directory` (not followed), relative, but the lock and the marker."""
+    found = set()
+    for folder, subfolders, names in os.walk(directory):
+        for name in names + [d for d in subfolders if os.path.islink(os.path.join(folder, d))]:
+            found.add(Path(folder, name).relative_to(directory).as_posix())
+    return found - {LOCK_FILE, RUN_MARKER}
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(path).resolve()
+
+
+def _refuse_deleting_inputs(
+    directory: Path, previous: dict, verb: str, reads: Sequence[tuple[str, str | os.PathLike]]
+) -> None:
+    """A hand-over never deletes what the same command reads (its adapter, data or benchmark files)."""
+    if not reads:
+        return
+    out = _resolved(directory)
+    owned = [_resolved(directory / name) for name in owned_files(directory, previous)]
+    for flag, path in reads:
+        read = _resolved(path)
+        if read in out.parents:  # output_dir inside the folder read: the run's files are not what is read
+            continue
+        target = next((t for t in owned if t == read or read in t.parents), None)
+        if target is not None:
+            raise InputError(
+                f"--output_dir {directory} holds a sibo {previous['verb']} run whose {target} this {verb} "
+                f"reads ({flag} {path}): replacing that run would delete it; choose another --output_dir"
+            )
 
 
 def describe_contents(directory: Path, entries: list[Path] | None = None) -> str:
@@ -273,12 +389,11 @@ def hold_output_dir(
     whoever opened it meanwhile sees it gone and takes a fresh one).
     """
     directory = Path(directory)
+    check_folder_path(directory)
     path = Path(lock_file) if lock_file is not None else directory / LOCK_FILE
     created = not path.parent.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        # unbuffered: a pid that a full disk refuses must not come back as an error on close
-        handle = open(path, "a+b", buffering=0)  # noqa: SIM115 - held across the yield below
+        handle = _open_lock(directory, path)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -296,10 +411,31 @@ def hold_output_dir(
             handle.write(f"{os.getpid()}\n".encode())
         yield
     finally:
+        record_written(directory)
         path.unlink(missing_ok=True)
         handle.close()
         if created and not any(path.parent.iterdir()):
             path.parent.rmdir()  # a run that wrote nothing leaves nothing behind
+
+
+def check_folder_path(directory: Path) -> None:
+    """An --output_dir that can only fail later, refused now: a file, or a symbolic link to nowhere."""
+    if directory.is_symlink() and not directory.exists():
+        raise InputError(f"--output_dir {directory} is a dangling symbolic link (to {os.readlink(directory)})")
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"--output_dir {directory} is a file, not a folder")
+
+
+def _open_lock(directory: Path, path: Path):
+    """The lock file, opened for appending (its folder made); a folder sibo may not write is one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # unbuffered: a pid that a full disk refuses must not come back as an error on close
+        return open(path, "a+b", buffering=0)  # noqa: SIM115 - held across the caller's yield
+    except OSError as error:
+        if error.errno not in UNWRITABLE:
+            raise
+        raise InputError(f"--output_dir {directory}: cannot write there ({error.strerror})") from None
 
 
 def _check_unlocked(directory: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from sibo.cli import main
 from sibo.cli.demo import sibo_command
 from sibo.errors import InputError
-from sibo.files import LOCK_FILE, hold_output_dir
+from sibo.files import LOCK_FILE, RUN_MARKER, hold_output_dir
 from sibo.study.demo import (
     ADAPTER_ROWS_NOTE,
     DEMO_MARKER,
@@ -105,9 +105,9 @@ def test_a_foreign_non_empty_directory_is_refused(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["demo", "--quick", "--output_dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err.strip()
-    assert (
-        error
-        == f"sibo demo: error: {tmp_path} is not empty and not an earlier demo's output: choose another --output_dir"
+    assert error == (
+        f"sibo demo: error: --output_dir {tmp_path} already holds files (notes.txt), not written by a sibo run: "
+        "choose an empty or new --output_dir"
     )
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
@@ -115,10 +115,11 @@ def test_a_foreign_non_empty_directory_is_refused(tmp_path, capsys):
 def test_an_earlier_demo_output_is_cleared_but_foreign_files_are_kept(tmp_path):
     (tmp_path / DEMO_MARKER).write_text("{}")
     (tmp_path / "adapters" / "lora").mkdir(parents=True)
+    (tmp_path / "adapters" / "lora" / "adapter_config.json").write_text("{}")
     (tmp_path / "results.json").write_text("{}")
     (tmp_path / "keep.txt").write_text("user's")
-    prepare_output_dir(tmp_path)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["keep.txt"]
+    prepare_output_dir(tmp_path, tmp_path.parent / "base")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["keep.txt", RUN_MARKER]
 
 
 def test_bad_settings_are_input_errors():

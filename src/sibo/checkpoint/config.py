@@ -204,13 +204,14 @@ class ExportConfig:
     )
 
     def __post_init__(self) -> None:
-        from sibo.files import claim_output_dir
+        from sibo.files import claim_output_dir, refuse_replacing
 
         self.output_dir = Path(self.output_dir)
         if self.format not in FORMATS:
             raise InputError(f"unknown export format {self.format!r}: use one of {FORMATS}")
         # A file, a model, a dataset or another verb's output is refused whatever --overwrite says.
         claim_output_dir(self.output_dir, EXPORT_VERB, {}, self.overwrite, may_differ=None, dry_run=True)
+        refuse_replacing(self.output_dir, EXPORT_VERB)
         if self.output_dir.is_dir() and any(self.output_dir.iterdir()) and not self.overwrite:
             raise InputError(
                 f"output directory {self.output_dir} already exists and is not empty (an earlier export): "

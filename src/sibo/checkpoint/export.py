@@ -30,7 +30,16 @@ from sibo.checkpoint.peft_model import get_sibo_model
 from sibo.core.booster import find_boost
 from sibo.core.merge import boosted_lambdas, fold, lora_layers, merge_exactly, unmergeable_reason
 from sibo.errors import InputError
-from sibo.files import LOCK_FILE, RESIDUAL_DIR, RUN_MARKER, disk_full, hold_output_dir, write_json
+from sibo.files import (
+    LOCK_FILE,
+    RESIDUAL_DIR,
+    RUN_MARKER,
+    disk_full,
+    hold_output_dir,
+    user_files,
+    write_json,
+    written_files,
+)
 from sibo.prompts import TEMPLATE_FILE, PromptTemplate, build_prompt, write_template
 
 logger = logging.getLogger(__name__)
@@ -98,7 +107,8 @@ def export_adapter(
             if template is not None:
                 write_template(staging, template)
                 files.append(staging / TEMPLATE_FILE)
-            write_json(staging / RUN_MARKER, {"verb": EXPORT_VERB, "settings": {}})
+            # what this export wrote: a later --overwrite replaces those files and keeps any the user adds
+            write_json(staging / RUN_MARKER, {"verb": EXPORT_VERB, "settings": {}, "wrote": written_files(staging)})
             report = ExportReport(
                 config.output_dir, exact=not config.approximate or not needs_residual, files=[]
             )
@@ -119,14 +129,25 @@ def export_adapter(
 
 
 def _replace_dir(staging: Path, output_dir: Path) -> None:
-    """Put the finished export in place: an empty output_dir or an earlier export (--overwrite) goes."""
-    if output_dir.exists():
-        earlier = output_dir.with_name(f".{output_dir.name}.replaced")
-        output_dir.rename(earlier)
+    """Put the finished export in place: an empty output_dir, or an earlier export (--overwrite) whose files
+    go while the files the user put beside them move into the new one."""
+    if not output_dir.exists():
         staging.rename(output_dir)
-        shutil.rmtree(earlier)
+        return
+    keep = user_files(output_dir)
+    earlier = output_dir.with_name(f".{output_dir.name}.replaced")
+    output_dir.rename(earlier)
+    staging.rename(output_dir)
+    clashes = [name for name in keep if (output_dir / name).exists()]
+    for name in keep:
+        if name not in clashes:
+            (output_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (earlier / name).rename(output_dir / name)
+    if clashes:  # a user's file under a name the export writes: kept aside, never deleted
+        logger.warning("kept %s from the earlier export's folder in %s: the new export writes those names",
+                       ", ".join(clashes), earlier)  # fmt: skip
     else:
-        staging.rename(output_dir)
+        shutil.rmtree(earlier)
 
 
 def _readable_as_umask_allows(directory: Path) -> None:

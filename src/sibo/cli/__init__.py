@@ -13,12 +13,14 @@ import errno
 import importlib
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sibo.errors import InputError, Interrupted
+from sibo.errors import InputError, Interrupted, Terminated, first_line
+from sibo.files import UNWRITABLE
 
 VERBS = {
     "demo": ("sibo.cli.demo", "offline end-to-end study: fine-tune, evaluate and analyze LoRA vs LoRA-SIBO"),
@@ -71,27 +73,68 @@ def main(argv: list[str] | None = None) -> int:
         rest = [arg for arg in rest if arg not in VERBOSE_FLAGS]
     module = importlib.import_module(VERBS[verb][0])
     try:
-        if verb in PASS_THROUGH_VERBS:
-            with console(verbose):
-                return module.main(rest) or 0
-        # flags first, outside the console: --help and a bad flag import no torch and load nothing
-        args = module.build_parser().parse_args(rest)
-        with console(verbose):
-            return module.run(args) or 0
+        with terminate_as_interrupt():
+            return _run_verb(module, verb, rest, verbose)
     except InputError as error:
         print(f"sibo {verb}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except Interrupted as error:
         print(f"sibo {verb}: {one_line(error)}", file=sys.stderr)
-        return 130
-    except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        print(f"sibo {verb}: error: disk full: could not write {error.filename or 'a file'}", file=sys.stderr)
-        return 2
+        return error.exit_code
+    except Terminated:
+        print(f"sibo {verb}: terminated (SIGTERM): stopped at once", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"sibo {verb}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        line = fault_line(error)
+        if line is None:
+            raise
+        print(f"sibo {verb}: error: {line}", file=sys.stderr)
+        return 2
+
+
+def _run_verb(module, verb: str, rest: list[str], verbose: bool) -> int:
+    if verb in PASS_THROUGH_VERBS:
+        with console(verbose):
+            return module.main(rest) or 0
+    # flags first, outside the console: --help and a bad flag import no torch and load nothing
+    args = module.build_parser().parse_args(rest)
+    with console(verbose):
+        return module.run(args) or 0
+
+
+def fault_line(error: BaseException) -> str | None:
+    """One line for a fault of the machine, not of sibo: a full disk, whatever library raised it (errno
+    ENOSPC, or only its words, as the tokenizers library's plain Exception), or a folder sibo may not
+    write (read-only file system, permission denied). None: not such a fault."""
+    where = getattr(error, "filename", None)
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) or (
+        "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
+    ):
+        return f"disk full: could not write {where or f'a file ({first_line(error)[:200]})'}"
+    if isinstance(error, OSError) and error.errno in UNWRITABLE:
+        return f"cannot write {where or 'a file'}: {error.strerror}"
+    return None
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises Terminated (a KeyboardInterrupt): the verb stops as on Ctrl-C, with one line, exit
+    143; finetune's loop takes it over to stop after the current step."""
+    def terminate(signum, frame):
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def one_line(error: BaseException) -> str:

@@ -40,10 +40,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from sibo.checkpoint.export import export_adapter
+    from sibo.checkpoint.config import EXPORT_VERB
     from sibo.checkpoint.load import RESIDUAL_DIR, load_for_decoding
+    from sibo.files import refuse_replacing
 
     config = ExportConfig(**dataclass_values(args, ExportConfig, skip=("adapter_name",)))
     source = ModelConfig(**dataclass_values(args, ModelConfig, skip=SKIPPED_MODEL_FLAGS))
+    reads = [("--weights_path", source.weights_path), ("--base_model", source.base_model)]
+    refuse_replacing(config.output_dir, EXPORT_VERB, [(flag, path) for flag, path in reads if path])
     model, tokenizer, template = load_for_decoding(source, merge=False)
     # the export carries the adapter's record of its template; an adapter without one gets none
     report = export_adapter(model, tokenizer, config, template if source.template_file else None)

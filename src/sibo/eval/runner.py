@@ -210,7 +210,14 @@ def run_record(config: EvalConfig, run_info: dict | None) -> dict:
 def claim_eval_dir(config: EvalConfig, run: dict, dry_run: bool = False) -> None:
     """output_dir must be empty, this run's earlier results (resumed), or handed over with --overwrite;
     refused in one line otherwise (see sibo.files.claim_output_dir). `dry_run` writes nothing."""
-    claim_output_dir(config.output_dir, VERB, run, config.overwrite, dry_run=dry_run, legacy=_legacy_results)
+    reads = [("--data_dir", config.data_dir)] + [
+        (f"--{key}", run[key]) for key in ("weights_path", "base_model") if run.get(key)
+    ]
+    if config.train_data is not None:
+        reads.append(("--train_data", config.train_data))
+    claim_output_dir(
+        config.output_dir, VERB, run, config.overwrite, dry_run=dry_run, legacy=_legacy_results, reads=reads
+    )
     if not dry_run:
         write_json(config.output_dir / RUN_FILE, run)
 

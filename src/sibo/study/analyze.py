@@ -193,6 +193,8 @@ def claim_analyze_dir(config: AnalyzeConfig, dry_run: bool = False) -> None:
     claim_output_dir(
         config.output_dir, "analyze", json.loads(json.dumps(settings, default=str)), config.overwrite,
         dry_run=dry_run, legacy=_legacy_analysis,
+        reads=[("--data", config.data), ("--base_model", config.base_model)]
+        + [("--weights_path", path) for path in config.weights_paths],
     )  # fmt: skip
 
 

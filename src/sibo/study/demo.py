@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import shutil
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,7 +25,7 @@ from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
 from sibo.eval.runner import EvalConfig
 from sibo.eval.tasks import Example, Task
-from sibo.files import LOCK_FILE, hold_output_dir, write_json
+from sibo.files import claim_output_dir, clear_output_dir, hold_output_dir, refuse_replacing, write_json
 from sibo.study.runs import LORA_TARGETS, train_and_score
 from sibo.study.synthetic import generate_splits, write_records
 from sibo.train.config import FinetuneConfig
@@ -34,8 +33,9 @@ from sibo.train.config import FinetuneConfig
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
-DEMO_MARKER = "demo_config.json"  # an output_dir holding this is a demo's, and may be overwritten
+DEMO_MARKER = "demo_config.json"  # the demo's settings; before sibo_run.json, what marked a demo's folder
 _OWN_ENTRIES = {"data", "adapters", "eval", "analyze", RESULTS_FILE, DEMO_MARKER}
+VERB = "demo"
 
 
 @dataclass(frozen=True)
@@ -133,17 +133,25 @@ class Row:
     adapter_dir: str | None
 
 
-def prepare_output_dir(output_dir: Path) -> None:
-    """Start clean, but only ever delete what an earlier demo wrote (the run's own lock file stays)."""
-    if output_dir.exists() and any(entry.name != LOCK_FILE for entry in output_dir.iterdir()):
-        if not (output_dir / DEMO_MARKER).is_file():
-            raise InputError(
-                f"{output_dir} is not empty and not an earlier demo's output: choose another --output_dir"
-            )
-        for entry in output_dir.iterdir():
-            if entry.name in _OWN_ENTRIES:
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    output_dir.mkdir(parents=True, exist_ok=True)
+def prepare_output_dir(output_dir: Path, base_model: Path) -> None:
+    """Start clean, but only ever delete what an earlier demo wrote, saying what: files the user added
+    there (`eval/again`, the demo's suggested command) stay."""
+    refuse_replacing(output_dir, VERB, [("--base_model", base_model)])
+    claim_output_dir(output_dir, VERB, {}, may_differ=None, legacy=_legacy_demo)
+    gone = clear_output_dir(output_dir)  # the claim's marker counts the earlier demo's files as not kept
+    if gone:
+        tops = sorted({name.split("/")[0] + ("/" if "/" in name else "") for name in gone})
+        logger.warning("demo: replacing the earlier demo's %d file(s) in %s (%s)", len(gone), output_dir,
+                       ", ".join(tops))  # fmt: skip
+
+
+def _legacy_demo(directory: Path) -> dict | None:
+    """A demo folder written before sibo_run.json: its own entries are the demo's, anything else the user's."""
+    if not (directory / DEMO_MARKER).is_file():
+        return None
+    wrote = [path.relative_to(directory).as_posix() for name in _OWN_ENTRIES
+             for path in [directory / name, *(directory / name).rglob("*")] if path.is_file()]  # fmt: skip
+    return {"verb": VERB, "settings": None, "wrote": wrote}
 
 
 def run_demo(config: DemoConfig) -> list[Row]:
@@ -170,7 +178,7 @@ def run_study(config: DemoConfig) -> list[Row]:
             f"no demo base model at {base_model}: run `python scripts/pretrain_demo_base.py --out {base_model}`"
         )
     check_weights_dir(base_model)  # before anything is written to output_dir
-    prepare_output_dir(config.output_dir)
+    prepare_output_dir(config.output_dir, base_model)
     write_json(config.output_dir / DEMO_MARKER, asdict(config), default=str)
 
     train, test = generate_splits(config.num_train, config.num_test, seed=config.seed)

@@ -22,7 +22,7 @@ from pathlib import Path
 from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings
 from sibo.errors import InputError
 from sibo.eval.runner import EvalConfig, load_benchmarks
-from sibo.files import hold_output_dir, write_atomically
+from sibo.files import claim_output_dir, hold_output_dir, write_atomically
 from sibo.study.plots import pyplot, save_figure
 from sibo.study.runs import train_and_score
 from sibo.train.config import FinetuneConfig
@@ -100,14 +100,24 @@ def sweep(config: SweepConfig) -> list[SweepRow]:
     ]
     benchmarks = load_benchmarks(runs[0][3])  # the same files for every run: read and checked once
     rows: list[SweepRow] = []
+    claim_sweep_dir(config, dry_run=True)
     # one sweep per folder: a second one stops at once, naming this one's pid
     with hold_output_dir(config.output_dir):
+        claim_sweep_dir(config)
         for number, (lam, seed, finetune_config, eval_config) in enumerate(runs, start=1):
             logger.info("sweep run %d/%d: λ=%g, seed %d", number, len(runs), lam, seed)
             rows.append(run_one(lam, seed, finetune_config, eval_config, benchmarks))
             write_csv(rows, config.output_dir / CSV_FILE)
         plot_accuracy(rows, config.output_dir / PLOT_FILE)
     return rows
+
+
+def claim_sweep_dir(config: SweepConfig, dry_run: bool = False) -> None:
+    """output_dir must be empty or an earlier sweep's (a rerun skips its finished runs; each run's own folder
+    guards its settings): never a folder holding the user's files, a model or data."""
+    reads = [("--data_path", config.finetune.data_path), ("--base_model", config.finetune.base_model),
+             ("--data_dir", config.data_dir)]  # fmt: skip
+    claim_output_dir(config.output_dir, "sweep", {}, may_differ=None, dry_run=dry_run, reads=reads)
 
 
 def run_one(

@@ -64,8 +64,11 @@ def claim_run_dir(config: FinetuneConfig, dry_run: bool = False) -> dict | None:
     settings = run_settings(config)
     resuming = config.resume_from_checkpoint is not None
     may_differ = tuple(key for key in settings if key not in SHAPE_SETTINGS) if resuming else ()
+    reads = [("--data_path", config.data_path), ("--base_model", config.base_model)]
+    if config.resume_from_checkpoint not in (None, "latest"):
+        reads.append(("--resume_from_checkpoint", config.resume_from_checkpoint))
     previous = claim_output_dir(
-        config.output_dir, VERB, settings, config.overwrite, may_differ, dry_run, legacy=_legacy_run
+        config.output_dir, VERB, settings, config.overwrite, may_differ, dry_run, legacy=_legacy_run, reads=reads
     )
     if previous is not None and not dry_run:
         for key in settings:
@@ -118,8 +121,9 @@ def guarded_output_dir(config: FinetuneConfig) -> Iterator[None]:
             claim_run_dir(config)
         try:
             yield
-        except (OSError, RuntimeError, SafetensorError) as error:
-            if not disk_full(error, config.output_dir):
+        except Exception as error:  # the tokenizers library's full disk is a plain Exception
+            library = isinstance(error, (OSError, RuntimeError, SafetensorError))
+            if not (disk_full(error, config.output_dir) if library else "No space left on device" in str(error)):
                 raise
             where = getattr(error, "filename", None) or f"a checkpoint or the adapter in {config.output_dir}"
             raise InputError(
@@ -197,23 +201,26 @@ class StopOnNonFinite(TrainerCallback):
 
 
 class StopOnInterrupt(TrainerCallback):
-    """Ctrl-C: finish the current step (and its checkpoint, if one is due), then report the last complete one."""
+    """Ctrl-C or SIGTERM (a scheduler's stop): finish the current step (and its checkpoint, if one is due),
+    then report the last complete one; exit 130, or 143 for SIGTERM."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.requested: int | None = None  # the signal that asked to stop
+        self._previous: dict = {}
 
     def _request(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C: stop now
+        if self.requested:  # a second one: stop now
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested = signum
         logger.warning("interrupted: stopping after the current step (Ctrl-C again stops at once)")
 
     def on_train_begin(self, args, state, control, **kwargs):
         try:
-            self._previous = signal.signal(signal.SIGINT, self._request)
-        except ValueError:  # not the main thread: Ctrl-C stays Python's
-            self._previous = None
+            self._previous = {number: signal.signal(number, self._request) for number in self.SIGNALS}
+        except ValueError:  # not the main thread: the signals stay Python's
+            self._previous = {}
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.requested:  # a checkpoint due at this step is still written
@@ -222,12 +229,16 @@ class StopOnInterrupt(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.restore()
         if self.requested:
+            kept = find_latest_checkpoint(args.output_dir) is not None
+            hint = "the same command with --resume_from_checkpoint latest continues it" if kept else (
+                "the same command again starts afresh")  # fmt: skip
+            code = 143 if self.requested == signal.SIGTERM else 130
             raise Interrupted(
-                f"interrupted after step {state.global_step}: {last_checkpoint_words(args.output_dir)} "
-                "(continue with --resume_from_checkpoint latest)"
+                f"interrupted after step {state.global_step}: {last_checkpoint_words(args.output_dir)} ({hint})",
+                exit_code=code,
             )
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        self._previous = {}

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments, set_seed
 
 from sibo import __version__
 from sibo.checkpoint.config import context_length
@@ -36,7 +36,7 @@ from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmu
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
 from sibo.train.loraplus import LoraPlusTrainer
 from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
-from sibo.train.resume import find_latest_checkpoint, is_complete_checkpoint, resolve_resume
+from sibo.train.resume import finished_at, find_latest_checkpoint, is_complete_checkpoint, resolve_resume
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ def setup(config: FinetuneConfig) -> Run:
     if quantization:
         require_quantization(quantization)  # now, not after the data has been read
     resume_from, start_adapter = resolve_resume(config.resume_from_checkpoint, config.output_dir)
+    if resume_from is not None:
+        finished_at(resume_from, config.max_steps, config.num_epochs)  # one past --max_steps: refused now
     if resume_from is None and not config.overwrite and any(Path(config.output_dir).glob("checkpoint-*")):
         # A fresh run would mix its checkpoints with these, and `latest` could later pick a stale one.
         raise InputError(
@@ -312,9 +314,21 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
         run.world_size,
     )
     if run.resume_from:
+        finished = finished_at(run.resume_from, config.max_steps, config.num_epochs)
+        if finished is not None:
+            return _finished_trainer(run, trainer, finished)
         logger.info("resuming from %s", run.resume_from)
     with guarded_training(trainer):
         trainer.train(resume_from_checkpoint=run.resume_from)
+    return trainer
+
+
+def _finished_trainer(run: Run, trainer: Trainer, step: int) -> Trainer:
+    """A checkpoint at the run's last step: its weights and state are the run's end, nothing is trained."""
+    logger.info("%s is step %d, the run's last: saving it as the final adapter, training nothing", run.resume_from,
+                step)  # fmt: skip
+    run.model.load_adapter(run.resume_from, "default", is_trainable=True)
+    trainer.state = TrainerState.load_from_json(str(Path(run.resume_from) / "trainer_state.json"))
     return trainer
 
 

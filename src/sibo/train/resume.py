@@ -64,6 +64,23 @@ def resolve_resume(target: str | None, output_dir: str | os.PathLike) -> tuple[s
     )
 
 
+def finished_at(checkpoint: str | os.PathLike, max_steps: int, num_epochs: float) -> int | None:
+    """The step of a complete `checkpoint` when it already ends this run's training (its step is
+    --max_steps, or with --max_steps unset, the last step of the same --num_epochs): resuming it trains
+    nothing. A checkpoint past --max_steps is refused: its weights have trained longer than asked."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    step = state["global_step"]
+    if max_steps > 0 and step > max_steps:
+        raise InputError(
+            f"--resume_from_checkpoint {checkpoint}: it has trained {step} steps, more than --max_steps "
+            f"{max_steps}: resume an earlier checkpoint, or raise --max_steps"
+        )
+    if max_steps > 0:
+        return step if step == max_steps else None
+    same_length = state.get("num_train_epochs") == num_epochs and step >= state.get("max_steps", step + 1)
+    return step if same_length else None
+
+
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
     """A checkpoint Trainer finished writing, whose adapter weights are intact (see checkpoint_problem)."""
     return checkpoint_problem(path) is None

@@ -1,0 +1,146 @@
+"""--overwrite deletes what the earlier run wrote and nothing else: never a file the user put beside it, never
+a file the same command reads (refused, naming it); export replaces only an earlier export; sweep and demo
+claim their folders like every other verb."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+from fault_checks import evaluate_args, finetune_args, make_root, refused, run, snapshot
+from tqdm.auto import tqdm
+
+from sibo.files import RUN_MARKER, claim_output_dir, clear_output_dir, hold_output_dir
+from sibo.study.demo import prepare_output_dir
+
+
+@pytest.fixture(autouse=True)
+def no_progress_bars(monkeypatch):
+    """Trainer's bar shares stderr with the one line these tests count."""
+    monkeypatch.setattr("transformers.trainer_callback.tqdm", functools.partial(tqdm, disable=True))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_root(tmp_path_factory.mktemp("overwrite"))
+
+
+def test_a_run_records_what_it_wrote_and_overwrite_deletes_only_that(tmp_path):
+    out = tmp_path / "out"
+    with hold_output_dir(out):
+        claim_output_dir(out, "evaluate", {"num_beams": 4})
+        (out / "AddSub.jsonl").write_text("{}\n")
+        (out / "sub").mkdir()
+        (out / "sub" / "x.json").write_text("{}")
+    assert json.loads((out / RUN_MARKER).read_text())["wrote"] == ["AddSub.jsonl", "sub/x.json"]
+    (out / "NOTES.txt").write_text("mine")
+    (out / "sub" / "mine.txt").write_text("mine too")
+    claim_output_dir(out, "evaluate", {"num_beams": 1}, overwrite=True)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "NOTES.txt", RUN_MARKER, "sub", "sub/mine.txt"
+    ]  # fmt: skip
+
+
+def test_a_killed_run_owns_every_file_but_those_it_found(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    claim_output_dir(out, "evaluate", {"num_beams": 4})  # no hold: as a run killed before it ended
+    (out / "AddSub.jsonl").write_text("{}\n")
+    assert clear_output_dir(out) == ["AddSub.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [RUN_MARKER]
+
+
+@pytest.mark.integration
+def test_finetune_overwrite_keeps_the_users_notes_and_its_own_data_file(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, finetune_args(root, out, "--max_steps", "2", "--save_step", "1"))[0] == 0
+    (out / "NOTES.txt").write_text("my notes")
+    (out / "mydata.json").write_bytes((root / "records.json").read_bytes())
+    mine = snapshot(out / "NOTES.txt", out / "mydata.json")
+    argv = finetune_args(root, out, "--max_steps", "1", "--learning_rate", "1e-3", "--overwrite")
+    argv[argv.index("--data_path") + 1] = out / "mydata.json"
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    assert snapshot(out / "NOTES.txt", out / "mydata.json") == mine
+    assert not (out / "checkpoint-2").exists()
+    assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 1
+    config = json.loads((out / "run_config.json").read_text())["config"]
+    assert config["data_path"] == str(out / "mydata.json")
+
+
+@pytest.mark.integration
+def test_evaluate_overwrite_of_the_adapter_it_evaluates_is_refused_naming_it(root, tmp_path, capsys):
+    c9 = tmp_path / "c9"
+    assert run(capsys, finetune_args(root, c9, "--max_steps", "1", "--save_step", "1"))[0] == 0
+    for extra in ([], ["--overwrite"]):
+        line = refused(capsys, evaluate_args(root, c9, c9, *extra), c9)
+        assert line.startswith(f"sibo evaluate: error: --output_dir {c9} holds a sibo finetune run whose "), line
+        assert line.endswith(
+            f"this evaluate reads (--weights_path {c9}): replacing that run would delete it; "
+            "choose another --output_dir"
+        ), line
+        assert "pass --overwrite" not in line
+
+
+@pytest.mark.integration
+def test_evaluate_overwrite_keeps_the_users_notes(root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert run(capsys, evaluate_args(root, out))[0] == 0
+    (out / "notes.md").write_text("what I saw")
+    assert run(capsys, evaluate_args(root, out, None, "--num_beams", "2", "--overwrite"))[0] == 0
+    assert (out / "notes.md").read_text() == "what I saw"
+    assert json.loads((out / "run.json").read_text())["num_beams"] == 2
+
+
+@pytest.mark.integration
+def test_export_overwrite_replaces_only_an_earlier_export(root, tmp_path, capsys):
+    adapter = tmp_path / "A"
+    assert run(capsys, finetune_args(root, adapter, "--max_steps", "1"))[0] == 0
+    line = refused(capsys, ["export", "--weights_path", adapter, "--output_dir", adapter, "--overwrite"], adapter)
+    assert line == (
+        f"sibo export: error: --output_dir {adapter} holds a sibo finetune run, not an earlier export: "
+        "export replaces only its own output; choose another --output_dir"
+    )
+    out = tmp_path / "merged"
+    export = ["export", "--weights_path", root / "adapter4", "--base_model", root / "base4", "--output_dir", out]
+    assert run(capsys, export)[0] == 0
+    (out / "NOTES.txt").write_text("mine")
+    assert run(capsys, [*export, "--overwrite"])[0] == 0
+    assert (out / "NOTES.txt").read_text() == "mine"
+    assert "NOTES.txt" not in json.loads((out / RUN_MARKER).read_text())["wrote"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "merged"]  # nothing set aside
+
+
+def test_sweep_refuses_a_folder_of_the_users_files(root, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.csv").write_text("mine\n")
+    (out / "data.json").write_text("[]")
+    argv = ["sweep", *finetune_args(root, out)[1:], "--lambdas", "0.1", "--seeds", "1",
+            "--data_dir", root / "bench", "--datasets", "AddSub"]  # fmt: skip
+    line = refused(capsys, argv, out)
+    assert line == (
+        f"sibo sweep: error: --output_dir {out} already holds a dataset (data.json, sweep.csv), not written "
+        "by a sibo run: choose an empty or new --output_dir"
+    )
+    argv[argv.index("--output_dir") + 1] = root / "base4"
+    line = refused(capsys, argv, root / "base4")
+    assert "already holds a model (config.json, model.safetensors)" in line
+
+
+def test_a_demo_rerun_keeps_what_the_user_added_and_says_what_it_replaces(tmp_path, caplog):
+    out = tmp_path / "sibo_demo"
+    with hold_output_dir(out):
+        prepare_output_dir(out, tmp_path / "base")
+        for name in ("data/train.json", "adapters/lora/adapter_config.json", "eval/lora/AddSub.jsonl"):
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text("{}")
+    (out / "eval" / "again").mkdir()
+    (out / "eval" / "again" / "AddSub.jsonl").write_text("the user's own scoring")
+    with hold_output_dir(out):
+        prepare_output_dir(out, tmp_path / "base")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "eval", "eval/again", "eval/again/AddSub.jsonl", RUN_MARKER
+    ]  # fmt: skip
+    assert f"demo: replacing the earlier demo's 3 file(s) in {out} (adapters/, data/, eval/)" in caplog.text

@@ -1,0 +1,105 @@
+"""Resume is exact about steps, and an interrupted run's hint names a command that works: a checkpoint at
+--max_steps is the end of training (resuming it trains nothing), SIGTERM stops like Ctrl-C (exit 143)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+
+import pytest
+from fault_checks import finetune_args, make_root, refused, run, snapshot
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from sibo.train.guards import StopOnInterrupt
+
+
+@pytest.fixture(autouse=True)
+def no_progress_bars(monkeypatch):
+    """Trainer's bar shares stderr with the one line these tests count."""
+    monkeypatch.setattr("transformers.trainer_callback.tqdm", functools.partial(tqdm, disable=True))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_root(tmp_path_factory.mktemp("resume"))
+
+
+def killed_after_last_checkpoint(out) -> None:
+    """As if the run was stopped after writing its last checkpoint, before the final adapter."""
+    for name in ("train_metrics.json", "adapter_model.safetensors", "adapter_config.json", "run_config.json"):
+        (out / name).unlink()
+
+
+@pytest.mark.integration
+def test_resuming_a_checkpoint_at_max_steps_saves_it_and_trains_nothing(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, finetune_args(root, out, "--max_steps", "2", "--save_step", "1"))[0] == 0
+    killed_after_last_checkpoint(out)
+    checkpoints = snapshot(out / "checkpoint-1", out / "checkpoint-2")
+    code, _, err = run(capsys, [*finetune_args(root, out, "--max_steps", "2", "--save_step", "1"),
+                                "--resume_from_checkpoint", "latest"])  # fmt: skip
+    assert code == 0, err
+    assert not (out / "checkpoint-3").exists()
+    assert snapshot(out / "checkpoint-1", out / "checkpoint-2") == checkpoints
+    assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 2
+    final, last = (load_file(d / "adapter_model.safetensors") for d in (out, out / "checkpoint-2"))
+    assert final.keys() == last.keys() and all((final[k] == last[k]).all() for k in final)
+
+
+@pytest.mark.integration
+def test_a_checkpoint_past_max_steps_is_refused(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, finetune_args(root, out, "--max_steps", "2", "--save_step", "1"))[0] == 0
+    killed_after_last_checkpoint(out)
+    argv = [*finetune_args(root, out, "--max_steps", "1", "--save_step", "1"), "--resume_from_checkpoint",
+            out / "checkpoint-2"]  # fmt: skip
+    line = refused(capsys, argv, out)
+    assert line == (
+        f"sibo finetune: error: --resume_from_checkpoint {out / 'checkpoint-2'}: it has trained 2 steps, more "
+        "than --max_steps 1: resume an earlier checkpoint, or raise --max_steps"
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("number", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_before_the_first_checkpoint_hints_a_command_that_works(
+    root, tmp_path, capsys, monkeypatch, number, code
+):
+    def stop(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            os.kill(os.getpid(), number)
+
+    monkeypatch.setattr(StopOnInterrupt, "on_step_begin", stop, raising=False)
+    out = tmp_path / "run"
+    argv = finetune_args(root, out, "--max_steps", "3", "--save_step", "2")
+    line = refused(capsys, argv, code=code)
+    assert line == (
+        "sibo finetune: interrupted after step 1: no complete checkpoint was written (the same command again "
+        "starts afresh)"
+    )
+    monkeypatch.undo()
+    monkeypatch.setattr("transformers.trainer_callback.tqdm", functools.partial(tqdm, disable=True))
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 3
+
+
+@pytest.mark.integration
+def test_sigterm_stops_after_the_step_naming_the_last_checkpoint(root, tmp_path, capsys, monkeypatch):
+    def stop(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(StopOnInterrupt, "on_step_begin", stop, raising=False)
+    out = tmp_path / "run"
+    line = refused(capsys, finetune_args(root, out, "--max_steps", "6", "--save_step", "2"), code=143)
+    assert line == (
+        f"sibo finetune: interrupted after step 3: the last complete checkpoint is {out / 'checkpoint-2'} "
+        "(the same command with --resume_from_checkpoint latest continues it)"
+    )
+    assert not (out / "train_metrics.json").exists()
+    shutil.rmtree(out)
