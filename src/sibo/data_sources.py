@@ -88,6 +88,8 @@ def _load_file(path: Path):
         )
     if loader == "json" and _first_character(path) == "[":
         return _from_records(read_records_file(path))
+    if loader in ("json", "csv"):
+        check_utf8(path)  # arrow would fail later, on the first row it decodes, with no file named
     try:
         with datasets_bars(path.stat().st_size >= LARGE_FILE_BYTES):
             dataset = datasets.load_dataset(loader, data_files=str(path), split="train")
@@ -103,6 +105,28 @@ def _load_file(path: Path):
             datasets.Features({name: datasets.Value("string") for name in dataset.column_names})
         )
     return dataset
+
+
+def check_utf8(path: Path) -> None:
+    """A text data file must be UTF-8 throughout: the first bad byte is one line naming its line and byte."""
+    import codecs
+
+    decoder, line, offset = codecs.getincrementaldecoder("utf-8")(), 1, 0
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as error:
+                line += chunk[: error.start].count(b"\n")
+                raise InputError(
+                    f"{path}: not UTF-8 text ({error.reason} at byte {offset + error.start}, line {line})"
+                ) from None
+            line += chunk.count(b"\n")
+            offset += len(chunk)
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as error:
+            raise InputError(f"{path}: not UTF-8 text ({error.reason} at its end)") from None
 
 
 def _load_saved(path: Path):

@@ -424,6 +424,13 @@ def check_folder_path(directory: Path) -> None:
         raise InputError(f"--output_dir {directory} is a dangling symbolic link (to {os.readlink(directory)})")
     if directory.exists() and not directory.is_dir():
         raise InputError(f"--output_dir {directory} is a file, not a folder")
+    existing = next(folder for folder in (directory, *directory.absolute().parents) if folder.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):  # before the slow part: the run could save nothing
+        read_only = os.statvfs(existing).f_flag & os.ST_RDONLY
+        raise InputError(
+            f"--output_dir {directory}: cannot write there "
+            f"({'Read-only file system' if read_only else 'Permission denied'})"
+        )
 
 
 def _open_lock(directory: Path, path: Path):

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -45,12 +44,11 @@ def resolve_base_model(base_model: str | None, weights_path: str | os.PathLike |
         return str(base_model)
     if weights_path is None:
         raise InputError("--base_model is required without --weights_path")
+    from sibo.checkpoint.weights import check_adapter_config
+
     config_file = Path(weights_path) / "adapter_config.json"
-    try:
-        recorded = json.loads(config_file.read_text()).get("base_model_name_or_path")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        recorded = None
-    if not recorded:
+    recorded = check_adapter_config(weights_path).get("base_model_name_or_path")
+    if not recorded or not isinstance(recorded, str):
         raise InputError(f"{config_file} records no base model: pass --base_model")
     looks_local = Path(recorded).is_absolute() or recorded.startswith((".", "~"))
     if looks_local and not Path(recorded).expanduser().exists():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -16,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from sibo.checkpoint.config import ModelConfig
 from sibo.checkpoint.gguf import find_gguf, load_gguf_model, load_gguf_tokenizer
 from sibo.checkpoint.peft_model import load_sibo_model
-from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir
+from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_adapter_config, check_weights_dir, weights_files
 from sibo.core.booster import find_boost
 from sibo.errors import InputError, first_line
 from sibo.files import RESIDUAL_DIR
@@ -153,14 +154,20 @@ def load_model(
     ):
         raise InputError(f"base model directory {base_model} does not exist")
     residual = Path(base_model) / RESIDUAL_DIR
-    if weights_path is None and (residual / "adapter_config.json").is_file():
-        weights_path = residual
+    if weights_path is None and (residual.is_dir() or _export_wrote_residual(Path(base_model))):
+        if not residual.is_dir():
+            raise InputError(f"the export at {base_model} is missing its SIBO residual adapter ({residual}): "
+                             "export the adapter again")  # fmt: skip
+        weights_path = residual  # its files are checked below, by name
     if weights_path is not None and not Path(weights_path).is_dir():
         raise InputError(f"adapter directory {weights_path} does not exist")
     torch_dtype = resolve_dtype(dtype)
     quantization = quantization_config(quantization, torch_dtype)
     # before the base loads: a damaged adapter file fails in seconds (load_sibo_model then skips it)
     if weights_path is not None:
+        check_adapter_config(weights_path)
+        if not weights_files(weights_path, ADAPTER_WEIGHTS):  # PEFT would look for them on the Hub
+            raise InputError(f"no adapter weights in {weights_path}: {' or '.join(ADAPTER_WEIGHTS)} is missing")
         check_weights_dir(weights_path, ADAPTER_WEIGHTS)
     if gguf_file is not None:
         if quantization is not None:
@@ -207,6 +214,17 @@ def load_for_decoding(
 
         model = merge_for_inference(model)
     return model, tokenizer, template
+
+
+def _export_wrote_residual(directory: Path) -> bool:
+    """Whether `directory` is an exact `sibo export` that wrote a residual adapter (its run marker says)."""
+    from sibo.files import RUN_MARKER
+
+    try:
+        marker = json.loads((directory / RUN_MARKER).read_text())
+        return marker["verb"] == "export" and any(name.startswith(f"{RESIDUAL_DIR}/") for name in marker["wrote"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _load_residual(model, base_model: str, residual: Path, lam: float | None, is_trainable: bool):

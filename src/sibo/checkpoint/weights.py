@@ -125,3 +125,29 @@ def check_weights_dir(directory: str | os.PathLike, patterns: tuple[str, str] = 
 def _reason(error: Exception) -> str:
     """The error's first sentence: torch's zip errors go on for lines about what may have happened."""
     return first_line(error).split(". ")[0].removeprefix("Error while deserializing header: ")
+
+
+def check_adapter_config(directory: str | os.PathLike) -> dict:
+    """adapter_config.json, read and checked before anything loads: a JSON object naming a PEFT method, with
+    a number wherever that method's config holds one (PEFT would fail far from the file on "r": "eight")."""
+    import dataclasses
+
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    from sibo.files import read_json
+
+    file = Path(directory) / "adapter_config.json"
+    if not file.is_file():
+        raise InputError(f"no adapter at {directory}: adapter_config.json is missing")
+    config = read_json(file)  # empty, truncated, not UTF-8: one line naming the file
+    if not isinstance(config, dict):
+        raise InputError(f"{file}: damaged: a JSON object is expected, not a {type(config).__name__}")
+    config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(str(config.get("peft_type")))
+    if config_class is None:
+        raise InputError(f"{file}: damaged: peft_type {config.get('peft_type')!r} is no PEFT method")
+    for spec in dataclasses.fields(config_class):
+        default, value = spec.default, config.get(spec.name)
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if numeric and spec.name in config and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InputError(f"{file}: damaged: {spec.name} must be a number, got {value!r}"[:300])
+    return config

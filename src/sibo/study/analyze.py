@@ -137,14 +137,24 @@ def layer_similarity(
     return (sums / counted).tolist()
 
 
-def read_texts(path: Path, n: int) -> list[str]:
-    """The first n records of an LLM-Adapters file as full texts: prompt (shared template) + output."""
+def read_texts(path: Path, n: int, tokenizer=None) -> list[str]:
+    """The first n records of a data file as full texts, as finetune writes them: an instruction record as
+    prompt (shared template) + output, a chat record (ShareGPT or messages) through `tokenizer`'s chat
+    template (None: the records are only read and checked)."""
+    from sibo.chat import Conversation, render
     from sibo.data import read_records_file
 
     records = read_records_file(path)
     if len(records) < n:
         logger.info("%s holds %d records, fewer than n=%d: using them all", path, len(records), n)
-    return [build_prompt(record.instruction, record.input or None) + record.output for record in records[:n]]
+    if tokenizer is None:
+        return []
+    return [
+        render(tokenizer, record.messages, f"{path}: record {index}", spans=False)[0]
+        if isinstance(record, Conversation)
+        else build_prompt(record.instruction, record.input or None) + record.output
+        for index, record in enumerate(records[:n])
+    ]
 
 
 def model_labels(weights_paths: list[str]) -> list[str]:
@@ -160,14 +170,15 @@ def analyze(config: AnalyzeConfig) -> dict:
 
     pyplot()  # fail before the long part, not after it, when matplotlib is missing
     claim_analyze_dir(config, dry_run=True)  # and when output_dir is not ours to write
-    texts = read_texts(config.data, config.n)
+    read_texts(config.data, config.n)  # bad records stop us before any model loads
     labels = model_labels(config.weights_paths)
-    similarity = {}
+    similarity, texts = {}, []
     for label, weights_path in zip(labels, [None, *config.weights_paths], strict=True):
-        logger.info("measuring %s on %d records", label, len(texts))
         model, tokenizer = load_model(
             config.base_model, weights_path, dtype=config.dtype, threads=config.threads
         )
+        texts = texts or read_texts(config.data, config.n, tokenizer)  # the base's tokenizer, for every model
+        logger.info("measuring %s on %d records", label, len(texts))
         similarity[label] = layer_similarity(model, tokenizer, texts, config.batch_size, config.max_length)
         del model
     results = {
