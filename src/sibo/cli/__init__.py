@@ -137,9 +137,14 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+MAX_LINE = 600  # characters: a message quoting a huge value is cut, never megabytes on stderr
+
+
 def one_line(error: BaseException) -> str:
-    """The message on one line, whatever it quotes (a record's text may hold newlines)."""
-    return " ".join(str(error).split("\n"))
+    """The message on one line, whatever it quotes (a record's text may hold newlines), at most MAX_LINE
+    characters."""
+    line = " ".join(str(error).split("\n"))
+    return line if len(line) <= MAX_LINE else f"{line[: MAX_LINE - 30]} … ({len(line):,} characters)"
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import re
 from pathlib import Path
 
 from sibo.errors import InputError
@@ -35,6 +36,10 @@ class AbbreviatedConfigFlag(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         raise InputError(f"{CONFIG_FLAG} must be written in full: its file is read before the other flags")
+
+
+MAX_FILE_BYTES = 1 << 20  # a flags file is a few hundred bytes; anything near this is not one
+MAX_LIST_ITEMS = 10_000  # target_modules of the largest models are a few hundred names
 
 
 def split_config_flag(args: list[str]) -> tuple[str | None, list[str]]:
@@ -75,7 +80,13 @@ def read_settings(path: str) -> dict:
     file = Path(path)
     if not file.is_file():
         raise InputError(f"{CONFIG_FLAG} {path}: no such file")
-    settings = read_json(file) if file.suffix.lower() == ".json" else _read_yaml(file)
+    if file.stat().st_size > MAX_FILE_BYTES:
+        raise InputError(f"{path}: {file.stat().st_size:,} bytes, more than a flags file holds ({MAX_FILE_BYTES:,})")
+    if file.suffix.lower() == ".json":
+        settings = read_json(file)
+        _refuse_repeated_json_keys(file)
+    else:
+        settings = _read_yaml(file)
     if isinstance(settings, dict) and isinstance(settings.get("config"), dict):
         settings = settings["config"]
     if settings is None:
@@ -85,12 +96,41 @@ def read_settings(path: str) -> dict:
     return settings
 
 
+def _refuse_repeated_json_keys(file: Path) -> None:
+    """A key given twice in a JSON object: json keeps the last silently; we name both lines."""
+    def pairs(items: list) -> dict:
+        keys = [key for key, _ in items]
+        repeated = next((key for index, key in enumerate(keys) if key in keys[:index]), None)
+        if repeated is not None:
+            text = file.read_text(encoding="utf-8-sig")
+            pattern = re.compile(rf'"{re.escape(repeated)}"\s*:')
+            lines = [text.count("\n", 0, found.start()) + 1 for found in pattern.finditer(text)][:2]
+            where = f" (lines {lines[0]} and {lines[1]})" if len(lines) == 2 else ""
+            raise InputError(f"{file}: key {repeated!r} given twice{where}: keep one"[:300])
+        return dict(items)
+
+    json.loads(file.read_text(encoding="utf-8-sig"), object_pairs_hook=pairs)
+
+
 def _read_yaml(file: Path) -> object:
     # here, not at the top: only a run given --config pays for the import
     import yaml
 
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """SafeLoader that refuses a key given twice in one mapping, naming both lines."""
+
+        def construct_mapping(self, node, deep=False):
+            first = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, str) and key in first:
+                    raise InputError(f"{file}: key {key!r} given twice (lines {first[key]} and "
+                                     f"{key_node.start_mark.line + 1}): keep one"[:300])  # fmt: skip
+                first.setdefault(key, key_node.start_mark.line + 1) if isinstance(key, str) else None
+            return super().construct_mapping(node, deep=deep)
+
     try:
-        return yaml.safe_load(file.read_bytes())
+        return yaml.load(file.read_bytes(), Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except OSError as error:
         raise InputError(f"{file}: cannot be read ({error.strerror})") from None
     except yaml.YAMLError as error:
@@ -123,6 +163,12 @@ def _flag_text(value: object, action: argparse.Action, path: str, name: str) -> 
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, list):
+        if len(value) > MAX_LIST_ITEMS:
+            raise InputError(f"{path}: {name}: {len(value):,} items, more than a list flag takes ({MAX_LIST_ITEMS:,})")
+        nested = next((index for index, item in enumerate(value) if isinstance(item, (list, dict))), None)
+        if nested is not None:
+            raise InputError(f"{path}: {name}: expected a flat list of plain values, but item {nested} is a "
+                             f"{type(value[nested]).__name__}")  # fmt: skip
         # a list flag reads JSON; a flag of comma-separated names (--dataset, --lambdas) reads a,b
         return json.dumps(value) if action.nargs in ("+", "*") else ",".join(map(str, value))
     return str(value)
