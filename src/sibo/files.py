@@ -277,7 +277,11 @@ def refuse_replacing(directory: Path, verb: str, reads: Sequence[tuple[str, str 
 def user_files(directory: Path) -> list[str]:
     """The files in `directory` that the run its marker names did not write (all of them: no marker)."""
     marker = _read_marker(directory) if directory.is_dir() else None
-    return sorted(_files(directory) - set(owned_files(directory, marker))) if marker else sorted(_files(directory))
+    return (
+        sorted(_files(directory) - set(owned_files(directory, marker)))
+        if marker
+        else sorted(_files(directory))
+    )
 
 
 def written_files(directory: Path) -> list[str]:
@@ -421,7 +425,9 @@ def hold_output_dir(
 def check_folder_path(directory: Path) -> None:
     """An --output_dir that can only fail later, refused now: a file, or a symbolic link to nowhere."""
     if directory.is_symlink() and not directory.exists():
-        raise InputError(f"--output_dir {directory} is a dangling symbolic link (to {os.readlink(directory)})")
+        raise InputError(
+            f"--output_dir {directory} is a dangling symbolic link (to {os.readlink(directory)})"
+        )
     if directory.exists() and not directory.is_dir():
         raise InputError(f"--output_dir {directory} is a file, not a folder")
     existing = next(folder for folder in (directory, *directory.absolute().parents) if folder.exists())

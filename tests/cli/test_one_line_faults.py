@@ -37,7 +37,9 @@ DAMAGED_CONFIGS = {
 
 @pytest.mark.parametrize("damage", list(DAMAGED_CONFIGS))
 @pytest.mark.parametrize("verb", ["generate", "export", "evaluate"])
-def test_a_damaged_adapter_config_is_one_line_with_or_without_base_model(root, tmp_path, capsys, verb, damage):
+def test_a_damaged_adapter_config_is_one_line_with_or_without_base_model(
+    root, tmp_path, capsys, verb, damage
+):
     adapter = shutil.copytree(root / "adapter4", tmp_path / "adapter")
     text, words = DAMAGED_CONFIGS[damage]
     (adapter / "adapter_config.json").write_text(text)
@@ -46,7 +48,10 @@ def test_a_damaged_adapter_config_is_one_line_with_or_without_base_model(root, t
         "export": ["export", "--base_model", root / "base4", "--weights_path", adapter, "--output_dir", tmp_path / "o"],
         "evaluate": evaluate_args(root, tmp_path / "o", adapter),
     }[verb]  # fmt: skip
-    for flags in (argv, [arg for index, arg in enumerate(argv) if "--base_model" not in argv[index - 1 : index + 1]]):
+    for flags in (
+        argv,
+        [arg for index, arg in enumerate(argv) if "--base_model" not in argv[index - 1 : index + 1]],
+    ):
         line = refused(capsys, flags, tmp_path)
         assert line.startswith(f"sibo {verb}: error: {adapter / 'adapter_config.json'}: {words}"), line
     assert not (tmp_path / "o").exists()
@@ -68,7 +73,9 @@ def test_a_non_utf8_byte_in_data_is_one_line(root, tmp_path, capsys, name, data,
     line = refused(capsys, argv, tmp_path)
     assert line == f"sibo finetune: error: {tmp_path / name}: not UTF-8 text ({where})"
     if name.endswith(".jsonl"):
-        line = refused(capsys, [*evaluate_args(root, tmp_path / "eval"), "--train_data", tmp_path / name], tmp_path)
+        line = refused(
+            capsys, [*evaluate_args(root, tmp_path / "eval"), "--train_data", tmp_path / name], tmp_path
+        )
         assert line == f"sibo evaluate: error: {tmp_path / name}: not UTF-8 text ({where})"
 
 
@@ -104,7 +111,10 @@ def test_a_dangling_symlink_or_a_file_as_output_dir_is_one_line(root, tmp_path, 
         "sweep": ["sweep", *finetune_args(root, link)[1:], "--datasets", "AddSub", "--data_dir", root / "bench"],
     }[verb]  # fmt: skip
     line = refused(capsys, argv, tmp_path)
-    assert line == f"sibo {verb}: error: --output_dir {link} is a dangling symbolic link (to {tmp_path / 'gone'})"
+    assert (
+        line
+        == f"sibo {verb}: error: --output_dir {link} is a dangling symbolic link (to {tmp_path / 'gone'})"
+    )
     link.unlink()
     link.write_text("mine")
     line = refused(capsys, argv, tmp_path)
@@ -118,7 +128,9 @@ def read_only_disk(tmp_path):
         pytest.skip("mounting a tmpfs needs root")
     disk = tmp_path / "ro"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
         pytest.skip("this machine does not let the test mount a tmpfs")
     yield disk
     subprocess.run(["umount", "--lazy", str(disk)], check=True)
@@ -161,9 +173,13 @@ def test_analyze_reads_chat_records_as_finetune_does(tmp_path, capsys):
     tokenizer.save_pretrained(tmp_path / "base")
     chats = tmp_path / "chats.jsonl"
     chats.write_text(
-        json.dumps({"conversations": [{"from": "human", "value": "Add 1 and 2."}, {"from": "gpt", "value": "3"}]})
+        json.dumps(
+            {"conversations": [{"from": "human", "value": "Add 1 and 2."}, {"from": "gpt", "value": "3"}]}
+        )
         + "\n"
-        + json.dumps({"messages": [{"role": "user", "content": "Add 2 and 2."}, {"role": "assistant", "content": "4"}]})
+        + json.dumps(
+            {"messages": [{"role": "user", "content": "Add 2 and 2."}, {"role": "assistant", "content": "4"}]}
+        )
         + "\n"
     )
     code, _, err = run(capsys, ["analyze", "--base_model", tmp_path / "base", "--data", chats, "--n", "2",

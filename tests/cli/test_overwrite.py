@@ -75,7 +75,9 @@ def test_evaluate_overwrite_of_the_adapter_it_evaluates_is_refused_naming_it(roo
     assert run(capsys, finetune_args(root, c9, "--max_steps", "1", "--save_step", "1"))[0] == 0
     for extra in ([], ["--overwrite"]):
         line = refused(capsys, evaluate_args(root, c9, c9, *extra), c9)
-        assert line.startswith(f"sibo evaluate: error: --output_dir {c9} holds a sibo finetune run whose "), line
+        assert line.startswith(f"sibo evaluate: error: --output_dir {c9} holds a sibo finetune run whose "), (
+            line
+        )
         assert line.endswith(
             f"this evaluate reads (--weights_path {c9}): replacing that run would delete it; "
             "choose another --output_dir"
@@ -97,13 +99,23 @@ def test_evaluate_overwrite_keeps_the_users_notes(root, tmp_path, capsys):
 def test_export_overwrite_replaces_only_an_earlier_export(root, tmp_path, capsys):
     adapter = tmp_path / "A"
     assert run(capsys, finetune_args(root, adapter, "--max_steps", "1"))[0] == 0
-    line = refused(capsys, ["export", "--weights_path", adapter, "--output_dir", adapter, "--overwrite"], adapter)
+    line = refused(
+        capsys, ["export", "--weights_path", adapter, "--output_dir", adapter, "--overwrite"], adapter
+    )
     assert line == (
         f"sibo export: error: --output_dir {adapter} holds a sibo finetune run, not an earlier export: "
         "export replaces only its own output; choose another --output_dir"
     )
     out = tmp_path / "merged"
-    export = ["export", "--weights_path", root / "adapter4", "--base_model", root / "base4", "--output_dir", out]
+    export = [
+        "export",
+        "--weights_path",
+        root / "adapter4",
+        "--base_model",
+        root / "base4",
+        "--output_dir",
+        out,
+    ]
     assert run(capsys, export)[0] == 0
     (out / "NOTES.txt").write_text("mine")
     assert run(capsys, [*export, "--overwrite"])[0] == 0

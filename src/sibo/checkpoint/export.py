@@ -108,7 +108,9 @@ def export_adapter(
                 write_template(staging, template)
                 files.append(staging / TEMPLATE_FILE)
             # what this export wrote: a later --overwrite replaces those files and keeps any the user adds
-            write_json(staging / RUN_MARKER, {"verb": EXPORT_VERB, "settings": {}, "wrote": written_files(staging)})
+            write_json(
+                staging / RUN_MARKER, {"verb": EXPORT_VERB, "settings": {}, "wrote": written_files(staging)}
+            )
             report = ExportReport(
                 config.output_dir, exact=not config.approximate or not needs_residual, files=[]
             )

@@ -167,7 +167,9 @@ def load_model(
     if weights_path is not None:
         check_adapter_config(weights_path)
         if not weights_files(weights_path, ADAPTER_WEIGHTS):  # PEFT would look for them on the Hub
-            raise InputError(f"no adapter weights in {weights_path}: {' or '.join(ADAPTER_WEIGHTS)} is missing")
+            raise InputError(
+                f"no adapter weights in {weights_path}: {' or '.join(ADAPTER_WEIGHTS)} is missing"
+            )
         check_weights_dir(weights_path, ADAPTER_WEIGHTS)
     if gguf_file is not None:
         if quantization is not None:
@@ -222,7 +224,9 @@ def _export_wrote_residual(directory: Path) -> bool:
 
     try:
         marker = json.loads((directory / RUN_MARKER).read_text())
-        return marker["verb"] == "export" and any(name.startswith(f"{RESIDUAL_DIR}/") for name in marker["wrote"])
+        return marker["verb"] == "export" and any(
+            name.startswith(f"{RESIDUAL_DIR}/") for name in marker["wrote"]
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

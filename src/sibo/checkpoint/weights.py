@@ -148,6 +148,10 @@ def check_adapter_config(directory: str | os.PathLike) -> dict:
     for spec in dataclasses.fields(config_class):
         default, value = spec.default, config.get(spec.name)
         numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
-        if numeric and spec.name in config and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        if (
+            numeric
+            and spec.name in config
+            and (isinstance(value, bool) or not isinstance(value, (int, float)))
+        ):
             raise InputError(f"{file}: damaged: {spec.name} must be a number, got {value!r}"[:300])
     return config

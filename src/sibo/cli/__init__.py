@@ -110,8 +110,10 @@ def fault_line(error: BaseException) -> str | None:
     ENOSPC, or only its words, as the tokenizers library's plain Exception), or a folder sibo may not
     write (read-only file system, permission denied). None: not such a fault."""
     where = getattr(error, "filename", None)
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) or (
-        "No space left on device" in str(error) or "Disk quota exceeded" in str(error)
+    if (
+        isinstance(error, OSError)
+        and error.errno in (errno.ENOSPC, errno.EDQUOT)
+        or ("No space left on device" in str(error) or "Disk quota exceeded" in str(error))
     ):
         return f"disk full: could not write {where or f'a file ({first_line(error)[:200]})'}"
     if isinstance(error, OSError) and error.errno in UNWRITABLE:
@@ -123,6 +125,7 @@ def fault_line(error: BaseException) -> str | None:
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM raises Terminated (a KeyboardInterrupt): the verb stops as on Ctrl-C, with one line, exit
     143; finetune's loop takes it over to stop after the current step."""
+
     def terminate(signum, frame):
         raise Terminated
 

@@ -81,7 +81,9 @@ def read_settings(path: str) -> dict:
     if not file.is_file():
         raise InputError(f"{CONFIG_FLAG} {path}: no such file")
     if file.stat().st_size > MAX_FILE_BYTES:
-        raise InputError(f"{path}: {file.stat().st_size:,} bytes, more than a flags file holds ({MAX_FILE_BYTES:,})")
+        raise InputError(
+            f"{path}: {file.stat().st_size:,} bytes, more than a flags file holds ({MAX_FILE_BYTES:,})"
+        )
     if file.suffix.lower() == ".json":
         settings = read_json(file)
         _refuse_repeated_json_keys(file)
@@ -98,6 +100,7 @@ def read_settings(path: str) -> dict:
 
 def _refuse_repeated_json_keys(file: Path) -> None:
     """A key given twice in a JSON object: json keeps the last silently; we name both lines."""
+
     def pairs(items: list) -> dict:
         keys = [key for key, _ in items]
         repeated = next((key for index, key in enumerate(keys) if key in keys[:index]), None)
@@ -164,7 +167,9 @@ def _flag_text(value: object, action: argparse.Action, path: str, name: str) -> 
         return str(value)
     if isinstance(value, list):
         if len(value) > MAX_LIST_ITEMS:
-            raise InputError(f"{path}: {name}: {len(value):,} items, more than a list flag takes ({MAX_LIST_ITEMS:,})")
+            raise InputError(
+                f"{path}: {name}: {len(value):,} items, more than a list flag takes ({MAX_LIST_ITEMS:,})"
+            )
         nested = next((index for index, item in enumerate(value) if isinstance(item, (list, dict))), None)
         if nested is not None:
             raise InputError(f"{path}: {name}: expected a flat list of plain values, but item {nested} is a "

@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sibo.checkpoint.export import export_adapter
     from sibo.checkpoint.config import EXPORT_VERB
+    from sibo.checkpoint.export import export_adapter
     from sibo.checkpoint.load import RESIDUAL_DIR, load_for_decoding
     from sibo.files import refuse_replacing
 

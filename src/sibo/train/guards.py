@@ -68,7 +68,14 @@ def claim_run_dir(config: FinetuneConfig, dry_run: bool = False) -> dict | None:
     if config.resume_from_checkpoint not in (None, "latest"):
         reads.append(("--resume_from_checkpoint", config.resume_from_checkpoint))
     previous = claim_output_dir(
-        config.output_dir, VERB, settings, config.overwrite, may_differ, dry_run, legacy=_legacy_run, reads=reads
+        config.output_dir,
+        VERB,
+        settings,
+        config.overwrite,
+        may_differ,
+        dry_run,
+        legacy=_legacy_run,
+        reads=reads,
     )
     if previous is not None and not dry_run:
         for key in settings:
@@ -123,7 +130,9 @@ def guarded_output_dir(config: FinetuneConfig) -> Iterator[None]:
             yield
         except Exception as error:  # the tokenizers library's full disk is a plain Exception
             library = isinstance(error, (OSError, RuntimeError, SafetensorError))
-            if not (disk_full(error, config.output_dir) if library else "No space left on device" in str(error)):
+            if not (
+                disk_full(error, config.output_dir) if library else "No space left on device" in str(error)
+            ):
                 raise
             where = getattr(error, "filename", None) or f"a checkpoint or the adapter in {config.output_dir}"
             raise InputError(

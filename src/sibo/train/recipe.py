@@ -36,7 +36,7 @@ from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmu
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
 from sibo.train.loraplus import LoraPlusTrainer
 from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
-from sibo.train.resume import finished_at, find_latest_checkpoint, is_complete_checkpoint, resolve_resume
+from sibo.train.resume import find_latest_checkpoint, finished_at, is_complete_checkpoint, resolve_resume
 
 logger = logging.getLogger(__name__)
 
