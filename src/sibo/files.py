@@ -375,8 +375,21 @@ def _changed(previous: dict, verb: str, settings: dict, may_differ: tuple[str, .
     # Compare as JSON stores them (tuples become lists, paths strings).
     now = json.loads(json.dumps(settings, default=str))
     before = previous["settings"]
-    keys = [key for key in {**before, **now} if key not in may_differ and before.get(key) != now.get(key)]
+    keys = [key for key in {**before, **now}
+            if key not in may_differ and not _same_setting(before.get(key), now.get(key))]  # fmt: skip
     return ", ".join(f"{key} {before.get(key)!r} there, {now.get(key)!r} now" for key in keys)
+
+
+def _same_setting(before: object, now: object) -> bool:
+    """Equal, or two spellings of one file or folder (relative and absolute, or through a symlink)."""
+    if before == now:
+        return True
+    if not (isinstance(before, str) and isinstance(now, str) and before and now):
+        return False
+    try:
+        return os.path.samefile(os.path.expanduser(before), os.path.expanduser(now))
+    except (OSError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------- one writer

@@ -11,6 +11,7 @@ import pytest
 from fault_checks import evaluate_args, finetune_args, make_root, refused, run, snapshot
 from tqdm.auto import tqdm
 
+from sibo.errors import InputError
 from sibo.files import RUN_MARKER, claim_output_dir, clear_output_dir, hold_output_dir
 from sibo.study.demo import prepare_output_dir
 
@@ -156,3 +157,15 @@ def test_a_demo_rerun_keeps_what_the_user_added_and_says_what_it_replaces(tmp_pa
         "eval", "eval/again", "eval/again/AddSub.jsonl", RUN_MARKER
     ]  # fmt: skip
     assert f"demo: replacing the earlier demo's 3 file(s) in {out} (adapters/, data/, eval/)" in caplog.text
+
+
+def test_a_path_spelled_another_way_is_the_same_setting(tmp_path, monkeypatch):
+    (tmp_path / "data.json").write_text("[]")
+    (tmp_path / "link.json").symlink_to(tmp_path / "data.json")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    claim_output_dir(out, "finetune", {"data_path": str(tmp_path / "data.json"), "lora_r": 8})
+    for spelling in ("data.json", "./data.json", str(tmp_path / "link.json")):
+        assert claim_output_dir(out, "finetune", {"data_path": spelling, "lora_r": 8}) is not None
+    with pytest.raises(InputError, match=r"holds another finetune run \(data_path .*'missing.json' now\)"):
+        claim_output_dir(out, "finetune", {"data_path": "missing.json", "lora_r": 8})
