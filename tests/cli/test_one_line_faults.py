@@ -186,3 +186,11 @@ def test_analyze_reads_chat_records_as_finetune_does(tmp_path, capsys):
                                 "--output_dir", tmp_path / "out"])  # fmt: skip
     assert code == 0, err
     assert json.loads((tmp_path / "out" / "analyze.json").read_text())["n"] == 2
+
+
+@pytest.mark.parametrize("ratio", ["inf", "nan", "-1"])
+def test_a_loraplus_ratio_that_is_not_finite_is_refused_where_parsed(root, tmp_path, capsys, ratio):
+    line = refused(capsys, finetune_args(root, tmp_path / "out", "--loraplus_lr_ratio", ratio), tmp_path)
+    assert line == (
+        f"sibo finetune: error: --loraplus_lr_ratio must be 0 (off) or a positive finite number, got {float(ratio)}"
+    )

@@ -189,7 +189,7 @@ def test_flags_reach_peft(tmp_path):
     [
         ({"init_lora_weights": "pissa_niter_4"},
          r"--init_lora_weights must be one of true, false, gaussian, orthogonal, pissa, olora, got 'pissa_niter_4'"),
-        ({"loraplus_lr_ratio": -1.0}, r"--loraplus_lr_ratio must be 0 \(off\) or positive, got -1.0"),
+        ({"loraplus_lr_ratio": -1.0}, r"--loraplus_lr_ratio must be 0 \(off\) or a positive finite number, got -1.0"),
         ({"adapter_name": "bottleneck", "use_rslora": True},
          "--use_rslora is a LoRA option; --adapter_name bottleneck does not take it"),
         ({"adapter_name": "bottleneck", "loraplus_lr_ratio": 16.0},

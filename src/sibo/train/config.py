@@ -254,8 +254,10 @@ class FinetuneConfig:
     def _check_lora_options(self) -> None:
         self.init_lora_weights = str(self.init_lora_weights).lower()
         _choose("init_lora_weights", self.init_lora_weights, LORA_INITS)
-        if isinstance(self.loraplus_lr_ratio, bool) or not self.loraplus_lr_ratio >= 0:
-            raise InputError(f"--loraplus_lr_ratio must be 0 (off) or positive, got {self.loraplus_lr_ratio}")
+        if isinstance(self.loraplus_lr_ratio, bool) or not 0 <= self.loraplus_lr_ratio < float("inf"):
+            raise InputError(
+                f"--loraplus_lr_ratio must be 0 (off) or a positive finite number, got {self.loraplus_lr_ratio}"
+            )
         if self.adapter_name == "bottleneck":
             lora_only = {"use_rslora": self.use_rslora, "init_lora_weights": self.init_lora_weights != "true",
                          "loraplus_lr_ratio": self.loraplus_lr_ratio, "modules_to_save": self.modules_to_save}  # fmt: skip
