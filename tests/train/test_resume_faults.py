@@ -36,17 +36,18 @@ def killed_after_last_checkpoint(out) -> None:
 
 @pytest.mark.integration
 def test_resuming_a_checkpoint_at_max_steps_saves_it_and_trains_nothing(root, tmp_path, capsys):
+    # 8 records in batches of 4: 2 steps an epoch, so step 3 ends mid-epoch (where Trainer used to train on)
     out = tmp_path / "run"
-    assert run(capsys, finetune_args(root, out, "--max_steps", "2", "--save_step", "1"))[0] == 0
+    argv = finetune_args(root, out, "--max_steps", "3", "--save_step", "1")
+    assert run(capsys, argv)[0] == 0
     killed_after_last_checkpoint(out)
-    checkpoints = snapshot(out / "checkpoint-1", out / "checkpoint-2")
-    code, _, err = run(capsys, [*finetune_args(root, out, "--max_steps", "2", "--save_step", "1"),
-                                "--resume_from_checkpoint", "latest"])  # fmt: skip
+    checkpoints = snapshot(*(out / f"checkpoint-{step}" for step in (1, 2, 3)))
+    code, _, err = run(capsys, [*argv, "--resume_from_checkpoint", "latest"])
     assert code == 0, err
-    assert not (out / "checkpoint-3").exists()
-    assert snapshot(out / "checkpoint-1", out / "checkpoint-2") == checkpoints
-    assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 2
-    final, last = (load_file(d / "adapter_model.safetensors") for d in (out, out / "checkpoint-2"))
+    assert not (out / "checkpoint-4").exists()
+    assert snapshot(*(out / f"checkpoint-{step}" for step in (1, 2, 3))) == checkpoints
+    assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 3
+    final, last = (load_file(d / "adapter_model.safetensors") for d in (out, out / "checkpoint-3"))
     assert final.keys() == last.keys() and all((final[k] == last[k]).all() for k in final)
 
 
