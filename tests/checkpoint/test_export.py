@@ -18,6 +18,7 @@ from sibo.adapters.bottleneck import BottleneckConfig
 from sibo.checkpoint.config import ModelConfig
 from sibo.checkpoint.export import STATE_DICT_FILE, ExportConfig, export_adapter
 from sibo.checkpoint.load import RESIDUAL_DIR, load_model
+from sibo.checkpoint.portable import base_config
 from sibo.cli import main as cli_main
 from sibo.core.booster import find_boost
 from sibo.core.h0_branches import UP_BUFFER
@@ -90,9 +91,11 @@ def test_exact_hf_export_reloads_with_the_unmerged_logits(
     assert sorted(residual_settings["boosted_modules"]) == ["base_model.model." + name for name in names]
     reloaded = load_model(str(tmp_path / "out"))[0]
     torch.testing.assert_close(logits(reloaded, batch), expected, atol=ATOL, rtol=0)
-    # The merged base alone is a plain checkpoint; without the residual it is not the adapter.
-    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
-    assert (logits(plain, batch) - expected).abs().max() > 1e-3
+    # The merged base alone is not the adapter, so transformers without trust_remote_code refuses the folder.
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out", config=base_config(tmp_path / "out"))
+    assert (logits(plain.eval(), batch) - expected).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("lam", [None, 0.0])

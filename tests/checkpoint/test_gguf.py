@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from peft import LoraConfig
+from safetensors.torch import load_file
 
 from sibo import get_sibo_model, load_sibo_model
 from sibo.checkpoint.load import load_model
@@ -108,11 +109,17 @@ def test_export_merges_a_sibo_adapter_on_a_gguf_base(tied_bases, tmp_path, capsy
     boosted.save_pretrained(tmp_path / "adapter")
     expected = logits(boosted, tokenizer)
     argv = ["export", "--base_model", str(gguf_file), "--weights_path", str(tmp_path / "adapter")]
-    assert cli_main([*argv, "--output_dir", str(tmp_path / "out")]) == 0
+    assert cli_main([*argv, "--dtype", "fp32", "--output_dir", str(tmp_path / "out")]) == 0
     assert capsys.readouterr().out.startswith("exact export: merged base + SIBO residual adapter")
     merged, merged_tokenizer = load_model(str(tmp_path / "out"))
     assert torch.allclose(logits(merged, merged_tokenizer), expected, atol=1e-5)
     assert merged_tokenizer.chat_template == TEMPLATE
+    # without --dtype a GGUF base (quantized, as a rule) exports in bf16
+    assert cli_main([*argv, "--output_dir", str(tmp_path / "bf16")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("MB (bfloat16)")
+    assert {tensor.dtype for tensor in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {
+        torch.bfloat16
+    }
 
 
 @pytest.mark.integration

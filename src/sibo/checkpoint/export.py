@@ -27,6 +27,7 @@ from peft import LoraConfig, PeftModel
 from sibo.checkpoint.config import EXPORT_VERB, ExportConfig
 from sibo.checkpoint.load import booster_line_off
 from sibo.checkpoint.peft_model import get_sibo_model
+from sibo.checkpoint.portable import make_portable
 from sibo.core.booster import find_boost
 from sibo.core.merge import boosted_lambdas, fold, lora_layers, merge_exactly, unmergeable_reason
 from sibo.errors import InputError
@@ -64,12 +65,22 @@ class ExportReport:
     residual_modules: list[str] = field(default_factory=list)  # modules of O/sibo_residual, if written
     max_logit_deviation: float | None = None  # measured by --approximate
 
+    @property
+    def size_bytes(self) -> int:
+        """What the export folder takes on disk."""
+        return sum(file.stat().st_size for file in self.output_dir.rglob("*") if file.is_file())
+
 
 def export_adapter(
-    model: PeftModel, tokenizer, config: ExportConfig, template: PromptTemplate | None = None
+    model: PeftModel,
+    tokenizer,
+    config: ExportConfig,
+    template: PromptTemplate | None = None,
+    dtype: torch.dtype | None = None,
 ) -> ExportReport:
     """Merge `model`'s adapter and write it; the model is merged in place (do not use it afterwards).
-    `template`: the one the adapter was trained with, recorded beside the export (None: none recorded)."""
+    `template`: the one the adapter was trained with, recorded beside the export (None: none recorded).
+    `dtype`: the dtype to save in, after merging in the model's own (None: the model's)."""
     adapter_name = config.adapter_name
     lambdas = boosted_lambdas(model, adapter_name)  # module name in the base model -> λ of its block
     reason = unmergeable_reason(model, adapter_name, lambdas)
@@ -88,6 +99,9 @@ def export_adapter(
     else:
         merged, residual = merge_exactly(model, adapter_name, lambdas)
     merged.eval()
+    if dtype is not None:
+        merged.to(dtype)
+        residual = {name: (down.to(dtype), up.to(dtype)) for name, (down, up) in residual.items()}
 
     config.output_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = config.output_dir.parent / f".{config.output_dir.name}{LOCK_FILE}"
@@ -104,6 +118,8 @@ def export_adapter(
                     merged, residual, model.peft_config[adapter_name], staging / RESIDUAL_DIR
                 )
             files = _write_merged(merged, tokenizer, staging, config.format) + files
+            if residual:  # λ > 0 on the hf format: loadable by transformers alone, with trust_remote_code
+                files += make_portable(staging, merged)
             if template is not None:
                 write_template(staging, template)
                 files.append(staging / TEMPLATE_FILE)

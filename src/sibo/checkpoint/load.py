@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from sibo.checkpoint.config import ModelConfig
 from sibo.checkpoint.gguf import find_gguf, load_gguf_model, load_gguf_tokenizer
 from sibo.checkpoint.peft_model import load_sibo_model
+from sibo.checkpoint.portable import base_config, is_portable_export
 from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_adapter_config, check_weights_dir, weights_files
 from sibo.core.booster import find_boost
 from sibo.errors import InputError, first_line
@@ -117,7 +118,8 @@ def load_tokenizer(
         if not Path(source).expanduser().exists():
             require_hub(str(source), "tokenizer")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            config = {"config": base_config(source)} if is_portable_export(source) else {}
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **config)
         except (OSError, ValueError) as error:
             raise InputError(f"cannot load a tokenizer from {source}: {first_line(error)}") from None
     if tokenizer.pad_token is None:
@@ -182,6 +184,7 @@ def load_model(
         try:
             model = _MODEL_CLASSES[task].from_pretrained(
                 base_model,
+                config=base_config(base_model) if is_portable_export(base_model) else None,
                 dtype=torch_dtype,
                 quantization_config=quantization,
                 device_map=device_map,

@@ -26,7 +26,8 @@ def build_parser() -> ArgumentParser:
         defaults={"weights_path": MISSING},
         helps={
             "weights_path": "adapter folder to merge",
-            "dtype": "dtype to load and save in: auto, bf16, fp16, fp32",
+            "dtype": "dtype to load and save in: bf16, fp16, fp32, or auto: merge in fp32 on CPU (bf16/fp16 on "
+            "GPU) and save in the base's dtype (a GGUF base's: bf16)",
         },
         group="model",
     )
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from sibo.checkpoint.config import EXPORT_VERB
     from sibo.checkpoint.export import export_adapter
     from sibo.checkpoint.load import RESIDUAL_DIR, load_for_decoding
+    from sibo.checkpoint.portable import saved_dtype
     from sibo.files import refuse_replacing
 
     config = ExportConfig(**dataclass_values(args, ExportConfig, skip=("adapter_name",)))
@@ -50,11 +52,13 @@ def run(args: argparse.Namespace) -> int:
     refuse_replacing(config.output_dir, EXPORT_VERB, [(flag, path) for flag, path in reads if path])
     model, tokenizer, template = load_for_decoding(source, merge=False)
     # the export carries the adapter's record of its template; an adapter without one gets none
-    report = export_adapter(model, tokenizer, config, template if source.template_file else None)
+    dtype = saved_dtype(source.base_model, source.dtype)
+    report = export_adapter(model, tokenizer, config, template if source.template_file else None, dtype)
     if report.residual_modules:
         print(
             f"exact export: merged base + SIBO residual adapter on {len(report.residual_modules)} modules "
-            f"in {report.output_dir / RESIDUAL_DIR} (sibo loads the directory as a base model: --base_model DIR)"
+            f"in {report.output_dir / RESIDUAL_DIR} (sibo loads the directory as a base model: --base_model DIR; "
+            "transformers alone: from_pretrained(DIR, trust_remote_code=True))"
         )
     elif report.exact:
         print(f"exact export: standalone merged checkpoint ({config.format})")
@@ -65,4 +69,6 @@ def run(args: argparse.Namespace) -> int:
         )
     for file in report.files:
         print(f"wrote {file}")
+    saved_in = str(dtype or next(model.parameters()).dtype).removeprefix("torch.")
+    print(f"export size: {report.size_bytes / 1e6:.1f} MB ({saved_in})")
     return 0

@@ -1,0 +1,221 @@
+"""The portable export: transformers alone (no sibo, no peft importable) loads it with the adapter's logits and
+greedy generations; without trust_remote_code it refuses; sibo still reads it; it keeps the base's dtype."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from peft import LoraConfig
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from sibo import get_sibo_model
+from sibo.checkpoint.export import ExportConfig, export_adapter
+from sibo.checkpoint.load import load_model
+from sibo.checkpoint.portable import MODELING_FILE
+from sibo.cli import main as cli_main
+from sibo.core.peft_model import boosted_adapter
+from sibo.testing import build_tiny_model, build_tokenizer, write_llama_gguf
+
+ATOL = 1e-5
+PROMPTS = ["The sum of 2 and 3 is", "hi"]
+NEW_TOKENS = 8
+# (case, architecture, learnable λ): every architecture family sibo boosts, and one per-block learnt λ
+CASES = [
+    ("llama", "llama", False),
+    ("llama-learnt-lambda", "llama", True),
+    ("qwen2", "qwen2", False),
+    ("mistral", "mistral", False),
+    ("gpt2", "gpt2", False),
+    ("gptj", "gptj", False),
+    ("bloom", "bloom", False),
+]
+
+# Runs in a python whose sys.path holds the standard library and a copy of site-packages without sibo and
+# peft: it proves it can import neither, then loads each export with transformers alone.
+CHILD = """
+import importlib.util, json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+assert importlib.util.find_spec("sibo") is None and importlib.util.find_spec("peft") is None, sys.path
+from transformers.utils import is_peft_available
+assert not is_peft_available()
+results = {}
+for case, folder in json.loads(sys.argv[1]).items():
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.padding_side = "left"
+    expected = torch.load(folder + "/../expected.pt")
+    try:
+        AutoModelForCausalLM.from_pretrained(folder)
+        refused = ""
+    except ValueError as error:
+        refused = str(error)
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        deviation = (model(**batch).logits.float() - expected["logits"]).abs().max().item()
+        generated = model.generate(**batch, do_sample=False, max_new_tokens=NEW_TOKENS, use_cache=True,
+                                   pad_token_id=tokenizer.pad_token_id)
+    results[case] = {"deviation": deviation, "generated": generated.tolist(), "refused": refused,
+                     "class": type(model).__name__, "dtype": str(model.dtype)}
+print("RESULTS " + json.dumps(results))
+"""
+
+
+def lora(arch: str) -> LoraConfig:
+    return LoraConfig(
+        r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, fan_in_fan_out=arch == "gpt2"
+    )
+
+
+def clean_site_packages(root: Path) -> Path:
+    """A folder linking every entry of this venv's site-packages but sibo's and peft's (their code, metadata
+    and .pth files): a python started with -S and only this on its path cannot import either."""
+    site = Path(transformers.__file__).resolve().parents[1]
+    clean = root / "site-packages"
+    clean.mkdir()
+    for entry in site.iterdir():
+        name = entry.name.lower()
+        if name.startswith(("peft", "sibo", "__editable__")) or name.endswith(".pth"):
+            continue
+        (clean / entry.name).symlink_to(entry)
+    return clean
+
+
+def run_without_sibo(folders: dict[str, Path], root: Path) -> dict:
+    script = f"PROMPTS = {PROMPTS!r}\nNEW_TOKENS = {NEW_TOKENS}\n" + CHILD
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(clean_site_packages(root)),
+        "HF_HUB_OFFLINE": "1",
+        "HF_MODULES_CACHE": str(root / "modules"),  # where transformers copies modeling_sibo.py
+        "HF_HOME": str(root / "hf_home"),
+        "OMP_NUM_THREADS": "1",
+    }
+    folders = {case: str(folder) for case, folder in folders.items()}
+    completed = subprocess.run(
+        [sys.executable, "-S", "-c", script, json.dumps(folders)],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "RESULTS " in completed.stdout, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return json.loads(completed.stdout.split("RESULTS ")[-1].splitlines()[0])
+
+
+def expected_outputs(model, tokenizer) -> dict[str, torch.Tensor]:
+    """The adapter's logits and greedy generation under sibo (unmerged PEFT + SIBO hooks)."""
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**batch).logits.float()
+        generated = model.generate(
+            **batch, do_sample=False, max_new_tokens=NEW_TOKENS, pad_token_id=tokenizer.pad_token_id
+        )
+    return {"logits": logits, "generated": generated, "batch": batch}
+
+
+def export_case(root: Path, arch: str, learnable: bool, tokenizer) -> tuple[Path, dict]:
+    model = get_sibo_model(
+        build_tiny_model(arch, len(tokenizer)), lora(arch), lam=0.4, learnable_lambda=learnable
+    ).eval()
+    if learnable:  # blocks with different λ, so a mixed-up block index would show
+        with torch.no_grad():
+            boosted_adapter(model).lambdas.logits.copy_(torch.tensor([-2.0, 1.0]))
+    expected = expected_outputs(model, tokenizer)
+    export_adapter(model, tokenizer, ExportConfig(root / "export"))
+    torch.save({"logits": expected["logits"]}, root / "expected.pt")
+    return root / "export", expected
+
+
+def export_gguf_case(root: Path, tokenizer) -> tuple[Path, dict]:
+    """A SIBO adapter on a GGUF base, exported by the CLI in fp32 (the default would be bf16)."""
+    write_llama_gguf(
+        build_tiny_model("llama", len(tokenizer), tie_word_embeddings=True), tokenizer, root / "b.gguf"
+    )
+    base, gguf_tokenizer = load_model(str(root / "b.gguf"))
+    model = get_sibo_model(base, lora("llama"), lam=0.4).eval()
+    model.save_pretrained(root / "adapter")
+    expected = expected_outputs(model, gguf_tokenizer)
+    argv = ["export", "--base_model", str(root / "b.gguf"), "--weights_path", str(root / "adapter")]
+    assert cli_main([*argv, "--dtype", "fp32", "--output_dir", str(root / "export")]) == 0
+    torch.save({"logits": expected["logits"]}, root / "expected.pt")
+    return root / "export", expected
+
+
+@pytest.fixture(scope="module")
+def portable(tmp_path_factory):
+    """Every case exported, and what a python without sibo and peft made of each: (expected, results)."""
+    tokenizer = build_tokenizer()
+    tokenizer.padding_side = "left"
+    folders, expected = {}, {}
+    for case, arch, learnable in CASES:
+        folders[case], expected[case] = export_case(tmp_path_factory.mktemp(case), arch, learnable, tokenizer)
+    folders["gguf"], expected["gguf"] = export_gguf_case(tmp_path_factory.mktemp("gguf"), tokenizer)
+    return folders, expected, run_without_sibo(folders, tmp_path_factory.mktemp("child"))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("case", [case for case, _, _ in CASES] + ["gguf"])
+def test_transformers_alone_loads_the_export_exactly(portable, case):
+    folders, expected, results = portable
+    result = results[case]
+    assert result["deviation"] <= ATOL
+    assert result["generated"] == expected[case]["generated"].tolist()
+    assert not result["class"].startswith("SiboExport")  # the base architecture's own class, with hooks
+    assert "trust_remote_code" in result["refused"]  # never the merged base alone
+    # sibo's own loader still reads the folder (merged base + residual adapter through PEFT)
+    reloaded, _ = load_model(str(folders[case]))
+    with torch.no_grad():
+        logits = reloaded(**expected[case]["batch"]).logits.float()
+    torch.testing.assert_close(logits, expected[case]["logits"], atol=ATOL, rtol=0)
+
+
+def test_the_modeling_file_is_versioned_and_self_contained(tmp_path):
+    tokenizer = build_tokenizer()
+    folder, _ = export_case(tmp_path, "llama", False, tokenizer)
+    source = (folder / MODELING_FILE).read_text()
+    imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
+    assert imports == [
+        "from __future__ import annotations",
+        "import json",
+        "import torch",
+        "from safetensors.torch import load_file",
+        "from torch import nn",
+        "from transformers import (",
+        "from transformers.utils import cached_file",
+    ]
+    assert source.startswith('"""SIBO exact export, format version 1')
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["model_type"], config["sibo_export_version"]) == ("sibo_export", 1)
+    assert config["base_config"]["model_type"] == "llama"
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForCausalLM.from_pretrained(folder)
+
+
+def test_the_export_keeps_the_bases_dtype_and_says_its_size(tmp_path, capsys):
+    tokenizer = build_tokenizer()
+    base = build_tiny_model("llama", len(tokenizer)).to(torch.bfloat16)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    model = get_sibo_model(load_model(str(tmp_path / "base"))[0], lora("llama"), lam=0.4)
+    model.save_pretrained(tmp_path / "adapter")
+    argv = ["export", "--base_model", str(tmp_path / "base"), "--weights_path", str(tmp_path / "adapter")]
+    assert cli_main([*argv, "--output_dir", str(tmp_path / "out")]) == 0
+
+    size = sum(file.stat().st_size for file in (tmp_path / "out").rglob("*") if file.is_file())
+    out = capsys.readouterr().out
+    assert f"export size: {size / 1e6:.1f} MB (bfloat16)" in out
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["base_config"]["dtype"] == "bfloat16"
+    assert {tensor.dtype for tensor in load_file(tmp_path / "out" / "model.safetensors").values()} == {
+        torch.bfloat16
+    }
