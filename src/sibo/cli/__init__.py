@@ -33,6 +33,7 @@ VERBS = {
         "score a base model or adapter on the paper's math and commonsense benchmarks",
     ),
     "generate": ("sibo.cli.generate", "answer one instruction, or serve a Gradio page (--ui)"),
+    "serve": ("sibo.cli.serve", "serve a model behind an OpenAI-compatible HTTP API"),
     "export": ("sibo.cli.export", "merge an adapter into a standalone checkpoint"),
     "analyze": (
         "sibo.cli.analyze",

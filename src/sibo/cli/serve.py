@@ -1,0 +1,80 @@
+"""`sibo serve`: an OpenAI-compatible HTTP server for an adapter, an export or a base.
+
+sibo serve [--base_model B] --weights_path W [--host 127.0.0.1] [--port 8000] [--api_key KEY]
+
+Endpoints /v1/models, /v1/chat/completions and /v1/completions (streaming as server-sent events);
+concurrent requests with the same decoding settings are decoded in one batch. Ctrl-C or SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
+from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
+from sibo.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeFlags:
+    """Where to listen, and how to batch."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind (loopback: this machine only)"})
+    port: int = field(default=8000, metadata={"help": "port to listen on"})
+    api_key: str | None = field(
+        default=None, metadata={"help": "require this key as a Bearer token (default: no key)"}
+    )
+    model_name: str | None = field(
+        default=None, metadata={"help": "the model's id in the API (default: the adapter's folder name)"}
+    )
+    max_batch_size: int = field(default=16, metadata={"help": "most requests decoded in one batch"})
+    merge: bool = field(
+        default=True,
+        metadata={"help": "fold the adapter into the base weights for decoding: same outputs, fewer kernels"},
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536:
+            raise InputError(f"--port must be in 0…65535, got {self.port}")
+        if self.max_batch_size < 1:
+            raise InputError(f"--max_batch_size must be at least 1, got {self.max_batch_size}")
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="sibo serve", description=__doc__.split("\n\n")[0])
+    add_dataclass_flags(parser, ModelConfig, rename=MODEL_FLAG_SPELLINGS, skip=("task",), group="model")
+    add_dataclass_flags(parser, ServeFlags, group="server")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    flags = ServeFlags(**dataclass_values(args, ServeFlags))
+    source = ModelConfig(**dataclass_values(args, ModelConfig, skip=("task",)))
+    from sibo.serve.api import build_api
+    from sibo.serve.engine import BatchingEngine
+    from sibo.serve.runner import serve_until_stopped
+
+    model, tokenizer = source.load()
+    template = source.prompt_template(tokenizer)
+    if flags.merge:
+        from sibo.core.merge import merge_for_inference
+
+        model = merge_for_inference(model)
+    engine = BatchingEngine(model, tokenizer, template, flags.max_batch_size).start()
+    name = flags.model_name or Path(source.weights_path or source.base_model).name or "model"
+    print(f"serving {name} ({template.name} template) at http://{flags.host}:{flags.port}/v1", flush=True)
+    try:
+        stopped_by = serve_until_stopped(build_api(engine, name, flags.api_key), flags.host, flags.port)
+    finally:
+        engine.close()
+    print(f"server stopped ({stopped_by})", flush=True)
+    return 0

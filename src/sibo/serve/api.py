@@ -1,0 +1,269 @@
+"""The OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions (FastAPI).
+
+Prompts are written as `sibo generate` writes them: /v1/completions takes the prompt as the instruction in
+the adapter's recorded template (Alpaca's for an instruction adapter, one user turn of the chat template
+for a chat one), so a greedy answer is the one `sibo generate --prompt` prints. /v1/chat/completions renders
+the whole conversation (system turns included) with the chat template; an Alpaca adapter takes one user
+message there. Decoding is greedy unless `temperature` > 0 (sibo's default, not OpenAI's 1). Errors are
+OpenAI's JSON `{"error": {...}}` with a 4xx status; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings, check_fits_context
+from sibo.errors import InputError
+from sibo.prompts import CHAT, build_prompt
+from sibo.serve.engine import BatchingEngine, Event
+from sibo.serve.text import ResponseText
+
+
+class ApiError(Exception):
+    """A request the server refuses: its HTTP status and OpenAI-style error type."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+class Sampling(BaseModel):
+    """The decoding fields both completion endpoints take."""
+
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: dict | None = None
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+
+
+def build_api(engine: BatchingEngine, model_id: str, api_key: str | None = None) -> FastAPI:
+    """The app serving `engine`'s model under the name `model_id`; `api_key`: required as a Bearer token."""
+    app = FastAPI(title="sibo serve")
+    created = int(time.time())
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        given = request.headers.get("authorization", "")
+        if api_key and not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            return _error(ApiError(401, "invalid or missing API key", "authentication_error"))
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, error: RequestValidationError):
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ())[1:])
+        return _error(ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}"))
+
+    app.add_exception_handler(ApiError, lambda request, error: _error(error))
+    app.add_exception_handler(InputError, lambda request, error: _error(ApiError(400, str(error))))
+
+    @app.get("/v1/models")
+    async def models():
+        return {
+            "object": "list",
+            "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "sibo"}],
+        }
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        prompt = body.prompt if isinstance(body.prompt, str) else _only(body.prompt, "prompt")
+        text = engine.template.prompt(engine.tokenizer, prompt)
+        return await _complete(engine, model_id, body, text, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest):
+        body.max_tokens = body.max_tokens or body.max_completion_tokens
+        return await _complete(engine, model_id, body, _chat_prompt(engine, body.messages), chat=True)
+
+    return app
+
+
+def _chat_prompt(engine: BatchingEngine, messages: list[Message]) -> str:
+    turns = [{"role": message.role, "content": message.text()} for message in messages]
+    if engine.template.name == CHAT:
+        return engine.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    if len(turns) != 1 or turns[0]["role"] != "user":
+        raise ApiError(400, "this model was trained with the Alpaca template: send one user message")
+    return build_prompt(turns[0]["content"])
+
+
+def _only(values: list[str], name: str) -> str:
+    if len(values) != 1:
+        raise ApiError(400, f"{name}: one prompt per request, got {len(values)}")
+    return values[0]
+
+
+async def _complete(engine: BatchingEngine, model_id: str, body: Sampling, prompt: str, chat: bool):
+    if body.model != model_id:
+        raise ApiError(404, f"model {body.model!r} is not served here: this server serves {model_id!r}")
+    if body.n != 1:
+        raise ApiError(400, "n: one choice per request")
+    request = engine.request(prompt, _settings(body), _stops(body.stop))
+    tokens = len(engine.tokenizer(prompt, add_special_tokens=request.add_special_tokens)["input_ids"])
+    check_fits_context(engine.model, tokens, request.settings.tokens_or(ONE_ANSWER_TOKENS), "the prompt")
+    request.loop = asyncio.get_running_loop()
+    engine.submit(request)
+    reply = _Reply(engine, model_id, chat, request)
+    if body.stream:
+        usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(reply.stream(usage), media_type="text/event-stream")
+    return await reply.whole()
+
+
+def _settings(body: Sampling) -> DecodingSettings:
+    return DecodingSettings(
+        max_new_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=0,
+        seed=body.seed,
+    )
+
+
+def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if len(stops) > 4 or not all(stops):
+        raise ApiError(400, "stop: up to 4 non-empty strings")
+    return stops
+
+
+class _Reply:
+    """One request's answer, as OpenAI's JSON or as server-sent events."""
+
+    def __init__(self, engine: BatchingEngine, model_id: str, chat: bool, request):
+        self.engine, self.model_id, self.chat, self.request = engine, model_id, chat, request
+        self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+        self.created = int(time.time())
+        self.text = ResponseText(engine.template, request.stop)
+        self.ids: list[int] = []
+
+    def _completion(self) -> str:
+        return self.engine.tokenizer.decode(self.ids, skip_special_tokens=True)
+
+    async def _events(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self.request.events.get()
+            if event.kind == "error":
+                raise ApiError(500, event.message, "server_error")
+            if event.kind == "tokens":
+                self.ids += event.ids
+            yield event
+            if event.kind == "done":
+                return
+
+    def _usage(self, done: Event) -> dict:
+        completion = len(done.ids)
+        return {
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": done.prompt_tokens + completion,
+        }
+
+    def _reason(self, done: Event) -> str:
+        return "stop" if self.text.answer(self._completion())[1] else done.finish_reason
+
+    def _body(self, choices: list[dict], chunk: bool = False) -> dict:
+        kind = ("chat.completion" if self.chat else "text_completion") + (
+            ".chunk" if chunk and self.chat else ""
+        )
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model_id,
+            "choices": choices,
+        }
+
+    def _choice(self, text: str | None, reason: str | None, chunk: bool) -> dict:
+        if not self.chat:
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": reason}
+        if chunk:
+            delta = {} if text is None else {"role": "assistant", "content": text}
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}
+        return {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": None,
+            "finish_reason": reason,
+        }
+
+    async def whole(self) -> dict:
+        try:
+            async for event in self._events():
+                done = event
+        except asyncio.CancelledError:
+            self.request.cancelled.set()
+            raise
+        self.ids = done.ids
+        answer = self.text.answer(self._completion())[0]
+        return {
+            **self._body([self._choice(answer, self._reason(done), chunk=False)]),
+            "usage": self._usage(done),
+        }
+
+    async def stream(self, usage: bool) -> AsyncIterator[str]:
+        try:
+            async for event in self._events():
+                if event.kind == "tokens":
+                    delta = self.text.update(self._completion())
+                else:
+                    self.ids = event.ids
+                    delta = self.text.finish(self._completion())
+                if delta:
+                    yield _sse(self._body([self._choice(delta, None, chunk=True)], chunk=True))
+            yield _sse(self._body([self._choice(None, self._reason(event), chunk=True)], chunk=True))
+            if usage:
+                yield _sse({**self._body([], chunk=True), "usage": self._usage(event)})
+        except ApiError as error:
+            yield _sse({"error": {"message": str(error), "type": error.kind, "param": None, "code": None}})
+        except asyncio.CancelledError:
+            self.request.cancelled.set()
+            raise
+        yield "data: [DONE]\n\n"
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _error(error: ApiError) -> JSONResponse:
+    body = {"error": {"message": str(error), "type": error.kind, "param": None, "code": None}}
+    return JSONResponse(body, status_code=error.status)

@@ -1,0 +1,251 @@
+"""`sibo serve` as a client sees it: the official openai client and curl against 127.0.0.1 get what
+`sibo generate` prints, streamed or not; bad requests are 4xx JSON and the server keeps serving; concurrent
+requests are decoded in batches; SIGTERM stops it cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from peft import LoraConfig
+
+from sibo import get_sibo_model
+from sibo.checkpoint.load import load_model
+from sibo.cli import main as cli_main
+from sibo.decode.settings import DecodingSettings
+from sibo.decode.stream import generate_response, stream_completion
+from sibo.prompts import PromptTemplate, write_template
+from sibo.serve.engine import BatchingEngine
+from sibo.testing import add_chat_template, build_tiny_model, build_tokenizer
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+KEY = "test-key"
+TOKENS = 12
+PROMPTS = [
+    "Add 2 and 3.",
+    "What is the sum of 4 and 5?",
+    "Name a color.",
+    "hi",
+    "Say yes.",
+    "Count to three.",
+]
+
+
+def write_adapter(root, chat: bool):
+    """A tiny LLaMA base and a LoRA-SIBO adapter on it (random B, so it changes the answers)."""
+    tokenizer = build_tokenizer()
+    if chat:
+        add_chat_template(tokenizer)
+    base = build_tiny_model("llama", len(tokenizer))
+    base.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    get_sibo_model(base, lora, lam=0.3).save_pretrained(root / "adapter")
+    if chat:
+        write_template(root / "adapter", PromptTemplate("chat"))
+    return root / "base", root / "adapter"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(base, adapter, port: int, *extra: str) -> subprocess.Popen:
+    argv = ["--base_model", str(base), "--weights_path", str(adapter), "--port", str(port), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sibo", "serve", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for _ in range(300):  # bounded: 150 s
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            if server.poll() is not None:
+                raise AssertionError(server.stderr.read()) from None
+            time.sleep(0.5)
+    server.kill()
+    raise AssertionError("sibo serve did not start listening")
+
+
+def stop_server(server: subprocess.Popen) -> tuple[int, str]:
+    server.send_signal(signal.SIGTERM)
+    out, _ = server.communicate(timeout=60)
+    return server.returncode, out
+
+
+@pytest.fixture(scope="module")
+def alpaca(tmp_path_factory):
+    base, adapter = write_adapter(tmp_path_factory.mktemp("alpaca"), chat=False)
+    port = free_port()
+    server = start_server(base, adapter, port, "--api_key", KEY)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=120)
+    yield base, adapter, port, client, server
+    if server.poll() is None:
+        server.kill()
+
+
+def generated(capsys, base, adapter, prompt: str) -> str:
+    """What `sibo generate` prints for `prompt` (its trailing newline dropped)."""
+    argv = ["generate", "--base_model", str(base), "--weights_path", str(adapter), "--prompt", prompt]
+    capsys.readouterr()
+    assert cli_main([*argv, "--max_new_tokens", str(TOKENS)]) == 0
+    return capsys.readouterr().out.removesuffix("\n")
+
+
+def curl(port: int, path: str, body: str | None = None, key: str | None = KEY) -> tuple[int, dict]:
+    command = ["curl", "-s", "-w", "\n%{http_code}", f"http://127.0.0.1:{port}{path}"]
+    if key:
+        command += ["-H", f"Authorization: Bearer {key}"]
+    if body is not None:
+        command += ["-H", "Content-Type: application/json", "-d", body]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    payload, status = out.rsplit("\n", 1)
+    return int(status), json.loads(payload)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_the_openai_client_gets_what_sibo_generate_prints(alpaca, capsys):
+    base, adapter, port, client, _ = alpaca
+    assert [model.id for model in client.models.list()] == ["adapter"]
+    expected = generated(capsys, base, adapter, PROMPTS[0])
+    assert expected
+
+    completion = client.completions.create(
+        model="adapter", prompt=PROMPTS[0], max_tokens=TOKENS, temperature=0
+    )
+    assert completion.choices[0].text == expected
+    assert completion.usage.completion_tokens <= TOKENS and completion.usage.prompt_tokens > 0
+    chat = client.chat.completions.create(
+        model="adapter", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=TOKENS, temperature=0
+    )
+    assert chat.choices[0].message.content == expected
+    pieces = client.chat.completions.create(
+        model="adapter",
+        messages=[{"role": "user", "content": PROMPTS[0]}],
+        max_tokens=TOKENS,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(pieces)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+    streamed = client.completions.create(model="adapter", prompt=PROMPTS[0], max_tokens=TOKENS, stream=True)
+    assert "".join(chunk.choices[0].text for chunk in streamed) == expected
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_bad_requests_are_4xx_json_and_the_server_keeps_serving(alpaca):
+    _, _, port, client, _ = alpaca
+    assert curl(port, "/v1/completions", "{not json")[0] == 400
+    status, error = curl(
+        port, "/v1/completions", json.dumps({"model": "adapter", "prompt": "hi", "temperature": -1})
+    )
+    assert status == 400 and "temperature" in error["error"]["message"]
+    assert curl(port, "/v1/completions", json.dumps({"model": "other", "prompt": "hi"}))[0] == 404
+    assert curl(port, "/v1/chat/completions", json.dumps({"model": "adapter", "messages": []}))[0] == 400
+    status, error = curl(port, "/v1/models", key=None)
+    assert status == 401 and error["error"]["type"] == "authentication_error"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="adapter", prompt="hi", max_tokens=100_000)  # past the context
+    status, body = curl(
+        port, "/v1/completions", json.dumps({"model": "adapter", "prompt": "hi", "max_tokens": 3})
+    )
+    assert status == 200 and body["usage"]["completion_tokens"] <= 3
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_concurrent_clients_each_get_their_own_answer(alpaca, capsys):
+    base, adapter, _, client, server = alpaca
+    expected = [generated(capsys, base, adapter, prompt) for prompt in PROMPTS]
+
+    def ask(prompt: str) -> str:
+        reply = client.completions.create(model="adapter", prompt=prompt, max_tokens=TOKENS, temperature=0)
+        return reply.choices[0].text
+
+    with ThreadPoolExecutor(len(PROMPTS)) as pool:
+        assert list(pool.map(ask, PROMPTS)) == expected
+    returncode, out = stop_server(server)  # SIGTERM: a clean stop
+    assert returncode == 0 and out.rstrip().endswith("server stopped (SIGTERM)")
+
+
+def test_the_engine_batches_waiting_requests_and_answers_each_as_alone():
+    """Requests queued together decode as one batch, with the answers each would get alone."""
+    import asyncio
+
+    tokenizer = build_tokenizer()
+    model = build_tiny_model("llama", len(tokenizer))
+    template = PromptTemplate()
+    settings = DecodingSettings(max_new_tokens=TOKENS)
+    expected = [generate_response(model, tokenizer, prompt, settings=settings) for prompt in PROMPTS]
+
+    async def ask_all() -> tuple[list[list[int]], list[int]]:
+        engine = BatchingEngine(model, tokenizer, template)
+        requests = [engine.request(template.prompt(tokenizer, p), settings) for p in PROMPTS]
+        for request in requests:
+            request.loop = asyncio.get_running_loop()
+            engine.submit(request)  # all waiting before the engine starts
+        engine.start()
+        answers = []
+        for request in requests:
+            while (event := await request.events.get()).kind != "done":
+                pass
+            answers.append(event.ids)
+        engine.close()
+        return answers, engine.batch_sizes
+
+    answers, batch_sizes = asyncio.run(ask_all())
+    texts = [template.response(tokenizer.decode(ids, skip_special_tokens=True)) for ids in answers]
+    assert [text.strip() for text in texts] == [text.strip() for text in expected]
+    assert max(batch_sizes) > 1
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_a_chat_adapter_takes_conversations_with_system_turns(tmp_path, capsys):
+    base, adapter = write_adapter(tmp_path, chat=True)
+    expected = generated(capsys, base, adapter, PROMPTS[0])
+    port = free_port()
+    server = start_server(base, adapter, port)
+    try:
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120
+        )
+        ask = {"model": "adapter", "max_tokens": TOKENS, "temperature": 0}
+        one_turn = client.chat.completions.create(messages=[{"role": "user", "content": PROMPTS[0]}], **ask)
+        assert one_turn.choices[0].message.content == expected
+        conversation = [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": PROMPTS[0]},
+            {"role": "assistant", "content": "5"},
+            {"role": "user", "content": PROMPTS[1]},
+        ]
+        reply = client.chat.completions.create(messages=conversation, **ask)
+        model, tokenizer = load_model(str(base), str(adapter))
+        prompt = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        settings = DecodingSettings(max_new_tokens=TOKENS)
+        decoded = "".join(stream_completion(model, tokenizer, prompt, settings, PromptTemplate("chat")))
+        assert reply.choices[0].message.content == decoded
+        assert reply.usage.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    finally:
+        returncode, _ = stop_server(server)
+    assert returncode == 0
