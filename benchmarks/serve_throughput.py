@@ -41,7 +41,9 @@ def one_by_one(model, tokenizer, template, texts: list[str], settings: DecodingS
     """Seconds and answer tokens for `sibo generate`'s decoding of each prompt in turn."""
     start, tokens = time.perf_counter(), 0
     for text in texts:
-        answer = "".join(stream_completion(model, tokenizer, template.prompt(tokenizer, text), settings, template))
+        answer = "".join(
+            stream_completion(model, tokenizer, template.prompt(tokenizer, text), settings, template)
+        )
         tokens += len(tokenizer(answer, add_special_tokens=False)["input_ids"])
     return time.perf_counter() - start, tokens
 
@@ -76,7 +78,9 @@ def main() -> None:
     args = parser.parse_args()
     base, tokenizer = load_model(args.base_model, dtype="fp32")
     torch.manual_seed(0)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"])
+    lora = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    )
     model = get_sibo_model(base, lora, lam=0.2)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
