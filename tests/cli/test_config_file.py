@@ -75,6 +75,7 @@ EVERY_VERB = {
     "evaluate": ("dataset: [gsm8k, AddSub]\nlam: 0.3\n", "dataset", "gsm8k,AddSub"),
     "generate": ("prompt: Add 2 and 3.\ntemperature: 0.5\n", "instruction", "Add 2 and 3."),
     "export": ("weights_path: w\noutput_dir: o\nformat: state_dict\n", "format", "state_dict"),
+    "serve": ("weights_path: w\nport: 8123\nmax_batch_size: 4\n", "port", 8123),
     "analyze": ("data: d.json\nweights_path: [a, b]\n", "weights_paths", ["a", "b"]),
     "sweep": ("base_model: b\nlambdas: [0, 0.1]\n", "lambdas", "0,0.1"),
 }
