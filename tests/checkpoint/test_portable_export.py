@@ -21,7 +21,7 @@ from sibo.checkpoint.export import ExportConfig, export_adapter
 from sibo.checkpoint.load import load_model
 from sibo.checkpoint.portable import MODELING_FILE
 from sibo.cli import main as cli_main
-from sibo.core.peft_model import boosted_adapter
+from sibo.core.booster import find_boost
 from sibo.testing import build_tiny_model, build_tokenizer, write_llama_gguf
 
 ATOL = 1e-5
@@ -129,7 +129,7 @@ def export_case(root: Path, arch: str, learnable: bool, tokenizer) -> tuple[Path
     ).eval()
     if learnable:  # blocks with different λ, so a mixed-up block index would show
         with torch.no_grad():
-            boosted_adapter(model).lambdas.logits.copy_(torch.tensor([-2.0, 1.0]))
+            find_boost(model).lambdas.logits.copy_(torch.tensor([-2.0, 1.0]))
     expected = expected_outputs(model, tokenizer)
     export_adapter(model, tokenizer, ExportConfig(root / "export"))
     torch.save({"logits": expected["logits"]}, root / "expected.pt")

@@ -59,16 +59,12 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     flags = ServeFlags(**dataclass_values(args, ServeFlags))
     source = ModelConfig(**dataclass_values(args, ModelConfig, skip=("task",)))
+    from sibo.checkpoint.load import load_for_decoding
     from sibo.serve.api import build_api
     from sibo.serve.engine import BatchingEngine
     from sibo.serve.runner import serve_until_stopped
 
-    model, tokenizer = source.load()
-    template = source.prompt_template(tokenizer)
-    if flags.merge:
-        from sibo.core.merge import merge_for_inference
-
-        model = merge_for_inference(model)
+    model, tokenizer, template = load_for_decoding(source, merge=flags.merge)
     engine = BatchingEngine(model, tokenizer, template, flags.max_batch_size).start()
     name = flags.model_name or Path(source.weights_path or source.base_model).name or "model"
     print(f"serving {name} ({template.name} template) at http://{flags.host}:{flags.port}/v1", flush=True)
