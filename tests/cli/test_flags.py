@@ -100,7 +100,9 @@ def test_a_negative_number_parses_in_space_form():
 def _adapter_dir(tmp_path, recorded):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": recorded}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "base_model_name_or_path": recorded})
+    )
     return adapter
 
 
