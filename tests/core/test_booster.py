@@ -279,3 +279,41 @@ def test_static_cache_and_compiled_steps_decode_like_the_dynamic_cache(targets):
     assert torch.equal(decode(cache_implementation="static", compile_config=compile_config), expected)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did compile
     torch._dynamo.reset()
+
+
+def test_targets_with_nothing_to_boost_are_refused_in_one_line():
+    config = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    with pytest.raises(booster.InputError) as error:
+        get_sibo_model(tiny("llama"), config, lam=0.1)
+    assert str(error.value) == (
+        "SIBO λ 0.1 boosts nothing: targets q_proj,v_proj have no FFN input; add up_proj (the paper's targets: "
+        "q_proj,k_proj,v_proj,up_proj,down_proj), choose targets attn or all (--sibo_targets), or use λ 0 for "
+        "plain PEFT (--embedding_lambda 0)"
+    )
+    get_sibo_model(tiny("llama"), copy.deepcopy(config), lam=0.0)  # plain PEFT: nothing to boost, as asked
+
+
+@pytest.mark.parametrize(
+    ("make_config", "name"),
+    [
+        (lambda: __import__("peft").VeraConfig(r=4, target_modules=["up_proj"], task_type="CAUSAL_LM"), "VERA"),
+        (lambda: __import__("peft").LoHaConfig(r=2, target_modules=["up_proj"], task_type="CAUSAL_LM"), "LOHA"),
+        (lambda: __import__("peft").IA3Config(target_modules=["up_proj"], feedforward_modules=[], task_type="CAUSAL_LM"),
+         "IA3"),  # fmt: skip
+        (lambda: __import__("peft").PrefixTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM"), "PREFIX_TUNING"),
+    ],
+)
+def test_tuners_sibo_cannot_mix_are_refused_by_name(make_config, name):
+    with pytest.raises(booster.InputError) as error:
+        get_sibo_model(tiny("llama"), make_config(), lam=0.5)
+    assert str(error.value) == (
+        f"SIBO cannot boost {name} adapters: their branches have no input to mix h0 into; sibo boosts LoRA, DoRA "
+        f"and bottleneck adapters (AdapterH, AdapterP, parallel); use one of those, or λ 0 for plain {name}"
+    )
+
+
+def test_a_lora_variant_sibo_cannot_mix_is_counted_and_refused_when_it_is_all():
+    """A LoRA variant other than DoRA (here aLoRA) runs its own forward: no branch to hook, said, not ignored."""
+    config = LoraConfig(r=2, target_modules=["up_proj"], alora_invocation_tokens=[5], task_type="CAUSAL_LM")
+    with pytest.raises(booster.InputError, match=r"^SIBO λ 0.5 boosts nothing: targets up_proj have no FFN input \(ALoraLinearVariant branches sibo cannot mix\); "):
+        get_sibo_model(tiny("llama"), config, lam=0.5)

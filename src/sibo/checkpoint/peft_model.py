@@ -42,6 +42,7 @@ from sibo.files import write_json
 logger = logging.getLogger(__name__)
 
 SIBO_CONFIG_FILE = "sibo_config.json"
+MIXABLE_PEFT_TYPES = ("LORA", "BOTTLENECK")  # the tuners whose branches read the layer's input (DoRA is LORA)
 UPSTREAM_LAMBDA_FIELD = "embedding_lambda"  # where upstream's peft fork kept λ, in adapter_config.json
 # PEFT calls upstream's extra config fields "saved by a higher version" and says to upgrade: they are read here.
 _UPSTREAM_FIELDS_WARNING = (
@@ -161,6 +162,7 @@ def _attach(model: PeftModel) -> PeftModel:
 
 def boost_adapter(model: PeftModel, config: SiboConfig, adapter_name: str = "default") -> PeftModel:
     """Boost one (more) adapter of a PeftModel with SIBO; returns the SIBO PeftModel."""
+    _check_mixable(model.peft_config[adapter_name], config)
     model = _attach(model)
     if adapter_name in model._sibo_adapters:
         unboost(model, adapter_name)
@@ -169,6 +171,17 @@ def boost_adapter(model: PeftModel, config: SiboConfig, adapter_name: str = "def
     if adapter.lambdas is not None:
         model.sibo_lambdas[adapter_name] = adapter.lambdas
     return model
+
+
+def _check_mixable(peft_config: PeftConfig, config: SiboConfig) -> None:
+    """Refuse, by name, a tuner whose branches have no input SIBO can mix h0 into (VeRA, LoHa, IA3, prompts…)."""
+    peft_type = str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
+    if (config.lam > 0 or config.learnable_lambda) and peft_type not in MIXABLE_PEFT_TYPES:
+        raise InputError(
+            f"SIBO cannot boost {peft_type} adapters: their branches have no input to mix h0 into; sibo boosts "
+            f"LoRA, DoRA and bottleneck adapters (AdapterH, AdapterP, parallel); use one of those, or λ 0 for plain "
+            f"{peft_type}"
+        )
 
 
 def unboost(model: PeftModel, adapter_name: str) -> None:

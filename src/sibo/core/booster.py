@@ -28,9 +28,11 @@ from typing import NamedTuple
 import torch
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.variants import DoraLinearVariant
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from sibo.core.config import SiboConfig
+from sibo.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -192,12 +194,14 @@ def boost(
     block_prefixes = [f"{blocks_name}.{i}." for i in range(len(blocks))]
     boosted, skipped = [], {}
     for name, layer in model.named_modules():
-        branch = _branch(layer, adapter_name) if _has_adapter(layer, adapter_name) else None
-        if branch is None:
+        if not _has_adapter(layer, adapter_name):
             continue
-        width = branch.in_features
+        branch = _branch(layer, adapter_name)
+        width = None if branch is None else branch.in_features
         block = next((i for i, prefix in enumerate(block_prefixes) if name.startswith(prefix)), None)
-        if block is None:
+        if branch is None:
+            reason = f"{_variant_name(layer, adapter_name)} branches sibo cannot mix"
+        elif block is None:
             reason = "outside the transformer blocks"
         elif width != hidden_size:
             reason = f"reading width {width}, not the hidden size {hidden_size}"
@@ -222,6 +226,8 @@ def boost(
                 boosted_layer.layer.register_forward_pre_hook(_refuse_merged(adapter_name))
             )
     if config.lam > 0 or config.learnable_lambda:  # λ = 0 is plain PEFT: nothing to report
+        if not boosted:
+            raise InputError(_boosts_nothing(config, skipped))
         logger.info(
             "SIBO λ=%s%s targets=%s: boosted %d of %d adapted modules%s",
             config.lam,
@@ -232,6 +238,24 @@ def boost(
             _skipped_once(skipped),
         )
     return adapter
+
+
+def _boosts_nothing(config: SiboConfig, skipped: dict[str, list[str]]) -> str:
+    """Why a boosted adapter has no branch that reads h0, and the three ways out, in one line."""
+    names = ",".join(sorted({name.rsplit(".", 1)[-1] for names in skipped.values() for name in names}))
+    wanted = {"ffn": "FFN input", "attn": "attention input", "all": "branch reading the hidden state"}
+    unmixable = "".join(f" ({reason})" for reason in skipped if "cannot mix" in reason)
+    return (
+        f"SIBO λ {config.lam} boosts nothing: targets {names or 'none'} have no {wanted[config.targets]}"
+        f"{unmixable}; "
+        "add up_proj (the paper's targets: q_proj,k_proj,v_proj,up_proj,down_proj), choose targets attn or all "
+        "(--sibo_targets), or use λ 0 for plain PEFT (--embedding_lambda 0)"
+    )
+
+
+def _variant_name(layer: nn.Module, adapter_name: str) -> str:
+    variant = getattr(layer, "lora_variant", {}).get(adapter_name)
+    return type(variant if variant is not None else layer).__name__
 
 
 _SKIPS_SAID: set[str] = set()  # a study loads the same kind of adapter many times: say why once
@@ -248,9 +272,14 @@ def _skipped_once(skipped: dict[str, list[str]]) -> str:
 
 
 def _has_adapter(layer: nn.Module, adapter_name: str) -> bool:
+    """Whether `layer` is an adapted layer holding `adapter_name` (any PEFT tuner, so none goes uncounted)."""
     if isinstance(layer, LoraLayer):
         return adapter_name in layer.lora_A
-    return hasattr(layer, "sibo_branch_input") and adapter_name in getattr(layer, "adapter_dropout", {})
+    if hasattr(layer, "sibo_branch_input"):
+        return adapter_name in getattr(layer, "adapter_dropout", {})
+    return isinstance(layer, BaseTunerLayer) and any(
+        adapter_name in getattr(layer, attribute, {}) for attribute in layer.adapter_layer_names
+    )
 
 
 def _role(name_in_block: str) -> str:

@@ -19,8 +19,14 @@ logger = logging.getLogger(__name__)
 
 def add_boosted_adapter(model: torch.nn.Module, peft_config, config: FinetuneConfig) -> torch.nn.Module:
     """`model` with a new adapter, boosted by SIBO as `config.sibo` says: its branches read (1-λ)·x + λ·h0."""
+    if getattr(peft_config, "peft_type", None) == "LORA" and peft_config.target_modules is None:
+        targets = paper_targets(model.config.model_type)
+        peft_config.target_modules = _peft_targets(targets)
+        logger.info("LoRA on %s (the paper's targets; --target_modules chooses others)", ",".join(targets))
     try:
         model = boost_adapter(get_peft_model(model, peft_config), config.sibo)
+    except InputError:  # SIBO's own refusals say what to do already
+        raise
     except ValueError as error:  # e.g. target modules not found in the base model
         reason = first_line(error)
         raise InputError(
@@ -38,15 +44,27 @@ def add_boosted_adapter(model: torch.nn.Module, peft_config, config: FinetuneCon
             "For plain PEFT, use --embedding_lambda 0",
             ", ".join(names) or "none of the adapted modules",
         )
-    if boosted is not None and not boosted.layers and config.embedding_lambda > 0:
-        logger.warning(
-            "SIBO boosts no module: none of the adapted modules is a %s branch reading the hidden state; "
-            "add such modules to --target_modules or choose --sibo_targets",
-            config.sibo_targets,
-        )
     trainable, total = model.get_nb_trainable_parameters()
     logger.info("trainable parameters: %d of %d (%.4f%%)", trainable, total, 100 * trainable / total)
     return model
+
+
+# The paper's LoRA targets (q, k, v, up, down: the FFN's input-reading up_proj is what SIBO boosts), per family.
+_LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+_FUSED_QKV_TARGETS = ("query_key_value", "dense_h_to_4h", "dense_4h_to_h")
+PAPER_TARGETS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text"), _LLAMA_TARGETS),
+    "gptj": ("q_proj", "k_proj", "v_proj", "fc_in", "fc_out"),
+    "opt": ("q_proj", "k_proj", "v_proj", "fc1", "fc2"),
+    "gpt2": ("c_attn", "c_fc", "mlp.c_proj"),  # attn.c_proj is attention's output
+    **dict.fromkeys(("gpt_neox", "bloom"), _FUSED_QKV_TARGETS),
+}
+
+
+def paper_targets(model_type: str) -> list[str]:
+    """LoRA's default modules for `sibo finetune`: the paper's, so that a run without flags is a SIBO run;
+    every linear layer for an architecture not in the table (its FFN input among them)."""
+    return list(PAPER_TARGETS.get(model_type, ("all-linear",)))
 
 
 def build_peft_config(config: FinetuneConfig):

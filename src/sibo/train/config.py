@@ -119,7 +119,8 @@ class FinetuneConfig:
     target_modules: list[str] | None = _field(
         None,
         'modules to adapt: ["q_proj","k_proj"], [q_proj,k_proj] or q_proj,k_proj (also --lora_target_modules); '
-        "unset: the adapter's default modules for the architecture",
+        "unset: the paper's (LoRA: q,k,v,up,down for LLaMA-like models, the equivalents elsewhere; "
+        "bottleneck: the FFN)",
         "LoRA / DoRA",
     )
     use_rslora: bool = _field(
