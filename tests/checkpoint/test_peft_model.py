@@ -267,3 +267,30 @@ def test_seed_checkpoint_with_a_bad_lambda_names_the_file(tmp_path):
         InputError, match=r"adapter_config.json: SIBO's λ must be a number in \[0, 1\], got 1.5"
     ):
         load_sibo_model(build_tiny_model("llama", VOCAB), tmp_path)
+
+
+@pytest.mark.parametrize(("record", "content"), [
+    ("run_config.json", {"config": {"embedding_lambda": 0.1}}),
+    ("sibo_run.json", {"verb": "finetune", "settings": {"embedding_lambda": 0.2}}),
+])  # fmt: skip
+def test_missing_settings_with_records_of_a_lambda_are_refused_by_name(tmp_path, record, content):
+    base = build_tiny_model("llama", VOCAB)
+    get_sibo_model(copy.deepcopy(base), lora(), lam=0.1).save_pretrained(tmp_path)
+    (tmp_path / "sibo_config.json").unlink()
+    (tmp_path / record).write_text(json.dumps(content))
+    lam = content.get("config", content.get("settings"))["embedding_lambda"]
+    with pytest.raises(InputError) as error:
+        load_sibo_model(copy.deepcopy(base), tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path / 'sibo_config.json'} is missing, but {record} beside it records λ {lam}: without it the adapter "
+        "would run as plain LoRA; restore the file, or load it plain on purpose with λ 0 (--embedding_lambda 0)"
+    )
+    assert sibo_settings(load_sibo_model(copy.deepcopy(base), tmp_path, lam=0.0)).lam == 0.0  # on purpose
+
+
+def test_damaged_settings_are_refused_by_name(tmp_path):
+    base = build_tiny_model("llama", VOCAB)
+    get_sibo_model(copy.deepcopy(base), lora(), lam=0.1).save_pretrained(tmp_path)
+    (tmp_path / "sibo_config.json").write_text('{"lam": 0.1, "targ')
+    with pytest.raises(InputError, match=rf"^{tmp_path / 'sibo_config.json'}: not a valid SIBO settings file"):
+        load_sibo_model(copy.deepcopy(base), tmp_path)

@@ -89,7 +89,9 @@ class SiboModelMixin:
         settings = read_sibo_config(
             Path(model_id) / (kwargs.get("subfolder") or ""), self.base_model.model.config
         )
-        if settings is not None:
+        if settings is None:
+            refuse_missing_settings(Path(model_id) / (kwargs.get("subfolder") or ""))
+        else:
             config, logits = settings
             if adapter_name not in self._sibo_adapters:
                 boost_adapter(self, config, adapter_name)
@@ -242,6 +244,7 @@ def load_sibo_model(
         raise _does_not_fit(path, base_model.config, error) from None
     check_adapter_fits(model, path, adapter_name)
     if lam is None and settings is None:
+        refuse_missing_settings(path)
         return model
     config, logits = settings if settings is not None else (SiboConfig(), None)
     if lam is not None or targets is not None:
@@ -301,6 +304,26 @@ def read_sibo_config(directory: Path, base_config) -> tuple[SiboConfig, list[flo
             f"but the base model is {here[0]} with hidden size {here[1]}"
         )
     return config, settings.get("lambda_logits")
+
+
+# The run records `sibo finetune` and `sibo sweep` leave beside an adapter: where each keeps the flags.
+_RUN_RECORDS = (("run_config.json", "config"), ("sibo_run.json", "settings"))
+
+
+def refuse_missing_settings(directory: Path) -> None:
+    """An adapter with no SIBO settings whose run records say λ > 0 would run as plain LoRA: refuse it."""
+    for name, block in _RUN_RECORDS:
+        try:
+            flags = json.loads((directory / name).read_text()).get(block) or {}
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        lam = flags.get("embedding_lambda") if isinstance(flags, dict) else None
+        if isinstance(lam, int | float) and (lam > 0 or flags.get("learnable_lambda")):
+            raise InputError(
+                f"{directory / SIBO_CONFIG_FILE} is missing, but {name} beside it records λ {lam}: without it the "
+                "adapter would run as plain LoRA; restore the file, or load it plain on purpose with λ 0 "
+                "(--embedding_lambda 0)"
+            )
 
 
 def _upstream_sibo_config(directory: Path) -> tuple[SiboConfig, None] | None:
