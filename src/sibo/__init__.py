@@ -6,6 +6,9 @@ The names below load on first use, so `import sibo` (and `sibo --help`) costs no
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -33,3 +36,36 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
+
+
+def _register_peft_methods() -> None:
+    """Teach PEFT sibo's methods (SIBO_LORA, BOTTLENECK), so that its loaders run sibo's adapters exactly."""
+    import sibo.adapters.bottleneck  # noqa: F401  (registers itself)
+    from sibo.core.registration import register
+
+    register()
+
+
+class _AfterPeftImport(importlib.abc.MetaPathFinder):
+    """Registers sibo's methods the moment peft is imported: `import sibo` itself stays free of torch."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "peft":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            run_peft = spec.loader.exec_module
+
+            def exec_module(module):
+                run_peft(module)
+                _register_peft_methods()
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+if "peft" in sys.modules:
+    _register_peft_methods()
+elif not any(isinstance(finder, _AfterPeftImport) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _AfterPeftImport())

@@ -36,6 +36,13 @@ from sibo.core.booster import (
     find_boost,
     find_transformer_blocks,
 )
+from sibo.core.registration import (
+    PEFT_TYPE_NAME,
+    SETTINGS_FIELD,
+    plain_lora_config,
+    settings_block,
+    sibo_lora_settings,
+)
 from sibo.errors import InputError, first_line
 from sibo.files import write_json
 
@@ -77,10 +84,13 @@ class SiboModelMixin:
                 directory = Path(save_directory) / name if name != "default" else Path(save_directory)
                 logits = state_dict.get(f"sibo_lambdas.{name}.logits")
                 write_sibo_config(directory, self._sibo_adapters[name], self.base_model.model.config, logits)
+                mark_sibo_lora(directory, self._sibo_adapters[name], logits)
 
     def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False, **kwargs):
         """PEFT's load_adapter (Trainer uses it to resume and to load the best checkpoint), plus SIBO's settings."""
         check_weights_dir(Path(model_id) / (kwargs.get("subfolder") or ""), ADAPTER_WEIGHTS)
+        if adapter_name not in self.peft_config:
+            self._add_plain_lora(Path(model_id) / (kwargs.get("subfolder") or ""), adapter_name, is_trainable)
         try:
             result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
         except RuntimeError as error:  # size mismatches from load_state_dict
@@ -97,6 +107,16 @@ class SiboModelMixin:
                 boost_adapter(self, config, adapter_name)
             _restore_lambdas(self._sibo_adapters[adapter_name], logits, is_trainable)
         return result
+
+    def _add_plain_lora(self, directory: Path, adapter_name: str, is_trainable: bool) -> None:
+        """A SIBO_LORA adapter joins as the plain LoRA it is in memory (SIBO's hooks come from its settings),
+        where PEFT would refuse to mix its type with LORA."""
+        config = plain_lora_config(directory)
+        if config is not None:
+            config.inference_mode = not is_trainable
+            self.add_adapter(adapter_name, config)
+            if is_trainable:
+                self.set_requires_grad(adapter_name)
 
     def delete_adapter(self, adapter_name: str) -> None:
         unboost(self, adapter_name)
@@ -152,6 +172,7 @@ def _attach(model: PeftModel) -> PeftModel:
     """Turn a PeftModel into its SIBO subclass, with the h0 capture installed once."""
     if isinstance(model, SiboModelMixin):
         return model
+    getattr(model.base_model, "release_sibo", lambda: None)()  # loaded by PEFT: sibo's hooks replace its tuner's
     model.__class__ = _sibo_class(type(model))
     model._sibo_state = InitialState()
     model._sibo_adapters = {}
@@ -236,7 +257,11 @@ def load_sibo_model(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", _UPSTREAM_FIELDS_WARNING, UserWarning)
             model = PeftModel.from_pretrained(
-                base_model, str(path), adapter_name=adapter_name, is_trainable=is_trainable
+                base_model,
+                str(path),
+                adapter_name=adapter_name,
+                is_trainable=is_trainable,
+                config=plain_lora_config(path),  # a SIBO_LORA adapter: plain LoRA here, boosted below
             )
     except (SafetensorError, pickle.UnpicklingError) as error:  # what the check above let through
         raise InputError(f"cannot read the adapter weights in {path}: {first_line(error)}") from None
@@ -287,8 +312,9 @@ def write_sibo_config(
 def read_sibo_config(directory: Path, base_config) -> tuple[SiboConfig, list[float] | None] | None:
     """The SIBO settings saved in `directory`, checked against the base model; None if there are none."""
     file = Path(directory) / SIBO_CONFIG_FILE
+    in_adapter_config = sibo_lora_settings(Path(directory))  # what PEFT's loaders boost with: it wins
     if not file.is_file():
-        return _upstream_sibo_config(Path(directory))
+        return in_adapter_config if in_adapter_config is not None else _upstream_sibo_config(Path(directory))
     try:
         settings = json.loads(file.read_text())
         config = SiboConfig(
@@ -303,7 +329,21 @@ def read_sibo_config(directory: Path, base_config) -> tuple[SiboConfig, list[flo
             f"the adapter at {directory} was trained on a {saved[0]} base with hidden size {saved[1]}, "
             f"but the base model is {here[0]} with hidden size {here[1]}"
         )
-    return config, settings.get("lambda_logits")
+    return in_adapter_config or (config, settings.get("lambda_logits"))
+
+
+def mark_sibo_lora(directory: Path, adapter: BoostedAdapter, logits: torch.Tensor | None = None) -> None:
+    """Make a boosted LoRA adapter's adapter_config.json say SIBO_LORA, with its settings: PEFT without sibo
+    then refuses it, and PEFT with sibo boosts it. λ = 0 leaves a plain LORA folder that loads anywhere."""
+    file = directory / "adapter_config.json"
+    stored = json.loads(file.read_text())
+    if stored.get("peft_type") != "LORA" or not (adapter.config.lam > 0 or adapter.lambdas is not None):
+        return
+    if adapter.lambdas is not None and logits is None:
+        logits = adapter.lambdas.logits
+    stored["peft_type"] = PEFT_TYPE_NAME
+    stored[SETTINGS_FIELD] = settings_block(adapter.config, logits)
+    write_json(file, stored, sort_keys=True)
 
 
 # The run records `sibo finetune` and `sibo sweep` leave beside an adapter: where each keeps the flags.

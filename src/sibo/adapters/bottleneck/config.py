@@ -14,6 +14,7 @@ from peft.config import PeftConfig
 from peft.utils.peft_types import PeftType
 from transformers.activations import ACT2FN
 
+from sibo.core.registration import peft_type_member
 from sibo.errors import InputError
 
 # Where an adapter sits on the module it wraps (LLM-Adapters' names for them).
@@ -29,16 +30,7 @@ PEFT_TYPE_NAME = "BOTTLENECK"
 
 def bottleneck_peft_type() -> PeftType:
     """PeftType.BOTTLENECK, added to peft's enum on first use (peft only registers enum members)."""
-    if PEFT_TYPE_NAME in PeftType.__members__:
-        return PeftType[PEFT_TYPE_NAME]
-    member = str.__new__(PeftType, PEFT_TYPE_NAME)
-    member._name_ = member._value_ = PEFT_TYPE_NAME
-    member._sort_order_ = len(PeftType._member_names_)
-    PeftType._member_map_[PEFT_TYPE_NAME] = member
-    PeftType._value2member_map_[PEFT_TYPE_NAME] = member
-    PeftType._member_names_.append(PEFT_TYPE_NAME)
-    type.__setattr__(PeftType, PEFT_TYPE_NAME, member)  # EnumType.__setattr__ refuses new members
-    return member
+    return peft_type_member(PEFT_TYPE_NAME)
 
 
 @dataclass

@@ -1,0 +1,165 @@
+"""SIBO_LORA: a boosted LoRA adapter as a PEFT method of its own, so that it runs exactly or not at all.
+
+A LoRA adapter that SIBO boosts (λ > 0, or a learnt λ) is saved with `"peft_type": "SIBO_LORA"` and its
+settings in adapter_config.json's `"sibo"` block. PEFT without sibo knows no such type and refuses the
+folder (a KeyError naming SIBO_LORA), where a LORA type would have run it as plain LoRA, silently dropping
+λ·B·A·(h0 - x). With sibo imported, PEFT knows the type: `PeftModel.from_pretrained`, `load_adapter`,
+`AutoPeftModelForCausalLM` and transformers' `model.load_adapter` build its LoRA layers through
+`SiboLoraModel`, which boosts them with `sibo.core.booster.boost` as the settings say, the same hooks
+sibo's own loaders install. A λ = 0 adapter stays a LORA folder that loads anywhere.
+
+sibo's own loaders (`sibo.load_sibo_model`) read the same block and load the weights as plain LoRA,
+boosted by `SiboModelMixin` (sibo.core.peft_model), which also trains λ and saves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, LoraModel
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils.peft_types import PeftType, register_peft_method
+
+from sibo.core.booster import BoostedAdapter, InitialState, boost, capture_initial_state, find_transformer_blocks
+from sibo.core.config import SiboConfig
+from sibo.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+PEFT_TYPE_NAME = "SIBO_LORA"
+SETTINGS_FIELD = "sibo"  # the block in adapter_config.json
+# For whoever opens adapter_config.json in a program that refuses it.
+NOTE = "a SIBO LoRA adapter (arXiv 2402.11896): `import sibo` before loading it with peft or transformers"
+
+
+def peft_type_member(name: str) -> PeftType:
+    """PeftType[name], added to peft's enum on first use (peft registers enum members only)."""
+    if name in PeftType.__members__:
+        return PeftType[name]
+    member = str.__new__(PeftType, name)
+    member._name_ = member._value_ = name
+    member._sort_order_ = len(PeftType._member_names_)
+    PeftType._member_map_[name] = member
+    PeftType._value2member_map_[name] = member
+    PeftType._member_names_.append(name)
+    type.__setattr__(PeftType, name, member)  # EnumType.__setattr__ refuses new members
+    return member
+
+
+def settings_block(config: SiboConfig, logits: torch.Tensor | None) -> dict:
+    """adapter_config.json's "sibo" block: the settings, and a learnt λ as logits (bit-exact in JSON)."""
+    block = {"lam": config.lam, "targets": config.targets, "learnable_lambda": config.learnable_lambda}
+    if logits is not None:
+        block["lambda_logits"] = logits.detach().float().cpu().tolist()
+    return {**block, "note": NOTE}
+
+
+def read_settings_block(block, where: str) -> tuple[SiboConfig, list[float] | None]:
+    """The SiboConfig and learnt λ logits of a "sibo" block; one line naming `where` when it is damaged."""
+    try:
+        config = SiboConfig(lam=block["lam"], targets=block["targets"], learnable_lambda=block["learnable_lambda"])
+        logits = block.get("lambda_logits")
+        if config.learnable_lambda and not (isinstance(logits, list) and all(isinstance(v, float) for v in logits)):
+            raise ValueError("a learnt λ without its lambda_logits")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise InputError(f"{where}: the SIBO settings (its {SETTINGS_FIELD!r} block) are damaged ({error})") from None
+    return config, logits if config.learnable_lambda else None
+
+
+def sibo_lora_settings(directory: Path) -> tuple[SiboConfig, list[float] | None] | None:
+    """The settings of a SIBO_LORA folder's adapter_config.json; None for any other folder."""
+    file = Path(directory) / "adapter_config.json"
+    try:
+        stored = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # PEFT reports an unreadable adapter config itself
+    if not isinstance(stored, dict) or stored.get("peft_type") != PEFT_TYPE_NAME:
+        return None
+    return read_settings_block(stored.get(SETTINGS_FIELD), str(file))
+
+
+def plain_lora_config(directory: Path) -> LoraConfig | None:
+    """A SIBO_LORA folder's LoRA settings as a plain LoraConfig (sibo boosts it itself); None for others."""
+    stored = json.loads((Path(directory) / "adapter_config.json").read_text())
+    if stored.get("peft_type") != PEFT_TYPE_NAME:
+        return None
+    stored.pop(SETTINGS_FIELD, None)
+    return LoraConfig.from_peft_type(**{**stored, "peft_type": "LORA"})
+
+
+@dataclass
+class SiboLoraConfig(LoraConfig):
+    """LoRA settings plus SIBO's: what PEFT reads from a SIBO_LORA adapter_config.json."""
+
+    sibo: dict | None = field(
+        default=None,
+        metadata={"help": "SIBO's settings: lam, targets, learnable_lambda, lambda_logits (a learnt λ per block)"},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = peft_type_member(PEFT_TYPE_NAME)
+        read_settings_block(self.sibo, "adapter_config.json")
+
+
+class SiboLoraModel(LoraModel):
+    """LoraModel whose SIBO_LORA adapters are boosted as their settings say, in whatever loader built them."""
+
+    def inject_adapter(self, model: torch.nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        config = self.peft_config[adapter_name]
+        if isinstance(config, SiboLoraConfig):
+            self._boost(adapter_name, *read_settings_block(config.sibo, "adapter_config.json"))
+
+    def _boost(self, adapter_name: str, config: SiboConfig, logits: list[float] | None) -> None:
+        if "_sibo_state" not in self.__dict__:  # one h0 capture for every adapter of the model
+            self._sibo_state = InitialState()
+            self._sibo_adapters: dict[str, BoostedAdapter] = {}
+            self._sibo_capture = capture_initial_state(find_transformer_blocks(self.model)[1], self._sibo_state)
+        adapter = boost(self.model, config, self._sibo_state, adapter_name)
+        if adapter.lambdas is not None:  # kept as loaded: PEFT's save would not write a λ trained here
+            with torch.no_grad():
+                adapter.lambdas.logits.copy_(torch.tensor(logits, dtype=adapter.lambdas.logits.dtype))
+            adapter.lambdas.requires_grad_(False)
+        self._sibo_adapters[adapter_name] = adapter
+
+    def release_sibo(self) -> None:
+        """Remove every SIBO hook this tuner installed (sibo's own loaders install theirs)."""
+        for adapter in self.__dict__.pop("_sibo_adapters", {}).values():
+            for handle in adapter.handles:
+                handle.remove()
+        if "_sibo_state" in self.__dict__:
+            self._sibo_capture.remove()
+            del self._sibo_state
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        adapter = self.__dict__.get("_sibo_adapters", {}).pop(adapter_name, None)
+        for handle in adapter.handles if adapter is not None else ():
+            handle.remove()
+        super().delete_adapter(adapter_name)
+
+    def _unload_and_optionally_merge(self, merge: bool = True, *args, **kwargs):
+        if merge and self.__dict__.get("_sibo_adapters"):
+            raise ValueError(
+                "merging would drop SIBO's λ·ΔW·h0 term: a merged layer runs its base weight only. "
+                "Use `sibo export` for an exact merged checkpoint"
+            )
+        self.release_sibo()
+        return super()._unload_and_optionally_merge(merge, *args, **kwargs)
+
+
+def register() -> None:
+    """Make PEFT know SIBO_LORA (and peft's PeftConfig find it); safe to call again."""
+    peft_type = peft_type_member(PEFT_TYPE_NAME)
+    if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
+        register_peft_method(name=PEFT_TYPE_NAME.lower(), config_cls=SiboLoraConfig, model_cls=SiboLoraModel,
+                             prefix=LoraModel.prefix)  # fmt: skip
+    else:  # a reloaded module re-points the mappings
+        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = SiboLoraConfig
+        PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = SiboLoraModel
+        PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = LoraModel.prefix
+

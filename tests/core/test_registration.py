@@ -1,0 +1,131 @@
+"""SIBO_LORA: a boosted LoRA adapter runs exactly in PEFT's and transformers' loaders with sibo imported, and
+is refused by PEFT without sibo; a λ = 0 adapter stays a plain LORA folder."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+
+import pytest
+import torch
+from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM
+
+import sibo
+from sibo.testing import build_tiny_model
+
+VOCAB = 64
+IDS = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A base model folder and two SIBO adapters trained on it: λ 0.4 fixed, and a learnt λ moved off its start."""
+    root = tmp_path_factory.mktemp("sibo_lora")
+    build_tiny_model("llama", VOCAB).save_pretrained(root / "base")
+    for name, learnable in (("fixed", False), ("learnt", True)):
+        torch.manual_seed(1 if learnable else 2)
+        lora = LoraConfig(r=4, target_modules=["q_proj", "up_proj", "down_proj"], init_lora_weights=False)
+        model = sibo.get_sibo_model(base(root), lora, lam=0.4, targets="all", learnable_lambda=learnable)
+        if learnable:
+            with torch.no_grad():
+                model.sibo_lambdas["default"].logits.add_(torch.tensor([0.3, -0.2]))
+        model.save_pretrained(root / name)
+    return root
+
+
+def base(root):
+    return AutoModelForCausalLM.from_pretrained(root / "base", dtype=torch.float32).eval()
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+def test_a_boosted_adapter_says_sibo_lora_with_its_settings(saved):
+    stored = json.loads((saved / "learnt" / "adapter_config.json").read_text())
+    assert stored["peft_type"] == "SIBO_LORA"
+    block = stored["sibo"]
+    assert (block["lam"], block["targets"], block["learnable_lambda"]) == (0.4, "all", True)
+    model = sibo.load_sibo_model(base(saved), saved / "learnt")
+    assert block["lambda_logits"] == model.sibo_lambdas["default"].logits.tolist()
+
+
+@pytest.mark.parametrize("name", ["fixed", "learnt"])
+@pytest.mark.parametrize("loader", ["PeftModel.from_pretrained", "AutoPeftModel", "PeftModel.load_adapter",
+                                    "transformers.load_adapter"])  # fmt: skip
+def test_peft_and_transformers_loaders_run_it_exactly(saved, name, loader):
+    want = logits(sibo.load_sibo_model(base(saved), saved / name))
+    path = str(saved / name)
+    if loader == "PeftModel.from_pretrained":
+        model = PeftModel.from_pretrained(base(saved), path)
+    elif loader == "AutoPeftModel":
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    elif loader == "PeftModel.load_adapter":  # a second adapter beside the first, then made active
+        model = PeftModel.from_pretrained(base(saved), str(saved / ("learnt" if name == "fixed" else "fixed")))
+        model.load_adapter(path, "other")
+        model.set_adapter("other")
+    else:
+        model = base(saved)
+        model.load_adapter(path)
+    torch.testing.assert_close(logits(model.eval()), want, rtol=0, atol=1e-6)
+    plain = PeftModel.from_pretrained(base(saved), path, config=sibo.core.registration.plain_lora_config(path))
+    assert (logits(plain) - want).abs().max() > 1e-3  # what PEFT ran before: plain LoRA
+
+
+def test_peft_loaded_adapter_disables_to_the_base_and_refuses_to_merge(saved):
+    model = PeftModel.from_pretrained(base(saved), str(saved / "fixed"))
+    with model.disable_adapter():
+        assert torch.equal(logits(model), logits(base(saved)))
+    with pytest.raises(ValueError, match=r"^merging would drop SIBO's λ·ΔW·h0 term"):
+        model.merge_and_unload()
+    assert torch.equal(logits(model.unload()), logits(base(saved)))  # every hook gone with the adapter
+
+
+def test_sibo_load_adapter_takes_a_sibo_lora_folder_under_a_new_name(saved):
+    model = sibo.load_sibo_model(base(saved), saved / "learnt")
+    model.load_adapter(str(saved / "fixed"), "fixed")
+    model.set_adapter("fixed")
+    want = logits(sibo.load_sibo_model(base(saved), saved / "fixed"))
+    torch.testing.assert_close(logits(model), want, rtol=0, atol=1e-6)
+    assert sibo.sibo_settings(model, "fixed").lam == 0.4
+
+
+def test_lambda_zero_stays_a_plain_lora_folder(tmp_path):
+    lora = LoraConfig(r=4, target_modules=["up_proj"], init_lora_weights=False)
+    model = sibo.get_sibo_model(build_tiny_model("llama", VOCAB), lora, lam=0.0)
+    model.save_pretrained(tmp_path)
+    stored = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert stored["peft_type"] == "LORA" and "sibo" not in stored
+
+
+def test_peft_without_sibo_refuses_it(saved):
+    """A fresh interpreter without site's .pth files: sibo's editable install is not on its path."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.append({sysconfig.get_paths()["purelib"]!r})
+        try:
+            import sibo
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("sibo is importable")
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+        for load in (lambda m: PeftModel.from_pretrained(m, {str(saved / "fixed")!r}),
+                     lambda m: m.load_adapter({str(saved / "fixed")!r})):
+            try:
+                load(AutoModelForCausalLM.from_pretrained({str(saved / "base")!r}))
+            except KeyError as error:
+                print("refused:", error)
+            else:
+                raise SystemExit("loaded")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["refused: 'SIBO_LORA'"] * 2
