@@ -2,15 +2,20 @@
 
 import copy
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
 
 from sibo import get_sibo_model, load_sibo_model, sibo_settings
 from sibo.core.booster import SiboConfig
 from sibo.errors import InputError
 from sibo.testing import build_tiny_model, build_tokenizer
+
+PRE31 = Path(__file__).parent / "data" / "pre31"  # adapters as sibo wrote them before SIBO_LORA
 
 VOCAB = 64
 
@@ -274,8 +279,9 @@ def test_seed_checkpoint_with_a_bad_lambda_names_the_file(tmp_path):
     ("sibo_run.json", {"verb": "finetune", "settings": {"embedding_lambda": 0.2}}),
 ])  # fmt: skip
 def test_missing_settings_with_records_of_a_lambda_are_refused_by_name(tmp_path, record, content):
-    base = build_tiny_model("llama", VOCAB)
-    get_sibo_model(copy.deepcopy(base), lora(), lam=0.1).save_pretrained(tmp_path)
+    """An adapter written before SIBO_LORA (PEFT's LORA type, λ in sibo_config.json) that lost its settings."""
+    base = AutoModelForCausalLM.from_pretrained(PRE31 / "base")
+    shutil.copytree(PRE31 / "fixed", tmp_path, dirs_exist_ok=True)
     (tmp_path / "sibo_config.json").unlink()
     (tmp_path / record).write_text(json.dumps(content))
     lam = content.get("config", content.get("settings"))["embedding_lambda"]
@@ -294,3 +300,52 @@ def test_damaged_settings_are_refused_by_name(tmp_path):
     (tmp_path / "sibo_config.json").write_text('{"lam": 0.1, "targ')
     with pytest.raises(InputError, match=rf"^{tmp_path / 'sibo_config.json'}: not a valid SIBO settings file"):
         load_sibo_model(copy.deepcopy(base), tmp_path)
+    (tmp_path / "sibo_config.json").unlink()
+    stored = json.loads((tmp_path / "adapter_config.json").read_text())
+    for damage in ({"lam": 0.1}, None):  # a key lost; the whole block lost
+        (tmp_path / "adapter_config.json").write_text(json.dumps({**stored, "sibo": damage}))
+        with pytest.raises(InputError) as error:
+            load_sibo_model(copy.deepcopy(base), tmp_path)
+        assert str(error.value).startswith(
+            f"{tmp_path / 'adapter_config.json'}: the SIBO settings (its 'sibo' block) are damaged ("
+        )
+        with pytest.raises(InputError, match=r"^adapter_config.json: the SIBO settings \(its 'sibo' block\) are damaged"):
+            PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path))
+
+
+def fuse_mlp(mlp):
+    """What fused-kernel trainers do: the MLP computes base + s·B·A·x from the weights, never calling the LoRA
+    modules' forward, so SIBO's hooks on them never run."""
+
+    def linear(layer, x):
+        y = torch.nn.functional.linear(x, getattr(layer, "base_layer", layer).weight)
+        if hasattr(layer, "lora_A"):
+            a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+            y = y + torch.nn.functional.linear(torch.nn.functional.linear(x, a), b) * layer.scaling["default"]
+        return y
+
+    mlp.forward = lambda x: linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
+
+
+def test_a_fused_mlp_that_skips_the_mixing_is_refused_at_the_first_forward():
+    model = get_sibo_model(build_tiny_model("llama", VOCAB), lora(("q_proj", "up_proj", "down_proj")), lam=0.3)
+    fuse_mlp(model.base_model.model.model.layers[1].mlp)
+    with pytest.raises(InputError) as error:
+        model(input_ids=ids())
+    assert str(error.value) == (
+        "SIBO's mixing did not run in 1 of 2 boosted modules (base_model.model.model.layers.1.mlp.up_proj): a fused "
+        "kernel, a replaced forward or a compiled graph skipped their LoRA modules, so they would run as plain LoRA; "
+        "turn that kernel off for SIBO adapters"
+    )
+
+
+def test_the_mixing_check_passes_once_and_waits_for_a_forward_that_runs_the_adapter():
+    model = get_sibo_model(build_tiny_model("llama", VOCAB), lora(), lam=0.3)
+    state = model._sibo_state
+    with model.disable_adapter():
+        model(input_ids=ids())  # no branch ran: nothing to check yet
+    assert state.unverified == [model._sibo_adapters["default"]]
+    model(input_ids=ids())
+    assert state.unverified == [] and state.mixed is None
+    fuse_mlp(model.base_model.model.model.layers[1].mlp)  # after the check: not looked at again
+    model(input_ids=ids())

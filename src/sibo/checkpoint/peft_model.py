@@ -35,6 +35,7 @@ from sibo.core.booster import (
     capture_initial_state,
     find_boost,
     find_transformer_blocks,
+    release,
 )
 from sibo.core.registration import (
     PEFT_TYPE_NAME,
@@ -211,8 +212,7 @@ def unboost(model: PeftModel, adapter_name: str) -> None:
     """Remove SIBO from one adapter: it runs as plain PEFT again."""
     adapter = model._sibo_adapters.pop(adapter_name, None)
     if adapter is not None:
-        for handle in adapter.handles:
-            handle.remove()
+        release(adapter, model._sibo_state)
         if adapter_name in model.sibo_lambdas:
             del model.sibo_lambdas[adapter_name]
 

@@ -64,6 +64,9 @@ class InitialState:
         # adapter name -> rows of the batch it runs on, while PEFT runs an `adapter_names=` mixed batch
         self.adapter_rows: dict[str, torch.Tensor] | None = None
         self.last_mix: LastMix | None = None
+        # Until each boosted adapter's branches have been seen mixing h0 once (see check_branches_mixed):
+        self.unverified: list[BoostedAdapter] = []
+        self.mixed: set[str] | None = None  # names of the branches that mixed in this forward
 
     def for_branch(self, adapter_name: str) -> torch.Tensor:
         if self.h0 is None:
@@ -97,6 +100,7 @@ class BoostedAdapter:
     layers: list[BoostedLayer]
     lambdas: LearnableLambda | None
     handles: list = field(default_factory=list, repr=False)
+    adapter_name: str = "default"
 
     def lambda_at(self, block: int) -> float | torch.Tensor:
         """The λ block `block` mixes with: the config's number, or that block's learnable one."""
@@ -133,14 +137,56 @@ def find_transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     )
 
 
-def capture_initial_state(blocks: nn.ModuleList, state: InitialState):
-    """Store the input of block 0 — h0 — on every forward; returns the hook handle."""
+class Handles(NamedTuple):
+    """Hook handles removed together."""
+
+    handles: tuple
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def capture_initial_state(blocks: nn.ModuleList, state: InitialState) -> Handles:
+    """Store the input of block 0 — h0 — on every forward, and check after the last block, until each
+    boosted adapter has passed once, that its branches mixed h0; returns the hooks' handles."""
 
     def store_h0(module, args, kwargs):
         state.h0 = args[0] if args else kwargs["hidden_states"]  # (B, T, H), new positions only
         state.last_mix = None
+        state.mixed = set() if state.unverified else None
 
-    return blocks[0].register_forward_pre_hook(store_h0, with_kwargs=True)
+    def check(module, args, output):
+        if state.mixed is not None and state.adapter_rows is None:
+            check_branches_mixed(state)
+
+    return Handles((
+        blocks[0].register_forward_pre_hook(store_h0, with_kwargs=True),
+        blocks[-1].register_forward_hook(check),
+    ))
+
+
+def check_branches_mixed(state: InitialState) -> None:
+    """Every branch a boosted adapter ran in this forward mixed h0: a fused kernel, a replaced forward or a
+    compiled graph that computes the LoRA branch without calling its modules would train plain LoRA."""
+    for adapter in list(state.unverified):
+        running = [layer.name for layer in adapter.layers if _runs(layer.layer, adapter.adapter_name)]
+        skipped = [name for name in running if name not in state.mixed]
+        if skipped:
+            shown = ", ".join(skipped[:4]) + (f" and {len(skipped) - 4} more" if len(skipped) > 4 else "")
+            raise InputError(
+                f"SIBO's mixing did not run in {len(skipped)} of {len(running)} boosted modules ({shown}): a fused "
+                "kernel, a replaced forward or a compiled graph skipped their LoRA modules, so they would run as plain "
+                "LoRA; turn that kernel off for SIBO adapters"
+            )
+        if running:
+            state.unverified.remove(adapter)
+    state.mixed = None
+
+
+def _runs(layer: nn.Module, adapter_name: str) -> bool:
+    """Whether PEFT runs `adapter_name`'s branch in this layer (active, not disabled)."""
+    return not layer.disable_adapters and adapter_name in layer.active_adapters
 
 
 def _branch(layer: nn.Module, adapter_name: str) -> Branch | None:
@@ -160,10 +206,13 @@ def _branch(layer: nn.Module, adapter_name: str) -> Branch | None:
     return None
 
 
-def _register_mixing_hook(
-    module: nn.Module, kind: str, adapter: BoostedAdapter, block: int, state: InitialState, adapter_name: str
-):
+def _register_mixing_hook(module: nn.Module, kind: str, adapter: BoostedAdapter, layer: BoostedLayer,
+                          state: InitialState):  # fmt: skip
+    adapter_name, block = adapter.adapter_name, layer.block
+
     def mix(x: torch.Tensor) -> torch.Tensor:
+        if state.mixed is not None:
+            state.mixed.add(layer.name)
         # q/k/v (and gate/up) of a block read the same x: mix it once.
         last = state.last_mix
         if last is not None and last.x is x and (last.adapter_name, last.block) == (adapter_name, block):
@@ -214,13 +263,9 @@ def boost(
 
     device = next(model.parameters()).device
     lambdas = LearnableLambda(config.lam, len(blocks)).to(device) if config.learnable_lambda else None
-    adapter = BoostedAdapter(config, [layer for layer, _ in boosted], lambdas)
+    adapter = BoostedAdapter(config, [layer for layer, _ in boosted], lambdas, adapter_name=adapter_name)
     for boosted_layer, branch in boosted:
-        adapter.handles.append(
-            _register_mixing_hook(
-                branch.module, branch.kind, adapter, boosted_layer.block, state, adapter_name
-            )
-        )
+        adapter.handles.append(_register_mixing_hook(branch.module, branch.kind, adapter, boosted_layer, state))
         if config.lam > 0 or config.learnable_lambda:
             adapter.handles.append(
                 boosted_layer.layer.register_forward_pre_hook(_refuse_merged(adapter_name))
@@ -228,6 +273,7 @@ def boost(
     if config.lam > 0 or config.learnable_lambda:  # λ = 0 is plain PEFT: nothing to report
         if not boosted:
             raise InputError(_boosts_nothing(config, skipped))
+        state.unverified.append(adapter)
         logger.info(
             "SIBO λ=%s%s targets=%s: boosted %d of %d adapted modules%s",
             config.lam,
@@ -256,6 +302,14 @@ def _boosts_nothing(config: SiboConfig, skipped: dict[str, list[str]]) -> str:
 def _variant_name(layer: nn.Module, adapter_name: str) -> str:
     variant = getattr(layer, "lora_variant", {}).get(adapter_name)
     return type(variant if variant is not None else layer).__name__
+
+
+def release(adapter: BoostedAdapter, state: InitialState) -> None:
+    """Remove an adapter's hooks: its branches run as plain PEFT again."""
+    for handle in adapter.handles:
+        handle.remove()
+    if adapter in state.unverified:
+        state.unverified.remove(adapter)
 
 
 _SKIPS_SAID: set[str] = set()  # a study loads the same kind of adapter many times: say why once

@@ -24,7 +24,14 @@ from peft import LoraConfig, LoraModel
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.peft_types import PeftType, register_peft_method
 
-from sibo.core.booster import BoostedAdapter, InitialState, boost, capture_initial_state, find_transformer_blocks
+from sibo.core.booster import (
+    BoostedAdapter,
+    InitialState,
+    boost,
+    capture_initial_state,
+    find_transformer_blocks,
+    release,
+)
 from sibo.core.config import SiboConfig
 from sibo.errors import InputError
 
@@ -130,16 +137,15 @@ class SiboLoraModel(LoraModel):
     def release_sibo(self) -> None:
         """Remove every SIBO hook this tuner installed (sibo's own loaders install theirs)."""
         for adapter in self.__dict__.pop("_sibo_adapters", {}).values():
-            for handle in adapter.handles:
-                handle.remove()
+            release(adapter, self._sibo_state)
         if "_sibo_state" in self.__dict__:
             self._sibo_capture.remove()
             del self._sibo_state
 
     def delete_adapter(self, adapter_name: str) -> None:
         adapter = self.__dict__.get("_sibo_adapters", {}).pop(adapter_name, None)
-        for handle in adapter.handles if adapter is not None else ():
-            handle.remove()
+        if adapter is not None:
+            release(adapter, self._sibo_state)
         super().delete_adapter(adapter_name)
 
     def _unload_and_optionally_merge(self, merge: bool = True, *args, **kwargs):
