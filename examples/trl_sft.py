@@ -6,7 +6,7 @@
 
 The instruction records (any data `sibo finetune` reads: JSON, JSONL, CSV, Parquet, a save_to_disk
 folder or a hub name, with --data_columns) become TRL prompt-completion pairs in Alpaca's template.
-Chat records train with `sibo finetune` (the loss on the assistant turns of any chat template; TRL's
+Chat records are refused in one line: they train with `sibo finetune` (the loss on the assistant turns of any chat template; TRL's
 assistant-only loss needs a template with {% generation %} markers).
 TRL then tokenizes them, trains on the completion only (`completion_only_loss`) in packed rows
 (`packing`), and saves an adapter that `sibo.load_sibo_model`, `sibo evaluate` and `sibo export`
@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     records = load_record_dataset(args.data_path, parse_columns(args.data_columns))
+    if "messages" in records.column_names:
+        parser.exit(2, f"{args.data_path}: chat records; this example trains instruction records: train chat records "
+                       f"with `sibo finetune --data_path {args.data_path}` (the loss on the assistant turns)\n")  # fmt: skip
     pairs = records.map(prompt_completion, remove_columns=records.column_names)
     model, tokenizer = load_model(args.base_model)
     lora = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.05,

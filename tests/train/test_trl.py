@@ -116,3 +116,43 @@ def test_the_example_script_trains_an_adapter_sibo_loads(tokenizer, tmp_path):
                      "--lora_r", "4", "--max_steps", "2", "--max_length", "256"])  # fmt: skip
     reloaded = load_sibo_model(base_model(tokenizer), tmp_path / "out")
     assert (sibo_settings(reloaded).lam, sibo_settings(reloaded).targets) == (0.1, "ffn")
+
+
+DPO_EXAMPLE = EXAMPLE.with_name("trl_dpo.py")
+
+
+def test_the_sft_example_refuses_chat_records_in_one_line(tmp_path, capsys):
+    chats = [{"messages": [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]}]
+    (tmp_path / "chats.json").write_text(json.dumps(chats))
+    example = runpy.run_path(str(EXAMPLE))
+    with pytest.raises(SystemExit) as exit_:
+        example["main"](["--base_model", "b", "--data_path", str(tmp_path / "chats.json"), "--output_dir", "o"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"{tmp_path / 'chats.json'}: chat records; this example trains instruction records: train chat records with "
+        f"`sibo finetune --data_path {tmp_path / 'chats.json'}` (the loss on the assistant turns)\n"
+    )
+
+
+def test_dpo_reference_is_the_sibo_start_and_disabling_the_adapter_is_the_base(tokenizer, tmp_path):
+    example = runpy.run_path(str(DPO_EXAMPLE))
+    model = boosted(tokenizer)  # B random: the adapter changes the logits from the start
+    pairs = Dataset.from_list([{"prompt": build_prompt(r.instruction), "chosen": r.output, "rejected": r.output[::-1]}
+                               for r in RECORDS])  # fmt: skip
+    args = trl.DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, learning_rate=1e-3,
+                         report_to="none", use_cpu=True, save_strategy="no", bf16=False)  # fmt: skip
+    trainer = example["dpo_trainer"](model, tokenizer, pairs, args)
+    inputs = tokenizer([build_prompt(RECORDS[0].instruction)], return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        start = model(**inputs).logits
+        with trl.trainer.utils.use_adapter(model, "ref"):  # what DPOTrainer computes the reference with
+            assert torch.equal(model(**inputs).logits, start)
+        with model.disable_adapter():
+            assert torch.equal(model(**inputs).logits, base_model(tokenizer).eval()(**inputs).logits)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "adapter"))
+    reloaded = load_sibo_model(base_model(tokenizer), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        trained = model.eval()(**inputs).logits
+        assert torch.equal(reloaded(**inputs).logits, trained) and not torch.equal(trained, start)
