@@ -32,6 +32,7 @@ from sibo.errors import InputError
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
 from sibo.prompts import ALPACA, AUTO, CHAT, PromptTemplate, checked_template, write_template
 from sibo.train.adapter import add_boosted_adapter, build_peft_config
+from sibo.train.card import adapter_card, write_adapter_card
 from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmup_warning
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
 from sibo.train.loraplus import LoraPlusTrainer
@@ -359,6 +360,8 @@ def save(run: Run, trainer: Trainer) -> dict:
     if trainer.is_world_process_zero():
         write_template(output_dir, run.template)
         write_json(output_dir / RUN_CONFIG_FILE, resolved_run_config(run, trainer), default=str)
+        card = adapter_card(run.model, run.config, run.template.name, len(run.train_set.examples), metrics)
+        write_adapter_card(output_dir, card)
         if "eval" in metrics:
             write_json(output_dir / EVAL_METRICS_FILE, metrics["eval"], default=str)
         write_json(
