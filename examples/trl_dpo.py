@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     trainer = dpo_trainer(model, tokenizer, pairs, config)
     trainer.train()
-    trainer.save_model(args.output_dir)  # a SIBO_LORA adapter: sibo.load_sibo_model, or PEFT with sibo imported
+    trainer.save_model(
+        args.output_dir
+    )  # a SIBO_LORA adapter: sibo.load_sibo_model, or PEFT with sibo imported
 
 
 if __name__ == "__main__":

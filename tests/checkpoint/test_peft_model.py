@@ -298,7 +298,9 @@ def test_damaged_settings_are_refused_by_name(tmp_path):
     base = build_tiny_model("llama", VOCAB)
     get_sibo_model(copy.deepcopy(base), lora(), lam=0.1).save_pretrained(tmp_path)
     (tmp_path / "sibo_config.json").write_text('{"lam": 0.1, "targ')
-    with pytest.raises(InputError, match=rf"^{tmp_path / 'sibo_config.json'}: not a valid SIBO settings file"):
+    with pytest.raises(
+        InputError, match=rf"^{tmp_path / 'sibo_config.json'}: not a valid SIBO settings file"
+    ):
         load_sibo_model(copy.deepcopy(base), tmp_path)
     (tmp_path / "sibo_config.json").unlink()
     stored = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -309,7 +311,9 @@ def test_damaged_settings_are_refused_by_name(tmp_path):
         assert str(error.value).startswith(
             f"{tmp_path / 'adapter_config.json'}: the SIBO settings (its 'sibo' block) are damaged ("
         )
-        with pytest.raises(InputError, match=r"^adapter_config.json: the SIBO settings \(its 'sibo' block\) are damaged"):
+        with pytest.raises(
+            InputError, match=r"^adapter_config.json: the SIBO settings \(its 'sibo' block\) are damaged"
+        ):
             PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path))
 
 
@@ -324,11 +328,15 @@ def fuse_mlp(mlp):
             y = y + torch.nn.functional.linear(torch.nn.functional.linear(x, a), b) * layer.scaling["default"]
         return y
 
-    mlp.forward = lambda x: linear(mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x))
+    mlp.forward = lambda x: linear(
+        mlp.down_proj, mlp.act_fn(linear(mlp.gate_proj, x)) * linear(mlp.up_proj, x)
+    )
 
 
 def test_a_fused_mlp_that_skips_the_mixing_is_refused_at_the_first_forward():
-    model = get_sibo_model(build_tiny_model("llama", VOCAB), lora(("q_proj", "up_proj", "down_proj")), lam=0.3)
+    model = get_sibo_model(
+        build_tiny_model("llama", VOCAB), lora(("q_proj", "up_proj", "down_proj")), lam=0.3
+    )
     fuse_mlp(model.base_model.model.model.layers[1].mlp)
     with pytest.raises(InputError) as error:
         model(input_ids=ids())

@@ -296,11 +296,24 @@ def test_targets_with_nothing_to_boost_are_refused_in_one_line():
 @pytest.mark.parametrize(
     ("make_config", "name"),
     [
-        (lambda: __import__("peft").VeraConfig(r=4, target_modules=["up_proj"], task_type="CAUSAL_LM"), "VERA"),
-        (lambda: __import__("peft").LoHaConfig(r=2, target_modules=["up_proj"], task_type="CAUSAL_LM"), "LOHA"),
-        (lambda: __import__("peft").IA3Config(target_modules=["up_proj"], feedforward_modules=[], task_type="CAUSAL_LM"),
-         "IA3"),  # fmt: skip
-        (lambda: __import__("peft").PrefixTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM"), "PREFIX_TUNING"),
+        (
+            lambda: __import__("peft").VeraConfig(r=4, target_modules=["up_proj"], task_type="CAUSAL_LM"),
+            "VERA",
+        ),
+        (
+            lambda: __import__("peft").LoHaConfig(r=2, target_modules=["up_proj"], task_type="CAUSAL_LM"),
+            "LOHA",
+        ),
+        (
+            lambda: __import__("peft").IA3Config(
+                target_modules=["up_proj"], feedforward_modules=[], task_type="CAUSAL_LM"
+            ),
+            "IA3",
+        ),  # fmt: skip
+        (
+            lambda: __import__("peft").PrefixTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM"),
+            "PREFIX_TUNING",
+        ),
     ],
 )
 def test_tuners_sibo_cannot_mix_are_refused_by_name(make_config, name):
@@ -315,5 +328,8 @@ def test_tuners_sibo_cannot_mix_are_refused_by_name(make_config, name):
 def test_a_lora_variant_sibo_cannot_mix_is_counted_and_refused_when_it_is_all():
     """A LoRA variant other than DoRA (here aLoRA) runs its own forward: no branch to hook, said, not ignored."""
     config = LoraConfig(r=2, target_modules=["up_proj"], alora_invocation_tokens=[5], task_type="CAUSAL_LM")
-    with pytest.raises(booster.InputError, match=r"^SIBO λ 0.5 boosts nothing: targets up_proj have no FFN input \(ALoraLinearVariant branches sibo cannot mix\); "):
+    with pytest.raises(
+        booster.InputError,
+        match=r"^SIBO λ 0.5 boosts nothing: targets up_proj have no FFN input \(ALoraLinearVariant branches sibo cannot mix\); ",
+    ):
         get_sibo_model(tiny("llama"), config, lam=0.5)

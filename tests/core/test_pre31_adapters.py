@@ -20,5 +20,7 @@ def test_pre31_adapter_loads_exactly(name):
     model = sibo.load_sibo_model(base, PRE31 / name)
     with torch.no_grad():
         logits = model(input_ids=INPUT_IDS).logits[0]
-    torch.testing.assert_close(logits, load_file(PRE31 / "expected_logits.safetensors")[name], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        logits, load_file(PRE31 / "expected_logits.safetensors")[name], rtol=0, atol=1e-6
+    )
     assert sibo.sibo_settings(model).lam == 0.3

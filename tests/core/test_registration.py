@@ -1,7 +1,6 @@
 """SIBO_LORA: a boosted LoRA adapter runs exactly in PEFT's and transformers' loaders with sibo imported, and
 is refused by PEFT without sibo; a λ = 0 adapter stays a plain LORA folder."""
 
-import copy
 import json
 import os
 import subprocess
@@ -66,14 +65,18 @@ def test_peft_and_transformers_loaders_run_it_exactly(saved, name, loader):
     elif loader == "AutoPeftModel":
         model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     elif loader == "PeftModel.load_adapter":  # a second adapter beside the first, then made active
-        model = PeftModel.from_pretrained(base(saved), str(saved / ("learnt" if name == "fixed" else "fixed")))
+        model = PeftModel.from_pretrained(
+            base(saved), str(saved / ("learnt" if name == "fixed" else "fixed"))
+        )
         model.load_adapter(path, "other")
         model.set_adapter("other")
     else:
         model = base(saved)
         model.load_adapter(path)
     torch.testing.assert_close(logits(model.eval()), want, rtol=0, atol=1e-6)
-    plain = PeftModel.from_pretrained(base(saved), path, config=sibo.core.registration.plain_lora_config(path))
+    plain = PeftModel.from_pretrained(
+        base(saved), path, config=sibo.core.registration.plain_lora_config(path)
+    )
     assert (logits(plain) - want).abs().max() > 1e-3  # what PEFT ran before: plain LoRA
 
 
@@ -126,6 +129,8 @@ def test_peft_without_sibo_refuses_it(saved):
                 raise SystemExit("loaded")
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", script], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["refused: 'SIBO_LORA'"] * 2

@@ -39,4 +39,7 @@ def test_named_targets_keep_their_meaning_and_nothing_boosted_is_refused():
         adapter_for("llama", "--target_modules", "q_proj,v_proj", "--embedding_lambda", "0.1")
     assert str(error.value).startswith("SIBO λ 0.1 boosts nothing: targets q_proj,v_proj have no FFN input; ")
     model = adapter_for("llama", "--target_modules", "q_proj,v_proj", "--embedding_lambda", "0")
-    assert {n.split(".")[-2] for n, _ in model.named_modules() if n.endswith(".lora_A")} == {"q_proj", "v_proj"}
+    assert {n.split(".")[-2] for n, _ in model.named_modules() if n.endswith(".lora_A")} == {
+        "q_proj",
+        "v_proj",
+    }

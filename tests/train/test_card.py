@@ -17,9 +17,26 @@ def test_a_default_finetune_run_is_sibo_and_its_card_says_so(tmp_path):
     build_tiny_model("llama", len(tokenizer)).save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     out = tmp_path / "out"
-    flags = ["--base_model", str(tmp_path / "base"), "--data_path", str(tmp_path / "d.json"), "--output_dir", str(out),
-             "--batch_size", "2", "--micro_batch_size", "2", "--max_steps", "2", "--val_set_size", "2",
-             "--warmup_steps", "0", "--lora_r", "4"]  # fmt: skip  (no --target_modules: the paper's)
+    flags = [
+        "--base_model",
+        str(tmp_path / "base"),
+        "--data_path",
+        str(tmp_path / "d.json"),
+        "--output_dir",
+        str(out),
+        "--batch_size",
+        "2",
+        "--micro_batch_size",
+        "2",
+        "--max_steps",
+        "2",
+        "--val_set_size",
+        "2",
+        "--warmup_steps",
+        "0",
+        "--lora_r",
+        "4",
+    ]  # fmt: skip  (no --target_modules: the paper's)
     metrics = finetune(parse_config(flags))
     stored = json.loads((out / "adapter_config.json").read_text())
     assert stored["peft_type"] == "SIBO_LORA" and stored["sibo"]["lam"] == 0.1

@@ -122,11 +122,15 @@ DPO_EXAMPLE = EXAMPLE.with_name("trl_dpo.py")
 
 
 def test_the_sft_example_refuses_chat_records_in_one_line(tmp_path, capsys):
-    chats = [{"messages": [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]}]
+    chats = [
+        {"messages": [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": "5"}]}
+    ]
     (tmp_path / "chats.json").write_text(json.dumps(chats))
     example = runpy.run_path(str(EXAMPLE))
     with pytest.raises(SystemExit) as exit_:
-        example["main"](["--base_model", "b", "--data_path", str(tmp_path / "chats.json"), "--output_dir", "o"])
+        example["main"](
+            ["--base_model", "b", "--data_path", str(tmp_path / "chats.json"), "--output_dir", "o"]
+        )
     assert exit_.value.code == 2
     assert capsys.readouterr().err == (
         f"{tmp_path / 'chats.json'}: chat records; this example trains instruction records: train chat records with "

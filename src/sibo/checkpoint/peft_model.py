@@ -173,7 +173,9 @@ def _attach(model: PeftModel) -> PeftModel:
     """Turn a PeftModel into its SIBO subclass, with the h0 capture installed once."""
     if isinstance(model, SiboModelMixin):
         return model
-    getattr(model.base_model, "release_sibo", lambda: None)()  # loaded by PEFT: sibo's hooks replace its tuner's
+    getattr(
+        model.base_model, "release_sibo", lambda: None
+    )()  # loaded by PEFT: sibo's hooks replace its tuner's
     model.__class__ = _sibo_class(type(model))
     model._sibo_state = InitialState()
     model._sibo_adapters = {}

@@ -160,10 +160,12 @@ def capture_initial_state(blocks: nn.ModuleList, state: InitialState) -> Handles
         if state.mixed is not None and state.adapter_rows is None:
             check_branches_mixed(state)
 
-    return Handles((
-        blocks[0].register_forward_pre_hook(store_h0, with_kwargs=True),
-        blocks[-1].register_forward_hook(check),
-    ))
+    return Handles(
+        (
+            blocks[0].register_forward_pre_hook(store_h0, with_kwargs=True),
+            blocks[-1].register_forward_hook(check),
+        )
+    )
 
 
 def check_branches_mixed(state: InitialState) -> None:
@@ -265,7 +267,9 @@ def boost(
     lambdas = LearnableLambda(config.lam, len(blocks)).to(device) if config.learnable_lambda else None
     adapter = BoostedAdapter(config, [layer for layer, _ in boosted], lambdas, adapter_name=adapter_name)
     for boosted_layer, branch in boosted:
-        adapter.handles.append(_register_mixing_hook(branch.module, branch.kind, adapter, boosted_layer, state))
+        adapter.handles.append(
+            _register_mixing_hook(branch.module, branch.kind, adapter, boosted_layer, state)
+        )
         if config.lam > 0 or config.learnable_lambda:
             adapter.handles.append(
                 boosted_layer.layer.register_forward_pre_hook(_refuse_merged(adapter_name))

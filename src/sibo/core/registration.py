@@ -68,12 +68,18 @@ def settings_block(config: SiboConfig, logits: torch.Tensor | None) -> dict:
 def read_settings_block(block, where: str) -> tuple[SiboConfig, list[float] | None]:
     """The SiboConfig and learnt λ logits of a "sibo" block; one line naming `where` when it is damaged."""
     try:
-        config = SiboConfig(lam=block["lam"], targets=block["targets"], learnable_lambda=block["learnable_lambda"])
+        config = SiboConfig(
+            lam=block["lam"], targets=block["targets"], learnable_lambda=block["learnable_lambda"]
+        )
         logits = block.get("lambda_logits")
-        if config.learnable_lambda and not (isinstance(logits, list) and all(isinstance(v, float) for v in logits)):
+        if config.learnable_lambda and not (
+            isinstance(logits, list) and all(isinstance(v, float) for v in logits)
+        ):
             raise ValueError("a learnt λ without its lambda_logits")
     except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise InputError(f"{where}: the SIBO settings (its {SETTINGS_FIELD!r} block) are damaged ({error})") from None
+        raise InputError(
+            f"{where}: the SIBO settings (its {SETTINGS_FIELD!r} block) are damaged ({error})"
+        ) from None
     return config, logits if config.learnable_lambda else None
 
 
@@ -104,7 +110,9 @@ class SiboLoraConfig(LoraConfig):
 
     sibo: dict | None = field(
         default=None,
-        metadata={"help": "SIBO's settings: lam, targets, learnable_lambda, lambda_logits (a learnt λ per block)"},
+        metadata={
+            "help": "SIBO's settings: lam, targets, learnable_lambda, lambda_logits (a learnt λ per block)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -126,7 +134,9 @@ class SiboLoraModel(LoraModel):
         if "_sibo_state" not in self.__dict__:  # one h0 capture for every adapter of the model
             self._sibo_state = InitialState()
             self._sibo_adapters: dict[str, BoostedAdapter] = {}
-            self._sibo_capture = capture_initial_state(find_transformer_blocks(self.model)[1], self._sibo_state)
+            self._sibo_capture = capture_initial_state(
+                find_transformer_blocks(self.model)[1], self._sibo_state
+            )
         adapter = boost(self.model, config, self._sibo_state, adapter_name)
         if adapter.lambdas is not None:  # kept as loaded: PEFT's save would not write a λ trained here
             with torch.no_grad():
@@ -168,4 +178,3 @@ def register() -> None:
         PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = SiboLoraConfig
         PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = SiboLoraModel
         PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = LoraModel.prefix
-

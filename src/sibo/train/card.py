@@ -24,7 +24,9 @@ def _lambda_text(model: torch.nn.Module) -> str:
     if adapter.lambdas is None:
         return f"{adapter.config.lam}"
     per_block = torch.sigmoid(adapter.lambdas.logits.detach().float()).tolist()
-    return f"learnt, one per block (started at {adapter.config.lam}): " + ", ".join(f"{v:.4f}" for v in per_block)
+    return f"learnt, one per block (started at {adapter.config.lam}): " + ", ".join(
+        f"{v:.4f}" for v in per_block
+    )
 
 
 def adapter_card(
@@ -39,7 +41,10 @@ def adapter_card(
     method = config.adapter_name + (f", rank {config.lora_r}" if config.adapter_name != "bottleneck" else "")
     train, evaluation = metrics.get("train", {}), metrics.get("eval", {})
     data = ModelCardData(
-        library_name="peft", tags=["sibo", "peft", "lora"], base_model=config.base_model, pipeline_tag="text-generation"
+        library_name="peft",
+        tags=["sibo", "peft", "lora"],
+        base_model=config.base_model,
+        pipeline_tag="text-generation",
     )
     lines = [
         "# A SIBO adapter",
