@@ -181,7 +181,7 @@ def test_finetune_reads_a_renamed_csv_and_a_bad_mapping_is_exit_2(tmp_path, caps
     tokenizer.save_pretrained(tmp_path / "base")
     data = write_csv(tmp_path / "d.csv", RENAMED)
     flags = ["finetune", "--base_model", str(tmp_path / "base"), "--data_path", str(data), "--val_set_size", "0",
-             "--batch_size", "2", "--micro_batch_size", "2", "--max_steps", "1", "--target_modules", "q_proj"]  # fmt: skip
+             "--batch_size", "2", "--micro_batch_size", "2", "--max_steps", "1", "--target_modules", "q_proj,up_proj"]  # fmt: skip
     assert sibo_main([*flags, "--output_dir", str(tmp_path / "bad"), "--data_columns", "output=reply"]) == 2
     assert (
         capsys.readouterr()

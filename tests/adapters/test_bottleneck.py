@@ -117,13 +117,17 @@ def test_placement_matches_formula(arch, mode, targets):
     base = tiny(arch)
     config = BottleneckConfig(bottleneck_size=B, **MODES[mode])
     torch.manual_seed(0)
+    ffn, attn = BOOSTED[arch, mode]
+    boosted = {"ffn": ffn, "attn": attn}.get(targets, set())
     if targets is None:
         model = get_peft_model(copy.deepcopy(base), config)
+    elif not boosted:  # λ > 0 that boosts nothing would train a plain adapter: refused
+        with pytest.raises(InputError, match=rf"^SIBO λ 0.3 boosts nothing: targets \S+ have no "):
+            get_sibo_model(copy.deepcopy(base), config, lam=0.3, targets=targets)
+        return
     else:
         model = get_sibo_model(copy.deepcopy(base), config, lam=0.3, targets=targets)
     perturb(model)
-    ffn, attn = BOOSTED[arch, mode]
-    boosted = {"ffn": ffn, "attn": attn}.get(targets, set())
     inputs = inputs_for()
     expected = reference_logits(
         base, model, arch, inputs, None if targets is None else lambda i: 0.3, boosted

@@ -92,7 +92,7 @@ def test_an_adapter_on_a_gguf_base_saves_quietly_and_reloads(tied_bases, tmp_pat
     grew, or copies the embedding matrices when embeddings are targeted: sibo never resizes, so neither."""
     base, tokenizer = load_model(str(tied_bases[0]))
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
-    boosted = get_sibo_model(base, lora, lam=0.3).eval()
+    boosted = get_sibo_model(base, lora, lam=0.3, targets="all").eval()  # q_proj takes h0
     boosted.save_pretrained(tmp_path / "adapter")
     assert [str(w.message) for w in recwarn if "config file" in str(w.message)] == []
     assert [str(w.message) for w in recwarn if "save_embedding_layers" in str(w.message)] == []

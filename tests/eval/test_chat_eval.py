@@ -29,7 +29,7 @@ def chat_adapter(tmp_path):
     base = build_tiny_model("llama", len(tokenizer), num_layers=1, hidden_size=16)
     base.save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
-    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False)
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "up_proj"], init_lora_weights=False)
     get_sibo_model(base, lora, lam=0.2).save_pretrained(tmp_path / "adapter")
     write_template(tmp_path / "adapter", PromptTemplate("chat"))
     (tmp_path / "bench" / "AddSub").mkdir(parents=True)

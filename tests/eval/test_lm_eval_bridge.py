@@ -88,11 +88,11 @@ def test_sibo_model_class_scores_the_boosted_adapter(saved):
 
     sibo = scores(SiboLM(pretrained=base, peft=adapter, device="cpu", batch_size=2))
     assert sibo == pytest.approx(expected, abs=1e-4)
-    # the harness's own class loads the same adapter as plain LoRA: other numbers, those of λ = 0
-    plain = scores(HFLM(pretrained=base, peft=adapter, device="cpu", batch_size=2))
-    at_zero = scores(SiboLM(pretrained=base, peft=adapter, lam=0, device="cpu"))
-    assert plain == pytest.approx(at_zero, abs=1e-4)
-    assert max(abs(a - b) for a, b in zip(plain, sibo, strict=True)) > 1e-3
+    # with sibo imported, the harness's own class (PEFT's loader) runs the SIBO_LORA adapter exactly too
+    harness = scores(HFLM(pretrained=base, peft=adapter, device="cpu", batch_size=2))
+    assert harness == pytest.approx(expected, abs=1e-4)
+    at_zero = scores(SiboLM(pretrained=base, peft=adapter, lam=0, device="cpu"))  # plain LoRA: other numbers
+    assert max(abs(a - b) for a, b in zip(at_zero, sibo, strict=True)) > 1e-3
 
 
 def _tokenizer(saved):

@@ -237,7 +237,8 @@ def test_finetune_with_loraplus_steps_b_at_ratio_times_the_rate(tmp_path, tokeni
         argv = ["finetune", "--base_model", str(tmp_path / "base"), "--data_path", str(tmp_path / "d.json"),
                 "--output_dir", str(tmp_path / name), "--val_set_size", "0", "--batch_size", "4",
                 "--micro_batch_size", "4", "--max_steps", "1", "--warmup_steps", "0", "--learning_rate", "1e-3",
-                "--lora_dropout", "0", "--target_modules", "q_proj,v_proj", "--loraplus_lr_ratio", ratio]  # fmt: skip
+                "--lora_dropout", "0", "--target_modules", "q_proj,v_proj", "--sibo_targets", "attn",
+                "--loraplus_lr_ratio", ratio]  # fmt: skip
         assert sibo_main(argv) == 0
         weights = load_file(tmp_path / name / "adapter_model.safetensors")
         steps[name] = max(w.abs().max().item() for key, w in weights.items() if "lora_B" in key)

@@ -3,8 +3,9 @@
     sibo lm-eval --model sibo --model_args pretrained=B,peft=W[,lam=0.2] --tasks arc_easy,hellaswag
 
 Why a model class of our own: `--model hf --model_args peft=W` loads a SIBO adapter with
-`PeftModel.from_pretrained`, which reads only PEFT's files, so the adapter runs as plain LoRA —
-silently without h0. `SiboLM` is the harness's HFLM (batching, device placement, every task type)
+`PeftModel.from_pretrained`, which refuses a SIBO_LORA adapter unless sibo is imported (then it runs it
+exactly), and runs one written before SIBO_LORA as plain LoRA, silently without h0; nor can it
+override λ. `SiboLM` is the harness's HFLM (batching, device placement, every task type)
 with its model built by `sibo.checkpoint.load.load_model`: boosted as saved, λ overridden by `lam`, a
 plain PEFT adapter plain unless `lam` is given. The harness finds a model class only once its
 module has been imported and has no plugin flag; `sibo lm-eval` imports this module and then
