@@ -122,7 +122,7 @@ def test_placement_matches_formula(arch, mode, targets):
     if targets is None:
         model = get_peft_model(copy.deepcopy(base), config)
     elif not boosted:  # λ > 0 that boosts nothing would train a plain adapter: refused
-        with pytest.raises(InputError, match=rf"^SIBO λ 0.3 boosts nothing: targets \S+ have no "):
+        with pytest.raises(InputError, match=r"^SIBO λ 0.3 boosts nothing: targets \S+ have no "):
             get_sibo_model(copy.deepcopy(base), config, lam=0.3, targets=targets)
         return
     else:

@@ -3,9 +3,9 @@
 import logging
 
 import pytest
+from sibo.core.peft_model import boosted_adapter
 
 from sibo.cli.finetune import parse_config
-from sibo.core.peft_model import boosted_adapter
 from sibo.errors import InputError
 from sibo.testing import build_tiny_model
 from sibo.train.adapter import add_boosted_adapter, build_peft_config
