@@ -3,7 +3,7 @@
 import logging
 
 import pytest
-from sibo.core.peft_model import boosted_adapter
+from sibo.checkpoint.peft_model import boosted_adapter
 
 from sibo.cli.finetune import parse_config
 from sibo.errors import InputError

@@ -9,7 +9,7 @@ folder (a KeyError naming SIBO_LORA), where a LORA type would have run it as pla
 sibo's own loaders install. A λ = 0 adapter stays a LORA folder that loads anywhere.
 
 sibo's own loaders (`sibo.load_sibo_model`) read the same block and load the weights as plain LoRA,
-boosted by `SiboModelMixin` (sibo.core.peft_model), which also trains λ and saves.
+boosted by `SiboModelMixin` (sibo.checkpoint.peft_model), which also trains λ and saves.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 
-from sibo.core.peft_model import boosted_adapter
+from sibo.checkpoint.peft_model import boosted_adapter
 from sibo.train.config import FinetuneConfig
 
 CARD_FILE = "README.md"
