@@ -3,9 +3,9 @@
 import logging
 
 import pytest
-from sibo.checkpoint.peft_model import boosted_adapter
 
 from sibo.cli.finetune import parse_config
+from sibo.core.booster import find_boost
 from sibo.errors import InputError
 from sibo.testing import build_tiny_model
 from sibo.train.adapter import add_boosted_adapter, build_peft_config
@@ -29,7 +29,7 @@ def test_default_targets_are_the_papers_and_boost_the_ffn_input(arch, adapted, b
         model = adapter_for(arch)
     names = {name for name, _ in model.named_modules() if name.endswith(".lora_A")}
     assert {".".join(n.split(".")[-3:-1]) if arch == "gpt2" else n.split(".")[-2] for n in names} == adapted
-    layers = boosted_adapter(model).layers
+    layers = find_boost(model).layers
     assert {layer.name.split(f".{layer.block}.", 1)[1] for layer in layers} == boosted
     assert sorted(layer.block for layer in layers) == [0, 1]
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 from huggingface_hub import ModelCard, ModelCardData
 
-from sibo.checkpoint.peft_model import boosted_adapter
+from sibo.core.booster import find_boost
 from sibo.train.config import FinetuneConfig
 
 CARD_FILE = "README.md"
 
 
 def _lambda_text(model: torch.nn.Module) -> str:
-    adapter = boosted_adapter(model)
+    adapter = find_boost(model)
     if adapter is None or (adapter.config.lam == 0 and adapter.lambdas is None):
         return "0 (plain PEFT: no SIBO)"
     if adapter.lambdas is None:
@@ -33,7 +33,7 @@ def adapter_card(
     model: torch.nn.Module, config: FinetuneConfig, template: str, records: int, metrics: dict
 ) -> ModelCard:
     """The card of a finished `sibo finetune` run; `metrics` as the recipe's save() collects them."""
-    adapter = boosted_adapter(model)
+    adapter = find_boost(model)
     boosted = len(adapter.layers) if adapter is not None else 0
     peft_config = model.peft_config["default"]
     targets = peft_config.target_modules
