@@ -47,18 +47,27 @@ def _register_peft_methods() -> None:
 
 
 class _AfterPeftImport(importlib.abc.MetaPathFinder):
-    """Registers sibo's methods the moment peft is imported: `import sibo` itself stays free of torch."""
+    """Registers sibo's methods the moment peft is imported: `import sibo` itself stays free of torch.
+    (A spec found only to test that peft is installed, as transformers does, is never executed: the
+    finder stays until peft really runs.)"""
+
+    finding = False
 
     def find_spec(self, name, path, target=None):
-        if name != "peft":
+        if name != "peft" or self.finding:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        self.finding = True
+        try:
+            spec = importlib.util.find_spec(name)  # the real finders' spec
+        finally:
+            self.finding = False
         if spec is not None and spec.loader is not None:
             run_peft = spec.loader.exec_module
 
             def exec_module(module):
                 run_peft(module)
+                if self in sys.meta_path:
+                    sys.meta_path.remove(self)
                 _register_peft_methods()
 
             spec.loader.exec_module = exec_module

@@ -134,3 +134,17 @@ def test_peft_without_sibo_refuses_it(saved):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["refused: 'SIBO_LORA'"] * 2
+
+
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "import sibo; assert 'torch' not in sys.modules; import sibo.train.recipe",  # transformers probes peft first
+        "import peft; import sibo",
+        "import sibo; from peft import PeftModel",
+    ],
+)
+def test_import_sibo_teaches_peft_the_type_in_any_order(imports):
+    script = f"import sys; {imports}; from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING as M; print(M['SIBO_LORA'])"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.stdout.strip() == "<class 'sibo.core.registration.SiboLoraConfig'>", done.stderr[-2000:]

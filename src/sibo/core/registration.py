@@ -24,14 +24,6 @@ from peft import LoraConfig, LoraModel
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.peft_types import PeftType, register_peft_method
 
-from sibo.core.booster import (
-    BoostedAdapter,
-    InitialState,
-    boost,
-    capture_initial_state,
-    find_transformer_blocks,
-    release,
-)
 from sibo.core.config import SiboConfig
 from sibo.errors import InputError
 
@@ -131,9 +123,12 @@ class SiboLoraModel(LoraModel):
             self._boost(adapter_name, *read_settings_block(config.sibo, "adapter_config.json"))
 
     def _boost(self, adapter_name: str, config: SiboConfig, logits: list[float] | None) -> None:
+        # booster imported here: peft's import runs register() while booster may still be importing peft
+        from sibo.core.booster import InitialState, boost, capture_initial_state, find_transformer_blocks
+
         if "_sibo_state" not in self.__dict__:  # one h0 capture for every adapter of the model
             self._sibo_state = InitialState()
-            self._sibo_adapters: dict[str, BoostedAdapter] = {}
+            self._sibo_adapters = {}  # adapter name -> BoostedAdapter
             self._sibo_capture = capture_initial_state(
                 find_transformer_blocks(self.model)[1], self._sibo_state
             )
@@ -146,6 +141,8 @@ class SiboLoraModel(LoraModel):
 
     def release_sibo(self) -> None:
         """Remove every SIBO hook this tuner installed (sibo's own loaders install theirs)."""
+        from sibo.core.booster import release
+
         for adapter in self.__dict__.pop("_sibo_adapters", {}).values():
             release(adapter, self._sibo_state)
         if "_sibo_state" in self.__dict__:
@@ -155,6 +152,8 @@ class SiboLoraModel(LoraModel):
     def delete_adapter(self, adapter_name: str) -> None:
         adapter = self.__dict__.get("_sibo_adapters", {}).pop(adapter_name, None)
         if adapter is not None:
+            from sibo.core.booster import release
+
             release(adapter, self._sibo_state)
         super().delete_adapter(adapter_name)
 
