@@ -1,7 +1,7 @@
 """Writes pre31/: SIBO adapters as sibo wrote them before issue 31 (PEFT's LORA type + sibo_config.json).
 
 Run once, with the code of main at a7de715; the folder is kept so that later code is tested against
-what earlier code wrote: `python tests/core/data/write_pre31_adapters.py`.
+what earlier code wrote: `python tests/checkpoint/data/write_pre31_adapters.py`.
 """
 
 from pathlib import Path
