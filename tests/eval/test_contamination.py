@@ -14,10 +14,16 @@ from sibo.cli import main as sibo_main
 from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
 from sibo.eval.contamination import (
+    QuestionIndex,
+    answer_key,
+    copies,
     normalise,
+    question_words,
     recorded_data_columns,
     recorded_training_data,
+    training_index,
     training_questions,
+    word_overlap,
 )
 from sibo.eval.runner import EvalConfig, evaluate, load_benchmarks
 from sibo.eval.tasks import load_examples, resolve_datasets
@@ -31,6 +37,11 @@ TRAINING = [
     {"instruction": "  TOM has 3 apples and\tbuys 4 more.  How many apples does he have?", "output": "7"},
     {"instruction": QUESTIONS[3].upper(), "input": "", "output": "15"},
     {"instruction": "Ann has 2 pears. How many pears does she have?", "output": "2"},
+    # question 4 with one word changed and "2" spelt out, the same answer: a near copy
+    {
+        "instruction": "Tom has two apples and gets 2 more. How many apples does he have?",
+        "output": "The answer is 4.",
+    },
 ]
 # The test questions of each math set that math_train_3k does not hold, words and numbers compared.
 # NOTES.md's counts compare whitespace- and case-normalised text; they hold 120 more questions that the
@@ -80,25 +91,93 @@ def test_normalising_keeps_words_and_whole_numbers_only():
     assert normalise("Q", "ctx") != normalise("Q")
 
 
+# A training question and its near copies in a test set: one word changed, punctuation or spelling moved.
+ORIGINAL = "Joan found 70 seashells on the beach. She gave Sam some of her seashells. She has 27 seashells left. How many seashells did she give to Sam?"  # fmt: skip
+NEAR_COPIES = [
+    ORIGINAL.replace(" left.", " now."),  # one word changed
+    ORIGINAL.replace("She has", "Joan has"),
+    ORIGINAL.replace("beach. She", "beach , she").replace(
+        "to Sam?", "to Sam in all ?"
+    ),  # words added, spaced
+    ORIGINAL.replace("some of her seashells", "some of her shells"),
+]
+
+
+def _index(*records: tuple[str, str]) -> QuestionIndex:
+    index = QuestionIndex()
+    for question, output in records:
+        index.add(question, "", answer_key(output))
+    return index
+
+
+@pytest.mark.parametrize("question", NEAR_COPIES)
+def test_a_one_word_or_punctuation_variant_with_the_same_numbers_and_answer_is_a_near_copy(question):
+    index = _index((ORIGINAL, "She gave 70 - 27 = 43. The answer is 43."))
+    assert index.copy_kind(question, "", answer_key("43.0")) == "near"
+    punctuated = ORIGINAL.replace("beach. She", "beach , she").replace("Sam?", "Sam ?")
+    assert index.copy_kind(punctuated, "", answer_key("43")) == index.copy_kind(ORIGINAL, "", "7") == "exact"
+
+
+def test_number_words_are_numbers_and_other_numbers_or_answers_are_other_questions():
+    index = _index(("Tom has two apples and buys 3 more. How many apples?", "The answer is 5."))
+    assert (
+        question_words("Tom has two apples")
+        == question_words("tom has 2 apples")
+        == ["tom", "has", "2", "apples"]
+    )
+    assert index.copy_kind("Tom has 2 apples and buys 3 more. How many apples?", "", "5") == "near"
+    assert index.copy_kind("Tom has 2 apples and buys three more. How many apples?", "", "5") == "near"
+    # another number, another question: however alike the words
+    assert index.copy_kind("Tom has 2 apples and buys 4 more. How many apples?", "", "6") is None
+    assert (
+        index.copy_kind("Tom has 2 apples and buys 3 more. How many apples?", "", "6") is None
+    )  # other answer
+    # the same numbers and answer but a third of the words changed: another question
+    assert index.copy_kind("Ann owns 2 pears and sells 3 less. How many pears?", "", "5") is None
+
+
+def test_the_overlap_is_shared_words_over_the_longer_question():
+    from collections import Counter
+
+    five = Counter("a b c d e".split())
+    assert word_overlap(five, Counter("a b c d x".split())) == pytest.approx(0.8)  # one of 5 changed: near
+    assert word_overlap(five, Counter("a b c x y".split())) == pytest.approx(0.6)
+    assert word_overlap(five, Counter("a b c d e f".split())) == pytest.approx(5 / 6)  # a word added
+    assert word_overlap(Counter("a a b".split()), Counter("a b b".split())) == pytest.approx(
+        2 / 3
+    )  # repeats count
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [("576.0", "576"), ("The answer is 576.", "576"), ("x = 2,041 so the answer is 2,041 .", "2041"),
+     ("The answer is (D).", "d"), ("the correct answer is answer3", "answer3"), ("answer3", "answer3"),
+     ("10.333333333333334", "10.333333"), ("so 7 apples, then 9", "9"), ("", "")],
+)  # fmt: skip
+def test_the_answer_is_read_from_a_label_or_a_response(text, answer):
+    assert answer_key(text) == answer
+
+
 def test_questions_in_the_training_data_are_marked_seen(files):
     config = EvalConfig("AddSub", files / "data", files / "out", train_data=files / "train.json")
     [(task, examples)] = load_benchmarks(config)
-    assert [example.seen for example in examples] == [False, True, False, True, False]
+    assert [example.seen for example in examples] == [False, True, False, True, True]
     [(_, unmarked)] = load_benchmarks(EvalConfig("AddSub", files / "data", files / "out"))
     assert not any(example.seen for example in unmarked)
 
 
 def test_chat_training_data_is_asked_its_user_turns(files):
-    """A test question is prompted as the user turn: a chat record holds it there (system and replies aside)."""
+    """A test question is prompted as the user turn: a chat record holds it there (system and replies
+    aside), and the reply after it gives its answer (the near copy of question 4 answers 4)."""
     chats = [
         {"messages": [{"role": "system", "content": QUESTIONS[0]}, {"role": "user", "content": record["instruction"]},
-                      {"role": "assistant", "content": QUESTIONS[4]}]}
+                      {"role": "assistant", "content": record["output"]}]}
         for record in TRAINING
     ]  # fmt: skip
     (files / "chat.json").write_text(json.dumps(chats))
     config = EvalConfig("AddSub", files / "data", files / "out", train_data=files / "chat.json")
     [(_, examples)] = load_benchmarks(config)
-    assert [example.seen for example in examples] == [False, True, False, True, False]
+    assert [example.seen for example in examples] == [False, True, False, True, True]
 
 
 @pytest.mark.parametrize("exclude", [False, True])
@@ -113,18 +192,19 @@ def test_the_log_and_summary_count_seen_questions_and_exclusion_scores_only_the_
         results = evaluate(*tiny, config, run_info={"base_model": "tiny"})
     scored = [json.loads(line)["index"] for line in (out / "AddSub.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
-    message = "AddSub: 2 of 5 test questions appear in the training data"
-    if exclude:
-        assert scored == [0, 2, 4] and (results["AddSub"].n, results["AddSub"].correct) == (3, 0)
-        assert caplog.messages == [f"{message}; scoring the 3 unseen ones"]
+    message = "AddSub: 3 of 5 test questions appear in the training data: 2 exact, 1 near"
+    if exclude:  # exact and near copies both dropped
+        assert scored == [0, 2] and (results["AddSub"].n, results["AddSub"].correct) == (2, 0)
+        assert caplog.messages == [f"{message}; scoring the 2 unseen ones"]
         assert summary["run"]["exclude_seen"] is True
     else:
         assert scored == [0, 1, 2, 3, 4] and (results["AddSub"].n, results["AddSub"].correct) == (5, 1)
         assert caplog.messages == [message]
         assert "exclude_seen" not in summary["run"]
     assert summary["datasets"]["AddSub"] == {
-        "n": 3 if exclude else 5, "correct": 0 if exclude else 1, "accuracy": 0.0 if exclude else 0.2,
-        "seen_in_training": 2, "test_questions": 5, "scored": "unseen only" if exclude else "all",
+        "n": 2 if exclude else 5, "correct": 0 if exclude else 1, "accuracy": 0.0 if exclude else 0.2,
+        "seen_in_training": 3, "exact_copies": 2, "near_copies": 1, "test_questions": 5,
+        "scored": "unseen only" if exclude else "all",
     }  # fmt: skip
     assert summary["train_data"] == str(files / "train.json")
 
@@ -150,7 +230,7 @@ def test_cli_reports_a_missing_training_file_in_one_line(files, capsys):
 
 @pytest.mark.integration
 def test_cli_takes_the_training_file_from_the_adapters_run_config(files, tiny, capsys):
-    """No --train_data: the adapter's run_config.json names the file; --exclude_seen scores the 3 others."""
+    """No --train_data: the adapter's run_config.json names the file; --exclude_seen scores the 2 others."""
     model, tokenizer = tiny
     model.save_pretrained(files / "base")
     tokenizer.save_pretrained(files / "base")
@@ -163,17 +243,17 @@ def test_cli_takes_the_training_file_from_the_adapters_run_config(files, tiny, c
             "--dataset", "AddSub", "--data_dir", str(files / "data"), "--output_dir", str(out),
             "--num_beams", "1", "--max_new_tokens", "2", "--exclude_seen"]  # fmt: skip
     assert sibo_main(argv) == 0
-    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["AddSub", "3"]
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["AddSub", "2"]
     summary = json.loads((out / "summary.json").read_text())["datasets"]["AddSub"]
     assert (summary["seen_in_training"], summary["test_questions"], summary["scored"]) == (
-        2,
+        3,
         5,
         "unseen only",
     )
 
 
 def test_training_data_in_any_shape_finetune_reads_with_its_recorded_columns(files):
-    """A CSV with other column names, as `sibo finetune --data_columns` trained on it: the same 2 seen."""
+    """A CSV with other column names, as `sibo finetune --data_columns` trained on it: the same 3 seen."""
     with (files / "train.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, ["question", "input", "answer"])
         writer.writeheader()
@@ -188,7 +268,7 @@ def test_training_data_in_any_shape_finetune_reads_with_its_recorded_columns(fil
     config = EvalConfig("AddSub", files / "data", files / "out", train_data=files / "train.csv",
                         train_data_columns=columns)  # fmt: skip
     [(_, examples)] = load_benchmarks(config)
-    assert [example.seen for example in examples] == [False, True, False, True, False]
+    assert [example.seen for example in examples] == [False, True, False, True, True]
 
 
 # the team's copy beside the checkout, or $SIBO_DATA_DIR
@@ -215,3 +295,24 @@ def test_math_train_3k_leaves_exactly_the_clean_questions_counted_here_and_notes
         )
     assert found == UNSEEN_IN_MATH_TRAIN_3K
     assert notes == NOTES_MD_COUNTS
+
+
+@pytest.mark.skipif(
+    not (MATH_DATA / "math_train_3k.json").is_file(), reason="needs ../shared/data/llm-adapters"
+)
+def test_the_clean_math_questions_hold_42_near_copies_the_studys_ten_among_them():
+    """Issue 34 found 10 near copies among the SmolLM2 study's 120 references (~43 of the 869 clean)."""
+    index = training_index(Path(MATH_DATA) / "math_train_3k.json")
+    near = {}
+    for name in UNSEEN_IN_MATH_TRAIN_3K:
+        found = copies(load_examples(resolve_datasets(name)[0], MATH_DATA), index)
+        near[name] = {i for i, kind in found.items() if kind == "near"}
+        assert (
+            len(found) - len(near[name])
+            == UNSEEN_IN_MATH_TRAIN_3K[name][1] - UNSEEN_IN_MATH_TRAIN_3K[name][0]
+        )
+    assert {name: len(ids) for name, ids in near.items()} == {
+        "AddSub": 17, "MultiArith": 0, "SingleEq": 18, "gsm8k": 0, "AQuA": 0, "SVAMP": 3, "mawps": 4,
+    }  # fmt: skip
+    assert {317, 320, 321, 325, 326, 329, 335} <= near["AddSub"]
+    assert {415, 418} <= near["SingleEq"] and 801 in near["SVAMP"]

@@ -33,13 +33,15 @@ Prediction = float | str | None
 @dataclass(frozen=True)
 class Example:
     """One test question; `label` is the dataset's answer string ("576.0", "D", "answer3"); `seen`:
-    the question is also in the adapter's training data (`sibo.eval.contamination`)."""
+    the question is also in the adapter's training data (`sibo.eval.contamination`), as an exact copy or,
+    with `near_copy`, as a near one (same numbers and answer, a word or two changed)."""
 
     index: int
     instruction: str
     input: str
     label: str
     seen: bool = False
+    near_copy: bool = False
 
 
 @dataclass(frozen=True)
