@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from sibo.errors import InputError
-from sibo.study.stats import exact_mcnemar, paired_bootstrap, seed_t_interval, t_quantile, verdict
+from sibo.study.stats import (
+    Interval,
+    bootstrap_p_value,
+    discordant_pairs,
+    equivalence_verdict,
+    exact_mcnemar,
+    holm,
+    paired_bootstrap,
+    seed_t_interval,
+    seeds_needed,
+    t_quantile,
+    two_level_bootstrap,
+    two_level_draws,
+    variance_components,
+    verdict,
+)
 
 
 def _pair(questions: int, gained: int, lost: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -93,3 +110,110 @@ def test_exact_mcnemar_by_hand():
     assert exact_mcnemar(3, 1) == pytest.approx(2 * (1 + 4) / 16)
     assert exact_mcnemar(10, 10) == 1.0 and exact_mcnemar(0, 0) == 1.0
     assert exact_mcnemar(12, 2) == pytest.approx(2 * (1 + 14 + 91) / 2**14)
+
+
+# ------------------------------------------------------------ seeds and records together
+
+
+def test_the_two_level_bootstrap_matches_its_distribution_enumerated_by_hand():
+    """2 seeds × 2 records, one cell 4, the rest 0. A resample's mean is n_s · n_q (n_s: times seed 1 is
+    drawn, n_q: times record 1 is, each Binomial(2, ½)): 0 with chance 7/16, 1: 4/16, 2: 4/16, 4: 1/16.
+    So the 95 % interval is [0, 4] and the 80 % one [0, 2]; the mean of the table is 1."""
+    a = np.array([[0.0, 0.0], [0.0, 4.0]])
+    b = np.zeros((2, 2))
+    draws = two_level_draws(a, b, resamples=40_000, seed=1)
+    shares = {value: float(np.mean(draws == value)) for value in (0.0, 1.0, 2.0, 4.0)}
+    assert shares == pytest.approx({0.0: 7 / 16, 1.0: 4 / 16, 2.0: 4 / 16, 4.0: 1 / 16}, abs=0.01)
+    assert sum(shares.values()) == 1.0
+    interval = two_level_bootstrap(a, b, seed=1)
+    assert (interval.difference, interval.low, interval.high) == (1.0, 0.0, 4.0)
+    assert (interval.questions, interval.resampled) == (2, "seeds (2) and records (2)")
+    assert two_level_bootstrap(a, b, confidence=0.8, seed=1).high == 2.0
+    assert two_level_bootstrap(a, b, seed=5) == two_level_bootstrap(a, b, seed=5)  # deterministic
+
+
+def test_seed_noise_widens_the_interval_that_a_records_only_bootstrap_leaves_at_zero():
+    # seed 1 lowers every record by 1, seed 2 raises it by 1: averaged per record, nothing varies
+    a = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    b = np.zeros((2, 3))
+    assert paired_bootstrap(a, b).low == paired_bootstrap(a, b).high == 0.0
+    interval = two_level_bootstrap(a, b)
+    assert (interval.low, interval.high) == (-1.0, 1.0)  # both seeds drawn as one: ±1, chance ¼ each
+
+
+def test_one_seed_resamples_records_only_and_a_constant_difference_has_no_width():
+    # 1 seed, records 0 and 1: a resample's mean is 0, ½ or 1 with chance ¼, ½, ¼
+    draws = two_level_draws([[0.0, 1.0]], [[0.0, 0.0]], resamples=20_000)
+    assert float(np.mean(draws == 0.5)) == pytest.approx(0.5, abs=0.015)
+    assert (
+        two_level_bootstrap([[0.0, 1.0]], [[0.0, 0.0]]).low,
+        two_level_bootstrap([[0.0, 1.0]], [[0.0, 0.0]]).high,
+    ) == (0.0, 1.0)
+    flat = two_level_bootstrap(np.full((3, 4), 0.5), np.zeros((3, 4)))
+    assert (flat.difference, flat.low, flat.high) == (0.5, 0.5, 0.5)
+    with pytest.raises(InputError, match="same non-empty"):
+        two_level_bootstrap([[1.0, 2.0]], [[1.0]])
+
+
+def test_bootstrap_p_value_counts_draws_on_the_far_side_of_zero():
+    assert bootstrap_p_value([1.0] * 99) == pytest.approx(2 * 1 / 100)  # none at or below 0
+    assert bootstrap_p_value([-1.0] * 9 + [1.0] * 90) == pytest.approx(2 * 10 / 100)
+    assert bootstrap_p_value([0.0] * 9) == 1.0
+
+
+def test_holm_by_hand():
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04 → kept increasing: 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    # the study's AdapterH p = 0.042, the smallest of five comparisons: 0.21 after Holm
+    assert holm([0.042, 0.5, 0.3, 0.9, 0.7])[0] == pytest.approx(0.21)
+    assert holm([0.6, 0.5]) == [1.0, 1.0] and holm([]) == [] and holm([0.02]) == [0.02]
+
+
+def test_variance_components_and_seeds_needed_by_hand():
+    # seeds × records: per-seed means 0.001, 0.003 (variance 2e-6); per-record means 0.001, 0.003, whose
+    # variance 2e-6 over 2 records is 1e-6 for their mean
+    a = np.array([[0.0, 0.002], [0.002, 0.004]])
+    seed_variance, record_variance = variance_components(a, np.zeros((2, 2)))
+    assert seed_variance == pytest.approx(2e-6) and record_variance == pytest.approx(1e-6)
+    # d = 0.002 with margin 0.002: deciding needs half-width 0.002, so (0.002 / 1.96)² − 1e-6 = 4.1e-8 room:
+    # K = ⌈2e-6 / 4.1226e-8⌉ = 49
+    z = 1.959963984540054
+    expected = math.ceil(2e-6 / ((0.002 / z) ** 2 - 1e-6))
+    assert seeds_needed(0.002, 2e-6, 1e-6, 0.002) == expected == 49
+    assert seeds_needed(0.0005, 2e-6, 2e-6, 0.002) == math.inf  # record noise alone is wider than 0.0015
+    assert math.isnan(seeds_needed(0.001, math.nan, 1e-7, 0.002))  # one seed: no seed variance
+    assert math.isnan(variance_components([[0.1, 0.2]], [[0.0, 0.0]])[0])
+
+
+def _interval(difference: float, low: float, high: float) -> Interval:
+    return Interval(difference, low, high, 0.95, 100, "seeds (3) and records (100)")
+
+
+@pytest.mark.parametrize(
+    ("interval", "adjusted_p", "seeds", "expected"),
+    [
+        (_interval(-0.004, -0.006, -0.002), 0.01, 9.0, "better"),  # loss: lower is better
+        (_interval(0.004, 0.002, 0.006), 0.01, 9.0, "worse"),
+        (_interval(0.003, 0.001, 0.005), 0.08, 9.0, "undecided — run more seeds (about 9 would decide it)"),
+        (_interval(0.0002, -0.0010, 0.0015), 0.7, 9.0, "equivalent within ±0.002"),
+        (_interval(0.0002, -0.0010, 0.0025), 0.7, 12.0, "undecided — run more seeds (about 12 would decide it)"),
+        (_interval(0.0002, -0.003, 0.003), 0.9, math.inf, "undecided — more seeds would not decide it: score more records"),
+        (_interval(0.0002, -0.003, 0.003), 0.9, math.nan, "undecided — run more seeds (2 or more are needed to estimate how many)"),
+    ],
+)  # fmt: skip
+def test_each_verdict(interval, adjusted_p, seeds, expected):
+    assert equivalence_verdict(interval, adjusted_p, 0.002, seeds) == expected
+
+
+def test_verdict_direction_margin_check_and_discordant_pairs():
+    gain = _interval(0.05, 0.02, 0.08)
+    assert (
+        equivalence_verdict(gain, 0.001, 0.01, lower_is_better=False) == "better"
+    )  # accuracy: higher is better
+    with pytest.raises(InputError, match="margin must be positive"):
+        equivalence_verdict(gain, 0.001, 0.0)
+    # two seeds of 3 questions: seed 1 gains q0, loses q2; seed 2 gains q1
+    a = [[1, 1, 0], [1, 1, 1]]
+    b = [[0, 1, 1], [1, 0, 1]]
+    assert discordant_pairs(a, b) == (2, 1)
+    assert exact_mcnemar(*discordant_pairs(a, b)) == pytest.approx(1.0)

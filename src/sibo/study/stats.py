@@ -5,6 +5,10 @@
     p = exact_mcnemar(gained, lost)                               # paired 0/1 answers
     verdict(interval)  # "helps", "hurts" or "within noise"
 
+    interval = two_level_bootstrap(sibo_losses, plain_losses)   # (seeds, records): both resampled
+    adjusted = holm([p_lam1, p_lam2, p_lam3])                   # over the comparisons made
+    equivalence_verdict(interval, adjusted[0], margin=0.002, seeds_to_decide=k)
+
 Training noise (another seed: another initialisation and data order) often moves a difference
 more than another draw of questions does, so the study's primary interval is `seed_t_interval`:
 a t-interval over the per-seed mean differences. `paired_bootstrap` resamples questions only and
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -130,3 +135,140 @@ def verdict(interval: Interval) -> str:
     if interval.high < 0:
         return "hurts"
     return "within noise"
+
+
+# ------------------------------------------------------------ seeds and records together
+#
+# A sweep's runs differ by seed (training noise) and are all scored on the same held-out records
+# (record noise): two crossed sources. A t-interval over seeds sees the first only; a bootstrap over
+# records the second only. `two_level_bootstrap` resamples both, paired: each resample draws S seeds
+# and Q records with replacement and takes the mean of a − b over that (seeds × records) table.
+
+
+def two_level_draws(a, b, resamples: int = 10_000, seed: int = 0) -> np.ndarray:
+    """(resamples,) bootstrap means of a − b, each over S seeds and Q records drawn with replacement.
+
+    a, b: (seeds S, records Q), paired: seed k of a with seed k of b, record j with record j.
+    Deterministic for a given seed. One seed: seeds cannot vary, only records are resampled.
+    """
+    a, b = np.atleast_2d(np.asarray(a, dtype=np.float64)), np.atleast_2d(np.asarray(b, dtype=np.float64))
+    if a.shape != b.shape or a.ndim != 2 or 0 in a.shape:
+        raise InputError(
+            f"paired scores need the same non-empty (seeds, records) shape, got {a.shape} and {b.shape}"
+        )
+    if resamples < 1:
+        raise InputError(f"resamples must be at least 1, got {resamples}")
+    difference = a - b  # (S, Q)
+    seeds, records = difference.shape
+    rng = np.random.default_rng(seed)
+    # how often each seed and each record is drawn: (R, S) and (R, Q); the mean over the drawn table is
+    # Σ_s Σ_q n_s · n_q · d[s, q] / (S · Q)
+    seed_counts = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=resamples)
+    record_counts = rng.multinomial(records, np.full(records, 1 / records), size=resamples)
+    return ((seed_counts @ difference) * record_counts).sum(axis=1) / (seeds * records)
+
+
+def two_level_bootstrap(a, b, resamples: int = 10_000, confidence: float = 0.95, seed: int = 0) -> Interval:
+    """Mean of a − b over (seeds, records) with a percentile interval that resamples seeds and records."""
+    if not 0.0 < confidence < 1.0:
+        raise InputError(f"confidence must be in (0, 1), got {confidence}")
+    draws = two_level_draws(a, b, resamples, seed)
+    difference = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    difference = np.atleast_2d(difference)
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(draws, [tail, 1.0 - tail])
+    seeds, records = difference.shape
+    return Interval(
+        float(difference.mean()), float(low), float(high), confidence, records,
+        f"seeds ({seeds}) and records ({records})",
+    )  # fmt: skip
+
+
+def bootstrap_p_value(draws) -> float:
+    """Two-sided p-value for "the mean difference is 0" from bootstrap draws: twice the smaller share of
+    draws on either side of 0 (each share counted as (k + 1) / (R + 1), so never 0), at most 1."""
+    draws = np.asarray(draws, dtype=np.float64)
+    below, above = int((draws <= 0).sum()), int((draws >= 0).sum())
+    return min(1.0, 2 * (min(below, above) + 1) / (len(draws) + 1))
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the k-th smallest of m is multiplied by
+    m − k + 1, kept at least the one before it, capped at 1. Rejecting where adjusted p < α keeps the
+    chance of any false "better"/"worse" among the m comparisons at most α."""
+    values = [float(p) for p in p_values]
+    order = sorted(range(len(values)), key=values.__getitem__)
+    adjusted, running = [0.0] * len(values), 0.0
+    for rank, k in enumerate(order):
+        running = max(running, min(1.0, (len(values) - rank) * values[k]))
+        adjusted[k] = running
+    return adjusted
+
+
+def variance_components(a, b) -> tuple[float, float]:
+    """(seed variance, record variance of the mean) of a − b, (seeds, records) paired.
+
+    seed variance: the variance over seeds of each seed's mean difference (NaN for one seed), what one
+    seed more or less adds; record variance: the variance over records of each record's seed-averaged
+    difference, divided by the number of records, what the fixed set of records adds however many seeds.
+    """
+    difference = np.atleast_2d(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    seeds, records = difference.shape
+    per_seed = difference.mean(axis=1)  # (S,)
+    per_record = difference.mean(axis=0)  # (Q,)
+    seed_variance = float(per_seed.var(ddof=1)) if seeds > 1 else math.nan
+    record_variance = float(per_record.var(ddof=1)) / records if records > 1 else 0.0
+    return seed_variance, record_variance
+
+
+def seeds_needed(
+    difference: float, seed_variance: float, record_variance: float, margin: float, confidence: float = 0.95
+) -> float:
+    """About how many seeds would decide the comparison if the difference and the variances stayed as
+    observed; math.inf when more seeds cannot (record noise alone is too wide), NaN when unknown (1 seed).
+
+    The interval's half-width with K seeds is about z · √(seed_variance / K + record_variance). It decides
+    once it excludes 0 (half-width < |d|) or lies inside ±margin (half-width < margin − |d|), so it needs
+    half-width h* = max(|d|, margin − |d|), and K = ⌈seed_variance / ((h*/z)² − record_variance)⌉.
+    """
+    if math.isnan(seed_variance):
+        return math.nan
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    target = max(abs(difference), margin - abs(difference)) / z
+    room = target**2 - record_variance
+    if room <= 0:
+        return math.inf
+    return float(max(2, math.ceil(seed_variance / room)))
+
+
+def equivalence_verdict(
+    interval: Interval,
+    adjusted_p: float,
+    margin: float,
+    seeds_to_decide: float = math.nan,
+    alpha: float = 0.05,
+    lower_is_better: bool = True,
+) -> str:
+    """What the comparison shows: "better" / "worse" when the (Holm-adjusted) p is under alpha; else
+    "equivalent within ±margin" when the interval lies inside (−margin, margin); else "undecided", with
+    the seeds that would decide it. A real difference smaller than the margin still reads better/worse."""
+    if margin <= 0 or not 0 < alpha < 1:
+        raise InputError(f"the margin must be positive and alpha in (0, 1), got {margin}, {alpha}")
+    if adjusted_p < alpha and interval.difference != 0:
+        return "better" if (interval.difference < 0) == lower_is_better else "worse"
+    if -margin < interval.low and interval.high < margin:
+        return f"equivalent within ±{margin:g}"
+    if math.isinf(seeds_to_decide):
+        return "undecided — more seeds would not decide it: score more records"
+    if math.isnan(seeds_to_decide):
+        return "undecided — run more seeds (2 or more are needed to estimate how many)"
+    return f"undecided — run more seeds (about {int(seeds_to_decide)} would decide it)"
+
+
+def discordant_pairs(a, b) -> tuple[int, int]:
+    """(gained, lost): paired 0/1 answers that a gets right and b wrong, and the reverse; a, b of any
+    equal shape, e.g. (seeds, questions) to pool over seeds for `exact_mcnemar`."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise InputError(f"paired answers need the same shape, got {a.shape} and {b.shape}")
+    return int((a & ~b).sum()), int((~a & b).sum())
