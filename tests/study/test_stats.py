@@ -196,6 +196,8 @@ def _interval(difference: float, low: float, high: float) -> Interval:
         (_interval(0.004, 0.002, 0.006), 0.01, 9.0, "worse"),
         (_interval(0.003, 0.001, 0.005), 0.08, 9.0, "undecided — run more seeds (about 9 would decide it)"),
         (_interval(0.0002, -0.0010, 0.0015), 0.7, 9.0, "equivalent within ±0.002"),
+        (_interval(0.0012, 0.0005, 0.0019), 0.001, 9.0, "equivalent within ±0.002"),  # real, but too small to matter
+        (_interval(0.0012, 0.0005, 0.0021), 0.001, 9.0, "worse"),
         (_interval(0.0002, -0.0010, 0.0025), 0.7, 12.0, "undecided — run more seeds (about 12 would decide it)"),
         (_interval(0.0002, -0.003, 0.003), 0.9, math.inf, "undecided — more seeds would not decide it: score more records"),
         (_interval(0.0002, -0.003, 0.003), 0.9, math.nan, "undecided — run more seeds (2 or more are needed to estimate how many)"),

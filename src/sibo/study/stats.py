@@ -249,15 +249,15 @@ def equivalence_verdict(
     alpha: float = 0.05,
     lower_is_better: bool = True,
 ) -> str:
-    """What the comparison shows: "better" / "worse" when the (Holm-adjusted) p is under alpha; else
-    "equivalent within ±margin" when the interval lies inside (−margin, margin); else "undecided", with
-    the seeds that would decide it. A real difference smaller than the margin still reads better/worse."""
+    """What the comparison shows: "equivalent within ±margin" when the interval lies inside (−margin,
+    margin), even if it excludes 0 (a difference too small to matter); else "better" / "worse" when the
+    (Holm-adjusted) p is under alpha; else "undecided", with the seeds that would decide it."""
     if margin <= 0 or not 0 < alpha < 1:
         raise InputError(f"the margin must be positive and alpha in (0, 1), got {margin}, {alpha}")
-    if adjusted_p < alpha and interval.difference != 0:
-        return "better" if (interval.difference < 0) == lower_is_better else "worse"
     if -margin < interval.low and interval.high < margin:
         return f"equivalent within ±{margin:g}"
+    if adjusted_p < alpha and interval.difference != 0:
+        return "better" if (interval.difference < 0) == lower_is_better else "worse"
     if math.isinf(seeds_to_decide):
         return "undecided — more seeds would not decide it: score more records"
     if math.isnan(seeds_to_decide):
