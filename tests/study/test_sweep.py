@@ -150,3 +150,148 @@ def test_a_second_sweep_on_a_folder_in_use_stops_naming_the_first(workspace, cap
             "wait for it to finish or choose another --output_dir"
         )
         assert sorted(entry.name for entry in output_dir.iterdir()) == [LOCK_FILE]
+
+
+def _without_benchmarks(flags: list[str]) -> list[str]:
+    at = flags.index("--datasets")
+    return flags[:at] + flags[at + 2 :]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_heldout_sweep_scores_held_out_loss_and_reports_each_lambda_against_zero(workspace, capsys):
+    output_dir = workspace / "heldout"
+    flags = _without_benchmarks(_flags(workspace, output_dir, "--lambdas", "0,0.2", "--seeds", "1,2", "--heldout", "6",
+                                       "--max_steps", "2", "--eval_step", "1"))  # fmt: skip
+    assert main(flags) == 0
+    printed = capsys.readouterr().out
+
+    # the split: 6 records held out, never in the training file the runs read
+    records = json.loads((workspace / "train.json").read_text())
+    split = json.loads((output_dir / "heldout" / "split.json").read_text())
+    trained = json.loads((output_dir / "heldout" / "train.json").read_text())
+    assert len(split["heldout"]) == 6 and len(trained) == len(split["train"]) == len(records) - 6 - len(
+        split["dropped"]
+    )
+    held = {records[k]["instruction"] for k in split["heldout"]}
+    assert not held & {r["instruction"] for r in trained}
+    run_config = json.loads((output_dir / "lam0.2_seed1" / "adapter" / "run_config.json").read_text())[
+        "config"
+    ]
+    assert run_config["data_path"] == str(output_dir / "heldout" / "train.json")
+
+    # each run: held-out loss per record before training, after each step (eval_step 1) and at the end
+    losses = {}
+    for lam in ("0", "0.2"):
+        for seed in (1, 2):
+            found = json.loads((output_dir / f"lam{lam}_seed{seed}" / "heldout_loss.json").read_text())
+            assert found["keys"] == [f"record/{k}" for k in split["heldout"]]
+            assert "response token" in found["measure"] and sorted(found["points"]) == ["0", "1", "2"]
+            losses[(lam, seed)] = found["points"]
+    # before the first step LoRA's B is zero: SIBO changes nothing yet
+    assert losses[("0.2", 1)]["0"] == losses[("0", 1)]["0"]
+    with (output_dir / "sweep.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == ["lambda", "seed", "heldout_loss", "adapter_dir"]  # no benchmarks asked for
+    for row in rows:
+        final = losses[(row["lambda"], int(row["seed"]))]["2"]
+        assert float(row["heldout_loss"]) == pytest.approx(sum(final) / len(final), abs=1e-6)
+
+    # the report: the paired difference at the last step, by hand from the runs' files
+    report = json.loads((output_dir / "report.json").read_text())["heldout_loss"]
+    (row,) = report["lambdas"]
+    by_hand = (
+        sum(
+            a - b for s in (1, 2) for a, b in zip(losses[("0.2", s)]["2"], losses[("0", s)]["2"], strict=True)
+        )
+        / 12
+    )
+    assert (
+        row["difference"] == pytest.approx(by_hand, abs=1e-9)
+        and row["low"] <= row["difference"] <= row["high"]
+    )
+    assert (report["steps"], report["last_step"], row["p_holm"]) == (
+        [0, 1, 2],
+        2,
+        row["p"],
+    )  # one λ: Holm is p
+    assert row["by_step"][0]["difference"] == 0.0
+    assert row["verdict"] in ("better", "worse", "equivalent within ±0.002") or row["verdict"].startswith(
+        "undecided"
+    )
+    text = (output_dir / "report.md").read_text()
+    assert f"| 0.2 | {row['loss']:.4f} | {row['difference']:+.5f} |" in text and row["verdict"] in text
+    assert "response token" in text
+    assert (output_dir / "heldout.png").read_bytes()[:4] == b"\x89PNG" and not (
+        output_dir / "sweep.png"
+    ).exists()
+    assert f"λ 0.2 − λ 0: {row['difference']:+.5f}" in printed and row["verdict"] in printed
+
+    # a rerun trains nothing and reports the same; an adapter trained without the split is refused
+    weights = output_dir / "lam0.2_seed2" / "adapter" / "adapter_model.safetensors"
+    written = weights.stat().st_mtime_ns
+    assert main(flags) == 0
+    assert weights.stat().st_mtime_ns == written
+    assert json.loads((output_dir / "report.json").read_text())["heldout_loss"] == report
+    (output_dir / "lam0_seed1" / "heldout_loss.json").unlink()
+    capsys.readouterr()
+    assert main(flags) == 2
+    assert "holds an adapter trained without this held-out split" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_heldout_sweep_with_benchmarks_adds_accuracy_with_mcnemar(workspace):
+    output_dir = workspace / "heldout_acc"
+    flags = _flags(
+        workspace, output_dir, "--lambdas", "0,0.2", "--seeds", "1", "--heldout", "4", "--max_steps", "1"
+    )
+    assert main(flags) == 0
+    report = json.loads((output_dir / "report.json").read_text())
+    (accuracy,) = report["accuracy"]
+    answers = {}
+    for lam in ("0", "0.2"):
+        lines = (output_dir / f"lam{lam}_seed1" / "eval" / "AddSub.jsonl").read_text().splitlines()
+        answers[lam] = [
+            json.loads(line)["correct"] for line in sorted(lines, key=lambda text: json.loads(text)["index"])
+        ]
+    gained = sum(a and not b for a, b in zip(answers["0.2"], answers["0"], strict=True))
+    lost = sum(b and not a for a, b in zip(answers["0.2"], answers["0"], strict=True))
+    assert (accuracy["dataset"], accuracy["gained"], accuracy["lost"], accuracy["questions"]) == (
+        "AddSub",
+        gained,
+        lost,
+        3,
+    )
+    # one seed: its seed variance is unknown, so an undecided verdict cannot say how many seeds would decide
+    (row,) = report["heldout_loss"]["lambdas"]
+    assert row["verdict"] in (
+        "better",
+        "worse",
+        "equivalent within ±0.002",
+        "undecided — run more seeds (2 or more are needed to estimate how many)",
+    )
+    assert "## Accuracy" in (output_dir / "report.md").read_text() and (output_dir / "sweep.png").is_file()
+    with (output_dir / "sweep.csv").open() as file:
+        assert list(next(csv.DictReader(file))) == [
+            "lambda",
+            "seed",
+            "AddSub",
+            "mean_accuracy",
+            "heldout_loss",
+            "adapter_dir",
+        ]
+
+
+def test_heldout_needs_lambda_zero_and_a_sweep_needs_something_to_score(workspace):
+    with pytest.raises(InputError, match=r"--heldout compares every λ with λ 0: add 0 to --lambdas"):
+        parse_config(_flags(workspace, workspace / "x", "--lambdas", "0.1,0.2", "--heldout", "3")[1:])
+    config = parse_config(
+        _without_benchmarks(_flags(workspace, workspace / "x", "--lambdas", "0,0.2", "--heldout", "3"))[1:]
+    )
+    assert (config.datasets, config.heldout, config.margin) == ("", 3, 0.002)
+    assert config.finetune_config(0.2, 1).data_path == str(workspace / "x" / "heldout" / "train.json")
+    with pytest.raises(InputError, match="--margin > 0"):
+        parse_config(
+            _flags(workspace, workspace / "x", "--lambdas", "0", "--heldout", "3", "--margin", "0")[1:]
+        )

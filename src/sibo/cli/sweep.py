@@ -4,6 +4,12 @@
         --lambdas 0,0.1,0.2,0.3 --seeds 1,2,3 --datasets AddSub,SVAMP --eval_limit 200
 
 --lambdas and --seeds replace --embedding_lambda and --seed (which are their defaults).
+
+    sibo sweep --base_model B --data_path mine.json --output_dir sweep --lambdas 0,0.2 --seeds 1,2,3 \
+        --heldout 200                        # does SIBO help on my data? report.md answers
+
+--heldout N keeps N records (and their exact and near copies) out of training and scores every run's
+held-out loss; with it, benchmarks are scored only when --datasets names them.
 """
 
 from __future__ import annotations
@@ -31,12 +37,29 @@ class SweepFlags:
         default=None, metadata={"help": "λ values: 0,0.1,0.2 or [0,0.1,0.2] (default: --embedding_lambda)"}
     )
     seeds: str | None = field(default=None, metadata={"help": "seeds: 1,2,3 (default: --seed)"})
-    datasets: str = field(default="math", metadata={"help": "benchmarks to score each run on"})
+    datasets: str | None = field(
+        default=None,
+        metadata={"help": "benchmarks to score each run on (default: math; none with --heldout)"},
+    )
     data_dir: str | None = field(default=None, metadata={"help": DATA_DIR_HELP})
     eval_limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
     extraction: str = field(
         default="careful",
         metadata={"help": "careful, or legacy: upstream's answer-reading rules", "choices": EXTRACTION_MODES},
+    )
+    heldout: int = field(
+        default=0,
+        metadata={
+            "help": "hold N training records out (with their exact and near copies), score every run's loss "
+            "on their response tokens, and write report.md: each λ against λ 0 (0: off)"
+        },
+    )
+    heldout_seed: int = field(default=0, metadata={"help": "seed of the held-out draw"})
+    margin: float = field(
+        default=0.002,
+        metadata={
+            "help": "equivalence margin in nats per response token: differences within ±margin are 'equivalent'"
+        },
     )
 
 
@@ -86,12 +109,15 @@ def _config(args: argparse.Namespace):
         finetune=finetune,
         lambdas=lambdas,
         seeds=seeds,
-        datasets=grid.datasets,
+        datasets=grid.datasets if grid.datasets is not None else ("" if grid.heldout else "math"),
         data_dir=grid.data_dir or default_data_dir(),
         output_dir=finetune.output_dir,
         limit=grid.eval_limit,
         extraction=grid.extraction,
         decoding=decoding,
+        heldout=grid.heldout,
+        heldout_seed=grid.heldout_seed,
+        margin=grid.margin,
     )
 
 
@@ -100,12 +126,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sibo.study.sweep import CSV_FILE, PLOT_FILE, summarize, sweep
+    from sibo.study.sweep import CSV_FILE, PLOT_FILE, REPORT_FILE, REPORT_JSON, summarize, sweep
 
     config = _config(args)
     rows = sweep(config)
-    print(f"{'λ':>6} {'seeds':>5} {'accuracy':>9} {'std':>7}")
-    for lam, mean, std, count in summarize(rows):
-        print(f"{lam:>6g} {count:>5} {mean:>9.4f} {std:>7.4f}")
-    print(f"\n{len(rows)} runs: {config.output_dir / CSV_FILE}, {config.output_dir / PLOT_FILE}")
+    written = [config.output_dir / CSV_FILE]
+    if config.datasets:
+        print(f"{'λ':>6} {'seeds':>5} {'accuracy':>9} {'std':>7}")
+        for lam, mean, std, count in summarize(rows):
+            print(f"{lam:>6g} {count:>5} {mean:>9.4f} {std:>7.4f}")
+        written.append(config.output_dir / PLOT_FILE)
+    if config.heldout:
+        _print_verdicts(config.output_dir / REPORT_JSON)
+        written.append(config.output_dir / REPORT_FILE)
+    print(f"\n{len(rows)} runs: {', '.join(map(str, written))}")
     return 0
+
+
+def _print_verdicts(report_file) -> None:
+    """Each λ's held-out loss difference to λ 0, its interval and verdict, as report.md's table says."""
+    import json
+
+    report = json.loads(report_file.read_text())["heldout_loss"]
+    print(
+        f"held-out loss per response token at step {report['last_step']}: λ 0 {report['baseline_loss']:.4f}"
+    )
+    for row in report["lambdas"]:
+        print(
+            f"λ {row['lambda']:g} − λ 0: {row['difference']:+.5f} [{row['low']:+.5f}, {row['high']:+.5f}], "
+            f"p (Holm) {row['p_holm']:.3g}: {row['verdict']}"
+        )

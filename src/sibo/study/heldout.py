@@ -136,3 +136,23 @@ class HeldOutLossCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step in self.points:
             self._score(state.global_step, model)
+
+
+class PeriodicHeldOutLoss(HeldOutLossCallback):
+    """Scores `encoded` before the first step, every `every` optimizer steps (0: never between), and after
+    the last step, whatever the Trainer's step count turns out to be (epochs or --max_steps)."""
+
+    def __init__(
+        self,
+        encoded: list[Encoded],
+        every: int,
+        record: Callable[[int, dict[str, list[float]]], None],
+        batch_size: int = 8,
+    ):
+        super().__init__(encoded, [0], record, batch_size)
+        self.every = every
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        between = range(self.every, state.max_steps, self.every) if self.every > 0 else ()
+        self.points = {0, *between, state.max_steps}
+        super().on_train_begin(args, state, control, model=model, **kwargs)

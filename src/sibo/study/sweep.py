@@ -8,29 +8,49 @@ evaluate runner on the chosen benchmarks; runs land in output_dir/lam<λ>_seed<s
 sweep.csv gets one row per (λ, seed) as each run finishes, so a long sweep can be watched; a
 rerun skips runs whose adapter and scores are complete. sweep.png plots mean accuracy (± std over
 seeds) against λ. Every setting and benchmark file is checked before the first run starts.
+
+With `heldout` (N records), N records of the training data never train (`sibo.study.split`: nor do their
+exact and near copies); every run's held-out loss per response token is measured before training, at
+each eval_step and at the end (heldout_loss.json in the run's folder), and report.md pairs each λ with
+λ 0 (`sibo.study.sweep_report`): "does SIBO help on this data", with intervals over seeds and records.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
+import math
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings
 from sibo.errors import InputError
+from sibo.eval.results import read_records
 from sibo.eval.runner import EvalConfig, load_benchmarks
 from sibo.files import claim_output_dir, hold_output_dir, write_atomically
 from sibo.study.plots import pyplot, save_figure
-from sibo.study.runs import train_and_score
+from sibo.study.runs import train_adapter, train_and_score
+from sibo.study.split import write_split
+from sibo.study.sweep_heldout import (
+    HeldOut,
+    HeldOutLog,
+    check_reusable,
+    is_finished,
+    mean_loss,
+    prepare_heldout,
+)
+from sibo.study.sweep_report import compare_accuracy, compare_heldout, render_report
 from sibo.train.config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
 CSV_FILE = "sweep.csv"
 PLOT_FILE = "sweep.png"
+REPORT_FILE, REPORT_JSON, HELDOUT_PLOT = "report.md", "report.json", "heldout.png"
+HELDOUT_DIR = "heldout"
 
 
 @dataclass
@@ -42,7 +62,9 @@ class SweepConfig:
     )
     lambdas: list[float] = field(metadata={"help": "λ values, each in [0, 1]"})
     seeds: list[int] = field(metadata={"help": "seeds; one run per (λ, seed)"})
-    datasets: str = field(metadata={"help": "benchmarks to score, as `sibo evaluate --dataset` takes them"})
+    datasets: str = field(
+        metadata={"help": "benchmarks to score, as `sibo evaluate --dataset` takes them ('': none)"}
+    )
     data_dir: Path = field(metadata={"help": "folder holding <Name>/test.json"})
     output_dir: Path = field(metadata={"help": "where runs, sweep.csv and sweep.png go"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
@@ -50,6 +72,11 @@ class SweepConfig:
     decoding: DecodingSettings = field(
         default_factory=lambda: DecodingSettings(num_beams=UPSTREAM_EVAL_BEAMS)
     )
+    heldout: int = field(
+        default=0, metadata={"help": "training records held out and scored by loss (0: none)"}
+    )
+    heldout_seed: int = field(default=0, metadata={"help": "seed of the held-out draw"})
+    margin: float = field(default=0.002, metadata={"help": "equivalence margin of the verdict, in nats"})
 
     def __post_init__(self) -> None:
         self.output_dir, self.data_dir = Path(self.output_dir), Path(self.data_dir)
@@ -59,6 +86,12 @@ class SweepConfig:
             replace(self.finetune.sibo, lam=lam)  # SiboConfig checks each λ
         if len(set(self.lambdas)) != len(self.lambdas) or len(set(self.seeds)) != len(self.seeds):
             raise InputError(f"λ values and seeds must not repeat: {self.lambdas}, {self.seeds}")
+        if self.heldout < 0 or not self.margin > 0:
+            raise InputError(f"--heldout must be ≥ 0 and --margin > 0, got {self.heldout}, {self.margin}")
+        if self.heldout and 0.0 not in self.lambdas:
+            raise InputError(f"--heldout compares every λ with λ 0: add 0 to --lambdas (got {self.lambdas})")
+        if not self.heldout and not self.datasets:
+            raise InputError("a sweep scores its runs on --datasets, on --heldout records, or both: give one")
 
     def run_dir(self, lam: float, seed: int) -> Path:
         return self.output_dir / f"lam{lam:g}_seed{seed}"
@@ -76,7 +109,12 @@ class SweepConfig:
     def finetune_config(self, lam: float, seed: int) -> FinetuneConfig:
         """The shared settings with this run's λ, seed and directory (checked again by FinetuneConfig)."""
         adapter_dir = self.run_dir(lam, seed) / "adapter"
-        return replace(self.finetune, embedding_lambda=lam, seed=seed, output_dir=str(adapter_dir))
+        config = replace(self.finetune, embedding_lambda=lam, seed=seed, output_dir=str(adapter_dir))
+        if self.heldout:  # the split's training side, written with our own field names
+            config = replace(
+                config, data_path=str(self.output_dir / HELDOUT_DIR / "train.json"), data_columns=""
+            )
+        return config
 
 
 @dataclass
@@ -85,30 +123,49 @@ class SweepRow:
     seed: int
     accuracy: dict[str, float]  # per benchmark
     adapter_dir: str
+    heldout_loss: float | None = None  # mean held-out loss per response token at the end
 
     @property
     def mean_accuracy(self) -> float:
-        return statistics.fmean(self.accuracy.values())
+        return statistics.fmean(self.accuracy.values()) if self.accuracy else math.nan
 
 
 def sweep(config: SweepConfig) -> list[SweepRow]:
-    """Every (λ, seed) run in grid order; writes sweep.csv after each run and sweep.png at the end."""
+    """Every (λ, seed) run in grid order; writes sweep.csv after each run, sweep.png at the end, and with
+    heldout the held-out split before the first run and report.md after the last."""
     pyplot()  # fail now, not after an hour of training, when matplotlib is missing
     grid = [(lam, seed) for lam in config.lambdas for seed in config.seeds]
     runs = [
-        (lam, seed, config.finetune_config(lam, seed), config.eval_config(lam, seed)) for lam, seed in grid
+        (
+            lam,
+            seed,
+            config.finetune_config(lam, seed),
+            config.eval_config(lam, seed) if config.datasets else None,
+        )
+        for lam, seed in grid
     ]
-    benchmarks = load_benchmarks(runs[0][3])  # the same files for every run: read and checked once
+    # the same files for every run: read and checked once
+    benchmarks = load_benchmarks(runs[0][3]) if config.datasets else []
+    heldout = (
+        prepare_heldout(config.finetune, config.heldout, config.heldout_seed) if config.heldout else None
+    )
     rows: list[SweepRow] = []
+    losses: dict[tuple[float, int], dict[int, list[float]]] = {}
     claim_sweep_dir(config, dry_run=True)
     # one sweep per folder: a second one stops at once, naming this one's pid
     with hold_output_dir(config.output_dir):
         claim_sweep_dir(config)
+        if heldout is not None:
+            write_split(heldout.records, heldout.split, config.output_dir / HELDOUT_DIR)
         for number, (lam, seed, finetune_config, eval_config) in enumerate(runs, start=1):
             logger.info("sweep run %d/%d: λ=%g, seed %d", number, len(runs), lam, seed)
-            rows.append(run_one(lam, seed, finetune_config, eval_config, benchmarks))
+            row, losses[(lam, seed)] = run_one(lam, seed, finetune_config, eval_config, benchmarks, heldout)
+            rows.append(row)
             write_csv(rows, config.output_dir / CSV_FILE)
-        plot_accuracy(rows, config.output_dir / PLOT_FILE)
+        if benchmarks:
+            plot_accuracy(rows, config.output_dir / PLOT_FILE)
+        if heldout is not None:
+            write_report(config, heldout, losses, answers_by_run(config, benchmarks))
     return rows
 
 
@@ -121,26 +178,95 @@ def claim_sweep_dir(config: SweepConfig, dry_run: bool = False) -> None:
 
 
 def run_one(
-    lam: float, seed: int, finetune_config: FinetuneConfig, eval_config: EvalConfig, benchmarks
-) -> SweepRow:
-    """Fine-tune (unless a finished adapter is there) and score one run."""
-    results = train_and_score(
-        finetune_config.base_model, eval_config, benchmarks, finetune_config, threads=finetune_config.threads
-    )
+    lam: float,
+    seed: int,
+    finetune_config: FinetuneConfig,
+    eval_config: EvalConfig | None,
+    benchmarks,
+    heldout: HeldOut | None = None,
+) -> tuple[SweepRow, dict[int, list[float]]]:
+    """Fine-tune (unless a finished adapter is there) and score one run: its row, and with heldout its
+    held-out losses by step ({} without)."""
+    callbacks, log = [], None
+    if heldout is not None:
+        log = HeldOutLog(Path(finetune_config.output_dir).parent, heldout)
+        if finetune_config.overwrite or not is_finished(finetune_config):  # it trains: score as it does
+            callbacks = [log.callback(finetune_config.eval_step)]
+        else:
+            check_reusable(log, finetune_config)
+    results = {}
+    if eval_config is None:  # held-out loss only
+        train_adapter(finetune_config, callbacks)
+    else:
+        results = train_and_score(
+            finetune_config.base_model,
+            eval_config,
+            benchmarks,
+            finetune_config,
+            callbacks=callbacks,
+            threads=finetune_config.threads,
+        )
     accuracy = {name: result.accuracy for name, result in results.items()}
-    return SweepRow(lam, seed, accuracy, finetune_config.output_dir)
+    losses = log.final(finetune_config) if log is not None else {}
+    final = mean_loss(losses[max(losses)]) if losses else None
+    return SweepRow(lam, seed, accuracy, finetune_config.output_dir, final), losses
+
+
+def answers_by_run(config: SweepConfig, benchmarks) -> dict[tuple[float, int], dict[str, dict]]:
+    """Each run's 0/1 answer per question and benchmark, in question order (McNemar pairs them)."""
+    answers = {}
+    if not benchmarks:
+        return answers
+    for lam in config.lambdas:
+        for seed in config.seeds:
+            folder = config.eval_config(lam, seed).output_dir
+            answers[(lam, seed)] = {}
+            for task, _ in benchmarks:
+                records = read_records(folder / f"{task.name}.jsonl")
+                ids = sorted(records)
+                answers[(lam, seed)][task.name] = {
+                    "ids": ids,
+                    "correct": [int(records[i]["correct"]) for i in ids],
+                }
+    return answers
+
+
+def write_report(config: SweepConfig, heldout: HeldOut, losses: dict, answers: dict) -> dict:
+    """report.md and report.json beside sweep.csv, heldout.png beside sweep.png; the report's content."""
+    heldout_rows = compare_heldout(losses, config.seeds, config.margin)
+    accuracy_rows = compare_accuracy(answers, config.seeds) if answers else []
+    about = {
+        "data_path": config.finetune.data_path,
+        "heldout": len(heldout.split.heldout),
+        "heldout_seed": config.heldout_seed,
+        "dropped": len(heldout.split.dropped),
+        "trained": len(heldout.split.train),
+    }
+    report = {"about": about, "heldout_loss": heldout_rows, "accuracy": accuracy_rows}
+    write_atomically(config.output_dir / REPORT_FILE, render_report(heldout_rows, accuracy_rows, about))
+    write_atomically(config.output_dir / REPORT_JSON, json.dumps(report, indent=1, default=str) + "\n")
+    plot_heldout(heldout_rows, config.output_dir / HELDOUT_PLOT)
+    return report
 
 
 def write_csv(rows: list[SweepRow], file: Path) -> None:
-    """One row per (λ, seed): accuracy per benchmark, their mean, and the adapter's directory."""
+    """One row per (λ, seed): accuracy per benchmark and their mean (when scored), the final held-out loss
+    (with heldout), and the adapter's directory."""
     datasets = list(rows[0].accuracy)
+    heldout = rows[0].heldout_loss is not None
     file.parent.mkdir(parents=True, exist_ok=True)
     out = io.StringIO(newline="")
     writer = csv.writer(out)
-    writer.writerow(["lambda", "seed", *datasets, "mean_accuracy", "adapter_dir"])
+    accuracy_columns = [*datasets, "mean_accuracy"] if datasets else []
+    writer.writerow(
+        ["lambda", "seed", *accuracy_columns, *(["heldout_loss"] if heldout else []), "adapter_dir"]
+    )
     for row in rows:
-        cells = [f"{row.accuracy[name]:.6f}" for name in datasets]
-        writer.writerow([f"{row.lam:g}", row.seed, *cells, f"{row.mean_accuracy:.6f}", row.adapter_dir])
+        cells = [f"{row.accuracy[name]:.6f}" for name in datasets] + (
+            [f"{row.mean_accuracy:.6f}"] if datasets else []
+        )
+        loss = [f"{row.heldout_loss:.6f}"] if heldout else []
+        writer.writerow([f"{row.lam:g}", row.seed, *cells, *loss, row.adapter_dir])
     write_atomically(file, out.getvalue())
 
 
@@ -174,6 +300,33 @@ def plot_accuracy(rows: list[SweepRow], file: Path) -> None:
     axes.set_xlabel("λ (share of h0 in each boosted branch)")
     axes.set_ylabel("accuracy (mean over benchmarks)")
     axes.set_title(", ".join(rows[0].accuracy))
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    save_figure(figure, file)
+
+
+def plot_heldout(report: dict, file: Path) -> None:
+    """Each λ's held-out loss difference to λ 0 at the last step, with its 95 % interval and the margin."""
+    plt = pyplot()
+    rows = report["lambdas"]
+    figure, axes = plt.subplots(figsize=(6, 4))
+    differences = [row["difference"] for row in rows]
+    axes.errorbar(
+        [row["lambda"] for row in rows],
+        differences,
+        yerr=[[d - row["low"] for d, row in zip(differences, rows, strict=True)],
+              [row["high"] - d for d, row in zip(differences, rows, strict=True)]],
+        marker="o",
+        capsize=3,
+        label="λ − λ 0, 95 % interval (seeds and records)",
+    )  # fmt: skip
+    axes.axhline(0.0, color="black", linewidth=0.8)
+    for bound in (-report["margin"], report["margin"]):
+        axes.axhline(bound, color="grey", linestyle="--", linewidth=0.8)
+    axes.set_xlabel("λ (share of h0 in each boosted branch)")
+    axes.set_ylabel(f"held-out loss difference (step {report['last_step']})")
+    axes.set_title("held-out loss per response token, λ − λ 0 (dashed: ±margin)")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()

@@ -1,0 +1,120 @@
+"""The held-out side of `sibo sweep --heldout N`: the split, and each run's held-out loss while it trains.
+
+    heldout = prepare_heldout(config)                       # read, split, encoded: before anything is written
+    log = HeldOutLog(run_dir, heldout)                      # run_dir/heldout_loss.json
+    callbacks = [log.callback(eval_step)]                   # scores at step 0, every eval_step, the end
+    final = log.final(finetune_config)                      # {step: losses}, the last step scored if missing
+
+A run's losses carry a digest of the split: a finished adapter with no losses of this split (trained
+on other data, or by a sweep without --heldout) is refused rather than scored as if held out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sibo.data import Record
+from sibo.errors import InputError
+from sibo.files import TRAIN_METRICS_FILE, read_json, write_atomically
+from sibo.study.heldout import Encoded, PeriodicHeldOutLoss, Reference, encode_references, held_out_losses
+from sibo.study.split import HeldOutSplit, heldout_split, instruction_records
+from sibo.train.config import FinetuneConfig
+
+logger = logging.getLogger(__name__)
+
+LOSS_FILE = "heldout_loss.json"
+MEASURE = "mean negative log-likelihood per response token (output + EOS, given the prompt)"
+
+
+@dataclass
+class HeldOut:
+    """The split of the training data and the held-out records, encoded for scoring."""
+
+    records: list[Record]
+    split: HeldOutSplit
+    encoded: list[Encoded]
+    digest: str  # names the split: runs scored on another split are not mixed in
+    batch_size: int = 8
+
+
+def prepare_heldout(finetune: FinetuneConfig, count: int, seed: int) -> HeldOut:
+    """Read the training data, split it, and tokenize the held-out records as finetune would (cut at
+    cutoff_len); refused for chat records or --template chat (the scorer renders Alpaca's prompt)."""
+    if finetune.template == "chat":
+        raise InputError(
+            "--heldout scores records with Alpaca's template; --template chat is not supported with it"
+        )
+    from sibo.checkpoint.load import load_tokenizer
+
+    records = instruction_records(finetune.data_path, finetune.data_columns)
+    split = heldout_split(records, count, seed)
+    references = [
+        Reference(f"record/{k}", records[k].instruction, records[k].output, records[k].input)
+        for k in split.heldout
+    ]
+    encoded = encode_references(
+        references, load_tokenizer(finetune.base_model), max_tokens=finetune.cutoff_len
+    )
+    digest = hashlib.sha256(json.dumps(asdict(split)).encode()).hexdigest()[:16]
+    logger.info(
+        "held out %d records; %d copies of them left out of training; %d train",
+        len(split.heldout), len(split.dropped), len(split.train),
+    )  # fmt: skip
+    return HeldOut(records, split, encoded, digest)
+
+
+class HeldOutLog:
+    """One run's held-out losses by step, in run_dir/heldout_loss.json, rewritten at each point scored."""
+
+    def __init__(self, run_dir: Path, heldout: HeldOut):
+        self.file, self.heldout = run_dir / LOSS_FILE, heldout
+        self.points: dict[str, list[float]] = {}
+        if self.file.is_file():
+            found = read_json(self.file)
+            if isinstance(found, dict) and found.get("split") == heldout.digest:
+                self.points = found.get("points", {})
+
+    def record(self, step: int, losses: dict[str, list[float]]) -> None:
+        self.points[str(step)] = [round(value, 6) for value in losses["rationale"]]
+        keys = [encoded.key for encoded in self.heldout.encoded]
+        value = {"split": self.heldout.digest, "measure": MEASURE, "keys": keys, "points": self.points}
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.file, json.dumps(value, separators=(",", ":")) + "\n")
+
+    def callback(self, every: int) -> PeriodicHeldOutLoss:
+        self.points = {}  # a run that trains is scored from its start
+        return PeriodicHeldOutLoss(self.heldout.encoded, every, self.record, self.heldout.batch_size)
+
+    def final(self, finetune: FinetuneConfig) -> dict[int, list[float]]:
+        """Every step scored, the finished adapter's last step included (scored now if it is missing)."""
+        step = read_json(Path(finetune.output_dir) / TRAIN_METRICS_FILE).get("global_step")
+        if str(step) not in self.points:
+            from sibo.checkpoint.load import load_model
+
+            model, _ = load_model(finetune.base_model, finetune.output_dir, threads=finetune.threads)
+            self.record(step, held_out_losses(model, self.heldout.encoded, self.heldout.batch_size))
+        return {int(point): values for point, values in self.points.items()}
+
+
+def is_finished(finetune: FinetuneConfig) -> bool:
+    return (Path(finetune.output_dir) / TRAIN_METRICS_FILE).is_file()
+
+
+def check_reusable(log: HeldOutLog, finetune: FinetuneConfig) -> None:
+    """A finished adapter is reused only when this split's losses are beside it (it trained on this split)."""
+    if is_finished(finetune) and not log.points:
+        run_dir = log.file.parent
+        raise InputError(
+            f"{run_dir} holds an adapter trained without this held-out split (no {LOSS_FILE} of it): "
+            "delete the folder or choose another --output_dir"
+        )
+
+
+def mean_loss(losses: list[float]) -> float:
+    kept = [value for value in losses if value == value]  # NaN: a record cut before its response
+    return statistics.fmean(kept) if kept else float("nan")

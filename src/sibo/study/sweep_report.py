@@ -1,0 +1,170 @@
+"""`sibo sweep --heldout`'s answer to "does SIBO help on my data": report.md (and report.json).
+
+    rows = compare_heldout(losses, seeds, margin=0.002)    # losses: {(λ, seed): {step: per-record losses}}
+    accuracy = compare_accuracy(answers, seeds)            # answers: {(λ, seed): {set: {ids, correct}}}
+    text = render_report(rows, accuracy, about)
+
+Every λ is paired with λ 0 seed by seed (the same seed: the same data order and initialisation) and
+record by record. The held-out loss is the mean negative log-likelihood per response token (the
+reference output and its EOS, given the prompt), lower is better; its interval resamples seeds and
+records together (`stats.two_level_bootstrap`), its p-value comes from the same draws and is
+Holm-adjusted over the λs, and the verdict weighs both against the equivalence margin
+(`stats.equivalence_verdict`). Accuracy per benchmark gets an exact McNemar test, paired by question,
+pooled over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+
+from sibo.study.stats import (
+    Interval,
+    bootstrap_p_value,
+    discordant_pairs,
+    equivalence_verdict,
+    exact_mcnemar,
+    holm,
+    seeds_needed,
+    two_level_draws,
+    variance_components,
+)
+
+RESAMPLES, CONFIDENCE, BOOTSTRAP_SEED = 10_000, 0.95, 0
+
+
+def _table(losses: dict, lam: float, seeds: list[int], step: int) -> np.ndarray:
+    return np.asarray([losses[(lam, seed)][step] for seed in seeds], dtype=np.float64)  # (S, Q)
+
+
+def difference_at(losses: dict, lam: float, seeds: list[int], step: int) -> dict:
+    """λ − λ 0 at one step: the mean, the two-level interval and p-value, the variance components
+    (records with a NaN loss in any run are left out)."""
+    a, b = _table(losses, lam, seeds, step), _table(losses, 0.0, seeds, step)
+    kept = ~(np.isnan(a).any(axis=0) | np.isnan(b).any(axis=0))
+    a, b = a[:, kept], b[:, kept]
+    draws = two_level_draws(a, b, RESAMPLES, BOOTSTRAP_SEED)
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    seed_variance, record_variance = variance_components(a, b)
+    return {
+        "step": step,
+        "loss": float(a.mean()),
+        "difference": float((a - b).mean()),
+        "low": float(low),
+        "high": float(high),
+        "p": bootstrap_p_value(draws),
+        "records": int(kept.sum()),
+        "seed_variance": seed_variance,
+        "record_variance": record_variance,
+    }
+
+
+def compare_heldout(
+    losses: dict[tuple[float, int], dict[int, list[float]]], seeds: list[int], margin: float
+) -> dict:
+    """Per λ ≠ 0: its difference to λ 0 at every step all runs scored, and at the last one the
+    Holm-adjusted p-value, the seeds that would decide it, and the verdict."""
+    lambdas = sorted({lam for lam, _ in losses})
+    steps = sorted(set.intersection(*(set(points) for points in losses.values())))
+    last = steps[-1]
+    baseline = float(_table(losses, 0.0, seeds, last)[~np.isnan(_table(losses, 0.0, seeds, last))].mean())
+    rows = []
+    for lam in (lam for lam in lambdas if lam != 0.0):
+        by_step = [difference_at(losses, lam, seeds, step) for step in steps]
+        rows.append({"lambda": lam, **by_step[-1], "by_step": by_step})
+    for row, adjusted in zip(rows, holm([row["p"] for row in rows]), strict=True):
+        needed = seeds_needed(
+            row["difference"], row["seed_variance"], row["record_variance"], margin, CONFIDENCE
+        )
+        # more than the seeds already run: the estimate is rough, and these were not enough
+        row["seeds_needed"] = needed if math.isnan(needed) else max(needed, len(seeds) + 1)
+        row["p_holm"] = adjusted
+        interval = Interval(row["difference"], row["low"], row["high"], CONFIDENCE, row["records"])
+        row["verdict"] = equivalence_verdict(interval, adjusted, margin, row["seeds_needed"])
+    return {
+        "steps": steps,
+        "last_step": last,
+        "baseline_loss": baseline,
+        "margin": margin,
+        "seeds": seeds,
+        "lambdas": rows,
+    }
+
+
+def compare_accuracy(answers: dict[tuple[float, int], dict[str, dict]], seeds: list[int]) -> list[dict]:
+    """Per λ ≠ 0 and benchmark: mean accuracy over seeds (λ and λ 0) and the exact McNemar test over every
+    (seed, question) pair, gained = right at λ and wrong at λ 0."""
+    rows = []
+    for lam in sorted({lam for lam, _ in answers} - {0.0}):
+        for name in answers[(0.0, seeds[0])]:
+            a = [answers[(lam, seed)][name]["correct"] for seed in seeds]
+            b = [answers[(0.0, seed)][name]["correct"] for seed in seeds]
+            gained, lost = discordant_pairs(a, b)
+            rows.append({
+                "lambda": lam, "dataset": name, "questions": len(a[0]),
+                "accuracy": statistics.fmean(map(statistics.fmean, a)),
+                "baseline_accuracy": statistics.fmean(map(statistics.fmean, b)),
+                "gained": gained, "lost": lost, "mcnemar_p": exact_mcnemar(gained, lost),
+            })  # fmt: skip
+    return rows
+
+
+def render_report(heldout: dict, accuracy: list[dict], about: dict) -> str:
+    """report.md: the verdict table first, how it was computed under it, then loss by step and accuracy."""
+    seeds = ", ".join(map(str, heldout["seeds"]))
+    lines = [
+        f"# Does SIBO help here? {about['data_path']}, λ against λ 0",
+        "",
+        f"Held out: {about['heldout']} records of {about['data_path']} (split seed {about['heldout_seed']}), never "
+        f"trained on; {about['dropped']} more records, exact or near copies of them, were taken out of training "
+        f"too; {about['trained']} records train. Seeds: {seeds}.",
+        "",
+        "Held-out loss: mean negative log-likelihood per **response token** (the reference output and its EOS, "
+        "given the prompt), per record, averaged over records and seeds; lower is better.",
+        "",
+        f"| λ | held-out loss (step {heldout['last_step']}) | − λ 0 | 95 % interval | p (Holm) | verdict |",
+        "|---|---|---|---|---|---|",
+        f"| 0 | {heldout['baseline_loss']:.4f} | | | | reference |",
+    ]
+    for row in heldout["lambdas"]:
+        lines.append(
+            f"| {row['lambda']:g} | {row['loss']:.4f} | {row['difference']:+.5f} | [{row['low']:+.5f}, {row['high']:+.5f}] "
+            f"| {row['p_holm']:.3g} | {row['verdict']} |"
+        )
+    lines += [
+        "",
+        f"Interval: 95 % percentile bootstrap that resamples seeds and records together, paired ({RESAMPLES:,} "
+        f"resamples, seed {BOOTSTRAP_SEED}). p: two-sided, from the same draws, Holm-adjusted over the "
+        f"{len(heldout['lambdas'])} λ compared with λ 0. Verdict: equivalent when the interval lies within "
+        f"±{heldout['margin']:g} nats; else better/worse when the adjusted p < 0.05; else undecided, with about how "
+        "many seeds would decide it (half-width z·√(seed variance / K + record variance) against the larger of "
+        "|difference| and margin − |difference|; docs/sweep.md).",
+        "",
+        "## By step",
+        "",
+        "| step | " + " | ".join(f"λ {row['lambda']:g} − λ 0 [95 %]" for row in heldout["lambdas"]) + " |",
+        "|---|" + "---|" * len(heldout["lambdas"]),
+    ]
+    for k, step in enumerate(heldout["steps"]):
+        cells = [f"{r['by_step'][k]['difference']:+.5f} [{r['by_step'][k]['low']:+.5f}, {r['by_step'][k]['high']:+.5f}]"
+                 for r in heldout["lambdas"]]  # fmt: skip
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    if accuracy:
+        lines += [
+            "",
+            "## Accuracy",
+            "",
+            "| benchmark | λ | accuracy | λ 0 | gained | lost | McNemar p |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['dataset']} | {r['lambda']:g} | {r['accuracy']:.3f} | {r['baseline_accuracy']:.3f} | {r['gained']} "
+            f"| {r['lost']} | {r['mcnemar_p']:.3g} |"
+            for r in accuracy
+        ]
+        lines += ["", "Accuracy: mean over seeds. McNemar: exact, two-sided, over every (seed, question) pair of λ and "
+                  "λ 0 (pooled over seeds, so it counts a question once per seed), not adjusted for multiple tests."]  # fmt: skip
+    return "\n".join(lines) + "\n"
