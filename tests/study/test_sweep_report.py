@@ -1,0 +1,55 @@
+"""sweep --heldout's report from fixed losses: each λ paired with λ 0, Holm over the λs, verdicts, McNemar."""
+
+from __future__ import annotations
+
+import pytest
+
+from sibo.study.stats import holm
+from sibo.study.sweep_report import compare_accuracy, compare_heldout, render_report
+
+SEEDS = [1, 2, 3]
+
+
+def _losses() -> dict:
+    """λ 0: 1.0 on every record; λ 0.1: 0.1 lower everywhere (a clear gain); λ 0.2: ±0.0005 by seed and
+    record, mean 0 (equivalent within 0.002). Step 0: all alike."""
+    losses = {}
+    for seed in SEEDS:
+        wobble = [0.0005 * (-1) ** (seed + q) for q in range(4)]
+        losses[(0.0, seed)] = {0: [1.0] * 4, 10: [1.0] * 4}
+        losses[(0.1, seed)] = {0: [1.0] * 4, 10: [0.9] * 4}
+        losses[(0.2, seed)] = {0: [1.0] * 4, 10: [1.0 + w for w in wobble]}
+    return losses
+
+
+def test_each_lambda_against_zero_with_holm_and_verdicts():
+    report = compare_heldout(_losses(), SEEDS, margin=0.002)
+    assert (report["steps"], report["last_step"], report["baseline_loss"]) == ([0, 10], 10, 1.0)
+    gain, flat = report["lambdas"]
+    assert gain["lambda"] == 0.1 and gain["difference"] == pytest.approx(-0.1)
+    assert gain["low"] == gain["high"] == pytest.approx(-0.1)  # no spread: every resample is −0.1
+    assert gain["verdict"] == "better"
+    assert (
+        flat["difference"] == pytest.approx(0.0, abs=1e-12) and -0.002 < flat["low"] <= flat["high"] < 0.002
+    )
+    assert flat["verdict"] == "equivalent within ±0.002"
+    assert [gain["p_holm"], flat["p_holm"]] == holm([gain["p"], flat["p"]])
+    assert gain["by_step"][0]["difference"] == 0.0
+    text = render_report(
+        report, [], {"data_path": "d.json", "heldout": 4, "heldout_seed": 0, "dropped": 1, "trained": 9}
+    )
+    assert "| 0.1 | 0.9000 | -0.10000 | [-0.10000, -0.10000] |" in text and "| better |" in text
+    assert "equivalent within ±0.002" in text and "## Accuracy" not in text
+
+
+def test_accuracy_pools_every_seed_and_question_pair():
+    answers = {
+        (0.0, 1): {"AddSub": {"ids": [0, 1, 2], "correct": [0, 1, 1]}},
+        (0.0, 2): {"AddSub": {"ids": [0, 1, 2], "correct": [0, 0, 1]}},
+        (0.2, 1): {"AddSub": {"ids": [0, 1, 2], "correct": [1, 1, 1]}},  # gains question 0
+        (0.2, 2): {"AddSub": {"ids": [0, 1, 2], "correct": [1, 1, 0]}},  # gains 0 and 1, loses 2
+    }
+    (row,) = compare_accuracy(answers, [1, 2])
+    assert (row["gained"], row["lost"], row["questions"]) == (3, 1, 3)
+    assert row["accuracy"] == pytest.approx(5 / 6) and row["baseline_accuracy"] == pytest.approx(0.5)
+    assert row["mcnemar_p"] == pytest.approx(2 * (1 + 4) / 16)
