@@ -87,7 +87,7 @@ class HeldOutLog:
         write_atomically(self.file, json.dumps(value, separators=(",", ":")) + "\n")
 
     def callback(self, every: int) -> PeriodicHeldOutLoss:
-        self.points = {}  # a run that trains is scored from its start
+        """Points already here stay: a run that resumes part way is the same run (finetune checks that)."""
         return PeriodicHeldOutLoss(self.heldout.encoded, every, self.record, self.heldout.batch_size)
 
     def final(self, finetune: FinetuneConfig) -> dict[int, list[float]]:
