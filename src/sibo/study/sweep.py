@@ -191,6 +191,8 @@ def run_one(
     if heldout is not None:
         log = HeldOutLog(Path(finetune_config.output_dir).parent, heldout)
         if finetune_config.overwrite or not is_finished(finetune_config):  # it trains: score as it does
+            if finetune_config.overwrite:
+                log.points = {}  # the earlier run's points are not this run's
             callbacks = [log.callback(finetune_config.eval_step)]
         else:
             check_reusable(log, finetune_config)
