@@ -146,7 +146,7 @@ def main() -> None:
     )
     results = {}
     for mode in MERGE_MODES[args.merge]:
-        if mode == "merged":  # plain LoRA folds away; SIBO keeps its λ·ΔW·h0 terms (sibo.core.h0_branches)
+        if mode == "merged":  # plain LoRA folds away; SIBO keeps its λ·ΔW·h0 terms (sibo.core.merged_hooks)
             plain, boosted = merge_for_inference(plain), merge_for_inference(boosted)
         print(f"# {'merged for inference' if mode == 'merged' else 'unmerged'}")
         results[mode] = time_models(plain, boosted, tokenizer, prompts, args, clock)

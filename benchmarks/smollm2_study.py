@@ -41,8 +41,8 @@ from sibo.study.protocol import (
     RESULT_FILE,
     SIZES,
     TUNED,
-    Run,
     Study,
+    StudyRun,
     accuracy_subset,
     clean_benchmarks,
     clean_ids,
@@ -83,10 +83,10 @@ def dense_copy(base_model: str, out: Path, make: bool) -> str:
     return str(folder)
 
 
-def planned_runs(args: argparse.Namespace, study: Study) -> list[Run]:
+def planned_runs(args: argparse.Namespace, study: Study) -> list[StudyRun]:
     """Tuning: each tuned plain arm at each lr, seed 0. Arms: each arm × seed at its tuned (or given) lr."""
     if args.stage == "tune":
-        return [Run(arm, 0, lr, tuning=True) for arm in TUNED.values() for lr in LEARNING_RATES]
+        return [StudyRun(arm, 0, lr, tuning=True) for arm in TUNED.values() for lr in LEARNING_RATES]
     chosen = tuned_rates(study)
     given = {"lora": args.lora_lr, "bottleneck": args.adapterh_lr}
     runs = []
@@ -97,7 +97,7 @@ def planned_runs(args: argparse.Namespace, study: Study) -> list[Run]:
             raise InputError(
                 f"no learning rate for {arm}: run --stage tune first (or pass --lora_lr / --adapterh_lr)"
             )
-        runs += [Run(arm, seed, lr) for seed in args.seeds]
+        runs += [StudyRun(arm, seed, lr) for seed in args.seeds]
     return runs
 
 
@@ -118,7 +118,7 @@ def finished_results(study: Study, tuning: bool | None = None) -> dict[str, dict
     return results
 
 
-def run_all(study: Study, runs: list[Run]) -> None:
+def run_all(study: Study, runs: list[StudyRun]) -> None:
     train_file, tune_file = study.training_files()
     benchmarks = study.test_benchmarks()  # the clean questions, checked against the committed id lists
     test_references = study.test_references(benchmarks)

@@ -1,5 +1,6 @@
-"""What every fault test checks, shared by the fault tests beside each package (tests/cli/test_overwrite.py, …):
-the exit code, exactly one stderr line, no traceback, and every earlier file byte for byte."""
+"""What every fault test checks, shared by the fault tests beside each package (tests/cli/test_overwrite.py,
+tests/test_files.py, tests/train/test_guards.py, …): the exit code, exactly one stderr line, no traceback, and
+every earlier file (the output folder, the base model, the adapter) byte for byte."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from peft import LoraConfig
+from safetensors.torch import load_file, save_file
 
 from sibo import get_sibo_model
 from sibo.cli import main as sibo_main
@@ -26,11 +28,35 @@ def make_root(root: Path) -> Path:
     tokenizer.save_pretrained(root / "base4")
     get_sibo_model(base, LORA, lam=0.2).save_pretrained(root / "adapter4")
     (root / "records.json").write_text(json.dumps(generate_problems(8, seed=1)))
-    (root / "bench" / "AddSub").mkdir(parents=True)
-    (root / "bench" / "AddSub" / "test.json").write_text(
-        json.dumps([{"instruction": "Add 1 and 2.", "input": "", "answer": "3"}])
-    )
+    write_benchmark(root / "bench", [{"instruction": "Add 1 and 2.", "input": "", "answer": "3"}])
     return root
+
+
+def add_deeper_model(root: Path) -> Path:
+    """root/base6 and root/adapter6: a 6-block tiny llama and a SIBO LoRA on it, beside make_root's 4-block."""
+    tokenizer = build_tokenizer()
+    base = build_tiny_model("llama", len(tokenizer), num_layers=6)
+    base.save_pretrained(root / "base6")
+    tokenizer.save_pretrained(root / "base6")
+    get_sibo_model(base, LORA, lam=0.2).save_pretrained(root / "adapter6")
+    return root
+
+
+def add_nan_adapter(root: Path) -> Path:
+    """root/nan_adapter: make_root's adapter4 with one NaN in its first tensor."""
+    shutil.copytree(root / "adapter4", root / "nan_adapter")
+    tensors = load_file(root / "nan_adapter" / "adapter_model.safetensors")
+    tensors[sorted(tensors)[0]][0, 0] = float("nan")
+    save_file(tensors, root / "nan_adapter" / "adapter_model.safetensors")
+    return root / "nan_adapter"
+
+
+def write_benchmark(data_dir: Path, records: list | str) -> Path:
+    """data_dir/AddSub/test.json holding `records` (a list, or JSON text as it is)."""
+    (data_dir / "AddSub").mkdir(parents=True, exist_ok=True)
+    text = records if isinstance(records, str) else json.dumps(records)
+    (data_dir / "AddSub" / "test.json").write_text(text)
+    return data_dir
 
 
 def snapshot(*paths: Path) -> dict[str, bytes]:
@@ -67,9 +93,11 @@ def finetune_args(root: Path, output_dir: Path, *extra) -> list:
             "--warmup_steps", "0", "--lora_r", "4", "--target_modules", "q_proj,up_proj", *extra]  # fmt: skip
 
 
-def evaluate_args(root: Path, output_dir: Path, adapter: Path | None = None, *extra) -> list:
+def evaluate_args(
+    root: Path, output_dir: Path, adapter: Path | None = None, *extra, data_dir: Path | None = None
+) -> list:
     return ["evaluate", "--base_model", root / "base4", *(["--weights_path", adapter] if adapter else []),
-            "--dataset", "AddSub", "--data_dir", root / "bench", "--output_dir", output_dir,
+            "--dataset", "AddSub", "--data_dir", data_dir or root / "bench", "--output_dir", output_dir,
             "--num_beams", "1", "--max_new_tokens", "2", *extra]  # fmt: skip
 
 

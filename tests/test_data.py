@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fault_checks import finetune_args, make_root, refused
 
 from sibo.data import (
     IGNORE_INDEX,
@@ -144,3 +145,45 @@ def test_padded_collator_pads_right_and_ignores_pads():
     assert PaddedCollator(0, pad_to_multiple_of=4)([{"input_ids": [1], "labels": [1]}])[
         "input_ids"
     ].shape == (1, 4)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = make_root(tmp_path_factory.mktemp("faults"))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[{"instruction": "a\\udc80", "output": "b"}]',
+            "record 0: field 'instruction': not valid text (a lone surrogate '\\udc80' at character 1)",
+        ),
+        (
+            '[{"instruction": "a", "output": ' + "1" * 5000 + "}]",
+            "unreadable JSON (Exceeds the limit (4300 digits)",
+        ),
+        ("[" * 200_000 + "]" * 200_000, "JSON nested too deep to read"),
+    ],
+    ids=["surrogate", "long-integer", "deep"],
+)
+def test_finetune_data_faults_are_one_line(root, tmp_path, capsys, text, message):
+    data = tmp_path / "data.json"
+    data.write_text(text)
+    argv = finetune_args(root, tmp_path / "out")
+    argv[argv.index("--data_path") + 1] = data
+    line = refused(capsys, argv, tmp_path)
+    assert line.startswith(f"sibo finetune: error: {data}: {message}"), line
+
+
+def test_a_response_cut_away_entirely_is_counted_as_prompt_only():
+    from sibo.data import Record, tokenize_records
+
+    tokenizer = build_tokenizer()
+    records = [Record("Add 1 and 2 " * 20, "", "3"), Record("Add 1 and 2.", "", "3")]
+    cutoff = len(tokenizer(build_prompt("Add 1 and 2."))["input_ids"]) + 2  # the short one fits whole
+    tokenized = tokenize_records(records, tokenizer, cutoff_len=cutoff, train_on_inputs=True)
+    assert (len(tokenized.examples), tokenized.prompt_only, tokenized.dropped) == (2, 1, 0)
+    tokenized = tokenize_records(records, tokenizer, cutoff_len=cutoff, train_on_inputs=False)
+    assert (len(tokenized.examples), tokenized.prompt_only, tokenized.dropped) == (1, 0, 1)

@@ -9,15 +9,15 @@
   another run's files. `RUN_MARKER` records who owns it and, once the run ends, every file it wrote
   (while it runs: the files it found there), so --overwrite deletes exactly those — never a file the
   user added beside them, nor one the same command reads (refused, naming it).
-- `hold_output_dir`: an OS lock (fcntl.flock) on the folder for the whole run; a second run on
-  the same folder stops at once, naming the holder's pid. Its exit records what the run wrote.
+- `hold_output_dir`: an OS lock on the folder for the whole run (filelock: flock, LockFileEx, or
+  its soft lock where neither exists); a second run on the same folder stops at once, naming the
+  holder's pid. Its exit records what the run wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import shutil
@@ -26,12 +26,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import BaseFileLock, FileLock, Timeout, UnixFileLock, WindowsFileLock
+
 from sibo.errors import InputError
 
 # ---------------------------------------------------------------- the names of what verbs write
 
 RUN_MARKER = "sibo_run.json"  # {"verb", "settings", "wrote" | "kept"}: which run owns a folder, what it wrote
-LOCK_FILE = ".sibo.lock"  # flock'ed while a run writes the folder; holds the holder's pid
+LOCK_FILE = ".sibo.lock"  # locked while a run writes the folder; its first line is the holder's pid
 # finetune
 RUN_CONFIG_FILE = "run_config.json"
 TRAIN_METRICS_FILE = "train_metrics.json"  # written last: its presence means the run finished
@@ -403,34 +405,20 @@ def hold_output_dir(
 
     A second run stops at once with one line naming the holder's pid. The lock dies with the process,
     so a killed run never leaves the folder locked; a finished one removes the file (before unlocking:
-    whoever opened it meanwhile sees it gone and takes a fresh one).
+    whoever opened it meanwhile finds it unlinked and takes a fresh one).
     """
     directory = Path(directory)
     check_folder_path(directory)
     path = Path(lock_file) if lock_file is not None else directory / LOCK_FILE
     created = not path.parent.exists()
-    while True:
-        handle = _open_lock(directory, path)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().decode(errors="replace").strip()
-            handle.close()
-            raise InputError(_in_use(directory, holder)) from None
-        if path.is_file() and os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
-            break
-        handle.close()  # the previous holder removed the file as we opened it
+    lock = _take_lock(directory, path)
     try:
-        # the pid only names the holder in the refusal: a full disk leaves it out, the lock holds anyway
-        with contextlib.suppress(OSError):
-            handle.truncate(0)
-            handle.write(f"{os.getpid()}\n".encode())
         yield
     finally:
         record_written(directory)
-        path.unlink(missing_ok=True)
-        handle.close()
+        with contextlib.suppress(OSError):  # Windows cannot unlink an open file: its release removes it
+            path.unlink(missing_ok=True)
+        lock.release()
         if created and not any(path.parent.iterdir()):
             path.parent.rmdir()  # a run that wrote nothing leaves nothing behind
 
@@ -452,28 +440,61 @@ def check_folder_path(directory: Path) -> None:
         )
 
 
-def _open_lock(directory: Path, path: Path):
-    """The lock file, opened for appending (its folder made); a folder sibo may not write is one line."""
+# filelock's native locks (flock, LockFileEx) hand us the locked file to write our pid in; its soft lock,
+# used where Python has no fcntl, writes a marker whose first line is the pid already.
+_NATIVE = issubclass(FileLock, (UnixFileLock, WindowsFileLock))
+
+
+def _take_lock(directory: Path, path: Path) -> BaseFileLock:
+    """filelock's exclusive lock on `path` (its folder made), taken now or refused in one line: naming the
+    holder, or saying that sibo may not write there."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # unbuffered: a pid that a full disk refuses must not come back as an error on close
-        return open(path, "a+b", buffering=0)  # noqa: SIM115 - held across the caller's yield
+        while True:
+            lock = FileLock(
+                path, blocking=False, thread_local=False, on_acquired=_write_pid if _NATIVE else None
+            )
+            try:
+                lock.acquire()
+                return lock
+            except Timeout:
+                if path.is_file():  # else the holder removed it as we opened it: take a fresh one
+                    raise InputError(_in_use(directory, _holder(path))) from None
     except OSError as error:
         if error.errno not in UNWRITABLE:
             raise
         raise InputError(f"--output_dir {directory}: cannot write there ({error.strerror})") from None
 
 
+def _write_pid(descriptor: int) -> None:
+    """Name the holder in another run's refusal; a full disk leaves it out, the lock holds anyway."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(descriptor, 0)
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
+
+
+def _holder(path: Path) -> str:
+    """The pid on the lock file's first line ('' when it cannot be read)."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").partition("\n")[0].strip()
+    except OSError:
+        return ""
+
+
 def _check_unlocked(directory: Path) -> None:
     """Refuse now, before the slow part, when another run holds the folder's lock."""
-    if not (directory / LOCK_FILE).is_file():
+    path = directory / LOCK_FILE
+    if not path.is_file():
         return
-    with open(directory / LOCK_FILE, encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(_in_use(directory, handle.read().strip())) from None
-        fcntl.flock(handle, fcntl.LOCK_UN)
+    probe = FileLock(path, blocking=False, thread_local=False)  # no pid written: the file keeps its holder's
+    try:
+        probe.acquire()
+    except Timeout:
+        if path.is_file():
+            raise InputError(_in_use(directory, _holder(path))) from None
+        return
+    probe.release()
 
 
 def _in_use(directory: Path, holder: str) -> str:

@@ -21,8 +21,8 @@ from sibo.checkpoint.load import RESIDUAL_DIR, load_model
 from sibo.checkpoint.portable import base_config
 from sibo.cli import main as cli_main
 from sibo.core.booster import find_boost
-from sibo.core.h0_branches import UP_BUFFER
 from sibo.core.merge import merge_for_inference
+from sibo.core.merged_hooks import UP_BUFFER
 from sibo.errors import InputError
 from sibo.files import RUN_MARKER
 from sibo.prompts import TEMPLATE_FILE, PromptTemplate, write_template

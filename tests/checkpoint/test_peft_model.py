@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fault_checks import add_deeper_model, make_root, refused
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -357,3 +358,28 @@ def test_the_mixing_check_passes_once_and_waits_for_a_forward_that_runs_the_adap
     assert state.unverified == [] and state.mixed is None
     fuse_mlp(model.base_model.model.model.layers[1].mlp)  # after the check: not looked at again
     model(input_ids=ids())
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = make_root(tmp_path_factory.mktemp("faults"))
+    add_deeper_model(root)
+    return root
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("base", "adapter", "words"), [
+    (4, 6, "its tensor base_model.model.model.layers.4.mlp.up_proj.lora_A.weight [4, 32] has no module in the base"),
+    (6, 4, "the base's base_model.model.model.layers.4.self_attn.q_proj.lora_A.weight [4, 32] has no tensor in the adapter"),
+])  # fmt: skip
+@pytest.mark.parametrize("verb", ["export", "generate"])
+def test_an_adapter_of_another_depth_is_refused_naming_the_key(
+    root, tmp_path, capsys, base, adapter, words, verb
+):
+    argv = [verb, "--base_model", root / f"base{base}", "--weights_path", root / f"adapter{adapter}"]
+    argv += ["--output_dir", tmp_path / "out"] if verb == "export" else ["--prompt", "hi"]
+    line = refused(capsys, argv, root / f"adapter{adapter}", tmp_path)
+    assert line == (
+        f"sibo {verb}: error: the adapter at {root / f'adapter{adapter}'} does not fit the base model (llama, "
+        f"{base} layers, hidden size 32): {words}"
+    )

@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from fault_checks import add_nan_adapter, evaluate_args, make_root, refused
 from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
@@ -266,3 +267,26 @@ def test_what_slips_past_the_check_is_still_an_input_error(
     base, adapter = (damaged, None) if kind == "base" else (saved / "base", damaged)
     with pytest.raises(InputError, match=message):
         load_model(str(base), adapter and str(adapter))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = make_root(tmp_path_factory.mktemp("faults"))
+    add_nan_adapter(root)
+    return root
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("verb", ["generate", "evaluate", "export", "analyze"])
+def test_an_adapter_with_a_nan_is_refused_naming_the_tensor(root, tmp_path, capsys, verb):
+    adapter = root / "nan_adapter"
+    argv = {
+        "generate": ["generate", "--base_model", root / "base4", "--weights_path", adapter, "--prompt", "hi"],
+        "evaluate": evaluate_args(root, tmp_path / "out", adapter),
+        "export": ["export", "--base_model", root / "base4", "--weights_path", adapter, "--output_dir", tmp_path / "out"],
+        "analyze": ["analyze", "--base_model", root / "base4", "--weights_path", adapter, "--data",
+                    root / "records.json", "--n", "2", "--output_dir", tmp_path / "out"],
+    }[verb]  # fmt: skip
+    line = refused(capsys, argv, adapter, tmp_path)
+    assert line.startswith(f"sibo {verb}: error: {adapter / 'adapter_model.safetensors'}: tensor base_model.")
+    assert "holds 1 non-finite value(s) (nan): damaged, or written by a run that diverged" in line

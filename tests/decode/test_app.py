@@ -175,3 +175,20 @@ def test_the_page_streams_a_response_in_chromium(chromium, served_page, model, t
             expect(page.locator("#response textarea")).to_have_value("")
         finally:
             browser.close()
+
+
+def test_the_gradio_page_shows_a_status_line_never_raw_exception_text(caplog):
+    from sibo.decode.app import respond
+
+    tokenizer = build_tokenizer()
+    sliders = (0.0, 0.75, 40, 1, 8)
+    assert list(respond(None, tokenizer, None, "", *sliders)) == [
+        ("", "**Cannot answer:** the instruction is empty")
+    ]
+    assert list(respond(None, tokenizer, "hi", "", 0.0, 0.75, 40, 1, None)) == [
+        ("", "**Cannot answer:** max new tokens must be a number, got None")
+    ]
+    assert list(respond(object(), tokenizer, "hi", "", *sliders)) == [
+        ("", "**Cannot answer:** the request failed (the server log has the details)")
+    ]
+    assert "request failed" in caplog.text  # the details go to the log

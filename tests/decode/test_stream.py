@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fault_checks import make_root, refused
 from peft import LoraConfig
 
 from sibo import get_sibo_model
@@ -233,4 +234,21 @@ def test_cli_needs_a_prompt_or_ui(saved_base, capsys):
     assert (
         error
         == "sibo generate: error: give either --prompt TEXT (one answer on stdout) or --ui (a Gradio page)\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = make_root(tmp_path_factory.mktemp("faults"))
+    return root
+
+
+@pytest.mark.integration
+def test_a_lone_surrogate_prompt_is_one_line(root, capsys):
+    line = refused(
+        capsys, ["generate", "--base_model", root / "base4", "--prompt", "hi \udcff"], root / "base4"
+    )
+    assert (
+        line
+        == "sibo generate: error: the instruction: not valid text (a lone surrogate '\\udcff' at character 3)"
     )

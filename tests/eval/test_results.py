@@ -3,10 +3,15 @@
 import json
 
 import pytest
+from fault_checks import write_benchmark
 
+from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
 from sibo.eval.results import as_line, consolidate, read_records, scored_datasets
+from sibo.eval.runner import EvalConfig, evaluate
 from sibo.eval.tasks import Example, resolve_datasets
+from sibo.files import RUN_MARKER
+from sibo.testing import build_tiny_model, build_tokenizer
 
 ADDSUB = resolve_datasets("AddSub")[0]
 EXAMPLES = [Example(i, f"What is {i} + 1?", "", f"{i + 1}.0") for i in range(4)]
@@ -69,3 +74,31 @@ def test_scored_datasets_of_a_missing_a_damaged_and_a_whole_summary(tmp_path):
     assert scored_datasets(summary) is None
     summary.write_text('{"datasets": {"AddSub": {"n": 4, "correct": 3}}}')
     assert scored_datasets(summary) == {"AddSub": {"n": 4, "correct": 3}}
+
+
+def scripted(model, tokenizer, prompts, num_beams=4, max_new_tokens=256, **kwargs):
+    return ["The answer is 3"] * len(prompts)
+
+
+def test_a_torn_multibyte_tail_a_damaged_summary_and_an_empty_run_json_do_not_block_a_rerun(
+    tmp_path, monkeypatch
+):
+    tokenizer = build_tokenizer()
+    model = build_tiny_model("llama", len(tokenizer))
+    data_dir = write_benchmark(tmp_path / "bench", [
+        {"instruction": f"Add {a} and 2.", "input": "", "answer": str(a + 2)} for a in range(3)
+    ])  # fmt: skip
+    monkeypatch.setattr("sibo.decode.batch.generate_batch", scripted)
+    out = tmp_path / "out"
+    config = EvalConfig("AddSub", data_dir, out, decoding=DecodingSettings(batch_size=1, num_beams=1))
+    evaluate(model, tokenizer, config)
+    results = out / "AddSub.jsonl"
+    lines = results.read_bytes().splitlines(keepends=True)
+    # the last record torn inside a multi-byte character, summary.json and run.json damaged (the old
+    # code wrote them in place: a full disk left them empty)
+    results.write_bytes(b"".join(lines[:2]) + '{"index": 2, "output": "é'.encode()[:-1])
+    (out / "summary.json").write_text('{"datasets": ')
+    (out / RUN_MARKER).unlink()
+    (out / "run.json").write_text("")
+    assert evaluate(model, tokenizer, config)["AddSub"].n == 3
+    assert json.loads((out / "summary.json").read_text())["datasets"]["AddSub"]["n"] == 3

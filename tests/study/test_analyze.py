@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from fault_checks import make_root, refused
 from peft import LoraConfig
 
 from sibo import get_sibo_model
@@ -123,3 +124,18 @@ def test_cli_writes_beside_the_first_adapter_unless_told_where(tokenizer, tmp_pa
     assert capsys.readouterr().err == (
         "sibo analyze: error: --output_dir is needed for the base model alone (with adapters: the first's/analyze)\n"
     )
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = make_root(tmp_path_factory.mktemp("faults"))
+    return root
+
+
+@pytest.mark.integration
+def test_analyze_refuses_an_output_dir_that_is_a_file_before_measuring(root, tmp_path, capsys, monkeypatch):
+    (tmp_path / "out").write_text("mine")
+    monkeypatch.setattr("sibo.checkpoint.load.load_model", lambda *a, **k: pytest.fail("measured first"))
+    line = refused(capsys, ["analyze", "--base_model", root / "base4", "--data", root / "records.json",
+                            "--n", "2", "--output_dir", tmp_path / "out"], tmp_path)  # fmt: skip
+    assert line == f"sibo analyze: error: --output_dir {tmp_path / 'out'} is a file, not a folder"

@@ -8,12 +8,12 @@ from sibo.cli.finetune import parse_config
 from sibo.core.booster import find_boost
 from sibo.errors import InputError
 from sibo.testing import build_tiny_model
-from sibo.train.adapter import add_boosted_adapter, build_peft_config
+from sibo.train.adapter import add_trainable_adapter, build_peft_config
 
 
 def adapter_for(arch: str, *flags: str):
     config = parse_config(["--base_model", "m", "--data_path", "d.json", *flags])
-    return add_boosted_adapter(build_tiny_model(arch, 64), build_peft_config(config), config)
+    return add_trainable_adapter(build_tiny_model(arch, 64), build_peft_config(config), config)
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fault_checks import add_deeper_model, finetune_args, make_root, refused
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -596,3 +597,37 @@ def test_qlora_4bit_base_trains_on_cuda(base_model, data_file, tmp_path):
         == torch.cuda.is_bf16_supported()
     )
     assert (output_dir / "adapter_model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = make_root(tmp_path_factory.mktemp("faults"))
+    add_deeper_model(root)
+    return root
+
+
+@pytest.mark.integration
+def test_a_cutoff_len_beyond_the_context_is_refused_as_generate_and_evaluate_refuse_it(
+    root, tmp_path, capsys
+):
+    limit = json.loads((root / "base4" / "config.json").read_text())["max_position_embeddings"]
+    line = refused(capsys, finetune_args(root, tmp_path / "out", "--cutoff_len", str(limit + 1)), tmp_path)
+    assert line == (
+        f"sibo finetune: error: --cutoff_len {limit + 1} is longer than the context of {root / 'base4'} "
+        f"({limit} tokens)"
+    )
+
+
+@pytest.mark.integration
+def test_finetune_refuses_to_start_from_an_adapter_of_another_depth(root, tmp_path, capsys):
+    argv = [
+        *finetune_args(root, tmp_path / "out", "--max_steps", "1"),
+        "--resume_from_checkpoint",
+        root / "adapter6",
+    ]
+    line = refused(capsys, argv, root / "adapter6", tmp_path)
+    assert line == (
+        f"sibo finetune: error: --resume_from_checkpoint {root / 'adapter6'}: does not fit this adapter (the adapter "
+        f"at {root / 'adapter6'} does not fit the base model (llama, 4 layers, hidden size 32): its tensor "
+        "base_model.model.model.layers.4.mlp.up_proj.lora_A.weight [4, 32] has no module in the base)"
+    )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sibo import prompts
+from sibo.core.config import check_lambda
 from sibo.errors import InputError
 from sibo.prompts import AUTO, CHAT, TEMPLATES, PromptTemplate
 
@@ -138,6 +139,7 @@ class ModelConfig:
     )
 
     def __post_init__(self) -> None:
+        self.lam = None if self.lam is None else check_lambda(self.lam)
         self.quantization = quantization_of(self.load_8bit, self.load_4bit)
         if self.weights_path is not None and not Path(self.weights_path).is_dir():
             raise InputError(f"adapter directory {self.weights_path} does not exist")

@@ -94,14 +94,7 @@ def export_adapter(
         )
 
     probes = _probe_logits(model, tokenizer) if needs_residual and config.approximate else None
-    if config.approximate:
-        merged, residual = fold(model, adapter_name, {}), {}
-    else:
-        merged, residual = merge_exactly(model, adapter_name, lambdas)
-    merged.eval()
-    if dtype is not None:
-        merged.to(dtype)
-        residual = {name: (down.to(dtype), up.to(dtype)) for name, (down, up) in residual.items()}
+    merged, residual = _merge(model, adapter_name, lambdas, config.approximate, dtype)
 
     config.output_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = config.output_dir.parent / f".{config.output_dir.name}{LOCK_FILE}"
@@ -112,21 +105,8 @@ def export_adapter(
         )
         staging.mkdir()
         try:
-            files = []
-            if residual:
-                files = _write_residual(
-                    merged, residual, model.peft_config[adapter_name], staging / RESIDUAL_DIR
-                )
-            files = _write_merged(merged, tokenizer, staging, config.format) + files
-            if residual:  # λ > 0 on the hf format: loadable by transformers alone, with trust_remote_code
-                files += make_portable(staging, merged)
-            if template is not None:
-                write_template(staging, template)
-                files.append(staging / TEMPLATE_FILE)
-            # what this export wrote: a later --overwrite replaces those files and keeps any the user adds
-            write_json(
-                staging / RUN_MARKER, {"verb": EXPORT_VERB, "settings": {}, "wrote": written_files(staging)}
-            )
+            peft_config = model.peft_config[adapter_name]
+            files = _write_files(staging, merged, residual, peft_config, tokenizer, config.format, template)
             report = ExportReport(
                 config.output_dir, exact=not config.approximate or not needs_residual, files=[]
             )
@@ -144,6 +124,45 @@ def export_adapter(
     report.files = [config.output_dir / path.relative_to(staging) for path in files]
     report.residual_modules = sorted(residual)
     return report
+
+
+def _merge(
+    model: PeftModel, adapter_name: str, lambdas: dict, approximate: bool, dtype: torch.dtype | None
+) -> tuple[torch.nn.Module, dict]:
+    """(merged base, residual terms by module): exactly, or with the λ·ΔW·h0 terms dropped (`approximate`);
+    cast to `dtype` after merging in the model's own."""
+    if approximate:
+        merged, residual = fold(model, adapter_name, {}), {}
+    else:
+        merged, residual = merge_exactly(model, adapter_name, lambdas)
+    merged.eval()
+    if dtype is not None:
+        merged.to(dtype)
+        residual = {name: (down.to(dtype), up.to(dtype)) for name, (down, up) in residual.items()}
+    return merged, residual
+
+
+def _write_files(
+    staging: Path,
+    merged: torch.nn.Module,
+    residual: dict,
+    peft_config: LoraConfig,
+    tokenizer,
+    form: str,
+    template: PromptTemplate | None,
+) -> list[Path]:
+    """Everything the export holds, written into `staging`: the merged model (with its residual adapter and,
+    then, the code that makes it portable), the template, and the run marker listing them; returns the files."""
+    files = _write_residual(merged, residual, peft_config, staging / RESIDUAL_DIR) if residual else []
+    files = _write_merged(merged, tokenizer, staging, form) + files
+    if residual:  # λ > 0 on the hf format: loadable by transformers alone, with trust_remote_code
+        files += make_portable(staging, merged)
+    if template is not None:
+        write_template(staging, template)
+        files.append(staging / TEMPLATE_FILE)
+    # what this export wrote: a later --overwrite replaces those files and keeps any the user adds
+    write_json(staging / RUN_MARKER, {"verb": EXPORT_VERB, "settings": {}, "wrote": written_files(staging)})
+    return files
 
 
 def _replace_dir(staging: Path, output_dir: Path) -> None:

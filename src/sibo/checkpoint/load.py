@@ -155,14 +155,7 @@ def load_model(
         and not Path(base_model).expanduser().is_dir()
     ):
         raise InputError(f"base model directory {base_model} does not exist")
-    residual = Path(base_model) / RESIDUAL_DIR
-    if weights_path is None and (residual.is_dir() or _export_wrote_residual(Path(base_model))):
-        if not residual.is_dir():
-            raise InputError(f"the export at {base_model} is missing its SIBO residual adapter ({residual}): "
-                             "export the adapter again")  # fmt: skip
-        weights_path = residual  # its files are checked below, by name
-    if weights_path is not None and not Path(weights_path).is_dir():
-        raise InputError(f"adapter directory {weights_path} does not exist")
+    weights_path = _adapter_of(base_model, weights_path)
     torch_dtype = resolve_dtype(dtype)
     quantization = quantization_config(quantization, torch_dtype)
     # before the base loads: a damaged adapter file fails in seconds (load_sibo_model then skips it)
@@ -173,29 +166,13 @@ def load_model(
                 f"no adapter weights in {weights_path}: {' or '.join(ADAPTER_WEIGHTS)} is missing"
             )
         check_weights_dir(weights_path, ADAPTER_WEIGHTS)
-    if gguf_file is not None:
-        if quantization is not None:
-            raise InputError("a GGUF base cannot be loaded in 8 or 4 bits: drop --load_8bit/--load_4bit")
-        model = load_gguf_model(gguf_file, _MODEL_CLASSES[task], torch_dtype, device_map)
-    else:
-        if not Path(base_model).expanduser().exists():
-            require_hub(base_model, "base model")
-        check_weights_dir(base_model)
-        try:
-            model = _MODEL_CLASSES[task].from_pretrained(
-                base_model,
-                config=base_config(base_model) if is_portable_export(base_model) else None,
-                dtype=torch_dtype,
-                quantization_config=quantization,
-                device_map=device_map,
-                trust_remote_code=trust_remote_code,
-            )
-        except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
-            raise InputError(f"cannot load base model {base_model}: {first_line(error)}") from None
+    model = _load_base(
+        base_model, gguf_file, _MODEL_CLASSES[task], torch_dtype, quantization, device_map, trust_remote_code
+    )
     padding_side = "right" if task == "sequence-classification" else "left"
     tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side, gguf_file)
-    if weights_path is not None and Path(weights_path) == residual:
-        model = _load_residual(model, base_model, residual, lam, is_trainable)
+    if weights_path is not None and Path(weights_path) == Path(base_model) / RESIDUAL_DIR:
+        model = _load_residual(model, base_model, Path(weights_path), lam, is_trainable)
     elif weights_path is not None:
         model = load_sibo_model(model, weights_path, lam=lam, is_trainable=is_trainable, check_files=False)
     elif lam is not None:
@@ -203,6 +180,49 @@ def load_model(
     if not is_trainable:
         model.eval()
     return model, tokenizer
+
+
+def _adapter_of(base_model: str, weights_path: str | os.PathLike | None) -> str | os.PathLike | None:
+    """The adapter folder to load: `weights_path`, or an exact export's residual adapter beside its base."""
+    residual = Path(base_model) / RESIDUAL_DIR
+    if weights_path is None and (residual.is_dir() or _export_wrote_residual(Path(base_model))):
+        if not residual.is_dir():
+            raise InputError(f"the export at {base_model} is missing its SIBO residual adapter ({residual}): "
+                             "export the adapter again")  # fmt: skip
+        weights_path = residual  # its files are checked in load_model, by name
+    if weights_path is not None and not Path(weights_path).is_dir():
+        raise InputError(f"adapter directory {weights_path} does not exist")
+    return weights_path
+
+
+def _load_base(
+    base_model: str,
+    gguf_file: Path | None,
+    model_class,
+    torch_dtype,
+    quantization,
+    device_map: str | dict | None,
+    trust_remote_code: bool,
+) -> torch.nn.Module:
+    """The base model alone: from a GGUF file, a folder, or the Hub; one InputError line when it cannot."""
+    if gguf_file is not None:
+        if quantization is not None:
+            raise InputError("a GGUF base cannot be loaded in 8 or 4 bits: drop --load_8bit/--load_4bit")
+        return load_gguf_model(gguf_file, model_class, torch_dtype, device_map)
+    if not Path(base_model).expanduser().exists():
+        require_hub(base_model, "base model")
+    check_weights_dir(base_model)
+    try:
+        return model_class.from_pretrained(
+            base_model,
+            config=base_config(base_model) if is_portable_export(base_model) else None,
+            dtype=torch_dtype,
+            quantization_config=quantization,
+            device_map=device_map,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
+        raise InputError(f"cannot load base model {base_model}: {first_line(error)}") from None
 
 
 def load_for_decoding(

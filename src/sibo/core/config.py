@@ -13,6 +13,13 @@ from sibo.errors import InputError
 TARGET_POLICIES = ("ffn", "attn", "all")
 
 
+def check_lambda(lam: object) -> float:
+    """`lam` as a float when it is a number in [0, 1]: the one range rule for λ, wherever a λ is given."""
+    if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0.0 <= lam <= 1.0:
+        raise InputError(f"SIBO's λ must be a number in [0, 1], got {lam!r}")
+    return float(lam)
+
+
 @dataclass
 class SiboConfig:
     """How one adapter is boosted. Saved beside the adapter as sibo_config.json."""
@@ -32,9 +39,7 @@ class SiboConfig:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.lam, bool) or not isinstance(self.lam, int | float) or not 0.0 <= self.lam <= 1.0:
-            raise InputError(f"SIBO's λ must be a number in [0, 1], got {self.lam!r}")
-        self.lam = float(self.lam)
+        self.lam = check_lambda(self.lam)
         if self.targets not in TARGET_POLICIES:
             raise InputError(
                 f"SIBO targets must be one of {', '.join(TARGET_POLICIES)}, got {self.targets!r}"

@@ -8,7 +8,7 @@ A boosted LoRA branch reads (1-λ)·x + λ·h0, so it splits into two linear ter
 The first folds into the base weight like any LoRA (`fold`); the second reads h0, which no
 weight of a plain checkpoint sees: `merge_exactly` returns it as (A, λ·s·B) per module, which
 `sibo.checkpoint.export` writes as a residual adapter and `merge_for_inference` adds as hooks
-that project h0 once per step (`sibo.core.h0_branches`). Plain LoRA and λ = 0 merge exactly, as
+that project h0 once per step (`sibo.core.merged_hooks`). Plain LoRA and λ = 0 merge exactly, as
 PEFT's merge_and_unload does.
 """
 
@@ -21,7 +21,7 @@ from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
 from sibo.core.booster import find_boost
-from sibo.core.h0_branches import add_h0_branches
+from sibo.core.merged_hooks import add_h0_branches
 from sibo.errors import InputError
 
 logger = logging.getLogger(__name__)

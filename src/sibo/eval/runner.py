@@ -19,7 +19,7 @@ rank scores every N-th pending example into O/<dataset>.rank<r>.jsonl; rank 0 me
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -248,10 +248,7 @@ def evaluate_dataset(
     lengths: dict[int, int],
 ) -> DatasetResult:
     """Score one benchmark's pending examples, appending each batch to <output_dir>/<name>.jsonl."""
-    import torch
     from tqdm.auto import tqdm
-
-    from sibo.decode.batch import auto_batch_size, generate_batch
 
     path = config.output_dir / f"{task.name}.jsonl"
     chat = config.prompt_template.name == CHAT
@@ -260,7 +257,6 @@ def evaluate_dataset(
     shard.barrier()
     done = read_records(path)
     pending = [example for example in examples if example.index not in done]
-    max_new_tokens = config.decoding.tokens_or(task.max_new_tokens)
     prompts = {example.index: prompt_of(example, tokenizer, config.prompt_template) for example in pending}
     # Longest first, so similar lengths share a batch (little padding) and an OOM shows up at once;
     # striding the sorted list gives every rank the same mix of lengths.
@@ -270,34 +266,8 @@ def evaluate_dataset(
     scored = len(done)
     progress = tqdm(total=len(examples), initial=scored, desc=task.name, unit="ex", disable=not shard.is_main)
     path.parent.mkdir(parents=True, exist_ok=True)
-    auto = config.decoding.batch_size == "auto"
-    size = (
-        auto_batch_size(model, max(lengths.values(), default=1), max_new_tokens, config.decoding.num_beams)
-        if auto
-        else config.decoding.batch_size
-    )
-    start = 0
     with target.open("a", encoding="utf-8") as out:
-        while start < len(mine):
-            batch = mine[start : start + size]
-            try:
-                responses = generate_batch(
-                    model,
-                    tokenizer,
-                    [prompts[example.index] for example in batch],
-                    num_beams=config.decoding.num_beams,
-                    max_new_tokens=max_new_tokens,
-                    template=config.prompt_template,
-                    **({"cache_implementation": "static"} if config.decoding.static_cache else {}),
-                )
-            except torch.cuda.OutOfMemoryError:
-                if not auto or size == 1:
-                    raise
-                size //= 2  # the estimate was too hopeful: retry this batch halved, and keep the new size
-                torch.cuda.empty_cache()
-                logger.warning("out of GPU memory: batch size now %d", size)
-                continue
-            start += len(batch)
+        for batch, responses in _decode_batches(model, tokenizer, task, mine, prompts, config, lengths):
             for example, response in zip(batch, responses, strict=True):
                 record = score(task, example, response, config.extraction, chat)
                 out.write(as_line(record))
@@ -315,6 +285,52 @@ def evaluate_dataset(
     result = DatasetResult(n=len(records), correct=sum(record["correct"] for record in records.values()))
     logger.info("%s: %d/%d correct (%.4f)", task.name, result.correct, result.n, result.accuracy)
     return result
+
+
+def _decode_batches(
+    model: torch.nn.Module,
+    tokenizer,
+    task: Task,
+    examples: list[Example],
+    prompts: dict[int, str],
+    config: EvalConfig,
+    lengths: dict[int, int],
+) -> Iterator[tuple[list[Example], list[str]]]:
+    """(batch, responses) for `examples` in order. With --batch_size auto, a batch that runs out of GPU
+    memory is retried halved, and the smaller size kept."""
+    import torch
+
+    from sibo.decode.batch import auto_batch_size, generate_batch
+
+    max_new_tokens = config.decoding.tokens_or(task.max_new_tokens)
+    auto = config.decoding.batch_size == "auto"
+    size = (
+        auto_batch_size(model, max(lengths.values(), default=1), max_new_tokens, config.decoding.num_beams)
+        if auto
+        else config.decoding.batch_size
+    )
+    start = 0
+    while start < len(examples):
+        batch = examples[start : start + size]
+        try:
+            responses = generate_batch(
+                model,
+                tokenizer,
+                [prompts[example.index] for example in batch],
+                num_beams=config.decoding.num_beams,
+                max_new_tokens=max_new_tokens,
+                template=config.prompt_template,
+                **({"cache_implementation": "static"} if config.decoding.static_cache else {}),
+            )
+        except torch.cuda.OutOfMemoryError:
+            if not auto or size == 1:
+                raise
+            size //= 2  # the estimate was too hopeful: retry this batch halved, and keep the new size
+            torch.cuda.empty_cache()
+            logger.warning("out of GPU memory: batch size now %d", size)
+            continue
+        start += len(batch)
+        yield batch, responses
 
 
 def prompt_of(example: Example, tokenizer, template: PromptTemplate = PromptTemplate()) -> str:

@@ -91,7 +91,7 @@ SIZES = {
 
 
 @dataclass(frozen=True)
-class Run:
+class StudyRun:
     """One training run: an arm (or a tuning run of a plain arm) at a learning rate and seed."""
 
     arm: str
@@ -119,7 +119,7 @@ class Study:
     allow_other_code: bool = False
     device: str = "cpu"
 
-    def run_dir(self, run: Run) -> Path:
+    def run_dir(self, run: StudyRun) -> Path:
         return self.out / "runs" / run.name
 
     # ------------------------------------------------------------ data
@@ -173,7 +173,7 @@ class Study:
 
     # ------------------------------------------------------------ one run
 
-    def finetune_config(self, run: Run, train_file: Path) -> FinetuneConfig:
+    def finetune_config(self, run: StudyRun, train_file: Path) -> FinetuneConfig:
         arm = ARMS[run.arm]
         lora = arm.adapter == "lora"
         never = 10 * self.size.steps + 1  # no mid-run checkpoints or validation: a killed run is retrained
@@ -203,7 +203,7 @@ class Study:
             seed=run.seed,
         )
 
-    def settings(self, run: Run, train_file: Path) -> dict:
+    def settings(self, run: StudyRun, train_file: Path) -> dict:
         """What makes a run's result, the code version included: checked when a run resumes."""
         config = asdict(self.finetune_config(run, train_file))
         return {
@@ -215,7 +215,7 @@ class Study:
             "code_version": self.code_version,
         }
 
-    def check_settings(self, run: Run, settings: dict) -> None:
+    def check_settings(self, run: StudyRun, settings: dict) -> None:
         """Record a new run's settings; refuse a run made with others (or by other code, unless allowed)."""
         file = self.run_dir(run) / SETTINGS_FILE
         if not file.is_file():
@@ -240,7 +240,7 @@ class Study:
                 + "or delete it, or choose another --out"
             )
 
-    def run(self, run: Run, train_file: Path, references: list[Reference], accuracy_benchmarks) -> dict:
+    def run(self, run: StudyRun, train_file: Path, references: list[Reference], accuracy_benchmarks) -> dict:
         """Train with held-out loss at each point, then decode and measure similarity; writes result.json."""
         run_dir = self.run_dir(run)
         self.check_settings(run, self.settings(run, train_file))

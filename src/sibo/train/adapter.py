@@ -17,8 +17,9 @@ from sibo.train.config import FinetuneConfig
 logger = logging.getLogger(__name__)
 
 
-def add_boosted_adapter(model: torch.nn.Module, peft_config, config: FinetuneConfig) -> torch.nn.Module:
-    """`model` with a new adapter, boosted by SIBO as `config.sibo` says: its branches read (1-λ)·x + λ·h0."""
+def add_trainable_adapter(model: torch.nn.Module, peft_config, config: FinetuneConfig) -> torch.nn.Module:
+    """`model` with the adapter this run trains (its weights in fp32), boosted by SIBO as `config.sibo` says:
+    its branches read (1-λ)·x + λ·h0. `sibo.boost_adapter` is the library call that boosts it."""
     if getattr(peft_config, "peft_type", None) == "LORA" and peft_config.target_modules is None:
         targets = paper_targets(model.config.model_type)
         peft_config.target_modules = _peft_targets(targets)

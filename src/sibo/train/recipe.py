@@ -31,7 +31,7 @@ from sibo.data_sources import load_record_dataset, parse_columns
 from sibo.errors import InputError
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
 from sibo.prompts import ALPACA, AUTO, CHAT, PromptTemplate, checked_template, write_template
-from sibo.train.adapter import add_boosted_adapter, build_peft_config
+from sibo.train.adapter import add_trainable_adapter, build_peft_config
 from sibo.train.card import adapter_card, write_adapter_card
 from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmup_warning
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
@@ -162,7 +162,7 @@ def setup(config: FinetuneConfig) -> Run:
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     set_seed(config.seed)  # the adapter's initial weights
-    model = add_boosted_adapter(model, peft_config, config)
+    model = add_trainable_adapter(model, peft_config, config)
     if start_adapter is not None:
         logger.info("starting from the adapter weights in %s", start_adapter)
         try:

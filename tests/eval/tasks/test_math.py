@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from fault_checks import evaluate_args, make_root, refused, write_benchmark
 
 from sibo.errors import InputError
 from sibo.eval.tasks import Example, load_examples, resolve_datasets
@@ -141,3 +142,46 @@ def test_task_extract_checks_the_mode():
     assert task.extract("The answer is 4. Then 5.", example, "legacy") == 5.0
     with pytest.raises(InputError, match="unknown extraction 'strict'"):
         task.extract("The answer is 4.", example, "strict")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = make_root(tmp_path_factory.mktemp("faults"))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ([], "{path}: no examples: an empty test set has no accuracy"),
+        (
+            [{"instruction": "Add.", "answer": "NaN"}],
+            "{path}: record 0: answer 'NaN' is not a valid AddSub label",
+        ),
+        (
+            [{"instruction": "Add.", "answer": "-Infinity"}],
+            "{path}: record 0: answer '-Infinity' is not a valid AddSub label",
+        ),
+        (
+            '[{"instruction": "Add.", "answer": 1e999}]',
+            "{path}: record 0: answer 'inf' is not a valid AddSub label",
+        ),
+        (
+            '[{"instruction": "Add.", "answer": ' + "9" * 5000 + "}]",
+            "{path}: unreadable JSON (Exceeds the limit",
+        ),
+        ("[" * 200_000 + "]" * 200_000, "{path}: JSON nested too deep to read"),
+        (
+            '[{"instruction": "Add \\ud800.", "answer": "1"}]',
+            "{path}: record 0: not valid text (a lone surrogate '\\ud800' at character 4)",
+        ),
+    ],
+    ids=["empty", "nan", "minus-infinity", "1e999", "long-integer", "deep", "surrogate"],
+)
+def test_evaluate_refuses_test_sets_it_cannot_score_honestly(root, tmp_path, capsys, records, message):
+    data_dir = write_benchmark(tmp_path / "bench", records)
+    line = refused(capsys, evaluate_args(root, tmp_path / "out", data_dir=data_dir), tmp_path)
+    assert line.startswith(
+        "sibo evaluate: error: " + message.format(path=data_dir / "AddSub" / "test.json")
+    ), line
+    assert not (tmp_path / "out").exists()

@@ -2,8 +2,8 @@ import torch
 from peft import LoraConfig
 
 from sibo import get_sibo_model
-from sibo.core.h0_branches import UP_BUFFER, add_h0_branches
 from sibo.core.merge import merge_for_inference
+from sibo.core.merged_hooks import UP_BUFFER, add_h0_branches
 from sibo.testing import build_tiny_model
 
 

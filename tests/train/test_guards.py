@@ -1,0 +1,125 @@
+"""train/guards.py: a finetune run owns its folder, stops at the first non-finite number and at Ctrl-C
+after the current step, naming the last complete checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from fault_checks import finetune_args, make_root, refused, snapshot
+
+from sibo.cli import main as sibo_main
+from sibo.train.guards import StopOnInterrupt
+from sibo.train.resume import resolve_resume
+
+pytestmark = pytest.mark.usefixtures("no_progress_bars")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = make_root(tmp_path_factory.mktemp("faults"))
+    return root
+
+
+@pytest.mark.integration
+def test_the_base_model_folder_is_never_an_output_dir(root, capsys):
+    line = refused(capsys, finetune_args(root, root / "base4", "--max_steps", "1"), root / "base4")
+    assert line == (
+        f"sibo finetune: error: --output_dir {root / 'base4'} already holds a model (config.json, "
+        "model.safetensors), not written by a sibo run: choose an empty or new --output_dir"
+    )
+
+
+@pytest.mark.integration
+def test_a_finished_run_is_kept_rerun_as_a_no_op_and_handed_over_only_with_overwrite(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert sibo_main([str(a) for a in finetune_args(root, out, "--max_steps", "2", "--save_step", "1")]) == 0
+    capsys.readouterr()
+
+    line = refused(
+        capsys,
+        finetune_args(root, out, "--max_steps", "2", "--save_step", "1", "--learning_rate", "1e-3"),
+        out,
+    )
+    assert line == (
+        f"sibo finetune: error: --output_dir {out} holds another finetune run (learning_rate 0.0003 there, "
+        "0.001 now): pass --overwrite to replace it, or choose another --output_dir"
+    )
+    # The same run again, or resumed from its latest checkpoint: finished, nothing trained, nothing written.
+    for extra in ([], ["--resume_from_checkpoint", "latest"]):
+        before = snapshot(out)
+        assert (
+            sibo_main(
+                [str(a) for a in finetune_args(root, out, "--max_steps", "2", "--save_step", "1", *extra)]
+            )
+            == 0
+        )
+        assert capsys.readouterr().out.startswith(f"{out} already holds this run, finished after 2 steps")
+        assert snapshot(out) == before
+
+    assert sibo_main([str(a) for a in finetune_args(root, out, "--max_steps", "1", "--overwrite")]) == 0
+    assert not (out / "checkpoint-2").exists()
+    assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 1
+
+
+@pytest.mark.integration
+def test_resume_refuses_a_changed_adapter_shape_and_warns_of_a_changed_lambda(root, tmp_path, capsys, caplog):
+    out = tmp_path / "run"
+    assert sibo_main([str(a) for a in finetune_args(root, out, "--max_steps", "1", "--save_step", "1")]) == 0
+    (out / "train_metrics.json").unlink()  # as if it had been killed after its checkpoint
+    capsys.readouterr()
+    line = refused(capsys, [*finetune_args(root, out, "--max_steps", "2", "--lora_r", "8"),
+                            "--resume_from_checkpoint", "latest"], out)  # fmt: skip
+    assert "holds another finetune run (lora_r 4 there, 8 now)" in line
+    argv = [
+        *finetune_args(root, out, "--max_steps", "2", "--embedding_lambda", "0.3"),
+        "--resume_from_checkpoint",
+        "latest",
+    ]
+    assert sibo_main([str(a) for a in argv]) == 0
+    assert f"resuming {out} with embedding_lambda 0.3: the run started with 0.1" in caplog.text
+
+
+@pytest.mark.integration
+def test_training_stops_at_the_first_non_finite_gradient_keeping_the_last_good_checkpoint(
+    root, tmp_path, capsys, monkeypatch
+):
+    def poison(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 2:  # step 3's gradients
+            next(p for p in model.parameters() if p.requires_grad).grad.fill_(float("nan"))
+
+    monkeypatch.setattr(StopOnInterrupt, "on_pre_optimizer_step", poison)
+    out = tmp_path / "run"
+    line = refused(
+        capsys, finetune_args(root, out, "--max_steps", "6", "--save_step", "2", "--logging_steps", "5")
+    )
+    # found at step 4, the next checkpoint step (the check stays on the device until then), named as step 3
+    assert line == (
+        "sibo finetune: error: step 3: a weight or gradient stopped being finite ("
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight is not): training stopped (the "
+        "loss diverged, or the learning rate or resumed optimizer state is bad) and nothing since was saved; "
+        f"the last complete checkpoint is {out / 'checkpoint-2'}"
+    )
+    assert not (out / "checkpoint-4").exists()
+    assert not (out / "adapter_model.safetensors").exists() and not (out / "train_metrics.json").exists()
+    assert resolve_resume("latest", out) == (str(out / "checkpoint-2"), None)
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_after_the_current_step_and_names_the_last_checkpoint(
+    root, tmp_path, capsys, monkeypatch
+):
+    def press_ctrl_c(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(StopOnInterrupt, "on_step_begin", press_ctrl_c, raising=False)
+    out = tmp_path / "run"
+    line = refused(capsys, finetune_args(root, out, "--max_steps", "8", "--save_step", "2"), code=130)
+    assert line == (
+        f"sibo finetune: interrupted after step 4: the last complete checkpoint is {out / 'checkpoint-4'} "
+        "(the same command with --resume_from_checkpoint latest continues it)"
+    )
+    assert not (out / "train_metrics.json").exists() and not (out / "checkpoint-6").exists()
