@@ -30,7 +30,7 @@ from sibo.study.heldout import HeldOutLossCallback, Reference, encode_references
 from sibo.study.runs import LORA_TARGETS, train_adapter, train_and_score
 from sibo.train.config import FinetuneConfig
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("smollm2_protocol")
 
 SETS = ("AddSub", "MultiArith", "SingleEq", "gsm8k", "AQuA", "SVAMP", "mawps")
 LOSS_SETS = SETS[:-1]  # mawps' test records carry no reference output
@@ -342,7 +342,7 @@ class DataOrder(TrainerCallback):
 
 def code_version() -> str:
     """The checkout's git commit, with "+dirty" when tracked files differ from it ("unknown" outside git)."""
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
@@ -370,7 +370,8 @@ def clean_benchmarks(train_file: Path, data_dir: Path) -> list[tuple[Task, list[
     `near_copy`: the addendum of 2026-12-07 leaves them out when it scores, by `near_copy_ids`."""
     config = EvalConfig(list(SETS), data_dir, data_dir, train_data=train_file)
     return [
-        (task, [e for e in examples if not e.seen or e.near_copy]) for task, examples in load_benchmarks(config)
+        (task, [e for e in examples if not e.seen or e.near_copy])
+        for task, examples in load_benchmarks(config)
     ]
 
 

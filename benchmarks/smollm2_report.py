@@ -17,10 +17,10 @@ import statistics
 from pathlib import Path
 
 import numpy as np
+from smollm2_protocol import ARMS, PRIMARY
 
 from sibo.errors import InputError
 from sibo.study.plots import pyplot, save_figure
-from sibo.study.protocol import ARMS, PRIMARY
 from sibo.study.stats import Interval, exact_mcnemar, paired_bootstrap, seed_t_interval
 
 

@@ -9,8 +9,8 @@ on the test questions math_train_3k does not hold (protocol: docs/BENCHMARKS.md,
     python benchmarks/smollm2_study.py --device cuda --size gpu --workers 6 --stage all
     python benchmarks/smollm2_study.py --write_clean_ids                       # regenerate the clean id lists
 
-The protocol's pieces live in the package: `sibo.study.protocol` (arms, sizes, data, one run),
-`sibo.study.heldout` (held-out loss), `sibo.study.report` (intervals, tables, plot),
+The protocol's pieces: `smollm2_protocol` (arms, sizes, data, one run) and `smollm2_report` (intervals,
+tables, plot) beside this script; from the package, `sibo.study.heldout` (held-out loss),
 `sibo.study.stats`. A run lands in OUT/runs/<name>/ (settings.json with the code version,
 losses.json per evaluation point, greedy/ answers, result.json); a finished run is skipped, a run
 made with other settings or code is refused. OUT defaults to benchmarks/results/smollm2_heldout/<size>.
@@ -31,11 +31,7 @@ from pathlib import Path
 
 import torch
 from common import add_device_flag, describe_machine, llm_adapters_dir
-
-from sibo.checkpoint.gguf import find_gguf
-from sibo.checkpoint.load import load_model
-from sibo.errors import InputError
-from sibo.study.protocol import (
+from smollm2_protocol import (
     ARMS,
     LEARNING_RATES,
     RESULT_FILE,
@@ -49,7 +45,11 @@ from sibo.study.protocol import (
     code_version,
     write_json,
 )
-from sibo.study.report import plot_loss_difference, summarize, tables
+from smollm2_report import plot_loss_difference, summarize, tables
+
+from sibo.checkpoint.gguf import find_gguf
+from sibo.checkpoint.load import load_model
+from sibo.errors import InputError
 
 logger = logging.getLogger("smollm2_study")
 

@@ -15,7 +15,6 @@ import pytest
 from sibo.errors import InputError
 from sibo.eval.contamination import normalise, training_questions
 from sibo.eval.tasks import load_examples, resolve_datasets
-from sibo.study.report import summarize
 from sibo.study.synthetic import write_records
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -130,7 +129,7 @@ def test_quick_study_tunes_scores_clean_questions_pairs_seeds_and_resumes(
     # resumed: every run is skipped, nothing is rewritten
     stamps = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/result.json")}
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="sibo.study.protocol"):
+    with caplog.at_level(logging.INFO, logger="smollm2_protocol"):
         study.main([*flags, "--stage", "all"])
     skipped = [m for m in caplog.messages if m.startswith("skipping finished run")]
     assert len(skipped) == 10 and {p: p.stat().st_mtime_ns for p in stamps} == stamps
@@ -154,7 +153,7 @@ def test_quick_study_tunes_scores_clean_questions_pairs_seeds_and_resumes(
         study.main([*flags, "--allow_other_code"])
 
 
-def test_results_of_different_code_versions_are_not_combined():
+def test_results_of_different_code_versions_are_not_combined(study):
     def result(version):
         return {
             "code_version": version,
@@ -163,8 +162,8 @@ def test_results_of_different_code_versions_are_not_combined():
         }
 
     with pytest.raises(InputError, match="different code \\(a, b\\)"):
-        summarize({"x": result("a"), "y": result("b")})
-    assert summarize({"x": result("a"), "y": result("b")}, allow_other_code=True)["code_versions"] == [
+        study.summarize({"x": result("a"), "y": result("b")})
+    assert study.summarize({"x": result("a"), "y": result("b")}, allow_other_code=True)["code_versions"] == [
         "a",
         "b",
     ]
