@@ -74,9 +74,7 @@ def test_peft_and_transformers_loaders_run_it_exactly(saved, name, loader):
         model = base(saved)
         model.load_adapter(path)
     torch.testing.assert_close(logits(model.eval()), want, rtol=0, atol=1e-6)
-    plain = PeftModel.from_pretrained(
-        base(saved), path, config=sibo.core.registration.plain_lora_config(path)
-    )
+    plain = PeftModel.from_pretrained(base(saved), path, config=sibo.core.registration.plain_config(path))
     assert (logits(plain) - want).abs().max() > 1e-3  # what PEFT ran before: plain LoRA
 
 

@@ -40,9 +40,9 @@ from sibo.core.booster import (
 from sibo.core.registration import (
     PEFT_TYPE_NAME,
     SETTINGS_FIELD,
-    plain_lora_config,
+    plain_config,
     settings_block,
-    sibo_lora_settings,
+    stored_settings,
 )
 from sibo.errors import InputError, first_line
 from sibo.files import write_json
@@ -85,7 +85,7 @@ class SiboModelMixin:
                 directory = Path(save_directory) / name if name != "default" else Path(save_directory)
                 logits = state_dict.get(f"sibo_lambdas.{name}.logits")
                 write_sibo_config(directory, self._sibo_adapters[name], self.base_model.model.config, logits)
-                mark_sibo_lora(directory, self._sibo_adapters[name], logits)
+                mark_boosted(directory, self._sibo_adapters[name], logits)
 
     def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False, **kwargs):
         """PEFT's load_adapter (Trainer uses it to resume and to load the best checkpoint), plus SIBO's settings."""
@@ -111,8 +111,9 @@ class SiboModelMixin:
 
     def _add_plain_lora(self, directory: Path, adapter_name: str, is_trainable: bool) -> None:
         """A SIBO_LORA adapter joins as the plain LoRA it is in memory (SIBO's hooks come from its settings),
-        where PEFT would refuse to mix its type with LORA."""
-        config = plain_lora_config(directory)
+        where PEFT would refuse to mix its type with LORA; a boosted bottleneck adapter without its settings, so
+        that its tuner does not boost it a second time."""
+        config = plain_config(directory)
         if config is not None:
             config.inference_mode = not is_trainable
             self.add_adapter(adapter_name, config)
@@ -263,7 +264,7 @@ def load_sibo_model(
                 str(path),
                 adapter_name=adapter_name,
                 is_trainable=is_trainable,
-                config=plain_lora_config(path),  # a SIBO_LORA adapter: plain LoRA here, boosted below
+                config=plain_config(path),  # a SIBO_LORA adapter: plain LoRA here, boosted below
             )
     except (SafetensorError, pickle.UnpicklingError) as error:  # what the check above let through
         raise InputError(f"cannot read the adapter weights in {path}: {first_line(error)}") from None
@@ -314,7 +315,7 @@ def write_sibo_config(
 def read_sibo_config(directory: Path, base_config) -> tuple[SiboConfig, list[float] | None] | None:
     """The SIBO settings saved in `directory`, checked against the base model; None if there are none."""
     file = Path(directory) / SIBO_CONFIG_FILE
-    in_adapter_config = sibo_lora_settings(Path(directory))  # what PEFT's loaders boost with: it wins
+    in_adapter_config = stored_settings(Path(directory))  # what PEFT's loaders boost with: it wins
     if not file.is_file():
         return in_adapter_config if in_adapter_config is not None else _upstream_sibo_config(Path(directory))
     try:
@@ -334,16 +335,19 @@ def read_sibo_config(directory: Path, base_config) -> tuple[SiboConfig, list[flo
     return in_adapter_config or (config, settings.get("lambda_logits"))
 
 
-def mark_sibo_lora(directory: Path, adapter: BoostedAdapter, logits: torch.Tensor | None = None) -> None:
-    """Make a boosted LoRA adapter's adapter_config.json say SIBO_LORA, with its settings: PEFT without sibo
-    then refuses it, and PEFT with sibo boosts it. λ = 0 leaves a plain LORA folder that loads anywhere."""
+def mark_boosted(directory: Path, adapter: BoostedAdapter, logits: torch.Tensor | None = None) -> None:
+    """Write a boosted adapter's settings into its adapter_config.json, where PEFT's loaders read them: a LoRA
+    adapter becomes SIBO_LORA (PEFT without sibo refuses it, PEFT with sibo boosts it), a bottleneck adapter
+    (a type only sibo's import teaches PEFT) gets its "sibo" block. λ = 0 leaves a plain folder."""
     file = directory / "adapter_config.json"
     stored = json.loads(file.read_text())
-    if stored.get("peft_type") != "LORA" or not (adapter.config.lam > 0 or adapter.lambdas is not None):
+    boosted = adapter.config.lam > 0 or adapter.lambdas is not None
+    if stored.get("peft_type") not in MIXABLE_PEFT_TYPES or not boosted:
         return
     if adapter.lambdas is not None and logits is None:
         logits = adapter.lambdas.logits
-    stored["peft_type"] = PEFT_TYPE_NAME
+    if stored["peft_type"] == "LORA":
+        stored["peft_type"] = PEFT_TYPE_NAME
     stored[SETTINGS_FIELD] = settings_block(adapter.config, logits)
     write_json(file, stored, sort_keys=True)
 

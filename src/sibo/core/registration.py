@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, LoraModel
+from peft import LoraConfig, LoraModel, PeftConfig
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.peft_types import PeftType, register_peft_method
 
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 PEFT_TYPE_NAME = "SIBO_LORA"
 SETTINGS_FIELD = "sibo"  # the block in adapter_config.json
 # For whoever opens adapter_config.json in a program that refuses it.
-NOTE = "a SIBO LoRA adapter (arXiv 2402.11896): `import sibo` before loading it with peft or transformers"
+NOTE = "a SIBO adapter (arXiv 2402.11896): `import sibo` before loading it with peft or transformers"
 
 
 def peft_type_member(name: str) -> PeftType:
@@ -75,25 +75,31 @@ def read_settings_block(block, where: str) -> tuple[SiboConfig, list[float] | No
     return config, logits if config.learnable_lambda else None
 
 
-def sibo_lora_settings(directory: Path) -> tuple[SiboConfig, list[float] | None] | None:
-    """The settings of a SIBO_LORA folder's adapter_config.json; None for any other folder."""
+def stored_settings(directory: Path) -> tuple[SiboConfig, list[float] | None] | None:
+    """The SIBO settings in a folder's adapter_config.json (a SIBO_LORA adapter, or a boosted bottleneck
+    adapter's "sibo" block); None for any other folder."""
     file = Path(directory) / "adapter_config.json"
     try:
         stored = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError):
         return None  # PEFT reports an unreadable adapter config itself
-    if not isinstance(stored, dict) or stored.get("peft_type") != PEFT_TYPE_NAME:
+    if not isinstance(stored, dict):
+        return None
+    if stored.get("peft_type") != PEFT_TYPE_NAME and stored.get(SETTINGS_FIELD) is None:
         return None
     return read_settings_block(stored.get(SETTINGS_FIELD), str(file))
 
 
-def plain_lora_config(directory: Path) -> LoraConfig | None:
-    """A SIBO_LORA folder's LoRA settings as a plain LoraConfig (sibo boosts it itself); None for others."""
+def plain_config(directory: Path) -> PeftConfig | None:
+    """A folder's adapter config without its SIBO settings (sibo boosts it itself): a SIBO_LORA adapter as
+    plain LoRA, a boosted bottleneck adapter without its "sibo" block; None for any other folder."""
     stored = json.loads((Path(directory) / "adapter_config.json").read_text())
-    if stored.get("peft_type") != PEFT_TYPE_NAME:
+    if stored.get("peft_type") != PEFT_TYPE_NAME and stored.get(SETTINGS_FIELD) is None:
         return None
     stored.pop(SETTINGS_FIELD, None)
-    return LoraConfig.from_peft_type(**{**stored, "peft_type": "LORA"})
+    if stored["peft_type"] == PEFT_TYPE_NAME:
+        return LoraConfig.from_peft_type(**{**stored, "peft_type": "LORA"})
+    return PeftConfig.from_peft_type(**stored)
 
 
 @dataclass
@@ -112,17 +118,25 @@ class SiboLoraConfig(LoraConfig):
         self.peft_type = peft_type_member(PEFT_TYPE_NAME)
         read_settings_block(self.sibo, "adapter_config.json")
 
+    def to_dict(self) -> dict:
+        return live_settings(self, super().to_dict())
 
-class SiboLoraModel(LoraModel):
-    """LoraModel whose SIBO_LORA adapters are boosted as their settings say, in whatever loader built them."""
+
+class BoostedTuner:
+    """What a PEFT tuner adds to boost the adapters whose config carries SIBO settings (its `sibo` field), in
+    whatever loader built them: SiboLoraModel, and the bottleneck adapters' BottleneckModel.
+
+    A learnt λ lives here as a parameter (`sibo_lambdas`), trainable when the adapter is (`is_trainable=True`),
+    and the config writes its current value back on save (`live_settings`), so PEFT's own save keeps it.
+    """
 
     def inject_adapter(self, model: torch.nn.Module, adapter_name: str, *args, **kwargs) -> None:
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         config = self.peft_config[adapter_name]
-        if isinstance(config, SiboLoraConfig):
-            self._boost(adapter_name, *read_settings_block(config.sibo, "adapter_config.json"))
+        if getattr(config, SETTINGS_FIELD, None) is not None:
+            self._boost(adapter_name, config, *read_settings_block(config.sibo, "adapter_config.json"))
 
-    def _boost(self, adapter_name: str, config: SiboConfig, logits: list[float] | None) -> None:
+    def _boost(self, adapter_name: str, peft_config, config: SiboConfig, logits: list[float] | None) -> None:
         # booster imported here: peft's import runs register() while booster may still be importing peft
         from sibo.core.booster import InitialState, boost, capture_initial_state, find_transformer_blocks
 
@@ -132,29 +146,39 @@ class SiboLoraModel(LoraModel):
             self._sibo_capture = capture_initial_state(
                 find_transformer_blocks(self.model)[1], self._sibo_state
             )
+            self.sibo_lambdas = torch.nn.ModuleDict()  # learnt λ: PeftModel.parameters() sees them
         adapter = boost(self.model, config, self._sibo_state, adapter_name)
-        if adapter.lambdas is not None:  # kept as loaded: PEFT's save would not write a λ trained here
+        if adapter.lambdas is not None:
             with torch.no_grad():
                 adapter.lambdas.logits.copy_(torch.tensor(logits, dtype=adapter.lambdas.logits.dtype))
-            adapter.lambdas.requires_grad_(False)
+            adapter.lambdas.requires_grad_(not peft_config.inference_mode)
+            self.sibo_lambdas[adapter_name] = adapter.lambdas
+            peft_config.__dict__["_sibo_live_lambdas"] = adapter.lambdas  # not a field: to_dict reads it
         self._sibo_adapters[adapter_name] = adapter
+
+    def _release(self, adapter_name: str) -> None:
+        from sibo.core.booster import release
+
+        adapter = self.__dict__.get("_sibo_adapters", {}).pop(adapter_name, None)
+        if adapter is None:
+            return
+        release(adapter, self._sibo_state)
+        if adapter_name in self.sibo_lambdas:
+            del self.sibo_lambdas[adapter_name]
+        config = self.peft_config.get(adapter_name)
+        if config is not None:
+            config.__dict__.pop("_sibo_live_lambdas", None)
 
     def release_sibo(self) -> None:
         """Remove every SIBO hook this tuner installed (sibo's own loaders install theirs)."""
-        from sibo.core.booster import release
-
-        for adapter in self.__dict__.pop("_sibo_adapters", {}).values():
-            release(adapter, self._sibo_state)
+        for name in list(self.__dict__.get("_sibo_adapters", {})):
+            self._release(name)
         if "_sibo_state" in self.__dict__:
             self._sibo_capture.remove()
             del self._sibo_state
 
     def delete_adapter(self, adapter_name: str) -> None:
-        adapter = self.__dict__.get("_sibo_adapters", {}).pop(adapter_name, None)
-        if adapter is not None:
-            from sibo.core.booster import release
-
-            release(adapter, self._sibo_state)
+        self._release(adapter_name)
         super().delete_adapter(adapter_name)
 
     def _unload_and_optionally_merge(self, merge: bool = True, *args, **kwargs):
@@ -165,6 +189,19 @@ class SiboLoraModel(LoraModel):
             )
         self.release_sibo()
         return super()._unload_and_optionally_merge(merge, *args, **kwargs)
+
+
+def live_settings(config, stored: dict) -> dict:
+    """A config's `to_dict()` with its "sibo" block's learnt λ as trained now (set by BoostedTuner._boost)."""
+    lambdas = config.__dict__.get("_sibo_live_lambdas")
+    if lambdas is not None and stored.get(SETTINGS_FIELD):
+        logits = lambdas.logits.detach().float().cpu().tolist()
+        stored[SETTINGS_FIELD] = {**stored[SETTINGS_FIELD], "lambda_logits": logits}
+    return stored
+
+
+class SiboLoraModel(BoostedTuner, LoraModel):
+    """LoraModel whose SIBO_LORA adapters are boosted as their settings say, in whatever loader built them."""
 
 
 def register() -> None:

@@ -14,7 +14,7 @@ from peft.config import PeftConfig
 from peft.utils.peft_types import PeftType
 from transformers.activations import ACT2FN
 
-from sibo.core.registration import peft_type_member
+from sibo.core.registration import live_settings, peft_type_member, read_settings_block
 from sibo.errors import InputError
 
 # Where an adapter sits on the module it wraps (LLM-Adapters' names for them).
@@ -94,6 +94,13 @@ class BottleneckConfig(PeftConfig):
         default=None,
         metadata={"help": "modules besides the adapters to train fully and save, e.g. a classifier head"},
     )
+    sibo: dict | None = field(
+        default=None,
+        metadata={
+            "help": "SIBO's settings (lam, targets, learnable_lambda, lambda_logits), written by a boosted adapter's "
+            "save: PEFT's loaders then boost it as sibo's do (see sibo.core.registration)"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,6 +131,11 @@ class BottleneckConfig(PeftConfig):
             self.target_modules = set(self.target_modules)
         if isinstance(self.exclude_modules, list | tuple):
             self.exclude_modules = set(self.exclude_modules)
+        if self.sibo is not None:
+            read_settings_block(self.sibo, "adapter_config.json")
+
+    def to_dict(self) -> dict:
+        return live_settings(self, super().to_dict())
 
 
 def _checked_scaling(scaling: object) -> float | str:

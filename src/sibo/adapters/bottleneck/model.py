@@ -16,6 +16,7 @@ from transformers.pytorch_utils import Conv1D
 
 from sibo.adapters.bottleneck.config import INPUT_ADAPTER, OUTPUT_ADAPTER, PARALLEL_ADAPTER, BottleneckConfig
 from sibo.adapters.bottleneck.layer import MERGE_REFUSAL, BottleneckLayer, module_widths
+from sibo.core.registration import BoostedTuner
 from sibo.errors import InputError
 
 _LLAMA_FFN = {"gate_proj": INPUT_ADAPTER, "up_proj": INPUT_ADAPTER, "down_proj": OUTPUT_ADAPTER}
@@ -118,8 +119,9 @@ def adaptable_module_names(model: nn.Module) -> list[str]:
     )
 
 
-class BottleneckModel(BaseTuner):
-    """peft's tuner for bottleneck adapters (AdapterH, AdapterP, parallel)."""
+class BottleneckModel(BoostedTuner, BaseTuner):
+    """peft's tuner for bottleneck adapters (AdapterH, AdapterP, parallel); one whose config carries SIBO
+    settings is boosted as they say, whichever loader built it (BoostedTuner)."""
 
     prefix: str = "adapter_"  # LLM-Adapters' parameter names: checkpoints of upstream load unchanged
     tuner_layer_cls = BottleneckLayer
