@@ -112,3 +112,26 @@ def test_lambda_zero_leaves_no_settings(tmp_path):
     )
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["sibo"] is None
+
+
+def test_a_learnt_lambda_trained_after_peft_loaded_it_is_saved_back_by_peft(saved, tmp_path):
+    model = PeftModel.from_pretrained(base(saved), str(saved / "learnt"), is_trainable=True)
+    lambdas = model.base_model.sibo_lambdas["default"].logits
+    before = lambdas.detach().clone()
+    model(input_ids=IDS, labels=IDS).loss.backward()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                parameter.sub_(parameter.grad)
+    assert not torch.equal(lambdas, before)
+    model.save_pretrained(tmp_path)  # PEFT's own save, as Trainer's
+    assert (
+        json.loads((tmp_path / "adapter_config.json").read_text())["sibo"]["lambda_logits"]
+        == lambdas.tolist()
+    )
+    want = logits(model.eval())
+    for loaded in (
+        sibo.load_sibo_model(base(saved), tmp_path),
+        PeftModel.from_pretrained(base(saved), str(tmp_path)),
+    ):
+        torch.testing.assert_close(logits(loaded), want, rtol=0, atol=1e-6)

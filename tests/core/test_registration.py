@@ -146,3 +146,34 @@ def test_import_sibo_teaches_peft_the_type_in_any_order(imports):
     script = f"import sys; {imports}; from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING as M; print(M['SIBO_LORA'])"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert done.stdout.strip() == "<class 'sibo.core.registration.SiboLoraConfig'>", done.stderr[-2000:]
+
+
+def train_one_step(model):
+    """One SGD step on every trainable parameter; returns the λ logits before it."""
+    before = model.base_model.sibo_lambdas["default"].logits.detach().clone()
+    loss = model(input_ids=IDS, labels=IDS).loss
+    loss.backward()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                parameter.sub_(1.0 * parameter.grad)
+    return before
+
+
+def test_a_learnt_lambda_trained_after_peft_loaded_it_is_saved_back_by_peft(saved, tmp_path):
+    frozen = PeftModel.from_pretrained(base(saved), str(saved / "learnt"))
+    assert not frozen.base_model.sibo_lambdas["default"].logits.requires_grad
+    model = PeftModel.from_pretrained(base(saved), str(saved / "learnt"), is_trainable=True)
+    lambdas = model.base_model.sibo_lambdas["default"].logits
+    assert lambdas.requires_grad and any(p is lambdas for p in model.parameters())
+    before = train_one_step(model)
+    assert not torch.equal(lambdas, before)
+    model.save_pretrained(tmp_path)  # PEFT's own save, as Trainer's
+    stored = json.loads((tmp_path / "adapter_config.json").read_text())["sibo"]
+    assert stored["lambda_logits"] == lambdas.tolist()
+    want = logits(model.eval())
+    for loaded in (
+        sibo.load_sibo_model(base(saved), tmp_path),
+        PeftModel.from_pretrained(base(saved), str(tmp_path)),
+    ):
+        torch.testing.assert_close(logits(loaded), want, rtol=0, atol=1e-6)

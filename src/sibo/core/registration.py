@@ -6,7 +6,10 @@ folder (a KeyError naming SIBO_LORA), where a LORA type would have run it as pla
 λ·B·A·(h0 - x). With sibo imported, PEFT knows the type: `PeftModel.from_pretrained`, `load_adapter`,
 `AutoPeftModelForCausalLM` and transformers' `model.load_adapter` build its LoRA layers through
 `SiboLoraModel`, which boosts them with `sibo.core.booster.boost` as the settings say, the same hooks
-sibo's own loaders install. A λ = 0 adapter stays a LORA folder that loads anywhere.
+sibo's own loaders install. A boosted bottleneck adapter (a type PEFT knows only through sibo) keeps its
+BOTTLENECK type and carries the same block, which its tuner reads the same way (`BoostedTuner`). A learnt λ
+loaded by PEFT trains when the adapter does, and PEFT's own save writes it back. A λ = 0 adapter stays a
+plain folder that loads anywhere.
 
 sibo's own loaders (`sibo.load_sibo_model`) read the same block and load the weights as plain LoRA,
 boosted by `SiboModelMixin` (sibo.checkpoint.peft_model), which also trains λ and saves.
@@ -155,6 +158,12 @@ class BoostedTuner:
             self.sibo_lambdas[adapter_name] = adapter.lambdas
             peft_config.__dict__["_sibo_live_lambdas"] = adapter.lambdas  # not a field: to_dict reads it
         self._sibo_adapters[adapter_name] = adapter
+
+    @classmethod
+    def _get_adapter_state_dict(cls, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """PEFT's adapter tensors, less a learnt λ: adapter_config.json keeps it (live_settings)."""
+        state = super()._get_adapter_state_dict(*args, **kwargs)
+        return {key: value for key, value in state.items() if ".sibo_lambdas." not in key}
 
     def _release(self, adapter_name: str) -> None:
         from sibo.core.booster import release
