@@ -276,6 +276,12 @@ def refuse_replacing(directory: Path, verb: str, reads: Sequence[tuple[str, str 
     _refuse_deleting_inputs(directory, marker, verb, reads)
 
 
+def run_wrote(directory: Path, name: str) -> str | None:
+    """The verb of the sibo run that wrote file `name` in `directory` (it still owns it); None otherwise."""
+    marker = _read_marker(directory) if directory.is_dir() else None
+    return marker["verb"] if marker is not None and name in owned_files(directory, marker) else None
+
+
 def user_files(directory: Path) -> list[str]:
     """The files in `directory` that the run its marker names did not write (all of them: no marker)."""
     marker = _read_marker(directory) if directory.is_dir() else None

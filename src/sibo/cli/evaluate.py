@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from sibo.eval.contamination import recorded_data_columns, recorded_training_data
-    from sibo.eval.runner import EvalConfig, evaluate_model
+    from sibo.eval.runner import EvalConfig, describe_settings, evaluate_model
 
     # a bad model flag, or a missing or malformed data file, stops us before any model loads
     source = ModelConfig(**dataclass_values(args, ModelConfig, skip=("task",)))
@@ -133,6 +133,13 @@ def run(args: argparse.Namespace) -> int:
     if is_main:
         print(format_table(results))
         print(f"results in {config.output_dir}")
+        if source.weights_path is not None:
+            from sibo.train.card import add_evaluation
+
+            scores = {name: (result.correct, result.n) for name, result in results.items()}
+            card = add_evaluation(source.weights_path, scores, describe_settings(config, source.lam))
+            if card is not None:
+                print(f"added to the adapter's model card: {card}")
     return 0
 
 

@@ -194,6 +194,22 @@ def evaluate_model(
     return evaluate(model, tokenizer, config, benchmarks, run_info, shard), shard.is_main
 
 
+def describe_settings(config: EvalConfig, lam: float | None) -> str:
+    """How a score was made, in a few words (a model card's row): what changes the number."""
+    words = [
+        f"{config.extraction} extraction",
+        f"{config.decoding.num_beams} beams",
+        f"{config.template} template",
+    ]
+    if config.limit:
+        words.append(f"first {config.limit} examples")
+    if config.exclude_seen:
+        words.append("questions unseen in training only")
+    if lam is not None:
+        words.append(f"λ {lam} (not the adapter's own)")
+    return ", ".join(words)
+
+
 def run_record(config: EvalConfig, run_info: dict | None) -> dict:
     """What produces the responses (model, decoding): run.json; resuming needs the same."""
     return {

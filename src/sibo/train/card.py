@@ -6,13 +6,17 @@ read (1-λ)·x + λ·h0, and that PEFT without sibo refuses the folder rather th
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from sibo.core.booster import find_boost
+from sibo.errors import InputError, first_line
 from sibo.train.config import FinetuneConfig
+
+logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
 
@@ -82,3 +86,74 @@ def adapter_card(
 def write_adapter_card(directory: Path, card: ModelCard) -> None:
     """Replace PEFT's blank card beside the adapter."""
     card.save(Path(directory) / CARD_FILE)
+
+
+# ---------------------------------------------------------------- sibo evaluate's results on the card
+
+EVAL_SOURCE = "sibo evaluate"  # the EvalResult.task_name of the rows `sibo evaluate` adds
+_RESULTS_BEGIN, _RESULTS_END = "<!-- sibo evaluate: begin -->", "<!-- sibo evaluate: end -->"
+
+
+def add_evaluation(directory: Path, scores: dict[str, tuple[int, int]], settings: str) -> Path | None:
+    """Add `sibo evaluate`'s accuracy per dataset ({name: (correct, n)}) to the card of the adapter in
+    `directory`: Hub metadata (model-index) and a table; a dataset scored again with the same `settings`
+    replaces its row. Only a card a sibo run wrote is edited (the folder's run still owns it, so a later
+    `finetune --overwrite` replaces it whole), under the folder's lock; returns the card, or None when it
+    was left alone (logged)."""
+    from sibo.files import hold_output_dir, run_wrote
+
+    file = Path(directory) / CARD_FILE
+    if run_wrote(Path(directory), CARD_FILE) is None:
+        logger.info("results not added to %s: no model card that a sibo run wrote", file)
+        return None
+    try:
+        with hold_output_dir(directory):
+            card = ModelCard.load(file)
+            rows = [r for r in card.data.eval_results or () if not _same_row(r, scores, settings)]
+            rows += [_eval_result(name, correct, n, settings) for name, (correct, n) in scores.items()]
+            card.data.eval_results = rows
+            card.data.model_name = card.data.model_name or Path(directory).resolve().name
+            card.text = _with_results_table(card.text, rows)
+            card.save(file)
+    except (InputError, OSError) as error:  # in use by a run, or read-only: the scores are in summary.json
+        logger.warning("results not added to %s: %s", file, first_line(error))
+        return None
+    return file
+
+
+def _same_row(row: EvalResult, scores: dict, settings: str) -> bool:
+    return row.task_name == EVAL_SOURCE and row.dataset_name in scores and row.metric_config == settings
+
+
+def _eval_result(name: str, correct: int, n: int, settings: str) -> EvalResult:
+    return EvalResult(
+        task_type="text-generation",
+        dataset_type=name,
+        dataset_name=name,
+        dataset_split="test",
+        metric_type="accuracy",
+        metric_value=correct / n if n else 0.0,
+        metric_name=f"accuracy ({correct}/{n})",
+        metric_config=settings,
+        task_name=EVAL_SOURCE,
+    )
+
+
+def _with_results_table(text: str, rows: list[EvalResult]) -> str:
+    """The card's text with its `sibo evaluate` section (re)written from `rows`."""
+    before, _, rest = text.partition(_RESULTS_BEGIN)
+    after = rest.partition(_RESULTS_END)[2] if rest else ""
+    table = [
+        _RESULTS_BEGIN,
+        "## Evaluation (sibo evaluate)",
+        "",
+        "| dataset | accuracy | scored | settings |",
+        "|---|---|---|---|",
+        *(
+            f"| {r.dataset_name} | {r.metric_value:.4f} | {r.metric_name} | {r.metric_config} |"
+            for r in rows
+            if r.task_name == EVAL_SOURCE
+        ),  # fmt: skip
+        _RESULTS_END,
+    ]
+    return before.rstrip("\n") + "\n\n" + "\n".join(table) + "\n" + after.lstrip("\n")
