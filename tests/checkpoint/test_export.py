@@ -8,6 +8,7 @@ import stat
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_model as load_safetensors_into
@@ -352,3 +353,48 @@ def test_bottleneck_adapters_stay_unmerged(tokenizer, batch, build, caplog):
 def test_a_base_model_alone_is_returned_as_it_is(tokenizer):
     base = build_tiny_model("llama", len(tokenizer))
     assert merge_for_inference(base) is base
+
+
+def card_size(directory) -> int:
+    """The export's files as the card counts them: all but the card and the run marker written after it."""
+    return sum(
+        f.stat().st_size
+        for f in directory.rglob("*")
+        if f.is_file() and f.name not in ("README.md", RUN_MARKER)
+    )
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_an_export_has_a_card_that_says_what_it_is_and_how_it_loads(tokenizer, tmp_path, approximate):
+    model = boosted_model(tokenizer, lam=0.3)
+    report = export_adapter(
+        model, tokenizer, ExportConfig(tmp_path / "out", approximate=approximate), adapter_path="ad"
+    )
+    out = tmp_path / "out"
+    card = ModelCard.load(out / "README.md")
+    assert str(card) == (out / "README.md").read_text() and out / "README.md" in report.files
+    tags = ["sibo", "merged"] + ([] if approximate else ["custom_code"])
+    assert card.data.to_dict() == {
+        "library_name": "transformers",
+        "tags": tags,
+        "pipeline_tag": "text-generation",
+    }
+    lines = card.text.splitlines()
+    what = next(line for line in lines if line.startswith("This folder holds "))
+    if approximate:
+        assert f"(largest |Δlogit| on probe prompts: {report.max_logit_deviation:.6g})." in what
+        assert "- λ: 0 in this checkpoint (the adapter's λ was dropped)" in lines
+    else:
+        assert (
+            what.startswith("This folder holds an exact merged SIBO model")
+            and f"the {len(report.residual_modules)} boosted" in what
+        )
+        assert "- λ: 0.3" in lines
+        assert (
+            "model = AutoModelForCausalLM.from_pretrained('<this folder>', trust_remote_code=True)" in lines
+        )
+    assert f"- needs trust_remote_code: {'no' if approximate else 'yes'}" in lines
+    assert "- base model: None; adapter: ad" in lines
+    assert (
+        f"- format: a transformers checkpoint; dtype: float32; size: {card_size(out) / 1e6:.1f} MB" in lines
+    )

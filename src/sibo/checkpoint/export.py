@@ -25,6 +25,7 @@ import torch
 from peft import LoraConfig, PeftModel
 
 from sibo.checkpoint.config import EXPORT_VERB, ExportConfig
+from sibo.checkpoint.export_card import ExportFacts, write_export_card
 from sibo.checkpoint.load import booster_line_off
 from sibo.checkpoint.peft_model import get_sibo_model
 from sibo.checkpoint.portable import make_portable
@@ -77,12 +78,15 @@ def export_adapter(
     config: ExportConfig,
     template: PromptTemplate | None = None,
     dtype: torch.dtype | None = None,
+    adapter_path: str | None = None,
 ) -> ExportReport:
-    """Merge `model`'s adapter and write it; the model is merged in place (do not use it afterwards).
-    `template`: the one the adapter was trained with, recorded beside the export (None: none recorded).
-    `dtype`: the dtype to save in, after merging in the model's own (None: the model's)."""
+    """Merge `model`'s adapter and write it, with a model card; the model is merged in place (do not use it
+    afterwards). `template`: the one the adapter was trained with, recorded beside the export (None: none
+    recorded). `dtype`: the dtype to save in, after merging in the model's own (None: the model's).
+    `adapter_path`: the adapter folder, named on the card."""
     adapter_name = config.adapter_name
     lambdas = boosted_lambdas(model, adapter_name)  # module name in the base model -> λ of its block
+    facts = _card_facts(model, config, lambdas, adapter_path)  # read before the merge changes the model
     reason = unmergeable_reason(model, adapter_name, lambdas)
     if reason is not None:
         raise InputError(reason)
@@ -105,13 +109,16 @@ def export_adapter(
         )
         staging.mkdir()
         try:
-            peft_config = model.peft_config[adapter_name]
-            files = _write_files(staging, merged, residual, peft_config, tokenizer, config.format, template)
             report = ExportReport(
                 config.output_dir, exact=not config.approximate or not needs_residual, files=[]
             )
             if probes is not None:
                 report.max_logit_deviation = _max_deviation(merged, probes)
+            facts.max_logit_deviation = report.max_logit_deviation
+            peft_config = model.peft_config[adapter_name]
+            files = _write_files(
+                staging, merged, residual, peft_config, tokenizer, config.format, template, facts
+            )
             _readable_as_umask_allows(staging)
             _replace_dir(staging, config.output_dir)
         except BaseException as error:
@@ -150,9 +157,11 @@ def _write_files(
     tokenizer,
     form: str,
     template: PromptTemplate | None,
+    facts: ExportFacts,
 ) -> list[Path]:
     """Everything the export holds, written into `staging`: the merged model (with its residual adapter and,
-    then, the code that makes it portable), the template, and the run marker listing them; returns the files."""
+    then, the code that makes it portable), the template, the model card (hf format: a state_dict export stays
+    one file), and the run marker listing them; returns the files."""
     files = _write_residual(merged, residual, peft_config, staging / RESIDUAL_DIR) if residual else []
     files = _write_merged(merged, tokenizer, staging, form) + files
     if residual:  # λ > 0 on the hf format: loadable by transformers alone, with trust_remote_code
@@ -160,9 +169,33 @@ def _write_files(
     if template is not None:
         write_template(staging, template)
         files.append(staging / TEMPLATE_FILE)
+    if form == "hf":
+        files.append(_write_card(staging, facts, len(residual), merged))
     # what this export wrote: a later --overwrite replaces those files and keeps any the user adds
     write_json(staging / RUN_MARKER, {"verb": EXPORT_VERB, "settings": {}, "wrote": written_files(staging)})
     return files
+
+
+def _card_facts(model: PeftModel, config: ExportConfig, lambdas: dict[str, float], adapter_path: str | None):
+    adapter = find_boost(model, config.adapter_name)
+    return ExportFacts(
+        base_model=model.peft_config[config.adapter_name].base_model_name_or_path,
+        adapter=adapter_path,
+        lambdas=lambdas,
+        learnt=adapter is not None and adapter.lambdas is not None,
+        residual_modules=0,
+        max_logit_deviation=None,
+        dtype="",
+        size_bytes=0,
+    )
+
+
+def _write_card(staging: Path, facts: ExportFacts, residual_modules: int, merged: torch.nn.Module) -> Path:
+    """README.md: what the export is, its λ, whether it needs trust_remote_code, how it loads, its size."""
+    facts.residual_modules = residual_modules
+    facts.dtype = str(next(merged.parameters()).dtype).removeprefix("torch.")
+    facts.size_bytes = sum(file.stat().st_size for file in staging.rglob("*") if file.is_file())
+    return write_export_card(staging, facts)
 
 
 def _replace_dir(staging: Path, output_dir: Path) -> None:

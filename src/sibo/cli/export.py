@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, template = load_for_decoding(source, merge=False)
     # the export carries the adapter's record of its template; an adapter without one gets none
     dtype = saved_dtype(source.base_model, source.dtype)
-    report = export_adapter(model, tokenizer, config, template if source.template_file else None, dtype)
+    report = export_adapter(
+        model, tokenizer, config, template if source.template_file else None, dtype, source.weights_path
+    )
     if report.residual_modules:
         print(
             f"exact export: merged base + SIBO residual adapter on {len(report.residual_modules)} modules "
