@@ -40,6 +40,7 @@ from sibo.core.booster import (
 from sibo.core.registration import (
     PEFT_TYPE_NAME,
     SETTINGS_FIELD,
+    loading_as_stored,
     plain_config,
     settings_block,
     stored_settings,
@@ -93,7 +94,8 @@ class SiboModelMixin:
         if adapter_name not in self.peft_config:
             self._add_plain_lora(Path(model_id) / (kwargs.get("subfolder") or ""), adapter_name, is_trainable)
         try:
-            result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
+            with loading_as_stored():  # the settings are read below
+                result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
         except RuntimeError as error:  # size mismatches from load_state_dict
             raise _does_not_fit(model_id, self.base_model.model.config, error) from None
         check_adapter_fits(self, Path(model_id) / (kwargs.get("subfolder") or ""), adapter_name)
@@ -257,7 +259,7 @@ def load_sibo_model(
     if check_files:
         check_weights_dir(path, ADAPTER_WEIGHTS)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), loading_as_stored():  # the settings are read here, below
             warnings.filterwarnings("ignore", _UPSTREAM_FIELDS_WARNING, UserWarning)
             model = PeftModel.from_pretrained(
                 base_model,

@@ -17,13 +17,19 @@ boosted by `SiboModelMixin` (sibo.checkpoint.peft_model), which also trains λ a
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import json
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, LoraModel, PeftConfig
+from peft.config import PeftConfigMixin
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.peft_types import PeftType, register_peft_method
 
@@ -213,8 +219,70 @@ class SiboLoraModel(BoostedTuner, LoraModel):
     """LoraModel whose SIBO_LORA adapters are boosted as their settings say, in whatever loader built them."""
 
 
+# ---------------------------------------------------------------- adapters written before SIBO_LORA
+
+PRE31_SETTINGS_FILE = "sibo_config.json"  # beside a LORA or BOTTLENECK adapter_config.json, before issue 31
+_SIBO_LOADING = contextvars.ContextVar("sibo_loading", default=False)
+
+
+@contextmanager
+def loading_as_stored() -> Iterator[None]:
+    """sibo's own loaders read sibo_config.json themselves: PEFT's config loading leaves it alone meanwhile."""
+    token = _SIBO_LOADING.set(True)
+    try:
+        yield
+    finally:
+        _SIBO_LOADING.reset(token)
+
+
+def with_pre31_settings(config: PeftConfig, directory: Path) -> PeftConfig:
+    """A LoRA or bottleneck config read from a local folder that sibo wrote before SIBO_LORA (its settings in
+    sibo_config.json beside it, λ > 0), given those settings, so that PEFT's loaders boost it: SIBO_LORA for
+    LoRA, the "sibo" block for a bottleneck adapter. Any other config comes back as it is."""
+    peft_type = str(getattr(config.peft_type, "value", config.peft_type))
+    file = Path(directory) / PRE31_SETTINGS_FILE
+    if _SIBO_LOADING.get() or peft_type not in ("LORA", "BOTTLENECK") or not file.is_file():
+        return config
+    if getattr(config, SETTINGS_FIELD, None) is not None:
+        return config
+    try:
+        stored = json.loads(file.read_text())
+        block = {key: stored[key] for key in ("lam", "targets", "learnable_lambda")}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{file}: not a valid SIBO settings file ({error})") from None
+    if stored.get("lambda_logits") is not None:
+        block["lambda_logits"] = stored["lambda_logits"]
+    settings, _ = read_settings_block(block, str(file))
+    if settings.lam == 0 and not settings.learnable_lambda:
+        return config  # λ 0: the plain adapter it is
+    logger.info("%s: boosting this adapter, written before SIBO_LORA, with its %s", directory, file.name)
+    if peft_type == "BOTTLENECK":
+        config.sibo = {**block, "note": NOTE}
+        return config
+    fields = {**config.to_dict(), "peft_type": PEFT_TYPE_NAME, SETTINGS_FIELD: {**block, "note": NOTE}}
+    fields.pop("runtime_config", None)  # a runtime setting, never read from a file
+    return SiboLoraConfig.from_peft_type(**fields)
+
+
+def _read_pre31_settings_too(load):
+    """PeftConfig.from_pretrained (every PEFT and transformers loader reads the config through it), followed
+    by with_pre31_settings for a local folder."""
+
+    @functools.wraps(load)
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder=None, **kwargs):
+        config = load(cls, pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        path = os.path.join(pretrained_model_name_or_path, subfolder or "")
+        return with_pre31_settings(config, Path(path)) if os.path.isdir(path) else config
+
+    from_pretrained.sibo_wrapped = load
+    return classmethod(from_pretrained)
+
+
 def register() -> None:
-    """Make PEFT know SIBO_LORA (and peft's PeftConfig find it); safe to call again."""
+    """Make PEFT know SIBO_LORA (and peft's PeftConfig find it), and read the settings of adapters written
+    before it; safe to call again."""
+    load = PeftConfigMixin.__dict__["from_pretrained"].__func__
+    PeftConfigMixin.from_pretrained = _read_pre31_settings_too(getattr(load, "sibo_wrapped", load))
     peft_type = peft_type_member(PEFT_TYPE_NAME)
     if peft_type not in PEFT_TYPE_TO_CONFIG_MAPPING:
         register_peft_method(name=PEFT_TYPE_NAME.lower(), config_cls=SiboLoraConfig, model_cls=SiboLoraModel,
