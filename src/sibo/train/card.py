@@ -44,6 +44,7 @@ def adapter_card(
     targets = targets if isinstance(targets, str) else ",".join(sorted(targets or ()))
     method = config.adapter_name + (f", rank {config.lora_r}" if config.adapter_name != "bottleneck" else "")
     train, evaluation = metrics.get("train", {}), metrics.get("eval", {})
+    peft_type = "BOTTLENECK" if config.adapter_name == "bottleneck" else "SIBO_LORA"
     data = ModelCardData(
         library_name="peft",
         tags=["sibo", "peft", "lora"],
@@ -72,12 +73,12 @@ def adapter_card(
         "```",
         "",
         "```python",
-        "import sibo  # before peft loads it: teaches PEFT the SIBO_LORA type",
+        f"import sibo  # before peft loads it: teaches PEFT the {peft_type} type",
         "from peft import AutoPeftModelForCausalLM",
         "model = AutoPeftModelForCausalLM.from_pretrained('<this folder>')  # exact, as sibo.load_sibo_model",
         "```",
         "",
-        "PEFT without sibo refuses this folder (its adapter_config.json says `SIBO_LORA`): run as plain LoRA it",
+        f"PEFT without sibo refuses this folder (its adapter_config.json says `{peft_type}`): run as plain LoRA it",
         "would drop the λ·B·A·(h0 - x) term every boosted branch was trained with.",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
