@@ -18,7 +18,14 @@ from sibo.checkpoint.config import ModelConfig
 from sibo.checkpoint.gguf import find_gguf, load_gguf_model, load_gguf_tokenizer
 from sibo.checkpoint.peft_model import load_sibo_model
 from sibo.checkpoint.portable import base_config, is_portable_export
-from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_adapter_config, check_weights_dir, weights_files
+from sibo.checkpoint.weights import (
+    ADAPTER_WEIGHTS,
+    WEIGHT_LIMIT,
+    check_adapter_config,
+    check_finite,
+    check_weights_dir,
+    weights_files,
+)
 from sibo.core.booster import find_boost
 from sibo.errors import InputError, first_line
 from sibo.files import RESIDUAL_DIR
@@ -169,6 +176,8 @@ def load_model(
     model = _load_base(
         base_model, gguf_file, _MODEL_CLASSES[task], torch_dtype, quantization, device_map, trust_remote_code
     )
+    # a NaN or a huge value in one base weight would decode to empty answers and NaN scores, exit 0
+    check_finite(model.state_dict(), f"base model {base_model}", WEIGHT_LIMIT)
     padding_side = "right" if task == "sequence-classification" else "left"
     tokenizer = load_tokenizer(base_model, weights_path, trust_remote_code, padding_side, gguf_file)
     if weights_path is not None and Path(weights_path) == Path(base_model) / RESIDUAL_DIR:

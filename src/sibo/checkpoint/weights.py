@@ -13,12 +13,15 @@ What the check sees, cheaply and exactly, without reading the tensor data:
   format, so no data is read); a pickle that names anything but tensors and plain containers is
   refused — nothing in it runs. A truncated zip (no central directory), a zero-filled file and
   flips in the pickle are caught; flips in the stored tensor bytes are not.
-- adapters (small) are also read whole: a NaN or an infinity in any tensor is refused by name, so
-  a diverged or damaged adapter never reaches generate, evaluate, export, analyze or a resume.
+- adapters (small) are also read whole: a NaN, an infinity or a value beyond WEIGHT_LIMIT in any tensor
+  is refused by name, so a diverged or damaged adapter never reaches generate, evaluate, export, analyze
+  or a resume. A base is checked the same way once loaded (`sibo.checkpoint.load`): one min/max pass per
+  tensor, small beside reading it (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import zipfile
@@ -59,19 +62,42 @@ def check_weights_file(path: str | os.PathLike) -> None:
         raise InputError(f"{path}: damaged or not a torch.save file ({_reason(error)})") from None
 
 
-def check_finite(tensors: dict, where: str) -> None:
-    """Raise InputError naming the first tensor in `tensors` (nested dicts and lists too) that holds a NaN
-    or an infinity: an adapter or optimizer state that diverged, or a damaged file."""
+# A weight this large is damage, not training: its square (RMSNorm's mean square, attention's dot products)
+# overflows float32 and bfloat16, and the logits go non-finite or collapse to one value.
+WEIGHT_LIMIT = math.sqrt(torch.finfo(torch.float32).max)  # ≈ 1.8e19
+_REDUCIBLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_finite(tensors: dict, where: str, limit: float = math.inf) -> None:
+    """Raise InputError naming the first tensor in `tensors` (nested dicts and lists too) that holds a NaN,
+    an infinity or (weights: `limit` WEIGHT_LIMIT) a value whose magnitude reaches `limit`: an adapter or
+    optimizer state that diverged, or a damaged file. One min/max pass per tensor, no copy."""
     for name, tensor in _tensors(tensors, ""):
-        if tensor.is_floating_point() or tensor.is_complex():
-            finite = torch.isfinite(tensor)
-            if not bool(finite.all()):
-                bad = tensor[~finite].flatten()[0].item()
-                count = int((~finite).sum())
-                raise InputError(
-                    f"{where}: tensor {name} holds {count} non-finite value(s) ({bad}): "
-                    "damaged, or written by a run that diverged"
-                )
+        if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.device.type == "meta":
+            continue
+        if tensor.numel() == 0 or _within(tensor, limit):
+            continue
+        what = f"tensor {name}" + (" (the learnable λ)" if "sibo_lambdas" in name else "")
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = tensor[~finite].flatten()[0].item()
+            problem = f"{int((~finite).sum())} non-finite value(s) ({bad})"
+        else:
+            large = tensor.abs() >= limit
+            bad = tensor[large].flatten()[0].item()
+            problem = (
+                f"{int(large.sum())} value(s) too large to compute with ({bad:.3g}; beyond ±{limit:.2g} "
+                "its square overflows float32)"
+            )
+        raise InputError(f"{where}: {what} holds {problem}: damaged, or written by a run that diverged")
+
+
+def _within(tensor: torch.Tensor, limit: float) -> bool:
+    """Every value finite and of magnitude below `limit` (a NaN fails both comparisons)."""
+    if tensor.is_complex():
+        return bool(torch.isfinite(tensor).all()) and bool(tensor.abs().amax() < limit)
+    low, high = torch.aminmax(tensor if tensor.dtype in _REDUCIBLE else tensor.float())
+    return bool(low > -limit) and bool(high < limit)
 
 
 def _tensors(value, prefix: str):
@@ -98,7 +124,7 @@ def read_tensors(path: str | os.PathLike) -> dict:
 def check_adapter_file(path: str | os.PathLike) -> None:
     """check_weights_file, and every value finite: an adapter is small enough to read whole."""
     check_weights_file(path)
-    check_finite(read_tensors(path), str(path))
+    check_finite(read_tensors(path), str(path), WEIGHT_LIMIT)
 
 
 def weights_files(directory: str | os.PathLike, patterns: tuple[str, str]) -> list[Path]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from sibo.decode.finite import finite_logits
 from sibo.decode.settings import CPU_BATCH_SIZE, stopping_settings
 from sibo.prompts import PromptTemplate
 
@@ -82,7 +83,7 @@ def generate_batch(
         "top_k": None,
         **overrides,
     }
-    with torch.inference_mode():
+    with torch.inference_mode(), finite_logits(model):
         if (
             num_beams > 1
             and settings["use_cache"]

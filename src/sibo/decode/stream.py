@@ -21,6 +21,7 @@ from contextlib import closing
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from sibo.decode.finite import finite_logits
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings, check_fits_context, stopping_settings
 from sibo.errors import InputError
 from sibo.files import check_text
@@ -62,7 +63,7 @@ def stream_completion(
         **stopping_settings(model, tokenizer, template),
     }
     if settings.num_beams > 1:
-        with torch.inference_mode():
+        with torch.inference_mode(), finite_logits(model):
             output_ids = model.generate(**generate_kwargs)
         completion = tokenizer.decode(output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         # unstripped, as the streamed pieces add up
@@ -117,7 +118,7 @@ def _stream_in_thread(model: torch.nn.Module, tokenizer, generate_kwargs: dict) 
 
     def run() -> None:
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), finite_logits(model):
                 model.generate(
                     **generate_kwargs,
                     streamer=streamer,

@@ -113,10 +113,12 @@ def layer_similarity(
     import torch
     from tqdm.auto import tqdm
 
+    from sibo.decode.finite import finite_logits
+
     device = next(model.parameters()).device
     sums: torch.Tensor | None = None
     counted = 0
-    with torch.no_grad():
+    with torch.no_grad(), finite_logits(model):  # NaN activations would average into NaN similarities
         for start in tqdm(range(0, len(texts), batch_size), desc="similarity", leave=False):
             batch = tokenizer(
                 texts[start : start + batch_size],

@@ -25,7 +25,7 @@ from sibo import __version__
 from sibo.checkpoint.config import context_length
 from sibo.checkpoint.load import load_model, require_quantization, resolve_dtype
 from sibo.checkpoint.peft_model import sibo_settings
-from sibo.checkpoint.weights import check_finite
+from sibo.checkpoint.weights import WEIGHT_LIMIT, check_finite
 from sibo.data import PaddedCollator, TokenizedSet, split_validation, tokenize_dataset
 from sibo.data_sources import load_record_dataset, parse_columns
 from sibo.errors import InputError
@@ -352,7 +352,7 @@ def save(run: Run, trainer: Trainer) -> dict:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     else:
         trainable = {name: p.detach() for name, p in run.model.named_parameters() if p.requires_grad}
-        check_finite(trainable, f"the final adapter (not saved to {output_dir})")
+        check_finite(trainable, f"the final adapter (not saved to {output_dir})", WEIGHT_LIMIT)
     trainer.save_model(str(output_dir))
     metrics = {"train": _train_metrics(trainer)}
     if run.val_set is not None:
