@@ -20,12 +20,17 @@ NESTED = "target_modules:\n  - &a [q, q, q, q, q, q, q, q, q]\n" + "".join(
          "key 'learning_rate' given twice (lines 1 and 3): keep one"),
         ("dup.json", '{\n "learning_rate": 1e-4,\n "max_steps": 2,\n "learning_rate": 3e-4\n}\n',
          "key 'learning_rate' given twice (lines 2 and 4): keep one"),
+        ("two.yaml", "lora_target_modules: [q_proj]\nmax_steps: 2\n--target_modules: [v_proj]\n",
+         "lora_target_modules (line 1) and --target_modules (line 3) set the same flag: keep one"),
+        ("two.json", '{"config": {\n "target_modules": ["q_proj"],\n "lora_dropout": 0,\n'
+                     ' "lora_target_modules": ["v_proj"]\n}}\n',
+         "target_modules (line 2) and lora_target_modules (line 4) set the same flag: keep one"),
         ("laughs.yaml", NESTED, "target_modules: expected a flat list of plain values, but item 0 is a list"),
         ("long.yaml", "target_modules: [" + ", ".join(["q"] * 10_001) + "]\n",
          "target_modules: 10,001 items, more than a list flag takes (10,000)"),
         ("big.yaml", "# " + "x" * (1 << 20) + "\n", "1,048,579 bytes, more than a flags file holds (1,048,576)"),
     ],
-    ids=["yaml-twice", "json-twice", "billion-laughs", "long-list", "big-file"],
+    ids=["yaml-twice", "json-twice", "yaml-two-spellings", "json-two-spellings", "billion-laughs", "long-list", "big-file"],
 )  # fmt: skip
 def test_a_bad_config_file_is_one_short_line(tmp_path, capsys, name, text, words):
     (tmp_path / name).write_text(text)

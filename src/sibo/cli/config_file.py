@@ -68,8 +68,10 @@ def config_file_arguments(parser: argparse.ArgumentParser, path: str) -> list[st
         if action is None:
             raise InputError(f"{path}: unknown key {key!r}{_closest(name, flags, parser.prog)}")
         if action.dest in seen:
-            raise InputError(f"{path}: {seen[action.dest]} and {name} set the same flag")
-        seen[action.dest] = name
+            first = seen[action.dest]
+            raise InputError(f"{path}: {first} (line {_line_of(path, first)}) and {key} (line "
+                             f"{_line_of(path, key)}) set the same flag: keep one"[:300])  # fmt: skip
+        seen[action.dest] = key
         if value is not None:
             arguments.append(f"--{name}={_flag_text(value, action, path, name)}")
     return arguments
@@ -113,6 +115,15 @@ def _refuse_repeated_json_keys(file: Path) -> None:
         return dict(items)
 
     json.loads(file.read_text(encoding="utf-8-sig"), object_pairs_hook=pairs)
+
+
+def _line_of(path: str, key: str) -> str:
+    """The line where `key` is set in the flags file (its first setting), as text; "?" if not found."""
+    text = Path(path).read_text(encoding="utf-8-sig")
+    quoted = re.escape(key)
+    pattern = rf'"{quoted}"\s*:' if Path(path).suffix.lower() == ".json" else rf"^[ \t]*[\"']?{quoted}[\"']?[ \t]*:"
+    found = re.search(pattern, text, re.MULTILINE)
+    return str(text.count("\n", 0, found.start()) + 1) if found else "?"
 
 
 def _read_yaml(file: Path) -> object:
