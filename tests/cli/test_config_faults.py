@@ -1,10 +1,15 @@
-"""--config files: a key given twice is refused naming both lines, list flags take flat lists of plain
-values, sizes are bounded, and the error line stays short whatever the file holds."""
+"""--config files: a key given twice (or two spellings of one flag) is refused naming both lines, list flags
+take flat lists of plain values, sizes are bounded, the error line stays short whatever the file holds, and a
+rerun from run_config.json says when its data changed."""
 
 from __future__ import annotations
 
+import functools
+import json
+
 import pytest
-from fault_checks import refused
+from fault_checks import finetune_args, make_root, refused, run, snapshot
+from tqdm.auto import tqdm
 
 ARGS = ["finetune", "--base_model", "base", "--data_path", "d.json", "--output_dir", "out"]
 
@@ -42,3 +47,35 @@ def test_an_error_line_is_never_longer_than_a_few_hundred_characters(tmp_path, c
     (tmp_path / "c.yaml").write_text(f"data_columns: {'x' * 100_000}\n")
     line = refused(capsys, [*ARGS, "--config", tmp_path / "c.yaml"], tmp_path)
     assert line.startswith("sibo finetune: error: ") and len(line) <= 700, len(line)
+
+
+def test_a_rerun_from_run_config_warns_when_its_data_changed(tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setattr("transformers.trainer_callback.tqdm", functools.partial(tqdm, disable=True))
+    root = make_root(tmp_path / "root")
+    data = root / "records.json"
+    assert run(capsys, finetune_args(root, tmp_path / "first", "--max_steps", "1"))[0] == 0
+    recorded = tmp_path / "first" / "run_config.json"
+    resolved = json.loads(recorded.read_text())["resolved"]
+    assert resolved["data_records"] == 8 and len(resolved["data_fingerprint"]) == 16
+    before = snapshot(tmp_path / "first")
+
+    def rerun(name: str) -> list[str]:
+        caplog.clear()
+        code, _, err = run(capsys, ["finetune", "--config", recorded, "--output_dir", tmp_path / name])
+        assert code == 0 and "Traceback" not in err, err
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "is not the data" in r.getMessage()]
+
+    assert rerun("same") == []
+    records = json.loads(data.read_text())
+    data.write_text(json.dumps(records[:4]))
+    warned = rerun("shrunk")
+    shrunk = json.loads((tmp_path / "shrunk" / "run_config.json").read_text())["resolved"]
+    assert warned == [
+        f"{data} is not the data {recorded} trained on: it now holds 4 records, not 8; content fingerprint "
+        f"{shrunk['data_fingerprint']}, not {resolved['data_fingerprint']}; training on the data as it is now"
+    ]
+    records[0]["output"] += " (edited)"
+    data.write_text(json.dumps(records))
+    edited = rerun("edited")
+    assert len(edited) == 1 and "it now holds content fingerprint " in edited[0], edited
+    assert snapshot(tmp_path / "first") == before

@@ -45,7 +45,9 @@ class ArgumentParser(argparse.ArgumentParser):
             from_file = config_file_arguments(self, path)
             self._check_alone(from_file, path)
             args = from_file + args
-        return super().parse_known_args(_attach_negative_numbers(args), namespace)
+        namespace, rest = super().parse_known_args(_attach_negative_numbers(args), namespace)
+        namespace.config = path  # the flags file, for a verb that reads more of it (finetune: recorded data)
+        return namespace, rest
 
     def _check_alone(self, from_file: list[str], path: str) -> None:
         """A bad value in the file is one line naming the file (required flags may come from the command line)."""

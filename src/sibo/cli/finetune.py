@@ -43,9 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from sibo.train.recipe import finetune
+    from sibo.train.rerun import recorded_data
 
     config = FinetuneConfig(**dataclass_values(args, FinetuneConfig))
-    metrics = finetune(config)
+    metrics = finetune(config, recorded_data=recorded_data(getattr(args, "config", None)))
     if int(os.environ.get("RANK", "0")) == 0 and metrics.get("finished"):
         print(
             f"{config.output_dir} already holds this run, finished after {metrics['train'].get('global_step')} "

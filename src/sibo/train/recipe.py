@@ -37,6 +37,7 @@ from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmu
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
 from sibo.train.loraplus import LoraPlusTrainer
 from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
+from sibo.train.rerun import data_summary, warn_if_data_changed
 from sibo.train.resume import find_latest_checkpoint, finished_at, is_complete_checkpoint, resolve_resume
 
 logger = logging.getLogger(__name__)
@@ -60,15 +61,19 @@ class Run:
     resume_from: str | None  # a Trainer checkpoint to resume from
     template: PromptTemplate  # how records were rendered: recorded beside the adapter
     train_on_inputs: bool  # resolved: --train_on_inputs, else True with Alpaca's template, False with chat
+    data: dict  # the records read: count and content fingerprint (sibo.train.rerun), in run_config.json
 
 
-def finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None) -> dict:
+def finetune(
+    config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None, recorded_data: dict | None = None
+) -> dict:
     """setup → train → save, with output_dir locked; returns the train (and eval) metrics. When output_dir
-    already holds this run finished, nothing is trained: its metrics come back with "finished": True."""
+    already holds this run finished, nothing is trained: its metrics come back with "finished": True.
+    `recorded_data`: what the run_config.json being repeated recorded of its data (sibo.train.rerun)."""
     finished = finished_metrics(config, claim_run_dir(config, dry_run=True))
     if finished is not None:
         return {"train": finished, "finished": True}
-    run = setup(config)
+    run = setup(config, recorded_data)
     with guarded_output_dir(config):
         trainer = train(run, callbacks)
         return save(run, trainer)
@@ -77,8 +82,9 @@ def finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = N
 # ---------------------------------------------------------------- setup
 
 
-def setup(config: FinetuneConfig) -> Run:
-    """Validate all input and build the model and data; raises InputError and writes nothing on bad input."""
+def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
+    """Validate all input and build the model and data; raises InputError and writes nothing on bad input.
+    A rerun whose data differs from `recorded_data` (the same path) is warned."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = gradient_accumulation_steps(config.batch_size, config.micro_batch_size, world_size)
     quantization = config.quantization
@@ -96,6 +102,8 @@ def setup(config: FinetuneConfig) -> Run:
     peft_config = build_peft_config(config)
 
     records = load_record_dataset(config.data_path, parse_columns(config.data_columns))
+    data = data_summary(records)
+    warn_if_data_changed(data, config.data_path, recorded_data)
     train_records, val_records = split_validation(records, config.val_set_size)
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -185,6 +193,7 @@ def setup(config: FinetuneConfig) -> Run:
         resume_from,
         template,
         train_on_inputs,
+        data,
     )
 
 
@@ -401,6 +410,7 @@ def resolved_run_config(run: Run, trainer: Trainer) -> dict:
             "dtype": str(run.dtype).removeprefix("torch."),
             "bf16": trainer.args.bf16,
             "fp16": trainer.args.fp16,
+            **run.data,
             "train_examples": len(run.train_set.examples),
             "train_truncated": run.train_set.truncated,
             "train_dropped": run.train_set.dropped,
