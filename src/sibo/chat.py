@@ -93,6 +93,10 @@ def render(
     for index, message in enumerate(messages if spans else []):
         if message["role"] != "assistant":
             continue
+        if index == 0:  # the template has no prompt to render before it ("an empty conversation")
+            raise InputError(
+                f"{where}: the conversation opens with an assistant turn: it answers no user turn"
+            )
         before = write(messages[:index], generation_prompt=True)
         through = text if index == len(messages) - 1 else write(messages[: index + 1])
         if not (through.startswith(before) and text.startswith(through)):

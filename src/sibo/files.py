@@ -183,6 +183,11 @@ def claim_output_dir(
     previous = _read_marker(directory) if entries else None
     if entries and previous is None and legacy is not None:
         previous = legacy(directory)
+    if entries and previous is None and (directory / RUN_MARKER).is_file():
+        raise InputError(
+            f"--output_dir {directory}: its {RUN_MARKER} is damaged, so which files its run wrote is unknown: "
+            "move what you need out of it and delete it, or choose another --output_dir"
+        )
     if entries and previous is None:
         what = describe_contents(directory, entries)
         raise InputError(

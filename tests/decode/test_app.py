@@ -192,3 +192,14 @@ def test_the_gradio_page_shows_a_status_line_never_raw_exception_text(caplog):
         ("", "**Cannot answer:** the request failed (the server log has the details)")
     ]
     assert "request failed" in caplog.text  # the details go to the log
+
+
+def test_a_request_that_is_not_text_or_not_whole_says_so(model, tokenizer):
+    # what a Gradio API client can send: a number where the instruction goes, a fractional token count
+    assert list(respond(model, tokenizer, 42, "", 0.0, 0.75, 40, 1, 6)) == [
+        ("", "**Cannot answer:** the instruction must be text, got int 42")
+    ]
+    assert list(respond(model, tokenizer, "Say hi.", "", 0.0, 0.75, 40, 1, 2.7)) == [
+        ("", "**Cannot answer:** max new tokens must be a whole number, got 2.7")
+    ]
+    assert list(respond(model, tokenizer, "Say hi.", "", 0.0, 0.75, 40.0, "1", 2.0))[-1][1] == ""

@@ -84,11 +84,15 @@ def respond(
 
 
 def _number(value, kind: type, name: str):
-    """A slider's value as `kind`; a missing or malformed one is bad input, not a crash."""
+    """A slider's value as `kind`; a missing or malformed one is bad input, not a crash, and a whole number
+    is whole (int(2.7) would silently be 2)."""
     try:
-        return kind(value)
+        number = float(value) if kind is int and not isinstance(value, int) else kind(value)
     except (TypeError, ValueError, OverflowError):
         raise InputError(f"{name} must be a number, got {value!r}") from None
+    if kind is int and not float(number).is_integer():
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    return int(number) if kind is int else number
 
 
 def build_app(

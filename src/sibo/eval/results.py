@@ -5,11 +5,14 @@ accuracy per dataset across the runs that share O.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from sibo.errors import InputError
 from sibo.eval.tasks import Example, Task
@@ -72,6 +75,22 @@ def read_records(path: Path) -> dict[int, dict]:
     return records
 
 
+@contextmanager
+def appending(path: Path) -> Iterator[TextIO]:
+    """`path` opened to append result lines. A full disk names it: a file object's OSError carries no file
+    name, and "could not write a file" would leave the user to guess which."""
+    try:
+        with path.open("a", encoding="utf-8") as out:
+            yield out
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT) or error.filename is not None:
+            raise
+        raise InputError(
+            f"disk full: could not write {path} (the results written before it are kept: the same command "
+            "goes on from them once there is space)"
+        ) from None
+
+
 def consolidate(
     path: Path, task: Task, examples: list[Example], extraction: str, chat: bool = False
 ) -> dict[int, dict]:
@@ -85,9 +104,15 @@ def consolidate(
         for index, record in read_records(shard).items():
             records.setdefault(index, record)
     by_index = {example.index: example for example in examples}
-    for index, record in records.items():
+    for index, record in sorted(records.items()):
         example = by_index.get(index)
-        if example is None or record.get("instruction") != example.instruction or "output" not in record:
+        if example is None:
+            raise InputError(
+                f"{path} holds a result for example {index}, which this run does not score (an earlier run here "
+                "scored more: without --limit, with a larger one, or without --exclude_seen): rerun with that "
+                "run's flags, or use another --output_dir"
+            )
+        if record.get("instruction") != example.instruction or "output" not in record:
             raise InputError(
                 f"{path} holds results for other data (record {index} does not match {task.name} "
                 f"example {index}): use another --output_dir"

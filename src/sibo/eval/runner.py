@@ -28,7 +28,15 @@ from typing import TYPE_CHECKING
 from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings, check_fits_context
 from sibo.errors import InputError
 from sibo.eval import contamination
-from sibo.eval.results import DatasetResult, as_line, consolidate, read_records, score, write_summary
+from sibo.eval.results import (
+    DatasetResult,
+    appending,
+    as_line,
+    consolidate,
+    read_records,
+    score,
+    write_summary,
+)
 from sibo.eval.tasks import EXTRACTION_MODES, Example, Task, load_examples, resolve_datasets
 from sibo.files import EVAL_RUN_FILE, SUMMARY_FILE, claim_output_dir, hold_output_dir, read_json, write_json
 from sibo.prompts import ALPACA, CHAT, PromptTemplate
@@ -282,7 +290,7 @@ def evaluate_dataset(
     scored = len(done)
     progress = tqdm(total=len(examples), initial=scored, desc=task.name, unit="ex", disable=not shard.is_main)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("a", encoding="utf-8") as out:
+    with appending(target) as out:
         for batch, responses in _decode_batches(model, tokenizer, task, mine, prompts, config, lengths):
             for example, response in zip(batch, responses, strict=True):
                 record = score(task, example, response, config.extraction, chat)
