@@ -65,5 +65,6 @@ def main() -> None:
             print(f"{name:>11}: load {loaded * 1000:.0f} ms, check {checked * 1000:.1f} ms "
                   f"({checked / loaded:.1%} of the load)")  # fmt: skip
 
+
 if __name__ == "__main__":
     main()

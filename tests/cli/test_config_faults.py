@@ -63,7 +63,11 @@ def test_a_rerun_from_run_config_warns_when_its_data_changed(tmp_path, capsys, c
         caplog.clear()
         code, _, err = run(capsys, ["finetune", "--config", recorded, "--output_dir", tmp_path / name])
         assert code == 0 and "Traceback" not in err, err
-        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "is not the data" in r.getMessage()]
+        return [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelname == "WARNING" and "is not the data" in r.getMessage()
+        ]
 
     assert rerun("same") == []
     records = json.loads(data.read_text())

@@ -90,11 +90,16 @@ def test_logits_that_overflow_the_dtype_stop_decoding_with_one_line(root, tmp_pa
         "overflowed float16 (the largest weight: "
     ), line
     assert line.endswith("decode in float32 (--dtype fp32), or check the adapter"), line
-    assert not (tmp_path / "out" / "AddSub.jsonl").exists() or not (tmp_path / "out" / "AddSub.jsonl").read_text()
+    assert (
+        not (tmp_path / "out" / "AddSub.jsonl").exists()
+        or not (tmp_path / "out" / "AddSub.jsonl").read_text()
+    )
     assert not (tmp_path / "out" / "analyze.json").exists()
 
 
 def test_a_non_finite_learnable_lambda_is_named_as_lambda():
     tensors = {"sibo_lambdas.default.logits": torch.tensor([0.1, float("inf")])}
-    with pytest.raises(ValueError, match=r"^adapter: tensor sibo_lambdas.default.logits \(the learnable λ\) holds 1 "):
+    with pytest.raises(
+        ValueError, match=r"^adapter: tensor sibo_lambdas.default.logits \(the learnable λ\) holds 1 "
+    ):
         check_finite(tensors, "adapter")

@@ -121,7 +121,9 @@ def _line_of(path: str, key: str) -> str:
     """The line where `key` is set in the flags file (its first setting), as text; "?" if not found."""
     text = Path(path).read_text(encoding="utf-8-sig")
     quoted = re.escape(key)
-    pattern = rf'"{quoted}"\s*:' if Path(path).suffix.lower() == ".json" else rf"^[ \t]*[\"']?{quoted}[\"']?[ \t]*:"
+    pattern = (
+        rf'"{quoted}"\s*:' if Path(path).suffix.lower() == ".json" else rf"^[ \t]*[\"']?{quoted}[\"']?[ \t]*:"
+    )
     found = re.search(pattern, text, re.MULTILINE)
     return str(text.count("\n", 0, found.start()) + 1) if found else "?"
 
