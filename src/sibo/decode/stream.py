@@ -148,12 +148,12 @@ def stream_response(
     template: PromptTemplate = PromptTemplate(),
 ) -> Iterator[str]:
     """Yield the response to an instruction (with optional input), prompted with `template`."""
+    if instruction is None or isinstance(instruction, str) and not instruction.strip():
+        raise InputError("the instruction is empty")  # an empty page box arrives as None
     if not isinstance(instruction, str):  # a page or API request can send anything
         raise InputError(
             f"the instruction must be text, got {type(instruction).__name__} {instruction!r}"[:200]
         )
-    if not instruction.strip():
-        raise InputError("the instruction is empty")
     if input is not None and not isinstance(input, str):
         raise InputError(f"the input must be text, got {type(input).__name__} {input!r}"[:200])
     check_text(instruction, "the instruction")
