@@ -15,6 +15,7 @@ from sibo.checkpoint.config import THREADS_HELP, check_threads, quantization_of
 from sibo.core.config import TARGET_POLICIES, SiboConfig
 from sibo.errors import InputError
 from sibo.prompts import TEMPLATES
+from sibo.train.trainer_settings import TrainerSettings, check_trainer_settings
 
 ADAPTERS = ("lora", "dora", "bottleneck")
 # peft's init_lora_weights whose adapters reload exactly: A and B are saved, and the base weights that PiSSA
@@ -28,8 +29,8 @@ def _field(default, help: str, group: str, **metadata):
 
 
 @dataclass
-class FinetuneConfig:
-    """A fine-tuning run, as upstream's flags describe it."""
+class FinetuneConfig(TrainerSettings):
+    """A fine-tuning run, as upstream's flags describe it, plus transformers' TrainingArguments by name."""
 
     # model and data
     base_model: str = _field(
@@ -68,6 +69,11 @@ class FinetuneConfig:
     trust_remote_code: bool = _field(
         False, "run modelling code shipped with the base model", "model and data"
     )
+    attn_implementation: str | None = _field(
+        None,
+        "the model's attention: eager, sdpa, flash_attention_2, … (default: the model's own)",
+        "model and data",
+    )
     # training
     batch_size: int = _field(
         128, "global batch size: micro_batch_size × accumulation × processes", "training"
@@ -77,6 +83,9 @@ class FinetuneConfig:
     max_steps: int = _field(-1, "stop after this many optimizer steps (-1: num_epochs decides)", "training")
     learning_rate: float = _field(3e-4, "peak learning rate (linear warm-up and decay)", "training")
     warmup_steps: int = _field(100, "linear warm-up steps", "training")
+    warmup_ratio: float | None = _field(
+        None, "warm up over this share of the steps instead of --warmup_steps, in [0, 1)", "training"
+    )
     cutoff_len: int = _field(256, "tokens per example; longer records are truncated and counted", "training")
     val_set_size: int = _field(2000, "records held out for validation loss (0: none)", "training")
     eval_step: int = _field(200, "validation loss every this many steps", "training")
@@ -91,6 +100,15 @@ class FinetuneConfig:
         "train on the prompt tokens too; False masks them out of the loss (default: True with the alpaca "
         "template, as upstream; False with chat, whose loss covers the assistant turns)",
         "training",
+    )
+    early_stopping_patience: int | None = _field(
+        None,
+        "stop when the validation metric (--metric_for_best_model) has not improved for this many evaluations; "
+        "the best checkpoint becomes the final adapter (transformers' EarlyStoppingCallback; needs --val_set_size)",
+        "training",
+    )
+    early_stopping_threshold: float = _field(
+        0.0, "the least change of the validation metric that counts as an improvement", "training"
     )
     group_by_length: bool = _field(
         False, "batch records of similar length (always on when packing is unavailable)", "training"
@@ -199,6 +217,10 @@ class FinetuneConfig:
             _at_least(name, getattr(self, name), 1)
         _at_least("val_set_size", self.val_set_size, 0)
         _at_least("warmup_steps", self.warmup_steps, 0)
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            raise InputError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        self._check_early_stopping()
+        check_trainer_settings(self)
         if self.max_steps == 0 or self.max_steps < -1:
             raise InputError(f"--max_steps must be -1 or at least 1, got {self.max_steps}")
         if not 0 < self.learning_rate < math.inf:
@@ -251,6 +273,17 @@ class FinetuneConfig:
         self.sibo = SiboConfig(
             lam=self.embedding_lambda, targets=self.sibo_targets, learnable_lambda=self.learnable_lambda
         )
+
+    def _check_early_stopping(self) -> None:
+        if self.early_stopping_patience is None:
+            return
+        _at_least("early_stopping_patience", self.early_stopping_patience, 1)
+        if not 0 <= self.early_stopping_threshold < math.inf:
+            raise InputError(
+                f"--early_stopping_threshold must be at least 0, got {self.early_stopping_threshold}"
+            )
+        if self.val_set_size == 0:
+            raise InputError("--early_stopping_patience needs a validation set: set --val_set_size")
 
     def _check_lora_options(self) -> None:
         self.init_lora_weights = str(self.init_lora_weights).lower()

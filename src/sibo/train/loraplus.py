@@ -2,20 +2,22 @@
 
 The optimizer is PEFT's `create_loraplus_optimizer` (AdamW, the Trainer's settings). PEFT gives the
 raised rate to B and to every 1-D parameter (biases, DoRA's magnitudes); SIBO's learnable λ logits
-are not LoRA weights, and keep the base rate. The Trainer builds the optimizer after it has placed
-(and, under FSDP, wrapped) the model, so the optimizer is made there, in `create_optimizer`.
+are not LoRA weights: they keep the base rate, in a group of their own without weight decay. The
+Trainer builds the optimizer after it has placed (and, under FSDP, wrapped) the model, so the
+optimizer is made there, in `create_optimizer`.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import Trainer
+
+from sibo.train.trainer import SiboTrainer, is_lambda
 
 
 def loraplus_optimizer(
     model: torch.nn.Module, learning_rate: float, loraplus_lr_ratio: float, weight_decay: float = 0.0, **adamw
 ) -> torch.optim.Optimizer:
-    """AdamW with B's learning rate `loraplus_lr_ratio` × learning_rate, A's (and λ's) learning_rate."""
+    """AdamW with B's learning rate `loraplus_lr_ratio` × learning_rate, A's (and λ's, without decay) learning_rate."""
     from peft.optimizers import create_loraplus_optimizer
 
     optimizer = create_loraplus_optimizer(
@@ -26,16 +28,15 @@ def loraplus_optimizer(
         loraplus_weight_decay=weight_decay,
         **adamw,
     )
-    lambdas = {id(p) for name, p in model.named_parameters() if p.requires_grad and "sibo_lambdas" in name}
-    base_group = optimizer.param_groups[0]  # groupA: lr = learning_rate
-    for group in optimizer.param_groups[1:]:
-        moved = [p for p in group["params"] if id(p) in lambdas]
-        group["params"] = [p for p in group["params"] if id(p) not in lambdas]
-        base_group["params"].extend(moved)
+    lambdas = [p for name, p in model.named_parameters() if p.requires_grad and is_lambda(name)]
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if all(p is not lam for lam in lambdas)]
+    if lambdas:
+        optimizer.add_param_group({"params": lambdas, "lr": learning_rate, "weight_decay": 0.0})
     return optimizer
 
 
-class LoraPlusTrainer(Trainer):
+class LoraPlusTrainer(SiboTrainer):
     """transformers' Trainer whose optimizer is LoRA+'s; everything else (schedule, DDP, FSDP) is the Trainer's."""
 
     def __init__(self, *args, loraplus_lr_ratio: float, **kwargs) -> None:

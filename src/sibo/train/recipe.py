@@ -34,11 +34,14 @@ from sibo.prompts import ALPACA, AUTO, CHAT, PromptTemplate, checked_template, w
 from sibo.train.adapter import add_trainable_adapter, build_peft_config
 from sibo.train.card import adapter_card, write_adapter_card
 from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmup_warning
+from sibo.train.early_stopping import early_stopping, stopped_early
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
 from sibo.train.loraplus import LoraPlusTrainer
 from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
 from sibo.train.rerun import data_summary, warn_if_data_changed
 from sibo.train.resume import find_latest_checkpoint, finished_at, is_complete_checkpoint, resolve_resume
+from sibo.train.trainer import SiboTrainer
+from sibo.train.trainer_settings import trainer_settings
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +118,8 @@ def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
         threads=config.threads,
     )
     dtype = resolve_dtype("auto")
+    if config.attn_implementation:
+        set_attention(model, config.attn_implementation)
     limit = context_length(model)
     if limit is not None and config.cutoff_len > limit:
         raise InputError(
@@ -197,6 +202,14 @@ def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
     )
 
 
+def set_attention(model: torch.nn.Module, implementation: str) -> None:
+    """--attn_implementation, as transformers checks it (unknown or not installed: one line)."""
+    try:
+        model.set_attn_implementation(implementation)
+    except (ValueError, ImportError) as error:
+        raise InputError(f"--attn_implementation {implementation}: {' '.join(str(error).split())}") from None
+
+
 def training_template(config: FinetuneConfig, chat_records: bool, tokenizer) -> PromptTemplate:
     """--template resolved for this data: auto is chat for chat records, Alpaca's for instruction records."""
     requested = config.template
@@ -249,12 +262,16 @@ def _report_tokenized(config: FinetuneConfig, split: str, tokenized: TokenizedSe
 
 def training_arguments(run: Run) -> TrainingArguments:
     """Upstream's Trainer settings in transformers v5 spelling, plus precision, packing and DDP fixes,
-    and on a GPU no host waits in the step: fused AdamW, non-blocking batch copies, no NaN check."""
+    and on a GPU no host waits in the step: fused AdamW, non-blocking batch copies, no NaN check. The
+    TrainingArguments settings given by their own names (sibo.train.trainer_settings) pass through."""
     config = run.config
     on_gpu = torch.cuda.is_available()
     validating = run.val_set is not None
     report_to = config.report_to or ("wandb" if config.wandb_project else "none")
+    decided_here = ("optim", "metric_for_best_model")
+    given = {k: v for k, v in trainer_settings(config).items() if v is not None and k not in decided_here}
     return TrainingArguments(
+        **given,
         output_dir=config.output_dir,
         per_device_train_batch_size=config.micro_batch_size,
         per_device_eval_batch_size=config.micro_batch_size,
@@ -262,8 +279,10 @@ def training_arguments(run: Run) -> TrainingArguments:
         num_train_epochs=config.num_epochs,
         max_steps=config.max_steps,
         learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        optim="adamw_torch_fused" if on_gpu else "adamw_torch",  # one kernel for all parameters
+        warmup_steps=config.warmup_steps
+        if config.warmup_ratio is None
+        else config.warmup_ratio,  # v5: < 1 is a ratio
+        optim=config.optim or ("adamw_torch_fused" if on_gpu else "adamw_torch"),  # fused: one kernel for all
         bf16=on_gpu and run.dtype == torch.bfloat16,
         fp16=on_gpu and run.dtype == torch.float16,
         use_cpu=not on_gpu,
@@ -278,7 +297,7 @@ def training_arguments(run: Run) -> TrainingArguments:
         save_steps=config.save_step,
         save_total_limit=config.save_total_limit,
         load_best_model_at_end=validating,
-        metric_for_best_model="eval_loss" if validating else None,
+        metric_for_best_model=(config.metric_for_best_model or "eval_loss") if validating else None,
         # Packed batches have nothing to group; padded ones waste least when grouped by length.
         train_sampling_strategy="group_by_length" if config.group_by_length or not run.packing else "random",
         # Non-reentrant checkpointing: DDP would otherwise see parameters "marked ready twice".
@@ -304,7 +323,7 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
 
     run.model.config.use_cache = False  # a KV cache would let packed sequences attend to each other
     loraplus = {"loraplus_lr_ratio": config.loraplus_lr_ratio} if config.loraplus_lr_ratio else {}
-    trainer = (LoraPlusTrainer if loraplus else Trainer)(
+    trainer = (LoraPlusTrainer if loraplus else SiboTrainer)(
         **loraplus,
         model=run.model,
         args=training_arguments(run),
@@ -312,7 +331,7 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
         eval_dataset=run.val_set.examples if run.val_set is not None else None,
         data_collator=collator,
         processing_class=run.tokenizer,
-        callbacks=[WarmupCheck(), *(callbacks or [])],
+        callbacks=[WarmupCheck(), *early_stopping(config), *(callbacks or [])],
     )
     logger.info(
         "training on %d examples (%s batches), global batch %d = %d micro × %d accumulation × %d process(es)",
@@ -346,7 +365,7 @@ class WarmupCheck(TrainerCallback):
     """Warns when warm-up is half the run or more; the Trainer knows the planned steps only here."""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        warning = warmup_warning(args.warmup_steps, state.max_steps, args.learning_rate)
+        warning = warmup_warning(args.get_warmup_steps(state.max_steps), state.max_steps, args.learning_rate)
         if warning and state.is_world_process_zero:
             logger.warning(warning)
 
@@ -387,7 +406,9 @@ def _train_metrics(trainer: Trainer) -> dict:
         **summary,
         "global_step": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
-        "best_eval_loss": trainer.state.best_metric,
+        "best_eval_loss": trainer.state.best_metric,  # the best --metric_for_best_model (eval_loss by default)
+        "metric_for_best_model": trainer.args.metric_for_best_model,
+        "stopped_early": stopped_early(trainer),
         "log_history": history,
     }
 

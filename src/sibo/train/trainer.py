@@ -1,0 +1,24 @@
+"""transformers' Trainer, with SIBO's learnable λ kept out of weight decay whatever `--optim` builds.
+
+The Trainer puts every parameter whose name is not a bias or a norm into its weight-decay group. SIBO's
+λ logits (θ in λ = sigmoid(θ), one per block) are neither LoRA weights nor a quantity weight decay should
+pull towards 0 (that is λ = 0.5, an arbitrary point): they go with the no-decay group, at --learning_rate.
+"""
+
+from __future__ import annotations
+
+from transformers import Trainer
+
+LAMBDA_PARAMETERS = "sibo_lambdas"  # where sibo.core.peft_model keeps the learnable λ logits
+
+
+def is_lambda(name: str) -> bool:
+    """Whether the parameter `name` is one of SIBO's learnable λ logits."""
+    return LAMBDA_PARAMETERS in name.split(".")
+
+
+class SiboTrainer(Trainer):
+    """The Trainer, with λ's logits in the no-decay group of whichever optimizer it builds."""
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        return [name for name in super().get_decay_parameter_names(model) if not is_lambda(name)]

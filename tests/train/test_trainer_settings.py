@@ -1,0 +1,150 @@
+"""TrainingArguments by their own names: generated from transformers, checked in one line, passed to the
+Trainer, recorded for reruns; SIBO's learnable λ out of weight decay whatever the optimizer."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import MISSING, fields
+
+import pytest
+import torch
+from peft import LoraConfig
+from transformers import TrainingArguments
+
+import sibo
+from sibo.cli import main as sibo_main
+from sibo.cli.finetune import parse_config
+from sibo.errors import InputError
+from sibo.testing import build_tiny_model
+from sibo.train.config import FinetuneConfig
+from sibo.train.loraplus import LoraPlusTrainer
+from sibo.train.trainer import SiboTrainer, is_lambda
+from sibo.train.trainer_settings import NOT_FOR_FINETUNE, SIBO_OWNED, TrainerSettings, trainer_settings
+
+
+def test_every_setting_not_owned_by_sibo_is_a_flag_with_transformers_default():
+    upstream = {f.name: f for f in fields(TrainingArguments) if f.init}
+    generated = {f.name: f for f in fields(TrainerSettings)}
+    left_out = set(upstream) - set(generated) - SIBO_OWNED - NOT_FOR_FINETUNE
+    assert left_out <= {"include_for_metrics"}  # a default_factory list: no setting a flag gives
+    assert {"lr_scheduler_type", "weight_decay", "max_grad_norm", "optim", "adam_beta2", "neftune_noise_alpha",
+            "torch_compile", "lr_scheduler_kwargs"} <= set(generated)  # fmt: skip
+    for name, made in generated.items():
+        if name not in ("optim", "metric_for_best_model"):  # sibo's defaults: per device, eval_loss
+            assert made.default == upstream[name].default, name
+    assert set(generated) & set(f.name for f in fields(FinetuneConfig)) == set(generated)
+
+
+def test_flags_parse_and_reach_the_config():
+    config = parse_config(["--base_model", "m", "--lr_scheduler_type", "cosine", "--weight_decay", "0.1",
+                           "--max_grad_norm", "0.5", "--warmup_ratio", "0.1", "--optim", "adafactor",
+                           "--adam_beta2", "0.95", "--neftune_noise_alpha", "5", "--torch_compile",
+                           "--attn_implementation", "eager"])  # fmt: skip
+    assert trainer_settings(config) | {} == {**trainer_settings(FinetuneConfig(base_model="m")),
+        "lr_scheduler_type": "cosine", "weight_decay": 0.1, "max_grad_norm": 0.5, "optim": "adafactor",
+        "adam_beta2": 0.95, "neftune_noise_alpha": 5.0, "torch_compile": True}  # fmt: skip
+    assert (config.warmup_ratio, config.attn_implementation) == (0.1, "eager")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lr_scheduler_type", "wiggly"], "argument --lr_scheduler_type: invalid choice: 'wiggly'"),
+        (["--optim", "adamw_nonesuch"], "argument --optim: invalid choice: 'adamw_nonesuch'"),
+        (["--weight_decay", "-0.1"], r"--weight_decay must be at least 0, got -0.1"),
+        (["--adam_beta2", "1.5"], r"--adam_beta2 must be in \[0, 1\), got 1.5"),
+        (["--max_grad_norm", "nan"], "--max_grad_norm must be a finite number, got nan"),
+        (["--warmup_ratio", "1.5"], r"--warmup_ratio must be in \[0, 1\), got 1.5"),
+        (["--neftune_noise_alpha", "0"], "--neftune_noise_alpha must be positive, got 0.0"),
+        (["--lr_scheduler_kwargs", "{not json"], "--lr_scheduler_kwargs"),
+        (["--early_stopping_patience", "2", "--val_set_size", "0"], "--early_stopping_patience needs a validation"),
+        (["--early_stopping_patience", "0"], "--early_stopping_patience must be at least 1, got 0"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_one_line_naming_the_flag(argv, message, capsys):
+    with pytest.raises(InputError, match=message) as raised:
+        parse_config(["--base_model", "m", *argv])
+    assert "\n" not in str(raised.value)
+    assert sibo_main(["finetune", "--base_model", "m", *argv]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
+    """transformers' get_cosine_schedule_with_warmup multiplier, written from its formula."""
+    if step < warmup:
+        return step / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def test_cosine_schedule_logs_transformers_formula_and_is_recorded_for_reruns(tiny_training_run, tmp_path):
+    tiny_training_run(tmp_path, 16, 1, seed=3)
+    output_dir = tmp_path / "run"
+    argv = ["finetune", "--base_model", str(tmp_path / "base"), "--data_path", str(tmp_path / "train.json"),
+            "--output_dir", str(output_dir), "--batch_size", "2", "--micro_batch_size", "2", "--max_steps", "8",
+            "--learning_rate", "1e-2", "--lr_scheduler_type", "cosine", "--warmup_ratio", "0.25",
+            "--weight_decay", "0.1", "--val_set_size", "0", "--logging_steps", "1", "--lora_r", "4",
+            "--target_modules", "q_proj,up_proj"]  # fmt: skip
+    assert sibo_main(argv) == 0
+    history = json.loads((output_dir / "train_metrics.json").read_text())["log_history"]
+    logged = {entry["step"]: entry["learning_rate"] for entry in history if "learning_rate" in entry}
+    assert sorted(logged) == list(range(1, 9))
+    for step, rate in logged.items():  # the rate step s trained with: the scheduler's value after s - 1 steps
+        assert rate == pytest.approx(1e-2 * cosine_with_warmup(step - 1, 2, 8), abs=1e-9), step
+
+    recorded = json.loads((output_dir / "run_config.json").read_text())["config"]
+    assert (recorded["lr_scheduler_type"], recorded["warmup_ratio"], recorded["weight_decay"]) == (
+        "cosine",
+        0.25,
+        0.1,
+    )
+    rerun = parse_config(
+        ["--config", str(output_dir / "run_config.json"), "--output_dir", str(tmp_path / "again")]
+    )
+    assert trainer_settings(rerun) == {**trainer_settings(FinetuneConfig(base_model="m")),
+                                       "lr_scheduler_type": "cosine", "weight_decay": 0.1}  # fmt: skip
+    assert rerun.warmup_ratio == 0.25
+
+
+@pytest.fixture
+def boosted_learnable():
+    model = build_tiny_model("llama", 64, num_layers=2, hidden_size=32, ffn_size=64)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"], init_lora_weights=False)
+    return sibo.get_sibo_model(model, config, lam=0.2, learnable_lambda=True)
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "adafactor", "sgd", "loraplus"])
+def test_weight_decay_reaches_lora_weights_but_not_lambda(boosted_learnable, tmp_path, optim):
+    """One step with zero gradients: only weight decay moves a weight. LoRA's shrink, λ's logits stay."""
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, learning_rate=0.5, weight_decay=0.1,
+                             optim="adamw_torch" if optim == "loraplus" else optim, report_to="none")  # fmt: skip
+    if optim == "loraplus":
+        trainer = LoraPlusTrainer(model=boosted_learnable, args=args, loraplus_lr_ratio=4.0)
+    else:
+        trainer = SiboTrainer(model=boosted_learnable, args=args)
+    optimizer = trainer.create_optimizer()
+    trainable = {name: p for name, p in boosted_learnable.named_parameters() if p.requires_grad}
+    assert any(is_lambda(name) for name in trainable)
+    before = {name: p.detach().clone() for name, p in trainable.items()}
+    for p in trainable.values():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in trainable.items():
+        if is_lambda(name):
+            assert torch.equal(p, before[name]), f"{name} was decayed"
+            (group,) = [g for g in optimizer.param_groups if any(q is p for q in g["params"])]
+            assert group["lr"] == 0.5  # λ keeps the base rate (LoRA+ raises only B's)
+        elif "lora_A" in name:
+            assert torch.allclose(p, before[name] * (1 - 0.5 * 0.1)), f"{name} was not decayed"
+
+
+def test_defaults_stay_the_papers_recipe():
+    config = FinetuneConfig(base_model="m")
+    settings = trainer_settings(config)
+    assert (settings["lr_scheduler_type"], settings["weight_decay"], settings["max_grad_norm"]) == (
+        "linear",
+        0.0,
+        1.0,
+    )
+    assert (settings["optim"], config.warmup_ratio, config.early_stopping_patience) == (None, None, None)
+    assert all(f.default is not MISSING for f in fields(TrainerSettings))
