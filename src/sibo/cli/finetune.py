@@ -57,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"trained {train['global_step']} steps, final train loss {train.get('train_loss', float('nan')):.4f}"
         )
+        if train.get("stopped_early"):
+            stop = train["stopped_early"]
+            print(
+                f"stopped early at step {stop['step']}: best {stop['metric']} {stop['best']:.4f} at {stop['best_checkpoint']}"
+            )
         if "eval" in metrics:
             print(f"validation loss {metrics['eval']['eval_loss']:.4f} (best adapter kept)")
         print(f"adapter, tokenizer, run config and metrics: {config.output_dir}")

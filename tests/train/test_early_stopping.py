@@ -1,0 +1,41 @@
+"""Early stopping: the run stops once the metric has not improved for `patience` evaluations, says so, and
+the best checkpoint — not the last — becomes the final adapter."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from safetensors.torch import load_file
+
+from sibo.cli import main as sibo_main
+
+
+def test_early_stopping_stops_and_keeps_the_best_checkpoint(tiny_training_run, tmp_path, caplog, capsys):
+    tiny_training_run(tmp_path, 24, 1, seed=4)
+    output_dir = tmp_path / "run"
+    # "best" is the highest validation loss: training lowers it, so the best comes early and the run stops
+    argv = ["finetune", "--base_model", str(tmp_path / "base"), "--data_path", str(tmp_path / "train.json"),
+            "--output_dir", str(output_dir), "--batch_size", "2", "--micro_batch_size", "2", "--max_steps", "30",
+            "--warmup_steps", "0", "--learning_rate", "3e-2", "--val_set_size", "4", "--eval_step", "1",
+            "--save_step", "1", "--save_total_limit", "2", "--lora_r", "4", "--target_modules", "q_proj,up_proj",
+            "--early_stopping_patience", "2", "--greater_is_better", "True"]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="sibo"):
+        assert sibo_main(argv) == 0
+    metrics = json.loads((output_dir / "train_metrics.json").read_text())
+    evaluations = {e["step"]: e["eval_loss"] for e in metrics["log_history"] if "eval_loss" in e}
+    best_step = max(evaluations, key=evaluations.get)
+    stop_step = max(evaluations)
+
+    assert metrics["global_step"] == stop_step == best_step + 2 < 30
+    assert metrics["stopped_early"]["step"] == stop_step
+    assert metrics["best_checkpoint"].endswith(f"checkpoint-{best_step}")
+    assert metrics["best_eval_loss"] == evaluations[best_step]
+    final = load_file(output_dir / "adapter_model.safetensors")
+    best = load_file(output_dir / f"checkpoint-{best_step}" / "adapter_model.safetensors")
+    last = load_file(output_dir / f"checkpoint-{stop_step}" / "adapter_model.safetensors")
+    assert all((final[name] == best[name]).all() for name in best)
+    assert any((final[name] != last[name]).any() for name in last)
+    assert caplog.text.count(f"stopped early at step {stop_step}: eval_loss has not improved") == 1
+    assert f"stopped early at step {stop_step}" in capsys.readouterr().out
+    assert f"checkpoint-{best_step}" in caplog.text
