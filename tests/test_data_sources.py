@@ -12,7 +12,7 @@ from fault_checks import finetune_args, make_root, refused
 
 from sibo.cli import main as sibo_main
 from sibo.data import read_records_file, split_validation, tokenize_dataset, tokenize_records
-from sibo.data_sources import load_record_dataset, parse_columns
+from sibo.data_sources import load_record_dataset, load_sources, parse_columns
 from sibo.errors import InputError
 from sibo.prompts import build_prompt
 from sibo.testing import build_tiny_model, build_tokenizer
@@ -229,3 +229,62 @@ def test_a_folder_as_data_path_and_a_bom_are_named_for_what_they_are(root, tmp_p
 
     (tmp_path / "bom.json").write_text("\ufeff" + (root / "records.json").read_text())
     assert len(read_records_file(tmp_path / "bom.json")) == 8
+
+
+# ---------------------------------------------------------------- several sources
+
+
+def numbered(prefix: str, count: int) -> list[dict]:
+    return [{"instruction": f"{prefix} {i}", "input": "", "output": str(i)} for i in range(count)]
+
+
+def source_counts(dataset) -> dict[str, int]:
+    prefixes = [instruction.split()[0] for instruction in dataset["instruction"]]
+    return {prefix: prefixes.count(prefix) for prefix in sorted(set(prefixes))}
+
+
+def test_two_sources_mixed_by_ratio_give_the_seeded_counts(tmp_path):
+    a = write_json(tmp_path / "a.json", numbered("a", 3000))
+    b = tmp_path / "b.jsonl"
+    b.write_text(
+        "\n".join(json.dumps({"q": r["instruction"], "a": r["output"]}) for r in numbered("b", 3000))
+    )
+    sources = f"{a},{b}"
+    columns = ";instruction=q,output=a"  # the first source's own names, the second's mapped
+    mixed = load_sources(sources, columns, "0.75,0.25", seed=0)
+    counts = source_counts(mixed)
+    # interleave until the first source runs out: all 3000 of a, and b at a third of that (σ ≈ 37)
+    assert counts["a"] == 3000
+    assert abs(counts["b"] - 1000) <= 100
+    assert load_sources(sources, columns, "3,1", seed=0)["instruction"] == mixed["instruction"]  # normalised
+    reseeded = load_sources(sources, columns, "0.75,0.25", seed=1)
+    assert reseeded["instruction"] != mixed["instruction"]
+    assert source_counts(load_sources(sources, columns, "0.25,0.75", seed=0))["b"] == 3000
+    concatenated = load_sources(sources, columns)
+    assert source_counts(concatenated) == {"a": 3000, "b": 3000}
+    assert concatenated["instruction"][:2] == ["a 0", "a 1"]
+
+
+@pytest.mark.parametrize(
+    ("ratios", "columns", "message"),
+    [
+        ("0.5", "", "--data_ratios gives 1 ratios for 2 data sources"),
+        ("0.5,x", "", "--data_ratios '0.5,x': expected numbers"),
+        ("0.5,0", "", "--data_ratios must be positive finite numbers"),
+        ("", "output=a;output=b;output=c", r"--data_columns gives 3 mappings \(separated by ';'\) for 2 data sources"),
+    ],
+)  # fmt: skip
+def test_bad_mixes_are_one_line(tmp_path, ratios, columns, message):
+    a = write_json(tmp_path / "a.json", RECORDS)
+    with pytest.raises(InputError, match=message):
+        load_sources(f"{a},{a}", columns, ratios)
+
+
+def test_one_kind_of_record_per_run(tmp_path):
+    a = write_json(tmp_path / "a.json", RECORDS)
+    chat = write_json(tmp_path / "chat.json", [{"messages": [{"role": "user", "content": "hi"},
+                                                             {"role": "assistant", "content": "hello"}]}])  # fmt: skip
+    with pytest.raises(InputError, match=r"chat.json: chat records, but .*a.json holds instruction records"):
+        load_sources(f"{a},{chat}")
+    with pytest.raises(InputError, match="--data_ratios mixes several --data_path sources"):
+        load_sources(str(a), "", "1")

@@ -247,3 +247,85 @@ def _first_character(path: Path) -> str:
             if line.strip():
                 return line.lstrip()[0]
     return ""
+
+
+# ---------------------------------------------------------------- several sources
+
+SOURCE_SEPARATOR = ","  # --data_path a.json,b.jsonl,hub/name
+COLUMNS_SEPARATOR = ";"  # --data_columns for each source: "instruction=q,output=a;;output=answer"
+
+
+def split_sources(
+    data_path: str, data_columns: str = "", data_ratios: str = ""
+) -> list[tuple[str, dict, float | None]]:
+    """(path, columns, ratio) per source of `--data_path a,b --data_columns ca;cb --data_ratios 0.7,0.3`;
+    one --data_columns mapping (no ';') applies to every source. Ratios are normalised to sum to 1."""
+    paths = [part.strip() for part in data_path.split(SOURCE_SEPARATOR) if part.strip()]
+    columns = data_columns.split(COLUMNS_SEPARATOR) if COLUMNS_SEPARATOR in data_columns else [data_columns]
+    if len(columns) == 1:
+        columns = columns * len(paths)
+    if len(columns) != len(paths):
+        raise InputError(
+            f"--data_columns gives {len(columns)} mappings (separated by ';') for {len(paths)} data sources"
+        )
+    ratios = _ratios(data_ratios, len(paths)) if data_ratios.strip() else [None] * len(paths)
+    return [
+        (path, parse_columns(mapping), ratio)
+        for path, mapping, ratio in zip(paths, columns, ratios, strict=True)
+    ]
+
+
+def _ratios(text: str, sources: int) -> list[float]:
+    try:
+        ratios = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise InputError(f"--data_ratios {text!r}: expected numbers, e.g. 0.7,0.3") from None
+    if sources < 2:
+        raise InputError("--data_ratios mixes several --data_path sources (a,b,…); there is one")
+    if len(ratios) != sources:
+        raise InputError(f"--data_ratios gives {len(ratios)} ratios for {sources} data sources")
+    if not all(0 < ratio < float("inf") for ratio in ratios):
+        raise InputError(f"--data_ratios must be positive finite numbers, got {text}")
+    return [ratio / sum(ratios) for ratio in ratios]
+
+
+def load_sources(data_path: str, data_columns: str = "", data_ratios: str = "", seed: int = 42):
+    """The records of one or several sources as one Dataset: concatenated, or — with ratios — interleaved
+    by datasets' `interleave_datasets`, sampling each source with its ratio (seeded) until the first runs
+    out. Every source must hold the same kind of record (instruction or chat)."""
+    sources = split_sources(data_path, data_columns, data_ratios)
+    loaded = [load_record_dataset(path, columns) for path, columns, _ in sources]
+    if len(loaded) == 1:
+        return loaded[0]
+    import datasets
+
+    kinds = ["chat" if "messages" in dataset.column_names else "instruction" for dataset in loaded]
+    for (path, _, _), kind in zip(sources, kinds, strict=True):
+        if kind != kinds[0]:
+            raise InputError(
+                f"{path}: {kind} records, but {sources[0][0]} holds {kinds[0]} records: one kind of record per run"
+            )
+    if sources[0][2] is None:
+        mixed = datasets.concatenate_datasets(loaded)
+        logger.info(
+            "concatenated %d sources: %s records", len(loaded), " + ".join(str(len(d)) for d in loaded)
+        )
+        return mixed
+    tagged = [dataset.add_column("source", [index] * len(dataset)) for index, dataset in enumerate(loaded)]
+    mixed = datasets.interleave_datasets(
+        tagged,
+        probabilities=[ratio for _, _, ratio in sources],
+        seed=seed,
+        stopping_strategy="first_exhausted",
+    )
+    counts = [mixed["source"].count(index) for index in range(len(sources))]
+    logger.info(
+        "mixed %d sources by ratio (seed %d): %s",
+        len(sources),
+        seed,
+        ", ".join(
+            f"{path} {count} of {len(d)}"
+            for (path, _, _), count, d in zip(sources, counts, loaded, strict=True)
+        ),
+    )
+    return mixed.remove_columns("source")

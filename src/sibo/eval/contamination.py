@@ -125,12 +125,15 @@ def training_records(train_data: Path, columns: str = "") -> list[tuple[str, str
     CSV, Parquet, a save_to_disk folder), its columns renamed as `--data_columns` says, each record
     checked. A chat record gives each user turn with the reply after it (a test question is prompted
     as a user turn)."""
-    if not Path(train_data).exists():
-        raise InputError(f"training data file {train_data} not found (needed to find seen test questions)")
     # here: the data modules import torch, and --help must not
-    from sibo.data_sources import load_record_dataset, parse_columns
+    from sibo.data_sources import load_sources, split_sources
 
-    records = load_record_dataset(str(train_data), parse_columns(columns))
+    for path, _, _ in split_sources(
+        str(train_data), columns
+    ):  # several sources: every record of each is seen
+        if not Path(path).exists():
+            raise InputError(f"training data file {path} not found (needed to find seen test questions)")
+    records = load_sources(str(train_data), columns)
     if "messages" in records.column_names:
         return [
             (

@@ -39,12 +39,20 @@ class FinetuneConfig(TrainerSettings):
     data_path: str = _field(
         "yahma/alpaca-cleaned",
         "instruction records {instruction, input, output} or chat records {messages} / {conversations}: "
-        "a JSON list, .jsonl, .csv or .parquet file, a datasets.save_to_disk folder, or a datasets hub name",
+        "a JSON list, .jsonl, .csv or .parquet file, a datasets.save_to_disk folder, or a datasets hub name; "
+        "several, comma-separated, are concatenated (or mixed by --data_ratios)",
         "model and data",
     )
     data_columns: str = _field(
         "",
-        "the data's names for our fields, e.g. instruction=question,output=answer (unset: the same names)",
+        "the data's names for our fields, e.g. instruction=question,output=answer (unset: the same names); "
+        "with several sources, one mapping for all or one per source separated by ';'",
+        "model and data",
+    )
+    data_ratios: str = _field(
+        "",
+        "with several --data_path sources (a.json,b.jsonl,hub/name): the share of each, e.g. 0.7,0.2,0.1, "
+        "interleaved with --seed until the first source runs out (unset: the sources concatenated)",
         "model and data",
     )
     template: str = _field(
@@ -257,9 +265,9 @@ class FinetuneConfig(TrainerSettings):
             raise InputError("--target_modules is empty")
         self._check_lora_options()
         # here, not at the top: the data module imports torch, and --help must not
-        from sibo.data_sources import parse_columns
+        from sibo.data_sources import split_sources
 
-        parse_columns(self.data_columns)
+        split_sources(self.data_path, self.data_columns, self.data_ratios)
 
     def _check_sibo(self) -> None:
         """The SIBO flags as one SiboConfig (which holds the λ rules): `self.sibo`, what the recipe boosts with."""

@@ -27,7 +27,7 @@ from sibo.checkpoint.load import load_model, require_quantization, resolve_dtype
 from sibo.checkpoint.peft_model import sibo_settings
 from sibo.checkpoint.weights import WEIGHT_LIMIT, check_finite
 from sibo.data import PaddedCollator, TokenizedSet, split_validation, tokenize_dataset
-from sibo.data_sources import load_record_dataset, parse_columns
+from sibo.data_sources import load_sources
 from sibo.errors import InputError
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
 from sibo.prompts import ALPACA, AUTO, CHAT, PromptTemplate, checked_template, write_template
@@ -104,7 +104,7 @@ def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
         )
     peft_config = build_peft_config(config)
 
-    records = load_record_dataset(config.data_path, parse_columns(config.data_columns))
+    records = load_sources(config.data_path, config.data_columns, config.data_ratios, config.seed)
     data = data_summary(records)
     warn_if_data_changed(data, config.data_path, recorded_data)
     train_records, val_records = split_validation(records, config.val_set_size)
