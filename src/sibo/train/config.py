@@ -198,6 +198,27 @@ class FinetuneConfig(TrainerSettings):
         choices=TARGET_POLICIES,
     )
     learnable_lambda: bool = _field(False, "learn one λ per block, starting at --embedding_lambda", "SIBO")
+    # accuracy during training (sibo.train.accuracy)
+    eval_datasets: str = _field(
+        "",
+        "benchmarks scored at every evaluation, as `sibo evaluate --dataset` names them (AddSub,gsm8k; math); "
+        "logged as eval_<Name>_accuracy (needs --val_set_size)",
+        "accuracy during training",
+    )
+    eval_data_dir: str = _field(
+        "",
+        "folder holding <Name>/test.json (default: $SIBO_DATA_DIR, else ./dataset)",
+        "accuracy during training",
+    )
+    eval_limit: int | None = _field(
+        None, "score only the first N questions of each", "accuracy during training"
+    )
+    eval_num_beams: int = _field(
+        4, "beams when decoding the answers (4: sibo evaluate's and upstream's)", "accuracy during training"
+    )
+    eval_exclude_seen: bool = _field(
+        False, "score only the questions the training data does not hold", "accuracy during training"
+    )
     # experiment tracking
     report_to: str | None = _field(None, "integration to log to: none, wandb, tensorboard, … (default: wandb when "
                                    "--wandb_project is set, else none)", "tracking")  # fmt: skip
@@ -228,6 +249,7 @@ class FinetuneConfig(TrainerSettings):
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise InputError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         self._check_early_stopping()
+        self._check_accuracy()
         check_trainer_settings(self)
         if self.max_steps == 0 or self.max_steps < -1:
             raise InputError(f"--max_steps must be -1 or at least 1, got {self.max_steps}")
@@ -292,6 +314,24 @@ class FinetuneConfig(TrainerSettings):
             )
         if self.val_set_size == 0:
             raise InputError("--early_stopping_patience needs a validation set: set --val_set_size")
+
+    def _check_accuracy(self) -> None:
+        if not self.eval_datasets:
+            return
+        if self.val_set_size == 0:
+            raise InputError(
+                "--eval_datasets scores at each evaluation: set --val_set_size (and --eval_step)"
+            )
+        if self.eval_limit is not None:
+            _at_least("eval_limit", self.eval_limit, 1)
+        _at_least("eval_num_beams", self.eval_num_beams, 1)
+        from sibo.eval.tasks import resolve_datasets
+
+        resolve_datasets(self.eval_datasets)
+        if not self.eval_data_dir:
+            from sibo.eval.tasks import default_data_dir
+
+            self.eval_data_dir = str(default_data_dir())
 
     def _check_lora_options(self) -> None:
         self.init_lora_weights = str(self.init_lora_weights).lower()

@@ -31,6 +31,7 @@ from sibo.data_sources import load_sources
 from sibo.errors import InputError
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
 from sibo.prompts import ALPACA, AUTO, CHAT, PromptTemplate, checked_template, write_template
+from sibo.train.accuracy import AccuracyDuringTraining, accuracy_curve, accuracy_during_training
 from sibo.train.adapter import add_trainable_adapter, build_peft_config
 from sibo.train.card import adapter_card, write_adapter_card
 from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmup_warning
@@ -65,6 +66,7 @@ class Run:
     template: PromptTemplate  # how records were rendered: recorded beside the adapter
     train_on_inputs: bool  # resolved: --train_on_inputs, else True with Alpaca's template, False with chat
     data: dict  # the records read: count and content fingerprint (sibo.train.rerun), in run_config.json
+    accuracy: AccuracyDuringTraining | None = None  # --eval_datasets' scorer
 
 
 def finetune(
@@ -199,6 +201,7 @@ def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
         template,
         train_on_inputs,
         data,
+        accuracy_during_training(config, tokenizer, template.name),
     )
 
 
@@ -333,6 +336,7 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
         processing_class=run.tokenizer,
         callbacks=[WarmupCheck(), *early_stopping(config), *(callbacks or [])],
     )
+    trainer.accuracy = run.accuracy
     logger.info(
         "training on %d examples (%s batches), global batch %d = %d micro × %d accumulation × %d process(es)",
         len(run.train_set.examples),
@@ -384,6 +388,7 @@ def save(run: Run, trainer: Trainer) -> dict:
     trainer.save_model(str(output_dir))
     metrics = {"train": _train_metrics(trainer)}
     if run.val_set is not None:
+        trainer.accuracy = None  # the best checkpoint's accuracies are in the log history already
         metrics["eval"] = trainer.evaluate()
     if trainer.is_world_process_zero():
         write_template(output_dir, run.template)
@@ -402,8 +407,10 @@ def save(run: Run, trainer: Trainer) -> dict:
 def _train_metrics(trainer: Trainer) -> dict:
     history = trainer.state.log_history
     summary = next((entry for entry in reversed(history) if "train_runtime" in entry), {})
+    curve = accuracy_curve(history)
     return {
         **summary,
+        **({"accuracy": curve} if curve else {}),  # {Name: [[step, accuracy], …]}
         "global_step": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_eval_loss": trainer.state.best_metric,  # the best --metric_for_best_model (eval_loss by default)

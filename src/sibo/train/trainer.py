@@ -18,7 +18,17 @@ def is_lambda(name: str) -> bool:
 
 
 class SiboTrainer(Trainer):
-    """The Trainer, with λ's logits in the no-decay group of whichever optimizer it builds."""
+    """The Trainer, with λ's logits in the no-decay group of whichever optimizer it builds, and with the
+    benchmarks' accuracies (`accuracy`: sibo.train.accuracy) among the evaluation metrics."""
+
+    accuracy = None  # an AccuracyDuringTraining, set by the recipe when --eval_datasets asks for one
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name in super().get_decay_parameter_names(model) if not is_lambda(name)]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # evaluate() logs its metrics dict before returning it: adding to it here puts the accuracies in the
+        # log history and integrations, and in the metrics that pick the best checkpoint and stop early
+        if self.accuracy is not None and "eval_loss" in logs:
+            logs.update(self.accuracy.scores(self.model, self.state.global_step))
+        super().log(logs, start_time)
