@@ -167,8 +167,9 @@ def console(verbose: bool) -> Iterator[None]:
     ours.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     # its retry warnings ("Retrying in 8s [Retry 4/5]", each twice) are a library's log like any other
     hub.setLevel(logging.INFO if verbose else logging.ERROR)
-    quiet_bars = lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True})  # noqa: E731
-    previous_hook = None if verbose else hf_logging.set_tqdm_hook(quiet_bars)
+    from sibo.cli.progress import console_bar
+
+    previous_hook = None if verbose else hf_logging.set_tqdm_hook(console_bar)
     try:
         with warnings.catch_warnings():
             if not verbose:
