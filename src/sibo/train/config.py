@@ -198,7 +198,7 @@ class FinetuneConfig(TrainerSettings):
         choices=TARGET_POLICIES,
     )
     learnable_lambda: bool = _field(False, "learn one λ per block, starting at --embedding_lambda", "SIBO")
-    # accuracy during training (sibo.train.accuracy)
+    # accuracy during training (sibo.eval.during_training)
     eval_datasets: str = _field(
         "",
         "benchmarks scored at every evaluation, as `sibo evaluate --dataset` names them (AddSub,gsm8k; math); "

@@ -29,9 +29,9 @@ from sibo.checkpoint.weights import WEIGHT_LIMIT, check_finite
 from sibo.data import PaddedCollator, TokenizedSet, split_validation, tokenize_dataset
 from sibo.data_sources import load_sources
 from sibo.errors import InputError
+from sibo.eval.during_training import AccuracyDuringTraining, accuracy_curve, accuracy_during_training
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
 from sibo.prompts import ALPACA, AUTO, CHAT, PromptTemplate, checked_template, write_template
-from sibo.train.accuracy import AccuracyDuringTraining, accuracy_curve, accuracy_during_training
 from sibo.train.adapter import add_trainable_adapter, build_peft_config
 from sibo.train.card import adapter_card, write_adapter_card
 from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmup_warning

@@ -19,7 +19,7 @@ def is_lambda(name: str) -> bool:
 
 class SiboTrainer(Trainer):
     """The Trainer, with λ's logits in the no-decay group of whichever optimizer it builds, and with the
-    benchmarks' accuracies (`accuracy`: sibo.train.accuracy) among the evaluation metrics."""
+    benchmarks' accuracies (`accuracy`: sibo.eval.during_training) among the evaluation metrics."""
 
     accuracy = None  # an AccuracyDuringTraining, set by the recipe when --eval_datasets asks for one
 
