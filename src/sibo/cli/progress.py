@@ -16,18 +16,21 @@ from tqdm.auto import tqdm
 
 logger = logging.getLogger("sibo.progress")
 
-SLOW_LOADS = ("de-quantizing", "Loading weights", "Loading checkpoint")  # bars shown without -v
+SLOW_LOADS = ("de-quantizing", "Loading weights", "Loading checkpoint")  # bars shown without -v …
+SHOW_AFTER_S = 2.0  # … once they have run this long: a load over in a blink stays silent
 
 
 class LineProgress(tqdm):
-    """A tqdm whose display is a log line at 0, 25, 50, 75 and 100 % (nothing written to the stream)."""
+    """A tqdm whose display is a log line per quarter (0, 25, 50, 75, 100 %) reached after SHOW_AFTER_S
+    (nothing written to the stream)."""
 
     def __init__(self, *args, **kwargs) -> None:
         self._quarter = -1
         super().__init__(*args, **{**kwargs, "file": io.StringIO(), "mininterval": 0})
 
     def display(self, msg=None, pos=None) -> bool:
-        if self.total:
+        started = getattr(self, "start_t", None)  # tqdm displays once before it sets start_t
+        if self.total and started is not None and self._time() - started >= SHOW_AFTER_S:
             quarter = 4 * self.n // self.total
             if quarter > self._quarter:
                 self._quarter = quarter
@@ -43,5 +46,5 @@ def console_bar(factory, args, kwargs):
     if not any(slow in description for slow in SLOW_LOADS):
         return factory(*args, **{**kwargs, "disable": True})
     if sys.stderr.isatty():
-        return factory(*args, **kwargs)
+        return factory(*args, **{**kwargs, "delay": SHOW_AFTER_S})
     return LineProgress(*args, **kwargs)

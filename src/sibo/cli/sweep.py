@@ -63,12 +63,16 @@ class SweepFlags:
     )
 
 
+# finetune's accuracy during training: a sweep scores each adapter once, at the end (its own --eval_limit)
+DURING_TRAINING = ("eval_datasets", "eval_data_dir", "eval_limit", "eval_num_beams", "eval_exclude_seen")
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="sibo sweep",
         description="Fine-tune and evaluate one adapter per (λ, seed); write sweep.csv and sweep.png.",
     )
-    add_dataclass_flags(parser, FinetuneConfig, rename=FINETUNE_SPELLINGS)
+    add_dataclass_flags(parser, FinetuneConfig, rename=FINETUNE_SPELLINGS, skip=DURING_TRAINING)
     add_dataclass_flags(parser, SweepFlags, group="sweep")
     add_dataclass_flags(
         parser,
@@ -100,7 +104,7 @@ def parse_config(argv: list[str] | None):
 def _config(args: argparse.Namespace):
     from sibo.study.sweep import SweepConfig
 
-    finetune = FinetuneConfig(**dataclass_values(args, FinetuneConfig))
+    finetune = FinetuneConfig(**dataclass_values(args, FinetuneConfig, skip=DURING_TRAINING))
     grid = SweepFlags(**dataclass_values(args, SweepFlags))
     lambdas = _numbers(grid.lambdas, float, "lambdas") if grid.lambdas else [finetune.embedding_lambda]
     seeds = _numbers(grid.seeds, int, "seeds") if grid.seeds else [finetune.seed]
