@@ -36,6 +36,9 @@ def test_accuracy_in_the_log_history_equals_sibo_evaluate_on_the_checkpoint(
         "AddSub": [[step, logged[step]["eval_AddSub_accuracy"]] for step in (2, 4)]
     }
     assert metrics["metric_for_best_model"] == "eval_AddSub_accuracy"
+    card = (output_dir / "README.md").read_text()
+    assert "## Accuracy during training" in card and "| step | AddSub |" in card
+    assert f"| 2 | {logged[2]['eval_AddSub_accuracy']:.4f} |" in card
     during = json.loads((output_dir / "accuracy" / "step-2" / "summary.json").read_text())
     assert (during["datasets"]["AddSub"]["n"], during["datasets"]["AddSub"]["seen_in_training"]) == (5, 2)
 

@@ -33,6 +33,18 @@ def _lambda_text(model: torch.nn.Module) -> str:
     )
 
 
+def _accuracy_lines(curve: dict[str, list[list[float]]]) -> list[str]:
+    """--eval_datasets' curve ({Name: [[step, accuracy], …]}) as a table: a column per benchmark."""
+    if not curve:
+        return []
+    steps = sorted({step for points in curve.values() for step, _ in points})
+    at = {name: dict(map(tuple, points)) for name, points in curve.items()}
+    rows = ["| step | " + " | ".join(curve) + " |", "|---:|" + "---:|" * len(curve)]
+    rows += [f"| {step} | " + " | ".join(f"{at[name].get(step, float('nan')):.4f}" for name in curve) + " |"
+             for step in steps]  # fmt: skip
+    return ["", "## Accuracy during training (sibo evaluate's scoring, at each evaluation)", "", *rows]
+
+
 def adapter_card(
     model: torch.nn.Module, config: FinetuneConfig, template: str, records: int, metrics: dict
 ) -> ModelCard:
@@ -81,6 +93,7 @@ def adapter_card(
         f"PEFT without sibo refuses this folder (its adapter_config.json says `{peft_type}`): run as plain LoRA it",
         "would drop the λ·B·A·(h0 - x) term every boosted branch was trained with.",
     ]
+    lines += _accuracy_lines(train.get("accuracy") or {})
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
 
 
