@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sibo.errors import InputError
+from sibo.errors import InputError, first_line
 from sibo.files import write_json
 
 ALPACA, CHAT, AUTO = "alpaca", "chat", "auto"
@@ -97,9 +97,19 @@ class PromptTemplate:
         """The text the model continues: up to the response marker, or the chat's open assistant turn."""
         if self.name == ALPACA:
             return build_prompt(instruction, input)
-        return tokenizer.apply_chat_template(
-            chat_messages(instruction, input), tokenize=False, add_generation_prompt=True
-        )
+        return self.conversation_prompt(tokenizer, chat_messages(instruction, input))
+
+    def conversation_prompt(self, tokenizer, messages: list[dict[str, str]]) -> str:
+        """The text the model continues to write the next assistant turn of `messages` ({role, content}:
+        system, user and assistant turns): the chat template's; Alpaca's holds one user turn only."""
+        if self.name == ALPACA:
+            if len(messages) != 1 or messages[0]["role"] != "user":
+                raise InputError("this model was trained with the Alpaca template: send one user message")
+            return build_prompt(messages[0]["content"])
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as error:  # noqa: BLE001 - jinja's TemplateError, or the template's raise_exception
+            raise InputError(f"the chat template refuses this conversation ({first_line(error)})") from None
 
     @property
     def add_special_tokens(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pytest
 import torch
 from tokenizers import processors
@@ -124,8 +125,12 @@ def test_the_page_prompts_with_the_template_it_is_given(model, tokenizer, script
 
     script_model(model, answer_tokens(tokenizer))
     seen = capture_prompts(model)
-    app = build_app(model, tokenizer, template=CHAT)
-    [handler] = {function.fn for function in app.fns.values()}  # the button and Enter share it
-    updates = list(handler("Add 2 and 3.", "", 0.0, 0.75, 40, 1, 40))
-    assert updates[-1] == (ANSWER, "")
+    app = build_app(model, tokenizer, template=CHAT)  # the chat page: message, history, system prompt, knobs
+    [handler] = [function.fn for function in app.fns.values() if function.name == "run"]
+
+    async def replies() -> list[tuple]:  # ChatInterface's async wrapper: (reply so far, the history with it)
+        return [update async for update in handler("Add 2 and 3.", [], "", 0.0, 0.75, 40, 40)]
+
+    turns = [{"role": "user", "content": "Add 2 and 3."}, {"role": "assistant", "content": ANSWER}]
+    assert asyncio.run(replies())[-1] == (ANSWER, turns)
     assert seen[0][0].tolist() == chat_ids(tokenizer, "Add 2 and 3.")

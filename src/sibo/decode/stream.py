@@ -1,4 +1,5 @@
-"""Decoding for one instruction: the prompt template (Alpaca's or the chat's) in, the response out, streamed.
+"""Decoding for one instruction (or a conversation): the prompt template (Alpaca's or the chat's) in, the
+response out, streamed.
 
     sibo generate --base_model B --weights_path W --prompt "Add 2 and 3."
 
@@ -159,6 +160,23 @@ def stream_response(
     check_text(instruction, "the instruction")
     check_text(input or "", "the input")
     prompt = template.prompt(tokenizer, instruction, input)
+    yield from stream_completion(model, tokenizer, prompt, settings, template)
+
+
+def stream_reply(
+    model: torch.nn.Module,
+    tokenizer,
+    messages: list[dict[str, str]],
+    settings: DecodingSettings | None = None,
+    template: PromptTemplate = PromptTemplate(),
+) -> Iterator[str]:
+    """Yield the next assistant turn of a conversation ({role, content} turns ending with the user's),
+    written as the chat template writes the whole conversation: the chat page's decoding."""
+    if not messages or messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
+        raise InputError("the message is empty")
+    for message in messages:
+        check_text(message["content"], f"the {message['role']} turn")
+    prompt = template.conversation_prompt(tokenizer, messages)
     yield from stream_completion(model, tokenizer, prompt, settings, template)
 
 

@@ -25,7 +25,6 @@ from pydantic import BaseModel, Field
 
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings, check_fits_context
 from sibo.errors import InputError
-from sibo.prompts import CHAT, build_prompt
 from sibo.serve.engine import BatchingEngine, Event
 from sibo.serve.text import ResponseText
 
@@ -118,11 +117,7 @@ def build_api(engine: BatchingEngine, model_id: str, api_key: str | None = None)
 
 def _chat_prompt(engine: BatchingEngine, messages: list[Message]) -> str:
     turns = [{"role": message.role, "content": message.text()} for message in messages]
-    if engine.template.name == CHAT:
-        return engine.tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    if len(turns) != 1 or turns[0]["role"] != "user":
-        raise ApiError(400, "this model was trained with the Alpaca template: send one user message")
-    return build_prompt(turns[0]["content"])
+    return engine.template.conversation_prompt(engine.tokenizer, turns)
 
 
 def _only(values: list[str], name: str) -> str:
