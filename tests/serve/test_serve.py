@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 from peft import LoraConfig
 
 from sibo import get_sibo_model
@@ -217,6 +218,52 @@ def test_the_engine_batches_waiting_requests_and_answers_each_as_alone():
     texts = [template.response(tokenizer.decode(ids, skip_special_tokens=True)) for ids in answers]
     assert [text.strip() for text in texts] == [text.strip() for text in expected]
     assert max(batch_sizes) > 1
+
+
+def test_a_cancelled_request_stops_decoding_its_row_and_an_all_cancelled_batch_stops():
+    """A client that went away (its request cancelled mid-generation) does not keep the batch decoding."""
+    import asyncio
+
+    tokenizer = build_tokenizer()
+    model = build_tiny_model("llama", len(tokenizer))
+    word = tokenizer("x", add_special_tokens=False)["input_ids"][0]
+    steps = []
+
+    def write_x_and_cancel(module, args, logits):  # never EOS: each row would run to max_new_tokens
+        steps.append(len(steps))
+        if len(steps) == 3:
+            for request in cancel:
+                request.cancelled.set()
+        forced = torch.full_like(logits, -1e4)
+        forced[..., -1, word] = 1e4
+        return forced
+
+    model.get_output_embeddings().register_forward_hook(write_x_and_cancel)
+    template, settings = PromptTemplate(), DecodingSettings(max_new_tokens=40)
+
+    async def decode(prompts: list[str]) -> list[list[int]]:
+        engine = BatchingEngine(model, tokenizer, template)
+        requests = [engine.request(template.prompt(tokenizer, p), settings) for p in prompts]
+        for request in requests:
+            request.loop = asyncio.get_running_loop()
+            engine.submit(request)
+        cancel[:] = requests[: len(cancel)]
+        engine.start()
+        answers = []
+        for request in requests:
+            while (event := await request.events.get()).kind != "done":
+                pass
+            answers.append(event.ids)
+        engine.close()
+        return answers
+
+    cancel = [None]  # the first of two requests
+    first, second = asyncio.run(decode(PROMPTS[:2]))
+    assert len(first) == 3 and second == [word] * 40
+    steps.clear()
+    cancel = [None, None]  # both
+    assert [len(ids) for ids in asyncio.run(decode(PROMPTS[:2]))] == [3, 3]
+    assert len(steps) == 3  # the batch stopped decoding, 37 steps short of max_new_tokens
 
 
 @pytest.mark.integration

@@ -4,7 +4,8 @@ A SIBO model keeps h0 in per-model state, so one thread owns the model and runs 
 It takes the oldest waiting request, then every other waiting request with the same decoding settings
 (up to `max_batch_size`), and decodes them as one left-padded batch with the KV cache: on CPU a batch
 of 16 costs little more per step than one row (docs/BENCHMARKS.md). Each row's new tokens go to its
-request as they come (`Event`s on the request's asyncio queue), so every request can stream.
+request as they come (`Event`s on the request's asyncio queue), so every request can stream. A request whose
+client went away is cancelled: its row stops at the next step, and a batch with none left stops decoding.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from sibo.decode.settings import DecodingSettings, eos_token_ids, stopping_settings
@@ -143,6 +145,7 @@ class BatchingEngine:
             **kwargs,
             pad_token_id=tokenizer.pad_token_id,
             streamer=_RowStreamer(batch, ends),
+            stopping_criteria=StoppingCriteriaList([_Cancelled(batch)]),
             use_cache=True,
         )
         for row, request in enumerate(batch):
@@ -154,6 +157,17 @@ class BatchingEngine:
 def _until_end(new: list[int], ends: set[int]) -> list[int]:
     """A row's own tokens: up to its end token (dropped) or the padding after its stop string."""
     return next((new[:at] for at, token in enumerate(new) if token in ends), new)
+
+
+class _Cancelled(StoppingCriteria):
+    """Ends the rows whose client has gone away (a closed connection): the batch stops once none is left."""
+
+    def __init__(self, batch: list[Request]):
+        self.batch = batch
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        cancelled = [request.cancelled.is_set() for request in self.batch]
+        return torch.tensor(cancelled, dtype=torch.bool, device=input_ids.device)
 
 
 class _RowStreamer(BaseStreamer):
