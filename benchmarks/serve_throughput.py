@@ -37,6 +37,19 @@ def prompts(count: int) -> list[str]:
     return [f"Write two sentences about {TOPICS[i % len(TOPICS)]} (note {i})." for i in range(count)]
 
 
+def boosted(base: torch.nn.Module) -> torch.nn.Module:
+    """`base` with a random LoRA-SIBO adapter (λ 0.2, r 8 on q,k,v,up,down), merged for inference (h0 hooks)."""
+    torch.manual_seed(0)
+    lora = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    )
+    model = get_sibo_model(base, lora, lam=0.2)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.02)  # a non-zero ΔW, as after training
+    return merge_for_inference(model.eval())
+
+
 def one_by_one(model, tokenizer, template, texts: list[str], settings: DecodingSettings) -> tuple[float, int]:
     """Seconds and answer tokens for `sibo generate`'s decoding of each prompt in turn."""
     start, tokens = time.perf_counter(), 0
@@ -77,15 +90,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
     base, tokenizer = load_model(args.base_model, dtype="fp32")
-    torch.manual_seed(0)
-    lora = LoraConfig(
-        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
-    )
-    model = get_sibo_model(base, lora, lam=0.2)
-    for name, parameter in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(parameter, std=0.02)  # a non-zero ΔW, as after training
-    model = merge_for_inference(model.eval())
+    model = boosted(base)
     template = PromptTemplate("chat")
     settings = DecodingSettings(max_new_tokens=args.new_tokens)
     texts = prompts(args.prompts)

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions (FastAPI).
+"""The OpenAI-compatible endpoints: /v1/models, /v1/chat/completions, /v1/completions (FastAPI), and
+transformers serve's /load_model, which `transformers chat` calls before it talks.
 
 Prompts are written as `sibo generate` writes them: /v1/completions takes the prompt as the instruction in
 the adapter's recorded template (Alpaca's for an instruction adapter, one user turn of the chat template
@@ -67,6 +68,27 @@ class Message(BaseModel):
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    generation_config: str | None = None  # what `transformers chat` sends: a GenerationConfig as JSON
+
+    def apply_generation_config(self) -> None:
+        """Read `transformers chat`'s max_new_tokens and, when it samples, temperature and top_p, where the
+        request's own fields leave them unset; greedy otherwise, as sibo decodes."""
+        try:
+            config = json.loads(self.generation_config or "{}")
+        except json.JSONDecodeError:
+            raise ApiError(400, "generation_config: not a JSON object") from None
+        if not isinstance(config, dict):
+            raise ApiError(400, "generation_config: not a JSON object")
+        fields = self.model_fields_set
+        if "max_tokens" not in fields and "max_completion_tokens" not in fields:
+            self.max_completion_tokens = config.get("max_new_tokens") or None
+        if config.get("do_sample") and "temperature" not in fields:
+            try:
+                self.temperature = float(config.get("temperature") or 1.0)
+                if "top_p" not in fields:
+                    self.top_p = float(config.get("top_p") or 1.0)
+            except (TypeError, ValueError):
+                raise ApiError(400, "generation_config: temperature and top_p must be numbers") from None
 
 
 class CompletionRequest(Sampling):
@@ -101,6 +123,16 @@ def build_api(engine: BatchingEngine, model_id: str, api_key: str | None = None)
             "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "sibo"}],
         }
 
+    @app.post("/load_model")
+    async def load_model(body: dict):
+        """What `transformers chat` asks before its first turn (transformers serve's endpoint): the one model
+        served here is always loaded, so it is ready at once; another is an error event."""
+        if body.get("model") == model_id:
+            event = {"status": "ready", "model": model_id, "cached": True}
+        else:
+            event = {"status": "error", "message": f"this server serves {model_id!r} only"}
+        return StreamingResponse(iter([_sse(event)]), media_type="text/event-stream")
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
         prompt = body.prompt if isinstance(body.prompt, str) else _only(body.prompt, "prompt")
@@ -109,6 +141,7 @@ def build_api(engine: BatchingEngine, model_id: str, api_key: str | None = None)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
+        body.apply_generation_config()
         body.max_tokens = body.max_tokens or body.max_completion_tokens
         return await _complete(engine, model_id, body, _chat_prompt(engine, body.messages), chat=True)
 
