@@ -196,3 +196,16 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_what_was_there(root, 
     line = refused(capsys, finetune_args(root, run, "--max_steps", "2", "--save_step", "1"))
     assert line.startswith("sibo finetune: error: disk full while writing "), line
     assert line.endswith("no complete checkpoint was written"), line
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_a_folder_deleted_while_a_run_holds_it_is_let_go_quietly(tmp_path, fresh):
+    """A user who deletes the output folder mid-run (after Ctrl-C in another terminal, say) gets no
+    traceback from the cleanup: there is nothing left to record or remove."""
+    folder = tmp_path / "out"
+    if not fresh:
+        folder.mkdir()
+    with hold_output_dir(folder):
+        (folder / "adapter_model.safetensors").write_bytes(b"x")
+        shutil.rmtree(folder)
+    assert not folder.exists()

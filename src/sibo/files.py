@@ -426,11 +426,12 @@ def hold_output_dir(
     try:
         yield
     finally:
-        record_written(directory)
+        if directory.is_dir():  # the user may have deleted the folder while the run held it
+            record_written(directory)
         with contextlib.suppress(OSError):  # Windows cannot unlink an open file: its release removes it
             path.unlink(missing_ok=True)
         lock.release()
-        if created and not any(path.parent.iterdir()):
+        if created and path.parent.is_dir() and not any(path.parent.iterdir()):
             path.parent.rmdir()  # a run that wrote nothing leaves nothing behind
 
 

@@ -5,6 +5,7 @@ requests are decoded in batches; SIGTERM stops it cleanly."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -264,6 +265,37 @@ def test_a_cancelled_request_stops_decoding_its_row_and_an_all_cancelled_batch_s
     cancel = [None, None]  # both
     assert [len(ids) for ids in asyncio.run(decode(PROMPTS[:2]))] == [3, 3]
     assert len(steps) == 3  # the batch stopped decoding, 37 steps short of max_new_tokens
+
+
+def test_non_finite_logits_fail_the_request_with_their_cause_and_the_engine_keeps_serving():
+    """A model whose logits go non-finite answers an error naming the cause, never an empty answer."""
+    import asyncio
+
+    tokenizer = build_tokenizer()
+    model = build_tiny_model("llama", len(tokenizer))
+    template, settings = PromptTemplate(), DecodingSettings(max_new_tokens=TOKENS)
+    poisoned = model.get_output_embeddings().register_forward_hook(lambda m, a, logits: logits * math.inf)
+
+    async def ask(engine: BatchingEngine):
+        request = engine.request(template.prompt(tokenizer, PROMPTS[0]), settings)
+        request.loop = asyncio.get_running_loop()
+        engine.submit(request)
+        while (event := await request.events.get()).kind not in ("done", "error"):
+            pass
+        return event
+
+    async def twice():
+        engine = BatchingEngine(model, tokenizer, template)
+        engine.start()
+        failed = await ask(engine)
+        poisoned.remove()
+        answered = await ask(engine)
+        engine.close()
+        return failed, answered
+
+    failed, answered = asyncio.run(twice())
+    assert failed.kind == "error" and "logits" in failed.message and "non-finite" in failed.message
+    assert answered.kind == "done" and answered.ids
 
 
 @pytest.mark.integration

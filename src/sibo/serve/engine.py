@@ -23,7 +23,9 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from sibo.decode.finite import finite_logits
 from sibo.decode.settings import DecodingSettings, eos_token_ids, stopping_settings
+from sibo.errors import InputError
 from sibo.prompts import PromptTemplate
 
 logger = logging.getLogger(__name__)
@@ -117,7 +119,10 @@ class BatchingEngine:
         try:
             self._generate(batch)
         except Exception as error:  # the request fails, the server keeps serving
-            logger.exception("decoding a batch of %d failed", len(batch))
+            if isinstance(error, InputError):  # a known cause (non-finite logits), said in one line
+                logger.error("decoding a batch of %d failed: %s", len(batch), error)
+            else:
+                logger.exception("decoding a batch of %d failed", len(batch))
             for request in batch:
                 request.send(Event("error", message=str(error)))
 
@@ -141,14 +146,15 @@ class BatchingEngine:
             torch.manual_seed(settings.seed)
         # a row that ended (EOS, or a stop string) is padded from the next step on
         ends = {*(eos_token_ids(self.model, tokenizer) or ()), tokenizer.pad_token_id}
-        sequences = self.model.generate(
-            **inputs,
-            **kwargs,
-            pad_token_id=tokenizer.pad_token_id,
-            streamer=_RowStreamer(batch, ends),
-            stopping_criteria=StoppingCriteriaList([_Cancelled(batch)]),
-            use_cache=True,
-        )
+        with finite_logits(self.model):  # non-finite logits fail the batch naming the cause, never "" answers
+            sequences = self.model.generate(
+                **inputs,
+                **kwargs,
+                pad_token_id=tokenizer.pad_token_id,
+                streamer=_RowStreamer(batch, ends),
+                stopping_criteria=StoppingCriteriaList([_Cancelled(batch)]),
+                use_cache=True,
+            )
         for row, request in enumerate(batch):
             ids = _until_end(sequences[row, inputs["input_ids"].shape[1] :].tolist(), ends)
             reason = "length" if len(ids) >= kwargs["max_new_tokens"] else "stop"
