@@ -58,6 +58,7 @@ from sibo import get_sibo_model
 from sibo.cli._flags import str2bool
 from sibo.core.merge import merge_for_inference
 from sibo.decode.batch import auto_batch_size, generate_batch
+from sibo.decode.settings import DecodingSettings
 from sibo.prompts import build_prompt, extract_response
 from sibo.testing import build_tokenizer
 
@@ -177,7 +178,9 @@ def main() -> None:
     seed_set = {order[(j * n) // k] for j in range(k)}
 
     for warm in (model, seed_model):  # CUDA context, kernels and allocator: not part of either side's time
-        generate_batch(warm, tokenizer, prompts[:1], num_beams=args.num_beams, max_new_tokens=2)
+        generate_batch(
+            warm, tokenizer, prompts[:1], DecodingSettings(num_beams=args.num_beams, max_new_tokens=2)
+        )
     counters = [count_new_tokens(each) for each in dict.fromkeys((model, seed_model))]
     sibo_seconds = seed_seconds = sibo_cpu = seed_cpu = 0.0
     sibo_out, seed_out = {}, {}
@@ -189,12 +192,14 @@ def main() -> None:
         synchronize(args.device)
         return result, time.perf_counter() - start, time.process_time() - start_cpu
 
-    static = {"cache_implementation": "static"} if args.static_cache else {}
+    decoding = DecodingSettings(
+        num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, static_cache=args.static_cache
+    )
 
     def sibo_batch(batch: list[int]) -> tuple[list[str], float, float]:
         return timed(
-            generate_batch, model, tokenizer, [prompts[i] for i in batch], num_beams=args.num_beams,
-            max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens, **static,
+            generate_batch, model, tokenizer, [prompts[i] for i in batch], decoding,
+            min_new_tokens=args.max_new_tokens,
         )  # fmt: skip
 
     for batch in batches:

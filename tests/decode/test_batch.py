@@ -10,11 +10,12 @@ from peft import LoraConfig
 import sibo.decode.batch as batch_module
 from sibo import get_sibo_model
 from sibo.decode.batch import MAX_AUTO_BATCH_SIZE, auto_batch_size, generate_batch
-from sibo.decode.settings import CPU_BATCH_SIZE, DecodingSettings
+from sibo.decode.settings import CPU_BATCH_SIZE, DecodingSettings, benchmark_decoding
 from sibo.errors import InputError
 from sibo.prompts import PromptTemplate, build_prompt
 from sibo.testing import build_tiny_model, build_tokenizer
 
+GREEDY_12 = DecodingSettings(num_beams=1, max_new_tokens=12)
 MATH = [
     f"Tom has {a} apples and buys {b} more. How many apples does Tom have?"
     for a, b in [(1, 2), (3, 4), (10, 5)]
@@ -41,8 +42,8 @@ def test_batched_greedy_equals_unbatched(tiny):
     model, tokenizer = tiny
     prompts = [build_prompt(text) for text in MATH + TRUE_FALSE]
     assert len({len(tokenizer(p)["input_ids"]) for p in prompts}) > 1  # so the batch is really padded
-    one_by_one = [generate_batch(model, tokenizer, [p], num_beams=1, max_new_tokens=12)[0] for p in prompts]
-    batched = generate_batch(model, tokenizer, prompts, num_beams=1, max_new_tokens=12)
+    one_by_one = [generate_batch(model, tokenizer, [p], GREEDY_12)[0] for p in prompts]
+    batched = generate_batch(model, tokenizer, prompts, GREEDY_12)
     assert batched == one_by_one
     assert len(set(batched)) > 1
 
@@ -69,7 +70,7 @@ def test_each_row_stops_at_the_tokenizers_eos_when_the_generation_config_names_n
         return seen[-1]
 
     monkeypatch.setattr(type(model), "generate", spy)
-    generate_batch(model, tokenizer, prompts, num_beams=1, max_new_tokens=8)
+    generate_batch(model, tokenizer, prompts, DecodingSettings(num_beams=1, max_new_tokens=8))
     new = seen[0][:, inputs["input_ids"].shape[1] :].tolist()
     assert new == [row0[: k + 1] + [tokenizer.pad_token_id] * (7 - k), row1]  # row 0 ended, row 1 ran on
 
@@ -94,7 +95,7 @@ def test_each_prompt_is_prefilled_once_for_all_its_beams_with_the_same_responses
         "prefill_once",
         lambda *args: prefilled.append(args[1]["input_ids"].shape) or original(*args),
     )
-    responses = generate_batch(model, tokenizer, prompts, num_beams=3, max_new_tokens=10)
+    responses = generate_batch(model, tokenizer, prompts, DecodingSettings(num_beams=3, max_new_tokens=10))
     assert prefilled == [inputs["input_ids"].shape]  # (2, T): once per prompt, not per beam
     assert responses == [PromptTemplate().response(c) for c in new]
 
@@ -109,9 +110,15 @@ def test_decoding_uses_the_kv_cache_and_upstreams_beams(tiny, monkeypatch):
         return original(self, **kwargs)
 
     monkeypatch.setattr(type(model), "generate", spy)
-    [response] = generate_batch(model, tokenizer, [build_prompt("Add 2 and 3.")], max_new_tokens=5)
+    [response] = generate_batch(
+        model, tokenizer, [build_prompt("Add 2 and 3.")], benchmark_decoding(max_new_tokens=5)
+    )
     settings = {key: seen[key] for key in ("num_beams", "do_sample", "use_cache", "max_new_tokens")}
     assert settings == {"num_beams": 4, "do_sample": False, "use_cache": True, "max_new_tokens": 5}
+    # the same keywords DecodingSettings.generate_kwargs gives streaming and serving
+    assert {key: seen[key] for key in benchmark_decoding(max_new_tokens=5).generate_kwargs()} == (
+        benchmark_decoding(max_new_tokens=5).generate_kwargs()
+    )
     assert isinstance(response, str)
 
 

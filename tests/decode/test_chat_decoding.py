@@ -76,7 +76,7 @@ def test_a_chat_batch_is_prompted_with_the_chat_template_and_stops_at_im_end(mod
     seen = capture_prompts(model)
     prompts = [CHAT.prompt(tokenizer, instruction, input) for instruction, input in QUESTIONS]
     responses = generate_batch(
-        model, tokenizer, prompts, num_beams=1, max_new_tokens=len(tokens), template=CHAT
+        model, tokenizer, prompts, DecodingSettings(num_beams=1, max_new_tokens=len(tokens)), CHAT
     )
     assert responses == [ANSWER, ANSWER]
     assert script.steps == tokens.index(tokenizer.eos_token_id) + 1  # <|im_end|> ended both rows
@@ -89,7 +89,7 @@ def test_alpaca_batches_still_stop_at_the_next_section(model, tokenizer, script_
     tokens = answer_tokens(tokenizer)
     script_model(model, tokens)
     [response] = generate_batch(
-        model, tokenizer, ["### Response:\n"], num_beams=1, max_new_tokens=len(tokens)
+        model, tokenizer, ["### Response:\n"], DecodingSettings(num_beams=1, max_new_tokens=len(tokens))
     )
     assert response == "5 apples"
 

@@ -135,8 +135,7 @@ def test_an_answer_run_on_into_a_new_prompt_scores_as_the_answer_alone(
         model,
         tokenizer,
         [prompt, prompt],
-        num_beams,
-        max_new_tokens=len(tokens),
+        DecodingSettings(num_beams=num_beams, max_new_tokens=len(tokens)),
         cache_implementation="dynamic",
     )
     assert responses == [answer, answer]
@@ -179,7 +178,7 @@ def scripted_responses(calls: list):
             "the correct answer is true" if record["answer"] == "true" else "The correct answer is False"
         )
 
-    def fake(model, tokenizer, prompts, num_beams=4, max_new_tokens=256, **_):
+    def fake(model, tokenizer, prompts, settings=None, template=None, **_):
         calls.append(len(prompts))
         return [answers[prompt] for prompt in prompts]
 
@@ -269,11 +268,11 @@ def test_auto_batch_size_halves_on_out_of_memory(tiny, data_dir, tmp_path, monke
     calls = []
     fake = scripted_responses(calls)
 
-    def small_gpu(model, tokenizer, prompts, **kwargs):
+    def small_gpu(model, tokenizer, prompts, *args, **kwargs):
         if len(prompts) > 2:
             calls.append(-len(prompts))
             raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-        return fake(model, tokenizer, prompts, **kwargs)
+        return fake(model, tokenizer, prompts, *args, **kwargs)
 
     monkeypatch.setattr(batch_module, "generate_batch", small_gpu)
     run(model, tokenizer, data_dir, tmp_path / "auto", batch_size="auto")
@@ -379,7 +378,12 @@ def test_cli_end_to_end_on_a_boosted_adapter(tiny, data_dir, tmp_path, capsys):
     records = lines(out / "AddSub.jsonl")
     assert [r["index"] for r in records] == list(range(7))
     # the responses are the boosted model's own greedy continuations
-    expected = generate_batch(model, tokenizer, [build_prompt(r["instruction"]) for r in ADDSUB[:4]], 1, 8)
+    expected = generate_batch(
+        model,
+        tokenizer,
+        [build_prompt(r["instruction"]) for r in ADDSUB[:4]],
+        DecodingSettings(num_beams=1, max_new_tokens=8),
+    )
     assert [r["output"] for r in records[:4]] == expected
     task, examples = load_benchmarks(EvalConfig("AddSub", data_dir, out))[0]
     assert [r["prediction"] for r in records] == [

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
-from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings
+from sibo.decode.settings import BENCHMARK_DECODING_FLAGS, DecodingSettings
 from sibo.eval.tasks import DATA_DIR_HELP, EXTRACTION_MODES, default_data_dir
 
 # Sampling settings are generate's: the benchmarks are scored with upstream's deterministic decoding.
@@ -92,11 +92,7 @@ def build_parser() -> ArgumentParser:
         parser,
         DecodingSettings,
         skip=SAMPLING_FIELDS,
-        defaults={"num_beams": UPSTREAM_EVAL_BEAMS},
-        helps={
-            "max_new_tokens": "new tokens per response (default: each benchmark's, as upstream: "
-            "256 math, 32 commonsense)"
-        },
+        **BENCHMARK_DECODING_FLAGS,
         group="decoding",
     )
     return parser

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values, parse_list
 from sibo.cli.finetune import SPELLINGS as FINETUNE_SPELLINGS
-from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings
+from sibo.decode.settings import BENCHMARK_DECODING_FLAGS, DecodingSettings
 from sibo.errors import InputError
 from sibo.eval.tasks import DATA_DIR_HELP, EXTRACTION_MODES, default_data_dir
 from sibo.train.config import FinetuneConfig
@@ -79,11 +79,7 @@ def build_parser() -> ArgumentParser:
         DecodingSettings,
         skip=SKIPPED_DECODING,
         rename={"batch_size": ["--eval_batch_size"]},
-        defaults={"num_beams": UPSTREAM_EVAL_BEAMS},
-        helps={
-            "max_new_tokens": "new tokens per response (default: each benchmark's, as upstream: "
-            "256 math, 32 commonsense)"
-        },
+        **BENCHMARK_DECODING_FLAGS,
         group="sweep",
         dest_prefix=DECODING,
     )

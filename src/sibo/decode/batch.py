@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from sibo.decode.finite import finite_logits
-from sibo.decode.settings import CPU_BATCH_SIZE, stopping_settings
+from sibo.decode.settings import CPU_BATCH_SIZE, DecodingSettings, benchmark_decoding, stopping_settings
 from sibo.prompts import PromptTemplate
 
 MAX_AUTO_BATCH_SIZE = 512  # past this, padding and the longest response per batch cost more than they save
@@ -54,13 +54,14 @@ def generate_batch(
     model: torch.nn.Module,
     tokenizer,
     prompts: list[str],
-    num_beams: int = 4,
-    max_new_tokens: int = 256,
+    settings: DecodingSettings | None = None,
     template: PromptTemplate = PromptTemplate(),
     **overrides,
 ) -> list[str]:
-    """The responses to a batch of prompts written with `template`: left padding, KV cache on, no sampling,
-    each stopped at its EOS or Alpaca's next section header (what follows it is another prompt)."""
+    """The responses to a batch of prompts written with `template`: left padding, KV cache on, decoded as
+    `settings` say (default: benchmark_decoding(), greedy with upstream's beams), each stopped at its EOS or
+    Alpaca's next section header (what follows it is another prompt)."""
+    settings = settings or benchmark_decoding()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"  # new tokens follow every prompt directly
@@ -69,29 +70,23 @@ def generate_batch(
     inputs = tokenizer(
         prompts, return_tensors="pt", padding=True, add_special_tokens=template.add_special_tokens
     ).to(device)
-    settings = {
-        "num_beams": num_beams,
-        "do_sample": False,
-        "max_new_tokens": max_new_tokens,
+    kwargs = {
+        **settings.generate_kwargs(),
         "use_cache": True,
         "pad_token_id": tokenizer.pad_token_id,
         # each row stops at its EOS or (Alpaca) its next section, then pads
         **stopping_settings(model, tokenizer, template),
-        # the model's own generation_config may ask for sampling: these would only warn
-        "temperature": None,
-        "top_p": None,
-        "top_k": None,
         **overrides,
     }
     with torch.inference_mode(), finite_logits(model):
         if (
-            num_beams > 1
-            and settings["use_cache"]
-            and "cache_implementation" not in settings
+            settings.num_beams > 1
+            and kwargs["use_cache"]
+            and "cache_implementation" not in kwargs
             and len(inputs["input_ids"][0]) > 1
         ):
-            settings["cache"] = prefill_once(model, inputs, num_beams)
-        sequences = model.generate(**inputs, **settings)  # (B, T + new)
+            kwargs["cache"] = prefill_once(model, inputs, settings.num_beams)
+        sequences = model.generate(**inputs, **kwargs)  # (B, T + new)
     completions = tokenizer.batch_decode(
         sequences[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
     )

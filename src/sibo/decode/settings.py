@@ -23,6 +23,14 @@ CPU_BATCH_SIZE = 8  # --batch_size auto off a GPU: CPU decoding gains little fro
 ONE_ANSWER_TOKENS = 128  # max_new_tokens of `sibo generate` when none is given
 # LLM-Adapters' evaluate.py decodes with 4 beams; `sibo evaluate` and `sibo sweep` keep that default.
 UPSTREAM_EVAL_BEAMS = 4
+# How the benchmark verbs (evaluate, sweep) show their decoding flags: upstream's beams, each task's budget.
+BENCHMARK_DECODING_FLAGS = {
+    "defaults": {"num_beams": UPSTREAM_EVAL_BEAMS},
+    "helps": {
+        "max_new_tokens": "new tokens per response (default: each benchmark's, as upstream: "
+        "256 math, 32 commonsense)"
+    },
+}
 
 
 @dataclass
@@ -82,8 +90,16 @@ class DecodingSettings:
         if self.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         else:
+            # the model's own generation_config may ask for sampling: these would only warn
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.static_cache:
+            kwargs["cache_implementation"] = "static"
         return kwargs
+
+
+def benchmark_decoding(**settings) -> DecodingSettings:
+    """Upstream's benchmark decoding (UPSTREAM_EVAL_BEAMS beams, greedy, each task's budget), `settings` over it."""
+    return DecodingSettings(**{**BENCHMARK_DECODING_FLAGS["defaults"], **settings})
 
 
 def check_fits_context(model: torch.nn.Module, prompt_tokens: int, max_new_tokens: int, what: str) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings, check_fits_context
+from sibo.decode.settings import DecodingSettings, benchmark_decoding, check_fits_context
 from sibo.errors import InputError
 from sibo.eval import contamination
 from sibo.eval.results import (
@@ -62,9 +62,7 @@ class EvalConfig:
     output_dir: Path = field(metadata={"help": "where <dataset>.jsonl and summary.json are written"})
     extraction: str = field(default="careful", metadata={"help": "careful, or legacy (upstream's rules)"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
-    decoding: DecodingSettings = field(
-        default_factory=lambda: DecodingSettings(num_beams=UPSTREAM_EVAL_BEAMS)
-    )
+    decoding: DecodingSettings = field(default_factory=benchmark_decoding)
     overwrite: bool = field(
         default=False,
         metadata={"help": "hand output_dir over to this run: another run's results there are deleted first"},
@@ -326,12 +324,13 @@ def _decode_batches(
 
     from sibo.decode.batch import auto_batch_size, generate_batch
 
-    max_new_tokens = config.decoding.tokens_or(task.max_new_tokens)
-    auto = config.decoding.batch_size == "auto"
+    # this task's budget unless --max_new_tokens was given
+    decoding = replace(config.decoding, max_new_tokens=config.decoding.tokens_or(task.max_new_tokens))
+    auto = decoding.batch_size == "auto"
     size = (
-        auto_batch_size(model, max(lengths.values(), default=1), max_new_tokens, config.decoding.num_beams)
+        auto_batch_size(model, max(lengths.values(), default=1), decoding.max_new_tokens, decoding.num_beams)
         if auto
-        else config.decoding.batch_size
+        else decoding.batch_size
     )
     start = 0
     while start < len(examples):
@@ -341,10 +340,8 @@ def _decode_batches(
                 model,
                 tokenizer,
                 [prompts[example.index] for example in batch],
-                num_beams=config.decoding.num_beams,
-                max_new_tokens=max_new_tokens,
-                template=config.prompt_template,
-                **({"cache_implementation": "static"} if config.decoding.static_cache else {}),
+                decoding,
+                config.prompt_template,
             )
         except torch.cuda.OutOfMemoryError:
             if not auto or size == 1:

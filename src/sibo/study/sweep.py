@@ -26,7 +26,7 @@ import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings
+from sibo.decode.settings import DecodingSettings, benchmark_decoding
 from sibo.errors import InputError
 from sibo.eval.results import read_records
 from sibo.eval.runner import EvalConfig, load_benchmarks
@@ -69,9 +69,7 @@ class SweepConfig:
     output_dir: Path = field(metadata={"help": "where runs, sweep.csv and sweep.png go"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
     extraction: str = field(default="careful", metadata={"help": "careful, or legacy (upstream's rules)"})
-    decoding: DecodingSettings = field(
-        default_factory=lambda: DecodingSettings(num_beams=UPSTREAM_EVAL_BEAMS)
-    )
+    decoding: DecodingSettings = field(default_factory=benchmark_decoding)
     heldout: int = field(
         default=0, metadata={"help": "training records held out and scored by loss (0: none)"}
     )
