@@ -72,7 +72,7 @@ def test_flags_on_the_command_line_win_before_or_after_config(tmp_path):
 EVERY_VERB = {
     "demo": ("methods: [LoRA, LoRA-SIBO]\n", "methods", ["LoRA", "LoRA-SIBO"]),
     "finetune": ("base_model: b\nlora_r: 4\n", "lora_r", 4),
-    "evaluate": ("dataset: [gsm8k, AddSub]\nlam: 0.3\n", "dataset", "gsm8k,AddSub"),
+    "evaluate": ("dataset: [gsm8k, AddSub]\nlam: 0.3\n", "datasets", "gsm8k,AddSub"),
     "generate": ("prompt: Add 2 and 3.\ntemperature: 0.5\n", "instruction", "Add 2 and 3."),
     "export": ("weights_path: w\noutput_dir: o\nformat: state_dict\n", "format", "state_dict"),
     "serve": ("weights_path: w\nport: 8123\nmax_batch_size: 4\n", "port", 8123),

@@ -10,8 +10,8 @@ import pytest
 
 from sibo.cli import main
 from sibo.cli.sweep import parse_config
-from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
+from sibo.eval.runner import EvalConfig
 from sibo.files import LOCK_FILE, hold_output_dir
 from sibo.study.sweep import SweepConfig, SweepRow, summarize, write_csv
 from sibo.study.synthetic import write_records
@@ -115,10 +115,8 @@ def test_repeated_lambdas_are_refused(workspace):
             finetune,
             [0.1, 0.1],
             [1],
-            "AddSub",
-            workspace,
             workspace / "o",
-            decoding=DecodingSettings(num_beams=4),
+            EvalConfig("AddSub", workspace, workspace / "o"),
         )
 
 
@@ -289,7 +287,7 @@ def test_heldout_needs_lambda_zero_and_a_sweep_needs_something_to_score(workspac
     config = parse_config(
         _without_benchmarks(_flags(workspace, workspace / "x", "--lambdas", "0,0.2", "--heldout", "3"))[1:]
     )
-    assert (config.datasets, config.heldout, config.margin) == ("", 3, 0.002)
+    assert (config.evaluation, config.heldout, config.margin) == (None, 3, 0.002)
     assert config.finetune_config(0.2, 1).data_path == str(workspace / "x" / "heldout" / "train.json")
     with pytest.raises(InputError, match="--margin > 0"):
         parse_config(

@@ -20,24 +20,18 @@ from dataclasses import dataclass, field
 from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
 from sibo.decode.settings import BENCHMARK_DECODING_FLAGS, DecodingSettings
-from sibo.eval.tasks import DATA_DIR_HELP, EXTRACTION_MODES, default_data_dir
+from sibo.eval.runner import EvalConfig
 
 # Sampling settings are generate's: the benchmarks are scored with upstream's deterministic decoding.
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "seed")
+# EvalConfig's fields that are no flags: decoding has its own, the template is the model's (--template).
+NOT_FLAGS = ("decoding", "template")
 
 
 @dataclass
 class EvaluateFlags:
-    """What `sibo evaluate` adds to the model and decoding flags."""
+    """What `sibo evaluate` adds to the model, benchmark (EvalConfig) and decoding flags."""
 
-    dataset: str = field(
-        metadata={
-            "help": "comma-separated names (AddSub, MultiArith, SingleEq, gsm8k, AQuA, SVAMP, mawps, boolq, piqa, "
-            "social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa), or math / commonsense"
-        }
-    )
-    data_dir: str | None = field(default=None, metadata={"help": DATA_DIR_HELP})
-    output_dir: str = field(default="outputs/evaluate", metadata={"help": "where results go"})
     merge: bool = field(
         default=True,
         metadata={
@@ -45,48 +39,20 @@ class EvaluateFlags:
             "(bottleneck, DoRA with λ > 0 and quantized bases stay unmerged)"
         },
     )
-    extraction: str = field(
-        default="careful",
-        metadata={
-            "help": "careful, or legacy: upstream's answer-reading rules, for comparable numbers",
-            "choices": EXTRACTION_MODES,
-        },
-    )
-    limit: int | None = field(
-        default=None, metadata={"help": "score only the first N examples of each dataset"}
-    )
     model: str | None = field(
         default=None, metadata={"help": "upstream's model name (LLaMA-7B, …): recorded only"}
     )
     adapter: str | None = field(
         default=None, metadata={"help": "upstream's adapter name (LoRA, …): recorded only"}
     )
-    overwrite: bool = field(
-        default=False,
-        metadata={"help": "hand output_dir over to this run: another run's results there are deleted first"},
-    )
-    train_data: str | None = field(
-        default=None,
-        metadata={
-            "help": "the adapter's training file: report how many test questions it holds (default: the "
-            "data_path in the adapter's run_config.json, when that file is here)"
-        },
-    )
-    exclude_seen: bool = field(
-        default=False, metadata={"help": "score only the test questions that are not in the training data"}
-    )
-    train_data_columns: str = field(
-        default="",
-        metadata={
-            "help": "the training data's column names, as finetune's --data_columns (default: what the "
-            "adapter's run_config.json records)"
-        },
-    )
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="sibo evaluate", description=__doc__.split("\n\n")[0])
     add_dataclass_flags(parser, ModelConfig, rename=MODEL_FLAG_SPELLINGS, skip=("task",), group="model")
+    add_dataclass_flags(
+        parser, EvalConfig, rename={"datasets": ["--dataset"]}, skip=NOT_FLAGS, group="benchmarks"
+    )
     add_dataclass_flags(parser, EvaluateFlags, group="benchmarks")
     add_dataclass_flags(
         parser,
@@ -104,23 +70,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from sibo.eval.contamination import recorded_data_columns, recorded_training_data
-    from sibo.eval.runner import EvalConfig, describe_settings, evaluate_model
+    from sibo.eval.runner import describe_settings, evaluate_model
 
     # a bad model flag, or a missing or malformed data file, stops us before any model loads
     source = ModelConfig(**dataclass_values(args, ModelConfig, skip=("task",)))
     flags = EvaluateFlags(**dataclass_values(args, EvaluateFlags))
+    given = dataclass_values(args, EvalConfig, skip=NOT_FLAGS)
+    train_data, columns = given.pop("train_data"), given.pop("train_data_columns")
     config = EvalConfig(
-        datasets=flags.dataset,
-        data_dir=flags.data_dir or default_data_dir(),
-        output_dir=flags.output_dir,
-        extraction=flags.extraction,
-        limit=flags.limit,
+        **given,
         decoding=DecodingSettings(**dataclass_values(args, DecodingSettings, skip=SAMPLING_FIELDS)),
-        overwrite=flags.overwrite,
-        train_data=flags.train_data or recorded_training_data(source.weights_path),
-        exclude_seen=flags.exclude_seen,
-        train_data_columns=flags.train_data_columns
-        or ("" if flags.train_data else recorded_data_columns(source.weights_path)),
+        # without --train_data, the adapter's own (its run_config.json), when that file is here
+        train_data=train_data or recorded_training_data(source.weights_path),
+        train_data_columns=columns or ("" if train_data else recorded_data_columns(source.weights_path)),
         template=source.template_name,
     )
     results, is_main = evaluate_model(

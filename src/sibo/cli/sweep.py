@@ -15,38 +15,31 @@ held-out loss; with it, benchmarks are scored only when --datasets names them.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values, parse_list
 from sibo.cli.finetune import SPELLINGS as FINETUNE_SPELLINGS
 from sibo.decode.settings import BENCHMARK_DECODING_FLAGS, DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.tasks import DATA_DIR_HELP, EXTRACTION_MODES, default_data_dir
+from sibo.eval.runner import EvalConfig
 from sibo.train.config import FinetuneConfig
 
 # Sampling and compiled caches are not part of the scoring a sweep compares.
 SKIPPED_DECODING = ("temperature", "top_p", "top_k", "seed", "static_cache")
 DECODING = "decoding."
+# EvalConfig's flags a sweep takes: which benchmarks score each run, and how answers are read
+BENCHMARK_FLAGS = ("datasets", "data_dir", "limit", "extraction")
+BENCHMARKS = "benchmarks."
 
 
 @dataclass
 class SweepFlags:
-    """The grid, and which benchmarks score each run."""
+    """The grid, and the held-out comparison (the benchmarks: EvalConfig's flags)."""
 
     lambdas: str | None = field(
         default=None, metadata={"help": "λ values: 0,0.1,0.2 or [0,0.1,0.2] (default: --embedding_lambda)"}
     )
     seeds: str | None = field(default=None, metadata={"help": "seeds: 1,2,3 (default: --seed)"})
-    datasets: str | None = field(
-        default=None,
-        metadata={"help": "benchmarks to score each run on (default: math; none with --heldout)"},
-    )
-    data_dir: str | None = field(default=None, metadata={"help": DATA_DIR_HELP})
-    eval_limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
-    extraction: str = field(
-        default="careful",
-        metadata={"help": "careful, or legacy: upstream's answer-reading rules", "choices": EXTRACTION_MODES},
-    )
     heldout: int = field(
         default=0,
         metadata={
@@ -76,6 +69,16 @@ def build_parser() -> ArgumentParser:
     add_dataclass_flags(parser, SweepFlags, group="sweep")
     add_dataclass_flags(
         parser,
+        EvalConfig,
+        rename={"limit": ["--eval_limit"]},
+        skip=_not_benchmark_flags(),
+        defaults={"datasets": None},
+        helps={"datasets": "benchmarks to score each run on (default: math; none with --heldout)"},
+        group="sweep",
+        dest_prefix=BENCHMARKS,
+    )
+    add_dataclass_flags(
+        parser,
         DecodingSettings,
         skip=SKIPPED_DECODING,
         rename={"batch_size": ["--eval_batch_size"]},
@@ -84,6 +87,10 @@ def build_parser() -> ArgumentParser:
         dest_prefix=DECODING,
     )
     return parser
+
+
+def _not_benchmark_flags() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(EvalConfig) if f.name not in BENCHMARK_FLAGS)
 
 
 def _numbers(text: str, kind: type, flag: str) -> list:
@@ -105,16 +112,21 @@ def _config(args: argparse.Namespace):
     lambdas = _numbers(grid.lambdas, float, "lambdas") if grid.lambdas else [finetune.embedding_lambda]
     seeds = _numbers(grid.seeds, int, "seeds") if grid.seeds else [finetune.seed]
     decoding = DecodingSettings(**dataclass_values(args, DecodingSettings, SKIPPED_DECODING, DECODING))
+    benchmarks = dataclass_values(args, EvalConfig, _not_benchmark_flags(), BENCHMARKS)
+    datasets = benchmarks.pop("datasets")
+    datasets = ("" if grid.heldout else "math") if datasets is None else datasets
+    # each run's folder replaces output_dir (SweepConfig.eval_config)
+    evaluation = (
+        EvalConfig(datasets, **benchmarks, output_dir=finetune.output_dir, decoding=decoding)
+        if datasets
+        else None
+    )
     return SweepConfig(
         finetune=finetune,
         lambdas=lambdas,
         seeds=seeds,
-        datasets=grid.datasets if grid.datasets is not None else ("" if grid.heldout else "math"),
-        data_dir=grid.data_dir or default_data_dir(),
         output_dir=finetune.output_dir,
-        limit=grid.eval_limit,
-        extraction=grid.extraction,
-        decoding=decoding,
+        evaluation=evaluation,
         heldout=grid.heldout,
         heldout_seed=grid.heldout_seed,
         margin=grid.margin,
@@ -131,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     rows = sweep(config)
     written = [config.output_dir / CSV_FILE]
-    if config.datasets:
+    if config.evaluation:
         print(f"{'λ':>6} {'seeds':>5} {'accuracy':>9} {'std':>7}")
         for lam, mean, std, count in summarize(rows):
             print(f"{lam:>6g} {count:>5} {mean:>9.4f} {std:>7.4f}")

@@ -37,7 +37,15 @@ from sibo.eval.results import (
     score,
     write_summary,
 )
-from sibo.eval.tasks import EXTRACTION_MODES, Example, Task, load_examples, resolve_datasets
+from sibo.eval.tasks import (
+    DATA_DIR_HELP,
+    EXTRACTION_MODES,
+    Example,
+    Task,
+    default_data_dir,
+    load_examples,
+    resolve_datasets,
+)
 from sibo.files import EVAL_RUN_FILE, SUMMARY_FILE, claim_output_dir, hold_output_dir, read_json, write_json
 from sibo.prompts import ALPACA, CHAT, PromptTemplate
 
@@ -55,27 +63,50 @@ RUN_FILE = EVAL_RUN_FILE
 
 @dataclass
 class EvalConfig:
-    """Which benchmarks, where their files are, where results go, how answers are read."""
+    """Which benchmarks, where their files are, where results go, how answers are read: the benchmark
+    settings, declared here once; `sibo evaluate` and `sibo sweep` build their flags from these fields."""
 
-    datasets: str | list[str] = field(metadata={"help": "names, 'math' or 'commonsense', comma-separated"})
-    data_dir: Path = field(metadata={"help": "folder holding <Name>/test.json"})
-    output_dir: Path = field(metadata={"help": "where <dataset>.jsonl and summary.json are written"})
-    extraction: str = field(default="careful", metadata={"help": "careful, or legacy (upstream's rules)"})
-    limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
+    datasets: str | list[str] = field(
+        metadata={
+            "help": "comma-separated names (AddSub, MultiArith, SingleEq, gsm8k, AQuA, SVAMP, mawps, boolq, piqa, "
+            "social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa), or math / commonsense"
+        }
+    )
+    data_dir: str | Path | None = field(default=None, metadata={"help": DATA_DIR_HELP})
+    output_dir: str | Path = field(
+        default="outputs/evaluate", metadata={"help": "where <dataset>.jsonl and summary.json go"}
+    )
+    extraction: str = field(
+        default="careful",
+        metadata={
+            "help": "careful, or legacy: upstream's answer-reading rules, for comparable numbers",
+            "choices": EXTRACTION_MODES,
+        },
+    )
+    limit: int | None = field(
+        default=None, metadata={"help": "score only the first N examples of each dataset"}
+    )
     decoding: DecodingSettings = field(default_factory=benchmark_decoding)
     overwrite: bool = field(
         default=False,
         metadata={"help": "hand output_dir over to this run: another run's results there are deleted first"},
     )
-    train_data: Path | None = field(
+    train_data: str | Path | None = field(
         default=None,
-        metadata={"help": "the adapter's training file: count the test questions it holds (None: no check)"},
+        metadata={
+            "help": "the adapter's training file: report how many test questions it holds (default: the "
+            "data_path in the adapter's run_config.json, when that file is here)"
+        },
     )
     exclude_seen: bool = field(
-        default=False, metadata={"help": "score only the test questions that are not in train_data"}
+        default=False, metadata={"help": "score only the test questions that are not in the training data"}
     )
     train_data_columns: str = field(
-        default="", metadata={"help": "train_data's column names, as finetune's --data_columns takes them"}
+        default="",
+        metadata={
+            "help": "the training data's column names, as finetune's --data_columns (default: what the "
+            "adapter's run_config.json records)"
+        },
     )
     template: str = field(
         default=ALPACA,
@@ -84,7 +115,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         self.prompt_template = PromptTemplate(self.template)
-        self.data_dir, self.output_dir = Path(self.data_dir), Path(self.output_dir)
+        self.data_dir = Path(self.data_dir if self.data_dir is not None else default_data_dir())
+        self.output_dir = Path(self.output_dir)
         self.train_data = Path(self.train_data) if self.train_data is not None else None
         if self.exclude_seen and self.train_data is None:
             raise InputError(
@@ -340,8 +372,8 @@ def _decode_batches(
                 model,
                 tokenizer,
                 [prompts[example.index] for example in batch],
-                decoding,
-                config.prompt_template,
+                settings=decoding,
+                template=config.prompt_template,
             )
         except torch.cuda.OutOfMemoryError:
             if not auto or size == 1:

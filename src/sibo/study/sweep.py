@@ -26,7 +26,6 @@ import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sibo.decode.settings import DecodingSettings, benchmark_decoding
 from sibo.errors import InputError
 from sibo.eval.results import read_records
 from sibo.eval.runner import EvalConfig, load_benchmarks
@@ -62,14 +61,12 @@ class SweepConfig:
     )
     lambdas: list[float] = field(metadata={"help": "λ values, each in [0, 1]"})
     seeds: list[int] = field(metadata={"help": "seeds; one run per (λ, seed)"})
-    datasets: str = field(
-        metadata={"help": "benchmarks to score, as `sibo evaluate --dataset` takes them ('': none)"}
-    )
-    data_dir: Path = field(metadata={"help": "folder holding <Name>/test.json"})
     output_dir: Path = field(metadata={"help": "where runs, sweep.csv and sweep.png go"})
-    limit: int | None = field(default=None, metadata={"help": "score only the first N examples of each"})
-    extraction: str = field(default="careful", metadata={"help": "careful, or legacy (upstream's rules)"})
-    decoding: DecodingSettings = field(default_factory=benchmark_decoding)
+    evaluation: EvalConfig | None = field(
+        metadata={
+            "help": "how every run is scored on the benchmarks (None: on none); output_dir is each run's"
+        }
+    )
     heldout: int = field(
         default=0, metadata={"help": "training records held out and scored by loss (0: none)"}
     )
@@ -77,7 +74,7 @@ class SweepConfig:
     margin: float = field(default=0.002, metadata={"help": "equivalence margin of the verdict, in nats"})
 
     def __post_init__(self) -> None:
-        self.output_dir, self.data_dir = Path(self.output_dir), Path(self.data_dir)
+        self.output_dir = Path(self.output_dir)
         if not self.lambdas or not self.seeds:
             raise InputError("a sweep needs at least one λ and one seed")
         for lam in self.lambdas:
@@ -88,21 +85,14 @@ class SweepConfig:
             raise InputError(f"--heldout must be ≥ 0 and --margin > 0, got {self.heldout}, {self.margin}")
         if self.heldout and 0.0 not in self.lambdas:
             raise InputError(f"--heldout compares every λ with λ 0: add 0 to --lambdas (got {self.lambdas})")
-        if not self.heldout and not self.datasets:
+        if not self.heldout and self.evaluation is None:
             raise InputError("a sweep scores its runs on --datasets, on --heldout records, or both: give one")
 
     def run_dir(self, lam: float, seed: int) -> Path:
         return self.output_dir / f"lam{lam:g}_seed{seed}"
 
     def eval_config(self, lam: float, seed: int) -> EvalConfig:
-        return EvalConfig(
-            datasets=self.datasets,
-            data_dir=self.data_dir,
-            output_dir=self.run_dir(lam, seed) / "eval",
-            extraction=self.extraction,
-            limit=self.limit,
-            decoding=self.decoding,
-        )
+        return replace(self.evaluation, output_dir=self.run_dir(lam, seed) / "eval")
 
     def finetune_config(self, lam: float, seed: int) -> FinetuneConfig:
         """The shared settings with this run's λ, seed and directory (checked again by FinetuneConfig)."""
@@ -138,12 +128,12 @@ def sweep(config: SweepConfig) -> list[SweepRow]:
             lam,
             seed,
             config.finetune_config(lam, seed),
-            config.eval_config(lam, seed) if config.datasets else None,
+            config.eval_config(lam, seed) if config.evaluation else None,
         )
         for lam, seed in grid
     ]
     # the same files for every run: read and checked once
-    benchmarks = load_benchmarks(runs[0][3]) if config.datasets else []
+    benchmarks = load_benchmarks(runs[0][3]) if config.evaluation else []
     heldout = (
         prepare_heldout(config.finetune, config.heldout, config.heldout_seed) if config.heldout else None
     )
@@ -170,8 +160,9 @@ def sweep(config: SweepConfig) -> list[SweepRow]:
 def claim_sweep_dir(config: SweepConfig, dry_run: bool = False) -> None:
     """output_dir must be empty or an earlier sweep's (a rerun skips its finished runs; each run's own folder
     guards its settings): never a folder holding the user's files, a model or data."""
-    reads = [("--data_path", config.finetune.data_path), ("--base_model", config.finetune.base_model),
-             ("--data_dir", config.data_dir)]  # fmt: skip
+    reads = [("--data_path", config.finetune.data_path), ("--base_model", config.finetune.base_model)]
+    if config.evaluation is not None:
+        reads.append(("--data_dir", config.evaluation.data_dir))
     claim_output_dir(config.output_dir, "sweep", {}, may_differ=None, dry_run=dry_run, reads=reads)
 
 
