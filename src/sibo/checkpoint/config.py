@@ -95,8 +95,9 @@ def check_threads(threads: int | None) -> int:
 
 
 @dataclass
-class ModelConfig:
-    """A base model, an optional adapter on it, and how to load them."""
+class BaseModelSource:
+    """The base model a verb loads, declared once: ModelConfig and AnalyzeConfig inherit it (a dataclass
+    puts inherited fields first, so every config keeps its field order and its stored settings)."""
 
     base_model: str = field(
         default="",
@@ -105,6 +106,12 @@ class ModelConfig:
             "recorded in the adapter's adapter_config.json)"
         },
     )
+
+
+@dataclass
+class ModelConfig(BaseModelSource):
+    """A base model, an optional adapter on it, and how to load them."""
+
     weights_path: str | None = field(
         default=None,
         metadata={"help": "adapter folder (SIBO or plain PEFT); without it the base model alone"},

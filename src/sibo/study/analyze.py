@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sibo.checkpoint.config import THREADS_HELP, check_threads, resolve_base_model
+from sibo.checkpoint.config import THREADS_HELP, BaseModelSource, check_threads, resolve_base_model
 from sibo.errors import InputError
 from sibo.files import (
     ANALYZE_PLOT_FILE,
@@ -39,17 +39,16 @@ BASE_LABEL = "base"
 
 
 @dataclass
-class AnalyzeConfig:
-    """Which models to compare on which records, and where the results go."""
-
+class _AnalyzedRecords:
     data: Path = field(metadata={"help": "records in the LLM-Adapters layout (.json list or .jsonl)"})
-    base_model: str = field(
-        default="",
-        metadata={
-            "help": "base model folder or .gguf file (or hub name when online) (default: the base recorded "
-            "in the first adapter's adapter_config.json)"
-        },
-    )
+
+
+@dataclass
+class AnalyzeConfig(BaseModelSource, _AnalyzedRecords):
+    """Which models to compare on which records, and where the results go. Fields in the order data,
+    base_model (BaseModelSource: the first adapter's recorded base by default), then these: the order
+    the analysis's run marker stores them in."""
+
     weights_paths: list[str] = field(
         default_factory=list, metadata={"help": "adapters to compare with the base"}
     )
