@@ -11,18 +11,16 @@ import sibo
 SOURCE = Path(sibo.__file__).parent
 # setting -> where it is declared: its group first, then the declarations not yet folded into it
 DECLARED = {
-    "max_new_tokens": ["decode/settings.py:DecodingSettings", "study/demo.py:DemoConfig"],
+    "max_new_tokens": ["decode/settings.py:TokenBudget"],
     "num_beams": ["decode/settings.py:DecodingSettings"],
     "base_model": [
         "checkpoint/config.py:BaseModelSource",
-        "study/demo.py:DemoConfig",
         "train/config.py:FinetuneConfig",
     ],
     "weights_path": ["checkpoint/config.py:ModelConfig"],
 }
-# not yet folded: demo_config.json stores DemoConfig's fields in their order (base None, 64 tokens), and
-# FinetuneConfig waits for issue 33's edit of train/config.py
-NOT_YET = {"study/demo.py:DemoConfig", "train/config.py:FinetuneConfig"}
+# not yet folded: FinetuneConfig waits for issue 33's edit of train/config.py
+NOT_YET = {"train/config.py:FinetuneConfig"}
 
 
 def _is_dataclass(node: ast.ClassDef) -> bool:
@@ -58,4 +56,24 @@ def test_each_shared_setting_is_declared_in_its_group_alone():
 def test_the_finder_sees_inherited_groups_as_one_declaration():
     found = dataclass_fields()
     assert "study/analyze.py:AnalyzeConfig" not in found["base_model"]  # inherits BaseModelSource
+    assert "study/demo.py:DemoConfig" not in found["base_model"] + found["max_new_tokens"]
     assert found["datasets"] == ["eval/runner.py:EvalConfig"]  # evaluate's and sweep's flags come from it
+
+
+def test_configs_built_from_groups_store_their_settings_in_the_old_order_and_values():
+    """demo_config.json and analyze's run marker hold asdict(config): same keys, order and defaults."""
+    from dataclasses import asdict, fields
+
+    from sibo.study.analyze import AnalyzeConfig
+    from sibo.study.demo import DemoConfig
+
+    demo = asdict(DemoConfig())
+    assert list(demo) == [
+        "output_dir", "base_model", "methods", "lam", "num_train", "num_test", "max_steps", "batch_size",
+        "learning_rate", "adapter_learning_rate", "lora_r", "bottleneck_size", "seed", "eval_batch_size",
+        "max_new_tokens", "analyze_n", "threads",
+    ]  # fmt: skip
+    assert (demo["base_model"], demo["max_new_tokens"]) == (None, 64)
+    assert [f.name for f in fields(AnalyzeConfig)][:3] == [
+        "data", "base_model", "weights_paths"
+    ]  # fmt: skip

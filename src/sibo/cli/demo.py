@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
-from sibo.study.demo import DemoConfig, quick_config
+from sibo.study.demo import DEMO_ANSWER_TOKENS, DEMO_FLAG_HELPS, DemoConfig, quick_config
 
 
 @dataclass
@@ -29,7 +29,13 @@ class DemoFlags:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="sibo demo", description=__doc__.splitlines()[0].split(": ", 1)[1])
     add_dataclass_flags(parser, DemoFlags)
-    add_dataclass_flags(parser, DemoConfig, only_given=True)
+    add_dataclass_flags(
+        parser,
+        DemoConfig,
+        only_given=True,
+        defaults={"max_new_tokens": DEMO_ANSWER_TOKENS},
+        helps=DEMO_FLAG_HELPS,
+    )
     return parser
 
 

@@ -34,7 +34,16 @@ BENCHMARK_DECODING_FLAGS = {
 
 
 @dataclass
-class DecodingSettings:
+class TokenBudget:
+    """How many tokens a response may have, declared once: DecodingSettings and the demo's config inherit it."""
+
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "new tokens per response (unset: the caller's budget)"}
+    )
+
+
+@dataclass
+class DecodingSettings(TokenBudget):
     """How to decode: greedy when temperature is 0, else sampling; beams when num_beams > 1.
 
     A batch of benchmark questions reads batch_size and static_cache too; one streamed answer
@@ -42,9 +51,6 @@ class DecodingSettings:
     (math 256, commonsense 32, as upstream) or ONE_ANSWER_TOKENS for one answer.
     """
 
-    max_new_tokens: int | None = field(
-        default=None, metadata={"help": "new tokens per response (unset: the caller's budget)"}
-    )
     num_beams: int = field(default=1, metadata={"help": "beam width; 1 decodes greedily"})
     temperature: float = field(default=0.0, metadata={"help": "0 decodes greedily; > 0 samples"})
     top_p: float = field(default=0.75, metadata={"help": "nucleus sampling mass (sampling only)"})

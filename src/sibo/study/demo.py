@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from sibo.checkpoint.config import BaseModelSource
 from sibo.core.config import SiboConfig
-from sibo.decode.settings import DecodingSettings
+from sibo.decode.settings import DecodingSettings, TokenBudget
 from sibo.errors import InputError
 from sibo.eval.runner import EvalConfig
 from sibo.eval.tasks import Example, Task
@@ -36,6 +37,12 @@ RESULTS_FILE = "results.json"
 DEMO_MARKER = "demo_config.json"  # the demo's settings; before sibo_run.json, what marked a demo's folder
 _OWN_ENTRIES = {"data", "adapters", "eval", "analyze", RESULTS_FILE, DEMO_MARKER}
 VERB = "demo"
+DEMO_ANSWER_TOKENS = 64  # new tokens per test answer: the synthetic answers are short
+# the demo's own reading of the shared flags
+DEMO_FLAG_HELPS = {
+    "base_model": "base model directory (default: the shipped 12-layer demo model)",
+    "max_new_tokens": "tokens decoded per answer (greedy)",
+}
 
 
 @dataclass(frozen=True)
@@ -56,16 +63,17 @@ METHODS = {
 # LLM-Adapters' LoRA modules for LLaMA; SIBO ("ffn") boosts the one reading the hidden state: up_proj.
 
 
+# DemoConfig's fields come in three parts around the shared base_model and max_new_tokens, so that
+# demo_config.json (asdict) keeps its keys in their order: a dataclass puts inherited fields first.
 @dataclass
-class DemoConfig:
-    """The study's sizes; the defaults take about 2 minutes on 2 idle CPU cores."""
-
+class _DemoOutput:
     output_dir: Path = field(
         default=Path("sibo_demo"), metadata={"help": "where data, adapters and results go"}
     )
-    base_model: str | None = field(
-        default=None, metadata={"help": "base model directory (default: the shipped 12-layer demo model)"}
-    )
+
+
+@dataclass
+class _DemoSizes:
     methods: tuple[str, ...] = field(
         default=tuple(METHODS), metadata={"help": f"the study's rows, of {', '.join(METHODS)}"}
     )
@@ -83,7 +91,13 @@ class DemoConfig:
     bottleneck_size: int = field(default=16, metadata={"help": "bottleneck adapter width"})
     seed: int = field(default=0, metadata={"help": "data, initialisation and order seed"})
     eval_batch_size: int = field(default=50, metadata={"help": "test questions per generate call"})
-    max_new_tokens: int = field(default=64, metadata={"help": "tokens decoded per answer (greedy)"})
+
+
+@dataclass
+class DemoConfig(TokenBudget, _DemoSizes, BaseModelSource, _DemoOutput):
+    """The study's sizes; the defaults take about 2 minutes on 2 idle CPU cores. base_model '' or None: the
+    shipped demo model; max_new_tokens None: DEMO_ANSWER_TOKENS, decoded greedily."""
+
     analyze_n: int = field(default=64, metadata={"help": "test records averaged in the similarity analysis"})
     threads: int = field(
         default=1,
@@ -94,6 +108,8 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
+        self.base_model = self.base_model or None  # stored as null, as before BaseModelSource
+        self.max_new_tokens = DEMO_ANSWER_TOKENS if self.max_new_tokens is None else self.max_new_tokens
         self.methods = tuple(self.methods)
         unknown = [name for name in self.methods if name not in METHODS]
         if unknown or not self.methods:
@@ -106,6 +122,7 @@ class DemoConfig:
             "max_steps",
             "batch_size",
             "eval_batch_size",
+            "max_new_tokens",
             "analyze_n",
             "threads",
         ):
