@@ -32,14 +32,27 @@ def _is_dataclass(node: ast.ClassDef) -> bool:
     return False
 
 
+def _is_setting(statement: ast.stmt) -> bool:
+    """A setting is declared with field(…, metadata={"help": …}) (train/config.py: its _field helper), as the
+    flag generator needs; a bare annotation is a record's field (export_card.ExportFacts), not a setting."""
+    value = getattr(statement, "value", None)
+    called = value.func if isinstance(value, ast.Call) else None
+    name = called.attr if isinstance(called, ast.Attribute) else getattr(called, "id", "")
+    return (
+        isinstance(statement, ast.AnnAssign)
+        and isinstance(statement.target, ast.Name)
+        and name.endswith("field")
+    )
+
+
 def dataclass_fields() -> dict[str, list[str]]:
-    """Field name -> 'path:Class' of every dataclass in src/sibo that declares it."""
+    """Setting name -> 'path:Class' of every dataclass in src/sibo that declares it."""
     found: dict[str, list[str]] = {}
     for path in sorted(SOURCE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ClassDef) and _is_dataclass(node):
                 for statement in node.body:
-                    if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+                    if _is_setting(statement):
                         where = f"{path.relative_to(SOURCE).as_posix()}:{node.name}"
                         found.setdefault(statement.target.id, []).append(where)
     return found
@@ -58,6 +71,9 @@ def test_the_finder_sees_inherited_groups_as_one_declaration():
     assert "study/analyze.py:AnalyzeConfig" not in found["base_model"]  # inherits BaseModelSource
     assert "study/demo.py:DemoConfig" not in found["base_model"] + found["max_new_tokens"]
     assert found["datasets"] == ["eval/runner.py:EvalConfig"]  # evaluate's and sweep's flags come from it
+    assert "checkpoint/export_card.py:ExportFacts" not in found.get(
+        "base_model", []
+    )  # a record, not a setting
 
 
 def test_configs_built_from_groups_store_their_settings_in_the_old_order_and_values():
