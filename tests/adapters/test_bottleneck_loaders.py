@@ -2,16 +2,12 @@
 with sibo imported: their adapter_config.json carries the SIBO settings, which BottleneckModel boosts with."""
 
 import json
-import os
-import subprocess
-import sys
-import sysconfig
-import textwrap
 
 import pytest
 import torch
 from peft import AutoPeftModelForCausalLM, PeftModel
 from transformers import AutoModelForCausalLM
+from without_sibo import run_without_sibo
 
 import sibo
 from sibo.adapters.bottleneck import BottleneckConfig
@@ -143,16 +139,7 @@ def test_a_learnt_lambda_trained_after_peft_loaded_it_is_saved_back_by_peft(save
 
 
 def test_peft_without_sibo_refuses_it(saved):
-    """A fresh interpreter without site's .pth files: sibo's editable install is not on its path."""
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path.append({sysconfig.get_paths()["purelib"]!r})
-        try:
-            import sibo
-        except ImportError:
-            pass
-        else:
-            raise SystemExit("sibo is importable")
+    refused = run_without_sibo(f"""
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
         try:
@@ -160,9 +147,4 @@ def test_peft_without_sibo_refuses_it(saved):
         except KeyError as error:
             print("refused:", error)
     """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", script], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines() == ["refused: 'BOTTLENECK'"]
+    assert refused == ["refused: 'BOTTLENECK'"]

@@ -2,16 +2,14 @@
 is refused by PEFT without sibo; a λ = 0 adapter stays a plain LORA folder."""
 
 import json
-import os
 import subprocess
 import sys
-import sysconfig
-import textwrap
 
 import pytest
 import torch
 from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
+from without_sibo import run_without_sibo
 
 import sibo
 from sibo.testing import build_tiny_model
@@ -105,16 +103,7 @@ def test_lambda_zero_stays_a_plain_lora_folder(tmp_path):
 
 
 def test_peft_without_sibo_refuses_it(saved):
-    """A fresh interpreter without site's .pth files: sibo's editable install is not on its path."""
-    script = textwrap.dedent(f"""
-        import sys
-        sys.path.append({sysconfig.get_paths()["purelib"]!r})
-        try:
-            import sibo
-        except ImportError:
-            pass
-        else:
-            raise SystemExit("sibo is importable")
+    refused = run_without_sibo(f"""
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
         for load in (lambda m: PeftModel.from_pretrained(m, {str(saved / "fixed")!r}),
@@ -126,12 +115,7 @@ def test_peft_without_sibo_refuses_it(saved):
             else:
                 raise SystemExit("loaded")
     """)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(
-        [sys.executable, "-S", "-c", script], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.splitlines() == ["refused: 'SIBO_LORA'"] * 2
+    assert refused == ["refused: 'SIBO_LORA'"] * 2
 
 
 @pytest.mark.parametrize(
