@@ -72,9 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     trainer = dpo_trainer(model, tokenizer, pairs, config)
     trainer.train()
-    trainer.save_model(
-        args.output_dir
-    )  # a SIBO_LORA adapter: sibo.load_sibo_model, or PEFT with sibo imported
+    # a SIBO_LORA adapter (λ > 0): sibo.load_sibo_model, or PEFT's loaders with sibo imported
+    trainer.save_model(args.output_dir)
 
 
 if __name__ == "__main__":

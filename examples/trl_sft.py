@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=pairs, processing_class=tokenizer)
     trainer.train()
-    trainer.save_model(args.output_dir)  # adapter + sibo_config.json (λ, targets)
+    trainer.save_model(args.output_dir)  # λ > 0: a SIBO_LORA adapter (λ, targets in adapter_config.json)
 
 
 if __name__ == "__main__":
