@@ -5,9 +5,13 @@ every earlier file (the output folder, the base model, the adapter) byte for byt
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
@@ -104,3 +108,17 @@ def evaluate_args(
 def copy(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target
+
+
+def tmpfs(disk: Path, options: str) -> Iterator[Path]:
+    """A small tmpfs mounted at `disk` (root only; the test is skipped elsewhere), unmounted afterwards:
+    a full or read-only disk that even root cannot write past."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    disk.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], capture_output=True
+    ).returncode:
+        pytest.skip("this machine does not let the test mount a tmpfs")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fault_checks import evaluate_args, finetune_args, make_root, refused
+from fault_checks import evaluate_args, finetune_args, make_root, refused, tmpfs
 
 import sibo
 from sibo.errors import InputError
@@ -165,16 +165,7 @@ def test_json_faults_are_one_line(text, message):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB tmpfs at tmp_path/disk (root only); unmounted afterwards."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
-    ).returncode:
-        pytest.skip("this machine does not let the test mount a tmpfs")
-    yield disk
-    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+    yield from tmpfs(tmp_path / "disk", "size=1m")
 
 
 def fill(disk: Path, leave: int) -> None:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
-import subprocess
 
 import pytest
-from fault_checks import evaluate_args, finetune_args, make_root, refused, run
+from fault_checks import evaluate_args, finetune_args, make_root, refused, run, tmpfs
 from tqdm.auto import tqdm
 
 from sibo.testing import add_chat_template, build_tokenizer
@@ -124,16 +122,7 @@ def test_a_dangling_symlink_or_a_file_as_output_dir_is_one_line(root, tmp_path, 
 @pytest.fixture
 def read_only_disk(tmp_path):
     """A read-only tmpfs at tmp_path/ro (root only): even root cannot write there."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(disk)], capture_output=True
-    ).returncode:
-        pytest.skip("this machine does not let the test mount a tmpfs")
-    yield disk
-    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+    yield from tmpfs(tmp_path / "ro", "ro,size=1m")
 
 
 @pytest.mark.parametrize("verb", ["finetune", "evaluate", "export", "analyze"])
