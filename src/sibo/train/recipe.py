@@ -17,6 +17,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments, set_seed
@@ -43,6 +44,9 @@ from sibo.train.rerun import data_summary, warn_if_data_changed
 from sibo.train.resume import find_latest_checkpoint, finished_at, is_complete_checkpoint, resolve_resume
 from sibo.train.trainer import SiboTrainer
 from sibo.train.trainer_settings import trainer_settings
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +93,42 @@ def finetune(
 
 def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
     """Validate all input and build the model and data; raises InputError and writes nothing on bad input.
-    A rerun whose data differs from `recorded_data` (the same path) is warned."""
+    A rerun whose data differs from `recorded_data` (the same path) is warned. The phases run from the
+    cheap checks to the slow loads, so bad input fails before the model is read."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     accumulation = gradient_accumulation_steps(config.batch_size, config.micro_batch_size, world_size)
-    quantization = config.quantization
-    if quantization:
-        require_quantization(quantization)  # now, not after the data has been read
+    if config.quantization:
+        require_quantization(config.quantization)  # now, not after the data has been read
+    resume_from, start_adapter = _check_resume(config)
+    peft_config = build_peft_config(config)
+    train_records, val_records, data = _read_data(config, recorded_data)
+    model, tokenizer, dtype = _setup_model(config)
+    template = training_template(config, "messages" in train_records.column_names, tokenizer)
+    train_on_inputs = template.name == ALPACA if config.train_on_inputs is None else config.train_on_inputs
+    train_set, val_set = _setup_data(config, train_records, val_records, tokenizer, template, train_on_inputs)
+    packing = _setup_packing(config, model, dtype)
+    model = _setup_adapter(config, model, peft_config, start_adapter)
+    return Run(
+        config,
+        model,
+        tokenizer,
+        train_set,
+        val_set,
+        packing,
+        world_size,
+        accumulation,
+        dtype,
+        resume_from,
+        template,
+        train_on_inputs,
+        data,
+        accuracy_during_training(config, tokenizer, template.name),
+    )
+
+
+def _check_resume(config: FinetuneConfig) -> tuple[str | None, str | None]:
+    """(the Trainer checkpoint to resume from, the adapter to start from), each None when there is none; a
+    fresh run into a folder holding another run's checkpoints is refused."""
     resume_from, start_adapter = resolve_resume(config.resume_from_checkpoint, config.output_dir)
     if resume_from is not None:
         finished_at(resume_from, config.max_steps, config.num_epochs)  # one past --max_steps: refused now
@@ -104,13 +138,21 @@ def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
             f"{config.output_dir} already holds checkpoints of another run: continue it with "
             "--resume_from_checkpoint latest, hand the folder over with --overwrite, or choose another --output_dir"
         )
-    peft_config = build_peft_config(config)
+    return resume_from, start_adapter
 
+
+def _read_data(config: FinetuneConfig, recorded_data: dict | None) -> tuple[Dataset, Dataset, dict]:
+    """(training records, validation records, their count and fingerprint), read before the model loads."""
     records = load_sources(config.data_path, config.data_columns, config.data_ratios, config.seed)
     data = data_summary(records)
     warn_if_data_changed(data, config.data_path, recorded_data)
-    train_records, val_records = split_validation(records, config.val_set_size)
+    return (*split_validation(records, config.val_set_size), data)
 
+
+def _setup_model(config: FinetuneConfig) -> tuple[torch.nn.Module, object, torch.dtype]:
+    """(model, tokenizer, training dtype): the base loaded on this process's device, its attention set, and
+    --cutoff_len checked against its context."""
+    quantization = config.quantization
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     model, tokenizer = load_model(
         config.base_model,
@@ -127,9 +169,18 @@ def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
         raise InputError(
             f"--cutoff_len {config.cutoff_len} is longer than the context of {config.base_model} ({limit} tokens)"
         )
+    return model, tokenizer, dtype
 
-    template = training_template(config, "messages" in records.column_names, tokenizer)
-    train_on_inputs = template.name == ALPACA if config.train_on_inputs is None else config.train_on_inputs
+
+def _setup_data(
+    config: FinetuneConfig,
+    train_records,
+    val_records,
+    tokenizer,
+    template: PromptTemplate,
+    train_on_inputs: bool,
+) -> tuple[TokenizedSet, TokenizedSet | None]:
+    """(training set, validation set or None) tokenized with `template`; a split that keeps no record is refused."""
     if template.name == CHAT:
         logger.info(
             "rendering records with %s's chat template; the loss covers %s",
@@ -159,7 +210,11 @@ def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
                 f"{config.data_path}: zero usable {split} records: every response is cut off at "
                 f"cutoff_len={config.cutoff_len}; raise --cutoff_len"
             )
+    return train_set, val_set
 
+
+def _setup_packing(config: FinetuneConfig, model: torch.nn.Module, dtype: torch.dtype) -> bool:
+    """Whether batches are packed: --packing, when the model keeps packed sequences apart."""
     packing = config.packing and enable_packing(model)
     if config.packing and not packing:
         logger.info(
@@ -167,8 +222,14 @@ def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
         )
     elif packing:
         logger.info("padding-free packed batches: %s", packed_attention(model, dtype))
+    return packing
 
-    if quantization:
+
+def _setup_adapter(
+    config: FinetuneConfig, model: torch.nn.Module, peft_config, start_adapter: str | None
+) -> torch.nn.Module:
+    """The model with its trainable, boosted adapter (seeded), its weights from `start_adapter` when given."""
+    if config.quantization:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
@@ -187,22 +248,7 @@ def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
             raise InputError(
                 f"--resume_from_checkpoint {start_adapter}: does not fit this adapter ({reason})"
             ) from None
-    return Run(
-        config,
-        model,
-        tokenizer,
-        train_set,
-        val_set,
-        packing,
-        world_size,
-        accumulation,
-        dtype,
-        resume_from,
-        template,
-        train_on_inputs,
-        data,
-        accuracy_during_training(config, tokenizer, template.name),
-    )
+    return model
 
 
 def set_attention(model: torch.nn.Module, implementation: str) -> None:
