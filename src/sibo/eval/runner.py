@@ -108,10 +108,8 @@ class EvalConfig:
             "adapter's run_config.json records)"
         },
     )
-    template: str = field(
-        default=ALPACA,
-        metadata={"help": "the prompt template, alpaca or chat (ModelConfig.prompt_template resolves auto)"},
-    )
+    # the prompt template resolved, alpaca or chat: no flag of its own (TemplateChoice's --template chooses it)
+    template: str = ALPACA
 
     def __post_init__(self) -> None:
         self.prompt_template = PromptTemplate(self.template)

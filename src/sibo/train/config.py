@@ -11,10 +11,10 @@ import importlib.util
 import math
 from dataclasses import dataclass, field
 
-from sibo.checkpoint.config import THREADS_HELP, check_threads, quantization_of
+from sibo.checkpoint.config import BaseModelSource, ModelLoading
 from sibo.core.config import TARGET_POLICIES, SiboConfig
 from sibo.errors import InputError
-from sibo.prompts import TEMPLATES
+from sibo.prompts import TEMPLATES, TemplateChoice
 from sibo.train.trainer_settings import TrainerSettings, check_trainer_settings
 
 ADAPTERS = ("lora", "dora", "bottleneck")
@@ -29,13 +29,13 @@ def _field(default, help: str, group: str, **metadata):
 
 
 @dataclass
-class FinetuneConfig(TrainerSettings):
-    """A fine-tuning run, as upstream's flags describe it, plus transformers' TrainingArguments by name."""
+class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSettings):
+    """A fine-tuning run, as upstream's flags describe it, plus transformers' TrainingArguments by name.
+
+    The shared groups' fields come first (base_model, the loading settings, template); run_config.json
+    stores every field by name."""
 
     # model and data
-    base_model: str = _field(
-        "", "base model: a directory, .gguf file or hub name", "model and data", required=True
-    )
     data_path: str = _field(
         "yahma/alpaca-cleaned",
         "instruction records {instruction, input, output} or chat records {messages} / {conversations}: "
@@ -55,13 +55,6 @@ class FinetuneConfig(TrainerSettings):
         "interleaved with --seed until the first source runs out (unset: the sources concatenated)",
         "model and data",
     )
-    template: str = _field(
-        "auto",
-        "prompt template: alpaca (upstream's), chat (the tokenizer's chat template), or auto (chat for chat "
-        "records, alpaca for instruction records); recorded beside the adapter for generate and evaluate",
-        "model and data",
-        choices=TEMPLATES,
-    )
     output_dir: str = _field("./lora-alpaca", "where checkpoints and the final adapter go", "model and data")
     overwrite: bool = _field(
         False,
@@ -70,13 +63,6 @@ class FinetuneConfig(TrainerSettings):
         "model and data",
     )
     adapter_name: str = _field("lora", "adapter type", "model and data", choices=ADAPTERS)
-    load_8bit: bool = _field(False, "load the base in 8-bit (bitsandbytes, CUDA only)", "model and data")
-    load_4bit: bool = _field(
-        False, "load the base in 4-bit NF4, the QLoRA recipe (CUDA only)", "model and data"
-    )
-    trust_remote_code: bool = _field(
-        False, "run modelling code shipped with the base model", "model and data"
-    )
     attn_implementation: str | None = _field(
         None,
         "the model's attention: eager, sdpa, flash_attention_2, … (default: the model's own)",
@@ -130,7 +116,6 @@ class FinetuneConfig(TrainerSettings):
         "liger-kernel); off unless measured faster for your model",
         "training",
     )
-    threads: int | None = _field(None, THREADS_HELP, "training")
     seed: int = _field(42, "random seed (sampling order, dropout, adapter initialisation)", "training")
     resume_from_checkpoint: str | None = _field(
         None,
@@ -269,8 +254,7 @@ class FinetuneConfig(TrainerSettings):
                 f"--save_step {self.save_step} must be a multiple of --eval_step {self.eval_step}: "
                 "the best adapter is picked among validated checkpoints"
             )
-        self.quantization = quantization_of(self.load_8bit, self.load_4bit)
-        self.threads = check_threads(self.threads)
+        self.check_loading()
         self._check_sibo()
         self._check_tracking()
         if self.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
