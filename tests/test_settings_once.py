@@ -25,6 +25,9 @@ DECLARED = {
     "limit": "eval/runner.py:EvalConfig",
     "exclude_seen": "eval/runner.py:EvalConfig",
 }
+# finetune's accuracy during training stores the benchmark settings under its own names (run_config.json's
+# keys): eval_<name> reuses the benchmark setting's declaration (eval.runner.benchmark_setting)
+REUSED = {f"eval_{name}": name for name in ("datasets", "data_dir", "limit", "num_beams", "exclude_seen")}
 
 
 def _is_dataclass(node: ast.ClassDef) -> bool:
@@ -65,6 +68,21 @@ def dataclass_fields() -> dict[str, list[str]]:
 def test_each_shared_setting_is_declared_in_its_group_alone():
     found = dataclass_fields()
     assert {name: found.get(name) for name in DECLARED} == {name: [place] for name, place in DECLARED.items()}
+
+
+def test_finetune_reuses_the_benchmark_settings_under_its_own_names():
+    from dataclasses import fields
+
+    from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings
+    from sibo.eval.runner import EvalConfig
+    from sibo.train.config import FinetuneConfig
+
+    declared = {f.name: f for f in fields(EvalConfig) + fields(DecodingSettings)}
+    finetune = {f.name: f for f in fields(FinetuneConfig)}
+    assert not set(REUSED) & set(dataclass_fields())  # no declaration of their own
+    for name, setting in REUSED.items():
+        assert finetune[name].metadata["help"] == declared[setting].metadata["help"], name
+    assert finetune["eval_num_beams"].default == UPSTREAM_EVAL_BEAMS
 
 
 def test_the_finder_sees_inherited_groups_as_one_declaration():

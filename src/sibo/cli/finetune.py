@@ -27,7 +27,11 @@ FINETUNE_FLAGS = {
         "use_gradient_checkpointing": ["--use_gradient_checkpointing", "--gradient_checkpointing"],
     },
     "defaults": {"base_model": MISSING},  # required: there is no adapter to read it from
-    "helps": {"base_model": "base model: a folder, a .gguf file, or a hub name when online"},
+    "helps": {
+        "base_model": "base model: a folder, a .gguf file, or a hub name when online",
+        "eval_datasets": "benchmarks scored at every evaluation, as `sibo evaluate --dataset` names them "
+        "(AddSub,gsm8k; math); logged as eval_<Name>_accuracy (needs --val_set_size)",
+    },
     "group": "model and data",
 }
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, Field, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,6 +128,16 @@ class EvalConfig:
         if self.limit is not None and self.limit < 1:
             raise InputError(f"limit must be at least 1, got {self.limit}")
         self.tasks = resolve_datasets(self.datasets)
+
+
+def benchmark_setting(name: str, default=MISSING, **metadata) -> Field:
+    """EvalConfig's setting `name`, or its decoding's (num_beams), for a config that stores it under another
+    name (finetune's eval_<name>): the help and choices declared here, the benchmark's default unless given."""
+    owner = EvalConfig if name in EvalConfig.__dataclass_fields__ else DecodingSettings
+    declared = owner.__dataclass_fields__[name]
+    if default is MISSING:
+        default = getattr(benchmark_decoding(), name) if owner is DecodingSettings else declared.default
+    return field(default=default, metadata={**declared.metadata, **metadata})
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from sibo.checkpoint.config import BaseModelSource, ModelLoading
 from sibo.core.config import TARGET_POLICIES, SiboConfig
 from sibo.errors import InputError
+from sibo.eval.runner import benchmark_setting
 from sibo.prompts import TEMPLATES, TemplateChoice
 from sibo.train.trainer_settings import TrainerSettings, check_trainer_settings
 
@@ -22,6 +23,7 @@ ADAPTERS = ("lora", "dora", "bottleneck")
 # (an SVD) and OLoRA (a QR) move, PEFT moves again, identically, when it loads the adapter. pissa_niter_N
 # (a randomised SVD) cannot be repeated on reload; eva, corda, loftq and lora_ga need data or more settings.
 LORA_INITS = ("true", "false", "gaussian", "orthogonal", "pissa", "olora")
+ACCURACY = "accuracy during training"
 
 
 def _field(default, help: str, group: str, **metadata):
@@ -183,27 +185,12 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
         choices=TARGET_POLICIES,
     )
     learnable_lambda: bool = _field(False, "learn one λ per block, starting at --embedding_lambda", "SIBO")
-    # accuracy during training (sibo.eval.during_training)
-    eval_datasets: str = _field(
-        "",
-        "benchmarks scored at every evaluation, as `sibo evaluate --dataset` names them (AddSub,gsm8k; math); "
-        "logged as eval_<Name>_accuracy (needs --val_set_size)",
-        "accuracy during training",
-    )
-    eval_data_dir: str = _field(
-        "",
-        "folder holding <Name>/test.json (default: $SIBO_DATA_DIR, else ./dataset)",
-        "accuracy during training",
-    )
-    eval_limit: int | None = _field(
-        None, "score only the first N questions of each", "accuracy during training"
-    )
-    eval_num_beams: int = _field(
-        4, "beams when decoding the answers (4: sibo evaluate's and upstream's)", "accuracy during training"
-    )
-    eval_exclude_seen: bool = _field(
-        False, "score only the questions the training data does not hold", "accuracy during training"
-    )
+    # accuracy during training (sibo.eval.during_training): `sibo evaluate`'s benchmark settings, stored as eval_*
+    eval_datasets: str = benchmark_setting("datasets", "", group=ACCURACY)
+    eval_data_dir: str = benchmark_setting("data_dir", "", group=ACCURACY)
+    eval_limit: int | None = benchmark_setting("limit", group=ACCURACY)
+    eval_num_beams: int = benchmark_setting("num_beams", group=ACCURACY)
+    eval_exclude_seen: bool = benchmark_setting("exclude_seen", group=ACCURACY)
     # experiment tracking
     report_to: str | None = _field(None, "integration to log to: none, wandb, tensorboard, … (default: wandb when "
                                    "--wandb_project is set, else none)", "tracking")  # fmt: skip
