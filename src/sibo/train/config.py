@@ -206,32 +206,42 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
             raise InputError("--data_path is required")
         _choose("adapter_name", self.adapter_name, ADAPTERS)
         _choose("template", self.template, TEMPLATES)
-        from transformers.activations import ACT2FN
-
-        if self.non_linearity not in ACT2FN:
+        self._check_schedule()
+        self._check_early_stopping()
+        self._check_accuracy()
+        check_trainer_settings(self)
+        self.check_loading()
+        self._check_adapter()
+        self._check_sibo()
+        self._check_tracking()
+        if self.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+            raise InputError("--use_liger_kernel needs the liger-kernel package: pip install liger-kernel")
+        if self.overwrite and self.resume_from_checkpoint is not None:
             raise InputError(
-                f"--non_linearity {self.non_linearity!r} is not a transformers activation (tanh, relu, gelu, …)"
+                "--overwrite starts output_dir afresh: it cannot go with --resume_from_checkpoint"
             )
-        for name in ("batch_size", "micro_batch_size", "num_epochs", "cutoff_len", "eval_step", "save_step"):
-            _at_least(name, getattr(self, name), 1)
-        for name in ("lora_r", "lora_alpha", "bottleneck_size", "save_total_limit", "logging_steps"):
+        # here, not at the top: the data module imports torch, and --help must not
+        from sibo.data_sources import split_sources
+
+        split_sources(self.data_path, self.data_columns, self.data_ratios)
+
+    def _check_schedule(self) -> None:
+        """Sizes, steps, the learning rate and the seed in range; a batch is whole micro-batches, and the
+        best adapter is picked among validated checkpoints."""
+        counts = ("batch_size", "micro_batch_size", "num_epochs", "cutoff_len", "eval_step", "save_step",
+                  "save_total_limit", "logging_steps")  # fmt: skip
+        for name in counts:
             _at_least(name, getattr(self, name), 1)
         _at_least("val_set_size", self.val_set_size, 0)
         _at_least("warmup_steps", self.warmup_steps, 0)
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise InputError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        self._check_early_stopping()
-        self._check_accuracy()
-        check_trainer_settings(self)
         if self.max_steps == 0 or self.max_steps < -1:
             raise InputError(f"--max_steps must be -1 or at least 1, got {self.max_steps}")
         if not 0 < self.learning_rate < math.inf:
             raise InputError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
         if isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise InputError(f"--seed must be in 0…{2**32 - 1}, got {self.seed}")
-        for name in ("lora_dropout", "adapter_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise InputError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if self.batch_size % self.micro_batch_size:
             raise InputError(
                 f"--batch_size {self.batch_size} is not a multiple of --micro_batch_size {self.micro_batch_size}"
@@ -241,26 +251,27 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
                 f"--save_step {self.save_step} must be a multiple of --eval_step {self.eval_step}: "
                 "the best adapter is picked among validated checkpoints"
             )
-        self.check_loading()
-        self._check_sibo()
-        self._check_tracking()
-        if self.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
-            raise InputError("--use_liger_kernel needs the liger-kernel package: pip install liger-kernel")
+
+    def _check_adapter(self) -> None:
+        """The adapter's shape and regularisation: sizes, dropouts, activation, scaling, target modules."""
+        from transformers.activations import ACT2FN
+
+        if self.non_linearity not in ACT2FN:
+            raise InputError(
+                f"--non_linearity {self.non_linearity!r} is not a transformers activation (tanh, relu, gelu, …)"
+            )
+        for name in ("lora_r", "lora_alpha", "bottleneck_size"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("lora_dropout", "adapter_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise InputError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if isinstance(self.scaling, str) and self.scaling != "learned":
             raise InputError(f"--scaling must be a number or 'learned', got {self.scaling!r}")
         if not isinstance(self.scaling, str) and not math.isfinite(self.scaling):
             raise InputError(f"--scaling must be a finite number or 'learned', got {self.scaling}")
-        if self.overwrite and self.resume_from_checkpoint is not None:
-            raise InputError(
-                "--overwrite starts output_dir afresh: it cannot go with --resume_from_checkpoint"
-            )
         if self.target_modules is not None and not self.target_modules:
             raise InputError("--target_modules is empty")
         self._check_lora_options()
-        # here, not at the top: the data module imports torch, and --help must not
-        from sibo.data_sources import split_sources
-
-        split_sources(self.data_path, self.data_columns, self.data_ratios)
 
     def _check_sibo(self) -> None:
         """The SIBO flags as one SiboConfig (which holds the λ rules): `self.sibo`, what the recipe boosts with."""
