@@ -20,13 +20,13 @@ DECLARED = {
     "load_4bit": "checkpoint/config.py:ModelLoading",
     "threads": "checkpoint/config.py:CpuThreads",
     "template": "prompts.py:TemplateChoice",
-    "datasets": "eval/runner.py:EvalConfig",
-    "data_dir": "eval/runner.py:EvalConfig",
-    "limit": "eval/runner.py:EvalConfig",
-    "exclude_seen": "eval/runner.py:EvalConfig",
+    "datasets": "eval/config.py:EvalConfig",
+    "data_dir": "eval/config.py:EvalConfig",
+    "limit": "eval/config.py:EvalConfig",
+    "exclude_seen": "eval/config.py:EvalConfig",
 }
 # finetune's accuracy during training stores the benchmark settings under its own names (run_config.json's
-# keys): eval_<name> reuses the benchmark setting's declaration (eval.runner.benchmark_setting)
+# keys): eval_<name> reuses the benchmark setting's declaration (eval.config.benchmark_setting)
 REUSED = {f"eval_{name}": name for name in ("datasets", "data_dir", "limit", "num_beams", "exclude_seen")}
 
 
@@ -74,7 +74,7 @@ def test_finetune_reuses_the_benchmark_settings_under_its_own_names():
     from dataclasses import fields
 
     from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings
-    from sibo.eval.runner import EvalConfig
+    from sibo.eval.config import EvalConfig
     from sibo.train.config import FinetuneConfig
 
     declared = {f.name: f for f in fields(EvalConfig) + fields(DecodingSettings)}
@@ -89,7 +89,7 @@ def test_the_finder_sees_inherited_groups_as_one_declaration():
     found = dataclass_fields()
     assert "study/analyze.py:AnalyzeConfig" not in found["base_model"]  # inherits BaseModelSource
     assert "study/demo.py:DemoConfig" not in found["base_model"] + found["max_new_tokens"]
-    assert found["datasets"] == ["eval/runner.py:EvalConfig"]  # evaluate's and sweep's flags come from it
+    assert found["datasets"] == ["eval/config.py:EvalConfig"]  # evaluate's and sweep's flags come from it
     assert "checkpoint/export_card.py:ExportFacts" not in found.get(
         "base_model", []
     )  # a record, not a setting

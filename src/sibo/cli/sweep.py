@@ -21,7 +21,7 @@ from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_value
 from sibo.cli.finetune import FINETUNE_FLAGS
 from sibo.decode.settings import BENCHMARK_DECODING_FLAGS, DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import EvalConfig
+from sibo.eval.config import EvalConfig
 from sibo.train.config import FinetuneConfig
 
 # Sampling and compiled caches are not part of the scoring a sweep compares.

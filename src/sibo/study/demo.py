@@ -24,7 +24,7 @@ from sibo.checkpoint.config import BaseModelSource, CpuThreads
 from sibo.core.config import SiboConfig
 from sibo.decode.settings import DecodingSettings, TokenBudget
 from sibo.errors import InputError
-from sibo.eval.runner import EvalConfig
+from sibo.eval.config import EvalConfig
 from sibo.eval.tasks import Example, Task
 from sibo.files import claim_output_dir, clear_output_dir, hold_output_dir, refuse_replacing, write_json
 from sibo.study.runs import LORA_TARGETS, train_and_score

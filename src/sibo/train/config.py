@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sibo.checkpoint.config import BaseModelSource, ModelLoading
 from sibo.core.config import TARGET_POLICIES, SiboConfig
 from sibo.errors import InputError
-from sibo.eval.runner import benchmark_setting
+from sibo.eval.config import benchmark_setting
 from sibo.prompts import TEMPLATES, TemplateChoice
 from sibo.train.trainer_settings import TrainerSettings, check_trainer_settings
 
