@@ -25,6 +25,8 @@ DECLARED = {
     "limit": "eval/config.py:EvalConfig",
     "exclude_seen": "eval/config.py:EvalConfig",
 }
+# Each verb's own, so not listed: output_dir (its own default and contents: ./lora-alpaca, outputs/evaluate,
+# sibo_demo, …) and overwrite (it hands over that verb's files; the one rule is files.claim_output_dir).
 # finetune's accuracy during training stores the benchmark settings under its own names (run_config.json's
 # keys): eval_<name> reuses the benchmark setting's declaration (eval.config.benchmark_setting)
 REUSED = {f"eval_{name}": name for name in ("datasets", "data_dir", "limit", "num_beams", "exclude_seen")}
