@@ -27,6 +27,7 @@ DECLARED = {
 }
 # Each verb's own, so not listed: output_dir (its own default and contents: ./lora-alpaca, outputs/evaluate,
 # sibo_demo, …) and overwrite (it hands over that verb's files; the one rule is files.claim_output_dir).
+
 # finetune's accuracy during training stores the benchmark settings under its own names (run_config.json's
 # keys): eval_<name> reuses the benchmark setting's declaration (eval.config.benchmark_setting)
 REUSED = {f"eval_{name}": name for name in ("datasets", "data_dir", "limit", "num_beams", "exclude_seen")}
@@ -85,6 +86,30 @@ def test_finetune_reuses_the_benchmark_settings_under_its_own_names():
     for name, setting in REUSED.items():
         assert finetune[name].metadata["help"] == declared[setting].metadata["help"], name
     assert finetune["eval_num_beams"].default == UPSTREAM_EVAL_BEAMS
+
+
+def test_an_earlier_run_config_json_gives_the_folded_settings_as_before(tmp_path):
+    """run_config.json stores asdict(FinetuneConfig) under "config": the folded settings keep their keys and
+    defaults, so an earlier run's file still repeats the run (--config) and its folder still resumes."""
+    import json
+    from dataclasses import fields
+
+    from sibo.cli._flags import dataclass_values
+    from sibo.cli.finetune import build_parser
+    from sibo.train.config import FinetuneConfig
+
+    earlier = {"base_model": "m", "trust_remote_code": True, "load_8bit": False, "load_4bit": True, "threads": 3,
+               "template": "chat", "eval_datasets": "AddSub", "eval_data_dir": "d", "eval_limit": 5,
+               "eval_num_beams": 2, "eval_exclude_seen": True}  # fmt: skip
+    file = tmp_path / "run_config.json"
+    file.write_text(json.dumps({"config": earlier}))
+    given = dataclass_values(build_parser().parse_args(["--config", str(file)]), FinetuneConfig)
+    assert {name: given[name] for name in earlier} == earlier
+    assert {f.name: f.default for f in fields(FinetuneConfig) if f.name in earlier} == {
+        "base_model": "", "trust_remote_code": False, "load_8bit": False, "load_4bit": False, "threads": None,
+        "template": "auto", "eval_datasets": "", "eval_data_dir": "", "eval_limit": None, "eval_num_beams": 4,
+        "eval_exclude_seen": False,
+    }  # fmt: skip
 
 
 def test_the_finder_sees_inherited_groups_as_one_declaration():

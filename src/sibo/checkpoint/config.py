@@ -1,4 +1,4 @@
-"""Which model a verb loads: the shared model flags, declared once in small groups, checked before anything loads.
+"""Which model a verb loads: the shared model flags in small groups, checked before anything loads.
 
 `sibo generate`, `evaluate`, `export` and `serve` build their model flags from `ModelConfig`; `finetune`
 and `sweep` inherit the same groups (`BaseModelSource`, `ModelLoading`) through `FinetuneConfig`, `analyze`

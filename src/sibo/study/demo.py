@@ -38,7 +38,7 @@ DEMO_MARKER = "demo_config.json"  # the demo's settings; before sibo_run.json, w
 _OWN_ENTRIES = {"data", "adapters", "eval", "analyze", RESULTS_FILE, DEMO_MARKER}
 VERB = "demo"
 DEMO_ANSWER_TOKENS = 64  # new tokens per test answer: the synthetic answers are short
-DEMO_THREADS = 1  # the fastest for the demo's 64-wide model: it is too small to split
+DEMO_THREADS = 1  # --threads' default here: its help below says why
 # the demo's own reading of the shared flags
 DEMO_FLAG_HELPS = {
     "base_model": "base model directory (default: the shipped 12-layer demo model)",
@@ -103,7 +103,8 @@ class _DemoAnalysis:
 @dataclass
 class DemoConfig(CpuThreads, _DemoAnalysis, TokenBudget, _DemoSizes, BaseModelSource, _DemoOutput):
     """The study's sizes; the defaults take about 2 minutes on 2 idle CPU cores. base_model '' or None: the
-    shipped demo model; max_new_tokens None: DEMO_ANSWER_TOKENS, decoded greedily; threads None: DEMO_THREADS."""
+    shipped demo model; max_new_tokens None: DEMO_ANSWER_TOKENS, decoded greedily; threads None: DEMO_THREADS.
+    """
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
