@@ -7,7 +7,8 @@ import logging
 
 from transformers.utils import logging as hf_logging
 
-from sibo.cli import console, progress
+from sibo import progress
+from sibo.cli import console
 
 
 def test_a_piped_slow_load_is_five_log_lines_and_other_bars_are_hidden(caplog, capsys, monkeypatch):
