@@ -1,4 +1,7 @@
-"""Progress of slow loads on the console: a bar on a terminal, a few plain log lines when piped to a file.
+"""What the console shows of slow work: a verb's first line, then bars on a terminal, log lines when piped.
+
+Every verb that loads a model or data first logs what it loads, from where and how big (`announce`), before
+it imports torch: that import alone takes seconds, a GGUF base's load half a minute more.
 
 transformers draws a bar per model load ("Loading weights") and, for a GGUF base, one while it
 dequantizes every tensor (19–36 s for SmolLM2 on 2 CPU cores). Without -v the CLI hides the libraries'
@@ -11,6 +14,8 @@ from __future__ import annotations
 import io
 import logging
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -48,3 +53,48 @@ def console_bar(factory, args, kwargs):
     if sys.stderr.isatty():
         return factory(*args, **{**kwargs, "delay": SHOW_AFTER_S})
     return LineProgress(*args, **kwargs)
+
+
+def announce(purpose: str, **sources: str | Sequence[str] | None) -> None:
+    """A verb's first line, logged before torch is imported: what it will load, from where and how big (a
+    stat, nothing read), e.g. `loading base SmolLM2-135M-Instruct.Q4_1.gguf (98.4 MB, GGUF) and adapter out
+    (26.1 MB) to evaluate into eval …`. `sources`: role → path, hub name, comma-separated list or list."""
+    named = [f"{role} {', '.join(map(on_disk, _paths(where)))}" for role, where in sources.items() if where]
+    logger.info("loading %s %s …", " and ".join(named), purpose)
+
+
+def on_disk(path: str) -> str:
+    """`path` and its size: a file's, the files' in a folder (not its subfolders: a run's checkpoints), or a
+    hub name's in the local hub cache."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        files = [file for file in local.iterdir() if file.is_file()]
+    elif local.is_file():
+        files = [local]
+    else:
+        looks_local = local.is_absolute() or path.startswith((".", "~"))
+        return f"{path} ({'not found' if looks_local else _hub_copy(path)})"
+    gguf = ", GGUF" if any(file.suffix == ".gguf" for file in files) else ""
+    return f"{path} ({_size(sum(file.stat().st_size for file in files))}{gguf})"
+
+
+def _paths(where: str | Sequence[str]) -> list[str]:
+    """A list as it is; a string that is no local path but holds commas: its comma-separated parts."""
+    if not isinstance(where, str):
+        return [str(path) for path in where]
+    return where.split(",") if "," in where and not Path(where).expanduser().exists() else [where]
+
+
+def _hub_copy(name: str) -> str:
+    from huggingface_hub import constants
+
+    for kind in ("models", "datasets"):
+        blobs = Path(constants.HF_HUB_CACHE) / f"{kind}--{name.replace('/', '--')}" / "blobs"
+        if blobs.is_dir():
+            return f"hub name, {_size(sum(file.stat().st_size for file in blobs.iterdir()))} in the hub cache"
+    return "hub name, no local copy"
+
+
+def _size(size: int) -> str:
+    units = (("GB", 1e9), ("MB", 1e6), ("kB", 1e3))
+    return next((f"{size / scale:.3g} {unit}" for unit, scale in units if size >= scale), f"{size} B")
