@@ -7,6 +7,7 @@ transformers draws a bar per model load ("Loading weights") and, for a GGUF base
 dequantizes every tensor (19–36 s for SmolLM2 on 2 CPU cores). Without -v the CLI hides the libraries'
 bars, but not these: a silent half-minute reads as a hang. Piped to a file, a tqdm bar writes a
 carriage-return line per update; there it becomes one log line per quarter instead.
+sibo's own bars (training, evaluating, tokenizing: `bar`) become a log line per tenth.
 """
 
 from __future__ import annotations
@@ -26,23 +27,39 @@ SHOW_AFTER_S = 2.0  # … once they have run this long: a load over in a blink s
 
 
 class LineProgress(tqdm):
-    """A tqdm whose display is a log line per quarter (0, 25, 50, 75, 100 %) reached after SHOW_AFTER_S
-    (nothing written to the stream)."""
+    """A tqdm whose display is a log line per `parts`-th of the total (0, 25, 50, 75, 100 % with 4) reached
+    after `show_after` seconds (default SHOW_AFTER_S), with the time so far and the rate (nothing written to
+    the stream)."""
 
-    def __init__(self, *args, **kwargs) -> None:
-        self._quarter = -1
+    def __init__(self, *args, parts: int = 4, show_after: float | None = None, **kwargs) -> None:
+        self._parts, self._shown = parts, -1
+        self._show_after = SHOW_AFTER_S if show_after is None else show_after
         super().__init__(*args, **{**kwargs, "file": io.StringIO(), "mininterval": 0})
 
     def display(self, msg=None, pos=None) -> bool:
         started = getattr(self, "start_t", None)  # tqdm displays once before it sets start_t
-        if self.total and started is not None and self._time() - started >= SHOW_AFTER_S:
-            quarter = 4 * self.n // self.total
-            if quarter > self._quarter:
-                self._quarter = quarter
-                logger.info(
-                    "%s %d/%d (%d%%)", self.desc.rstrip(": ."), self.n, self.total, 100 * self.n // self.total
-                )
+        if self.total and started is not None and self._time() - started >= self._show_after:
+            part = self._parts * self.n // self.total
+            if part > self._shown:
+                self._shown = part
+                logger.info("%s", self._line(self._time() - started))
         return True
+
+    def _line(self, elapsed: float) -> str:
+        rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0.0  # initial: resumed, not done now
+        speed = f"{rate:.3g} {self.unit}/s" if rate >= 1 or not rate else f"{1 / rate:.3g} s/{self.unit}"
+        postfix = f", {self.postfix}" if self.postfix else ""
+        return (
+            f"{self.desc.rstrip(': .')} {self.n}/{self.total} ({100 * self.n // self.total}%) "
+            f"in {self.format_interval(elapsed)}, {speed}{postfix}"
+        )
+
+
+def bar(*args, **kwargs) -> tqdm:
+    """A tqdm on a terminal; piped to a file, a log line per tenth (LineProgress), never a carriage return."""
+    if sys.stderr.isatty():
+        return tqdm(*args, **kwargs)
+    return LineProgress(*args, parts=10, show_after=0.0, **kwargs)
 
 
 def console_bar(factory, args, kwargs):
