@@ -14,8 +14,6 @@ from sibo.cli import main as sibo_main
 from sibo.train.guards import StopOnInterrupt
 from sibo.train.resume import resolve_resume
 
-pytestmark = pytest.mark.usefixtures("no_progress_bars")
-
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
