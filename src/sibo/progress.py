@@ -75,7 +75,7 @@ def console_bar(factory, args, kwargs):
 def announce(purpose: str, **sources: str | Sequence[str] | None) -> None:
     """A verb's first line, logged before torch is imported: what it will load, from where and how big (a
     stat, nothing read), e.g. `loading base SmolLM2-135M-Instruct.Q4_1.gguf (98.4 MB, GGUF) and adapter out
-    (26.1 MB) to evaluate into eval …`. `sources`: role → path, hub name, comma-separated list or list."""
+    (26.1 MB) to score on math into eval …`. `sources`: role → path, hub name, comma-separated list or list."""
     named = [f"{role} {', '.join(map(on_disk, _paths(where)))}" for role, where in sources.items() if where]
     logger.info("loading %s %s …", " and ".join(named), purpose)
 

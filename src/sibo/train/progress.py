@@ -20,7 +20,7 @@ class LineProgressCallback(ProgressCallback):
         self.current_step = 0
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-        """No bar for the validation batches: the validation loss gets its own log line."""
+        """No bar for the validation batches: their loss is printed with the other logs when they end."""
 
 
 def log_progress_when_piped(trainer) -> None:
