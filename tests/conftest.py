@@ -1,4 +1,3 @@
-import functools
 import socket
 
 # datasets gives its logger a StreamHandler on sys.stderr when first imported: imported inside a test
@@ -8,7 +7,6 @@ import datasets  # noqa: F401
 import pytest
 import torch
 from huggingface_hub import constants
-from tqdm.auto import tqdm
 
 from sibo.prompts import build_prompt
 from sibo.study.synthetic import generate_splits, write_records
@@ -81,9 +79,3 @@ def offline(monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     return endpoint
-
-
-@pytest.fixture
-def no_progress_bars(monkeypatch):
-    """Trainer's bar shares stderr with the one line the fault tests count."""
-    monkeypatch.setattr("transformers.trainer_callback.tqdm", functools.partial(tqdm, disable=True))

@@ -70,9 +70,6 @@ def test_sibo_imports_and_locks_a_folder_without_fcntl(tmp_path):
     assert done.stdout.strip() == "locked and released without fcntl"
 
 
-pytestmark = pytest.mark.usefixtures("no_progress_bars")
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = make_root(tmp_path_factory.mktemp("faults"))

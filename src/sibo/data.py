@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from tqdm.auto import tqdm
 
 from sibo import chat
 from sibo.chat import Conversation
 from sibo.errors import InputError
 from sibo.files import check_text, parse_json
+from sibo.progress import bar
 from sibo.prompts import ALPACA, PromptTemplate, build_prompt
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ def tokenize_records(
 ) -> TokenizedSet:
     """Examples for every record; records whose response is entirely cut off are dropped."""
     examples, truncated, dropped, prompt_only = [], 0, 0, 0
-    with tqdm(
+    with bar(
         total=len(records), desc=description, unit="rec", disable=len(records) < LONG_WORK_ROWS
     ) as progress:
         for start in range(0, len(records), chunk_size):

@@ -164,6 +164,7 @@ def claim_output_dir(
     dry_run: bool = False,
     legacy: Callable[[Path], dict | None] | None = None,
     reads: Sequence[tuple[str, str | os.PathLike]] = (),
+    defaults: dict | None = None,
 ) -> dict | None:
     """Make `directory` this run's: returns the settings of this verb's earlier run there (resume), or None
     when the folder is new, empty, or handed over with `overwrite` (and then what that run wrote deleted).
@@ -173,7 +174,8 @@ def claim_output_dir(
     keys in `may_differ`; None: any key may differ) unless `overwrite`; a hand-over that would delete a file
     this command reads (`reads`: (flag, path) pairs). `dry_run` checks without writing (call it before the
     slow part, then again under `hold_output_dir`). `legacy(directory)` recognises a folder this verb wrote
-    before RUN_MARKER existed: it returns its marker, {"verb", "settings"}, or None.
+    before RUN_MARKER existed: it returns its marker, {"verb", "settings"}, or None. `defaults`: each
+    setting's default, what an earlier run's marker without that key (written before it existed) ran with.
     """
     directory = Path(directory)
     check_folder_path(directory)
@@ -195,7 +197,7 @@ def claim_output_dir(
             "choose an empty or new --output_dir"
         )
     if previous is not None:
-        changed = _changed(previous, verb, settings, may_differ)
+        changed = _changed(previous, verb, settings, may_differ, defaults or {})
         if not changed:
             if not dry_run:
                 _write_marker(directory, verb, settings, kept=_kept(directory, previous))
@@ -379,15 +381,18 @@ def _read_marker(directory: Path) -> dict | None:
     return None
 
 
-def _changed(previous: dict, verb: str, settings: dict, may_differ: tuple[str, ...] | None) -> str:
-    """'' when `previous` is this verb's run with these settings, else what differs, in words."""
+def _changed(
+    previous: dict, verb: str, settings: dict, may_differ: tuple[str, ...] | None, defaults: dict
+) -> str:
+    """'' when `previous` is this verb's run with these settings, else what differs, in words; a setting
+    its marker lacks (added since it was written) counts as its default there."""
     if previous["verb"] != verb:
         return f"written by sibo {previous['verb']}, not {verb}"
     if may_differ is None or previous["settings"] is None:  # None: a legacy folder, settings unknown
         return ""
     # Compare as JSON stores them (tuples become lists, paths strings).
-    now = json.loads(json.dumps(settings, default=str))
-    before = previous["settings"]
+    now, defaults = json.loads(json.dumps([settings, defaults], default=str))
+    before = {**{key: value for key, value in defaults.items() if key in now}, **previous["settings"]}
     keys = [key for key in {**before, **now}
             if key not in may_differ and not _same_setting(before.get(key), now.get(key))]  # fmt: skip
     return ", ".join(f"{key} {before.get(key)!r} there, {now.get(key)!r} now" for key in keys)

@@ -4,12 +4,10 @@ rerun from run_config.json says when its data changed."""
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
 from fault_checks import finetune_args, make_root, refused, run, snapshot
-from tqdm.auto import tqdm
 
 ARGS = ["finetune", "--base_model", "base", "--data_path", "d.json", "--output_dir", "out"]
 
@@ -50,7 +48,6 @@ def test_an_error_line_is_never_longer_than_a_few_hundred_characters(tmp_path, c
 
 
 def test_a_rerun_from_run_config_warns_when_its_data_changed(tmp_path, capsys, caplog, monkeypatch):
-    monkeypatch.setattr("transformers.trainer_callback.tqdm", functools.partial(tqdm, disable=True))
     root = make_root(tmp_path / "root")
     data = root / "records.json"
     assert run(capsys, finetune_args(root, tmp_path / "first", "--max_steps", "1"))[0] == 0

@@ -4,22 +4,13 @@ traceback, earlier files byte for byte."""
 from __future__ import annotations
 
 import errno
-import functools
 import json
 from pathlib import Path
 
 import pytest
 from fault_checks import evaluate_args, finetune_args, make_root, refused, run, snapshot
-from tqdm.auto import tqdm
 
 from sibo.testing import add_chat_template, build_tiny_model, build_tokenizer
-
-
-@pytest.fixture(autouse=True)
-def no_progress_bars(monkeypatch):
-    monkeypatch.setattr("transformers.trainer_callback.tqdm", functools.partial(tqdm, disable=True))
-    # evaluate's bar shares stderr with the one line (its `disable=` is given, so TQDM_DISABLE is not read)
-    monkeypatch.setattr("tqdm.auto.tqdm", lambda *args, **kwargs: tqdm(*args, **{**kwargs, "disable": True}))
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +25,7 @@ def test_an_assistant_only_conversation_is_named_as_such(root, tmp_path, capsys)
     tokenizer = add_chat_template(build_tokenizer())
     build_tiny_model("llama", len(tokenizer), num_layers=2).save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
+    capsys.readouterr()  # the save's own bar
     chats = tmp_path / "chats.jsonl"
     chats.write_text(
         json.dumps(

@@ -10,18 +10,11 @@ import pytest
 import torch
 from fault_checks import evaluate_args, make_root, refused
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from sibo.checkpoint.weights import check_finite
 
 UP_B = "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight"
 Q_B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
-
-
-@pytest.fixture(autouse=True)
-def no_progress_bars(monkeypatch):
-    """evaluate's bar shares stderr with the one line (its `disable=` is given, so TQDM_DISABLE is not read)."""
-    monkeypatch.setattr("tqdm.auto.tqdm", lambda *args, **kwargs: tqdm(*args, **{**kwargs, "disable": True}))
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,13 @@ read-only folders, dangling symlinks, an export missing its residual, chat recor
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 
 import pytest
 from fault_checks import evaluate_args, finetune_args, make_root, refused, run, tmpfs
-from tqdm.auto import tqdm
 
 from sibo.testing import add_chat_template, build_tokenizer
-
-
-@pytest.fixture(autouse=True)
-def no_progress_bars(monkeypatch):
-    monkeypatch.setattr("transformers.trainer_callback.tqdm", functools.partial(tqdm, disable=True))
 
 
 @pytest.fixture(scope="module")

@@ -4,22 +4,14 @@ claim their folders like every other verb."""
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
 from fault_checks import evaluate_args, finetune_args, make_root, refused, run, snapshot
-from tqdm.auto import tqdm
 
 from sibo.errors import InputError
 from sibo.files import RUN_MARKER, claim_output_dir, clear_output_dir, hold_output_dir
 from sibo.study.demo import prepare_output_dir
-
-
-@pytest.fixture(autouse=True)
-def no_progress_bars(monkeypatch):
-    """Trainer's bar shares stderr with the one line these tests count."""
-    monkeypatch.setattr("transformers.trainer_callback.tqdm", functools.partial(tqdm, disable=True))
 
 
 @pytest.fixture(scope="module")

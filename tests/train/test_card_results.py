@@ -3,18 +3,11 @@ still belongs to the finetune run that wrote it: `finetune --overwrite` replaces
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
 from fault_checks import evaluate_args, finetune_args, make_root, run
 from huggingface_hub import ModelCard
-from tqdm.auto import tqdm
-
-
-@pytest.fixture(autouse=True)
-def no_progress_bars(monkeypatch):
-    monkeypatch.setattr("transformers.trainer_callback.tqdm", functools.partial(tqdm, disable=True))
 
 
 @pytest.fixture(scope="module")

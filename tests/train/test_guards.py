@@ -14,8 +14,6 @@ from sibo.cli import main as sibo_main
 from sibo.train.guards import StopOnInterrupt
 from sibo.train.resume import resolve_resume
 
-pytestmark = pytest.mark.usefixtures("no_progress_bars")
-
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
@@ -62,6 +60,24 @@ def test_a_finished_run_is_kept_rerun_as_a_no_op_and_handed_over_only_with_overw
     assert sibo_main([str(a) for a in finetune_args(root, out, "--max_steps", "1", "--overwrite")]) == 0
     assert not (out / "checkpoint-2").exists()
     assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 1
+
+
+@pytest.mark.integration
+def test_a_folder_finished_before_a_setting_existed_is_the_same_run_at_that_settings_default(
+    root, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    assert sibo_main([str(a) for a in finetune_args(root, out, "--max_steps", "1")]) == 0
+    marker = json.loads((out / "sibo_run.json").read_text())
+    for key in ("weight_decay", "lr_scheduler_type", "early_stopping_patience"):  # added by issue 33
+        del marker["settings"][key]
+    (out / "sibo_run.json").write_text(json.dumps(marker))
+    capsys.readouterr()
+
+    line = refused(capsys, finetune_args(root, out, "--max_steps", "1", "--weight_decay", "0.1"), out)
+    assert "holds another finetune run (weight_decay 0.0 there, 0.1 now)" in line
+    assert sibo_main([str(a) for a in finetune_args(root, out, "--max_steps", "1")]) == 0
+    assert capsys.readouterr().out.startswith(f"{out} already holds this run, finished after 1 steps")
 
 
 @pytest.mark.integration

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -12,15 +11,8 @@ import signal
 import pytest
 from fault_checks import finetune_args, make_root, refused, run, snapshot
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from sibo.train.guards import StopOnInterrupt
-
-
-@pytest.fixture(autouse=True)
-def no_progress_bars(monkeypatch):
-    """Trainer's bar shares stderr with the one line these tests count."""
-    monkeypatch.setattr("transformers.trainer_callback.tqdm", functools.partial(tqdm, disable=True))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +75,6 @@ def test_a_stop_before_the_first_checkpoint_hints_a_command_that_works(
         "starts afresh)"
     )
     monkeypatch.undo()
-    monkeypatch.setattr("transformers.trainer_callback.tqdm", functools.partial(tqdm, disable=True))
     code, _, err = run(capsys, argv)
     assert code == 0, err
     assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 3

@@ -42,11 +42,12 @@ def resolve_base_model(base_model: str | None, weights_path: str | os.PathLike |
         return str(base_model)
     if weights_path is None:
         raise InputError("--base_model is required without --weights_path")
-    from sibo.checkpoint.weights import check_adapter_config
-
     config_file = Path(weights_path) / "adapter_config.json"
-    recorded = check_adapter_config(weights_path).get("base_model_name_or_path")
+    recorded = read_adapter_config(weights_path).get("base_model_name_or_path")
     if not recorded or not isinstance(recorded, str):
+        from sibo.checkpoint.weights import check_adapter_config
+
+        check_adapter_config(weights_path)  # damage is named first: a record without a base may be damaged
         raise InputError(f"{config_file} records no base model: pass --base_model")
     looks_local = Path(recorded).is_absolute() or recorded.startswith((".", "~"))
     if looks_local and not Path(recorded).expanduser().exists():
@@ -54,6 +55,20 @@ def resolve_base_model(base_model: str | None, weights_path: str | os.PathLike |
             f"the base model recorded in {config_file}, {recorded}, does not exist: pass --base_model"
         )
     return recorded
+
+
+def read_adapter_config(directory: str | os.PathLike) -> dict:
+    """adapter_config.json as a JSON object, or InputError naming it: no torch, so a verb can say what it
+    loads first (sibo.checkpoint.weights.check_adapter_config checks its values against the PEFT method)."""
+    from sibo.files import read_json
+
+    file = Path(directory) / "adapter_config.json"
+    if not file.is_file():
+        raise InputError(f"no adapter at {directory}: adapter_config.json is missing")
+    config = read_json(file)  # empty, truncated, not UTF-8: one line naming the file
+    if not isinstance(config, dict):
+        raise InputError(f"{file}: damaged: a JSON object is expected, not a {type(config).__name__}")
+    return config
 
 
 def context_length(model) -> int | None:

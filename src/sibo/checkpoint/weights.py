@@ -160,14 +160,10 @@ def check_adapter_config(directory: str | os.PathLike) -> dict:
 
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
-    from sibo.files import read_json
+    from sibo.checkpoint.config import read_adapter_config
 
     file = Path(directory) / "adapter_config.json"
-    if not file.is_file():
-        raise InputError(f"no adapter at {directory}: adapter_config.json is missing")
-    config = read_json(file)  # empty, truncated, not UTF-8: one line naming the file
-    if not isinstance(config, dict):
-        raise InputError(f"{file}: damaged: a JSON object is expected, not a {type(config).__name__}")
+    config = read_adapter_config(directory)
     config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(str(config.get("peft_type")))
     if config_class is None:
         raise InputError(f"{file}: damaged: peft_type {config.get('peft_type')!r} is no PEFT method")

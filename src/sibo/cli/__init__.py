@@ -167,7 +167,7 @@ def console(verbose: bool) -> Iterator[None]:
     ours.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     # its retry warnings ("Retrying in 8s [Retry 4/5]", each twice) are a library's log like any other
     hub.setLevel(logging.INFO if verbose else logging.ERROR)
-    from sibo.cli.progress import console_bar
+    from sibo.progress import console_bar
 
     previous_hook = None if verbose else hf_logging.set_tqdm_hook(console_bar)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
+from sibo.progress import announce
 from sibo.study.analyze import PLOT_FILE, RESULTS_FILE, AnalyzeConfig
 
 SPELLINGS = {"weights_paths": ["--weights_path", "--lora_weights"]}
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    # before the config, whose check of the adapters' values imports torch
+    announce("to measure token similarity by layer", base=args.base_model, adapters=args.weights_paths,
+             data=str(args.data))  # fmt: skip
     from sibo.study.analyze import analyze, format_table
 
     config = AnalyzeConfig(**dataclass_values(args, AnalyzeConfig))

@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
-from sibo.study.demo import DEMO_ANSWER_TOKENS, DEMO_FLAG_HELPS, DEMO_THREADS, DemoConfig, quick_config
+from sibo.progress import announce
+from sibo.study.demo import (
+    DEMO_ANSWER_TOKENS,
+    DEMO_FLAG_HELPS,
+    DEMO_THREADS,
+    DemoConfig,
+    quick_config,
+    shipped_base_model,
+)
 
 
 @dataclass
@@ -56,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from sibo.study.demo import ADAPTER_ROWS_NOTE, format_rows, next_steps, run_demo
 
     config = _config(args)
+    base_model = str(config.base_model or shipped_base_model())
+    announce(f"for the demo study into {config.output_dir}", base=base_model)
     started = time.perf_counter()
     rows = run_demo(config)
     print(format_rows(rows))

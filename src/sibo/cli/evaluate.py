@@ -21,6 +21,7 @@ from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
 from sibo.decode.settings import BENCHMARK_DECODING_FLAGS, DecodingSettings
 from sibo.eval.config import EvalConfig
+from sibo.progress import announce
 
 # Sampling settings are generate's: the benchmarks are scored with upstream's deterministic decoding.
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "seed")
@@ -85,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         train_data_columns=columns or ("" if train_data else recorded_data_columns(source.weights_path)),
         template=source.template_name,
     )
+    announce(f"to score on {config.datasets} into {config.output_dir}", base=source.base_model,
+             adapter=source.weights_path)  # fmt: skip
     results, is_main = evaluate_model(
         source, config, {"model": flags.model, "adapter": flags.adapter}, flags.merge
     )

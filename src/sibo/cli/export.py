@@ -10,6 +10,7 @@ from dataclasses import MISSING
 
 from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ExportConfig, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
+from sibo.progress import announce
 
 # A quantized base has no merged form: export loads the base in full precision. It prompts nothing: the
 # template the adapter records is copied beside the export.
@@ -41,15 +42,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from sibo.checkpoint.config import EXPORT_VERB
-    from sibo.checkpoint.export import export_adapter
-    from sibo.checkpoint.load import RESIDUAL_DIR, load_for_decoding
-    from sibo.checkpoint.portable import saved_dtype
     from sibo.files import refuse_replacing
 
     config = ExportConfig(**dataclass_values(args, ExportConfig, skip=("adapter_name",)))
     source = ModelConfig(**dataclass_values(args, ModelConfig, skip=SKIPPED_MODEL_FLAGS))
     reads = [("--weights_path", source.weights_path), ("--base_model", source.base_model)]
     refuse_replacing(config.output_dir, EXPORT_VERB, [(flag, path) for flag, path in reads if path])
+    announce(f"to merge into {config.output_dir}", base=source.base_model, adapter=source.weights_path)
+    from sibo.checkpoint.export import export_adapter
+    from sibo.checkpoint.load import RESIDUAL_DIR, load_for_decoding
+    from sibo.checkpoint.portable import saved_dtype
+
     model, tokenizer, template = load_for_decoding(source, merge=False)
     # the export carries the adapter's record of its template; an adapter without one gets none
     dtype = saved_dtype(source.base_model, source.dtype)

@@ -9,15 +9,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from dataclasses import MISSING
-from pathlib import Path
 
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
+from sibo.progress import announce
 from sibo.train.config import FinetuneConfig
-
-logger = logging.getLogger(__name__)
 
 # How finetune (and sweep) show FinetuneConfig's flags: other spellings upstream and its forks use for the
 # same setting; the shared groups' fields under "model and data", where finetune's reading differs, its own.
@@ -57,11 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = FinetuneConfig(**dataclass_values(args, FinetuneConfig))  # bad input: one line, nothing else
-    # what is coming, before the recipe's imports and the model load (half a minute for a GGUF base)
-    logger.info(
-        "fine-tuning %s on %s into %s", described(config.base_model), config.data_path, config.output_dir
-    )
+    values = dataclass_values(args, FinetuneConfig)
+    # what is coming, before the config's checks import torch and the model loads (half a minute for a GGUF)
+    announce(f"to fine-tune into {values['output_dir']}", base=values["base_model"], data=values["data_path"])
+    config = FinetuneConfig(**values)  # bad input: one line after that one
     from sibo.train.recipe import finetune
     from sibo.train.rerun import recorded_data
 
@@ -85,11 +81,3 @@ def run(args: argparse.Namespace) -> int:
             print(f"validation loss {metrics['eval']['eval_loss']:.4f} (best adapter kept)")
         print(f"adapter, tokenizer, run config and metrics: {config.output_dir}")
     return 0
-
-
-def described(base_model: str) -> str:
-    """The base model with its size on disk when it is local: what the coming load will read."""
-    path = Path(base_model)
-    files = [path] if path.is_file() else list(path.glob("*.safetensors")) + list(path.glob("*.gguf"))
-    size = sum(file.stat().st_size for file in files if file.is_file())
-    return f"{base_model} ({size / 2**20:,.0f} MiB)" if size else base_model

@@ -17,6 +17,7 @@ from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values, str2bool
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings
 from sibo.errors import InputError
+from sibo.progress import announce
 
 # Batches are evaluate's: one answer streams.
 BATCH_FIELDS = ("batch_size", "static_cache")
@@ -98,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         title = f"SIBO · {Path(source.weights_path or source.base_model).name or 'model'}"
         serve_config = ServeConfig(host=flags.host, port=flags.port, share=flags.share, title=title)
         require_gradio()  # a missing gradio should say so before the model loads
+    purpose = "for a Gradio page" if flags.ui else "to answer one instruction"
+    announce(purpose, base=source.base_model, adapter=source.weights_path)
     from sibo.checkpoint.load import load_for_decoding
 
     model, tokenizer, template = load_for_decoding(source, merge=flags.merge)

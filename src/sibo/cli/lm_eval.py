@@ -16,6 +16,7 @@ import sys
 
 from sibo.errors import InputError, first_line
 from sibo.hub import offline_when_unreachable, unreachable
+from sibo.progress import announce
 
 # the harness reads its log level here (its --verbosity is deprecated)
 HARNESS_LOG_LEVEL = "LMEVAL_LOG_LEVEL"
@@ -23,6 +24,10 @@ HARNESS_LOG_LEVEL = "LMEVAL_LOG_LEVEL"
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    model_args = _model_args(argv)
+    if model_args.get("pretrained"):  # before the harness's imports (torch among them)
+        announce("for lm-evaluation-harness", base=model_args["pretrained"],
+                 adapter=model_args.get("peft") or model_args.get("weights_path"))  # fmt: skip
     try:
         from huggingface_hub import constants
         from lm_eval.__main__ import cli_evaluate
@@ -32,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         if (error.name or "").split(".")[0] != "lm_eval":
             raise
         raise InputError("sibo lm-eval needs lm-evaluation-harness: pip install 'sibo[eval]'") from None
-    _check_weights(argv)
+    _check_weights(model_args)
     saved_argv, saved_level = sys.argv, os.environ.get(HARNESS_LOG_LEVEL)
     sys.argv = ["sibo lm-eval", *argv]  # the harness's CLI reads sys.argv itself
     if _quiet(argv):
@@ -61,19 +66,22 @@ def _quiet(argv: list[str]) -> bool:
     return not asked and not logging.getLogger().isEnabledFor(logging.INFO)
 
 
-def _check_weights(argv: list[str]) -> None:
-    """The model's weights files, checked before the harness starts (and logs): `--model_args pretrained=B,peft=W`
-    (comma- or space-separated, as the harness takes them)."""
-    from sibo.checkpoint.weights import ADAPTER_WEIGHTS, BASE_WEIGHTS, check_weights_dir
-
+def _model_args(argv: list[str]) -> dict[str, str]:
+    """`--model_args pretrained=B,peft=W` (comma- or space-separated, as the harness takes them) as a dict."""
     if "--model_args" not in argv:
-        return
+        return {}
     words = []
     for word in argv[argv.index("--model_args") + 1 :]:
         if word.startswith("--"):
             break
         words += word.split(",")
-    model_args = dict(word.split("=", 1) for word in words if "=" in word)
+    return dict(word.split("=", 1) for word in words if "=" in word)
+
+
+def _check_weights(model_args: dict[str, str]) -> None:
+    """The model's weights files, checked before the harness starts (and logs)."""
+    from sibo.checkpoint.weights import ADAPTER_WEIGHTS, BASE_WEIGHTS, check_weights_dir
+
     for key, patterns in (
         ("pretrained", BASE_WEIGHTS),
         ("peft", ADAPTER_WEIGHTS),

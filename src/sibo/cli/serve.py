@@ -16,6 +16,7 @@ from pathlib import Path
 from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
 from sibo.errors import InputError
+from sibo.progress import announce
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     flags = ServeFlags(**dataclass_values(args, ServeFlags))
     source = ModelConfig(**dataclass_values(args, ModelConfig, skip=("task",)))
+    address = f"http://{flags.host}:{flags.port}/v1"
+    announce(f"to serve at {address}", base=source.base_model, adapter=source.weights_path)
     from sibo.checkpoint.load import load_for_decoding
     from sibo.serve.api import build_api
     from sibo.serve.engine import BatchingEngine
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, template = load_for_decoding(source, merge=flags.merge)
     engine = BatchingEngine(model, tokenizer, template, flags.max_batch_size).start()
     name = flags.model_name or Path(source.weights_path or source.base_model).name or "model"
-    print(f"serving {name} ({template.name} template) at http://{flags.host}:{flags.port}/v1", flush=True)
+    print(f"serving {name} ({template.name} template) at {address}", flush=True)
     try:
         stopped_by = serve_until_stopped(build_api(engine, name, flags.api_key), flags.host, flags.port)
     finally:

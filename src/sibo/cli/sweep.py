@@ -22,6 +22,7 @@ from sibo.cli.finetune import FINETUNE_FLAGS
 from sibo.decode.settings import BENCHMARK_DECODING_FLAGS, DecodingSettings
 from sibo.errors import InputError
 from sibo.eval.config import EvalConfig
+from sibo.progress import announce
 from sibo.train.config import FinetuneConfig
 
 # Sampling and compiled caches are not part of the scoring a sweep compares.
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    announce(f"to sweep into {args.output_dir}", base=args.base_model, data=args.data_path)
     from sibo.study.sweep import CSV_FILE, PLOT_FILE, REPORT_FILE, REPORT_JSON, summarize, sweep
 
     config = _config(args)

@@ -40,6 +40,7 @@ from sibo.eval.results import (
 )
 from sibo.eval.tasks import Example, Task, load_examples
 from sibo.files import EVAL_RUN_FILE, SUMMARY_FILE, claim_output_dir, hold_output_dir, read_json, write_json
+from sibo.progress import bar
 from sibo.prompts import CHAT, PromptTemplate
 
 if TYPE_CHECKING:
@@ -224,8 +225,6 @@ def evaluate_dataset(
     lengths: dict[int, int],
 ) -> DatasetResult:
     """Score one benchmark's pending examples, appending each batch to <output_dir>/<name>.jsonl."""
-    from tqdm.auto import tqdm
-
     path = config.output_dir / f"{task.name}.jsonl"
     chat = config.prompt_template.name == CHAT
     if shard.is_main:
@@ -240,7 +239,7 @@ def evaluate_dataset(
     target = path if shard.world == 1 else path.with_name(f"{task.name}.rank{shard.rank}.jsonl")
     correct = sum(record["correct"] for record in done.values())
     scored = len(done)
-    progress = tqdm(total=len(examples), initial=scored, desc=task.name, unit="ex", disable=not shard.is_main)
+    progress = bar(total=len(examples), initial=scored, desc=task.name, unit="ex", disable=not shard.is_main)
     path.parent.mkdir(parents=True, exist_ok=True)
     with appending(target) as out:
         for batch, responses in _decode_batches(model, tokenizer, task, mine, prompts, config, lengths):
@@ -250,9 +249,9 @@ def evaluate_dataset(
                 correct += record["correct"]
             out.flush()
             scored += len(batch)
+            progress.set_postfix(acc=f"{correct / scored:.3f}", refresh=False)  # shown by the update
             # other ranks keep pace: count their batches too, without running past the total
             progress.update(min(len(batch) * shard.world, progress.total - progress.n))
-            progress.set_postfix(acc=f"{correct / scored:.3f}")
     progress.close()
     shard.barrier()
     if not shard.is_main:

@@ -25,6 +25,7 @@ from sibo.files import (
     hold_output_dir,
     write_atomically,
 )
+from sibo.progress import bar
 from sibo.prompts import build_prompt
 from sibo.study.plots import pyplot, save_figure
 
@@ -113,7 +114,6 @@ def layer_similarity(
 ) -> list[float]:
     """For each hidden state (embeddings, then every block), the similarity averaged over texts."""
     import torch
-    from tqdm.auto import tqdm
 
     from sibo.decode.finite import finite_logits
 
@@ -121,7 +121,7 @@ def layer_similarity(
     sums: torch.Tensor | None = None
     counted = 0
     with torch.no_grad(), finite_logits(model):  # NaN activations would average into NaN similarities
-        for start in tqdm(range(0, len(texts), batch_size), desc="similarity", leave=False):
+        for start in bar(range(0, len(texts), batch_size), desc="similarity", leave=False):
             batch = tokenizer(
                 texts[start : start + batch_size],
                 return_tensors="pt",

@@ -20,7 +20,7 @@ import logging
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
@@ -76,6 +76,8 @@ def claim_run_dir(config: FinetuneConfig, dry_run: bool = False) -> dict | None:
         dry_run,
         legacy=_legacy_run,
         reads=reads,
+        # a folder finished before a setting existed ran with its default: rerun with it, it is the same run
+        defaults={field.name: field.default for field in fields(FinetuneConfig)},
     )
     if previous is not None and not dry_run:
         for key in settings:

@@ -34,6 +34,7 @@ from sibo.train.early_stopping import early_stopping, stopped_early
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
 from sibo.train.loraplus import LoraPlusTrainer
 from sibo.train.packing import PackingCollator
+from sibo.train.progress import log_progress_when_piped
 from sibo.train.resume import find_latest_checkpoint, finished_at, is_complete_checkpoint
 from sibo.train.setup import Run, packed_attention, setup
 from sibo.train.trainer import SiboTrainer
@@ -136,6 +137,7 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
         callbacks=[WarmupCheck(), *early_stopping(config), *(callbacks or [])],
     )
     trainer.accuracy = run.accuracy
+    log_progress_when_piped(trainer)
     logger.info(
         "training on %d examples (%s batches), global batch %d = %d micro × %d accumulation × %d process(es)",
         len(run.train_set.examples),
