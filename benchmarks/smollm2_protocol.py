@@ -20,9 +20,10 @@ from transformers import TrainerCallback
 
 from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
+from sibo.eval.config import EvalConfig
 from sibo.eval.contamination import normalise
 from sibo.eval.results import read_records
-from sibo.eval.runner import EvalConfig, load_benchmarks
+from sibo.eval.runner import load_benchmarks
 from sibo.eval.tasks import Example, Task
 from sibo.files import TRAIN_METRICS_FILE, read_json, write_atomically
 from sibo.study.analyze import layer_similarity

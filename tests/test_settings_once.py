@@ -9,18 +9,28 @@ from pathlib import Path
 import sibo
 
 SOURCE = Path(sibo.__file__).parent
-# setting -> where it is declared: its group first, then the declarations not yet folded into it
+# setting -> the one group that declares it
 DECLARED = {
-    "max_new_tokens": ["decode/settings.py:TokenBudget"],
-    "num_beams": ["decode/settings.py:DecodingSettings"],
-    "base_model": [
-        "checkpoint/config.py:BaseModelSource",
-        "train/config.py:FinetuneConfig",
-    ],
-    "weights_path": ["checkpoint/config.py:ModelConfig"],
+    "max_new_tokens": "decode/settings.py:TokenBudget",
+    "num_beams": "decode/settings.py:DecodingSettings",
+    "base_model": "checkpoint/config.py:BaseModelSource",
+    "weights_path": "checkpoint/config.py:ModelConfig",
+    "trust_remote_code": "checkpoint/config.py:ModelLoading",
+    "load_8bit": "checkpoint/config.py:ModelLoading",
+    "load_4bit": "checkpoint/config.py:ModelLoading",
+    "threads": "checkpoint/config.py:CpuThreads",
+    "template": "prompts.py:TemplateChoice",
+    "datasets": "eval/config.py:EvalConfig",
+    "data_dir": "eval/config.py:EvalConfig",
+    "limit": "eval/config.py:EvalConfig",
+    "exclude_seen": "eval/config.py:EvalConfig",
 }
-# not yet folded: FinetuneConfig waits for issue 33's edit of train/config.py
-NOT_YET = {"train/config.py:FinetuneConfig"}
+# Each verb's own, so not listed: output_dir (its own default and contents: ./lora-alpaca, outputs/evaluate,
+# sibo_demo, …) and overwrite (it hands over that verb's files; the one rule is files.claim_output_dir).
+
+# finetune's accuracy during training stores the benchmark settings under its own names (run_config.json's
+# keys): eval_<name> reuses the benchmark setting's declaration (eval.config.benchmark_setting)
+REUSED = {f"eval_{name}": name for name in ("datasets", "data_dir", "limit", "num_beams", "exclude_seen")}
 
 
 def _is_dataclass(node: ast.ClassDef) -> bool:
@@ -60,17 +70,53 @@ def dataclass_fields() -> dict[str, list[str]]:
 
 def test_each_shared_setting_is_declared_in_its_group_alone():
     found = dataclass_fields()
-    for name, places in DECLARED.items():
-        assert sorted(found.get(name, [])) == sorted(places), name
-    folded = {name: [p for p in places if p not in NOT_YET] for name, places in DECLARED.items()}
-    assert all(len(places) == 1 for places in folded.values()), folded
+    assert {name: found.get(name) for name in DECLARED} == {name: [place] for name, place in DECLARED.items()}
+
+
+def test_finetune_reuses_the_benchmark_settings_under_its_own_names():
+    from dataclasses import fields
+
+    from sibo.decode.settings import UPSTREAM_EVAL_BEAMS, DecodingSettings
+    from sibo.eval.config import EvalConfig
+    from sibo.train.config import FinetuneConfig
+
+    declared = {f.name: f for f in fields(EvalConfig) + fields(DecodingSettings)}
+    finetune = {f.name: f for f in fields(FinetuneConfig)}
+    assert not set(REUSED) & set(dataclass_fields())  # no declaration of their own
+    for name, setting in REUSED.items():
+        assert finetune[name].metadata["help"] == declared[setting].metadata["help"], name
+    assert finetune["eval_num_beams"].default == UPSTREAM_EVAL_BEAMS
+
+
+def test_an_earlier_run_config_json_gives_the_folded_settings_as_before(tmp_path):
+    """run_config.json stores asdict(FinetuneConfig) under "config": the folded settings keep their keys and
+    defaults, so an earlier run's file still repeats the run (--config) and its folder still resumes."""
+    import json
+    from dataclasses import fields
+
+    from sibo.cli._flags import dataclass_values
+    from sibo.cli.finetune import build_parser
+    from sibo.train.config import FinetuneConfig
+
+    earlier = {"base_model": "m", "trust_remote_code": True, "load_8bit": False, "load_4bit": True, "threads": 3,
+               "template": "chat", "eval_datasets": "AddSub", "eval_data_dir": "d", "eval_limit": 5,
+               "eval_num_beams": 2, "eval_exclude_seen": True}  # fmt: skip
+    file = tmp_path / "run_config.json"
+    file.write_text(json.dumps({"config": earlier}))
+    given = dataclass_values(build_parser().parse_args(["--config", str(file)]), FinetuneConfig)
+    assert {name: given[name] for name in earlier} == earlier
+    assert {f.name: f.default for f in fields(FinetuneConfig) if f.name in earlier} == {
+        "base_model": "", "trust_remote_code": False, "load_8bit": False, "load_4bit": False, "threads": None,
+        "template": "auto", "eval_datasets": "", "eval_data_dir": "", "eval_limit": None, "eval_num_beams": 4,
+        "eval_exclude_seen": False,
+    }  # fmt: skip
 
 
 def test_the_finder_sees_inherited_groups_as_one_declaration():
     found = dataclass_fields()
     assert "study/analyze.py:AnalyzeConfig" not in found["base_model"]  # inherits BaseModelSource
     assert "study/demo.py:DemoConfig" not in found["base_model"] + found["max_new_tokens"]
-    assert found["datasets"] == ["eval/runner.py:EvalConfig"]  # evaluate's and sweep's flags come from it
+    assert found["datasets"] == ["eval/config.py:EvalConfig"]  # evaluate's and sweep's flags come from it
     assert "checkpoint/export_card.py:ExportFacts" not in found.get(
         "base_model", []
     )  # a record, not a setting
@@ -89,7 +135,8 @@ def test_configs_built_from_groups_store_their_settings_in_the_old_order_and_val
         "learning_rate", "adapter_learning_rate", "lora_r", "bottleneck_size", "seed", "eval_batch_size",
         "max_new_tokens", "analyze_n", "threads",
     ]  # fmt: skip
-    assert (demo["base_model"], demo["max_new_tokens"]) == (None, 64)
-    assert [f.name for f in fields(AnalyzeConfig)][:3] == [
-        "data", "base_model", "weights_paths"
+    assert (demo["base_model"], demo["max_new_tokens"], demo["threads"]) == (None, 64, 1)
+    assert [f.name for f in fields(AnalyzeConfig)] == [
+        "data", "base_model", "weights_paths", "output_dir", "n", "batch_size", "max_length", "dtype", "overwrite",
+        "threads",
     ]  # fmt: skip

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sibo.errors import InputError, first_line
@@ -27,6 +27,23 @@ INPUT_MARKER = "### Input:"
 RESPONSE_MARKER = "### Response:"
 # A model that has not learned to stop writes on into a new section: decoding stops at any of these.
 STOP_STRINGS = (INSTRUCTION_MARKER, INPUT_MARKER, RESPONSE_MARKER)
+
+
+@dataclass
+class TemplateChoice:
+    """Which template a verb prompts with, declared once: ModelConfig and FinetuneConfig inherit it."""
+
+    template: str = field(
+        default=AUTO,
+        metadata={
+            "help": "prompt template: alpaca (upstream's), chat (the tokenizer's chat template), or auto: "
+            "when fine-tuning, chat for chat records and alpaca for instruction records (recorded beside the "
+            "adapter); when loading an adapter, the one it was trained with (its prompt_template.json), "
+            "else alpaca",
+            "choices": TEMPLATES,
+        },
+    )
+
 
 _WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "

@@ -10,7 +10,8 @@ from peft import LoraConfig
 import sibo.decode.batch as batch_module
 from sibo import get_sibo_model
 from sibo.cli import main as sibo_main
-from sibo.eval.runner import EvalConfig, run_record
+from sibo.eval.config import EvalConfig
+from sibo.eval.runner import run_record
 from sibo.eval.tasks import Example, resolve_datasets
 from sibo.prompts import TEMPLATE_FILE, PromptTemplate, chat_messages, write_template
 from sibo.testing import add_chat_template, build_tiny_model, build_tokenizer

@@ -13,6 +13,7 @@ from sibo import get_sibo_model
 from sibo.cli import main as sibo_main
 from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
+from sibo.eval.config import EvalConfig
 from sibo.eval.contamination import (
     QuestionIndex,
     answer_key,
@@ -25,7 +26,7 @@ from sibo.eval.contamination import (
     training_questions,
     word_overlap,
 )
-from sibo.eval.runner import EvalConfig, evaluate, load_benchmarks
+from sibo.eval.runner import evaluate, load_benchmarks
 from sibo.eval.tasks import load_examples, resolve_datasets
 from sibo.testing import build_tiny_model, build_tokenizer
 

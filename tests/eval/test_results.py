@@ -7,8 +7,9 @@ from fault_checks import write_benchmark
 
 from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
+from sibo.eval.config import EvalConfig
 from sibo.eval.results import as_line, consolidate, read_records, scored_datasets
-from sibo.eval.runner import EvalConfig, evaluate
+from sibo.eval.runner import evaluate
 from sibo.eval.tasks import Example, resolve_datasets
 from sibo.files import RUN_MARKER
 from sibo.testing import build_tiny_model, build_tokenizer

@@ -15,8 +15,9 @@ from sibo.core.merge import merge_for_inference
 from sibo.decode.batch import MAX_AUTO_BATCH_SIZE, auto_batch_size, generate_batch
 from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
+from sibo.eval.config import EvalConfig
 from sibo.eval.results import score
-from sibo.eval.runner import EvalConfig, Shard, evaluate, load_benchmarks
+from sibo.eval.runner import Shard, evaluate, load_benchmarks
 from sibo.eval.tasks import load_examples, resolve_datasets
 from sibo.prompts import PromptTemplate, build_prompt
 from sibo.testing import build_tiny_model, build_tokenizer

@@ -11,7 +11,7 @@ import pytest
 from sibo.cli import main
 from sibo.cli.sweep import parse_config
 from sibo.errors import InputError
-from sibo.eval.runner import EvalConfig
+from sibo.eval.config import EvalConfig
 from sibo.files import LOCK_FILE, hold_output_dir
 from sibo.study.sweep import SweepConfig, SweepRow, summarize, write_csv
 from sibo.study.synthetic import write_records

@@ -1,8 +1,9 @@
-"""Which model a verb loads: one dataclass for the shared model flags, checked before anything loads.
+"""Which model a verb loads: the shared model flags in small groups, checked before anything loads.
 
-`sibo generate`, `evaluate` and `export` build their model flags from `ModelConfig`; `finetune`,
-`analyze`, `demo` and `sweep` use the same rules (`quantization_of`, `resolve_base_model`,
-`default_threads`) through their own configs. Nothing here imports torch.
+`sibo generate`, `evaluate`, `export` and `serve` build their model flags from `ModelConfig`; `finetune`
+and `sweep` inherit the same groups (`BaseModelSource`, `ModelLoading`) through `FinetuneConfig`, `analyze`
+`BaseModelSource` and `CpuThreads`; `demo` uses the same rules (`quantization_of`, `resolve_base_model`,
+`default_threads`). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from sibo import prompts
 from sibo.core.config import check_lambda
 from sibo.errors import InputError
-from sibo.prompts import AUTO, CHAT, TEMPLATES, PromptTemplate
+from sibo.prompts import AUTO, CHAT, PromptTemplate, TemplateChoice
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +26,6 @@ FORMATS = ("hf", "state_dict")
 _LOAD_SETTINGS = ("lam", "quantization", "dtype", "trust_remote_code", "task", "threads")
 # Config fields that name a model's context length, in the order architectures use them.
 _CONTEXT_LENGTH_FIELDS = ("max_position_embeddings", "n_positions", "seq_length", "max_sequence_length")
-THREADS_HELP = (
-    "torch CPU threads (default: $OMP_NUM_THREADS when set, else the physical cores divided by the "
-    "processes torchrun or accelerate started on this machine)"
-)
 
 
 def quantization_of(load_8bit: bool, load_4bit: bool) -> str | None:
@@ -124,8 +121,42 @@ class BaseModelSource:
 
 
 @dataclass
-class ModelConfig(BaseModelSource):
-    """A base model, an optional adapter on it, and how to load them."""
+class CpuThreads:
+    """How many CPU threads torch uses, declared once: ModelLoading and AnalyzeConfig inherit it."""
+
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch CPU threads (default: $OMP_NUM_THREADS when set, else the physical cores divided "
+            "by the processes torchrun or accelerate started on this machine)"
+        },
+    )
+
+
+@dataclass
+class ModelLoading(CpuThreads):
+    """How a base model is loaded, declared once: ModelConfig and FinetuneConfig inherit it."""
+
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "run the modelling code shipped with the base model"}
+    )
+    load_8bit: bool = field(
+        default=False, metadata={"help": "load the base model in 8 bits (CUDA, bitsandbytes)"}
+    )
+    load_4bit: bool = field(
+        default=False,
+        metadata={"help": "load the base model in 4 bits, NF4: the QLoRA recipe (CUDA, bitsandbytes)"},
+    )
+
+    def check_loading(self) -> None:
+        """The loading rules, once: at most one quantization (`self.quantization`), threads resolved."""
+        self.quantization = quantization_of(self.load_8bit, self.load_4bit)
+        self.threads = check_threads(self.threads)
+
+
+@dataclass
+class ModelConfig(TemplateChoice, ModelLoading, BaseModelSource):
+    """A base model, an optional adapter on it, and how to load them (the groups' fields come first)."""
 
     weights_path: str | None = field(
         default=None,
@@ -138,35 +169,17 @@ class ModelConfig(BaseModelSource):
     dtype: str = field(
         default="auto", metadata={"help": "auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32"}
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "run the model repository's own code"})
-    load_8bit: bool = field(
-        default=False, metadata={"help": "load the base model in 8 bits (CUDA, bitsandbytes)"}
-    )
-    load_4bit: bool = field(
-        default=False, metadata={"help": "load the base model in 4 bits, NF4 (CUDA, bitsandbytes)"}
-    )
     task: str = field(
         default="causal-lm",
         metadata={"help": "the model's head", "choices": ("causal-lm", "sequence-classification")},
     )
-    threads: int | None = field(default=None, metadata={"help": THREADS_HELP})
-    template: str = field(
-        default=AUTO,
-        metadata={
-            "help": "prompt template: auto (the one the adapter was trained with, from its "
-            "prompt_template.json; Alpaca's when none is recorded), alpaca, or chat (the tokenizer's chat "
-            "template)",
-            "choices": TEMPLATES,
-        },
-    )
 
     def __post_init__(self) -> None:
         self.lam = None if self.lam is None else check_lambda(self.lam)
-        self.quantization = quantization_of(self.load_8bit, self.load_4bit)
+        self.check_loading()
         if self.weights_path is not None and not Path(self.weights_path).is_dir():
             raise InputError(f"adapter directory {self.weights_path} does not exist")
         self.base_model = resolve_base_model(self.base_model, self.weights_path)
-        self.threads = check_threads(self.threads)
         # alpaca or chat: --template, or for auto the one recorded beside the adapter (else its base: an
         # export records it too), else Alpaca's. Read here, so a bad or damaged one fails before anything loads.
         self.template_name = prompts.template_name(self.template, self.weights_path, self.base_model)

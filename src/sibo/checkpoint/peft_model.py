@@ -12,9 +12,7 @@ adapter names, pickled adapter_model.bin); they load boosted as upstream ran the
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import logging
 import os
 import pickle
@@ -26,6 +24,13 @@ import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from safetensors import SafetensorError
 
+from sibo.checkpoint.sibo_config import (
+    MIXABLE_PEFT_TYPES,
+    mark_boosted,
+    read_sibo_config,
+    refuse_missing_settings,
+    write_sibo_config,
+)
 from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir, read_tensors, weights_files
 from sibo.core.booster import (
     BoostedAdapter,
@@ -37,22 +42,11 @@ from sibo.core.booster import (
     find_transformer_blocks,
     release,
 )
-from sibo.core.registration import (
-    PEFT_TYPE_NAME,
-    SETTINGS_FIELD,
-    loading_as_stored,
-    plain_config,
-    settings_block,
-    stored_settings,
-)
+from sibo.core.registration import loading_as_stored, plain_config
 from sibo.errors import InputError, first_line
-from sibo.files import write_json
 
 logger = logging.getLogger(__name__)
 
-SIBO_CONFIG_FILE = "sibo_config.json"
-MIXABLE_PEFT_TYPES = ("LORA", "BOTTLENECK")  # the tuners whose branches read the layer's input (DoRA is LORA)
-UPSTREAM_LAMBDA_FIELD = "embedding_lambda"  # where upstream's peft fork kept λ, in adapter_config.json
 # PEFT calls upstream's extra config fields "saved by a higher version" and says to upgrade: they are read here.
 _UPSTREAM_FIELDS_WARNING = (
     r"Unexpected keyword arguments \[('(embedding_lambda|enable_lora|merge_weights)'(, )?)+\]"
@@ -291,112 +285,6 @@ def sibo_settings(model: torch.nn.Module, adapter_name: str = "default") -> Sibo
     """The SIBO settings an adapter is boosted with, or None for a plain PEFT adapter."""
     adapter = find_boost(model, adapter_name)
     return None if adapter is None else adapter.config
-
-
-def write_sibo_config(
-    directory: Path, adapter: BoostedAdapter, base_config, logits: torch.Tensor | None = None
-) -> None:
-    """sibo_config.json: the SIBO settings, learnable λ (as logits, bit-exact) and what base it fits.
-
-    `logits`: the full λ logits when the model's own parameter is a shard (FSDP2 DTensor, ZeRO-3).
-    """
-    settings = {
-        **dataclasses.asdict(adapter.config),
-        "base_model_type": base_config.model_type,
-        "hidden_size": base_config.get_text_config().hidden_size,
-        "boosted_modules": [layer.name for layer in adapter.layers],
-    }
-    if adapter.lambdas is not None:
-        logits = (adapter.lambdas.logits if logits is None else logits).detach().float().cpu()
-        settings["lambda_logits"] = logits.tolist()
-        settings["lambda_per_block"] = torch.sigmoid(logits).tolist()
-    directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / SIBO_CONFIG_FILE, settings)
-
-
-def read_sibo_config(directory: Path, base_config) -> tuple[SiboConfig, list[float] | None] | None:
-    """The SIBO settings saved in `directory`, checked against the base model; None if there are none."""
-    file = Path(directory) / SIBO_CONFIG_FILE
-    in_adapter_config = stored_settings(Path(directory))  # what PEFT's loaders boost with: it wins
-    if not file.is_file():
-        return in_adapter_config if in_adapter_config is not None else _upstream_sibo_config(Path(directory))
-    try:
-        settings = json.loads(file.read_text())
-        config = SiboConfig(
-            lam=settings["lam"], targets=settings["targets"], learnable_lambda=settings["learnable_lambda"]
-        )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise InputError(f"{file}: not a valid SIBO settings file ({error})") from None
-    saved = (settings.get("base_model_type"), settings.get("hidden_size"))
-    here = (base_config.model_type, base_config.get_text_config().hidden_size)
-    if None not in saved and saved != here:
-        raise InputError(
-            f"the adapter at {directory} was trained on a {saved[0]} base with hidden size {saved[1]}, "
-            f"but the base model is {here[0]} with hidden size {here[1]}"
-        )
-    return in_adapter_config or (config, settings.get("lambda_logits"))
-
-
-def mark_boosted(directory: Path, adapter: BoostedAdapter, logits: torch.Tensor | None = None) -> None:
-    """Write a boosted adapter's settings into its adapter_config.json, where PEFT's loaders read them: a LoRA
-    adapter becomes SIBO_LORA (PEFT without sibo refuses it, PEFT with sibo boosts it), a bottleneck adapter
-    (a type only sibo's import teaches PEFT) gets its "sibo" block. λ = 0 leaves a plain folder."""
-    file = directory / "adapter_config.json"
-    stored = json.loads(file.read_text())
-    boosted = adapter.config.lam > 0 or adapter.lambdas is not None
-    if stored.get("peft_type") not in MIXABLE_PEFT_TYPES or not boosted:
-        return
-    if adapter.lambdas is not None and logits is None:
-        logits = adapter.lambdas.logits
-    if stored["peft_type"] == "LORA":
-        stored["peft_type"] = PEFT_TYPE_NAME
-    stored[SETTINGS_FIELD] = settings_block(adapter.config, logits)
-    write_json(file, stored, sort_keys=True)
-
-
-# The run records `sibo finetune` and `sibo sweep` leave beside an adapter: where each keeps the flags.
-_RUN_RECORDS = (("run_config.json", "config"), ("sibo_run.json", "settings"))
-
-
-def refuse_missing_settings(directory: Path) -> None:
-    """An adapter with no SIBO settings whose run records say λ > 0 would run as plain LoRA: refuse it."""
-    for name, block in _RUN_RECORDS:
-        try:
-            flags = json.loads((directory / name).read_text()).get(block) or {}
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue
-        lam = flags.get("embedding_lambda") if isinstance(flags, dict) else None
-        if isinstance(lam, int | float) and (lam > 0 or flags.get("learnable_lambda")):
-            raise InputError(
-                f"{directory / SIBO_CONFIG_FILE} is missing, but {name} beside it records λ {lam}: without it the "
-                "adapter would run as plain LoRA; restore the file, or load it plain on purpose with λ 0 "
-                "(--embedding_lambda 0)"
-            )
-
-
-def _upstream_sibo_config(directory: Path) -> tuple[SiboConfig, None] | None:
-    """The settings of a checkpoint written by LLM-Adapters' code: its λ, on the feed-forward branches that
-    read the hidden state (with `--ffn True`, LLM-Adapters' code mixes h0 into those only)."""
-    file = directory / "adapter_config.json"
-    try:
-        stored = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # PEFT reports an unreadable adapter config itself
-    lam = stored.get(UPSTREAM_LAMBDA_FIELD) if isinstance(stored, dict) else None
-    if lam is None or lam == 0:
-        return None
-    try:
-        config = SiboConfig(lam=lam, targets="ffn")
-    except InputError as error:
-        raise InputError(f"{file}: {error}") from None
-    logger.info(
-        "%s was written by LLM-Adapters' code: boosting it with its %s=%s on the feed-forward branches, "
-        "as upstream's --ffn True does (--embedding_lambda overrides it; 0 loads it plain)",
-        directory,
-        UPSTREAM_LAMBDA_FIELD,
-        lam,
-    )
-    return config, None
 
 
 def _restore_lambdas(adapter: BoostedAdapter, logits: list[float] | None, trainable: bool) -> None:

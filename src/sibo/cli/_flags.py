@@ -177,7 +177,8 @@ def add_dataclass_flags(
     """One flag per field of the dataclass `cls` (see the module docstring).
 
     rename: field -> its spellings, the first shown first (`{"lam": ["--embedding_lambda", "--lam"]}`);
-    defaults / helps: this verb's defaults and help texts where they differ from the field's;
+    defaults / helps: this verb's defaults (MISSING: the flag is required) and help texts where they differ
+    from the field's;
     group: the help section, unless the field's metadata names one; only_given: a flag not given
     leaves no value (the caller applies its own defaults), while --help still shows the field's;
     dest_prefix: keeps two dataclasses' same-named fields apart in the parsed namespace.
@@ -211,7 +212,7 @@ def _add_flag(
 ) -> None:
     name, kind = config_field.name, str(config_field.type)
     default = defaults.get(name, field_default(config_field))
-    required = default is MISSING or config_field.metadata.get("required", False)
+    required = default is MISSING
     if not required and default is not None and default != "":
         help_text = f"{help_text} (default: {_shown(default)})"
     options = {

@@ -16,7 +16,14 @@ from pathlib import Path
 
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
 from sibo.progress import announce
-from sibo.study.demo import DEMO_ANSWER_TOKENS, DEMO_FLAG_HELPS, DemoConfig, quick_config, shipped_base_model
+from sibo.study.demo import (
+    DEMO_ANSWER_TOKENS,
+    DEMO_FLAG_HELPS,
+    DEMO_THREADS,
+    DemoConfig,
+    quick_config,
+    shipped_base_model,
+)
 
 
 @dataclass
@@ -34,7 +41,7 @@ def build_parser() -> ArgumentParser:
         parser,
         DemoConfig,
         only_given=True,
-        defaults={"max_new_tokens": DEMO_ANSWER_TOKENS},
+        defaults={"max_new_tokens": DEMO_ANSWER_TOKENS, "threads": DEMO_THREADS},
         helps=DEMO_FLAG_HELPS,
     )
     return parser

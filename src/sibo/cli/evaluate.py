@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
 from sibo.decode.settings import BENCHMARK_DECODING_FLAGS, DecodingSettings
-from sibo.eval.runner import EvalConfig
+from sibo.eval.config import EvalConfig
 from sibo.progress import announce
 
 # Sampling settings are generate's: the benchmarks are scored with upstream's deterministic decoding.

@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import MISSING
 
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
 from sibo.progress import announce
 from sibo.train.config import FinetuneConfig
 
-# Other spellings upstream and its forks use for the same setting.
-SPELLINGS = {
-    "target_modules": ["--target_modules", "--lora_target_modules"],
-    "use_gradient_checkpointing": ["--use_gradient_checkpointing", "--gradient_checkpointing"],
+# How finetune (and sweep) show FinetuneConfig's flags: other spellings upstream and its forks use for the
+# same setting; the shared groups' fields under "model and data", where finetune's reading differs, its own.
+FINETUNE_FLAGS = {
+    "rename": {
+        "target_modules": ["--target_modules", "--lora_target_modules"],
+        "use_gradient_checkpointing": ["--use_gradient_checkpointing", "--gradient_checkpointing"],
+    },
+    "defaults": {"base_model": MISSING},  # required: there is no adapter to read it from
+    "helps": {
+        "base_model": "base model: a folder, a .gguf file, or a hub name when online",
+        "eval_datasets": "benchmarks scored at every evaluation, as `sibo evaluate --dataset` names them "
+        "(AddSub,gsm8k; math); logged as eval_<Name>_accuracy (needs --val_set_size)",
+    },
+    "group": "model and data",
 }
 
 
@@ -29,7 +40,7 @@ def build_parser() -> ArgumentParser:
         "The same command runs under `torchrun --nproc_per_node N -m sibo finetune …` and "
         "`accelerate launch -m sibo finetune …`.",
     )
-    add_dataclass_flags(parser, FinetuneConfig, rename=SPELLINGS)
+    add_dataclass_flags(parser, FinetuneConfig, **FINETUNE_FLAGS)
     return parser
 
 

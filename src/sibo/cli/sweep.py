@@ -18,10 +18,10 @@ import argparse
 from dataclasses import dataclass, field, fields
 
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values, parse_list
-from sibo.cli.finetune import SPELLINGS as FINETUNE_SPELLINGS
+from sibo.cli.finetune import FINETUNE_FLAGS
 from sibo.decode.settings import BENCHMARK_DECODING_FLAGS, DecodingSettings
 from sibo.errors import InputError
-from sibo.eval.runner import EvalConfig
+from sibo.eval.config import EvalConfig
 from sibo.progress import announce
 from sibo.train.config import FinetuneConfig
 
@@ -66,7 +66,7 @@ def build_parser() -> ArgumentParser:
         prog="sibo sweep",
         description="Fine-tune and evaluate one adapter per (λ, seed); write sweep.csv and sweep.png.",
     )
-    add_dataclass_flags(parser, FinetuneConfig, rename=FINETUNE_SPELLINGS, skip=DURING_TRAINING)
+    add_dataclass_flags(parser, FinetuneConfig, **FINETUNE_FLAGS, skip=DURING_TRAINING)
     add_dataclass_flags(parser, SweepFlags, group="sweep")
     add_dataclass_flags(
         parser,

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sibo.decode.settings import DecodingSettings
-from sibo.eval.runner import EvalConfig, accelerate_shard, evaluate, load_benchmarks
+from sibo.eval.config import EvalConfig
+from sibo.eval.runner import accelerate_shard, evaluate, load_benchmarks
 from sibo.eval.tasks import Example, Task
 from sibo.train.packing import PACKED_SDPA
 

@@ -19,7 +19,7 @@ from sibo.eval.tasks import Example, Task
 from sibo.files import SUMMARY_FILE, read_json, write_atomically, write_json
 
 if TYPE_CHECKING:
-    from sibo.eval.runner import EvalConfig
+    from sibo.eval.config import EvalConfig
 
 logger = logging.getLogger(__name__)
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sibo.decode.settings import DecodingSettings, benchmark_decoding, check_fits_context
+from sibo.decode.settings import check_fits_context
 from sibo.errors import InputError
 from sibo.eval import contamination
+from sibo.eval.config import EvalConfig
 from sibo.eval.results import (
     DatasetResult,
     appending,
@@ -37,18 +38,10 @@ from sibo.eval.results import (
     score,
     write_summary,
 )
-from sibo.eval.tasks import (
-    DATA_DIR_HELP,
-    EXTRACTION_MODES,
-    Example,
-    Task,
-    default_data_dir,
-    load_examples,
-    resolve_datasets,
-)
+from sibo.eval.tasks import Example, Task, load_examples
 from sibo.files import EVAL_RUN_FILE, SUMMARY_FILE, claim_output_dir, hold_output_dir, read_json, write_json
 from sibo.progress import bar
-from sibo.prompts import ALPACA, CHAT, PromptTemplate
+from sibo.prompts import CHAT, PromptTemplate
 
 if TYPE_CHECKING:
     import torch
@@ -60,77 +53,6 @@ logger = logging.getLogger(__name__)
 VERB = "evaluate"
 # what produced the responses in this output directory, checked on resume
 RUN_FILE = EVAL_RUN_FILE
-
-
-@dataclass
-class EvalConfig:
-    """Which benchmarks, where their files are, where results go, how answers are read: the benchmark
-    settings, declared here once; `sibo evaluate` and `sibo sweep` build their flags from these fields."""
-
-    datasets: str | list[str] = field(
-        metadata={
-            "help": "comma-separated names (AddSub, MultiArith, SingleEq, gsm8k, AQuA, SVAMP, mawps, boolq, piqa, "
-            "social_i_qa, hellaswag, winogrande, ARC-Easy, ARC-Challenge, openbookqa), or math / commonsense"
-        }
-    )
-    data_dir: str | Path | None = field(default=None, metadata={"help": DATA_DIR_HELP})
-    output_dir: str | Path = field(
-        default="outputs/evaluate", metadata={"help": "where <dataset>.jsonl and summary.json go"}
-    )
-    extraction: str = field(
-        default="careful",
-        metadata={
-            "help": "careful, or legacy: upstream's answer-reading rules, for comparable numbers",
-            "choices": EXTRACTION_MODES,
-        },
-    )
-    limit: int | None = field(
-        default=None, metadata={"help": "score only the first N examples of each dataset"}
-    )
-    decoding: DecodingSettings = field(default_factory=benchmark_decoding)
-    overwrite: bool = field(
-        default=False,
-        metadata={"help": "hand output_dir over to this run: another run's results there are deleted first"},
-    )
-    train_data: str | Path | None = field(
-        default=None,
-        metadata={
-            "help": "the adapter's training file: report how many test questions it holds (default: the "
-            "data_path in the adapter's run_config.json, when that file is here)"
-        },
-    )
-    exclude_seen: bool = field(
-        default=False, metadata={"help": "score only the test questions that are not in the training data"}
-    )
-    train_data_columns: str = field(
-        default="",
-        metadata={
-            "help": "the training data's column names, as finetune's --data_columns (default: what the "
-            "adapter's run_config.json records)"
-        },
-    )
-    template: str = field(
-        default=ALPACA,
-        metadata={"help": "the prompt template, alpaca or chat (ModelConfig.prompt_template resolves auto)"},
-    )
-
-    def __post_init__(self) -> None:
-        self.prompt_template = PromptTemplate(self.template)
-        self.data_dir = Path(self.data_dir if self.data_dir is not None else default_data_dir())
-        self.output_dir = Path(self.output_dir)
-        self.train_data = Path(self.train_data) if self.train_data is not None else None
-        if self.exclude_seen and self.train_data is None:
-            raise InputError(
-                "exclude_seen needs the training data: pass --train_data FILE (or an adapter whose "
-                "run_config.json names a file that is here)"
-            )
-        if self.extraction not in EXTRACTION_MODES:
-            raise InputError(
-                f"unknown extraction {self.extraction!r}: use one of {', '.join(EXTRACTION_MODES)}"
-            )
-        if self.limit is not None and self.limit < 1:
-            raise InputError(f"limit must be at least 1, got {self.limit}")
-        self.tasks = resolve_datasets(self.datasets)
 
 
 @dataclass(frozen=True)

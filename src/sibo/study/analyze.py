@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sibo.checkpoint.config import THREADS_HELP, BaseModelSource, check_threads, resolve_base_model
+from sibo.checkpoint.config import BaseModelSource, CpuThreads, check_threads, resolve_base_model
 from sibo.errors import InputError
 from sibo.files import (
     ANALYZE_PLOT_FILE,
@@ -45,11 +45,7 @@ class _AnalyzedRecords:
 
 
 @dataclass
-class AnalyzeConfig(BaseModelSource, _AnalyzedRecords):
-    """Which models to compare on which records, and where the results go. Fields in the order data,
-    base_model (BaseModelSource: the first adapter's recorded base by default), then these: the order
-    the analysis's run marker stores them in."""
-
+class _AnalyzeSettings:
     weights_paths: list[str] = field(
         default_factory=list, metadata={"help": "adapters to compare with the base"}
     )
@@ -65,7 +61,14 @@ class AnalyzeConfig(BaseModelSource, _AnalyzedRecords):
         default=False,
         metadata={"help": "hand output_dir over to this run: another analysis there is deleted first"},
     )
-    threads: int | None = field(default=None, metadata={"help": THREADS_HELP})
+
+
+# AnalyzeConfig's fields come in parts around the shared base_model and threads, so that the analysis's run
+# marker keeps its keys in their order: a dataclass puts inherited fields first.
+@dataclass
+class AnalyzeConfig(CpuThreads, _AnalyzeSettings, BaseModelSource, _AnalyzedRecords):
+    """Which models to compare on which records, and where the results go: data, base_model
+    (BaseModelSource: the first adapter's recorded base by default), the settings, threads."""
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)

@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from sibo.checkpoint.config import BaseModelSource
+from sibo.checkpoint.config import BaseModelSource, CpuThreads
 from sibo.core.config import SiboConfig
 from sibo.decode.settings import DecodingSettings, TokenBudget
 from sibo.errors import InputError
-from sibo.eval.runner import EvalConfig
+from sibo.eval.config import EvalConfig
 from sibo.eval.tasks import Example, Task
 from sibo.files import claim_output_dir, clear_output_dir, hold_output_dir, refuse_replacing, write_json
 from sibo.study.runs import LORA_TARGETS, train_and_score
@@ -38,10 +38,12 @@ DEMO_MARKER = "demo_config.json"  # the demo's settings; before sibo_run.json, w
 _OWN_ENTRIES = {"data", "adapters", "eval", "analyze", RESULTS_FILE, DEMO_MARKER}
 VERB = "demo"
 DEMO_ANSWER_TOKENS = 64  # new tokens per test answer: the synthetic answers are short
+DEMO_THREADS = 1  # --threads' default here: its help below says why
 # the demo's own reading of the shared flags
 DEMO_FLAG_HELPS = {
     "base_model": "base model directory (default: the shipped 12-layer demo model)",
     "max_new_tokens": "tokens decoded per answer (greedy)",
+    "threads": "torch CPU threads (1 is fastest for the demo's 64-wide model: it is too small to split)",
 }
 
 
@@ -63,7 +65,7 @@ METHODS = {
 # LLM-Adapters' LoRA modules for LLaMA; SIBO ("ffn") boosts the one reading the hidden state: up_proj.
 
 
-# DemoConfig's fields come in three parts around the shared base_model and max_new_tokens, so that
+# DemoConfig's fields come in parts around the shared base_model, max_new_tokens and threads, so that
 # demo_config.json (asdict) keeps its keys in their order: a dataclass puts inherited fields first.
 @dataclass
 class _DemoOutput:
@@ -94,22 +96,21 @@ class _DemoSizes:
 
 
 @dataclass
-class DemoConfig(TokenBudget, _DemoSizes, BaseModelSource, _DemoOutput):
-    """The study's sizes; the defaults take about 2 minutes on 2 idle CPU cores. base_model '' or None: the
-    shipped demo model; max_new_tokens None: DEMO_ANSWER_TOKENS, decoded greedily."""
-
+class _DemoAnalysis:
     analyze_n: int = field(default=64, metadata={"help": "test records averaged in the similarity analysis"})
-    threads: int = field(
-        default=1,
-        metadata={
-            "help": "torch CPU threads (1 is fastest for the demo's 64-wide model: it is too small to split)"
-        },
-    )
+
+
+@dataclass
+class DemoConfig(CpuThreads, _DemoAnalysis, TokenBudget, _DemoSizes, BaseModelSource, _DemoOutput):
+    """The study's sizes; the defaults take about 2 minutes on 2 idle CPU cores. base_model '' or None: the
+    shipped demo model; max_new_tokens None: DEMO_ANSWER_TOKENS, decoded greedily; threads None: DEMO_THREADS.
+    """
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
         self.base_model = self.base_model or None  # stored as null, as before BaseModelSource
         self.max_new_tokens = DEMO_ANSWER_TOKENS if self.max_new_tokens is None else self.max_new_tokens
+        self.threads = DEMO_THREADS if self.threads is None else self.threads
         self.methods = tuple(self.methods)
         unknown = [name for name in self.methods if name not in METHODS]
         if unknown or not self.methods:

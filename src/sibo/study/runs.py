@@ -14,8 +14,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from sibo.checkpoint.config import ModelConfig
+from sibo.eval.config import EvalConfig
 from sibo.eval.results import DatasetResult, scored_datasets
-from sibo.eval.runner import EvalConfig, evaluate
+from sibo.eval.runner import evaluate
 from sibo.eval.tasks import Example, Task
 from sibo.files import SUMMARY_FILE
 from sibo.train.config import FinetuneConfig

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sibo.errors import InputError
+from sibo.eval.config import EvalConfig
 from sibo.eval.results import read_records
-from sibo.eval.runner import EvalConfig, load_benchmarks
+from sibo.eval.runner import load_benchmarks
 from sibo.files import claim_output_dir, hold_output_dir, write_atomically
 from sibo.study.plots import pyplot, save_figure
 from sibo.study.runs import train_adapter, train_and_score

@@ -11,10 +11,11 @@ import importlib.util
 import math
 from dataclasses import dataclass, field
 
-from sibo.checkpoint.config import THREADS_HELP, check_threads, quantization_of
+from sibo.checkpoint.config import BaseModelSource, ModelLoading
 from sibo.core.config import TARGET_POLICIES, SiboConfig
 from sibo.errors import InputError
-from sibo.prompts import TEMPLATES
+from sibo.eval.config import benchmark_setting
+from sibo.prompts import TEMPLATES, TemplateChoice
 from sibo.train.trainer_settings import TrainerSettings, check_trainer_settings
 
 ADAPTERS = ("lora", "dora", "bottleneck")
@@ -22,6 +23,7 @@ ADAPTERS = ("lora", "dora", "bottleneck")
 # (an SVD) and OLoRA (a QR) move, PEFT moves again, identically, when it loads the adapter. pissa_niter_N
 # (a randomised SVD) cannot be repeated on reload; eva, corda, loftq and lora_ga need data or more settings.
 LORA_INITS = ("true", "false", "gaussian", "orthogonal", "pissa", "olora")
+ACCURACY = "accuracy during training"
 
 
 def _field(default, help: str, group: str, **metadata):
@@ -29,13 +31,13 @@ def _field(default, help: str, group: str, **metadata):
 
 
 @dataclass
-class FinetuneConfig(TrainerSettings):
-    """A fine-tuning run, as upstream's flags describe it, plus transformers' TrainingArguments by name."""
+class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSettings):
+    """A fine-tuning run, as upstream's flags describe it, plus transformers' TrainingArguments by name.
+
+    The shared groups' fields come first (base_model, the loading settings, template); run_config.json
+    stores every field by name."""
 
     # model and data
-    base_model: str = _field(
-        "", "base model: a directory, .gguf file or hub name", "model and data", required=True
-    )
     data_path: str = _field(
         "yahma/alpaca-cleaned",
         "instruction records {instruction, input, output} or chat records {messages} / {conversations}: "
@@ -55,13 +57,6 @@ class FinetuneConfig(TrainerSettings):
         "interleaved with --seed until the first source runs out (unset: the sources concatenated)",
         "model and data",
     )
-    template: str = _field(
-        "auto",
-        "prompt template: alpaca (upstream's), chat (the tokenizer's chat template), or auto (chat for chat "
-        "records, alpaca for instruction records); recorded beside the adapter for generate and evaluate",
-        "model and data",
-        choices=TEMPLATES,
-    )
     output_dir: str = _field("./lora-alpaca", "where checkpoints and the final adapter go", "model and data")
     overwrite: bool = _field(
         False,
@@ -70,13 +65,6 @@ class FinetuneConfig(TrainerSettings):
         "model and data",
     )
     adapter_name: str = _field("lora", "adapter type", "model and data", choices=ADAPTERS)
-    load_8bit: bool = _field(False, "load the base in 8-bit (bitsandbytes, CUDA only)", "model and data")
-    load_4bit: bool = _field(
-        False, "load the base in 4-bit NF4, the QLoRA recipe (CUDA only)", "model and data"
-    )
-    trust_remote_code: bool = _field(
-        False, "run modelling code shipped with the base model", "model and data"
-    )
     attn_implementation: str | None = _field(
         None,
         "the model's attention: eager, sdpa, flash_attention_2, … (default: the model's own)",
@@ -130,7 +118,6 @@ class FinetuneConfig(TrainerSettings):
         "liger-kernel); off unless measured faster for your model",
         "training",
     )
-    threads: int | None = _field(None, THREADS_HELP, "training")
     seed: int = _field(42, "random seed (sampling order, dropout, adapter initialisation)", "training")
     resume_from_checkpoint: str | None = _field(
         None,
@@ -198,27 +185,12 @@ class FinetuneConfig(TrainerSettings):
         choices=TARGET_POLICIES,
     )
     learnable_lambda: bool = _field(False, "learn one λ per block, starting at --embedding_lambda", "SIBO")
-    # accuracy during training (sibo.eval.during_training)
-    eval_datasets: str = _field(
-        "",
-        "benchmarks scored at every evaluation, as `sibo evaluate --dataset` names them (AddSub,gsm8k; math); "
-        "logged as eval_<Name>_accuracy (needs --val_set_size)",
-        "accuracy during training",
-    )
-    eval_data_dir: str = _field(
-        "",
-        "folder holding <Name>/test.json (default: $SIBO_DATA_DIR, else ./dataset)",
-        "accuracy during training",
-    )
-    eval_limit: int | None = _field(
-        None, "score only the first N questions of each", "accuracy during training"
-    )
-    eval_num_beams: int = _field(
-        4, "beams when decoding the answers (4: sibo evaluate's and upstream's)", "accuracy during training"
-    )
-    eval_exclude_seen: bool = _field(
-        False, "score only the questions the training data does not hold", "accuracy during training"
-    )
+    # accuracy during training (sibo.eval.during_training): `sibo evaluate`'s benchmark settings, stored as eval_*
+    eval_datasets: str = benchmark_setting("datasets", "", group=ACCURACY)
+    eval_data_dir: str = benchmark_setting("data_dir", "", group=ACCURACY)
+    eval_limit: int | None = benchmark_setting("limit", group=ACCURACY)
+    eval_num_beams: int = benchmark_setting("num_beams", group=ACCURACY)
+    eval_exclude_seen: bool = benchmark_setting("exclude_seen", group=ACCURACY)
     # experiment tracking
     report_to: str | None = _field(None, "integration to log to: none, wandb, tensorboard, … (default: wandb when "
                                    "--wandb_project is set, else none)", "tracking")  # fmt: skip
@@ -234,32 +206,42 @@ class FinetuneConfig(TrainerSettings):
             raise InputError("--data_path is required")
         _choose("adapter_name", self.adapter_name, ADAPTERS)
         _choose("template", self.template, TEMPLATES)
-        from transformers.activations import ACT2FN
-
-        if self.non_linearity not in ACT2FN:
+        self._check_schedule()
+        self._check_early_stopping()
+        self._check_accuracy()
+        check_trainer_settings(self)
+        self.check_loading()
+        self._check_adapter()
+        self._check_sibo()
+        self._check_tracking()
+        if self.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+            raise InputError("--use_liger_kernel needs the liger-kernel package: pip install liger-kernel")
+        if self.overwrite and self.resume_from_checkpoint is not None:
             raise InputError(
-                f"--non_linearity {self.non_linearity!r} is not a transformers activation (tanh, relu, gelu, …)"
+                "--overwrite starts output_dir afresh: it cannot go with --resume_from_checkpoint"
             )
-        for name in ("batch_size", "micro_batch_size", "num_epochs", "cutoff_len", "eval_step", "save_step"):
-            _at_least(name, getattr(self, name), 1)
-        for name in ("lora_r", "lora_alpha", "bottleneck_size", "save_total_limit", "logging_steps"):
+        # here, not at the top: the data module imports torch, and --help must not
+        from sibo.data_sources import split_sources
+
+        split_sources(self.data_path, self.data_columns, self.data_ratios)
+
+    def _check_schedule(self) -> None:
+        """Sizes, steps, the learning rate and the seed in range; a batch is whole micro-batches, and the
+        best adapter is picked among validated checkpoints."""
+        counts = ("batch_size", "micro_batch_size", "num_epochs", "cutoff_len", "eval_step", "save_step",
+                  "save_total_limit", "logging_steps")  # fmt: skip
+        for name in counts:
             _at_least(name, getattr(self, name), 1)
         _at_least("val_set_size", self.val_set_size, 0)
         _at_least("warmup_steps", self.warmup_steps, 0)
         if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             raise InputError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        self._check_early_stopping()
-        self._check_accuracy()
-        check_trainer_settings(self)
         if self.max_steps == 0 or self.max_steps < -1:
             raise InputError(f"--max_steps must be -1 or at least 1, got {self.max_steps}")
         if not 0 < self.learning_rate < math.inf:
             raise InputError(f"--learning_rate must be a positive finite number, got {self.learning_rate}")
         if isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise InputError(f"--seed must be in 0…{2**32 - 1}, got {self.seed}")
-        for name in ("lora_dropout", "adapter_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise InputError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if self.batch_size % self.micro_batch_size:
             raise InputError(
                 f"--batch_size {self.batch_size} is not a multiple of --micro_batch_size {self.micro_batch_size}"
@@ -269,27 +251,27 @@ class FinetuneConfig(TrainerSettings):
                 f"--save_step {self.save_step} must be a multiple of --eval_step {self.eval_step}: "
                 "the best adapter is picked among validated checkpoints"
             )
-        self.quantization = quantization_of(self.load_8bit, self.load_4bit)
-        self.threads = check_threads(self.threads)
-        self._check_sibo()
-        self._check_tracking()
-        if self.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
-            raise InputError("--use_liger_kernel needs the liger-kernel package: pip install liger-kernel")
+
+    def _check_adapter(self) -> None:
+        """The adapter's shape and regularisation: sizes, dropouts, activation, scaling, target modules."""
+        from transformers.activations import ACT2FN
+
+        if self.non_linearity not in ACT2FN:
+            raise InputError(
+                f"--non_linearity {self.non_linearity!r} is not a transformers activation (tanh, relu, gelu, …)"
+            )
+        for name in ("lora_r", "lora_alpha", "bottleneck_size"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("lora_dropout", "adapter_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise InputError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if isinstance(self.scaling, str) and self.scaling != "learned":
             raise InputError(f"--scaling must be a number or 'learned', got {self.scaling!r}")
         if not isinstance(self.scaling, str) and not math.isfinite(self.scaling):
             raise InputError(f"--scaling must be a finite number or 'learned', got {self.scaling}")
-        if self.overwrite and self.resume_from_checkpoint is not None:
-            raise InputError(
-                "--overwrite starts output_dir afresh: it cannot go with --resume_from_checkpoint"
-            )
         if self.target_modules is not None and not self.target_modules:
             raise InputError("--target_modules is empty")
         self._check_lora_options()
-        # here, not at the top: the data module imports torch, and --help must not
-        from sibo.data_sources import split_sources
-
-        split_sources(self.data_path, self.data_columns, self.data_ratios)
 
     def _check_sibo(self) -> None:
         """The SIBO flags as one SiboConfig (which holds the λ rules): `self.sibo`, what the recipe boosts with."""

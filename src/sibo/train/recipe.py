@@ -4,8 +4,8 @@ instruction records, with transformers' Trainer.
     sibo finetune --base_model BASE --data_path math_10k.json --output_dir out --adapter_name lora \
         --embedding_lambda 0.1 --target_modules '["q_proj","k_proj","v_proj","up_proj","down_proj"]'
 
-`setup` checks everything that can be wrong with the input — flags, data, model, adapter — before
-anything is written to output_dir; `train` runs the Trainer (and resumes from a complete
+`setup` (sibo.train.setup) checks everything that can be wrong with the input — flags, data, model,
+adapter — before anything is written to output_dir; `train` runs the Trainer (and resumes from a complete
 checkpoint); `save` writes the adapter, SIBO settings, tokenizer, run config and metrics. The
 same command runs on one CPU, one GPU, under `torchrun --nproc_per_node N` and under
 `accelerate launch` (DDP, FSDP, DeepSpeed): the Trainer and accelerate do the distribution.
@@ -15,59 +15,34 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainerState, TrainingArguments
 
 from sibo import __version__
-from sibo.checkpoint.config import context_length
-from sibo.checkpoint.load import load_model, require_quantization, resolve_dtype
 from sibo.checkpoint.peft_model import sibo_settings
 from sibo.checkpoint.weights import WEIGHT_LIMIT, check_finite
-from sibo.data import PaddedCollator, TokenizedSet, split_validation, tokenize_dataset
-from sibo.data_sources import load_sources
-from sibo.errors import InputError
-from sibo.eval.during_training import AccuracyDuringTraining, accuracy_curve, accuracy_during_training
+from sibo.data import PaddedCollator
+from sibo.eval.during_training import accuracy_curve
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
-from sibo.prompts import ALPACA, AUTO, CHAT, PromptTemplate, checked_template, write_template
-from sibo.train.adapter import add_trainable_adapter, build_peft_config
+from sibo.prompts import write_template
 from sibo.train.card import adapter_card, write_adapter_card
-from sibo.train.config import FinetuneConfig, gradient_accumulation_steps, warmup_warning
+from sibo.train.config import FinetuneConfig, warmup_warning
 from sibo.train.early_stopping import early_stopping, stopped_early
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
 from sibo.train.loraplus import LoraPlusTrainer
-from sibo.train.packing import PACKED_SDPA, PackingCollator, enable_packing, packed_attention_kernel
+from sibo.train.packing import PackingCollator
 from sibo.train.progress import log_progress_when_piped
-from sibo.train.rerun import data_summary, warn_if_data_changed
-from sibo.train.resume import find_latest_checkpoint, finished_at, is_complete_checkpoint, resolve_resume
+from sibo.train.resume import find_latest_checkpoint, finished_at, is_complete_checkpoint
+from sibo.train.setup import Run, packed_attention, setup
 from sibo.train.trainer import SiboTrainer
 from sibo.train.trainer_settings import trainer_settings
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FinetuneConfig", "Run", "finetune", "find_latest_checkpoint", "is_complete_checkpoint"]
-
-
-@dataclass
-class Run:
-    """Everything `setup` prepared: the boosted model, its data, and how it will be batched."""
-
-    config: FinetuneConfig
-    model: torch.nn.Module
-    tokenizer: object
-    train_set: TokenizedSet
-    val_set: TokenizedSet | None
-    packing: bool
-    world_size: int
-    accumulation_steps: int
-    dtype: torch.dtype
-    resume_from: str | None  # a Trainer checkpoint to resume from
-    template: PromptTemplate  # how records were rendered: recorded beside the adapter
-    train_on_inputs: bool  # resolved: --train_on_inputs, else True with Alpaca's template, False with chat
-    data: dict  # the records read: count and content fingerprint (sibo.train.rerun), in run_config.json
-    accuracy: AccuracyDuringTraining | None = None  # --eval_datasets' scorer
 
 
 def finetune(
@@ -83,182 +58,6 @@ def finetune(
     with guarded_output_dir(config):
         trainer = train(run, callbacks)
         return save(run, trainer)
-
-
-# ---------------------------------------------------------------- setup
-
-
-def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
-    """Validate all input and build the model and data; raises InputError and writes nothing on bad input.
-    A rerun whose data differs from `recorded_data` (the same path) is warned."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    accumulation = gradient_accumulation_steps(config.batch_size, config.micro_batch_size, world_size)
-    quantization = config.quantization
-    if quantization:
-        require_quantization(quantization)  # now, not after the data has been read
-    resume_from, start_adapter = resolve_resume(config.resume_from_checkpoint, config.output_dir)
-    if resume_from is not None:
-        finished_at(resume_from, config.max_steps, config.num_epochs)  # one past --max_steps: refused now
-    if resume_from is None and not config.overwrite and any(Path(config.output_dir).glob("checkpoint-*")):
-        # A fresh run would mix its checkpoints with these, and `latest` could later pick a stale one.
-        raise InputError(
-            f"{config.output_dir} already holds checkpoints of another run: continue it with "
-            "--resume_from_checkpoint latest, hand the folder over with --overwrite, or choose another --output_dir"
-        )
-    peft_config = build_peft_config(config)
-
-    records = load_sources(config.data_path, config.data_columns, config.data_ratios, config.seed)
-    data = data_summary(records)
-    warn_if_data_changed(data, config.data_path, recorded_data)
-    train_records, val_records = split_validation(records, config.val_set_size)
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    model, tokenizer = load_model(
-        config.base_model,
-        quantization=quantization,
-        device_map={"": local_rank} if quantization else None,
-        trust_remote_code=config.trust_remote_code,
-        threads=config.threads,
-    )
-    dtype = resolve_dtype("auto")
-    if config.attn_implementation:
-        set_attention(model, config.attn_implementation)
-    limit = context_length(model)
-    if limit is not None and config.cutoff_len > limit:
-        raise InputError(
-            f"--cutoff_len {config.cutoff_len} is longer than the context of {config.base_model} ({limit} tokens)"
-        )
-
-    template = training_template(config, "messages" in records.column_names, tokenizer)
-    train_on_inputs = template.name == ALPACA if config.train_on_inputs is None else config.train_on_inputs
-    if template.name == CHAT:
-        logger.info(
-            "rendering records with %s's chat template; the loss covers %s",
-            config.base_model,
-            "every token" if train_on_inputs else "the assistant turns",
-        )
-    train_set, val_set = (
-        tokenize_dataset(
-            split,
-            tokenizer,
-            config.cutoff_len,
-            train_on_inputs,
-            f"tokenizing {name}",
-            template,
-            config.data_path,
-        )
-        if len(split)
-        else None
-        for name, split in (("train", train_records), ("val", val_records))
-    )
-    _report_tokenized(config, "train", train_set)
-    if val_set is not None:
-        _report_tokenized(config, "validation", val_set)
-    for split, tokenized in (("training", train_set), ("validation", val_set)):
-        if tokenized is not None and not tokenized.examples:
-            raise InputError(
-                f"{config.data_path}: zero usable {split} records: every response is cut off at "
-                f"cutoff_len={config.cutoff_len}; raise --cutoff_len"
-            )
-
-    packing = config.packing and enable_packing(model)
-    if config.packing and not packing:
-        logger.info(
-            "%s cannot keep packed sequences apart: using length-grouped padded batches", config.base_model
-        )
-    elif packing:
-        logger.info("padding-free packed batches: %s", packed_attention(model, dtype))
-
-    if quantization:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=config.use_gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    set_seed(config.seed)  # the adapter's initial weights
-    model = add_trainable_adapter(model, peft_config, config)
-    if start_adapter is not None:
-        logger.info("starting from the adapter weights in %s", start_adapter)
-        try:
-            model.load_adapter(start_adapter, "default", is_trainable=True)
-        except (RuntimeError, ValueError, KeyError) as error:
-            reason = str(error).strip().splitlines()[-1].strip()
-            raise InputError(
-                f"--resume_from_checkpoint {start_adapter}: does not fit this adapter ({reason})"
-            ) from None
-    return Run(
-        config,
-        model,
-        tokenizer,
-        train_set,
-        val_set,
-        packing,
-        world_size,
-        accumulation,
-        dtype,
-        resume_from,
-        template,
-        train_on_inputs,
-        data,
-        accuracy_during_training(config, tokenizer, template.name),
-    )
-
-
-def set_attention(model: torch.nn.Module, implementation: str) -> None:
-    """--attn_implementation, as transformers checks it (unknown or not installed: one line)."""
-    try:
-        model.set_attn_implementation(implementation)
-    except (ValueError, ImportError) as error:
-        raise InputError(f"--attn_implementation {implementation}: {' '.join(str(error).split())}") from None
-
-
-def training_template(config: FinetuneConfig, chat_records: bool, tokenizer) -> PromptTemplate:
-    """--template resolved for this data: auto is chat for chat records, Alpaca's for instruction records."""
-    requested = config.template
-    if requested == AUTO:
-        requested = CHAT if chat_records else ALPACA
-    if requested == ALPACA and chat_records:
-        raise InputError(
-            f"{config.data_path} holds chat records, which Alpaca's template cannot render: use --template chat "
-            "(or auto)"
-        )
-    return checked_template(requested, tokenizer, config.base_model)
-
-
-def packed_attention(model: torch.nn.Module, dtype: torch.dtype) -> str:
-    """How packed rows are attended on this machine: the attention implementation, and its kernel."""
-    implementation = model.config._attn_implementation
-    if implementation != PACKED_SDPA:
-        return f"{implementation} attention"
-    text_config = model.config.get_text_config()
-    head_dim = getattr(text_config, "head_dim", None) or (
-        text_config.hidden_size // text_config.num_attention_heads
-    )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return f"{implementation} attention, {packed_attention_kernel(device, dtype, head_dim)}"
-
-
-def _report_tokenized(config: FinetuneConfig, split: str, tokenized: TokenizedSet) -> None:
-    if tokenized.truncated:
-        logger.info(
-            "%s: %d record(s) longer than cutoff_len=%d were truncated",
-            split,
-            tokenized.truncated,
-            config.cutoff_len,
-        )
-    if tokenized.prompt_only:
-        logger.warning(
-            "%s: %d record(s) train on their prompt only: cutoff_len=%d cuts away their whole response",
-            split,
-            tokenized.prompt_only,
-            config.cutoff_len,
-        )
-    if tokenized.dropped:
-        logger.warning(
-            "%s: %d record(s) dropped: their response lies beyond cutoff_len", split, tokenized.dropped
-        )
 
 
 # ---------------------------------------------------------------- train
