@@ -59,7 +59,7 @@ from sibo.cli._flags import str2bool
 from sibo.core.merge import merge_for_inference
 from sibo.decode.batch import auto_batch_size, generate_batch
 from sibo.decode.settings import DecodingSettings
-from sibo.prompts import build_prompt, extract_response
+from sibo.prompts import RESPONSE_MARKER, build_prompt, cut_at_next_section
 from sibo.testing import build_tokenizer
 
 GSM8K_QUESTIONS = 1319
@@ -137,7 +137,8 @@ def seed_recipe(model, tokenizer, prompt: str, num_beams: int, max_new_tokens: i
             input_ids=input_ids, num_beams=num_beams, do_sample=False, use_cache=False,
             max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
         )  # fmt: skip
-    return extract_response(tokenizer.decode(sequences[0], skip_special_tokens=True))
+    decoded = tokenizer.decode(sequences[0], skip_special_tokens=True)
+    return cut_at_next_section(decoded.split(RESPONSE_MARKER, 1)[-1]).strip()
 
 
 def count_new_tokens(model) -> list[int]:
