@@ -24,6 +24,11 @@ DECLARED = {
     "data_dir": "eval/config.py:EvalConfig",
     "limit": "eval/config.py:EvalConfig",
     "exclude_seen": "eval/config.py:EvalConfig",
+    "lambdas": "study/sweep_config.py:SweepConfig",  # sweep's flags come from it
+    "seeds": "study/sweep_config.py:SweepConfig",
+    "heldout": "study/sweep_config.py:SweepConfig",
+    "heldout_seed": "study/sweep_config.py:SweepConfig",
+    "margin": "study/sweep_config.py:SweepConfig",
 }
 # Each verb's own, so not listed: output_dir (its own default and contents: ./lora-alpaca, outputs/evaluate,
 # sibo_demo, …) and overwrite (it hands over that verb's files; the one rule is files.claim_output_dir).
