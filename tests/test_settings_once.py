@@ -19,6 +19,7 @@ DECLARED = {
     "load_8bit": "checkpoint/config.py:ModelLoading",
     "load_4bit": "checkpoint/config.py:ModelLoading",
     "threads": "checkpoint/config.py:CpuThreads",
+    "merge": "checkpoint/config.py:DecodingMerge",
     "template": "prompts.py:TemplateChoice",
     "datasets": "eval/config.py:EvalConfig",
     "data_dir": "eval/config.py:EvalConfig",

@@ -206,6 +206,20 @@ class ModelConfig(TemplateChoice, ModelLoading, BaseModelSource):
         return template
 
 
+@dataclass
+class DecodingMerge:
+    """Whether a verb that decodes merges the adapter in memory (load_for_decoding's `merge`), declared once:
+    generate's, evaluate's and serve's flags inherit it."""
+
+    merge: bool = field(
+        default=True,
+        metadata={
+            "help": "fold the adapter into the base weights for decoding: same outputs, fewer kernels "
+            "(bottleneck, DoRA with λ > 0 and quantized bases stay unmerged)"
+        },
+    )
+
+
 # The spellings of ModelConfig's flags, upstream's included.
 MODEL_FLAG_SPELLINGS = {
     "weights_path": ["--weights_path", "--lora_weights"],

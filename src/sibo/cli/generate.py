@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
+from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, DecodingMerge, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values, str2bool
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings
 from sibo.errors import InputError
@@ -24,7 +24,7 @@ BATCH_FIELDS = ("batch_size", "static_cache")
 
 
 @dataclass
-class GenerateFlags:
+class GenerateFlags(DecodingMerge):
     """What to answer, or where to serve the page."""
 
     instruction: str | None = field(
@@ -33,14 +33,6 @@ class GenerateFlags:
     input: str | None = field(
         default=None,
         metadata={"help": "optional input/context for the instruction", "group": "one answer on stdout"},
-    )
-    merge: bool = field(
-        default=True,
-        metadata={
-            "help": "fold the adapter into the base weights for decoding: same outputs, fewer kernels "
-            "(bottleneck, DoRA with λ > 0 and quantized bases stay unmerged)",
-            "group": "model",
-        },
     )
     ui: bool = field(
         default=False,
@@ -65,6 +57,7 @@ def build_parser() -> ArgumentParser:
         parser,
         GenerateFlags,
         rename={"instruction": ["--prompt", "--instruction"]},
+        group="model",  # --merge; the other flags name their sections
     )
     add_dataclass_flags(
         parser,

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
+from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, DecodingMerge, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
 from sibo.errors import InputError
 from sibo.progress import announce
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ServeFlags:
+class ServeFlags(DecodingMerge):
     """Where to listen, and how to batch."""
 
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind (loopback: this machine only)"})
@@ -34,10 +34,6 @@ class ServeFlags:
         default=None, metadata={"help": "the model's id in the API (default: the adapter's folder name)"}
     )
     max_batch_size: int = field(default=16, metadata={"help": "most requests decoded in one batch"})
-    merge: bool = field(
-        default=True,
-        metadata={"help": "fold the adapter into the base weights for decoding: same outputs, fewer kernels"},
-    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
