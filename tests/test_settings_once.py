@@ -20,6 +20,9 @@ DECLARED = {
     "load_4bit": "checkpoint/config.py:ModelLoading",
     "threads": "checkpoint/config.py:CpuThreads",
     "merge": "checkpoint/config.py:DecodingMerge",
+    "host": "decode/listen.py:ListenAddress",  # serve's server and generate's page
+    "port": "decode/listen.py:ListenAddress",
+    "share": "decode/listen.py:ServeConfig",
     "template": "prompts.py:TemplateChoice",
     "datasets": "eval/config.py:EvalConfig",
     "data_dir": "eval/config.py:EvalConfig",
