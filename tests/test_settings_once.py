@@ -15,6 +15,7 @@ DECLARED = {
     "num_beams": "decode/settings.py:DecodingSettings",
     "base_model": "checkpoint/config.py:BaseModelSource",
     "weights_path": "checkpoint/config.py:ModelConfig",
+    "dtype": "checkpoint/config.py:ModelDtype",
     "trust_remote_code": "checkpoint/config.py:ModelLoading",
     "load_8bit": "checkpoint/config.py:ModelLoading",
     "load_4bit": "checkpoint/config.py:ModelLoading",
