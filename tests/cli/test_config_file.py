@@ -77,7 +77,7 @@ EVERY_VERB = {
     "export": ("weights_path: w\noutput_dir: o\nformat: state_dict\n", "format", "state_dict"),
     "serve": ("weights_path: w\nport: 8123\nmax_batch_size: 4\n", "port", 8123),
     "analyze": ("data: d.json\nweights_path: [a, b]\n", "weights_paths", ["a", "b"]),
-    "sweep": ("base_model: b\nlambdas: [0, 0.1]\n", "lambdas", "0,0.1"),
+    "sweep": ("base_model: b\nlambdas: [0, 0.1]\n", "lambdas", ["0", "0.1"]),
 }
 
 

@@ -13,7 +13,8 @@ from sibo.cli.sweep import parse_config
 from sibo.errors import InputError
 from sibo.eval.config import EvalConfig
 from sibo.files import LOCK_FILE, hold_output_dir
-from sibo.study.sweep import SweepConfig, SweepRow, summarize, write_csv
+from sibo.study.sweep import SweepRow, summarize, write_csv
+from sibo.study.sweep_config import SweepConfig
 from sibo.study.synthetic import write_records
 from sibo.train.config import FinetuneConfig
 
@@ -113,10 +114,10 @@ def test_repeated_lambdas_are_refused(workspace):
     with pytest.raises(InputError, match="must not repeat"):
         SweepConfig(
             finetune,
-            [0.1, 0.1],
-            [1],
             workspace / "o",
             EvalConfig("AddSub", workspace, workspace / "o"),
+            lambdas=[0.1, 0.1],
+            seeds=[1],
         )
 
 

@@ -2,8 +2,8 @@
 
 `sibo generate`, `evaluate`, `export` and `serve` build their model flags from `ModelConfig`; `finetune`
 and `sweep` inherit the same groups (`BaseModelSource`, `ModelLoading`) through `FinetuneConfig`, `analyze`
-`BaseModelSource` and `CpuThreads`; `demo` uses the same rules (`quantization_of`, `resolve_base_model`,
-`default_threads`). Nothing here imports torch.
+`BaseModelSource`, `ModelDtype` and `CpuThreads`; `demo` uses the same rules (`quantization_of`,
+`resolve_base_model`, `default_threads`). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -155,7 +155,16 @@ class ModelLoading(CpuThreads):
 
 
 @dataclass
-class ModelConfig(TemplateChoice, ModelLoading, BaseModelSource):
+class ModelDtype:
+    """The dtype a model is loaded in, declared once: ModelConfig and AnalyzeConfig inherit it."""
+
+    dtype: str = field(
+        default="auto", metadata={"help": "auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32"}
+    )
+
+
+@dataclass
+class ModelConfig(ModelDtype, TemplateChoice, ModelLoading, BaseModelSource):
     """A base model, an optional adapter on it, and how to load them (the groups' fields come first)."""
 
     weights_path: str | None = field(
@@ -165,9 +174,6 @@ class ModelConfig(TemplateChoice, ModelLoading, BaseModelSource):
     lam: float | None = field(
         default=None,
         metadata={"help": "SIBO's λ, overriding the adapter's stored one (boosts a plain PEFT adapter too)"},
-    )
-    dtype: str = field(
-        default="auto", metadata={"help": "auto (bf16/fp16 on GPU, fp32 on CPU), bf16, fp16 or fp32"}
     )
     task: str = field(
         default="causal-lm",
@@ -204,6 +210,20 @@ class ModelConfig(TemplateChoice, ModelLoading, BaseModelSource):
                 f" recorded in {self.template_file}" if self.template_file else " (--template chat)",
             )
         return template
+
+
+@dataclass
+class DecodingMerge:
+    """Whether a verb that decodes merges the adapter in memory (load_for_decoding's `merge`), declared once:
+    generate's, evaluate's and serve's flags inherit it."""
+
+    merge: bool = field(
+        default=True,
+        metadata={
+            "help": "fold the adapter into the base weights for decoding: same outputs, fewer kernels "
+            "(bottleneck, DoRA with λ > 0 and quantized bases stay unmerged)"
+        },
+    )
 
 
 # The spellings of ModelConfig's flags, upstream's included.

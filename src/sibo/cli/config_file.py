@@ -187,6 +187,6 @@ def _flag_text(value: object, action: argparse.Action, path: str, name: str) -> 
         if nested is not None:
             raise InputError(f"{path}: {name}: expected a flat list of plain values, but item {nested} is a "
                              f"{type(value[nested]).__name__}")  # fmt: skip
-        # a list flag reads JSON; a flag of comma-separated names (--dataset, --lambdas) reads a,b
+        # a list flag reads JSON; a flag of comma-separated names (--dataset) reads a,b
         return json.dumps(value) if action.nargs in ("+", "*") else ",".join(map(str, value))
     return str(value)

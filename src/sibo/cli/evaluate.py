@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
+from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, DecodingMerge, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
 from sibo.decode.settings import BENCHMARK_DECODING_FLAGS, DecodingSettings
 from sibo.eval.config import EvalConfig
@@ -30,16 +30,9 @@ NOT_FLAGS = ("decoding", "template")
 
 
 @dataclass
-class EvaluateFlags:
+class EvaluateFlags(DecodingMerge):
     """What `sibo evaluate` adds to the model, benchmark (EvalConfig) and decoding flags."""
 
-    merge: bool = field(
-        default=True,
-        metadata={
-            "help": "fold the adapter into the base weights for decoding: same outputs, fewer kernels "
-            "(bottleneck, DoRA with λ > 0 and quantized bases stay unmerged)"
-        },
-    )
     model: str | None = field(
         default=None, metadata={"help": "upstream's model name (LLaMA-7B, …): recorded only"}
     )

@@ -13,18 +13,21 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
+from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, DecodingMerge, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values, str2bool
+from sibo.decode.listen import ServeConfig
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings
 from sibo.errors import InputError
 from sibo.progress import announce
 
 # Batches are evaluate's: one answer streams.
 BATCH_FIELDS = ("batch_size", "static_cache")
+# The page's settings that are no flags: its queue keeps its default, its title is the model's name.
+PAGE_ONLY = ("queue_size", "title")
 
 
 @dataclass
-class GenerateFlags:
+class GenerateFlags(DecodingMerge):
     """What to answer, or where to serve the page."""
 
     instruction: str | None = field(
@@ -34,27 +37,9 @@ class GenerateFlags:
         default=None,
         metadata={"help": "optional input/context for the instruction", "group": "one answer on stdout"},
     )
-    merge: bool = field(
-        default=True,
-        metadata={
-            "help": "fold the adapter into the base weights for decoding: same outputs, fewer kernels "
-            "(bottleneck, DoRA with λ > 0 and quantized bases stay unmerged)",
-            "group": "model",
-        },
-    )
     ui: bool = field(
         default=False,
         metadata={"help": "serve a Gradio page instead of answering once", "group": "Gradio page"},
-    )
-    host: str = field(
-        default="127.0.0.1",
-        metadata={"help": "address to bind (loopback: this machine only)", "group": "Gradio page"},
-    )
-    port: int | None = field(
-        default=None, metadata={"help": "port (default: Gradio's, from 7860 up)", "group": "Gradio page"}
-    )
-    share: bool = field(
-        default=False, metadata={"help": "open a public gradio.live link", "group": "Gradio page"}
     )
 
 
@@ -65,6 +50,14 @@ def build_parser() -> ArgumentParser:
         parser,
         GenerateFlags,
         rename={"instruction": ["--prompt", "--instruction"]},
+        group="model",  # --merge; the other flags name their sections
+    )
+    add_dataclass_flags(
+        parser,
+        ServeConfig,
+        skip=PAGE_ONLY,
+        helps={"port": "port (default: Gradio's, from 7860 up)"},
+        group="Gradio page",
     )
     add_dataclass_flags(
         parser,
@@ -94,10 +87,10 @@ def run(args: argparse.Namespace) -> int:
     source = ModelConfig(**dataclass_values(args, ModelConfig, skip=("task",)))
     serve_config = None
     if flags.ui:
-        from sibo.decode.app import ServeConfig, require_gradio
+        from sibo.decode.app import require_gradio
 
         title = f"SIBO · {Path(source.weights_path or source.base_model).name or 'model'}"
-        serve_config = ServeConfig(host=flags.host, port=flags.port, share=flags.share, title=title)
+        serve_config = ServeConfig(**dataclass_values(args, ServeConfig, skip=PAGE_ONLY), title=title)
         require_gradio()  # a missing gradio should say so before the model loads
     purpose = "for a Gradio page" if flags.ui else "to answer one instruction"
     announce(purpose, base=source.base_model, adapter=source.weights_path)

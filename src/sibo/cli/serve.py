@@ -13,8 +13,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, ModelConfig
+from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, DecodingMerge, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
+from sibo.decode.listen import ListenAddress
 from sibo.errors import InputError
 from sibo.progress import announce
 
@@ -22,11 +23,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ServeFlags:
+class ServeFlags(DecodingMerge, ListenAddress):
     """Where to listen, and how to batch."""
 
-    host: str = field(default="127.0.0.1", metadata={"help": "address to bind (loopback: this machine only)"})
-    port: int = field(default=8000, metadata={"help": "port to listen on"})
     api_key: str | None = field(
         default=None, metadata={"help": "require this key as a Bearer token (default: no key)"}
     )
@@ -34,13 +33,9 @@ class ServeFlags:
         default=None, metadata={"help": "the model's id in the API (default: the adapter's folder name)"}
     )
     max_batch_size: int = field(default=16, metadata={"help": "most requests decoded in one batch"})
-    merge: bool = field(
-        default=True,
-        metadata={"help": "fold the adapter into the base weights for decoding: same outputs, fewer kernels"},
-    )
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port < 65536:
+        if self.port is None or not 0 <= self.port < 65536:
             raise InputError(f"--port must be in 0…65535, got {self.port}")
         if self.max_batch_size < 1:
             raise InputError(f"--max_batch_size must be at least 1, got {self.max_batch_size}")
@@ -49,7 +44,7 @@ class ServeFlags:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="sibo serve", description=__doc__.split("\n\n")[0])
     add_dataclass_flags(parser, ModelConfig, rename=MODEL_FLAG_SPELLINGS, skip=("task",), group="model")
-    add_dataclass_flags(parser, ServeFlags, group="server")
+    add_dataclass_flags(parser, ServeFlags, defaults={"port": 8000}, group="server")
     return parser
 
 

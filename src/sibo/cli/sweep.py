@@ -15,14 +15,14 @@ held-out loss; with it, benchmarks are scored only when --datasets names them.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 
-from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values, parse_list
+from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
 from sibo.cli.finetune import FINETUNE_FLAGS
 from sibo.decode.settings import BENCHMARK_DECODING_FLAGS, DecodingSettings
-from sibo.errors import InputError
 from sibo.eval.config import EvalConfig
 from sibo.progress import announce
+from sibo.study.sweep_config import SweepConfig
 from sibo.train.config import FinetuneConfig
 
 # Sampling and compiled caches are not part of the scoring a sweep compares.
@@ -31,32 +31,8 @@ DECODING = "decoding."
 # EvalConfig's flags a sweep takes: which benchmarks score each run, and how answers are read
 BENCHMARK_FLAGS = ("datasets", "data_dir", "limit", "extraction")
 BENCHMARKS = "benchmarks."
-
-
-@dataclass
-class SweepFlags:
-    """The grid, and the held-out comparison (the benchmarks: EvalConfig's flags)."""
-
-    lambdas: str | None = field(
-        default=None, metadata={"help": "λ values: 0,0.1,0.2 or [0,0.1,0.2] (default: --embedding_lambda)"}
-    )
-    seeds: str | None = field(default=None, metadata={"help": "seeds: 1,2,3 (default: --seed)"})
-    heldout: int = field(
-        default=0,
-        metadata={
-            "help": "hold N training records out (with their exact and near copies), score every run's loss "
-            "on their response tokens, and write report.md: each λ against λ 0 (0: off)"
-        },
-    )
-    heldout_seed: int = field(default=0, metadata={"help": "seed of the held-out draw"})
-    margin: float = field(
-        default=0.002,
-        metadata={
-            "help": "equivalence margin in nats per response token: differences within ±margin are 'equivalent'"
-        },
-    )
-
-
+# SweepConfig's fields that are no flags: finetune's flags give them
+NOT_FLAGS = ("finetune", "output_dir", "evaluation")
 # finetune's accuracy during training: a sweep scores each adapter once, at the end (its own --eval_limit)
 DURING_TRAINING = ("eval_datasets", "eval_data_dir", "eval_limit", "eval_num_beams", "eval_exclude_seen")
 
@@ -67,7 +43,7 @@ def build_parser() -> ArgumentParser:
         description="Fine-tune and evaluate one adapter per (λ, seed); write sweep.csv and sweep.png.",
     )
     add_dataclass_flags(parser, FinetuneConfig, **FINETUNE_FLAGS, skip=DURING_TRAINING)
-    add_dataclass_flags(parser, SweepFlags, group="sweep")
+    add_dataclass_flags(parser, SweepConfig, skip=NOT_FLAGS, group="sweep")
     add_dataclass_flags(
         parser,
         EvalConfig,
@@ -94,44 +70,24 @@ def _not_benchmark_flags() -> tuple[str, ...]:
     return tuple(f.name for f in fields(EvalConfig) if f.name not in BENCHMARK_FLAGS)
 
 
-def _numbers(text: str, kind: type, flag: str) -> list:
-    try:
-        return [kind(item) for item in parse_list(text)]
-    except ValueError:
-        raise InputError(f"--{flag} must be a list of {kind.__name__} values, got {text!r}") from None
-
-
-def parse_config(argv: list[str] | None):
+def parse_config(argv: list[str] | None) -> SweepConfig:
     return _config(build_parser().parse_args(argv))
 
 
-def _config(args: argparse.Namespace):
-    from sibo.study.sweep import SweepConfig
-
+def _config(args: argparse.Namespace) -> SweepConfig:
     finetune = FinetuneConfig(**dataclass_values(args, FinetuneConfig, skip=DURING_TRAINING))
-    grid = SweepFlags(**dataclass_values(args, SweepFlags))
-    lambdas = _numbers(grid.lambdas, float, "lambdas") if grid.lambdas else [finetune.embedding_lambda]
-    seeds = _numbers(grid.seeds, int, "seeds") if grid.seeds else [finetune.seed]
+    grid = dataclass_values(args, SweepConfig, skip=NOT_FLAGS)
     decoding = DecodingSettings(**dataclass_values(args, DecodingSettings, SKIPPED_DECODING, DECODING))
     benchmarks = dataclass_values(args, EvalConfig, _not_benchmark_flags(), BENCHMARKS)
     datasets = benchmarks.pop("datasets")
-    datasets = ("" if grid.heldout else "math") if datasets is None else datasets
+    datasets = ("" if grid["heldout"] else "math") if datasets is None else datasets
     # each run's folder replaces output_dir (SweepConfig.eval_config)
     evaluation = (
         EvalConfig(datasets, **benchmarks, output_dir=finetune.output_dir, decoding=decoding)
         if datasets
         else None
     )
-    return SweepConfig(
-        finetune=finetune,
-        lambdas=lambdas,
-        seeds=seeds,
-        output_dir=finetune.output_dir,
-        evaluation=evaluation,
-        heldout=grid.heldout,
-        heldout_seed=grid.heldout_seed,
-        margin=grid.margin,
-    )
+    return SweepConfig(finetune, finetune.output_dir, evaluation, **grid)
 
 
 def main(argv: list[str] | None = None) -> int:

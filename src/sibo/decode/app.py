@@ -15,31 +15,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
+from sibo.decode.listen import ServeConfig
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings
 from sibo.decode.stream import stream_reply, stream_response
 from sibo.errors import InputError
 from sibo.prompts import CHAT, PromptTemplate
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ServeConfig:
-    """Where the page listens."""
-
-    host: str = field(default="127.0.0.1", metadata={"help": "address to bind; loopback unless asked"})
-    port: int | None = field(default=None, metadata={"help": "port; None lets Gradio pick from 7860 up"})
-    share: bool = field(default=False, metadata={"help": "open a public gradio.live tunnel"})
-    queue_size: int = field(default=16, metadata={"help": "requests that may wait in the queue"})
-    title: str = field(default="SIBO", metadata={"help": "page title (e.g. the adapter's name)"})
-
-    def __post_init__(self) -> None:
-        if self.port is not None and not 0 < self.port < 65536:
-            raise InputError(f"--port must be in 1..65535, got {self.port}")
-        if self.queue_size < 1:
-            raise InputError(f"the queue size must be at least 1, got {self.queue_size}")
 
 
 def require_gradio():

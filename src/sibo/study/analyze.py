@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sibo.checkpoint.config import BaseModelSource, CpuThreads, check_threads, resolve_base_model
+from sibo.checkpoint.config import BaseModelSource, CpuThreads, ModelDtype, check_threads, resolve_base_model
 from sibo.errors import InputError
 from sibo.files import (
     ANALYZE_PLOT_FILE,
@@ -56,19 +56,24 @@ class _AnalyzeSettings:
     n: int = field(default=64, metadata={"help": "how many records (the first n) to average over"})
     batch_size: int = field(default=8, metadata={"help": "records per forward pass"})
     max_length: int = field(default=512, metadata={"help": "truncate each record to this many tokens"})
-    dtype: str = field(default="auto", metadata={"help": "auto, bf16, fp16 or fp32"})
+
+
+@dataclass
+class _AnalyzeOverwrite:
     overwrite: bool = field(
         default=False,
         metadata={"help": "hand output_dir over to this run: another analysis there is deleted first"},
     )
 
 
-# AnalyzeConfig's fields come in parts around the shared base_model and threads, so that the analysis's run
-# marker keeps its keys in their order: a dataclass puts inherited fields first.
+# AnalyzeConfig's fields come in parts around the shared base_model, dtype and threads, so that the analysis's
+# run marker keeps its keys in their order: a dataclass puts inherited fields first.
 @dataclass
-class AnalyzeConfig(CpuThreads, _AnalyzeSettings, BaseModelSource, _AnalyzedRecords):
+class AnalyzeConfig(
+    CpuThreads, _AnalyzeOverwrite, ModelDtype, _AnalyzeSettings, BaseModelSource, _AnalyzedRecords
+):
     """Which models to compare on which records, and where the results go: data, base_model
-    (BaseModelSource: the first adapter's recorded base by default), the settings, threads."""
+    (BaseModelSource: the first adapter's recorded base by default), the settings, dtype, threads."""
 
     def __post_init__(self) -> None:
         self.data = Path(self.data)

@@ -23,10 +23,9 @@ import json
 import logging
 import math
 import statistics
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from sibo.errors import InputError
 from sibo.eval.config import EvalConfig
 from sibo.eval.results import read_records
 from sibo.eval.runner import load_benchmarks
@@ -34,6 +33,7 @@ from sibo.files import claim_output_dir, hold_output_dir, write_atomically
 from sibo.study.plots import pyplot, save_figure
 from sibo.study.runs import train_adapter, train_and_score
 from sibo.study.split import write_split
+from sibo.study.sweep_config import HELDOUT_DIR, SweepConfig
 from sibo.study.sweep_heldout import (
     HeldOut,
     HeldOutLog,
@@ -50,60 +50,6 @@ logger = logging.getLogger(__name__)
 CSV_FILE = "sweep.csv"
 PLOT_FILE = "sweep.png"
 REPORT_FILE, REPORT_JSON, HELDOUT_PLOT = "report.md", "report.json", "heldout.png"
-HELDOUT_DIR = "heldout"
-
-
-@dataclass
-class SweepConfig:
-    """The finetune settings shared by every run, the grid, and how each run is scored."""
-
-    finetune: FinetuneConfig = field(
-        metadata={"help": "every run's settings; λ, seed and output_dir are replaced"}
-    )
-    lambdas: list[float] = field(metadata={"help": "λ values, each in [0, 1]"})
-    seeds: list[int] = field(metadata={"help": "seeds; one run per (λ, seed)"})
-    output_dir: Path = field(metadata={"help": "where runs, sweep.csv and sweep.png go"})
-    evaluation: EvalConfig | None = field(
-        metadata={
-            "help": "how every run is scored on the benchmarks (None: on none); output_dir is each run's"
-        }
-    )
-    heldout: int = field(
-        default=0, metadata={"help": "training records held out and scored by loss (0: none)"}
-    )
-    heldout_seed: int = field(default=0, metadata={"help": "seed of the held-out draw"})
-    margin: float = field(default=0.002, metadata={"help": "equivalence margin of the verdict, in nats"})
-
-    def __post_init__(self) -> None:
-        self.output_dir = Path(self.output_dir)
-        if not self.lambdas or not self.seeds:
-            raise InputError("a sweep needs at least one λ and one seed")
-        for lam in self.lambdas:
-            replace(self.finetune.sibo, lam=lam)  # SiboConfig checks each λ
-        if len(set(self.lambdas)) != len(self.lambdas) or len(set(self.seeds)) != len(self.seeds):
-            raise InputError(f"λ values and seeds must not repeat: {self.lambdas}, {self.seeds}")
-        if self.heldout < 0 or not self.margin > 0:
-            raise InputError(f"--heldout must be ≥ 0 and --margin > 0, got {self.heldout}, {self.margin}")
-        if self.heldout and 0.0 not in self.lambdas:
-            raise InputError(f"--heldout compares every λ with λ 0: add 0 to --lambdas (got {self.lambdas})")
-        if not self.heldout and self.evaluation is None:
-            raise InputError("a sweep scores its runs on --datasets, on --heldout records, or both: give one")
-
-    def run_dir(self, lam: float, seed: int) -> Path:
-        return self.output_dir / f"lam{lam:g}_seed{seed}"
-
-    def eval_config(self, lam: float, seed: int) -> EvalConfig:
-        return replace(self.evaluation, output_dir=self.run_dir(lam, seed) / "eval")
-
-    def finetune_config(self, lam: float, seed: int) -> FinetuneConfig:
-        """The shared settings with this run's λ, seed and directory (checked again by FinetuneConfig)."""
-        adapter_dir = self.run_dir(lam, seed) / "adapter"
-        config = replace(self.finetune, embedding_lambda=lam, seed=seed, output_dir=str(adapter_dir))
-        if self.heldout:  # the split's training side, written with our own field names
-            config = replace(
-                config, data_path=str(self.output_dir / HELDOUT_DIR / "train.json"), data_columns=""
-            )
-        return config
 
 
 @dataclass
