@@ -121,6 +121,29 @@ def curl(port: int, path: str, body: str | None = None, key: str | None = KEY) -
     return int(status), json.loads(payload)
 
 
+async def answer_together(
+    engine: BatchingEngine, prompts: list[str], settings: DecodingSettings, cancel: list | None = None
+) -> list[list[int]]:
+    """Every prompt submitted before the engine starts, so they wait as one batch (`cancel`'s slots take the
+    first requests, for the test to cancel); each request's token ids once it is done, in order."""
+    import asyncio
+
+    requests = [engine.request(engine.template.prompt(engine.tokenizer, p), settings) for p in prompts]
+    for request in requests:
+        request.loop = asyncio.get_running_loop()
+        engine.submit(request)
+    if cancel is not None:
+        cancel[:] = requests[: len(cancel)]
+    engine.start()
+    answers = []
+    for request in requests:
+        while (event := await request.events.get()).kind != "done":
+            pass
+        answers.append(event.ids)
+    engine.close()
+    return answers
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(600)
 def test_the_openai_client_gets_what_sibo_generate_prints(alpaca, capsys):
@@ -200,25 +223,11 @@ def test_the_engine_batches_waiting_requests_and_answers_each_as_alone():
     settings = DecodingSettings(max_new_tokens=TOKENS)
     expected = [generate_response(model, tokenizer, prompt, settings=settings) for prompt in PROMPTS]
 
-    async def ask_all() -> tuple[list[list[int]], list[int]]:
-        engine = BatchingEngine(model, tokenizer, template)
-        requests = [engine.request(template.prompt(tokenizer, p), settings) for p in PROMPTS]
-        for request in requests:
-            request.loop = asyncio.get_running_loop()
-            engine.submit(request)  # all waiting before the engine starts
-        engine.start()
-        answers = []
-        for request in requests:
-            while (event := await request.events.get()).kind != "done":
-                pass
-            answers.append(event.ids)
-        engine.close()
-        return answers, engine.batch_sizes
-
-    answers, batch_sizes = asyncio.run(ask_all())
+    engine = BatchingEngine(model, tokenizer, template)
+    answers = asyncio.run(answer_together(engine, PROMPTS, settings))
     texts = [template.response(tokenizer.decode(ids, skip_special_tokens=True)) for ids in answers]
     assert [text.strip() for text in texts] == [text.strip() for text in expected]
-    assert max(batch_sizes) > 1
+    assert max(engine.batch_sizes) > 1
 
 
 def test_a_cancelled_request_stops_decoding_its_row_and_an_all_cancelled_batch_stops():
@@ -242,28 +251,16 @@ def test_a_cancelled_request_stops_decoding_its_row_and_an_all_cancelled_batch_s
     model.get_output_embeddings().register_forward_hook(write_x_and_cancel)
     template, settings = PromptTemplate(), DecodingSettings(max_new_tokens=40)
 
-    async def decode(prompts: list[str]) -> list[list[int]]:
+    def decode(prompts: list[str]) -> list[list[int]]:
         engine = BatchingEngine(model, tokenizer, template)
-        requests = [engine.request(template.prompt(tokenizer, p), settings) for p in prompts]
-        for request in requests:
-            request.loop = asyncio.get_running_loop()
-            engine.submit(request)
-        cancel[:] = requests[: len(cancel)]
-        engine.start()
-        answers = []
-        for request in requests:
-            while (event := await request.events.get()).kind != "done":
-                pass
-            answers.append(event.ids)
-        engine.close()
-        return answers
+        return asyncio.run(answer_together(engine, prompts, settings, cancel))
 
     cancel = [None]  # the first of two requests
-    first, second = asyncio.run(decode(PROMPTS[:2]))
+    first, second = decode(PROMPTS[:2])
     assert len(first) == 3 and second == [word] * 40
     steps.clear()
     cancel = [None, None]  # both
-    assert [len(ids) for ids in asyncio.run(decode(PROMPTS[:2]))] == [3, 3]
+    assert [len(ids) for ids in decode(PROMPTS[:2])] == [3, 3]
     assert len(steps) == 3  # the batch stopped decoding, 37 steps short of max_new_tokens
 
 
