@@ -79,3 +79,13 @@ def offline(monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     return endpoint
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """The fault and CLI tests' folder, built once per test module (fault_checks.make_root): a 4-block base,
+    a SIBO adapter on it, training records and a one-question benchmark. A module that needs more overrides
+    it with a `root(root)` fixture that adds to this one."""
+    from fault_checks import make_root
+
+    return make_root(tmp_path_factory.mktemp("faults"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from fault_checks import finetune_args, make_root, refused
+from fault_checks import finetune_args, refused
 
 from sibo.data import (
     IGNORE_INDEX,
@@ -145,12 +145,6 @@ def test_padded_collator_pads_right_and_ignores_pads():
     assert PaddedCollator(0, pad_to_multiple_of=4)([{"input_ids": [1], "labels": [1]}])[
         "input_ids"
     ].shape == (1, 4)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("faults"))
-    return root
 
 
 @pytest.mark.parametrize(

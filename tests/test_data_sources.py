@@ -8,7 +8,7 @@ import json
 
 import datasets
 import pytest
-from fault_checks import finetune_args, make_root, refused
+from fault_checks import finetune_args, refused
 
 from sibo.cli import main as sibo_main
 from sibo.data import read_records_file, split_validation, tokenize_dataset, tokenize_records
@@ -209,12 +209,6 @@ def test_a_hub_name_is_loaded_by_datasets_train_split(monkeypatch, tokenizer):
     dataset = load_record_dataset("someone/math", parse_columns(COLUMNS))
     assert calls == [("someone/math", "train")]
     assert dataset[:] == {name: [r[name] for r in RECORDS] for name in ("instruction", "input", "output")}
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("faults"))
-    return root
 
 
 def test_a_folder_as_data_path_and_a_bom_are_named_for_what_they_are(root, tmp_path, capsys):

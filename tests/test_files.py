@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fault_checks import evaluate_args, finetune_args, make_root, refused, tmpfs
+from fault_checks import evaluate_args, finetune_args, refused, tmpfs
 
 import sibo
 from sibo.errors import InputError
@@ -68,12 +68,6 @@ def test_sibo_imports_and_locks_a_folder_without_fcntl(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "locked and released without fcntl"
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("faults"))
-    return root
 
 
 @pytest.mark.integration

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fault_checks import add_deeper_model, make_root, refused
+from fault_checks import add_deeper_model, refused
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -361,8 +361,7 @@ def test_the_mixing_check_passes_once_and_waits_for_a_forward_that_runs_the_adap
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("faults"))
+def root(root):
     add_deeper_model(root)
     return root
 

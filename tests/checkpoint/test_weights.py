@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from fault_checks import add_nan_adapter, evaluate_args, make_root, refused
+from fault_checks import add_nan_adapter, evaluate_args, refused
 from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
@@ -270,8 +270,7 @@ def test_what_slips_past_the_check_is_still_an_input_error(
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("faults"))
+def root(root):
     add_nan_adapter(root)
     return root
 

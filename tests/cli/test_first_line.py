@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fault_checks import evaluate_args, finetune_args, make_root
+from fault_checks import evaluate_args, finetune_args
 from huggingface_hub import constants
 
 from sibo.progress import announce, on_disk
@@ -30,11 +30,6 @@ logging.getLogger().addHandler(FirstLine())
 main(sys.argv[1:])
 """
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_root(tmp_path_factory.mktemp("first_line"))
 
 
 def verb_args(root: Path, out: Path) -> dict[str, list]:

@@ -8,14 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
-from fault_checks import evaluate_args, finetune_args, make_root, refused, run, snapshot
+from fault_checks import evaluate_args, finetune_args, refused, run, snapshot
 
 from sibo.testing import add_chat_template, build_tiny_model, build_tokenizer
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("messages"))
+def root(root):
     questions = [{"instruction": f"Add {n} and 1.", "input": "", "answer": str(n + 1)} for n in range(5)]
     (root / "bench" / "AddSub" / "test.json").write_text(json.dumps(questions))
     return root

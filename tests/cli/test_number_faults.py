@@ -8,18 +8,13 @@ import shutil
 
 import pytest
 import torch
-from fault_checks import evaluate_args, make_root, refused
+from fault_checks import evaluate_args, refused
 from safetensors.torch import load_file, save_file
 
 from sibo.checkpoint.weights import check_finite
 
 UP_B = "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight"
 Q_B = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_root(tmp_path_factory.mktemp("numbers"))
 
 
 def with_value(source, target, file: str, name: str, value: float, everywhere: bool = False):

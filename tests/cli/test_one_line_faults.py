@@ -8,15 +8,9 @@ import json
 import shutil
 
 import pytest
-from fault_checks import evaluate_args, finetune_args, make_root, refused, run, tmpfs
+from fault_checks import evaluate_args, finetune_args, refused, run, tmpfs
 
 from sibo.testing import add_chat_template, build_tokenizer
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_root(tmp_path_factory.mktemp("one_line"))
-
 
 DAMAGED_CONFIGS = {
     "empty": ("", "malformed JSON at line 1, column 1: Expecting value"),

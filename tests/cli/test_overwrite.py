@@ -7,16 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from fault_checks import evaluate_args, finetune_args, make_root, refused, run, snapshot
+from fault_checks import evaluate_args, finetune_args, refused, run, snapshot
 
 from sibo.errors import InputError
 from sibo.files import RUN_MARKER, claim_output_dir, clear_output_dir, hold_output_dir
 from sibo.study.demo import prepare_output_dir
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_root(tmp_path_factory.mktemp("overwrite"))
 
 
 def test_a_run_records_what_it_wrote_and_overwrite_deletes_only_that(tmp_path):

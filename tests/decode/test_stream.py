@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fault_checks import make_root, refused
+from fault_checks import refused
 from peft import LoraConfig
 
 from sibo import get_sibo_model
@@ -235,12 +235,6 @@ def test_cli_needs_a_prompt_or_ui(saved_base, capsys):
         error
         == "sibo generate: error: give either --prompt TEXT (one answer on stdout) or --ui (a Gradio page)\n"
     )
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("faults"))
-    return root
 
 
 @pytest.mark.integration

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from fault_checks import make_root, refused
+from fault_checks import refused
 from peft import LoraConfig
 
 from sibo import get_sibo_model
@@ -124,12 +124,6 @@ def test_cli_writes_beside_the_first_adapter_unless_told_where(tokenizer, tmp_pa
     assert capsys.readouterr().err == (
         "sibo analyze: error: --output_dir is needed for the base model alone (with adapters: the first's/analyze)\n"
     )
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("faults"))
-    return root
 
 
 @pytest.mark.integration

@@ -6,13 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from fault_checks import evaluate_args, finetune_args, make_root, run
+from fault_checks import evaluate_args, finetune_args, run
 from huggingface_hub import ModelCard
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_root(tmp_path_factory.mktemp("card_results"))
 
 
 def rows(card):

@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fault_checks import finetune_args, make_root, refused
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("faults"))
-    return root
+from fault_checks import finetune_args, refused
 
 
 @pytest.mark.parametrize(

@@ -8,17 +8,11 @@ import os
 import signal
 
 import pytest
-from fault_checks import finetune_args, make_root, refused, snapshot
+from fault_checks import finetune_args, refused, snapshot
 
 from sibo.cli import main as sibo_main
 from sibo.train.guards import StopOnInterrupt
 from sibo.train.resume import resolve_resume
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("faults"))
-    return root
 
 
 @pytest.mark.integration

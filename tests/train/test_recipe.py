@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fault_checks import add_deeper_model, finetune_args, make_root, refused
+from fault_checks import add_deeper_model, finetune_args, refused
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -600,8 +600,7 @@ def test_qlora_4bit_base_trains_on_cuda(base_model, data_file, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("faults"))
+def root(root):
     add_deeper_model(root)
     return root
 

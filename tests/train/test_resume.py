@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from fault_checks import make_root
 
 from sibo.errors import InputError
 from sibo.testing import write_training_state
 from sibo.train.resume import resolve_resume
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("faults"))
-    return root
 
 
 def checkpoint(root: Path, out: Path, step: int) -> Path:

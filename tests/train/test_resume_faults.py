@@ -9,15 +9,10 @@ import shutil
 import signal
 
 import pytest
-from fault_checks import finetune_args, make_root, refused, run, snapshot
+from fault_checks import finetune_args, refused, run, snapshot
 from safetensors.torch import load_file
 
 from sibo.train.guards import StopOnInterrupt
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return make_root(tmp_path_factory.mktemp("resume"))
 
 
 def killed_after_last_checkpoint(out) -> None:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from fault_checks import evaluate_args, make_root, refused, write_benchmark
+from fault_checks import evaluate_args, refused, write_benchmark
 
 from sibo.errors import InputError
 from sibo.eval.tasks import Example, load_examples, resolve_datasets
@@ -142,12 +142,6 @@ def test_task_extract_checks_the_mode():
     assert task.extract("The answer is 4. Then 5.", example, "legacy") == 5.0
     with pytest.raises(InputError, match="unknown extraction 'strict'"):
         task.extract("The answer is 4.", example, "strict")
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("faults"))
-    return root
 
 
 @pytest.mark.parametrize(
