@@ -3,8 +3,10 @@ carriage-return line per update; other library bars stay hidden; sibo's own bars
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
+import sys
 
 from transformers.utils import logging as hf_logging
 
@@ -53,3 +55,46 @@ def test_a_piped_bar_is_a_log_line_per_tenth_with_time_rate_and_postfix(caplog, 
     assert [int(re.search(r"\((\d+)%\)", line)[1]) // 10 for line in lines] == list(range(11))  # 2 %, 10 %, …
     assert re.fullmatch(r"AddSub 40/40 \(100%\) in 00:00, [\d.e+]+ ex/s, acc=1.000", lines[-1]), lines[-1]
     assert capsys.readouterr().err == ""
+
+
+def _announced(caplog, module: str, body) -> list[str]:
+    """The log lines of `body()` run inside announced_before(module, …), each prefixed by when it came."""
+    caplog.set_level(logging.INFO, logger="sibo.progress")
+    lines = []
+    try:
+        with progress.announced_before(module, "to test", base="/nowhere"):
+            lines.append(f"inside: {[r.getMessage() for r in caplog.records]}")
+            body()
+    except ValueError:
+        pass
+    return [*lines, f"after: {[r.getMessage() for r in caplog.records]}"]
+
+
+FIRST = "loading base /nowhere (not found) to test …"
+
+
+def test_announced_before_logs_when_the_module_is_first_looked_for(caplog):
+    def body():
+        assert not caplog.records
+        # transformers asks so whether torch is installed, just before it imports it
+        importlib.util.find_spec("sibo_test_not_a_module")
+        assert [r.getMessage() for r in caplog.records] == [FIRST]
+        importlib.util.find_spec("sibo_test_not_a_module")
+
+    assert _announced(caplog, "sibo_test_not_a_module", body) == ["inside: []", f"after: {[FIRST]}"]
+
+
+def test_announced_before_logs_at_the_end_of_a_block_that_never_looks_for_it(caplog):
+    assert _announced(caplog, "sibo_test_not_a_module", lambda: None) == ["inside: []", f"after: {[FIRST]}"]
+
+
+def test_a_block_that_fails_before_the_module_is_looked_for_logs_nothing(caplog):
+    def body():
+        raise ValueError("a bad value")
+
+    assert _announced(caplog, "sibo_test_not_a_module", body) == ["inside: []", "after: []"]
+    assert not any(isinstance(finder, progress._BeforeImport) for finder in sys.meta_path)
+
+
+def test_announced_before_a_module_already_imported_logs_at_once(caplog):
+    assert _announced(caplog, "json", lambda: None) == [f"inside: {[FIRST]}", f"after: {[FIRST]}"]

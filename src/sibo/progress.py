@@ -12,10 +12,12 @@ sibo's own bars (training, evaluating, tokenizing: `bar`) become a log line per 
 
 from __future__ import annotations
 
+import importlib.abc
 import io
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -78,6 +80,39 @@ def announce(purpose: str, **sources: str | Sequence[str] | None) -> None:
     (26.1 MB) to score on math into eval …`. `sources`: role → path, hub name, comma-separated list or list."""
     named = [f"{role} {', '.join(map(on_disk, _paths(where)))}" for role, where in sources.items() if where]
     logger.info("loading %s %s …", " and ".join(named), purpose)
+
+
+@contextmanager
+def announced_before(module: str, purpose: str, **sources: str | Sequence[str] | None) -> Iterator[None]:
+    """`announce`, logged when the block first looks for `module` (to import it, or to ask whether it is
+    installed: transformers does, just before it imports torch, which takes seconds), else at the block's end.
+    A block that fails before (a bad value caught by a check that needs no library) logs only its error."""
+    pending = _BeforeImport(module, lambda: announce(purpose, **sources))
+    if module in sys.modules:
+        pending.fire()
+    sys.meta_path.insert(0, pending)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(pending)
+    pending.fire()
+
+
+class _BeforeImport(importlib.abc.MetaPathFinder):
+    """Runs `action` once, the first time the import system looks for `module`; finds nothing itself."""
+
+    def __init__(self, module: str, action: Callable[[], None]) -> None:
+        self.module, self.action, self.fired = module, action, False
+
+    def fire(self) -> None:
+        if not self.fired:
+            self.fired = True
+            self.action()
+
+    def find_spec(self, name: str, path=None, target=None) -> None:
+        if name == self.module:
+            self.fire()
+        return None
 
 
 def on_disk(path: str) -> str:

@@ -85,6 +85,27 @@ def test_the_first_line_says_what_loads_from_where_and_how_big_before_torch_is_i
     assert re.fullmatch(rf"{expected} {re.escape(PURPOSES[verb].format(out=out))} …", line), line
 
 
+@pytest.mark.parametrize(
+    "verb, bad, error, first_line",
+    [
+        ("finetune", ["--lora_r", "0"], "--lora_r must be at least 1, got 0", False),
+        ("sweep", ["--adam_beta1", "2"], "--adam_beta1 must be in [0, 1), got 2.0", False),
+        # only transformers knows its activations: checked last, after the first line
+        ("finetune", ["--non_linearity", "bogus"], "--non_linearity 'bogus' is not a transformers", True),
+    ],
+)
+def test_a_bad_value_that_needs_no_library_is_the_only_line(root, tmp_path, verb, bad, error, first_line):
+    argv = [str(arg) for arg in [*verb_args(root, tmp_path / "out")[verb], *bad]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "sibo", *argv], capture_output=True, text=True, env=env)
+    assert (result.returncode, result.stdout) == (2, "")
+    *before, last = result.stderr.splitlines()
+    assert last.startswith(f"sibo {verb}: error: {error}")
+    announced = [bool(re.search(r"sibo\.progress: loading base .* …$", line)) for line in before]
+    assert announced == [True] * first_line
+    assert not (tmp_path / "out").exists()
+
+
 def test_sizes_are_a_stat_of_the_file_or_the_folders_own_files_and_a_hub_name_says_whether_it_is_cached(
     tmp_path, monkeypatch, caplog
 ):

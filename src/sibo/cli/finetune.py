@@ -13,7 +13,7 @@ import os
 from dataclasses import MISSING
 
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
-from sibo.progress import announce
+from sibo.progress import announced_before
 from sibo.train.config import FinetuneConfig
 
 # How finetune (and sweep) show FinetuneConfig's flags: other spellings upstream and its forks use for the
@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     values = dataclass_values(args, FinetuneConfig)
-    # what is coming, before the config's checks import torch and the model loads (half a minute for a GGUF)
-    announce(f"to fine-tune into {values['output_dir']}", base=values["base_model"], data=values["data_path"])
-    config = FinetuneConfig(**values)  # bad input: one line after that one
+    # what is coming, once the config's plain checks pass and its last ones import torch (seconds), before
+    # the model loads (half a minute for a GGUF); a bad value those plain checks catch is the only line
+    with announced_before("torch", f"to fine-tune into {values['output_dir']}", base=values["base_model"],
+                          data=values["data_path"]):  # fmt: skip
+        config = FinetuneConfig(**values)
     from sibo.train.recipe import finetune
     from sibo.train.rerun import recorded_data
 

@@ -21,7 +21,7 @@ from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_value
 from sibo.cli.finetune import FINETUNE_FLAGS
 from sibo.decode.settings import BENCHMARK_DECODING_FLAGS, DecodingSettings
 from sibo.eval.config import EvalConfig
-from sibo.progress import announce
+from sibo.progress import announced_before
 from sibo.study.sweep_config import SweepConfig
 from sibo.train.config import FinetuneConfig
 
@@ -95,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    announce(f"to sweep into {args.output_dir}", base=args.base_model, data=args.data_path)
+    with announced_before(
+        "torch", f"to sweep into {args.output_dir}", base=args.base_model, data=args.data_path
+    ):
+        config = _config(args)  # as finetune: a bad value its plain checks catch is the only line
     from sibo.study.sweep import CSV_FILE, PLOT_FILE, REPORT_FILE, REPORT_JSON, summarize, sweep
 
-    config = _config(args)
     rows = sweep(config)
     written = [config.output_dir / CSV_FILE]
     if config.evaluation:

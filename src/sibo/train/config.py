@@ -16,7 +16,7 @@ from sibo.core.config import TARGET_POLICIES, SiboConfig
 from sibo.errors import InputError
 from sibo.eval.config import benchmark_setting
 from sibo.prompts import TEMPLATES, TemplateChoice
-from sibo.train.trainer_settings import TrainerSettings, check_trainer_settings
+from sibo.train.trainer_settings import TrainerSettings, check_trainer_accepts, check_trainer_settings
 
 ADAPTERS = ("lora", "dora", "bottleneck")
 # peft's init_lora_weights whose adapters reload exactly: A and B are saved, and the base weights that PiSSA
@@ -213,16 +213,27 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
         self.check_loading()
         self._check_adapter()
         self._check_sibo()
-        self._check_tracking()
         if self.use_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
             raise InputError("--use_liger_kernel needs the liger-kernel package: pip install liger-kernel")
         if self.overwrite and self.resume_from_checkpoint is not None:
             raise InputError(
                 "--overwrite starts output_dir afresh: it cannot go with --resume_from_checkpoint"
             )
-        # here, not at the top: the data module imports torch, and --help must not
+        self._check_against_libraries()  # last: it imports torch (seconds), so a plain bad value is told first
+
+    def _check_against_libraries(self) -> None:
+        """What only transformers can judge (the trainer settings, the activation, the integrations) and the
+        data sources' columns (imported here, not at the top: these modules import torch, and --help must not)."""
+        from transformers.activations import ACT2FN
+
         from sibo.data_sources import split_sources
 
+        check_trainer_accepts(self)
+        if self.non_linearity not in ACT2FN:
+            raise InputError(
+                f"--non_linearity {self.non_linearity!r} is not a transformers activation (tanh, relu, gelu, …)"
+            )
+        self._check_tracking()
         split_sources(self.data_path, self.data_columns, self.data_ratios)
 
     def _check_schedule(self) -> None:
@@ -253,13 +264,7 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
             )
 
     def _check_adapter(self) -> None:
-        """The adapter's shape and regularisation: sizes, dropouts, activation, scaling, target modules."""
-        from transformers.activations import ACT2FN
-
-        if self.non_linearity not in ACT2FN:
-            raise InputError(
-                f"--non_linearity {self.non_linearity!r} is not a transformers activation (tanh, relu, gelu, …)"
-            )
+        """The adapter's shape and regularisation: sizes, dropouts, scaling, target modules."""
         for name in ("lora_r", "lora_alpha", "bottleneck_size"):
             _at_least(name, getattr(self, name), 1)
         for name in ("lora_dropout", "adapter_dropout"):

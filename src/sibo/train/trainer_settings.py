@@ -4,7 +4,7 @@ adafactor --neftune_noise_alpha 5 …`. A new transformers release brings its ne
 
 The fields are read from transformers' source (its `TrainingArguments` dataclass: names, types, defaults,
 help) rather than imported: importing it imports torch, and `sibo finetune --help` must stay fast. The
-values are checked against the real dataclass when a run is configured (`check_trainer_settings`).
+values are checked against the real dataclass when a run is configured (`check_trainer_accepts`).
 Settings sibo decides itself — batch sizes, steps, seeds, evaluation and save cadence, precision,
 logging integrations — keep their upstream flags (`FinetuneConfig`) and are left out here (`SIBO_OWNED`).
 """
@@ -153,8 +153,8 @@ def trainer_settings(config) -> dict:
 
 
 def check_trainer_settings(config) -> None:
-    """Bad values as one line naming the flag: numbers in range, then transformers' own checks, then whether
-    the optimizer can be built here (paged_adamw_8bit needs bitsandbytes, …)."""
+    """Bad values as one line naming the flag: numbers in range and JSON settings that parse (no import);
+    `check_trainer_accepts` asks transformers itself."""
     settings = trainer_settings(config)
     for name, value in settings.items():
         if isinstance(value, float) and not math.isfinite(value):
@@ -172,9 +172,14 @@ def check_trainer_settings(config) -> None:
             raise InputError(f"--{name} must be in [0, 1), got {settings[name]}")
     if settings["neftune_noise_alpha"] is not None and settings["neftune_noise_alpha"] <= 0:
         raise InputError(f"--neftune_noise_alpha must be positive, got {settings['neftune_noise_alpha']}")
+
+
+def check_trainer_accepts(config) -> None:
+    """transformers' own checks of the settings, then whether the optimizer can be built here
+    (paged_adamw_8bit needs bitsandbytes, …); imports torch."""
     from transformers import Trainer, TrainingArguments
 
-    given = {name: value for name, value in settings.items() if value is not None}
+    given = {name: value for name, value in trainer_settings(config).items() if value is not None}
     try:
         args = TrainingArguments(output_dir=None, use_cpu=True, report_to="none", **given)
         Trainer.get_optimizer_cls_and_kwargs(args)
