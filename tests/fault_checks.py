@@ -1,5 +1,5 @@
 """What every fault test checks, shared by the fault tests beside each package (tests/cli/test_overwrite.py,
-tests/test_files.py, tests/train/test_guards.py, …): the exit code, exactly one stderr line, no traceback, and
+tests/test_output_dir.py, tests/train/test_guards.py, …): the exit code, exactly one stderr line, no traceback, and
 every earlier file (the output folder, the base model, the adapter) byte for byte."""
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ DECLARED = {
 # Any other name declared twice fails test_no_other_setting_is_declared_twice: fold it, or say here why not.
 SAME_NAME_OTHER_SETTING = {
     # each verb's own: its default and contents (./lora-alpaca, outputs/evaluate, sibo_demo, …), and handing
-    # over that verb's files (the one rule is files.claim_output_dir)
+    # over that verb's files (the one rule is output_dir.claim_output_dir)
     "output_dir", "overwrite",
     # BottleneckConfig is a PEFT config (adapter_config.json's format), beside finetune's upstream flags
     "adapter_dropout", "bottleneck_size", "modules_to_save", "non_linearity", "scaling", "target_modules",

@@ -25,7 +25,7 @@ from sibo.core.booster import find_boost
 from sibo.core.merge import merge_for_inference
 from sibo.core.merged_hooks import UP_BUFFER
 from sibo.errors import InputError
-from sibo.files import RUN_MARKER
+from sibo.output_dir import RUN_MARKER
 from sibo.prompts import TEMPLATE_FILE, PromptTemplate, write_template
 from sibo.testing import add_chat_template, build_tiny_model, build_tokenizer
 

@@ -10,7 +10,7 @@ import pytest
 from fault_checks import evaluate_args, finetune_args, refused, run, snapshot
 
 from sibo.errors import InputError
-from sibo.files import RUN_MARKER, claim_output_dir, clear_output_dir, hold_output_dir
+from sibo.output_dir import RUN_MARKER, claim_output_dir, clear_output_dir, hold_output_dir
 from sibo.study.demo import prepare_output_dir
 
 

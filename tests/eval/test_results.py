@@ -11,7 +11,7 @@ from sibo.eval.config import EvalConfig
 from sibo.eval.results import as_line, consolidate, read_records, scored_datasets
 from sibo.eval.runner import evaluate
 from sibo.eval.tasks import Example, resolve_datasets
-from sibo.files import RUN_MARKER
+from sibo.output_dir import RUN_MARKER
 from sibo.testing import build_tiny_model, build_tokenizer
 
 ADDSUB = resolve_datasets("AddSub")[0]

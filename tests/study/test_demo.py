@@ -14,7 +14,7 @@ import pytest
 from sibo.cli import main
 from sibo.cli.demo import sibo_command
 from sibo.errors import InputError
-from sibo.files import LOCK_FILE, RUN_MARKER, hold_output_dir
+from sibo.output_dir import LOCK_FILE, RUN_MARKER, hold_output_dir
 from sibo.study.demo import (
     ADAPTER_ROWS_NOTE,
     DEMO_MARKER,

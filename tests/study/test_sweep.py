@@ -12,7 +12,7 @@ from sibo.cli import main
 from sibo.cli.sweep import parse_config
 from sibo.errors import InputError
 from sibo.eval.config import EvalConfig
-from sibo.files import LOCK_FILE, hold_output_dir
+from sibo.output_dir import LOCK_FILE, hold_output_dir
 from sibo.study.sweep import SweepRow, summarize, write_csv
 from sibo.study.sweep_config import SweepConfig
 from sibo.study.synthetic import write_records

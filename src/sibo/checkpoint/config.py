@@ -259,7 +259,7 @@ class ExportConfig:
     )
 
     def __post_init__(self) -> None:
-        from sibo.files import claim_output_dir, refuse_replacing
+        from sibo.output_dir import claim_output_dir, refuse_replacing
 
         self.output_dir = Path(self.output_dir)
         if self.format not in FORMATS:

@@ -32,16 +32,8 @@ from sibo.checkpoint.portable import make_portable
 from sibo.core.booster import find_boost
 from sibo.core.merge import boosted_lambdas, fold, lora_layers, merge_exactly, unmergeable_reason
 from sibo.errors import InputError
-from sibo.files import (
-    LOCK_FILE,
-    RESIDUAL_DIR,
-    RUN_MARKER,
-    disk_full,
-    hold_output_dir,
-    user_files,
-    write_json,
-    written_files,
-)
+from sibo.files import RESIDUAL_DIR, disk_full, write_json
+from sibo.output_dir import LOCK_FILE, RUN_MARKER, hold_output_dir, user_files, written_files
 from sibo.prompts import TEMPLATE_FILE, PromptTemplate, build_prompt, write_template
 
 logger = logging.getLogger(__name__)

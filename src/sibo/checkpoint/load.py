@@ -252,7 +252,7 @@ def load_for_decoding(
 
 def _export_wrote_residual(directory: Path) -> bool:
     """Whether `directory` is an exact `sibo export` that wrote a residual adapter (its run marker says)."""
-    from sibo.files import RUN_MARKER
+    from sibo.output_dir import RUN_MARKER
 
     try:
         marker = json.loads((directory / RUN_MARKER).read_text())

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from sibo.checkpoint.config import EXPORT_VERB
-    from sibo.files import refuse_replacing
+    from sibo.output_dir import refuse_replacing
 
     config = ExportConfig(**dataclass_values(args, ExportConfig, skip=("adapter_name",)))
     source = ModelConfig(**dataclass_values(args, ModelConfig, skip=SKIPPED_MODEL_FLAGS))

@@ -39,7 +39,8 @@ from sibo.eval.results import (
     write_summary,
 )
 from sibo.eval.tasks import Example, Task, load_examples
-from sibo.files import EVAL_RUN_FILE, SUMMARY_FILE, claim_output_dir, hold_output_dir, read_json, write_json
+from sibo.files import EVAL_RUN_FILE, SUMMARY_FILE, read_json, write_json
+from sibo.output_dir import claim_output_dir, hold_output_dir
 from sibo.progress import bar
 from sibo.prompts import CHAT, PromptTemplate
 
@@ -186,7 +187,7 @@ def run_record(config: EvalConfig, run_info: dict | None) -> dict:
 
 def claim_eval_dir(config: EvalConfig, run: dict, dry_run: bool = False) -> None:
     """output_dir must be empty, this run's earlier results (resumed), or handed over with --overwrite;
-    refused in one line otherwise (see sibo.files.claim_output_dir). `dry_run` writes nothing."""
+    refused in one line otherwise (see sibo.output_dir.claim_output_dir). `dry_run` writes nothing."""
     reads = [("--data_dir", config.data_dir)] + [
         (f"--{key}", run[key]) for key in ("weights_path", "base_model") if run.get(key)
     ]
@@ -200,7 +201,7 @@ def claim_eval_dir(config: EvalConfig, run: dict, dry_run: bool = False) -> None
 
 
 def _legacy_results(directory: Path) -> dict | None:
-    """An evaluate folder written before sibo.files.RUN_MARKER: run.json, summary.json and results only."""
+    """An evaluate folder written before sibo.output_dir.RUN_MARKER: run.json, summary.json and results only."""
     own = all(
         entry.name in (RUN_FILE, SUMMARY_FILE) or entry.name.endswith((".jsonl", ".jsonl.tmp"))
         for entry in directory.iterdir()

@@ -26,7 +26,8 @@ from sibo.decode.settings import DecodingSettings, TokenBudget
 from sibo.errors import InputError
 from sibo.eval.config import EvalConfig
 from sibo.eval.tasks import Example, Task
-from sibo.files import claim_output_dir, clear_output_dir, hold_output_dir, refuse_replacing, write_json
+from sibo.files import write_json
+from sibo.output_dir import claim_output_dir, clear_output_dir, hold_output_dir, refuse_replacing
 from sibo.study.runs import LORA_TARGETS, train_and_score
 from sibo.study.synthetic import generate_splits, write_records
 from sibo.train.config import FinetuneConfig

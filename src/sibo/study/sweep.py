@@ -29,7 +29,8 @@ from pathlib import Path
 from sibo.eval.config import EvalConfig
 from sibo.eval.results import read_records
 from sibo.eval.runner import load_benchmarks
-from sibo.files import claim_output_dir, hold_output_dir, write_atomically
+from sibo.files import write_atomically
+from sibo.output_dir import claim_output_dir, hold_output_dir
 from sibo.study.plots import pyplot, save_figure
 from sibo.study.runs import train_adapter, train_and_score
 from sibo.study.split import write_split

@@ -114,7 +114,7 @@ def add_evaluation(directory: Path, scores: dict[str, tuple[int, int]], settings
     replaces its row. Only a card a sibo run wrote is edited (the folder's run still owns it, so a later
     `finetune --overwrite` replaces it whole), under the folder's lock; returns the card, or None when it
     was left alone (logged)."""
-    from sibo.files import hold_output_dir, run_wrote
+    from sibo.output_dir import hold_output_dir, run_wrote
 
     file = Path(directory) / CARD_FILE
     if run_wrote(Path(directory), CARD_FILE) is None:

@@ -28,16 +28,8 @@ from safetensors import SafetensorError
 from transformers import TrainerCallback
 
 from sibo.errors import InputError, Interrupted
-from sibo.files import (
-    RUN_CONFIG_FILE,
-    TRAIN_METRICS_FILE,
-    claim_output_dir,
-    describe_contents,
-    disk_full,
-    hold_output_dir,
-    is_main_process,
-    read_json,
-)
+from sibo.files import RUN_CONFIG_FILE, TRAIN_METRICS_FILE, disk_full, read_json
+from sibo.output_dir import claim_output_dir, describe_contents, hold_output_dir, is_main_process
 from sibo.train.config import FinetuneConfig
 from sibo.train.resume import find_latest_checkpoint
 
@@ -60,7 +52,7 @@ def run_settings(config: FinetuneConfig) -> dict:
 
 def claim_run_dir(config: FinetuneConfig, dry_run: bool = False) -> dict | None:
     """The settings of the earlier run in output_dir that this one continues (None: a fresh run); refuses
-    a folder that is not this run's (see sibo.files.claim_output_dir). `dry_run` writes nothing."""
+    a folder that is not this run's (see sibo.output_dir.claim_output_dir). `dry_run` writes nothing."""
     settings = run_settings(config)
     resuming = config.resume_from_checkpoint is not None
     may_differ = tuple(key for key in settings if key not in SHAPE_SETTINGS) if resuming else ()
