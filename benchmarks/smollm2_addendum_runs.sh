@@ -10,14 +10,14 @@
 # midway) is deleted and the run starts over. Training and rescoring take turns on the cores.
 # Commit each finished run folder (its adapter is gitignored); then `smollm2_study.py --stage addendum`.
 # Environment: STUDY (the worktree, default ../study), PYTHON (default .venv/bin/python), LOGS (a log per
-# run, default ../study_logs).
+# run, default ../study_logs), RESULTS (default benchmarks/results/smollm2_heldout).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 TRAINED_BY=252c4f3
 STUDY=${STUDY:-../study}
 PYTHON=$(realpath -m "${PYTHON:-.venv/bin/python}")
 LOGS=${LOGS:-../study_logs}
-OUT=$PWD/benchmarks/results/smollm2_heldout
+OUT=$(realpath -m "${RESULTS:-benchmarks/results/smollm2_heldout}")
 PLAN=$([ "${1:-}" = --plan ] && echo 1 || echo 0)
 
 # folder, arms, seed, then the rates: the addendum's order, seed by seed
