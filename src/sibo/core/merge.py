@@ -19,6 +19,7 @@ import logging
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
+from peft.utils import ModulesToSaveWrapper
 
 from sibo.core.booster import find_boost
 from sibo.core.merged_hooks import add_h0_branches
@@ -145,4 +146,18 @@ def fold(model: PeftModel, adapter_name: str, lambdas: dict[str, float]) -> torc
                 raise InputError(f"cannot merge lora_bias into {name}: its base layer has no bias")
             bias = layer.lora_B[adapter_name].bias.float() * layer.scaling[adapter_name]
             base_layer.bias.data = (base_layer.bias.float() + bias).to(base_layer.bias.dtype)
+    _keep_trained_copies(model, adapter_name)
     return model.unload()
+
+
+def _keep_trained_copies(model: PeftModel, adapter_name: str) -> None:
+    """Put each `modules_to_save` module's trained copy in its place, as PEFT's merge does: its unload puts
+    the original back (peft ≥ 0.22), and a merged model keeps what was trained."""
+    base = model.base_model.model
+    for name, module in list(base.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, child = name.rpartition(".")
+            trained = module.unload_and_optionally_merge_module(
+                merge=True, safe_merge=False, adapter_names=[adapter_name]
+            )
+            setattr(base.get_submodule(parent), child, trained)
