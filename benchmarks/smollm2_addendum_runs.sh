@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 TRAINED_BY=252c4f3
 STUDY=${STUDY:-../study}
-PYTHON=$(realpath -m "${PYTHON:-.venv/bin/python}")
+PYTHON=$(realpath -ms "${PYTHON:-.venv/bin/python}")  # -s: a venv's python is a link
 LOGS=${LOGS:-../study_logs}
 OUT=$(realpath -m "${RESULTS:-benchmarks/results/smollm2_heldout}")
 PLAN=$([ "${1:-}" = --plan ] && echo 1 || echo 0)
