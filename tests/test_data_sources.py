@@ -68,7 +68,7 @@ def write_saved_dict(path, rows):
     return path
 
 
-WRITERS = {"d.jsonl": write_jsonl, "d.csv": write_csv, "d.parquet": write_parquet, "saved": write_saved,
+WRITERS = {"d.json": write_json, "d.jsonl": write_jsonl, "d.csv": write_csv, "d.parquet": write_parquet, "saved": write_saved,
            "saved_dict": write_saved_dict}  # fmt: skip
 
 

@@ -59,7 +59,7 @@ def load_record_dataset(data_path: str, columns: Mapping[str, str] | None = None
     if path.is_dir():
         dataset = _load_saved(path)
     elif path.is_file():
-        dataset = _load_file(path)
+        dataset = _load_file(path, bool(columns))
     elif path.suffix in LOADERS or data_path.startswith((".", "/", "~")):
         raise InputError(f"data file {data_path} does not exist")
     else:
@@ -77,7 +77,9 @@ def load_record_dataset(data_path: str, columns: Mapping[str, str] | None = None
     return dataset
 
 
-def _load_file(path: Path):
+def _load_file(path: Path, mapped: bool = False):
+    """The file as a Dataset. A JSON list of our own fields is read and checked record by record (an error
+    names the record); with --data_columns (`mapped`) its fields are other names, so datasets reads it."""
     import datasets
 
     loader = LOADERS.get(path.suffix.lower())
@@ -86,7 +88,7 @@ def _load_file(path: Path):
             f"{path}: unknown data file type {path.suffix!r}: expected .json or .jsonl (records), .csv, "
             ".parquet, a datasets.save_to_disk folder, or a hub dataset name"
         )
-    if loader == "json" and _first_character(path) == "[":
+    if loader == "json" and not mapped and _first_character(path) == "[":
         return _from_records(read_records_file(path))
     if loader in ("json", "csv"):
         check_utf8(path)  # arrow would fail later, on the first row it decodes, with no file named
@@ -94,7 +96,7 @@ def _load_file(path: Path):
         with datasets_bars(path.stat().st_size >= LARGE_FILE_BYTES):
             dataset = datasets.load_dataset(loader, data_files=str(path), split="train")
     except Exception as error:  # noqa: BLE001 - arrow, pandas and json parsers raise their own types
-        if loader == "json":
+        if loader == "json" and not mapped:
             # Not JSONL the loader can read: the JSON reader says what is wrong, and where.
             return _from_records(read_records_file(path))
         reason = first_line(error.__cause__ or error)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -213,6 +215,29 @@ def test_a_non_empty_output_dir_is_refused_and_only_an_earlier_export_is_replace
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "out"]  # no lock, no staging left
 
 
+def test_a_run_that_claims_the_folder_during_the_export_keeps_it(tokenizer, tmp_path):
+    config = ExportConfig(tmp_path / "out")  # checked: absent
+    claim = f"from sibo.output_dir import claim_output_dir; claim_output_dir({str(tmp_path / 'out')!r}, 'finetune', {{}})"
+    subprocess.run([sys.executable, "-c", claim], check=True)  # another run takes it while the model merges
+    (tmp_path / "out" / "checkpoint-1").mkdir()
+    model = get_peft_model(build_tiny_model("gpt2", len(tokenizer)), lora("gpt2")).eval()
+    with pytest.raises(InputError, match=r"holds another finetune run|holds a sibo finetune run"):
+        export_adapter(model, tokenizer, config)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-1", RUN_MARKER]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left
+
+
+def test_user_files_kept_aside_by_two_exports_are_both_kept(tokenizer, tmp_path, caplog):
+    model = get_peft_model(build_tiny_model("gpt2", len(tokenizer)), lora("gpt2")).eval()
+    export_adapter(model, tokenizer, ExportConfig(tmp_path / "out", format="state_dict"))
+    for text in ("first", "second"):  # a README.md of the user's, where an hf export writes its card
+        (tmp_path / "out" / "README.md").write_text(text)
+        export_adapter(model, tokenizer, ExportConfig(tmp_path / "out", overwrite=True))
+        export_adapter(model, tokenizer, ExportConfig(tmp_path / "out", format="state_dict", overwrite=True))
+    aside = sorted(tmp_path.glob(".out.replaced-*"))
+    assert sorted((folder / "README.md").read_text() for folder in aside) == ["first", "second"]
+
+
 @pytest.mark.integration
 def test_cli_export_of_a_saved_sibo_adapter(tokenizer, batch, tmp_path, capsys, caplog):
     base = build_tiny_model("llama", len(tokenizer))
@@ -235,6 +260,27 @@ def test_cli_export_of_a_saved_sibo_adapter(tokenizer, batch, tmp_path, capsys, 
     assert caplog.messages == [  # what was loaded, not the residual's inner λ = 1 on "all"
         f"exact export {tmp_path / 'exact'}: the merged base and its SIBO residual adapter (λ·ΔW·h0 on 4 modules)"
     ]
+    # the residual is part of the export: a second adapter on it, or a new one trained on it, would drop it
+    with pytest.raises(InputError, match=r"^.*/exact is an exact sibo export: its SIBO residual adapter .*/sibo_resi"
+                       r"dual\) is part of it, and a second adapter \(.*/adapter\) cannot load beside it"):  # fmt: skip
+        load_model(str(tmp_path / "exact"), tmp_path / "adapter")
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"instruction": "Add 2 and 3.", "input": "", "output": "5"}] * 4))
+    train = [
+        "finetune",
+        "--base_model",
+        str(tmp_path / "exact"),
+        "--data_path",
+        str(data),
+        "--val_set_size",
+        "0",
+    ]
+    assert cli_main([*train, "--output_dir", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"sibo finetune: error: --base_model {tmp_path / 'exact'} is an exact sibo export, whose SIBO residual "
+        "adapter is part of the model: a new adapter cannot train on it; train on the base it was exported from"
+    )
+    assert not (tmp_path / "run").exists()
 
     assert cli_main([*argv, "--output_dir", str(tmp_path / "approx"), "--approximate"]) == 0
     first_line = capsys.readouterr().out.splitlines()[0]

@@ -90,6 +90,17 @@ def test_wrong_base_is_a_clear_error(tmp_path):
         load_sibo_model(build_tiny_model("gpt2", VOCAB), tmp_path)
 
 
+def test_load_adapter_of_a_hub_name_asks_for_a_local_folder():
+    model = get_sibo_model(build_tiny_model("llama", VOCAB), lora(), lam=0.2)
+    with pytest.raises(InputError) as refused_error:
+        model.load_adapter("someone/adapter", "other")
+    assert str(refused_error.value) == (
+        "adapter someone/adapter is not a local folder: download it first "
+        "(huggingface_hub.snapshot_download('someone/adapter')) and load that folder"
+    )
+    assert list(model.peft_config) == ["default"]
+
+
 def test_plain_adapter_on_wrong_width_names_the_base(tmp_path):
     get_peft_model(build_tiny_model("llama", VOCAB), lora()).save_pretrained(tmp_path)
     with pytest.raises(InputError, match=r"does not fit the base model \(llama, 2 layers, hidden size 48\)"):

@@ -146,9 +146,10 @@ def test_logits_equal_hand_written_formula(arch, dora, policy):
         )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: PEFT's adapters run in fp32 on it
 @pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
-def test_lambda_zero_is_plain_peft(dora):
-    base = tiny("llama")
+def test_lambda_zero_is_plain_peft(dora, dtype):
+    base = tiny("llama").to(dtype)
     ids = torch.randint(3, VOCAB, (2, 6))
     torch.manual_seed(0)
     plain = get_peft_model(copy.deepcopy(base), lora_config("llama", dora, dropout=0.1))

@@ -65,3 +65,20 @@ def test_a_rerun_with_other_settings_never_reuses_the_old_adapter(workspace, cap
         "(learning_rate 0.0003 there, 0.001 now): pass --overwrite to replace it, or choose another --output_dir"
     )
     assert weights.read_bytes() == written
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_a_rerun_scores_again_unless_the_summary_is_this_very_scoring(workspace, capsys):
+    output_dir = workspace / "rescore"
+    summary = output_dir / "lam0.2_seed1" / "eval" / "summary.json"
+    assert _sweep(workspace, output_dir, "--eval_limit", "2") == 0
+    assert json.loads(summary.read_text())["datasets"]["AddSub"]["n"] == 2
+    stamp = summary.stat().st_mtime_ns
+    assert _sweep(workspace, output_dir, "--eval_limit", "2") == 0  # the same scoring: read, not redone
+    assert summary.stat().st_mtime_ns == stamp
+    assert _sweep(workspace, output_dir) == 0  # every question now: the two scored resume, the third is new
+    assert json.loads(summary.read_text())["datasets"]["AddSub"]["n"] == 3
+    capsys.readouterr()
+    assert _sweep(workspace, output_dir, "--max_new_tokens", "5") == 2  # other decoding: another scoring
+    assert "holds another evaluate run (max_new_tokens 4 there, 5 now)" in capsys.readouterr().err

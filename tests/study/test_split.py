@@ -8,7 +8,7 @@ import pytest
 
 from sibo.data import Record
 from sibo.errors import InputError
-from sibo.study.split import heldout_split, write_split
+from sibo.study.split import heldout_split, instruction_records, write_split
 
 # 12 questions, each a group: the question, and for some of them copies that must follow it out of training
 QUESTIONS = [(f"Tom has {a} apples and buys {b} more. How many apples does he have now?", a + b)
@@ -70,3 +70,19 @@ def test_a_held_out_count_that_leaves_nothing_is_refused(count):
     assert len(records) == 23
     with pytest.raises(InputError, match=r"^--heldout must be between 1 and 22 \(the data has 23 records\)"):
         heldout_split(records, count, 0)
+
+
+def test_several_sources_are_read_and_mixed_as_finetune_reads_them(tmp_path):
+    from sibo.data_sources import load_sources
+
+    records, _ = _records()
+    first, second = tmp_path / "a.json", tmp_path / "b.jsonl"
+    first.write_text(json.dumps([{"q": r.instruction, "a": r.output} for r in records[:10]]))
+    second.write_text("".join(json.dumps({"q": r.instruction, "a": r.output}) + "\n" for r in records[10:]))
+    sources, columns = f"{first},{second}", "instruction=q,output=a"
+    assert instruction_records(sources, columns) == records  # concatenated, in order
+    mixed = instruction_records(
+        sources, columns, "1,3", seed=5
+    )  # by ratio, as finetune's --seed 5 mixes them
+    assert [r.instruction for r in mixed] == load_sources(sources, columns, "1,3", 5)["instruction"]
+    assert 0 < len(mixed) < len(records)  # until the first source runs out

@@ -101,6 +101,11 @@ def test_a_missing_benchmark_stops_the_sweep_before_training(workspace, capsys):
 def test_defaults_take_the_finetune_lambda_and_seed(workspace):
     config = parse_config(_flags(workspace, workspace / "x", "--embedding_lambda", "0.3", "--seed", "7")[1:])
     assert (config.lambdas, config.seeds) == ([0.3], [7])
+    flags = _flags(workspace, workspace / "x")
+    del flags[flags.index("--output_dir") : flags.index("--output_dir") + 2]
+    assert (
+        parse_config(flags[1:]).output_dir.as_posix() == "sweep"
+    )  # its own folder, not finetune's lora-alpaca
     assert config.finetune_config(0.3, 7).output_dir == str(workspace / "x" / "lam0.3_seed7" / "adapter")
 
 
@@ -290,6 +295,14 @@ def test_heldout_needs_lambda_zero_and_a_sweep_needs_something_to_score(workspac
     )
     assert (config.evaluation, config.heldout, config.margin) == (None, 3, 0.002)
     assert config.finetune_config(0.2, 1).data_path == str(workspace / "x" / "heldout" / "train.json")
+    mixed = _without_benchmarks(_flags(workspace, workspace / "x", "--lambdas", "0", "--heldout", "3"))
+    mixed[mixed.index("--data_path") + 1] += f",{workspace / 'train.json'}"
+    config = parse_config([*mixed[1:], "--data_ratios", "1,1"])
+    assert config.finetune.data_ratios == "1,1"  # the sweep mixes the sources once, for its split
+    assert (config.finetune_config(0, 1).data_path, config.finetune_config(0, 1).data_ratios) == (
+        str(workspace / "x" / "heldout" / "train.json"),
+        "",
+    )  # every run trains on the split's training side, mixed already
     with pytest.raises(InputError, match="--margin > 0"):
         parse_config(
             _flags(workspace, workspace / "x", "--lambdas", "0", "--heldout", "3", "--margin", "0")[1:]

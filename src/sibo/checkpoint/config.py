@@ -237,7 +237,11 @@ MODEL_FLAG_SPELLINGS = {
 class ExportConfig:
     """Where and in which form to write the merged model."""
 
-    output_dir: Path = field(metadata={"help": "directory to create; must be absent or empty"})
+    output_dir: Path = field(
+        metadata={
+            "help": "directory to create; must be absent or empty, or an earlier export with --overwrite"
+        }
+    )
     format: str = field(
         default="hf",
         metadata={
@@ -259,12 +263,17 @@ class ExportConfig:
     )
 
     def __post_init__(self) -> None:
-        from sibo.output_dir import claim_output_dir, refuse_replacing
-
         self.output_dir = Path(self.output_dir)
         if self.format not in FORMATS:
             raise InputError(f"unknown export format {self.format!r}: use one of {FORMATS}")
-        # A file, a model, a dataset or another verb's output is refused whatever --overwrite says.
+        self.check_output_dir()
+
+    def check_output_dir(self) -> None:
+        """output_dir must be absent, empty, or an earlier export (with --overwrite): checked before the slow
+        part, and again just before the finished export takes its place (another run may have come)."""
+        from sibo.output_dir import claim_output_dir, refuse_replacing
+
+        # A file, a model, a dataset, another verb's output or a folder in use is refused whatever --overwrite says.
         claim_output_dir(self.output_dir, EXPORT_VERB, {}, self.overwrite, may_differ=None, dry_run=True)
         refuse_replacing(self.output_dir, EXPORT_VERB)
         if self.output_dir.is_dir() and any(self.output_dir.iterdir()) and not self.overwrite:

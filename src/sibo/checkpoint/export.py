@@ -112,6 +112,7 @@ def export_adapter(
                 staging, merged, residual, peft_config, tokenizer, config.format, template, facts
             )
             _readable_as_umask_allows(staging)
+            config.check_output_dir()  # a run that claimed the folder meanwhile keeps it
             _replace_dir(staging, config.output_dir)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
@@ -197,7 +198,7 @@ def _replace_dir(staging: Path, output_dir: Path) -> None:
         staging.rename(output_dir)
         return
     keep = user_files(output_dir)
-    earlier = output_dir.with_name(f".{output_dir.name}.replaced")
+    earlier = output_dir.with_name(f".{output_dir.name}.replaced-{secrets.token_hex(4)}")
     output_dir.rename(earlier)
     staging.rename(output_dir)
     clashes = [name for name in keep if (output_dir / name).exists()]

@@ -191,14 +191,28 @@ def load_model(
     return model, tokenizer
 
 
+def exported_residual(base_model: str) -> Path | None:
+    """The SIBO residual adapter of an exact `sibo export` at `base_model` (part of that model: its merged
+    weights are exact only with it), or None for any other base."""
+    residual = Path(base_model) / RESIDUAL_DIR
+    if not (residual.is_dir() or _export_wrote_residual(Path(base_model))):
+        return None
+    if not residual.is_dir():
+        raise InputError(f"the export at {base_model} is missing its SIBO residual adapter ({residual}): "
+                         "export the adapter again")  # fmt: skip
+    return residual
+
+
 def _adapter_of(base_model: str, weights_path: str | os.PathLike | None) -> str | os.PathLike | None:
     """The adapter folder to load: `weights_path`, or an exact export's residual adapter beside its base."""
-    residual = Path(base_model) / RESIDUAL_DIR
-    if weights_path is None and (residual.is_dir() or _export_wrote_residual(Path(base_model))):
-        if not residual.is_dir():
-            raise InputError(f"the export at {base_model} is missing its SIBO residual adapter ({residual}): "
-                             "export the adapter again")  # fmt: skip
-        weights_path = residual  # its files are checked in load_model, by name
+    residual = exported_residual(base_model)
+    if residual is not None and weights_path is not None and Path(weights_path) != residual:
+        raise InputError(
+            f"{base_model} is an exact sibo export: its SIBO residual adapter ({residual}) is part of it, and "
+            f"a second adapter ({weights_path}) cannot load beside it; give --base_model the base it was "
+            "exported from, or load the export alone"
+        )
+    weights_path = residual if weights_path is None else weights_path  # checked in load_model, by name
     if weights_path is not None and not Path(weights_path).is_dir():
         raise InputError(f"adapter directory {weights_path} does not exist")
     return weights_path

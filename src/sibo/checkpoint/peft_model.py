@@ -84,6 +84,13 @@ class SiboModelMixin:
 
     def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False, **kwargs):
         """PEFT's load_adapter (Trainer uses it to resume and to load the best checkpoint), plus SIBO's settings."""
+        if not Path(
+            model_id
+        ).is_dir():  # SIBO's settings are read from the folder's files, as every loader here does
+            raise InputError(
+                f"adapter {model_id} is not a local folder: download it first "
+                f"(huggingface_hub.snapshot_download({model_id!r})) and load that folder"
+            )
         check_weights_dir(Path(model_id) / (kwargs.get("subfolder") or ""), ADAPTER_WEIGHTS)
         if adapter_name not in self.peft_config:
             self._add_plain_lora(Path(model_id) / (kwargs.get("subfolder") or ""), adapter_name, is_trainable)

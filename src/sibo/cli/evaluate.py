@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 4 -m sibo evaluate --base_model B --weights_path W --dataset commonsense
 
 Upstream's flags work as they are: --lora_weights, --embedding_lambda, --load_8bit, --batch_size,
-and --model / --adapter (recorded in run.json, they choose nothing). Results: O/<dataset>.jsonl
+and --model / --adapter (labels recorded in run.json: they choose nothing, but O scored under other
+labels is another run). Results: O/<dataset>.jsonl
 (one line per example, resumable), O/summary.json, and a table on stdout. Test questions that
 the adapter's training data holds (--train_data, or the file its run_config.json names) are
 counted per set; --exclude_seen scores only the others. The questions are prompted with the

@@ -4,8 +4,9 @@
     sibo lm-eval --model sibo --model_args pretrained=B,peft=W,lam=0.2 --tasks gsm8k --output_path out/
     accelerate launch -m sibo lm-eval --model sibo --model_args pretrained=B,peft=W --tasks hellaswag
 
-Every flag is the harness's (`sibo lm-eval --help`). Use `--model sibo`, not `--model hf`: the
-harness's hf class would load a SIBO adapter as plain LoRA, without SIBO. Needs `pip install 'sibo[eval]'`.
+Every flag is the harness's (`sibo lm-eval --help`). Use `--model sibo`: it loads any adapter as the
+other verbs do and takes `lam=`; the harness's hf class (`peft=W`) runs a SIBO_LORA adapter exactly only
+because sibo is imported here, and one written before that type as plain LoRA. Needs `pip install 'sibo[eval]'`.
 """
 
 from __future__ import annotations

@@ -35,14 +35,24 @@ BENCHMARKS = "benchmarks."
 NOT_FLAGS = ("finetune", "output_dir", "evaluation")
 # finetune's accuracy during training: a sweep scores each adapter once, at the end (its own --eval_limit)
 DURING_TRAINING = ("eval_datasets", "eval_data_dir", "eval_limit", "eval_num_beams", "eval_exclude_seen")
+# finetune's flags with the sweep's folder: the root of every run and of the sweep's own files
+SWEEP_FLAGS = {
+    **FINETUNE_FLAGS,
+    "defaults": {**FINETUNE_FLAGS["defaults"], "output_dir": "./sweep"},
+    "helps": {
+        **FINETUNE_FLAGS["helps"],
+        "output_dir": "where every run (lam<λ>_seed<s>/), sweep.csv, its plots and report.md go",
+    },
+}
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="sibo sweep",
-        description="Fine-tune and evaluate one adapter per (λ, seed); write sweep.csv and sweep.png.",
+        description="Fine-tune and score one adapter per (λ, seed); write sweep.csv, with sweep.png "
+        "(--datasets) and report.md (--heldout).",
     )
-    add_dataclass_flags(parser, FinetuneConfig, **FINETUNE_FLAGS, skip=DURING_TRAINING)
+    add_dataclass_flags(parser, FinetuneConfig, **SWEEP_FLAGS, skip=DURING_TRAINING)
     add_dataclass_flags(parser, SweepConfig, skip=NOT_FLAGS, group="sweep")
     add_dataclass_flags(
         parser,

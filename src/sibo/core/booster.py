@@ -29,6 +29,8 @@ import torch
 from peft.tuners.lora import LoraLayer
 from peft.tuners.lora.variants import DoraLinearVariant
 from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.integrations import dequantize_module_weight
+from peft.utils.other import transpose
 from torch import nn
 
 from sibo.core.config import SiboConfig
@@ -226,11 +228,17 @@ def _register_mixing_hook(module: nn.Module, kind: str, adapter: BoostedAdapter,
     if kind == "input":
         return module.register_forward_pre_hook(lambda _, args: (mix(args[0]), *args[1:]))
 
-    def mix_dora(_, args, kwargs):
+    def mix_dora(dora, args, kwargs):
         x = args[0]
         if kwargs.get("base_result") is None:
             # Training with dropout: DoRA would recompute W0·x' from its input; keep it reading x', not the mix.
-            kwargs["base_result"] = kwargs["base_layer"](x)
+            # As PEFT computes it (in x's dtype: a bf16 base reads the adapter's fp32 x'), with the bias DoRA
+            # takes off a given base_result.
+            base = kwargs["base_layer"]
+            weight = transpose(dequantize_module_weight(base).to(x.dtype), dora.fan_in_fan_out)
+            kwargs["base_result"] = nn.functional.linear(
+                x, weight, None if base.bias is None else base.bias.to(x.dtype)
+            )
         return (mix(x), *args[1:]), kwargs
 
     return module.register_forward_pre_hook(mix_dora, with_kwargs=True)

@@ -139,6 +139,34 @@ def scored_datasets(summary: Path) -> dict | None:
     return datasets if isinstance(datasets, dict) else None
 
 
+def earlier_results(config: EvalConfig, run: dict, counts: dict[str, int]) -> dict[str, DatasetResult] | None:
+    """{dataset: result} of an earlier summary.json in config.output_dir when it is this very scoring: the
+    same run (model and decoding; the template aside, which the adapter fixes), extraction and number of
+    questions per dataset (`counts`); else None."""
+    file = config.output_dir / SUMMARY_FILE
+    if not file.is_file():
+        return None
+    try:
+        summary = read_json(file)
+        datasets = summary["datasets"]
+        same = (
+            _without_template(summary["run"]) == _without_template(run)
+            and summary["extraction"] == config.extraction
+            and all(datasets[name]["n"] == count for name, count in counts.items())
+        )
+        return (
+            {name: DatasetResult(datasets[name]["n"], datasets[name]["correct"]) for name in counts}
+            if same
+            else None
+        )
+    except (InputError, KeyError, TypeError, AttributeError):  # damaged or older: score again
+        return None
+
+
+def _without_template(run: dict) -> dict:
+    return {key: value for key, value in run.items() if key != "template"}
+
+
 def write_summary(
     config: EvalConfig, results: dict[str, DatasetResult], run: dict, overlap: dict[str, dict]
 ) -> None:

@@ -4,7 +4,8 @@
 
 `sibo demo`, `sibo sweep` and benchmarks/smollm2_study.py all make runs this way. Each step is
 skipped when its output is already there (this run's finished adapter, by finetune's own settings check;
-a summary holding every set), so a study stopped part way resumes run by run.
+a summary of this very scoring: same adapter, decoding, extraction and questions), so a study stopped part
+way resumes run by run.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import TYPE_CHECKING
 
 from sibo.checkpoint.config import ModelConfig
 from sibo.eval.config import EvalConfig
-from sibo.eval.results import DatasetResult, scored_datasets
-from sibo.eval.runner import evaluate
+from sibo.eval.contamination import unseen_only
+from sibo.eval.results import DatasetResult, earlier_results
+from sibo.eval.runner import evaluate, run_record
 from sibo.eval.tasks import Example, Task
-from sibo.files import SUMMARY_FILE
 from sibo.train.config import FinetuneConfig
 
 if TYPE_CHECKING:
@@ -52,7 +53,8 @@ def train_and_score(
     """Train the adapter (none: the base model alone) and score it on `benchmarks` (on `device`, when
     given, with `threads` CPU threads), prompted with the template it was trained with; {set: result}.
 
-    A summary in eval_config.output_dir that already holds every set is read, not recomputed.
+    A summary in eval_config.output_dir of this very scoring is read, not recomputed; any other scoring goes
+    to `evaluate`, which resumes its stored answers or refuses a folder of other settings.
     """
     adapter_dir, trained = None, False
     if finetune_config is not None:
@@ -60,17 +62,17 @@ def train_and_score(
         adapter_dir = str(finetune_config.output_dir)
     if trained:  # scores in the folder, if any, are an earlier adapter's
         eval_config = replace(eval_config, overwrite=True)
-    names = [task.name for task, _ in benchmarks]
-    # a damaged summary counts as none: the sets are scored again
-    scored = {} if trained else scored_datasets(eval_config.output_dir / SUMMARY_FILE) or {}
-    if set(names) <= set(scored):
-        return {name: DatasetResult(scored[name]["n"], scored[name]["correct"]) for name in names}
+    run_info = {"base_model": base_model, "weights_path": adapter_dir}
+    scored = unseen_only(benchmarks) if eval_config.exclude_seen else benchmarks
+    counts = {task.name: len(examples) for task, examples in scored}
+    earlier = None if trained else earlier_results(eval_config, run_record(eval_config, run_info), counts)
+    if earlier is not None:
+        return earlier
     from sibo.checkpoint.load import load_for_decoding
 
     source = ModelConfig(base_model=base_model, weights_path=adapter_dir, threads=threads)
     model, tokenizer, template = load_for_decoding(source, merge=False)
     if device is not None:
         model.to(device)
-    run_info = {"base_model": base_model, "weights_path": adapter_dir}
     eval_config = replace(eval_config, template=template.name)
     return evaluate(model, tokenizer, eval_config, benchmarks=benchmarks, run_info=run_info)

@@ -74,12 +74,13 @@ def write_split(records: list[Record], split: HeldOutSplit, folder: Path) -> tup
     return folder / TRAIN_FILE, folder / HELDOUT_FILE
 
 
-def instruction_records(data_path: str, columns: str = "") -> list[Record]:
-    """The training data's records, checked as finetune checks them; chat records are refused (their
-    held-out loss would need the chat template's rendering, which the held-out scorer does not do)."""
-    from sibo.data_sources import load_record_dataset, parse_columns
+def instruction_records(data_path: str, columns: str = "", ratios: str = "", seed: int = 42) -> list[Record]:
+    """The training data's records, read, checked and (several sources) mixed as finetune does it; chat
+    records are refused (their held-out loss would need the chat template's rendering, which the held-out
+    scorer does not do)."""
+    from sibo.data_sources import load_sources
 
-    dataset = load_record_dataset(data_path, parse_columns(columns))
+    dataset = load_sources(data_path, columns, ratios, seed)
     if "messages" in dataset.column_names:
         raise InputError(
             f"--heldout needs instruction records (instruction, input, output); {data_path} holds chat records"

@@ -22,7 +22,7 @@ class SweepConfig:
     finetune: FinetuneConfig = field(
         metadata={"help": "every run's settings; λ, seed and output_dir are replaced"}
     )
-    output_dir: Path = field(metadata={"help": "where runs, sweep.csv and sweep.png go"})
+    output_dir: Path = field(metadata={"help": "where runs, sweep.csv, its plots and report.md go"})
     evaluation: EvalConfig | None = field(
         metadata={
             "help": "how every run is scored on the benchmarks (None: on none); output_dir is each run's"
@@ -75,10 +75,9 @@ class SweepConfig:
         """The shared settings with this run's λ, seed and directory (checked again by FinetuneConfig)."""
         adapter_dir = self.run_dir(lam, seed) / "adapter"
         config = replace(self.finetune, embedding_lambda=lam, seed=seed, output_dir=str(adapter_dir))
-        if self.heldout:  # the split's training side, written with our own field names
-            config = replace(
-                config, data_path=str(self.output_dir / HELDOUT_DIR / "train.json"), data_columns=""
-            )
+        if self.heldout:  # the split's training side: one file, mixed already, with our own field names
+            train_file = str(self.output_dir / HELDOUT_DIR / "train.json")
+            config = replace(config, data_path=train_file, data_columns="", data_ratios="")
         return config
 
 

@@ -1,6 +1,6 @@
 """The held-out side of `sibo sweep --heldout N`: the split, and each run's held-out loss while it trains.
 
-    heldout = prepare_heldout(config)                       # read, split, encoded: before anything is written
+    heldout = prepare_heldout(config.finetune, config.heldout, config.heldout_seed)   # before anything is written
     log = HeldOutLog(run_dir, heldout)                      # run_dir/heldout_loss.json
     callbacks = [log.callback(eval_step)]                   # scores at step 0, every eval_step, the end
     final = log.final(finetune_config)                      # {step: losses}, the last step scored if missing
@@ -51,7 +51,10 @@ def prepare_heldout(finetune: FinetuneConfig, count: int, seed: int) -> HeldOut:
         )
     from sibo.checkpoint.load import load_tokenizer
 
-    records = instruction_records(finetune.data_path, finetune.data_columns)
+    # several sources are mixed once, with --seed, so that every run trains on one split of one mix
+    records = instruction_records(
+        finetune.data_path, finetune.data_columns, finetune.data_ratios, finetune.seed
+    )
     split = heldout_split(records, count, seed)
     references = [
         Reference(f"record/{k}", records[k].instruction, records[k].output, records[k].input)

@@ -17,7 +17,7 @@ import torch
 from transformers import set_seed
 
 from sibo.checkpoint.config import context_length
-from sibo.checkpoint.load import load_model, require_quantization, resolve_dtype
+from sibo.checkpoint.load import exported_residual, load_model, require_quantization, resolve_dtype
 from sibo.data import TokenizedSet, split_validation, tokenize_dataset
 from sibo.data_sources import load_sources
 from sibo.errors import InputError
@@ -117,6 +117,13 @@ def _setup_model(config: FinetuneConfig) -> tuple[torch.nn.Module, object, torch
     """(model, tokenizer, training dtype): the base loaded on this process's device, its attention set, and
     --cutoff_len checked against its context."""
     quantization = config.quantization
+    if (
+        exported_residual(config.base_model) is not None
+    ):  # get_peft_model would wrap the residual, then reset it
+        raise InputError(
+            f"--base_model {config.base_model} is an exact sibo export, whose SIBO residual adapter is part of "
+            "the model: a new adapter cannot train on it; train on the base it was exported from"
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     model, tokenizer = load_model(
         config.base_model,
