@@ -79,6 +79,9 @@ def test_a_rerun_scores_again_unless_the_summary_is_this_very_scoring(workspace,
     assert summary.stat().st_mtime_ns == stamp
     assert _sweep(workspace, output_dir) == 0  # every question now: the two scored resume, the third is new
     assert json.loads(summary.read_text())["datasets"]["AddSub"]["n"] == 3
-    capsys.readouterr()
-    assert _sweep(workspace, output_dir, "--max_new_tokens", "5") == 2  # other decoding: another scoring
-    assert "holds another evaluate run (max_new_tokens 4 there, 5 now)" in capsys.readouterr().err
+    assert _sweep(workspace, output_dir, "--max_new_tokens", "5") == 0  # other decoding: scored again
+    assert json.loads(summary.read_text())["run"]["max_new_tokens"] == 5
+    answers = summary.parent / "AddSub.jsonl"
+    answers.write_text(answers.read_text().replace('"output": "', '"output": "STALE'))
+    assert _sweep(workspace, output_dir, "--max_new_tokens", "5", "--overwrite") == 0  # a new adapter
+    assert "STALE" not in answers.read_text()  # its answers, none of the earlier adapter's resumed

@@ -84,9 +84,8 @@ class SiboModelMixin:
 
     def load_adapter(self, model_id: str, adapter_name: str, is_trainable: bool = False, **kwargs):
         """PEFT's load_adapter (Trainer uses it to resume and to load the best checkpoint), plus SIBO's settings."""
-        if not Path(
-            model_id
-        ).is_dir():  # SIBO's settings are read from the folder's files, as every loader here does
+        # SIBO's settings are read from the folder's files, as every loader here does
+        if not Path(model_id).is_dir():
             raise InputError(
                 f"adapter {model_id} is not a local folder: download it first "
                 f"(huggingface_hub.snapshot_download({model_id!r})) and load that folder"

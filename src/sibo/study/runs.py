@@ -20,6 +20,7 @@ from sibo.eval.contamination import unseen_only
 from sibo.eval.results import DatasetResult, earlier_results
 from sibo.eval.runner import evaluate, run_record
 from sibo.eval.tasks import Example, Task
+from sibo.output_dir import clear_output_dir
 from sibo.train.config import FinetuneConfig
 
 if TYPE_CHECKING:
@@ -53,15 +54,17 @@ def train_and_score(
     """Train the adapter (none: the base model alone) and score it on `benchmarks` (on `device`, when
     given, with `threads` CPU threads), prompted with the template it was trained with; {set: result}.
 
-    A summary in eval_config.output_dir of this very scoring is read, not recomputed; any other scoring goes
-    to `evaluate`, which resumes its stored answers or refuses a folder of other settings.
+    A summary in eval_config.output_dir of this very scoring is read, not recomputed; else `evaluate` resumes
+    the folder's answers of the same settings, or replaces those of other settings (an earlier adapter's, or
+    other decoding): the folder holds this run's scores, derived from its adapter.
     """
     adapter_dir, trained = None, False
     if finetune_config is not None:
         trained = not train_adapter(finetune_config, callbacks).get("finished", False)
         adapter_dir = str(finetune_config.output_dir)
-    if trained:  # scores in the folder, if any, are an earlier adapter's
-        eval_config = replace(eval_config, overwrite=True)
+    eval_config = replace(eval_config, overwrite=True)  # never a user's folder: this run's own scores
+    if trained and eval_config.output_dir.is_dir():  # answers of an earlier adapter at this path: not resumed
+        clear_output_dir(eval_config.output_dir)
     run_info = {"base_model": base_model, "weights_path": adapter_dir}
     scored = unseen_only(benchmarks) if eval_config.exclude_seen else benchmarks
     counts = {task.name: len(examples) for task, examples in scored}
