@@ -8,7 +8,7 @@ import os
 import signal
 
 import pytest
-from fault_checks import finetune_args, refused, snapshot
+from fault_checks import finetune_args, refused, run, snapshot
 
 from sibo.cli import main as sibo_main
 from sibo.train.guards import StopOnInterrupt
@@ -133,3 +133,62 @@ def test_ctrl_c_stops_after_the_current_step_and_names_the_last_checkpoint(
         "(the same command with --resume_from_checkpoint latest continues it)"
     )
     assert not (out / "train_metrics.json").exists() and not (out / "checkpoint-6").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (["--init_lora_weights", "pissa"], "init_lora_weights 'true' there, 'pissa' now"),
+        (["--use_rslora", "True"], "use_rslora False there, True now"),
+        (["--loraplus_lr_ratio", "16"], "loraplus_lr_ratio 0.0 there, 16.0 now"),
+        (["--optim", "adafactor"], "optim None there, 'adafactor' now"),
+        (["--modules_to_save", "lm_head"], "modules_to_save None there, ['lm_head'] now"),
+    ],
+    ids=["pissa", "rslora", "loraplus", "optim", "modules_to_save"],
+)
+def test_resume_refuses_a_changed_initialisation_scale_or_optimizer(root, tmp_path, capsys, change, words):
+    out = tmp_path / "run"
+    assert sibo_main([str(a) for a in finetune_args(root, out, "--max_steps", "1", "--save_step", "1")]) == 0
+    (out / "train_metrics.json").unlink()  # as if it had been killed after its checkpoint
+    capsys.readouterr()
+    argv = [*finetune_args(root, out, "--max_steps", "2", *change), "--resume_from_checkpoint", "latest"]
+    assert refused(capsys, argv, out) == (
+        f"sibo finetune: error: --output_dir {out} holds another finetune run ({words}): pass --overwrite to "
+        "replace it, or choose another --output_dir"
+    )
+
+
+@pytest.mark.integration
+def test_a_finished_run_is_the_same_run_under_another_thread_count(root, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    argv = [str(a) for a in finetune_args(root, out, "--max_steps", "1")]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert sibo_main(argv) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    for threads_there in (None, 8):  # 8: as a folder finished before threads left a run's settings
+        marker = json.loads((out / "sibo_run.json").read_text())
+        if threads_there is not None:
+            marker["settings"]["threads"] = threads_there
+            (out / "sibo_run.json").write_text(json.dumps(marker))
+        before = snapshot(out)
+        assert sibo_main(argv) == 0
+        assert capsys.readouterr().out.startswith(f"{out} already holds this run, finished after 1 steps")
+        assert snapshot(out) == before
+        assert marker["settings"].get("threads") == threads_there  # the marker records no thread count
+
+
+@pytest.mark.integration
+def test_a_finished_run_trains_on_with_the_command_its_message_names(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, finetune_args(root, out, "--max_steps", "2", "--save_step", "1"))[0] == 0
+    assert run(capsys, finetune_args(root, out, "--max_steps", "2", "--save_step", "1"))[1] == (
+        f"{out} already holds this run, finished after 2 steps: nothing to do (the same command with a higher "
+        "--max_steps or --num_epochs and --resume_from_checkpoint latest trains on; --overwrite starts over)\n"
+    )
+    longer = finetune_args(root, out, "--max_steps", "3", "--save_step", "1")
+    assert "holds another finetune run (max_steps 2 there, 3 now)" in refused(capsys, longer, out)
+    code, _, err = run(capsys, [*longer, "--resume_from_checkpoint", "latest"])
+    assert code == 0, err
+    assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 3

@@ -61,3 +61,16 @@ def test_damaged_training_state_is_skipped_by_latest_and_refused_by_name(
     assert str(error.value).endswith(
         f"resume from the previous complete one with --resume_from_checkpoint {previous}"
     )
+
+
+def test_a_checkpoint_named_otherwise_is_judged_by_its_trainer_state_and_files(root, tmp_path):
+    original = checkpoint(root, tmp_path / "out", 4)
+    best = shutil.copytree(original, tmp_path / "best")
+    assert resolve_resume(str(best), tmp_path / "out") == (str(best), None)
+    (best / "rng_state.pth").unlink()
+    with pytest.raises(InputError) as error:
+        resolve_resume(str(best), tmp_path / "out")
+    assert str(error.value) == (
+        f"--resume_from_checkpoint {best}: only partly written (adapter, optimizer, scheduler or RNG state "
+        f"missing); no earlier complete checkpoint is in {tmp_path}"
+    )

@@ -90,3 +90,40 @@ def test_sigterm_stops_after_the_step_naming_the_last_checkpoint(root, tmp_path,
     )
     assert not (out / "train_metrics.json").exists()
     shutil.rmtree(out)
+
+
+@pytest.mark.integration
+def test_resuming_a_validated_run_at_max_steps_saves_the_best_checkpoint_as_an_uninterrupted_run_does(
+    root, tmp_path, capsys
+):
+    # "best" is the highest validation loss: training lowers it, so the best checkpoint is not the last
+    out = tmp_path / "run"
+    argv = finetune_args(root, out, "--max_steps", "3", "--save_step", "1", "--val_set_size", "2", "--eval_step",
+                         "1", "--learning_rate", "3e-2", "--greater_is_better", "True")  # fmt: skip
+    assert run(capsys, argv)[0] == 0
+    uninterrupted = load_file(out / "adapter_model.safetensors")
+    best = json.loads((out / "train_metrics.json").read_text())["best_checkpoint"]
+    best_loss = json.loads((out / "eval_metrics.json").read_text())["eval_loss"]
+    assert best != str(out / "checkpoint-3")
+    killed_after_last_checkpoint(out)
+
+    code, _, err = run(capsys, [*argv, "--resume_from_checkpoint", "latest"])
+    assert code == 0, err
+    final = load_file(out / "adapter_model.safetensors")
+    assert final.keys() == uninterrupted.keys() and all((final[k] == uninterrupted[k]).all() for k in final)
+    assert json.loads((out / "train_metrics.json").read_text())["best_checkpoint"] == best
+    assert json.loads((out / "eval_metrics.json").read_text())["eval_loss"] == best_loss
+
+
+@pytest.mark.integration
+def test_a_complete_checkpoint_copied_under_another_name_resumes(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = finetune_args(root, out, "--max_steps", "2", "--save_step", "1")
+    assert run(capsys, argv)[0] == 0
+    best = shutil.copytree(out / "checkpoint-1", tmp_path / "best")
+    killed_after_last_checkpoint(out)
+    code, _, err = run(capsys, [*argv, "--resume_from_checkpoint", best])
+    assert code == 0, err
+    metrics = json.loads((out / "train_metrics.json").read_text())
+    assert metrics["global_step"] == 2
+    assert json.loads((out / "run_config.json").read_text())["resolved"]["resumed_from"] == str(best)

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0 and metrics.get("finished"):
         print(
             f"{config.output_dir} already holds this run, finished after {metrics['train'].get('global_step')} "
-            "steps: nothing to do (a higher --max_steps or --num_epochs resumes it; --overwrite starts over)"
+            "steps: nothing to do (the same command with a higher --max_steps or --num_epochs and "
+            "--resume_from_checkpoint latest trains on; --overwrite starts over)"
         )
     elif int(os.environ.get("RANK", "0")) == 0:
         train = metrics["train"]

@@ -1,7 +1,8 @@
 """Early stopping on the validation metric: transformers' EarlyStoppingCallback, saying when and why it stopped.
 
 The Trainer already keeps the best checkpoint (load_best_model_at_end), so the adapter saved at the end is
-the best one, not the last; this module only turns the flags into the callback and names the stop.
+the best one, not the last; this module only turns the flags into the callback, carries its count of
+evaluations without improvement across a resume, and names the stop.
 """
 
 from __future__ import annotations
@@ -12,14 +13,30 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 
 logger = logging.getLogger(__name__)
 
+# EarlyStoppingCallback's count of evaluations without improvement, as its checkpointed state names it
+COUNTER = "early_stopping_patience_counter"
+
 
 class LoggedEarlyStopping(EarlyStoppingCallback):
-    """EarlyStoppingCallback that logs the step it stopped at, the metric's best value and its checkpoint."""
+    """EarlyStoppingCallback that counts on from a resumed checkpoint and logs the step it stopped at, the
+    metric's best value and its checkpoint."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """A resumed run counts on from the checkpoint's evaluations without improvement. Only the count is
+        restored: Trainer's restore_callback_states_from_checkpoint would rebuild this callback with the
+        checkpoint's patience and threshold, silently ignoring ones changed on resume."""
+        super().on_train_begin(args, state, control, **kwargs)
+        stored = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(stored, dict):
+            self.early_stopping_patience_counter = stored.get("attributes", {}).get(COUNTER, 0)
 
     def on_evaluate(self, args, state, control, metrics, **kwargs):
         super().on_evaluate(args, state, control, metrics, **kwargs)
         first = getattr(self, "stopped", None) is None  # the final trainer.evaluate() comes here again
-        if control.should_training_stop and first and state.is_world_process_zero:
+        # The patience ran out before the last step: should_training_stop is also set by the last step itself
+        # and by Ctrl-C, and the final evaluation of the best adapter after a full run counts one more.
+        ran_out = self.early_stopping_patience_counter >= self.early_stopping_patience
+        if ran_out and state.global_step < state.max_steps and first and state.is_world_process_zero:
             self.stopped = {"step": state.global_step, "metric": args.metric_for_best_model,
                             "best": state.best_metric, "best_checkpoint": state.best_model_checkpoint}  # fmt: skip
             logger.info(

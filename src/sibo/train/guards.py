@@ -36,13 +36,16 @@ from sibo.train.resume import find_latest_checkpoint
 logger = logging.getLogger(__name__)
 
 VERB = "finetune"
-# Not part of what a run is: where it goes, how it resumes, where it reports.
+# Not part of what a run is: where it goes, how it resumes, where it reports, how many CPU threads it uses
+# (--threads defaults to $OMP_NUM_THREADS or the cores: another shell or machine is not another run).
 _NOT_SETTINGS = ("output_dir", "resume_from_checkpoint", "overwrite", "report_to", "wandb_project",
-                 "wandb_run_name", "wandb_watch", "wandb_log_model")  # fmt: skip
-# A resume that changes these would load weights into another model or adapter.
+                 "wandb_run_name", "wandb_watch", "wandb_log_model", "threads")  # fmt: skip
+# A resume that changes these would load weights into another model or adapter (init_lora_weights: PiSSA and
+# OLoRA move the base weights; use_rslora: the branch's scale), or optimizer state into other parameter groups.
 SHAPE_SETTINGS = ("base_model", "adapter_name", "lora_r", "lora_alpha", "target_modules", "bottleneck_size",
                   "non_linearity", "scaling", "use_parallel_adapter", "use_adapterp", "sibo_targets",
-                  "learnable_lambda", "load_8bit", "load_4bit")  # fmt: skip
+                  "learnable_lambda", "load_8bit", "load_4bit", "init_lora_weights", "use_rslora",
+                  "modules_to_save", "loraplus_lr_ratio", "optim")  # fmt: skip
 
 
 def run_settings(config: FinetuneConfig) -> dict:
@@ -55,7 +58,10 @@ def claim_run_dir(config: FinetuneConfig, dry_run: bool = False) -> dict | None:
     a folder that is not this run's (see sibo.output_dir.claim_output_dir). `dry_run` writes nothing."""
     settings = run_settings(config)
     resuming = config.resume_from_checkpoint is not None
-    may_differ = tuple(key for key in settings if key not in SHAPE_SETTINGS) if resuming else ()
+    # a marker written before threads left the settings still holds them: never compared
+    may_differ = _NOT_SETTINGS + (
+        tuple(key for key in settings if key not in SHAPE_SETTINGS) if resuming else ()
+    )
     reads = [("--data_path", config.data_path), ("--base_model", config.base_model)]
     if config.resume_from_checkpoint not in (None, "latest"):
         reads.append(("--resume_from_checkpoint", config.resume_from_checkpoint))

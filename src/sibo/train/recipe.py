@@ -158,12 +158,24 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
 
 
 def _finished_trainer(run: Run, trainer: Trainer, step: int) -> Trainer:
-    """A checkpoint at the run's last step: its weights and state are the run's end, nothing is trained."""
-    logger.info("%s is step %d, the run's last: saving it as the final adapter, training nothing", run.resume_from,
-                step)  # fmt: skip
-    run.model.load_adapter(run.resume_from, "default", is_trainable=True)
+    """A checkpoint at the run's last step: its state is the run's end, nothing is trained. The final adapter
+    is the one an uninterrupted run ends with: with validation the best checkpoint's, else this one's."""
     trainer.state = TrainerState.load_from_json(str(Path(run.resume_from) / "trainer_state.json"))
+    final = _final_checkpoint(trainer, run.resume_from)
+    logger.info("%s is step %d, the run's last: saving %s as the final adapter, training nothing", run.resume_from,
+                step, final)  # fmt: skip
+    run.model.load_adapter(final, "default", is_trainable=True)
     return trainer
+
+
+def _final_checkpoint(trainer: Trainer, last: str) -> str:
+    """The best checkpoint when the Trainer would load it at the end (load_best_model_at_end), else the last
+    one; a best checkpoint deleted since is forgotten, as Trainer's own resume forgets it."""
+    best = trainer.state.best_model_checkpoint
+    if best is not None and not Path(best).is_dir():
+        logger.warning("the best checkpoint %s is gone: %s becomes the final adapter", best, last)
+        trainer.state.best_model_checkpoint = best = None
+    return best if trainer.args.load_best_model_at_end and best is not None else last
 
 
 class WarmupCheck(TrainerCallback):

@@ -3,7 +3,8 @@
 Trainer writes a checkpoint's files in order — adapter, optimizer, scheduler, RNG state — and
 trainer_state.json last, then deletes the checkpoints beyond save_total_limit. A kill -9 can
 stop it anywhere in that sequence, so a checkpoint counts as complete only when its trainer
-state parses, names its own step and holds every field Trainer writes, the files written before it
+state parses, names a step (its own, in a folder named checkpoint-N; a copy named otherwise is judged
+by its files alone) and holds every field Trainer writes, the files written before it
 are all still there, its adapter weights pass `sibo.checkpoint.weights.check_weights_dir` (finite
 values included: a disk can damage a finished one), and its optimizer, scheduler and RNG states load
 safely (the optimizer's moments finite).
@@ -31,6 +32,8 @@ from sibo.checkpoint.weights import (
 from sibo.errors import InputError
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint"  # Trainer writes checkpoint-N (transformers' PREFIX_CHECKPOINT_DIR)
 
 
 def resolve_resume(target: str | None, output_dir: str | os.PathLike) -> tuple[str | None, str | None]:
@@ -88,15 +91,16 @@ def is_complete_checkpoint(path: str | os.PathLike) -> bool:
 
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
     """Why a checkpoint cannot be resumed, or None: trainer_state.json, written last, must parse and name
-    this step; the adapter, optimizer, scheduler and RNG states must be there (rotation deletes files);
-    the adapter weights must be intact."""
+    a step (the folder's, when it is named checkpoint-N: a copy named otherwise counts too); the adapter,
+    optimizer, scheduler and RNG states must be there (rotation deletes files); the adapter weights must
+    be intact."""
     path = Path(path)
-    step = _step(path)
     try:
         state = json.loads((path / "trainer_state.json").read_text())
     except (OSError, ValueError):
         state = None
-    if step is None or not isinstance(state, dict) or state.get("global_step") != step:
+    step = state.get("global_step") if isinstance(state, dict) else None
+    if not _is_step(step) or _step(path) not in (None, step):
         return "only partly written (no trainer state of this step)"
     # FSDP writes pytorch_model_fsdp_0/ + optimizer_0/ (sharded) or pytorch_model_fsdp.bin + optimizer.bin
     # (full state dict); DeepSpeed global_step*/.
@@ -144,8 +148,13 @@ def training_state_problem(path: Path, state: dict) -> str | None:
 
 
 def _step(path: Path) -> int | None:
+    """N of a folder named checkpoint-N, as Trainer names its checkpoints; None for any other name."""
     head, _, suffix = path.name.rpartition("-")
-    return int(suffix) if head and suffix.isdigit() else None
+    return int(suffix) if head == CHECKPOINT_PREFIX and suffix.isdigit() else None
+
+
+def _is_step(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def find_latest_checkpoint(output_dir: str | os.PathLike, before: int | None = None) -> Path | None:
