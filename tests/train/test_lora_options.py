@@ -23,6 +23,7 @@ import torch
 from sibo import get_sibo_model, load_sibo_model
 from sibo.checkpoint.export import ExportConfig, export_adapter
 from sibo.checkpoint.load import load_model
+from sibo.cli import main as sibo_main
 from sibo.cli.finetune import parse_config
 from sibo.core.booster import find_boost
 from sibo.errors import InputError
@@ -200,6 +201,27 @@ def test_flags_reach_peft(tmp_path):
 def test_bad_lora_options_name_the_flag(options, message):
     with pytest.raises(InputError, match=message):
         FinetuneConfig(base_model="m", **options)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--optim", "adafactor"], "--optim adafactor cannot go with --loraplus_lr_ratio: LoRA+ trains with its own "
+         "AdamW (adamw_torch or adamw_torch_fused)"),
+        (["--optim", "sgd"], "--optim sgd cannot go with --loraplus_lr_ratio: LoRA+ trains with its own AdamW "
+         "(adamw_torch or adamw_torch_fused)"),
+        (["--optim_args", "amsgrad=True"], "--optim_args cannot go with --loraplus_lr_ratio: LoRA+'s AdamW takes "
+         "--adam_beta1, --adam_beta2, --adam_epsilon and --weight_decay"),
+    ],
+)  # fmt: skip
+def test_loraplus_refuses_optimizer_settings_it_would_ignore(flags, message, capsys):
+    """LoRA+ builds its own AdamW: another --optim, or --optim_args, would silently not be the optimizer."""
+    argv = ["finetune", "--base_model", "m", "--loraplus_lr_ratio", "16", *flags]
+    assert sibo_main(argv) == 2
+    assert capsys.readouterr().err.strip() == f"sibo finetune: error: {message}"
+    assert parse_config(argv[1:3] + flags).loraplus_lr_ratio == 0.0  # without LoRA+, the Trainer builds it
+    for optim in ("adamw_torch", "adamw_torch_fused"):
+        assert parse_config([*argv[1:5], "--optim", optim]).optim == optim
 
 
 def test_loraplus_steps_b_ratio_times_faster_than_a_and_lambda(tokenizer, inputs):

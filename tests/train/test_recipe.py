@@ -10,12 +10,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from fault_checks import add_deeper_model, finetune_args, refused
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TrainingArguments
 
 import sibo
 from sibo.cli import main as sibo_main
@@ -31,6 +32,7 @@ from sibo.train.recipe import (
     finetune,
     is_complete_checkpoint,
     setup,
+    training_arguments,
 )
 from sibo.train.resume import resolve_resume
 
@@ -129,6 +131,26 @@ def test_defaults_are_the_seeds():
 def test_bad_settings_are_refused_with_the_flag_named(overrides, message):
     with pytest.raises(InputError, match=message):
         FinetuneConfig(**{"base_model": "m", **overrides})
+
+
+def test_report_to_reaches_transformers_as_a_list_of_names(tmp_path):
+    """--report_to "codecarbon, clearml" is two integrations, as FinetuneConfig checked them, not one unknown."""
+    from transformers.integrations.integration_utils import (
+        ClearMLCallback,
+        CodeCarbonCallback,
+        get_reporting_integration_callbacks,
+    )
+
+    def arguments(**settings) -> TrainingArguments:
+        config = FinetuneConfig(base_model="m", output_dir=str(tmp_path), val_set_size=0, **settings)
+        run = SimpleNamespace(config=config, val_set=None, accumulation_steps=1, dtype=torch.float32, packing=True,
+                              world_size=1)  # fmt: skip
+        return training_arguments(run)
+
+    args = arguments(report_to="codecarbon, clearml")
+    assert args.report_to == ["codecarbon", "clearml"]
+    assert get_reporting_integration_callbacks(args.report_to) == [CodeCarbonCallback, ClearMLCallback]
+    assert arguments(report_to="none").report_to == arguments().report_to == []
 
 
 def test_ffn_flag_is_the_papers_spelling_of_sibo_targets():

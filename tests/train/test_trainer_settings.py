@@ -70,6 +70,58 @@ def test_bad_values_are_one_line_naming_the_flag(argv, message, capsys):
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+MIN_LR = (
+    """needs exactly one of min_lr or min_lr_rate in --lr_scheduler_kwargs, e.g. '{"min_lr_rate": 0.1}'"""
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lr_scheduler_type", "cosine_with_min_lr"], f"--lr_scheduler_type cosine_with_min_lr {MIN_LR}"),
+        (["--lr_scheduler_type", "cosine_warmup_with_min_lr", "--lr_scheduler_kwargs", '{"num_cycles": 0.5}'],
+         f"--lr_scheduler_type cosine_warmup_with_min_lr {MIN_LR}"),
+        (["--lr_scheduler_type", "cosine_with_min_lr", "--lr_scheduler_kwargs", '{"min_lr": 1e-5, "min_lr_rate": 0.1}'],
+         f"--lr_scheduler_type cosine_with_min_lr {MIN_LR}"),
+    ],
+)  # fmt: skip
+def test_a_min_lr_schedule_without_its_floor_is_refused_before_training(argv, message, capsys):
+    with pytest.raises(InputError) as raised:
+        parse_config(["--base_model", "m", *argv])
+    assert str(raised.value) == message
+    assert sibo_main(["finetune", "--base_model", "m", *argv]) == 2
+    assert capsys.readouterr().err.strip() == f"sibo finetune: error: {message}"
+    floor = parse_config(["--base_model", "m", *argv[:2], "--lr_scheduler_kwargs", '{"min_lr_rate": 0.1}'])
+    assert (floor.lr_scheduler_type, floor.lr_scheduler_kwargs) == (argv[1], '{"min_lr_rate": 0.1}')
+
+
+def test_transformers_judges_the_settings_with_the_runs_own_validation():
+    """check_trainer_accepts builds the evaluation settings the recipe builds: a plateau schedule, which steps on
+    the validation loss, is accepted with --val_set_size (the default, 2000)."""
+    config = parse_config(["--base_model", "m", "--lr_scheduler_type", "reduce_lr_on_plateau"])
+    assert (config.lr_scheduler_type, config.val_set_size) == ("reduce_lr_on_plateau", 2000)
+
+
+@pytest.mark.integration
+def test_a_plateau_schedule_trains_on_the_validation_loss(tiny_training_run, tmp_path):
+    tiny_training_run(tmp_path, 16, 1, seed=3)
+    output_dir = tmp_path / "run"
+    argv = ["finetune", "--base_model", str(tmp_path / "base"), "--data_path", str(tmp_path / "train.json"),
+            "--output_dir", str(output_dir), "--batch_size", "2", "--micro_batch_size", "2", "--max_steps", "2",
+            "--learning_rate", "1e-2", "--warmup_steps", "0", "--lr_scheduler_type", "reduce_lr_on_plateau",
+            "--val_set_size", "4", "--eval_step", "1", "--save_step", "1", "--logging_steps", "1", "--lora_r", "4",
+            "--target_modules", "q_proj,up_proj"]  # fmt: skip
+    assert sibo_main(argv) == 0
+    metrics = json.loads((output_dir / "train_metrics.json").read_text())
+    # steps 1 and 2 during training, then the final evaluation of the best adapter
+    assert [entry["step"] for entry in metrics["log_history"] if "eval_loss" in entry] == [1, 2, 2]
+    assert metrics["metric_for_best_model"] == "eval_loss"
+    assert [entry["learning_rate"] for entry in metrics["log_history"] if "learning_rate" in entry] == [
+        1e-2,
+        1e-2,
+    ]
+
+
 def cosine_with_warmup(step: int, warmup: int, total: int) -> float:
     """transformers' get_cosine_schedule_with_warmup multiplier, written from its formula."""
     if step < warmup:

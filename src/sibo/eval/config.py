@@ -93,3 +93,8 @@ def benchmark_setting(name: str, default=MISSING, **metadata) -> Field:
     if default is MISSING:
         default = getattr(benchmark_decoding(), name) if owner is DecodingSettings else declared.default
     return field(default=default, metadata={**declared.metadata, **metadata})
+
+
+def accuracy_key(name: str) -> str:
+    """The metric a benchmark's accuracy is logged under in training (--metric_for_best_model takes it)."""
+    return f"eval_{name}_accuracy"

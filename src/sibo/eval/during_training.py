@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sibo.decode.settings import DecodingSettings
-from sibo.eval.config import EvalConfig
+from sibo.eval.config import EvalConfig, accuracy_key
 from sibo.eval.runner import accelerate_shard, evaluate, load_benchmarks
 from sibo.eval.tasks import Example, Task
 from sibo.train.packing import PACKED_SDPA
@@ -24,11 +24,6 @@ from sibo.train.packing import PACKED_SDPA
 logger = logging.getLogger(__name__)
 
 ACCURACY_DIR = "accuracy"  # in output_dir: step-N/<Name>.jsonl and summary.json, as `sibo evaluate` writes
-
-
-def accuracy_key(name: str) -> str:
-    """The metric a benchmark's accuracy is logged under (--metric_for_best_model takes it)."""
-    return f"eval_{name}_accuracy"
 
 
 @dataclass

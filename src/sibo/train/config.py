@@ -8,15 +8,24 @@ from these fields, so --help and the checks below never drift apart.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 from dataclasses import dataclass, field
 
 from sibo.checkpoint.config import BaseModelSource, ModelLoading
 from sibo.core.config import TARGET_POLICIES, SiboConfig
 from sibo.errors import InputError
-from sibo.eval.config import benchmark_setting
+from sibo.eval.config import accuracy_key, benchmark_setting
+from sibo.eval.tasks import default_data_dir, resolve_datasets
 from sibo.prompts import TEMPLATES, TemplateChoice
-from sibo.train.trainer_settings import TrainerSettings, check_trainer_accepts, check_trainer_settings
+from sibo.train.trainer_settings import (
+    ON_VALIDATION,
+    TrainerSettings,
+    check_trainer_accepts,
+    check_trainer_settings,
+)
+
+logger = logging.getLogger(__name__)
 
 ADAPTERS = ("lora", "dora", "bottleneck")
 # peft's init_lora_weights whose adapters reload exactly: A and B are saved, and the base weights that PiSSA
@@ -24,6 +33,8 @@ ADAPTERS = ("lora", "dora", "bottleneck")
 # (a randomised SVD) cannot be repeated on reload; eva, corda, loftq and lora_ga need data or more settings.
 LORA_INITS = ("true", "false", "gaussian", "orthogonal", "pissa", "olora")
 ACCURACY = "accuracy during training"
+# The optimizers LoRA+ builds: its own AdamW (sibo.train.loraplus), fused or not.
+LORAPLUS_OPTIMS = ("adamw_torch", "adamw_torch_fused")
 
 
 def _field(default, help: str, group: str, **metadata):
@@ -109,8 +120,11 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
     group_by_length: bool = _field(
         False, "batch records of similar length (always on when packing is unavailable)", "training"
     )
-    packing: bool = _field(
-        True, "padding-free packed batches when the model keeps packed sequences apart", "training"
+    packing: bool | None = _field(
+        None,
+        "padding-free packed batches when the model keeps packed sequences apart (default: on, but off with "
+        "--neftune_noise_alpha, whose noise reads the row length)",
+        "training",
     )
     use_liger_kernel: bool = _field(
         False,
@@ -210,6 +224,8 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
         self._check_early_stopping()
         self._check_accuracy()
         check_trainer_settings(self)
+        self._check_validation()
+        self._check_packing()
         self.check_loading()
         self._check_adapter()
         self._check_sibo()
@@ -299,8 +315,6 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
             raise InputError(
                 f"--early_stopping_threshold must be at least 0, got {self.early_stopping_threshold}"
             )
-        if self.val_set_size == 0:
-            raise InputError("--early_stopping_patience needs a validation set: set --val_set_size")
 
     def _check_accuracy(self) -> None:
         if not self.eval_datasets:
@@ -312,13 +326,42 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
         if self.eval_limit is not None:
             _at_least("eval_limit", self.eval_limit, 1)
         _at_least("eval_num_beams", self.eval_num_beams, 1)
-        from sibo.eval.tasks import resolve_datasets
-
         resolve_datasets(self.eval_datasets)
         if not self.eval_data_dir:
-            from sibo.eval.tasks import default_data_dir
-
             self.eval_data_dir = str(default_data_dir())
+
+    def _check_validation(self) -> None:
+        """What reads the validation set needs one (else it fails at the first evaluation, or does nothing),
+        and the best checkpoint is picked by a metric the evaluations log."""
+        needing = {
+            "--early_stopping_patience": self.early_stopping_patience is not None,
+            "--metric_for_best_model": self.metric_for_best_model is not None,
+            "--eval_on_start": self.eval_on_start,
+            f"--lr_scheduler_type {self.lr_scheduler_type}": self.lr_scheduler_type in ON_VALIDATION,
+        }
+        for flag, given in needing.items():
+            if given and self.val_set_size == 0:
+                raise InputError(f"{flag} needs a validation set: set --val_set_size")
+        if self.metric_for_best_model is not None:
+            _check_logged_metric(self.metric_for_best_model, self.eval_datasets)
+
+    def _check_packing(self) -> None:
+        """Packing unless --neftune_noise_alpha: transformers' NEFTune scales its noise by 1/sqrt(length of a
+        row), and a packed row is the whole micro-batch, so the noise would be sqrt(micro-batch) too weak."""
+        if self.neftune_noise_alpha is None:
+            self.packing = True if self.packing is None else self.packing
+        elif self.packing:
+            raise InputError(
+                "--packing cannot go with --neftune_noise_alpha: NEFTune scales its noise by "
+                "1/sqrt(row length), and a packed row holds the whole micro-batch; set --packing False "
+                "(or leave it unset)"
+            )
+        elif self.packing is None:
+            logger.info(
+                "--neftune_noise_alpha: padded batches, not packed ones, as NEFTune's noise reads the row "
+                "length"
+            )
+            self.packing = False
 
     def _check_lora_options(self) -> None:
         self.init_lora_weights = str(self.init_lora_weights).lower()
@@ -327,6 +370,8 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
             raise InputError(
                 f"--loraplus_lr_ratio must be 0 (off) or a positive finite number, got {self.loraplus_lr_ratio}"
             )
+        if self.loraplus_lr_ratio:
+            self._check_loraplus_optimizer()
         if self.adapter_name == "bottleneck":
             lora_only = {"use_rslora": self.use_rslora, "init_lora_weights": self.init_lora_weights != "true",
                          "loraplus_lr_ratio": self.loraplus_lr_ratio, "modules_to_save": self.modules_to_save}  # fmt: skip
@@ -336,19 +381,34 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
         if self.modules_to_save is not None and not self.modules_to_save:
             raise InputError("--modules_to_save is empty")
 
+    def _check_loraplus_optimizer(self) -> None:
+        """LoRA+ builds its own AdamW: any other --optim, or --optim_args, would be ignored."""
+        if self.optim is not None and self.optim not in LORAPLUS_OPTIMS:
+            raise InputError(
+                f"--optim {self.optim} cannot go with --loraplus_lr_ratio: LoRA+ trains with its own AdamW "
+                f"({' or '.join(LORAPLUS_OPTIMS)})"
+            )
+        if self.optim_args:
+            raise InputError(
+                "--optim_args cannot go with --loraplus_lr_ratio: LoRA+'s AdamW takes --adam_beta1, "
+                "--adam_beta2, --adam_epsilon and --weight_decay"
+            )
+
+    def integrations(self) -> list[str]:
+        """--report_to as transformers takes it: a list of names (wandb with --wandb_project, else none)."""
+        wanted = self.report_to or ("wandb" if self.wandb_project else "none")
+        return [integration.strip() for integration in wanted.split(",")]
+
     def _check_tracking(self) -> None:
         from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
 
-        wanted = self.report_to or ("wandb" if self.wandb_project else "none")
-        for integration in wanted.split(","):
-            if integration.strip() not in (*INTEGRATION_TO_CALLBACK, "none", "all"):
+        for integration in self.integrations():
+            if integration not in (*INTEGRATION_TO_CALLBACK, "none", "all"):
                 raise InputError(
-                    f"--report_to {integration.strip()!r} is not an integration transformers knows: use none, "
+                    f"--report_to {integration!r} is not an integration transformers knows: use none, "
                     f"all or {', '.join(INTEGRATION_TO_CALLBACK)}"
                 )
-            module = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}.get(
-                integration.strip()
-            )
+            module = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow"}.get(integration)
             if module and importlib.util.find_spec(module) is None:
                 raise InputError(
                     f"reporting to {integration} needs the {module} package: pip install {module}"
@@ -383,6 +443,19 @@ def warmup_warning(warmup_steps: int, planned_steps: int, learning_rate: float) 
         f"--warmup_steps {warmup_steps} is at least half the {planned_steps} planned steps: the learning rate "
         f"reaches {learning_rate:g} only at step {warmup_steps}, then decays to 0 by step {planned_steps}; {fix}"
     )
+
+
+def _check_logged_metric(metric: str, eval_datasets: str) -> None:
+    """--metric_for_best_model must be in every evaluation's metrics, read as transformers reads it (eval_ put
+    before a name without it): the validation loss, and each --eval_datasets benchmark's accuracy."""
+    tasks = resolve_datasets(eval_datasets) if eval_datasets else []
+    logged = ["eval_loss", *(accuracy_key(task.name) for task in tasks)]
+    if (metric if metric.startswith("eval_") else f"eval_{metric}") not in logged:
+        hint = "" if tasks else " (or eval_<Name>_accuracy for a benchmark of --eval_datasets)"
+        raise InputError(
+            f"--metric_for_best_model {metric} is not among the metrics each evaluation logs: use "
+            f"{', '.join(logged)}{hint}"
+        )
 
 
 def _choose(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -1,6 +1,7 @@
 """LoRA+ (Hayou, Ghosh, Yu 2024): B learns `loraplus_lr_ratio` times faster than A.
 
-The optimizer is PEFT's `create_loraplus_optimizer` (AdamW, the Trainer's settings). PEFT gives the
+The optimizer is PEFT's `create_loraplus_optimizer` (AdamW, the Trainer's settings: FinetuneConfig refuses
+any other --optim, and --optim_args, with --loraplus_lr_ratio). PEFT gives the
 raised rate to B and to every 1-D parameter (biases, DoRA's magnitudes); SIBO's learnable λ logits
 are not LoRA weights: they keep the base rate, in a group of their own without weight decay. The
 Trainer builds the optimizer after it has placed (and, under FSDP, wrapped) the model, so the

@@ -38,7 +38,7 @@ from sibo.train.progress import log_progress_when_piped
 from sibo.train.resume import find_latest_checkpoint, finished_at, is_complete_checkpoint
 from sibo.train.setup import Run, packed_attention, setup
 from sibo.train.trainer import SiboTrainer
-from sibo.train.trainer_settings import trainer_settings
+from sibo.train.trainer_settings import evaluation_settings, passed_through
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +69,9 @@ def training_arguments(run: Run) -> TrainingArguments:
     TrainingArguments settings given by their own names (sibo.train.trainer_settings) pass through."""
     config = run.config
     on_gpu = torch.cuda.is_available()
-    validating = run.val_set is not None
-    report_to = config.report_to or ("wandb" if config.wandb_project else "none")
-    decided_here = ("optim", "metric_for_best_model")
-    given = {k: v for k, v in trainer_settings(config).items() if v is not None and k not in decided_here}
     return TrainingArguments(
-        **given,
+        **passed_through(config),
+        **evaluation_settings(config, validating=run.val_set is not None),
         output_dir=config.output_dir,
         per_device_train_batch_size=config.micro_batch_size,
         per_device_eval_batch_size=config.micro_batch_size,
@@ -94,13 +91,6 @@ def training_arguments(run: Run) -> TrainingArguments:
         logging_steps=config.logging_steps,
         logging_nan_inf_filter=False,  # its check reads the loss back from the GPU at every micro-step
         use_liger_kernel=config.use_liger_kernel,
-        eval_strategy="steps" if validating else "no",
-        eval_steps=config.eval_step if validating else None,
-        save_strategy="steps",
-        save_steps=config.save_step,
-        save_total_limit=config.save_total_limit,
-        load_best_model_at_end=validating,
-        metric_for_best_model=(config.metric_for_best_model or "eval_loss") if validating else None,
         # Packed batches have nothing to group; padded ones waste least when grouped by length.
         train_sampling_strategy="group_by_length" if config.group_by_length or not run.packing else "random",
         # Non-reentrant checkpointing: DDP would otherwise see parameters "marked ready twice".
@@ -108,7 +98,7 @@ def training_arguments(run: Run) -> TrainingArguments:
         activation_checkpointing_kwargs={"use_reentrant": False},
         ddp_find_unused_parameters=False if run.world_size > 1 else None,
         remove_unused_columns=False,
-        report_to=report_to,
+        report_to=config.integrations(),
         run_name=config.wandb_run_name or None,
         seed=config.seed,
         data_seed=config.seed,

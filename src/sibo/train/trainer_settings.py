@@ -46,6 +46,11 @@ NOT_FOR_FINETUNE = frozenset({
 })  # fmt: skip
 # Where sibo's default differs from transformers': the optimizer is chosen per device (see training_arguments).
 DEFAULTS = {"optim": None, "metric_for_best_model": None}
+# Given by flag but decided with sibo's own settings: the optimizer's device default, the metric's validation.
+DECIDED_BY_SIBO = ("optim", "metric_for_best_model")
+# Schedulers that step on the validation metric, and those that need a floor in --lr_scheduler_kwargs.
+ON_VALIDATION = ("reduce_lr_on_plateau", "greedy")
+WITH_MIN_LR = ("cosine_with_min_lr", "cosine_warmup_with_min_lr")
 HELPS = {
     "optim": "the optimizer (default: adamw_torch_fused on a GPU, adamw_torch on CPU, as the paper's AdamW)",
     "metric_for_best_model": "the validation metric that picks the best checkpoint, e.g. "
@@ -152,6 +157,26 @@ def trainer_settings(config) -> dict:
     return {f.name: getattr(config, f.name) for f in fields(TrainerSettings)}
 
 
+def passed_through(config) -> dict:
+    """The settings given (not None) that go to TrainingArguments as they are."""
+    return {k: v for k, v in trainer_settings(config).items() if v is not None and k not in DECIDED_BY_SIBO}
+
+
+def evaluation_settings(config, validating: bool) -> dict:
+    """How a run validates and checkpoints (`config`: a FinetuneConfig): validation every --eval_step, a
+    checkpoint every --save_step, the best by --metric_for_best_model loaded at the end. One place, so that
+    check_trainer_accepts asks transformers about the arguments the recipe will build."""
+    return {
+        "eval_strategy": "steps" if validating else "no",
+        "eval_steps": config.eval_step if validating else None,
+        "save_strategy": "steps",
+        "save_steps": config.save_step,
+        "save_total_limit": config.save_total_limit,
+        "load_best_model_at_end": validating,
+        "metric_for_best_model": (config.metric_for_best_model or "eval_loss") if validating else None,
+    }
+
+
 def check_trainer_settings(config) -> None:
     """Bad values as one line naming the flag: numbers in range and JSON settings that parse (no import);
     `check_trainer_accepts` asks transformers itself."""
@@ -172,16 +197,38 @@ def check_trainer_settings(config) -> None:
             raise InputError(f"--{name} must be in [0, 1), got {settings[name]}")
     if settings["neftune_noise_alpha"] is not None and settings["neftune_noise_alpha"] <= 0:
         raise InputError(f"--neftune_noise_alpha must be positive, got {settings['neftune_noise_alpha']}")
+    _check_min_lr(settings["lr_scheduler_type"], settings["lr_scheduler_kwargs"])
+
+
+def _check_min_lr(scheduler: str, kwargs: str | dict | None) -> None:
+    """The min-lr cosines need one floor, or get_scheduler raises at the first training step."""
+    if scheduler not in WITH_MIN_LR:
+        return
+    if isinstance(kwargs, str):
+        kwargs = json.loads(kwargs) if kwargs.lstrip().startswith("{") else {}  # checked as JSON above
+    if len({"min_lr", "min_lr_rate"} & set(kwargs or {})) != 1:
+        raise InputError(
+            f"--lr_scheduler_type {scheduler} needs exactly one of min_lr or min_lr_rate in "
+            """--lr_scheduler_kwargs, e.g. '{"min_lr_rate": 0.1}'"""
+        )
 
 
 def check_trainer_accepts(config) -> None:
-    """transformers' own checks of the settings, then whether the optimizer can be built here
-    (paged_adamw_8bit needs bitsandbytes, …); imports torch."""
+    """transformers' own checks of the settings beside the run's own evaluation settings (a plateau schedule
+    needs validation), then whether the optimizer can be built here (paged_adamw_8bit needs bitsandbytes, …);
+    imports torch."""
     from transformers import Trainer, TrainingArguments
 
-    given = {name: value for name, value in trainer_settings(config).items() if value is not None}
+    given = passed_through(config) | ({"optim": config.optim} if config.optim else {})
+    validating = config.val_set_size > 0
     try:
-        args = TrainingArguments(output_dir=None, use_cpu=True, report_to="none", **given)
+        args = TrainingArguments(
+            output_dir=None,
+            use_cpu=True,
+            report_to="none",
+            **given,
+            **evaluation_settings(config, validating),
+        )
         Trainer.get_optimizer_cls_and_kwargs(args)
     except (ValueError, TypeError, ImportError, KeyError) as error:
         reason = " ".join(str(error).split())
