@@ -1,8 +1,9 @@
 """Tiny local models and tokenizers, for the demo and the tests: nothing here touches a model hub.
 
 The tokenizer is byte-level BPE (so every string round-trips), optionally trained on a corpus so
-that common words become single tokens; the models are random initialisations of real
-transformers architectures built from their configs, as peft's and transformers' tests do;
+that common words become single tokens, or byte-fallback as LLaMA's (rare characters as byte tokens); the
+models are random initialisations of real transformers architectures built from their configs, as peft's
+and transformers' tests do;
 `write_llama_gguf` writes a LLaMA as llama.cpp's converter would, for tests of GGUF bases.
 """
 
@@ -56,6 +57,24 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512) 
         show_progress=False,
     )
     tokenizer.train_from_iterator(list(corpus) if corpus is not None else [""], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+
+
+def build_byte_fallback_tokenizer() -> PreTrainedTokenizerFast:
+    """A tokenizer in LLaMA's and Mistral's style: printable ASCII characters are tokens, any other character
+    is its UTF-8 bytes as byte tokens (<0xE5><0x8F><0xAB>), so a prefix of them decodes to one \ufffd per byte."""
+    vocab = {token: number for number, token in enumerate(SPECIAL_TOKENS)}
+    vocab.update({f"<0x{byte:02X}>": len(SPECIAL_TOKENS) + byte for byte in range(256)})
+    vocab.update({chr(code): len(vocab) + at for at, code in enumerate(range(32, 127))})
+    tokenizer = Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",

@@ -14,6 +14,7 @@ import socket
 import subprocess
 
 import pytest
+from fault_checks import refused
 
 from sibo.decode.app import ServeConfig, respond
 from sibo.decode.settings import DecodingSettings
@@ -97,6 +98,28 @@ def test_the_page_names_its_address_and_the_share_flag(model, tokenizer, capsys,
         f"the page is on http://127.0.0.1:{config.port}/ (--share adds a public link; Ctrl+C stops it)"
     ]
     assert "share=True" not in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def saved_base(tmp_path_factory, model, tokenizer):
+    directory = tmp_path_factory.mktemp("base")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.integration
+def test_a_busy_port_is_one_line_and_exit_2(saved_base, capsys):
+    """Gradio's "Cannot find empty port" (an OSError with no errno) is bad input, said as `sibo serve` says it."""
+    pytest.importorskip("gradio")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = refused(capsys, ["generate", "--base_model", saved_base, "--ui", "--port", port])
+    assert line == (
+        f"sibo generate: error: cannot listen on 127.0.0.1:{port} (in use, or not an address of this machine)"
+    )
 
 
 def chromium_missing(which=shutil.which, euid=os.geteuid) -> str | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from fault_checks import refused
@@ -246,3 +249,27 @@ def test_a_lone_surrogate_prompt_is_one_line(root, capsys):
         line
         == "sibo generate: error: the instruction: not valid text (a lone surrogate '\\udcff' at character 3)"
     )
+
+
+def test_concurrent_generations_on_one_model_run_one_at_a_time(model, tokenizer, monkeypatch):
+    """The Gradio chat's UI and its /chat API are separate functions to Gradio's queue: a beam search and a
+    streamed answer asked at once never run model.generate together (h0 is state of the whole model)."""
+    running, most = [0], [0]
+    generate = model.generate
+
+    def slow_generate(*args, **kwargs):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        time.sleep(0.3)  # long enough for the other call to start, were it let in
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            running[0] -= 1
+
+    monkeypatch.setattr(model, "generate", slow_generate)
+    settings = [DecodingSettings(max_new_tokens=3, num_beams=2), DecodingSettings(max_new_tokens=3)]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(lambda s: generate_response(model, tokenizer, INSTRUCTION, settings=s), settings)
+        )
+    assert len(answers) == 2 and most[0] == 1

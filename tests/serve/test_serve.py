@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from fault_checks import refused
 from peft import LoraConfig
 
 from sibo import get_sibo_model
@@ -228,6 +229,34 @@ def test_the_engine_batches_waiting_requests_and_answers_each_as_alone():
     texts = [template.response(tokenizer.decode(ids, skip_special_tokens=True)) for ids in answers]
     assert [text.strip() for text in texts] == [text.strip() for text in expected]
     assert max(engine.batch_sizes) > 1
+
+
+def test_a_seeded_sampling_request_gets_the_same_answer_whatever_waits_with_it():
+    """A seed names one answer: two identical seeded requests asked together each get the one it gets alone,
+    not two draws from one seeded stream shared by their batch."""
+    import asyncio
+
+    tokenizer = build_tokenizer()
+    model = build_tiny_model("llama", len(tokenizer))
+    settings = DecodingSettings(max_new_tokens=TOKENS, temperature=1.0, top_p=1.0, top_k=0, seed=7)
+
+    def answers(prompts: list[str]) -> list[list[int]]:
+        return asyncio.run(
+            answer_together(BatchingEngine(model, tokenizer, PromptTemplate()), prompts, settings)
+        )
+
+    [alone] = answers(PROMPTS[:1])
+    assert answers([PROMPTS[0], PROMPTS[0]]) == [alone, alone]
+    unseeded = DecodingSettings(max_new_tokens=TOKENS, temperature=1.0, top_p=1.0, top_k=0)
+    engine = BatchingEngine(model, tokenizer, PromptTemplate())
+    asyncio.run(answer_together(engine, PROMPTS[:2], unseeded))
+    assert engine.batch_sizes == [2]  # unseeded sampling requests still share a batch
+
+
+def test_port_0_is_refused_in_one_line(capsys):
+    """Port 0 (any free one) would be announced as http://127.0.0.1:0/v1, where nobody can connect."""
+    line = refused(capsys, ["serve", "--base_model", "nowhere", "--port", "0"])
+    assert line == "sibo serve: error: --port must be in 1..65535, got 0"
 
 
 def test_a_cancelled_request_stops_decoding_its_row_and_an_all_cancelled_batch_stops():

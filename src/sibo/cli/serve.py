@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, DecodingMerge, ModelConfig
 from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values
-from sibo.decode.listen import ListenAddress
+from sibo.decode.listen import ListenAddress, check_port
 from sibo.errors import InputError
 from sibo.progress import announce
 
@@ -35,8 +35,7 @@ class ServeFlags(DecodingMerge, ListenAddress):
     max_batch_size: int = field(default=16, metadata={"help": "most requests decoded in one batch"})
 
     def __post_init__(self) -> None:
-        if self.port is None or not 0 <= self.port < 65536:
-            raise InputError(f"--port must be in 0…65535, got {self.port}")
+        check_port(self.port, required=True)
         if self.max_batch_size < 1:
             raise InputError(f"--max_batch_size must be at least 1, got {self.max_batch_size}")
 

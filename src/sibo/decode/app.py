@@ -5,9 +5,11 @@
 A chat adapter (its recorded template is the chat template) gets Gradio's ChatInterface: a multi-turn
 conversation with a system prompt, streamed replies, a stop button and the chatbot's clear button; each
 reply is prompted with the whole conversation in the chat template (`stream_reply`). An Alpaca adapter gets
-the instruction / optional input form. Gradio is imported here only (pip install 'sibo[ui]'). The queue runs
-one generation at a time: a SIBO model keeps h0 in state shared by the whole model, so two concurrent
-forwards would mix each other's h0. Bad input (an over-long prompt, an empty instruction) is shown on the page.
+the instruction / optional input form. Gradio is imported here only (pip install 'sibo[ui]'). One generation
+runs at a time: a SIBO model keeps h0 in state shared by the whole model, so two concurrent forwards would
+mix each other's h0. The queue's limit is per function, and the chat's public /chat API is a function of its
+own, so sibo.decode.stream's lock is what keeps them apart. Bad input (an over-long prompt, an empty
+instruction) is shown on the page.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterator
 
-from sibo.decode.listen import ServeConfig
+from sibo.decode.listen import ServeConfig, cannot_listen
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings
 from sibo.decode.stream import stream_reply, stream_response
 from sibo.errors import InputError
@@ -226,14 +228,19 @@ def launch_app(app, config: ServeConfig, block: bool = True):
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("serving on %s: anyone who can reach this address can use the model", config.host)
     # quiet: gradio's own lines tell a CLI user to "set `share=True` in `launch()`"; ours name --share
-    app.launch(
-        server_name=config.host,
-        server_port=config.port,
-        share=config.share,
-        prevent_thread_lock=True,
-        quiet=True,
-        show_error=True,
-    )
+    try:
+        app.launch(
+            server_name=config.host,
+            server_port=config.port,
+            share=config.share,
+            prevent_thread_lock=True,
+            quiet=True,
+            show_error=True,
+        )
+    except OSError as error:
+        if error.errno is not None:  # a fault of the machine (a full disk): the CLI names it
+            raise
+        raise cannot_listen(config.host, config.port) from None  # gradio's "Cannot find empty port"
     public = f"public link {app.share_url}" if app.share_url else "--share adds a public link"
     logger.info("the page is on %s (%s; Ctrl+C stops it)", app.local_url, public)
     if block:

@@ -9,7 +9,9 @@ refuses a streamer with num_beams > 1), so beams yield the whole response once a
 With Alpaca's template decoding stops at its next section header (transformers' stop strings), where
 a model that has not learned to stop would start a new `### Instruction:` block; the header is never
 shown. A chat turn ends with the tokenizer's EOS (<|im_end|>, …), which decoding skips.
-A SIBO model keeps h0 in per-model state, so one model must serve one generation at a time.
+A SIBO model keeps h0 in per-model state, so one model must serve one generation at a time: every
+generate here holds one lock, whatever calls it (the Gradio page's UI and its /chat API are separate
+functions to Gradio, so its concurrency limit alone lets two run at once).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -30,6 +32,8 @@ from sibo.prompts import STOP_STRINGS, PromptTemplate, cut_at_next_section, next
 
 logger = logging.getLogger(__name__)
 
+_ONE_GENERATION = threading.Lock()  # held by each generate: h0 is state shared by the whole model
+
 
 def encode_prompt(
     tokenizer, model: torch.nn.Module, prompt: str, max_new_tokens: int, add_special_tokens: bool = True
@@ -40,6 +44,16 @@ def encode_prompt(
     check_fits_context(model, inputs["input_ids"].shape[1], max_new_tokens, "the prompt")
     device = next(model.parameters()).device
     return {name: tensor.to(device) for name, tensor in inputs.items()}
+
+
+@contextmanager
+def _generating_alone(model: torch.nn.Module, seed: int | None) -> Iterator[None]:
+    """Hold the one-generation lock around a generate, seeding inside it so no concurrent call draws from
+    the seeded random stream; no autograd, and non-finite logits fail naming the cause."""
+    with _ONE_GENERATION, torch.inference_mode(), finite_logits(model):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 def stream_completion(
@@ -55,8 +69,6 @@ def stream_completion(
     inputs = encode_prompt(
         tokenizer, model, prompt, settings.tokens_or(ONE_ANSWER_TOKENS), template.add_special_tokens
     )
-    if settings.seed is not None:
-        torch.manual_seed(settings.seed)
     generate_kwargs = {
         **inputs,
         **settings.generate_kwargs(),
@@ -64,13 +76,13 @@ def stream_completion(
         **stopping_settings(model, tokenizer, template),
     }
     if settings.num_beams > 1:
-        with torch.inference_mode(), finite_logits(model):
+        with _generating_alone(model, settings.seed):
             output_ids = model.generate(**generate_kwargs)
         completion = tokenizer.decode(output_ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         # unstripped, as the streamed pieces add up
         yield cut_at_next_section(completion) if template.stop_strings else completion
         return
-    pieces = _stream_in_thread(model, tokenizer, generate_kwargs)
+    pieces = _stream_in_thread(model, tokenizer, generate_kwargs, settings.seed)
     # a chat response ends at EOS, which is never shown: nothing to hold back
     yield from _until_next_section(pieces) if template.stop_strings else pieces
 
@@ -111,7 +123,9 @@ class _StopWhenSet(StoppingCriteria):
         )
 
 
-def _stream_in_thread(model: torch.nn.Module, tokenizer, generate_kwargs: dict) -> Iterator[str]:
+def _stream_in_thread(
+    model: torch.nn.Module, tokenizer, generate_kwargs: dict, seed: int | None
+) -> Iterator[str]:
     """Run generate in a worker thread; re-raise its exception here instead of hanging the reader."""
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     stop = threading.Event()
@@ -119,7 +133,7 @@ def _stream_in_thread(model: torch.nn.Module, tokenizer, generate_kwargs: dict) 
 
     def run() -> None:
         try:
-            with torch.inference_mode(), finite_logits(model):
+            with _generating_alone(model, seed):
                 model.generate(
                     **generate_kwargs,
                     streamer=streamer,

@@ -6,26 +6,32 @@ the adapter's recorded template (Alpaca's for an instruction adapter, one user t
 for a chat one), so a greedy answer is the one `sibo generate --prompt` prints. /v1/chat/completions renders
 the whole conversation (system turns included) with the chat template; an Alpaca adapter takes one user
 message there. Decoding is greedy unless `temperature` > 0 (sibo's default, not OpenAI's 1). Errors are
-OpenAI's JSON `{"error": {...}}` with a 4xx status; the server keeps serving.
+OpenAI's JSON `{"error": {...}}` with a 4xx status; the server keeps serving. The endpoints tokenize with a
+copy of the engine's tokenizer: a Rust tokenizer used from two threads while the engine's batch padding
+changes its settings fails with "Already borrowed".
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import json
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from transformers import PreTrainedTokenizerBase
 
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings, check_fits_context
 from sibo.errors import InputError
+from sibo.files import check_text
 from sibo.serve.engine import BatchingEngine, Event
 from sibo.serve.text import ResponseText
 
@@ -81,7 +87,7 @@ class ChatRequest(Sampling):
             raise ApiError(400, "generation_config: not a JSON object")
         fields = self.model_fields_set
         if "max_tokens" not in fields and "max_completion_tokens" not in fields:
-            self.max_completion_tokens = config.get("max_new_tokens") or None
+            self.max_completion_tokens = _max_new_tokens(config.get("max_new_tokens")) or None
         if config.get("do_sample") and "temperature" not in fields:
             try:
                 self.temperature = float(config.get("temperature") or 1.0)
@@ -95,10 +101,28 @@ class CompletionRequest(Sampling):
     prompt: str | list[str]
 
 
+def _max_new_tokens(value: object) -> int | None:
+    """generation_config's max_new_tokens, which no pydantic field checks: a whole number or null."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise ApiError(400, f"generation_config: max_new_tokens must be a whole number, got {value!r}"[:200])
+    return value
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What the endpoints answer with: the engine, the model's id, and the API's own tokenizer (never the
+    engine thread's)."""
+
+    engine: BatchingEngine
+    model_id: str
+    tokenizer: PreTrainedTokenizerBase
+
+
 def build_api(engine: BatchingEngine, model_id: str, api_key: str | None = None) -> FastAPI:
     """The app serving `engine`'s model under the name `model_id`; `api_key`: required as a Bearer token."""
     app = FastAPI(title="sibo serve")
     created = int(time.time())
+    served = _Served(engine, model_id, copy.deepcopy(engine.tokenizer))
 
     @app.middleware("http")
     async def check_key(request: Request, call_next):
@@ -134,23 +158,26 @@ def build_api(engine: BatchingEngine, model_id: str, api_key: str | None = None)
         return StreamingResponse(iter([_sse(event)]), media_type="text/event-stream")
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, http: Request):
         prompt = body.prompt if isinstance(body.prompt, str) else _only(body.prompt, "prompt")
-        text = engine.template.prompt(engine.tokenizer, prompt)
-        return await _complete(engine, model_id, body, text, chat=False)
+        text = engine.template.prompt(served.tokenizer, check_text(prompt, "prompt"))
+        return await _complete(served, http, body, text, chat=False)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest):
+    async def chat_completions(body: ChatRequest, http: Request):
         body.apply_generation_config()
         body.max_tokens = body.max_tokens or body.max_completion_tokens
-        return await _complete(engine, model_id, body, _chat_prompt(engine, body.messages), chat=True)
+        return await _complete(served, http, body, _chat_prompt(served, body.messages), chat=True)
 
     return app
 
 
-def _chat_prompt(engine: BatchingEngine, messages: list[Message]) -> str:
-    turns = [{"role": message.role, "content": message.text()} for message in messages]
-    return engine.template.conversation_prompt(engine.tokenizer, turns)
+def _chat_prompt(served: _Served, messages: list[Message]) -> str:
+    turns = [
+        {"role": message.role, "content": check_text(message.text(), f"messages[{at}].content")}
+        for at, message in enumerate(messages)
+    ]
+    return served.engine.template.conversation_prompt(served.tokenizer, turns)
 
 
 def _only(values: list[str], name: str) -> str:
@@ -159,21 +186,22 @@ def _only(values: list[str], name: str) -> str:
     return values[0]
 
 
-async def _complete(engine: BatchingEngine, model_id: str, body: Sampling, prompt: str, chat: bool):
+async def _complete(served: _Served, http: Request, body: Sampling, prompt: str, chat: bool):
+    engine, model_id = served.engine, served.model_id
     if body.model != model_id:
         raise ApiError(404, f"model {body.model!r} is not served here: this server serves {model_id!r}")
     if body.n != 1:
         raise ApiError(400, "n: one choice per request")
     request = engine.request(prompt, _settings(body), _stops(body.stop))
-    tokens = len(engine.tokenizer(prompt, add_special_tokens=request.add_special_tokens)["input_ids"])
+    tokens = len(served.tokenizer(prompt, add_special_tokens=request.add_special_tokens)["input_ids"])
     check_fits_context(engine.model, tokens, request.settings.tokens_or(ONE_ANSWER_TOKENS), "the prompt")
     request.loop = asyncio.get_running_loop()
     engine.submit(request)
-    reply = _Reply(engine, model_id, chat, request)
+    reply = _Reply(served, chat, request)
     if body.stream:
         usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(reply.stream(usage), media_type="text/event-stream")
-    return await reply.whole()
+    return await reply.whole(http)
 
 
 def _settings(body: Sampling) -> DecodingSettings:
@@ -196,15 +224,16 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
 class _Reply:
     """One request's answer, as OpenAI's JSON or as server-sent events."""
 
-    def __init__(self, engine: BatchingEngine, model_id: str, chat: bool, request):
-        self.engine, self.model_id, self.chat, self.request = engine, model_id, chat, request
+    def __init__(self, served: _Served, chat: bool, request):
+        self.tokenizer, self.model_id = served.tokenizer, served.model_id
+        self.chat, self.request = chat, request
         self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
-        self.text = ResponseText(engine.template, request.stop)
+        self.text = ResponseText(served.engine.template, request.stop)
         self.ids: list[int] = []
 
     def _completion(self) -> str:
-        return self.engine.tokenizer.decode(self.ids, skip_special_tokens=True)
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
 
     async def _events(self) -> AsyncIterator[Event]:
         while True:
@@ -253,19 +282,32 @@ class _Reply:
             "finish_reason": reason,
         }
 
-    async def whole(self) -> dict:
+    async def whole(self, http: Request) -> dict:
+        """The answer as one JSON body. Nothing reads a non-streamed request's connection until its answer
+        is written, so it is listened to meanwhile: a client that hangs up cancels its request."""
+        last = asyncio.ensure_future(self._last_event())
+        hung_up = asyncio.ensure_future(_hung_up(http))
         try:
-            async for event in self._events():
-                done = event
-        except asyncio.CancelledError:
-            self.request.cancelled.set()
-            raise
+            await asyncio.wait({last, hung_up}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hung_up.cancel()
+            if not last.done():  # the client went away, or this request's task was cancelled
+                self.request.cancelled.set()
+                last.cancel()
+        if last.cancelled():
+            raise ApiError(499, "the client closed the connection before its answer", "client_closed_request")
+        done = last.result()
         self.ids = done.ids
         answer = self.text.answer(self._completion())[0]
         return {
             **self._body([self._choice(answer, self._reason(done), chunk=False)]),
             "usage": self._usage(done),
         }
+
+    async def _last_event(self) -> Event:
+        async for event in self._events():
+            done = event
+        return done
 
     async def stream(self, usage: bool) -> AsyncIterator[str]:
         try:
@@ -286,6 +328,13 @@ class _Reply:
             self.request.cancelled.set()
             raise
         yield "data: [DONE]\n\n"
+
+
+async def _hung_up(http: Request) -> None:
+    """Return once the client of `http` has closed its connection: its body is read, so the next message
+    is the disconnect. (Request.is_disconnected never sees it through the API key middleware.)"""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _sse(payload: dict) -> str:

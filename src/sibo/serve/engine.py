@@ -2,9 +2,10 @@
 
 A SIBO model keeps h0 in per-model state, so one thread owns the model and runs one generate at a time.
 It takes the oldest waiting request, then every other waiting request with the same decoding settings
-(up to `max_batch_size`), and decodes them as one left-padded batch with the KV cache: on CPU a batch
-of 16 costs little more per step than one row, and transformers' continuous batching (`generate_batch`) gave the
-same greedy tokens at about 1/1.3 of the throughput (docs/BENCHMARKS.md). Each row's new tokens go to its
+(up to `max_batch_size`; a seeded sampling request takes none, so it answers as it would alone), and
+decodes them as one left-padded batch with the KV cache: on CPU a batch of 16 costs little more per step than
+one row, and transformers' continuous batching (`generate_batch`) gave the same greedy tokens at about 1/1.3
+of the throughput (docs/BENCHMARKS.md). Each row's new tokens go to its
 request as they come (`Event`s on the request's asyncio queue), so every request can stream. A request whose
 client went away is cancelled: its row stops at the next step, and a batch with none left stops decoding.
 """
@@ -57,9 +58,12 @@ class Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def key(self) -> tuple:
-        """Requests with equal keys decode in one batch."""
+        """Requests with equal keys decode in one batch. A seeded sampling request decodes alone: batch mates
+        would draw from its seeded random stream, so its answer would depend on theirs."""
         s = self.settings
-        return (s.max_new_tokens, s.temperature, s.top_p, s.top_k, s.seed, self.stop, self.add_special_tokens)
+        if s.seed is not None and s.temperature > 0:
+            return (id(self),)
+        return (s.max_new_tokens, s.temperature, s.top_p, s.top_k, self.stop, self.add_special_tokens)
 
     def send(self, event: Event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)

@@ -32,7 +32,8 @@ class ResponseText:
         """The text newly safe to show, given the completion decoded so far."""
         answer, ended = self.answer(completion)
         if not ended:
-            answer = answer.removesuffix("\ufffd")  # half of a multi-byte character
+            # a multi-byte character not yet whole: one \ufffd, or one per byte from byte-fallback tokens
+            answer = answer.rstrip("\ufffd")
             markers = (*self.template.stop_strings, *self.stop)
             held = max((_partial_suffix(answer, marker) for marker in markers), default=0)
             answer = answer[: len(answer) - held]

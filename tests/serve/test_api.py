@@ -1,0 +1,148 @@
+"""The API in this process (starlette's TestClient): bad text and a malformed generation_config are JSON 400s,
+never a text/plain 500, and the endpoints never touch the engine thread's tokenizer."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from sibo.prompts import CHAT, PromptTemplate
+from sibo.serve.engine import BatchingEngine
+from sibo.testing import add_chat_template, build_tiny_model, build_tokenizer
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+MODEL = "tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    tokenizer = add_chat_template(build_tokenizer())
+    model = build_tiny_model("llama", len(tokenizer))
+    engine = BatchingEngine(model, tokenizer, PromptTemplate(CHAT)).start()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    from fastapi.testclient import TestClient
+
+    from sibo.serve.api import build_api
+
+    return TestClient(build_api(engine, MODEL), raise_server_exceptions=False)
+
+
+def post(client, path: str, body: dict):
+    """POST `body` as JSON with non-ASCII escaped, as most clients send it (a lone surrogate as \\ud800)."""
+    return client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
+
+
+def refused(response) -> str:
+    """The message of a JSON 400."""
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/json"
+    return response.json()["error"]["message"]
+
+
+def test_a_lone_surrogate_is_a_json_400_naming_where(client):
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi \ud800"}]}
+    assert refused(post(client, "/v1/chat/completions", chat)) == (
+        "messages[0].content: not valid text (a lone surrogate '\\ud800' at character 3)"
+    )
+    parts = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "\udfff"}]},
+    ]
+    message = refused(post(client, "/v1/chat/completions", {"model": MODEL, "messages": parts}))
+    assert message.startswith("messages[1].content: not valid text")
+    for prompt in ("\ud800", ["\ud800"]):
+        message = refused(post(client, "/v1/completions", {"model": MODEL, "prompt": prompt}))
+        assert message == "prompt: not valid text (a lone surrogate '\\ud800' at character 0)"
+
+
+def test_generation_configs_max_new_tokens_is_a_whole_number_or_a_json_400(client, engine, script_model):
+    """`transformers chat`'s generation_config is JSON text no pydantic field checks: "64" was a 500."""
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    for tokens in ("64", True, 6.5, [6]):
+        config = json.dumps({"max_new_tokens": tokens})
+        message = refused(client.post("/v1/chat/completions", json={**chat, "generation_config": config}))
+        assert message == f"generation_config: max_new_tokens must be a whole number, got {tokens!r}"
+    script_model(engine.model, engine.tokenizer("x", add_special_tokens=False)["input_ids"])  # never EOS
+    config = json.dumps({"max_new_tokens": 3})
+    reply = client.post("/v1/chat/completions", json={**chat, "generation_config": config}).json()
+    assert reply["choices"][0]["message"]["content"] == "xxx"
+    assert reply["choices"][0]["finish_reason"] == "length"
+
+
+def record_users(method, watched, users: list[str]):
+    """`method`, noting in `users` the name of each thread that calls it on the `watched` object."""
+
+    def spy(self, *args, **kwargs):
+        if self is watched:
+            users.append(threading.current_thread().name)
+        return method(self, *args, **kwargs)
+
+    return spy
+
+
+def test_the_endpoints_never_use_the_engine_threads_tokenizer(client, engine, monkeypatch):
+    """A Rust tokenizer used by two threads at once, while one changes its padding, fails ("Already
+    borrowed"): the engine's tokenizer is used by the engine's thread only."""
+    users: list[str] = []
+    backend = type(engine.tokenizer)
+    for name in ("__call__", "decode", "apply_chat_template"):
+        monkeypatch.setattr(backend, name, record_users(getattr(backend, name), engine.tokenizer, users))
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert client.post("/v1/chat/completions", json=chat).status_code == 200
+    streamed = client.post("/v1/chat/completions", json={**chat, "stream": True})
+    assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+    assert (
+        client.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 4}).status_code
+        == 200
+    )
+    assert users and set(users) == {"sibo-serve-engine"}
+
+
+def test_a_non_streamed_request_whose_client_hangs_up_stops_decoding(engine, script_model):
+    """uvicorn never tells a non-streamed endpoint that its client went away: the request asks, and is
+    cancelled, so its row stops instead of decoding to max_tokens for nobody."""
+    import uvicorn
+
+    from sibo.serve.api import build_api
+
+    script = script_model(engine.model, engine.tokenizer("x", add_special_tokens=False)["input_ids"])
+    slow = engine.model.get_output_embeddings().register_forward_hook(lambda *_: time.sleep(0.01))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(build_api(engine, MODEL), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 400}).encode()
+        head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(head.encode() + body)
+            while script.steps < 5:
+                time.sleep(0.01)
+        time.sleep(1.0)  # a few polls
+        stopped_at = script.steps
+        time.sleep(0.3)
+        assert script.steps == stopped_at < 200
+    finally:
+        slow.remove()
+        server.should_exit = True
+        thread.join(timeout=30)
