@@ -137,6 +137,28 @@ def test_number_words_are_numbers_and_other_numbers_or_answers_are_other_questio
     assert index.copy_kind("Ann owns 2 pears and sells 3 less. How many pears?", "", "5") is None
 
 
+# As LLM-Adapters' boolq records wrap every question
+BOOLQ = "Please answer the following question with true or false, question: {}\n\nAnswer format: true/false"
+
+
+def test_a_question_without_numbers_is_only_ever_an_exact_copy():
+    """The template is most of a boolq question's words: two different questions with the same answer share
+    20 of their 22 words, but are no copy of each other. A math near copy is still one."""
+    from collections import Counter
+
+    cape = BOOLQ.format("is a cape and a cloak the same?")
+    woodchuck = BOOLQ.format("is a woodchuck and a groundhog the same?")
+    assert word_overlap(Counter(question_words(cape)), Counter(question_words(woodchuck))) == pytest.approx(
+        20 / 22
+    )
+    index = _index((cape, "the correct answer is true"), (ORIGINAL, "The answer is 43."))
+    assert index.copy_kind(woodchuck, "", answer_key("true")) is None
+    assert index.copy_kind(cape.upper(), "", answer_key("true")) == "exact"
+    assert index.copy_kind(NEAR_COPIES[0], "", answer_key("43")) == "near"
+    # nor is it kept for near-copy lookups: a large commonsense set is no quadratic scan
+    assert list(index.buckets) == [(("27", "70"), "43")]
+
+
 def test_the_overlap_is_shared_words_over_the_longer_question():
     """Each letter a word here: Counter("abcde") is the five words a, b, c, d, e."""
     from collections import Counter
@@ -203,7 +225,7 @@ def test_the_log_and_summary_count_seen_questions_and_exclusion_scores_only_the_
         assert "exclude_seen" not in summary["run"]
     assert summary["datasets"]["AddSub"] == {
         "n": 2 if exclude else 5, "correct": 0 if exclude else 1, "accuracy": 0.0 if exclude else 0.2,
-        "seen_in_training": 3, "exact_copies": 2, "near_copies": 1, "test_questions": 5,
+        "extraction": "careful", "seen_in_training": 3, "exact_copies": 2, "near_copies": 1, "test_questions": 5,
         "scored": "unseen only" if exclude else "all",
     }  # fmt: skip
     assert summary["train_data"] == str(files / "train.json")
@@ -212,6 +234,22 @@ def test_the_log_and_summary_count_seen_questions_and_exclusion_scores_only_the_
 def test_exclusion_without_training_data_is_refused():
     with pytest.raises(InputError, match="^exclude_seen needs the training data: pass --train_data FILE"):
         EvalConfig("AddSub", "data", "out", exclude_seen=True)
+
+
+@pytest.mark.integration
+def test_cli_refuses_a_set_with_nothing_unseen_before_any_model_loads(files, capsys):
+    """0 of 0 is no accuracy: scored as 0.0 it would pass for one (and the sweep report's mean fails)."""
+    (files / "all.json").write_text(json.dumps([{"instruction": q, "output": "x"} for q in QUESTIONS[:3]]))
+    out = files / "out"
+    code = sibo_main(["evaluate", "--base_model", "unused", "--dataset", "AddSub", "--data_dir", str(files / "data"),
+                      "--output_dir", str(out), "--train_data", str(files / "all.json"), "--exclude_seen",
+                      "--limit", "3"])  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "sibo evaluate: error: AddSub: all 3 questions scored are in the training data: "
+        "nothing is left with --exclude_seen\n"
+    )
+    assert not out.exists()
 
 
 @pytest.mark.integration

@@ -95,6 +95,17 @@ def test_sibo_model_class_scores_the_boosted_adapter(saved):
     assert max(abs(a - b) for a, b in zip(at_zero, sibo, strict=True)) > 1e-3
 
 
+@pytest.mark.parametrize(("lam", "shown"), [("abc", "'abc'"), (True, "True")])
+def test_a_lambda_that_is_no_number_is_named_before_any_model_loads(lam, shown):
+    """The harness passes `lam=abc` on as text and `lam=true` as True."""
+    from sibo.errors import InputError
+    from sibo.eval.lm_eval_bridge import SiboLM
+
+    with pytest.raises(InputError) as raised:
+        SiboLM(pretrained="unused", lam=lam)
+    assert str(raised.value) == f"lam must be a number, got {shown} (--model_args)"
+
+
 def _tokenizer(saved):
     from transformers import AutoTokenizer
 

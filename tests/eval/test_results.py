@@ -8,8 +8,15 @@ from fault_checks import write_benchmark
 from sibo.decode.settings import DecodingSettings
 from sibo.errors import InputError
 from sibo.eval.config import EvalConfig
-from sibo.eval.results import as_line, consolidate, read_records, scored_datasets
-from sibo.eval.runner import evaluate
+from sibo.eval.results import (
+    DatasetResult,
+    as_line,
+    consolidate,
+    earlier_results,
+    read_records,
+    scored_datasets,
+)
+from sibo.eval.runner import evaluate, run_record
 from sibo.eval.tasks import Example, resolve_datasets
 from sibo.output_dir import RUN_MARKER
 from sibo.testing import build_tiny_model, build_tokenizer
@@ -103,3 +110,36 @@ def test_a_torn_multibyte_tail_a_damaged_summary_and_an_empty_run_json_do_not_bl
     (out / "run.json").write_text("")
     assert evaluate(model, tokenizer, config)["AddSub"].n == 3
     assert json.loads((out / "summary.json").read_text())["datasets"]["AddSub"]["n"] == 3
+
+
+def test_each_dataset_keeps_the_extraction_that_read_it_and_only_that_one_is_reused(tmp_path, monkeypatch):
+    """AddSub scored with legacy, then SingleEq with careful in the same folder: AddSub's numbers are
+    legacy's still, and a careful scoring of AddSub must not take them for its own."""
+    tokenizer = build_tokenizer()
+    model = build_tiny_model("llama", len(tokenizer))
+    records = [{"instruction": f"Add {a} and 2.", "input": "", "answer": str(a + 2)} for a in range(3)]
+    data_dir = write_benchmark(tmp_path / "bench", records)
+    (data_dir / "SingleEq").mkdir()
+    (data_dir / "SingleEq" / "test.json").write_text(json.dumps(records))
+    # careful reads the 3 after "answer is" (right for a = 1), legacy the last number, 99 (never right)
+    monkeypatch.setattr(
+        "sibo.decode.batch.generate_batch",
+        lambda model, tokenizer, prompts, **_: ["The answer is 3. Next, 99"] * len(prompts),
+    )
+    out = tmp_path / "out"
+    decoding = DecodingSettings(batch_size=1, num_beams=1)
+    legacy = EvalConfig("AddSub", data_dir, out, "legacy", decoding=decoding)
+    careful = EvalConfig("SingleEq", data_dir, out, "careful", decoding=decoding)
+    evaluate(model, tokenizer, legacy)
+    evaluate(model, tokenizer, careful)
+    summary = json.loads((out / "summary.json").read_text())
+    assert {name: (d["correct"], d["extraction"]) for name, d in summary["datasets"].items()} == {
+        "AddSub": (0, "legacy"), "SingleEq": (1, "careful"),
+    }  # fmt: skip
+    run = run_record(careful, None)
+    assert earlier_results(careful, run, {"AddSub": 3}) is None
+    assert earlier_results(careful, run, {"SingleEq": 3}) == {"SingleEq": DatasetResult(3, 1)}
+    assert earlier_results(legacy, run, {"AddSub": 3}) == {"AddSub": DatasetResult(3, 0)}
+    del summary["datasets"]["SingleEq"]["extraction"]  # written before datasets recorded theirs
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert earlier_results(careful, run, {"SingleEq": 3}) is None

@@ -87,6 +87,15 @@ def test_bad_dataset_files_are_named(tmp_path, content, message):
         load_examples(resolve_datasets("AddSub")[0], tmp_path)
 
 
+def test_a_dataset_file_that_is_a_folder_is_named_as_one(tmp_path):
+    (tmp_path / "AddSub" / "test.json").mkdir(parents=True)
+    with pytest.raises(InputError) as raised:
+        load_examples(resolve_datasets("AddSub")[0], tmp_path)
+    assert (
+        str(raised.value) == f"dataset file {tmp_path / 'AddSub' / 'test.json'} is a folder, not a JSON file"
+    )
+
+
 def test_labels_are_checked_per_family(tmp_path):
     write_dataset(tmp_path, "AQuA", [{"instruction": "q (A) 1 (B) 2", "answer": "F"}])
     write_dataset(tmp_path, "piqa", [{"instruction": "q", "answer": "answer1"}])
@@ -213,7 +222,7 @@ def test_scores_summary_and_table(tiny, data_dir, tmp_path, monkeypatch):
         "prediction": 7.0, "label": "7", "correct": True,
     }  # fmt: skip
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["datasets"]["AddSub"] == {"n": 7, "correct": 4, "accuracy": 4 / 7}
+    assert summary["datasets"]["AddSub"] == {"n": 7, "correct": 4, "accuracy": 4 / 7, "extraction": "careful"}
     assert summary["extraction"] == "careful" and summary["run"]["num_beams"] == 4
 
 
@@ -329,18 +338,13 @@ def test_an_output_dir_of_another_run_is_refused(tiny, data_dir, tmp_path, monke
         run(model, tokenizer, data_dir, tmp_path / "out")
 
 
-def test_two_ranks_score_disjoint_shards_and_rank0_merges(tiny, data_dir, tmp_path, monkeypatch):
-    model, tokenizer, _ = tiny
-    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses([]))
-    run(model, tokenizer, data_dir, tmp_path / "single")
-
-    calls = []
-    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses(calls))
-    barrier, failures = threading.Barrier(2, timeout=60), []
+def run_two_ranks(model, tokenizer, data_dir, out) -> dict[int, dict]:
+    """Ranks 0 and 1 of a data-parallel run, as two threads sharing a barrier; {rank: its results}."""
+    barrier, failures, results = threading.Barrier(2, timeout=60), [], {}
 
     def rank(r):
         try:
-            run(model, tokenizer, data_dir, tmp_path / "parallel", Shard(r, 2, barrier.wait), batch_size=2)
+            results[r] = run(model, tokenizer, data_dir, out, Shard(r, 2, barrier.wait), batch_size=2)
         except BaseException as error:  # surfaced below
             failures.append(error)
             barrier.abort()
@@ -351,6 +355,17 @@ def test_two_ranks_score_disjoint_shards_and_rank0_merges(tiny, data_dir, tmp_pa
     for thread in threads:
         thread.join()
     assert failures == []
+    return results
+
+
+def test_two_ranks_score_disjoint_shards_and_rank0_merges(tiny, data_dir, tmp_path, monkeypatch):
+    model, tokenizer, _ = tiny
+    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses([]))
+    run(model, tokenizer, data_dir, tmp_path / "single")
+
+    calls = []
+    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses(calls))
+    run_two_ranks(model, tokenizer, data_dir, tmp_path / "parallel")
     assert sorted(calls) == [1, 1, 2, 2, 2, 2, 2]  # AddSub 4 + 3, boolq 3 + 2, in batches of 2
     assert sorted(p.name for p in (tmp_path / "parallel").iterdir()) == [
         "AddSub.jsonl", "boolq.jsonl", "run.json", "sibo_run.json", "summary.json",
@@ -359,6 +374,16 @@ def test_two_ranks_score_disjoint_shards_and_rank0_merges(tiny, data_dir, tmp_pa
         single = (tmp_path / "single" / name).read_text()
         parallel = (tmp_path / "parallel" / name).read_text()
         assert parallel == single.replace('"batch_size": 3', '"batch_size": 2')
+
+
+def test_every_rank_returns_rank0s_results(tiny, data_dir, tmp_path, monkeypatch):
+    """Finetune's best checkpoint and early stopping read these on every rank: a rank seeing 0.0 while
+    rank 0 sees the real accuracy would stop alone, and the other ranks would wait for it for ever."""
+    model, tokenizer, _ = tiny
+    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses([]))
+    results = run_two_ranks(model, tokenizer, data_dir, tmp_path / "parallel")
+    assert {name: (r.n, r.correct) for name, r in results[1].items()} == {"AddSub": (7, 4), "boolq": (5, 5)}
+    assert results[1] == results[0]
 
 
 # -- end to end ---------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """Which test questions the adapter was trained on: a test question is "seen" when a training record
 holds it as an exact copy (its words and numbers, case, spacing and punctuation aside) or as a near copy
 (the same numbers and the same answer, and at least 80 % of the words), and its score is not a
-held-out score.
+held-out score. A question without numbers (boolq, piqa, …) is only ever an exact copy: the commonsense
+sets wrap every question in one long template ("Please answer the following question with true or false,
+question: … Answer format: true/false"), so two different questions with the same answer often share
+80 % of their words or more.
 
     index = training_index(Path("math_train_3k.json"))
     index.copy_kind(instruction, input_text, answer)   # "exact", "near" or None
@@ -103,17 +106,25 @@ class QuestionIndex:
         """`answer`: the record's answer as `answer_key` reads it."""
         self.exact.add(normalise(instruction, input_text))
         words = question_words(instruction, input_text)
-        self.buckets.setdefault(_bucket(words, answer), []).append(Counter(words))
+        if _has_numbers(words):  # without numbers, only ever an exact copy
+            self.buckets.setdefault(_bucket(words, answer), []).append(Counter(words))
 
     def copy_kind(self, instruction: str, input_text: str, answer: str) -> str | None:
         """ "exact" when a training question is this one, "near" when one has the same numbers and answer and
-        ≥ NEAR_OVERLAP of the words, else None."""
+        ≥ NEAR_OVERLAP of the words, else None. A question without numbers is never a near copy: the
+        commonsense sets' long shared template would make two different questions 80 % alike."""
         if normalise(instruction, input_text) in self.exact:
             return "exact"
         words = question_words(instruction, input_text)
+        if not _has_numbers(words):
+            return None
         counted = Counter(words)
         candidates = self.buckets.get(_bucket(words, answer), [])
         return "near" if any(word_overlap(counted, other) >= NEAR_OVERLAP for other in candidates) else None
+
+
+def _has_numbers(words: list[str]) -> bool:
+    return any(_is_number(word) for word in words)
 
 
 def _bucket(words: list[str], answer: str) -> tuple:
@@ -269,4 +280,15 @@ def overlap_report(benchmarks: list[tuple[Task, list[Example]]], exclude_seen: b
 
 
 def unseen_only(benchmarks: list[tuple[Task, list[Example]]]) -> list[tuple[Task, list[Example]]]:
-    return [(task, [example for example in examples if not example.seen]) for task, examples in benchmarks]
+    """Each set's examples the training data does not hold. A set with none left is refused: 0 of 0
+    has no accuracy (scored as 0.0 it would pass for one, and a mean over its questions fails)."""
+    kept = []
+    for task, examples in benchmarks:
+        unseen = [example for example in examples if not example.seen]
+        if not unseen:
+            raise InputError(
+                f"{task.name}: all {len(examples)} questions scored are in the training data: "
+                "nothing is left with --exclude_seen"
+            )
+        kept.append((task, unseen))
+    return kept

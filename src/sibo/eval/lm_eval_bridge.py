@@ -31,6 +31,20 @@ logger = logging.getLogger(__name__)
 MODEL_NAME = "sibo"
 
 
+def model_arg_lambda(lam: object) -> float | None:
+    """`lam=` of --model_args as a number (None when not given): the harness passes a value it cannot read
+    as a number on as text, and its range is checked where every λ is (sibo.core.config.check_lambda)."""
+    if lam is None or lam == "":
+        return None
+    wrong = InputError(f"lam must be a number, got {lam!r} (--model_args)")
+    if isinstance(lam, bool) or not isinstance(lam, int | float | str):  # "lam=true" arrives as True
+        raise wrong
+    try:
+        return float(lam)
+    except ValueError:
+        raise wrong from None
+
+
 @register_model(MODEL_NAME)
 class SiboLM(HFLM):
     """HFLM whose model is a base model plus a (SIBO) adapter loaded by `sibo.checkpoint.load.load_for_decoding`.
@@ -51,7 +65,7 @@ class SiboLM(HFLM):
         if not isinstance(pretrained, str):
             raise TypeError("SiboLM loads its own model: pass pretrained=<base model path or name>")
         self.sibo_weights = weights_path or peft
-        self.sibo_lam = None if lam in (None, "") else float(lam)
+        self.sibo_lam = model_arg_lambda(lam)
         self.sibo_quantization = quantization or None
         if self.sibo_quantization not in (None, "8bit", "4bit"):
             raise InputError(f"quantization must be 8bit or 4bit, got {quantization!r}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,20 +139,28 @@ def scored_datasets(summary: Path) -> dict | None:
     return datasets if isinstance(datasets, dict) else None
 
 
+def main_process_results(config: EvalConfig, names: Iterable[str]) -> dict[str, DatasetResult]:
+    """{dataset: result} for `names` as the main process wrote them to summary.json: the other ranks of a
+    data-parallel run score only their shard, and each must see the same accuracy (the Trainer's best
+    checkpoint and early stopping decide on it, on every rank alike)."""
+    datasets = scored_datasets(config.output_dir / SUMMARY_FILE) or {}
+    return {name: DatasetResult(datasets[name]["n"], datasets[name]["correct"]) for name in names}
+
+
 def earlier_results(config: EvalConfig, run: dict, counts: dict[str, int]) -> dict[str, DatasetResult] | None:
     """{dataset: result} of an earlier summary.json in config.output_dir when it is this very scoring: the
-    same run (model and decoding; the template aside, which the adapter fixes), extraction and number of
-    questions per dataset (`counts`); else None."""
+    same run (model and decoding; the template aside, which the adapter fixes), and per dataset (`counts`)
+    the same extraction and number of questions; else None. Each dataset records its own extraction: one
+    folder may hold sets scored by calls with different --extraction."""
     file = config.output_dir / SUMMARY_FILE
     if not file.is_file():
         return None
     try:
         summary = read_json(file)
         datasets = summary["datasets"]
-        same = (
-            _without_template(summary["run"]) == _without_template(run)
-            and summary["extraction"] == config.extraction
-            and all(datasets[name]["n"] == count for name, count in counts.items())
+        same = _without_template(summary["run"]) == _without_template(run) and all(
+            datasets[name]["n"] == count and datasets[name].get("extraction") == config.extraction
+            for name, count in counts.items()
         )
         return (
             {name: DatasetResult(datasets[name]["n"], datasets[name]["correct"]) for name in counts}
@@ -182,11 +190,12 @@ def write_summary(
             "n": result.n,
             "correct": result.correct,
             "accuracy": result.accuracy,
+            "extraction": config.extraction,  # per dataset: sets of earlier calls keep the one that read them
             **overlap.get(name, {}),
         }
     summary = {
         "run": run,
-        "extraction": config.extraction,
+        "extraction": config.extraction,  # this call's; each dataset records the one that read it
         "decoding": {name: getattr(config.decoding, name) for name in EVAL_DECODING_FIELDS},
         "train_data": str(config.train_data) if config.train_data else None,
         "datasets": datasets,

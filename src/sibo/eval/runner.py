@@ -13,7 +13,8 @@ With the chat template (an adapter trained on chat), the question (instruction +
 turn and the response the assistant's.
 
 Data parallel (`torchrun --nproc_per_node N -m sibo evaluate …`, or `accelerate launch`): each
-rank scores every N-th pending example into O/<dataset>.rank<r>.jsonl; rank 0 merges them once.
+rank scores every N-th pending example into O/<dataset>.rank<r>.jsonl; rank 0 merges them once, and
+every rank returns rank 0's results (read back from O/summary.json).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sibo.eval.results import (
     appending,
     as_line,
     consolidate,
+    main_process_results,
     read_records,
     score,
     write_summary,
@@ -80,14 +82,18 @@ def accelerate_shard() -> tuple[Shard, torch.device]:
 
 def load_benchmarks(config: EvalConfig) -> list[tuple[Task, list[Example]]]:
     """Every requested benchmark, read and validated before a model is loaded; with train_data, each
-    example marked `seen` when the training file holds its question."""
+    example marked `seen` when the training file holds its question (with exclude_seen, a set the training
+    file holds whole is refused now)."""
     benchmarks = []
     for task in config.tasks:
         examples = load_examples(task, config.data_dir)
         benchmarks.append((task, examples[: config.limit] if config.limit else examples))
     if not config.train_data:
         return benchmarks
-    return contamination.mark_seen(benchmarks, config.train_data, config.train_data_columns)
+    marked = contamination.mark_seen(benchmarks, config.train_data, config.train_data_columns)
+    if config.exclude_seen:
+        contamination.unseen_only(marked)  # only its check: evaluate drops the seen ones itself
+    return marked
 
 
 def evaluate(
@@ -127,7 +133,7 @@ def evaluate(
         if shard.is_main:
             write_summary(config, results, run, overlap)
         shard.barrier()
-    return results
+    return results if shard.is_main else main_process_results(config, results)
 
 
 def evaluate_model(
@@ -225,7 +231,8 @@ def evaluate_dataset(
     shard: Shard,
     lengths: dict[int, int],
 ) -> DatasetResult:
-    """Score one benchmark's pending examples, appending each batch to <output_dir>/<name>.jsonl."""
+    """Score one benchmark's pending examples, appending each batch to <output_dir>/<name>.jsonl; the
+    result on the main process (the others return 0/0: `evaluate` gives them the main one's)."""
     path = config.output_dir / f"{task.name}.jsonl"
     chat = config.prompt_template.name == CHAT
     if shard.is_main:

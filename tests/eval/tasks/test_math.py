@@ -42,6 +42,8 @@ NUMBER_CASES = [
     ("The answer is 5 + 3 = 8.", 8.0, 8.0),
     ("The final answer: 2,500 dollars.", 2500.0, 2500.0),
     ("So the answer is 110 tomatoes and 32 eggplants.", 110.0, 32.0),
+    # a first "answer is" without a number: the second on the same line still counts
+    ("The answer is as follows. 10 - 3 = 7, so the answer is 7, and 2 are left.", 7.0, 2.0),
     ("He has $4 - $297 = -$293 left. The answer is -$293.", -293.0, 293.0),
     ("I cannot tell how many apples there are.", None, None),
     ("", None, None),

@@ -114,10 +114,10 @@ def dataset_file(task: Task, data_dir: str | os.PathLike) -> Path:
 def load_examples(task: Task, data_dir: str | os.PathLike) -> list[Example]:
     """The test examples of one benchmark, every record checked before any model runs."""
     path = dataset_file(task, data_dir)
-    if not path.is_file():
-        raise InputError(f"dataset file {path} not found (expected <data_dir>/{task.name}/test.json)")
     if path.is_dir():
         raise InputError(f"dataset file {path} is a folder, not a JSON file")
+    if not path.is_file():
+        raise InputError(f"dataset file {path} not found (expected <data_dir>/{task.name}/test.json)")
     try:
         records = json.loads(path.read_text(encoding="utf-8").removeprefix("\ufeff"))
     except json.JSONDecodeError as error:

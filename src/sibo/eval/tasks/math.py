@@ -36,9 +36,10 @@ _NUMBER = re.compile(
     r"(?P<value>\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
     r"(?:\s*/\s*(?P<denominator>\d+(?:\.\d+)?)(?![\d/]))?"
 )
-# "The answer is 42", "the final answer: 42", "Answer = 42", "the answer would be 42".
+# "The answer is 42", "the final answer: 42", "Answer = 42", "the answer would be 42". The rest of the
+# line is captured in a lookahead, so finditer visits a second phrase on the same line too.
 _ANSWER_PHRASE = re.compile(
-    r"\banswer\s*(?:is|would be|will be|should be|[:=])\s*:?\s*(?P<rest>[^\n]*)", re.IGNORECASE
+    r"\banswer\s*(?:is|would be|will be|should be|[:=])\s*:?\s*(?=(?P<rest>[^\n]*))", re.IGNORECASE
 )
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|[!?;](?:\s|$)")
 _LETTER_AFTER_ANSWER = re.compile(
