@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 from huggingface_hub import ModelCard
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
+from peft.tuners.trainable_tokens import TrainableTokensLayer
 from safetensors.torch import load_model as load_safetensors_into
 from transformers import AutoModelForCausalLM
 
@@ -117,6 +119,65 @@ def test_plain_lora_and_zero_lambda_merge_like_peft(tokenizer, batch, tmp_path, 
     torch.testing.assert_close(logits(reloaded, batch), expected, atol=ATOL, rtol=0)
     for name, tensor in reference.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], tensor, atol=0, rtol=0)
+
+
+def embedding_adapter(tokenizer, batch, kind: str, arch: str = "llama", lam: float = 0.3):
+    """A SIBO LoRA that also changes the embedding, which reads token ids, not h0: a LoRA on the embedding, or
+    PEFT's trainable tokens on the batch's first ids, moved off their start as training would."""
+    layers = ["wte", "c_attn", "c_fc"] if arch == "gpt2" else ["embed_tokens", "q_proj", "up_proj"]
+    if kind == "lora":
+        return boosted_model(tokenizer, arch, lam=lam, target_modules=layers)
+    rows = sorted(set(batch["input_ids"][0].tolist()))[:3]
+    model = boosted_model(tokenizer, arch, lam=lam, target_modules=layers[1:], trainable_token_indices=rows)
+    layer = next(module for module in model.modules() if isinstance(module, TrainableTokensLayer))
+    with torch.no_grad():
+        layer.trainable_tokens_delta["default"].add_(0.5)
+    return model
+
+
+@pytest.mark.parametrize(("kind", "arch", "lam"), [
+    ("lora", "llama", 0.3),
+    ("trainable_tokens", "llama", 0.3),
+    ("lora", "gpt2", 0.3),  # a tied base: the head keeps the embedding matrix it was tied to
+    ("lora", "gpt2", 0.0),
+])  # fmt: skip
+def test_an_adapter_that_changes_the_embedding_merges_exactly(tokenizer, batch, tmp_path, kind, arch, lam):
+    model = embedding_adapter(tokenizer, batch, kind, arch, lam)
+    expected, names = logits(model, batch), boosted_names(model)
+    report = export_adapter(model, tokenizer, ExportConfig(tmp_path / "out"))
+
+    assert report.exact and report.residual_modules == ([] if lam == 0 else names)
+    torch.testing.assert_close(
+        logits(load_model(str(tmp_path / "out"))[0], batch), expected, atol=ATOL, rtol=0
+    )
+    merged = merge_for_inference(embedding_adapter(tokenizer, batch, kind, arch, lam))
+    assert not any(isinstance(module, (LoraLayer, TrainableTokensLayer)) for module in merged.modules())
+    torch.testing.assert_close(logits(merged, batch), expected, atol=ATOL, rtol=0)
+
+
+def test_a_trained_head_of_a_tied_base_is_exported_untied(tokenizer, batch, tmp_path):
+    model = boosted_model(tokenizer, "gpt2", modules_to_save=["lm_head"])
+    assert model.base_model.model.config.tie_word_embeddings
+    with torch.no_grad():  # the head trained away from the embedding it was tied to
+        model.base_model.model.lm_head.modules_to_save["default"].weight.add_(0.5)
+    expected = logits(model, batch)
+    export_adapter(model, tokenizer, ExportConfig(tmp_path / "out"))
+
+    assert base_config(tmp_path / "out").get_text_config().tie_word_embeddings is False
+    torch.testing.assert_close(
+        logits(load_model(str(tmp_path / "out"))[0], batch), expected, atol=ATOL, rtol=0
+    )
+
+
+def test_a_model_holding_other_adapters_is_refused(tokenizer, tmp_path):
+    model = get_peft_model(build_tiny_model("llama", len(tokenizer)), lora("llama"))
+    model.add_adapter("other", lora("llama", r=2))
+    with pytest.raises(InputError) as refused:
+        export_adapter(model, tokenizer, ExportConfig(tmp_path / "out", adapter_name="other"))
+    assert str(refused.value) == (
+        "the model holds 2 adapters (default, other): export from a model that holds only 'other'"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_state_dict_export_is_one_safetensors_file(tokenizer, batch, tmp_path):
@@ -313,6 +374,49 @@ def test_cli_export_records_the_template_the_adapter_was_trained_with(tmp_path, 
     assert (
         ModelConfig(base_model=str(tmp_path / "hf")).template_name == "chat"
     )  # the export prompts as trained
+
+
+@pytest.mark.parametrize("marker", [True, False])  # without its run marker, config.json says it is an export
+def test_an_exports_residual_adapter_does_not_load_as_an_adapter_of_another_base(
+    tokenizer, tmp_path, capsys, marker
+):
+    base = build_tiny_model("llama", len(tokenizer))
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    model = get_sibo_model(load_model(str(tmp_path / "base"))[0], lora("llama"), lam=0.3).eval()
+    export_adapter(model, tokenizer, ExportConfig(tmp_path / "out"))
+    if not marker:
+        (tmp_path / "out" / RUN_MARKER).unlink()
+    residual = tmp_path / "out" / RESIDUAL_DIR
+    line = (
+        f"{residual} is the SIBO residual adapter of the exact export {tmp_path / 'out'}, part of that model, not "
+        f"an adapter of {tmp_path / 'base'}: load the export itself (--base_model {tmp_path / 'out'}, no --weights_path)"
+    )
+    with pytest.raises(InputError) as refused:
+        load_model(str(tmp_path / "base"), residual)
+    assert str(refused.value) == line
+    capsys.readouterr()  # the export's progress bars
+    # without --base_model, the base recorded in the residual's adapter_config.json: the unmerged one
+    assert cli_main(["generate", "--weights_path", str(residual), "--prompt", "hi"]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"sibo generate: error: {line}"]
+
+
+def test_a_portable_export_without_its_residual_adapter_is_refused(tokenizer, tmp_path):
+    export_adapter(boosted_model(tokenizer), tokenizer, ExportConfig(tmp_path / "exact"))
+    shutil.rmtree(tmp_path / "exact" / RESIDUAL_DIR)
+    (tmp_path / "exact" / RUN_MARKER).unlink()  # copied without either: config.json still says sibo_export
+    with pytest.raises(InputError) as refused:
+        load_model(str(tmp_path / "exact"))
+    assert str(refused.value) == (
+        f"the export at {tmp_path / 'exact'} is missing its SIBO residual adapter "
+        f"({tmp_path / 'exact' / RESIDUAL_DIR}): export the adapter again"
+    )
+    # exports that need no residual adapter (λ 0, --approximate) load without their marker too
+    for name, lam, approximate in (("zero", 0.0, False), ("approx", 0.3, True)):
+        model = boosted_model(tokenizer, lam=lam)
+        export_adapter(model, tokenizer, ExportConfig(tmp_path / name, approximate=approximate))
+        (tmp_path / name / RUN_MARKER).unlink()
+        assert load_model(str(tmp_path / name))[0].training is False
 
 
 def test_export_is_as_readable_as_the_umask_allows(tokenizer, tmp_path):

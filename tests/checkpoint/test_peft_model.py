@@ -393,3 +393,76 @@ def test_an_adapter_of_another_depth_is_refused_naming_the_key(
         f"sibo {verb}: error: the adapter at {root / f'adapter{adapter}'} does not fit the base model (llama, "
         f"{base} layers, hidden size 32): {words}"
     )
+
+
+def test_an_adapter_peft_cannot_build_on_the_base_is_refused_in_one_line(tmp_path):
+    get_peft_model(build_tiny_model("llama", VOCAB), lora(("q_proj",))).save_pretrained(tmp_path / "q")
+    with pytest.raises(InputError) as error:
+        load_sibo_model(build_tiny_model("gpt2", VOCAB), tmp_path / "q")
+    assert str(error.value) == (
+        f"the adapter at {tmp_path / 'q'} does not fit the base model (gpt2, 2 layers, hidden size 32): Target "
+        "modules {'q_proj'} not found in the base model. Please check the target modules and try again."
+    )
+    stored = json.loads((tmp_path / "q" / "adapter_config.json").read_text())
+    (tmp_path / "q" / "adapter_config.json").write_text(json.dumps({**stored, "r": 0}))
+    zero_rank = (
+        f"the adapter at {tmp_path / 'q'} does not fit the base model (llama, 2 layers, hidden size 32): "
+        "`r` should be a positive integer value but the value passed is 0"
+    )
+    with pytest.raises(InputError) as error:
+        load_sibo_model(build_tiny_model("llama", VOCAB), tmp_path / "q")
+    assert str(error.value) == zero_rank
+    model = get_sibo_model(build_tiny_model("llama", VOCAB), lora(), lam=0.2)
+    with pytest.raises(InputError) as error:
+        model.load_adapter(str(tmp_path / "q"), "other")
+    assert str(error.value) == zero_rank
+
+
+@pytest.mark.integration
+def test_generate_refuses_an_adapter_whose_targets_the_base_lacks(tmp_path, capsys):
+    tokenizer = build_tokenizer()
+    build_tiny_model("gpt2", len(tokenizer)).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    get_peft_model(build_tiny_model("llama", len(tokenizer)), lora(("q_proj",))).save_pretrained(
+        tmp_path / "q"
+    )
+    argv = ["generate", "--base_model", tmp_path / "gpt2", "--weights_path", tmp_path / "q", "--prompt", "hi"]
+    capsys.readouterr()  # the saves' progress bars
+    assert refused(capsys, argv, tmp_path / "q") == (
+        f"sibo generate: error: the adapter at {tmp_path / 'q'} does not fit the base model (gpt2, 2 layers, "
+        "hidden size 32): Target modules {'q_proj'} not found in the base model. Please check the target modules "
+        "and try again."
+    )
+
+
+def pre31_learnt(directory: Path, logits) -> Path:
+    """The learnt-λ adapter sibo wrote before SIBO_LORA (λ in sibo_config.json), with `logits` stored
+    as its lambda_logits (None: the key removed)."""
+    shutil.copytree(PRE31 / "learnt", directory)
+    settings = json.loads((directory / "sibo_config.json").read_text())
+    settings.pop("lambda_logits")
+    if logits is not None:
+        settings["lambda_logits"] = logits
+    (directory / "sibo_config.json").write_text(json.dumps(settings))
+    return directory
+
+
+@pytest.mark.parametrize(("logits", "words"), [
+    ([float("nan"), 0.9], "not a valid SIBO settings file (lambda_logits must be finite numbers, one per block)"),
+    ([0.1, "0.2"], "not a valid SIBO settings file (lambda_logits must be finite numbers, one per block)"),
+    (None, "not a valid SIBO settings file (a learnt λ without its lambda_logits)"),
+])  # fmt: skip
+def test_a_learnt_lambda_that_is_damaged_or_missing_is_refused_naming_the_file(tmp_path, logits, words):
+    adapter = pre31_learnt(tmp_path / "adapter", logits)
+    with pytest.raises(InputError) as error:
+        load_sibo_model(AutoModelForCausalLM.from_pretrained(PRE31 / "base"), adapter)
+    assert str(error.value) == f"{adapter / 'sibo_config.json'}: {words}"
+
+
+def test_a_learnt_lambda_of_another_depth_is_refused_naming_the_adapter(tmp_path):
+    adapter = pre31_learnt(tmp_path / "adapter", [0.1, 0.2, 0.3])
+    with pytest.raises(InputError) as error:
+        load_sibo_model(AutoModelForCausalLM.from_pretrained(PRE31 / "base"), adapter)
+    assert str(error.value) == (
+        f"{adapter}: the learnt λ has 3 values (lambda_logits), the model 2 transformer blocks: one per block"
+    )

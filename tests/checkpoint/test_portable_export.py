@@ -19,7 +19,8 @@ from transformers import AutoModelForCausalLM
 from sibo import get_sibo_model
 from sibo.checkpoint.export import ExportConfig, export_adapter
 from sibo.checkpoint.load import load_model
-from sibo.checkpoint.portable import MODELING_FILE
+from sibo.checkpoint.modeling_sibo import RESIDUAL_WEIGHTS, add_h0_terms
+from sibo.checkpoint.portable import MODELING_FILE, base_config
 from sibo.cli import main as cli_main
 from sibo.core.booster import find_boost
 from sibo.testing import build_tiny_model, build_tokenizer, write_llama_gguf
@@ -219,3 +220,49 @@ def test_the_export_keeps_the_bases_dtype_and_says_its_size(tmp_path, capsys):
     assert {tensor.dtype for tensor in load_file(tmp_path / "out" / "model.safetensors").values()} == {
         torch.bfloat16
     }
+
+
+class Int8Linear(torch.nn.Module):
+    """What a bitsandbytes 8-bit layer holds, as a CPU stand-in (bitsandbytes needs CUDA): an int8 weight and a
+    float scale per row; it computes in its input's dtype."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        scale = linear.weight.detach().abs().amax(dim=1, keepdim=True) / 127
+        weight = (linear.weight.detach() / scale).round().to(torch.int8)
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+        self.register_buffer("scale", scale)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.float() * self.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.dequantized().to(x.dtype))
+
+
+def quantize_blocks(model: torch.nn.Module, blocks: str, int8: bool) -> None:
+    """Every Linear in the blocks as an Int8Linear, or (int8 False) as the float Linear it dequantizes to."""
+    for name, module in list(model.get_submodule(blocks).named_modules()):
+        if isinstance(module, torch.nn.Linear):
+            quantized = Int8Linear(module)
+            if not int8:
+                dequantized = torch.nn.Linear(module.in_features, module.out_features, bias=False)
+                dequantized.weight.data = quantized.dequantized()
+                quantized = dequantized
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(blocks).get_submodule(parent), child, quantized)
+
+
+def test_the_h0_terms_run_in_floats_on_a_quantized_base(tmp_path):
+    """A portable export loaded in 8 bits: its modules' weights are integers, the h0 terms must not be."""
+    folder, expected = export_case(tmp_path, "llama", False, build_tokenizer())
+    blocks = json.loads((folder / "config.json").read_text())["blocks"]
+    outputs = {}
+    for int8 in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(folder, config=base_config(folder)).eval()
+        quantize_blocks(model, blocks, int8)
+        add_h0_terms(model, blocks, load_file(folder / RESIDUAL_WEIGHTS))
+        assert model.get_submodule(blocks)[0].sibo_h0_down.dtype == torch.float32
+        with torch.no_grad():
+            outputs[int8] = model(**expected["batch"]).logits
+    torch.testing.assert_close(outputs[True], outputs[False], atol=ATOL, rtol=0)

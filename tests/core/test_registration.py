@@ -2,6 +2,7 @@
 is refused by PEFT without sibo; a λ = 0 adapter stays a plain LORA folder."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from without_sibo import run_without_sibo
 
 import sibo
+from sibo.errors import InputError
 from sibo.testing import build_tiny_model
 
 VOCAB = 64
@@ -161,3 +163,21 @@ def test_a_learnt_lambda_trained_after_peft_loaded_it_is_saved_back_by_peft(save
         PeftModel.from_pretrained(base(saved), str(tmp_path)),
     ):
         torch.testing.assert_close(logits(loaded), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("logits", "words"), [
+    ([float("nan"), 0.1], "the SIBO settings (its 'sibo' block) are damaged (lambda_logits must be finite numbers, "
+                          "one per block)"),
+    ([0.1, 0.2, 0.3], "the learnt λ has 3 values (lambda_logits), the model 2 transformer blocks: one per block"),
+])  # fmt: skip
+def test_a_damaged_learnt_lambda_is_refused_by_sibos_and_pefts_loaders(saved, tmp_path, logits, words):
+    shutil.copytree(saved / "learnt", tmp_path / "adapter")
+    file = tmp_path / "adapter" / "adapter_config.json"
+    stored = json.loads(file.read_text())
+    file.write_text(json.dumps({**stored, "sibo": {**stored["sibo"], "lambda_logits": logits}}))
+    with pytest.raises(InputError) as error:
+        sibo.load_sibo_model(base(saved), tmp_path / "adapter")
+    assert str(error.value) == f"{file if 'damaged' in words else tmp_path / 'adapter'}: {words}"
+    with pytest.raises(InputError) as error:
+        PeftModel.from_pretrained(base(saved), str(tmp_path / "adapter"))
+    assert str(error.value) == f"adapter_config.json: {words}"

@@ -78,10 +78,10 @@ def export_adapter(
     `adapter_path`: the adapter folder, named on the card."""
     adapter_name = config.adapter_name
     lambdas = boosted_lambdas(model, adapter_name)  # module name in the base model -> λ of its block
-    facts = _card_facts(model, config, lambdas, adapter_path)  # read before the merge changes the model
     reason = unmergeable_reason(model, adapter_name, lambdas)
     if reason is not None:
         raise InputError(reason)
+    facts = _card_facts(model, config, lambdas, adapter_path)  # read before the merge changes the model
     needs_residual = any(lam != 0 for lam in lambdas.values())
     if needs_residual and config.format == "state_dict" and not config.approximate:
         raise InputError(

@@ -195,7 +195,7 @@ def exported_residual(base_model: str) -> Path | None:
     """The SIBO residual adapter of an exact `sibo export` at `base_model` (part of that model: its merged
     weights are exact only with it), or None for any other base."""
     residual = Path(base_model) / RESIDUAL_DIR
-    if not (residual.is_dir() or _export_wrote_residual(Path(base_model))):
+    if not (residual.is_dir() or _needs_residual(Path(base_model))):
         return None
     if not residual.is_dir():
         raise InputError(f"the export at {base_model} is missing its SIBO residual adapter ({residual}): "
@@ -205,6 +205,8 @@ def exported_residual(base_model: str) -> Path | None:
 
 def _adapter_of(base_model: str, weights_path: str | os.PathLike | None) -> str | os.PathLike | None:
     """The adapter folder to load: `weights_path`, or an exact export's residual adapter beside its base."""
+    if weights_path is not None:
+        _refuse_residual_elsewhere(base_model, Path(weights_path))
     residual = exported_residual(base_model)
     if residual is not None and weights_path is not None and Path(weights_path) != residual:
         raise InputError(
@@ -216,6 +218,19 @@ def _adapter_of(base_model: str, weights_path: str | os.PathLike | None) -> str 
     if weights_path is not None and not Path(weights_path).is_dir():
         raise InputError(f"adapter directory {weights_path} does not exist")
     return weights_path
+
+
+def _refuse_residual_elsewhere(base_model: str, weights_path: Path) -> None:
+    """An export's residual adapter holds λ·ΔW·h0 for its merged base: on any other base (its adapter_config.json
+    names the unmerged one) it would load as an ordinary λ = 1 adapter, without the (1-λ)·ΔW folded in."""
+    export = weights_path.parent
+    if weights_path.name != RESIDUAL_DIR or not _needs_residual(export):
+        return
+    if Path(base_model).expanduser().resolve() != export.expanduser().resolve():
+        raise InputError(
+            f"{weights_path} is the SIBO residual adapter of the exact export {export}, part of that model, not "
+            f"an adapter of {base_model}: load the export itself (--base_model {export}, no --weights_path)"
+        )
 
 
 def _load_base(
@@ -262,6 +277,12 @@ def load_for_decoding(
 
         model = merge_for_inference(model)
     return model, tokenizer, template
+
+
+def _needs_residual(directory: Path) -> bool:
+    """Whether `directory` is an exact export with a residual adapter: its run marker lists one, or (copied
+    without the marker) its config.json says sibo_export, which only an export with a residual writes."""
+    return _export_wrote_residual(directory) or is_portable_export(directory)
 
 
 def _export_wrote_residual(directory: Path) -> bool:

@@ -70,7 +70,7 @@ def add_h0_terms(model: nn.Module, blocks: str, weights: dict[str, torch.Tensor]
     names = sorted(key[len(_PREFIX) : -len(_DOWN)] for key in weights if key.endswith(_DOWN))
     modules = dict(model.named_modules())
     first_block = model.get_submodule(blocks)[0]
-    dtype = modules[names[0]].weight.dtype
+    dtype = _compute_dtype(model, modules[names[0]])
     down = torch.cat([weights[_PREFIX + name + _DOWN] for name in names])  # (Σr, hidden)
     device = next(first_block.parameters()).device
     first_block.register_buffer("sibo_h0_down", down.to(device, dtype), persistent=False)
@@ -88,6 +88,14 @@ def add_h0_terms(model: nn.Module, blocks: str, weights: dict[str, torch.Tensor]
         module.register_buffer("sibo_h0_up", up.to(module.weight.device, dtype), persistent=False)
         module.register_forward_hook(_adder(projection, slice(start, start + up.shape[1])))
         start += up.shape[1]
+
+
+def _compute_dtype(model: nn.Module, module: nn.Module) -> torch.dtype:
+    """The dtype the h0 terms run in: the module's weight's, or where that holds integers (a base loaded in 8 or
+    4 bits) the model's floating parameters' (its embeddings' and norms'), which its hidden states keep."""
+    if module.weight.is_floating_point():
+        return module.weight.dtype
+    return next(parameter.dtype for parameter in model.parameters() if parameter.is_floating_point())
 
 
 def _adder(projection: dict, columns: slice):

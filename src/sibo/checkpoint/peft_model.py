@@ -42,7 +42,7 @@ from sibo.core.booster import (
     find_transformer_blocks,
     release,
 )
-from sibo.core.registration import loading_as_stored, plain_config
+from sibo.core.registration import loading_as_stored, plain_config, restore_lambda_logits
 from sibo.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,9 @@ class SiboModelMixin:
         try:
             with loading_as_stored():  # the settings are read below
                 result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
-        except RuntimeError as error:  # size mismatches from load_state_dict
+        except InputError:
+            raise
+        except (RuntimeError, ValueError) as error:  # size mismatches; targets the base lacks, a rank of 0
             raise _does_not_fit(model_id, self.base_model.model.config, error) from None
         check_adapter_fits(self, Path(model_id) / (kwargs.get("subfolder") or ""), adapter_name)
         settings = read_sibo_config(
@@ -108,7 +110,7 @@ class SiboModelMixin:
             config, logits = settings
             if adapter_name not in self._sibo_adapters:
                 boost_adapter(self, config, adapter_name)
-            _restore_lambdas(self._sibo_adapters[adapter_name], logits, is_trainable)
+            _restore_lambdas(self._sibo_adapters[adapter_name], logits, is_trainable, model_id)
         return result
 
     def _add_plain_lora(self, directory: Path, adapter_name: str, is_trainable: bool) -> None:
@@ -270,7 +272,9 @@ def load_sibo_model(
             )
     except (SafetensorError, pickle.UnpicklingError) as error:  # what the check above let through
         raise InputError(f"cannot read the adapter weights in {path}: {first_line(error)}") from None
-    except RuntimeError as error:  # size mismatches from load_state_dict
+    except InputError:
+        raise
+    except (RuntimeError, ValueError) as error:  # size mismatches; targets the base lacks, a rank of 0
         raise _does_not_fit(path, base_model.config, error) from None
     check_adapter_fits(model, path, adapter_name)
     if lam is None and settings is None:
@@ -283,7 +287,7 @@ def load_sibo_model(
         )
         logits = None
     model = boost_adapter(model, config, adapter_name)
-    _restore_lambdas(model._sibo_adapters[adapter_name], logits, is_trainable)
+    _restore_lambdas(model._sibo_adapters[adapter_name], logits, is_trainable, path)
     return model
 
 
@@ -293,16 +297,15 @@ def sibo_settings(model: torch.nn.Module, adapter_name: str = "default") -> Sibo
     return None if adapter is None else adapter.config
 
 
-def _restore_lambdas(adapter: BoostedAdapter, logits: list[float] | None, trainable: bool) -> None:
+def _restore_lambdas(
+    adapter: BoostedAdapter, logits: list[float] | None, trainable: bool, path: str | os.PathLike
+) -> None:
+    """Put the learnt λ saved in the adapter at `path` into the model's (its settings were read and checked:
+    a learnable adapter carries its logits), trainable when the adapter is."""
     if adapter.lambdas is None:
         return
     if logits is not None:
-        if len(logits) != adapter.lambdas.logits.numel():
-            raise InputError(
-                f"saved learnable λ has {len(logits)} blocks, the model {adapter.lambdas.logits.numel()}"
-            )
-        with torch.no_grad():
-            adapter.lambdas.logits.copy_(torch.tensor(logits, dtype=adapter.lambdas.logits.dtype))
+        restore_lambda_logits(adapter.lambdas, logits, str(path))
     adapter.lambdas.requires_grad_(trainable)
 
 
@@ -349,8 +352,9 @@ def check_adapter_fits(model: PeftModel, path: Path, adapter_name: str = "defaul
         )
 
 
-def _does_not_fit(path, base_config, error: RuntimeError) -> InputError:
-    """load_state_dict's size mismatch as one line: its last line names the tensor and both shapes."""
+def _does_not_fit(path, base_config, error: RuntimeError | ValueError) -> InputError:
+    """PEFT's refusal as one line: load_state_dict's size mismatch (its last line names the tensor and both
+    shapes), or the adapter config PEFT cannot build on this base (targets it lacks, a rank of 0)."""
     return InputError(
         f"the adapter at {path} does not fit the base model ({_describe(base_config)}): "
         f"{str(error).strip().splitlines()[-1].strip()}"

@@ -16,7 +16,13 @@ from pathlib import Path
 import torch
 
 from sibo.core.booster import BoostedAdapter, SiboConfig
-from sibo.core.registration import PEFT_TYPE_NAME, SETTINGS_FIELD, settings_block, stored_settings
+from sibo.core.registration import (
+    PEFT_TYPE_NAME,
+    SETTINGS_FIELD,
+    check_lambda_logits,
+    settings_block,
+    stored_settings,
+)
 from sibo.errors import InputError
 from sibo.files import write_json
 
@@ -59,6 +65,7 @@ def read_sibo_config(directory: Path, base_config) -> tuple[SiboConfig, list[flo
         config = SiboConfig(
             lam=settings["lam"], targets=settings["targets"], learnable_lambda=settings["learnable_lambda"]
         )
+        check_lambda_logits(settings.get("lambda_logits"), config.learnable_lambda)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise InputError(f"{file}: not a valid SIBO settings file ({error})") from None
     saved = (settings.get("base_model_type"), settings.get("hidden_size"))

@@ -19,7 +19,7 @@ import logging
 import torch
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
-from peft.utils import ModulesToSaveWrapper
+from peft.utils.other import AuxiliaryTrainingWrapper
 
 from sibo.core.booster import find_boost
 from sibo.core.merged_hooks import add_h0_branches
@@ -36,11 +36,7 @@ def merge_for_inference(model: torch.nn.Module, adapter_name: str = "default") -
     if not isinstance(model, PeftModel):
         return model
     lambdas = boosted_lambdas(model, adapter_name)
-    reason = (
-        "it holds several adapters"
-        if len(model.peft_config) > 1
-        else unmergeable_reason(model, adapter_name, lambdas)
-    )
+    reason = unmergeable_reason(model, adapter_name, lambdas)
     if reason is None and model.peft_config[adapter_name].peft_type != "LORA":
         reason = f"the inference merge handles LoRA only, not {model.peft_config[adapter_name].peft_type}"
     if reason is not None:
@@ -58,6 +54,12 @@ def merge_for_inference(model: torch.nn.Module, adapter_name: str = "default") -
 
 def unmergeable_reason(model: PeftModel, adapter_name: str, lambdas: dict[str, float]) -> str | None:
     """Why the adapter has no exact merged form, or None when it has one (`lambdas`: boosted_lambdas)."""
+    names = list(model.peft_config)
+    if names != [adapter_name]:  # PEFT merges and unloads the active adapter's extras, whichever is named
+        return (
+            f"the model holds {len(names)} adapter{'s' * (len(names) != 1)} ({', '.join(names)}): "
+            f"export from a model that holds only {adapter_name!r}"
+        )
     peft_config = model.peft_config[adapter_name]
     peft_type = str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
     if "BOTTLENECK" in peft_type.upper():
@@ -83,6 +85,7 @@ def merge_exactly(
     """The merged base and the λ·ΔW·h0 terms it cannot hold, as (A, λ·s·B) per module ({} when every
     λ is 0): the export writes them as a residual adapter, decoding adds them as hooks."""
     if not any(lam != 0 for lam in lambdas.values()):
+        _untie_head_from_adapted_embedding(model, adapter_name)
         try:
             return model.merge_and_unload(), {}
         except (AttributeError, NotImplementedError) as error:
@@ -105,11 +108,13 @@ def boosted_lambdas(model: PeftModel, adapter_name: str) -> dict[str, float]:
 
 
 def lora_layers(model: PeftModel, adapter_name: str) -> dict[str, LoraLayer]:
+    """The LoRA layers holding `adapter_name`, by name in the base model: linear ones and embeddings."""
     base = model.base_model.model
     return {
         name: module
         for name, module in base.named_modules()
-        if isinstance(module, LoraLayer) and adapter_name in module.lora_A
+        if isinstance(module, LoraLayer)
+        and (adapter_name in module.lora_A or adapter_name in module.lora_embedding_A)
     }
 
 
@@ -132,7 +137,9 @@ def residual_weights(
 
 @torch.no_grad()
 def fold(model: PeftModel, adapter_name: str, lambdas: dict[str, float]) -> torch.nn.Module:
-    """Fold (1-λ)·ΔW into each module in `lambdas`, the whole ΔW (PEFT's merge) into the others; unload."""
+    """Fold (1-λ)·ΔW into each module in `lambdas`, the whole ΔW (PEFT's merge) into the others (an embedding
+    reads token ids, never h0: never boosted); merge what PEFT trains beside them too; unload."""
+    _untie_head_from_adapted_embedding(model, adapter_name)
     for name, layer in lora_layers(model, adapter_name).items():
         if name not in lambdas:
             layer.merge(adapter_names=[adapter_name])
@@ -147,17 +154,43 @@ def fold(model: PeftModel, adapter_name: str, lambdas: dict[str, float]) -> torc
             bias = layer.lora_B[adapter_name].bias.float() * layer.scaling[adapter_name]
             base_layer.bias.data = (base_layer.bias.float() + bias).to(base_layer.bias.dtype)
     _keep_trained_copies(model, adapter_name)
-    return model.unload()
+    merged = model.unload()
+    _untie_trained_apart(merged)
+    return merged
 
 
 def _keep_trained_copies(model: PeftModel, adapter_name: str) -> None:
-    """Put each `modules_to_save` module's trained copy in its place, as PEFT's merge does: its unload puts
-    the original back (peft ≥ 0.22), and a merged model keeps what was trained."""
+    """Merge what PEFT trains beside the adapter's layers, as its merge does: each `modules_to_save` module's
+    trained copy in its place (PEFT ≥ 0.22 unloads the original), trainable token rows
+    (`trainable_token_indices`) into their embedding (an unload drops them)."""
     base = model.base_model.model
     for name, module in list(base.named_modules()):
-        if isinstance(module, ModulesToSaveWrapper):
+        if isinstance(module, AuxiliaryTrainingWrapper):
             parent, _, child = name.rpartition(".")
             trained = module.unload_and_optionally_merge_module(
                 merge=True, safe_merge=False, adapter_names=[adapter_name]
             )
             setattr(base.get_submodule(parent), child, trained)
+
+
+def _untie_head_from_adapted_embedding(model: PeftModel, adapter_name: str) -> None:
+    """A LoRA on a tied input embedding changes what the tokens read, not the head that shares its matrix: merged
+    in place it would change both, so the head keeps a copy of the matrix (the merge then unties the config)."""
+    base = model.base_model.model
+    embedding, head = base.get_input_embeddings(), base.get_output_embeddings()
+    if head is None or not (isinstance(embedding, LoraLayer) and adapter_name in embedding.lora_embedding_A):
+        return
+    head = head.get_base_layer() if isinstance(head, LoraLayer) else head
+    if head.weight is embedding.get_base_layer().weight:
+        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+
+
+def _untie_trained_apart(model: torch.nn.Module) -> None:
+    """A tied base whose head or embedding was trained apart (modules_to_save lm_head, a LoRA on the embedding)
+    holds two matrices now: say so in its config, as PEFT's merge does, or a reload would tie them again."""
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if inputs is None or outputs is None or outputs.weight.data_ptr() == inputs.weight.data_ptr():
+        return
+    for config in (model.config, model.config.get_text_config()):
+        if getattr(config, "tie_word_embeddings", False):
+            config.tie_word_embeddings = False

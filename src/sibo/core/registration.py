@@ -21,6 +21,7 @@ import contextvars
 import functools
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,15 +74,41 @@ def read_settings_block(block, where: str) -> tuple[SiboConfig, list[float] | No
             lam=block["lam"], targets=block["targets"], learnable_lambda=block["learnable_lambda"]
         )
         logits = block.get("lambda_logits")
-        if config.learnable_lambda and not (
-            isinstance(logits, list) and all(isinstance(v, float) for v in logits)
-        ):
-            raise ValueError("a learnt λ without its lambda_logits")
+        check_lambda_logits(logits, config.learnable_lambda)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise InputError(
             f"{where}: the SIBO settings (its {SETTINGS_FIELD!r} block) are damaged ({error})"
         ) from None
     return config, logits if config.learnable_lambda else None
+
+
+def check_lambda_logits(logits, learnable: bool) -> None:
+    """A learnt λ as stored: finite numbers, one per transformer block (counted by `restore_lambda_logits`, where
+    the model is known); ValueError saying what is wrong. A fixed λ keeps none."""
+    if not learnable:
+        return
+    if logits is None:
+        raise ValueError("a learnt λ without its lambda_logits")
+    numbers = isinstance(logits, list) and logits and all(_finite_number(value) for value in logits)
+    if not numbers:
+        raise ValueError("lambda_logits must be finite numbers, one per block")
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def restore_lambda_logits(lambdas: torch.nn.Module, logits: list[float], where: str) -> None:
+    """Copy a stored learnt λ into the model's (a LearnableLambda): one value per transformer block, or an
+    InputError naming `where`."""
+    blocks = lambdas.logits.numel()
+    if len(logits) != blocks:
+        raise InputError(
+            f"{where}: the learnt λ has {len(logits)} values (lambda_logits), the model {blocks} transformer "
+            "blocks: one per block"
+        )
+    with torch.no_grad():
+        lambdas.logits.copy_(torch.tensor(logits, dtype=lambdas.logits.dtype))
 
 
 def stored_settings(directory: Path) -> tuple[SiboConfig, list[float] | None] | None:
@@ -158,8 +185,7 @@ class BoostedTuner:
             self.sibo_lambdas = torch.nn.ModuleDict()  # learnt λ: PeftModel.parameters() sees them
         adapter = boost(self.model, config, self._sibo_state, adapter_name)
         if adapter.lambdas is not None:
-            with torch.no_grad():
-                adapter.lambdas.logits.copy_(torch.tensor(logits, dtype=adapter.lambdas.logits.dtype))
+            restore_lambda_logits(adapter.lambdas, logits, "adapter_config.json")
             adapter.lambdas.requires_grad_(not peft_config.inference_mode)
             self.sibo_lambdas[adapter_name] = adapter.lambdas
             peft_config.__dict__["_sibo_live_lambdas"] = adapter.lambdas  # not a field: to_dict reads it
