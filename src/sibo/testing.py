@@ -57,14 +57,7 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512) 
         show_progress=False,
     )
     tokenizer.train_from_iterator(list(corpus) if corpus is not None else [""], trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        padding_side="left",
-    )
+    return _with_special_tokens(tokenizer)
 
 
 def build_byte_fallback_tokenizer() -> PreTrainedTokenizerFast:
@@ -75,6 +68,11 @@ def build_byte_fallback_tokenizer() -> PreTrainedTokenizerFast:
     vocab.update({chr(code): len(vocab) + at for at, code in enumerate(range(32, 127))})
     tokenizer = Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
     tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    return _with_special_tokens(tokenizer)
+
+
+def _with_special_tokens(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
+    """The transformers tokenizer around `tokenizer`, with SPECIAL_TOKENS' roles, padding on the left."""
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",

@@ -100,14 +100,6 @@ def test_the_page_names_its_address_and_the_share_flag(model, tokenizer, capsys,
     assert "share=True" not in capsys.readouterr().out
 
 
-@pytest.fixture(scope="module")
-def saved_base(tmp_path_factory, model, tokenizer):
-    directory = tmp_path_factory.mktemp("base")
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
 @pytest.mark.integration
 def test_a_busy_port_is_one_line_and_exit_2(saved_base, capsys):
     """Gradio's "Cannot find empty port" (an OSError with no errno) is bad input, said as `sibo serve` says it."""

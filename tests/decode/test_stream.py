@@ -194,14 +194,6 @@ def test_decoding_settings_refuse_bad_values(field, value, message):
         DecodingSettings(**{field: value})
 
 
-@pytest.fixture(scope="module")
-def saved_base(tmp_path_factory, model, tokenizer):
-    directory = tmp_path_factory.mktemp("base")
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
 @pytest.mark.integration
 def test_cli_streams_the_response_to_stdout(saved_base, model, tokenizer, capsys):
     settings = DecodingSettings(max_new_tokens=5)
