@@ -7,10 +7,12 @@
 Both models are built from the same config (`--shape`: custom --layers × --hidden, or one of
 common.SHAPES) and seed, with the seed's LoRA recipe (r 32, alpha 64, dropout 0.05 on
 q,k,v,up,down; SIBO λ 0.1 on the feed-forward branches). Step times are interleaved (plain, SIBO,
-plain, …) and compared by their medians. Memory: on CUDA the peak allocated bytes of a step; on
-CPU (no allocator statistics) the bytes autograd saves for the backward pass (exact, from
-saved-tensor hooks) and the peak RSS growth of a fresh process running the steps. Prints ratios
-SIBO / plain; the target is ≤ 1.03 for time and memory.
+plain, …) and compared by their medians; on CUDA the forwards run under the same bf16 (fp16)
+autocast as finetune_throughput.py and sibo finetune (fp32 weights and optimizer). Memory: on CUDA
+the peak allocated bytes of a step; on CPU (no allocator statistics) the bytes autograd saves for
+the backward pass (exact, from saved-tensor hooks) and the peak RSS growth of a fresh process
+running the steps (median of --rss_runs processes). Prints ratios SIBO / plain; the target is
+≤ 1.03 for time and memory.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 import time
 
 import torch
-from common import SHAPES, ModelShape, add_shape_flag
+from common import SHAPES, ModelShape, add_shape_flag, autocast
 from peft import LoraConfig, get_peft_model
 
 from sibo import get_sibo_model
@@ -52,7 +54,9 @@ def batch(args) -> torch.Tensor:
 
 
 def step(model, optimizer, ids) -> None:
-    model(input_ids=ids, labels=ids).loss.backward()
+    with autocast(ids.device.type):  # bf16 matmuls on a GPU, as sibo finetune trains; nothing on CPU
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 
@@ -66,7 +70,7 @@ def saved_activation_bytes(model, ids) -> int:
         storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(ids.device.type):
         loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     model.zero_grad(set_to_none=True)
@@ -97,6 +101,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--targets", default="ffn", choices=["ffn", "attn", "all"])
+    parser.add_argument(
+        "--rss_runs", type=int, default=3, help="CPU: fresh processes per variant for the peak RSS (median)"
+    )
     parser.add_argument("--dropout", type=float, default=0.05, help="lora_dropout (the seed's 0.05)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
@@ -148,14 +155,14 @@ def main() -> None:
         for k in ("shape", "layers", "hidden", "seq", "batch", "targets", "dropout", "device")
     ]
     growth = {v: [] for v in VARIANTS}
-    for _ in range(3):
+    for _ in range(args.rss_runs):
         for v in VARIANTS:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", v, *flags], capture_output=True, text=True, check=True
             )
             growth[v].append(json.loads(out.stdout.strip().splitlines()[-1])["rss_growth_kib"])
     rss = {v: statistics.median(growth[v]) for v in VARIANTS}
-    print(f"peak RSS growth over 3 steps (median of 3 processes): plain {rss['plain'] / 1024:.1f} MiB, "
+    print(f"peak RSS growth over 3 steps (median of {args.rss_runs} processes): plain {rss['plain'] / 1024:.1f} MiB, "
           f"SIBO {rss['sibo'] / 1024:.1f} MiB, ratio {rss['sibo'] / rss['plain']:.3f}")  # fmt: skip
 
 
