@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from fnmatch import fnmatch
 from pathlib import Path
 
 from filelock import BaseFileLock, FileLock, Timeout, UnixFileLock, WindowsFileLock
@@ -48,16 +49,21 @@ def claim_output_dir(
     legacy: Callable[[Path], dict | None] | None = None,
     reads: Sequence[tuple[str, str | os.PathLike]] = (),
     defaults: dict | None = None,
+    replace_changed: bool = False,
 ) -> dict | None:
     """Make `directory` this run's: returns the settings of this verb's earlier run there (resume), or None
-    when the folder is new, empty, or handed over with `overwrite` (and then what that run wrote deleted).
+    when the folder is new, empty, or handed over (and then what that run wrote deleted).
+
+    `overwrite` is the user's hand-over: the earlier run's files go, even when its settings are these (the
+    user asked to start over). `replace_changed` is a study's own folder: a run with other settings is
+    replaced, one with these settings resumed.
 
     Refused in one line: a path that is a file; a folder in use by another run; a folder holding a model,
     a dataset or files sibo did not write; another verb's run; this verb's run with other settings (except
-    keys in `may_differ`; None: any key may differ) unless `overwrite`; a hand-over that would delete a file
+    keys in `may_differ`; None: any key may differ) unless handed over; a hand-over that would delete a file
     this command reads (`reads`: (flag, path) pairs). `dry_run` checks without writing (call it before the
     slow part, then again under `hold_output_dir`). `legacy(directory)` recognises a folder this verb wrote
-    before RUN_MARKER existed: it returns its marker, {"verb", "settings"}, or None. `defaults`: each
+    before RUN_MARKER existed: it returns its marker, {"verb", "settings", "wrote"}, or None. `defaults`: each
     setting's default, what an earlier run's marker without that key (written before it existed) ran with.
     """
     directory = Path(directory)
@@ -81,12 +87,12 @@ def claim_output_dir(
         )
     if previous is not None:
         changed = _changed(previous, verb, settings, may_differ, defaults or {})
-        if not changed:
+        if not changed and not overwrite:
             if not dry_run:
                 _write_marker(directory, verb, settings, kept=_kept(directory, previous))
             return previous["settings"] or {}
         _refuse_deleting_inputs(directory, previous, verb, reads)
-        if not overwrite:
+        if not overwrite and not replace_changed:
             raise InputError(
                 f"--output_dir {directory} holds another {previous['verb']} run ({changed}): "
                 "pass --overwrite to replace it, or choose another --output_dir"
@@ -125,7 +131,7 @@ _CLAIMED: set[Path] = set()
 def owned_files(directory: Path, marker: dict) -> list[str]:
     """What the run behind `marker` wrote in `directory` (paths relative to it, the marker aside): the list
     it recorded when it ended; while it runs (or after a kill) every file but those it found there; for a
-    folder written before sibo recorded this, every file."""
+    marker written before sibo recorded this, every file (a legacy recogniser names its verb's own files)."""
     now = _files(directory)
     if isinstance(marker.get("wrote"), list):
         return sorted(now & {str(name) for name in marker["wrote"]})
@@ -179,6 +185,16 @@ def user_files(directory: Path) -> list[str]:
         sorted(_files(directory) - set(owned_files(directory, marker)))
         if marker
         else sorted(_files(directory))
+    )
+
+
+def files_named(directory: Path, patterns: Sequence[str]) -> list[str]:
+    """The files under `directory` (relative) whose top entry's name matches one of `patterns` (a folder's:
+    every file in it): what a legacy recogniser counts as its verb's, so a hand-over deletes only those."""
+    return sorted(
+        name
+        for name in _files(directory)
+        if any(fnmatch(name.split("/")[0], pattern) for pattern in patterns)
     )
 
 

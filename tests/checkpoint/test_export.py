@@ -276,6 +276,17 @@ def test_a_non_empty_output_dir_is_refused_and_only_an_earlier_export_is_replace
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "out"]  # no lock, no staging left
 
 
+def test_an_output_dir_linking_to_an_empty_folder_gets_the_export_in_that_folder(tokenizer, tmp_path):
+    (tmp_path / "target").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "target")
+    model = get_peft_model(build_tiny_model("gpt2", len(tokenizer)), lora("gpt2")).eval()
+    report = export_adapter(model, tokenizer, ExportConfig(tmp_path / "out", format="state_dict"))
+    assert report.output_dir == tmp_path / "target"
+    assert (tmp_path / "out").is_symlink() and (tmp_path / "out").resolve() == tmp_path / "target"
+    assert sorted(p.name for p in (tmp_path / "target").iterdir()) == sorted([RUN_MARKER, STATE_DICT_FILE])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "target"]  # no lock, no staging left
+
+
 def test_a_run_that_claims_the_folder_during_the_export_keeps_it(tokenizer, tmp_path):
     config = ExportConfig(tmp_path / "out")  # checked: absent
     claim = f"from sibo.output_dir import claim_output_dir; claim_output_dir({str(tmp_path / 'out')!r}, 'finetune', {{}})"

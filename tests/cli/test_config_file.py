@@ -153,3 +153,21 @@ def test_the_config_flag_itself(tmp_path, monkeypatch, argv, message):
 def test_an_empty_file_sets_nothing(tmp_path):
     config = parse_finetune(["--base_model", "b", "--config", _written(tmp_path, "empty.yaml", "")])
     assert config == parse_finetune(["--base_model", "b"])
+
+
+@pytest.mark.parametrize("action", [{"overwrite": True}, {"resume_from_checkpoint": "latest"}])
+def test_a_run_config_json_repeats_the_runs_settings_not_what_it_did_to_its_folder(tmp_path, action):
+    recorded = {
+        "base_model": "some/base",
+        "data_path": "math.jsonl",
+        "output_dir": "A",
+        "lora_r": 8,
+        **action,
+    }
+    path = _written(tmp_path, "run_config.json", json.dumps({"config": recorded, "resolved": {}}))
+    config = parse_finetune(["--config", path, "--lora_r", "16"])
+    assert (config.overwrite, config.resume_from_checkpoint) == (False, None)
+    assert (config.base_model, config.output_dir, config.lora_r) == ("some/base", "A", 16)
+    # a flags file the user wrote is the user's command: its overwrite stands
+    flags = _written(tmp_path, "run.yaml", "base_model: some/base\noverwrite: true\n")
+    assert parse_finetune(["--config", flags]).overwrite is True

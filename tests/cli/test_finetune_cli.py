@@ -171,7 +171,8 @@ BAD_INPUTS = [
     ("data.json", json.dumps([RECORD] * 4), ["--cutoff_len", "8", "--train_on_inputs", "False"],
      "zero usable training records: every response is cut off at cutoff_len=8"),
     (None, "", [], "data file .*missing.json does not exist"),
-    ("data.json", json.dumps([RECORD] * 4), [], "already holds checkpoints of another run"),
+    # a Trainer's checkpoints without sibo's run_config.json: not a sibo run, refused with or without --overwrite
+    ("data.json", json.dumps([RECORD] * 4), [], r"already holds files \(checkpoint-10\), not written by a sibo run"),
 ]  # fmt: skip
 
 

@@ -188,3 +188,10 @@ def test_load_model_applies_threads(tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("words", "share"), [([], False), (["--share_gradio"], True),
+                                              (["--share_gradio", "False"], False)])  # fmt: skip
+def test_generate_takes_upstreams_bare_share_gradio(words, share):
+    parser = importlib.import_module(VERBS["generate"][0]).build_parser()
+    assert parser.parse_args(["--ui", *words]).share is share

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from fault_checks import evaluate_args, finetune_args, refused, run, snapshot
 
+from sibo.cli import fault_line
+from sibo.cli import main as sibo_main
 from sibo.testing import add_chat_template, build_tiny_model, build_tokenizer
 
 
@@ -102,3 +104,24 @@ def test_a_full_disk_in_evaluate_names_the_results_file(root, tmp_path, capsys, 
         f"sibo evaluate: error: disk full: could not write {out / 'AddSub.jsonl'} (the results written before "
         "it are kept: the same command goes on from them once there is space)"
     )
+
+
+def test_permission_denied_is_not_called_a_write_whatever_the_access():
+    # chmod 000 d.json, then reading it: the open says EACCES, not whether it read or wrote
+    denied = PermissionError(errno.EACCES, "Permission denied", "d.json")
+    assert fault_line(denied) == "cannot access d.json: Permission denied"
+    assert fault_line(OSError(errno.EPERM, "Operation not permitted")) == (
+        "cannot access a file: Operation not permitted"
+    )
+    read_only = OSError(errno.EROFS, "Read-only file system", "out/x.json")
+    assert fault_line(read_only) == "cannot write out/x.json: Read-only file system"
+
+
+def test_sibo_without_a_verb_prints_its_usage_to_stderr_and_exits_2(capsys):
+    assert sibo_main([]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("usage: sibo [-v] <verb> [flags]")
+    assert sibo_main(["--help"]) == 0  # asked for: on stdout
+    captured = capsys.readouterr()
+    assert captured.out.startswith("usage: sibo [-v] <verb> [flags]") and captured.err == ""

@@ -5,7 +5,10 @@ read-only folders, dangling symlinks, an export missing its residual, chat recor
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from fault_checks import evaluate_args, finetune_args, refused, run, tmpfs
@@ -170,3 +173,18 @@ def test_a_loraplus_ratio_that_is_not_finite_is_refused_where_parsed(root, tmp_p
     assert line == (
         f"sibo finetune: error: --loraplus_lr_ratio must be 0 (off) or a positive finite number, got {float(ratio)}"
     )
+
+
+@pytest.mark.integration
+def test_generate_into_a_pipe_its_reader_left_stops_quietly_with_141(root):
+    reader, writer = os.pipe()
+    os.close(reader)  # as `sibo generate … | head -c 20` once head has its 20 bytes
+    argv = ["generate", "--base_model", root / "base4", "--weights_path", root / "adapter4",
+            "--prompt", "Add 1 and 2.", "--max_new_tokens", "8"]  # fmt: skip
+    try:
+        done = subprocess.run([sys.executable, "-m", "sibo", *map(str, argv)], stdout=writer,
+                              stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    finally:
+        os.close(writer)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr

@@ -156,3 +156,34 @@ def test_a_path_spelled_another_way_is_the_same_setting(tmp_path, monkeypatch):
         assert claim_output_dir(out, "finetune", {"data_path": spelling, "lora_r": 8}) is not None
     with pytest.raises(InputError, match=r"holds another finetune run \(data_path .*'missing.json' now\)"):
         claim_output_dir(out, "finetune", {"data_path": "missing.json", "lora_r": 8})
+
+
+@pytest.mark.integration
+def test_evaluate_overwrite_scores_again_even_with_the_same_settings(root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert run(capsys, evaluate_args(root, out))[0] == 0
+    answers = out / "AddSub.jsonl"
+    answers.write_text(answers.read_text().replace('"output": "', '"output": "STALE'))
+    assert run(capsys, evaluate_args(root, out))[0] == 0  # the same run: resumed, its answers kept
+    assert "STALE" in answers.read_text()
+    code, _, err = run(
+        capsys, evaluate_args(root, out, None, "--overwrite")
+    )  # as after retraining the adapter
+    assert code == 0, err
+    assert "STALE" not in answers.read_text()
+
+
+@pytest.mark.integration
+def test_finetune_overwrite_starts_over_even_with_the_same_settings(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = finetune_args(root, out, "--max_steps", "2", "--save_step", "1")
+    assert run(capsys, argv)[0] == 0
+    (out / "checkpoint-2" / "STALE").write_text("a file the earlier run wrote")
+    marker = json.loads((out / RUN_MARKER).read_text())
+    (out / RUN_MARKER).write_text(json.dumps({**marker, "wrote": [*marker["wrote"], "checkpoint-2/STALE"]}))
+    code, out_text, err = run(capsys, [*argv, "--overwrite"])
+    assert code == 0, err
+    trained = [line for line in out_text.splitlines() if line.startswith("trained 2 steps, final train loss")]
+    assert trained, out_text  # trained again, not "already holds this run"
+    assert not (out / "checkpoint-2" / "STALE").exists()
+    assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 2

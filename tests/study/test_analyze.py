@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from fault_checks import refused
+from fault_checks import refused, run
 from peft import LoraConfig
 
 from sibo import get_sibo_model
@@ -133,3 +133,21 @@ def test_analyze_refuses_an_output_dir_that_is_a_file_before_measuring(root, tmp
     line = refused(capsys, ["analyze", "--base_model", root / "base4", "--data", root / "records.json",
                             "--n", "2", "--output_dir", tmp_path / "out"], tmp_path)  # fmt: skip
     assert line == f"sibo analyze: error: --output_dir {tmp_path / 'out'} is a file, not a folder"
+
+
+@pytest.mark.integration
+def test_a_folder_holding_only_git_is_no_analysis_and_overwrite_keeps_its_git(root, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / ".git").mkdir(parents=True)
+    (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    argv = ["analyze", "--base_model", root / "base4", "--data", root / "records.json", "--output_dir", out]
+    line = refused(capsys, [*argv, "--n", "2"], out)
+    assert line == (
+        f"sibo analyze: error: --output_dir {out} already holds files (.git), not written by a sibo run: "
+        "choose an empty or new --output_dir"
+    )
+    (out / RESULTS_FILE).write_text("{}")  # an analysis written there before sibo_run.json: its only file
+    assert run(capsys, [*argv, "--n", "2"])[0] == 0
+    assert run(capsys, [*argv, "--n", "3", "--overwrite"])[0] == 0
+    assert (out / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert json.loads((out / RESULTS_FILE).read_text())["n"] == 3

@@ -77,11 +77,14 @@ def test_a_rerun_scores_again_unless_the_summary_is_this_very_scoring(workspace,
     stamp = summary.stat().st_mtime_ns
     assert _sweep(workspace, output_dir, "--eval_limit", "2") == 0  # the same scoring: read, not redone
     assert summary.stat().st_mtime_ns == stamp
+    answers = summary.parent / "AddSub.jsonl"
+    answers.write_text(answers.read_text().replace('"output": "', '"output": "STALE'))
     assert _sweep(workspace, output_dir) == 0  # every question now: the two scored resume, the third is new
     assert json.loads(summary.read_text())["datasets"]["AddSub"]["n"] == 3
+    assert answers.read_text().count('"output": "STALE') == 2  # resumed, not decoded again
     assert _sweep(workspace, output_dir, "--max_new_tokens", "5") == 0  # other decoding: scored again
     assert json.loads(summary.read_text())["run"]["max_new_tokens"] == 5
-    answers = summary.parent / "AddSub.jsonl"
+    assert "STALE" not in answers.read_text()
     answers.write_text(answers.read_text().replace('"output": "', '"output": "STALE'))
     assert _sweep(workspace, output_dir, "--max_new_tokens", "5", "--overwrite") == 0  # a new adapter
     assert "STALE" not in answers.read_text()  # its answers, none of the earlier adapter's resumed

@@ -11,6 +11,7 @@ import pytest
 from fault_checks import finetune_args, refused, run, snapshot
 
 from sibo.cli import main as sibo_main
+from sibo.output_dir import claim_output_dir
 from sibo.train.guards import StopOnInterrupt
 from sibo.train.resume import resolve_resume
 
@@ -192,3 +193,31 @@ def test_a_finished_run_trains_on_with_the_command_its_message_names(root, tmp_p
     code, _, err = run(capsys, [*longer, "--resume_from_checkpoint", "latest"])
     assert code == 0, err
     assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 3
+
+
+@pytest.mark.integration
+def test_a_plain_trainer_output_folder_is_not_a_sibo_run(root, tmp_path, capsys):
+    out = tmp_path / "trainer_out"
+    (out / "checkpoint-1").mkdir(parents=True)
+    (out / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": 1}')
+    for extra in ([], ["--overwrite"]):
+        line = refused(capsys, finetune_args(root, out, "--max_steps", "1", *extra), out)
+        assert line == (
+            f"sibo finetune: error: --output_dir {out} already holds files (checkpoint-1), not written by a "
+            "sibo run: choose an empty or new --output_dir"
+        )
+
+
+@pytest.mark.integration
+def test_overwrite_never_deletes_one_of_several_data_sources(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    claim_output_dir(out, "finetune", {"lora_r": 8})  # a run killed before it ended: it owns what came after
+    more = out / "more.json"
+    more.write_bytes((root / "records.json").read_bytes())
+    argv = finetune_args(root, out, "--max_steps", "1", "--overwrite")
+    argv[argv.index("--data_path") + 1] = f"{root / 'records.json'},{more}"
+    line = refused(capsys, argv, out)
+    assert line == (
+        f"sibo finetune: error: --output_dir {out} holds a sibo finetune run whose {more} this finetune reads "
+        f"(--data_path {more}): replacing that run would delete it; choose another --output_dir"
+    )

@@ -264,6 +264,9 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
+        if self.output_dir.is_symlink() and self.output_dir.is_dir():
+            # the export is staged beside its folder and renamed into place: beside the link's target, not the link
+            self.output_dir = self.output_dir.resolve()
         if self.format not in FORMATS:
             raise InputError(f"unknown export format {self.format!r}: use one of {FORMATS}")
         self.check_output_dir()

@@ -62,9 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     verbose = bool(argv) and argv[0] in VERBOSE_FLAGS
     argv = argv[1:] if verbose else argv
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # an error: its usage goes where errors go
+        print(_usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(_usage())
-        return 0 if argv else 2
+        return 0
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
         print(f"sibo: unknown verb {verb!r}\n{_usage()}", file=sys.stderr)
@@ -88,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sibo {verb}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of stdout left (`sibo generate … | head`): stop quietly, as a SIGPIPE would
+        silence_stdout()
+        return 141  # 128 + SIGPIPE (13), a shell's code for a pipeline's writer stopped this way
     except Exception as error:
         line = fault_line(error)
         if line is None:
@@ -106,10 +113,22 @@ def _run_verb(module, verb: str, rest: list[str], verbose: bool) -> int:
         return module.run(args) or 0
 
 
+def silence_stdout() -> None:
+    """Point stdout at the null device: what is still buffered for a reader that left goes nowhere, not into
+    an "Exception ignored" line at exit. In-process callers (tests) whose stdout has no descriptor keep it."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, descriptor)
+    os.close(null)
+
+
 def fault_line(error: BaseException) -> str | None:
     """One line for a fault of the machine, not of sibo: a full disk, whatever library raised it (errno
-    ENOSPC, or only its words, as the tokenizers library's plain Exception), or a folder sibo may not
-    write (read-only file system, permission denied). None: not such a fault."""
+    ENOSPC, or only its words, as the tokenizers library's plain Exception), a read-only file system, or a
+    file sibo may not read or write (permission denied: an open does not say which). None: not such a fault."""
     where = getattr(error, "filename", None)
     if (
         isinstance(error, OSError)
@@ -117,8 +136,10 @@ def fault_line(error: BaseException) -> str | None:
         or ("No space left on device" in str(error) or "Disk quota exceeded" in str(error))
     ):
         return f"disk full: could not write {where or f'a file ({first_line(error)[:200]})'}"
-    if isinstance(error, OSError) and error.errno in UNWRITABLE:
+    if isinstance(error, OSError) and error.errno == errno.EROFS:
         return f"cannot write {where or 'a file'}: {error.strerror}"
+    if isinstance(error, OSError) and error.errno in UNWRITABLE:  # EACCES, EPERM: reading or writing
+        return f"cannot access {where or 'a file'}: {error.strerror}"
     return None
 
 

@@ -38,6 +38,9 @@ class AbbreviatedConfigFlag(argparse.Action):
         raise InputError(f"{CONFIG_FLAG} must be written in full: its file is read before the other flags")
 
 
+# In a run_config.json's "config" block, what the run did to its folder, not a setting of the run: replayed, the
+# next run would delete the recorded run's folder (--overwrite) or resume it (--resume_from_checkpoint)
+FOLDER_ACTIONS = ("overwrite", "resume_from_checkpoint")
 MAX_FILE_BYTES = 1 << 20  # a flags file is a few hundred bytes; anything near this is not one
 MAX_LIST_ITEMS = 10_000  # target_modules of the largest models are a few hundred names
 
@@ -78,7 +81,8 @@ def config_file_arguments(parser: argparse.ArgumentParser, path: str) -> list[st
 
 
 def read_settings(path: str) -> dict:
-    """The file's key: value mapping (run_config.json's "config" block); one line naming the file if it is bad."""
+    """The file's key: value mapping (run_config.json's "config" block, its FOLDER_ACTIONS left out); one line
+    naming the file if it is bad."""
     file = Path(path)
     if not file.is_file():
         raise InputError(f"{CONFIG_FLAG} {path}: no such file")
@@ -92,7 +96,7 @@ def read_settings(path: str) -> dict:
     else:
         settings = _read_yaml(file)
     if isinstance(settings, dict) and isinstance(settings.get("config"), dict):
-        settings = settings["config"]
+        settings = {key: value for key, value in settings["config"].items() if key not in FOLDER_ACTIONS}
     if settings is None:
         return {}
     if not isinstance(settings, dict):

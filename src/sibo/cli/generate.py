@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sibo.checkpoint.config import MODEL_FLAG_SPELLINGS, DecodingMerge, ModelConfig
-from sibo.cli._flags import ArgumentParser, add_dataclass_flags, dataclass_values, str2bool
+from sibo.cli._flags import BOOL_METAVAR, ArgumentParser, add_dataclass_flags, dataclass_values, str2bool
 from sibo.decode.listen import ServeConfig
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings
 from sibo.errors import InputError
@@ -69,7 +69,8 @@ def build_parser() -> ArgumentParser:
         group="decoding",
     )
     # upstream's spelling of --share
-    parser.add_argument("--share_gradio", dest="share", type=str2bool, default=False, help=argparse.SUPPRESS)
+    parser.add_argument("--share_gradio", dest="share", type=str2bool, nargs="?", const=True, default=False,
+                        metavar=BOOL_METAVAR, help=argparse.SUPPRESS)  # fmt: skip
     return parser
 
 
@@ -108,4 +109,5 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()  # here, not at exit: a reader that left is main's BrokenPipeError, not a late warning
     return 0

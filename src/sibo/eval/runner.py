@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,7 @@ from sibo.eval.results import (
 )
 from sibo.eval.tasks import Example, Task, load_examples
 from sibo.files import EVAL_RUN_FILE, SUMMARY_FILE, read_json, write_json
-from sibo.output_dir import claim_output_dir, hold_output_dir
+from sibo.output_dir import claim_output_dir, files_named, hold_output_dir
 from sibo.progress import bar
 from sibo.prompts import CHAT, PromptTemplate
 
@@ -103,13 +104,15 @@ def evaluate(
     benchmarks: list[tuple[Task, list[Example]]] | None = None,
     run_info: dict | None = None,
     shard: Shard | None = None,
+    replace_changed: bool = False,
 ) -> dict[str, DatasetResult]:
-    """Score every benchmark (resuming any earlier run in config.output_dir); {dataset: result}."""
+    """Score every benchmark (resuming an earlier run of these settings in config.output_dir); {dataset:
+    result}. `replace_changed`: the folder is a study's own, whose run of other settings is replaced."""
     shard = shard or Shard()
     benchmarks = benchmarks if benchmarks is not None else load_benchmarks(config)
     run = run_record(config, run_info)
     if shard.is_main:
-        claim_eval_dir(config, run, dry_run=True)
+        claim_eval_dir(config, run, dry_run=True, replace_changed=replace_changed)
     overlap = contamination.overlap_report(benchmarks, config.exclude_seen) if config.train_data else {}
     if config.exclude_seen:
         benchmarks = contamination.unseen_only(benchmarks)
@@ -123,7 +126,7 @@ def evaluate(
             check_fits_context(model, longest, budget, f"{task.name} example {index}: its prompt")
     with hold_output_dir(config.output_dir) if shard.is_main else nullcontext():
         if shard.is_main:
-            claim_eval_dir(config, run)
+            claim_eval_dir(config, run, replace_changed=replace_changed)
         shard.barrier()
         results = {}
         for task, examples in benchmarks:
@@ -191,7 +194,9 @@ def run_record(config: EvalConfig, run_info: dict | None) -> dict:
     }
 
 
-def claim_eval_dir(config: EvalConfig, run: dict, dry_run: bool = False) -> None:
+def claim_eval_dir(
+    config: EvalConfig, run: dict, dry_run: bool = False, replace_changed: bool = False
+) -> None:
     """output_dir must be empty, this run's earlier results (resumed), or handed over with --overwrite;
     refused in one line otherwise (see sibo.output_dir.claim_output_dir). `dry_run` writes nothing."""
     reads = [("--data_dir", config.data_dir)] + [
@@ -199,17 +204,19 @@ def claim_eval_dir(config: EvalConfig, run: dict, dry_run: bool = False) -> None
     ]
     if config.train_data is not None:
         reads.append(("--train_data", config.train_data))
-    claim_output_dir(
-        config.output_dir, VERB, run, config.overwrite, dry_run=dry_run, legacy=_legacy_results, reads=reads
-    )
+    claim_output_dir(config.output_dir, VERB, run, config.overwrite, dry_run=dry_run, legacy=_legacy_results,
+                     reads=reads, replace_changed=replace_changed)  # fmt: skip
     if not dry_run:
         write_json(config.output_dir / RUN_FILE, run)
+
+
+_LEGACY_RESULTS = (RUN_FILE, SUMMARY_FILE, "*.jsonl", "*.jsonl.tmp")  # what evaluate wrote before RUN_MARKER
 
 
 def _legacy_results(directory: Path) -> dict | None:
     """An evaluate folder written before sibo.output_dir.RUN_MARKER: run.json, summary.json and results only."""
     own = all(
-        entry.name in (RUN_FILE, SUMMARY_FILE) or entry.name.endswith((".jsonl", ".jsonl.tmp"))
+        any(fnmatch(entry.name, pattern) for pattern in _LEGACY_RESULTS)
         for entry in directory.iterdir()
         if not entry.name.startswith(".")
     )
@@ -219,7 +226,8 @@ def _legacy_results(directory: Path) -> dict | None:
         run = read_json(directory / RUN_FILE)
     except InputError:
         run = None  # a run.json torn by a full disk: its settings are unknown
-    return {"verb": VERB, "settings": run if isinstance(run, dict) else None}
+    wrote = files_named(directory, _LEGACY_RESULTS)  # a hidden entry (.git) is the user's
+    return {"verb": VERB, "settings": run if isinstance(run, dict) else None, "wrote": wrote}
 
 
 def evaluate_dataset(

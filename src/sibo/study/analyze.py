@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from sibo.checkpoint.config import BaseModelSource, CpuThreads, ModelDtype, check_threads, resolve_base_model
 from sibo.errors import InputError
 from sibo.files import ANALYZE_PLOT_FILE, ANALYZE_RESULTS_FILE, write_atomically
-from sibo.output_dir import claim_output_dir, hold_output_dir
+from sibo.output_dir import claim_output_dir, files_named, hold_output_dir
 from sibo.progress import bar
 from sibo.prompts import build_prompt
 from sibo.study.plots import pyplot, save_figure
@@ -214,9 +214,12 @@ def claim_analyze_dir(config: AnalyzeConfig, dry_run: bool = False) -> None:
 
 
 def _legacy_analysis(directory: Path) -> dict | None:
-    """A folder an analysis wrote before sibo.output_dir.RUN_MARKER: analyze.json and analyze.png only."""
+    """A folder an analysis wrote before sibo.output_dir.RUN_MARKER: analyze.json (and analyze.png), beside
+    nothing but hidden entries (.git), which stay the user's."""
     names = {entry.name for entry in directory.iterdir() if not entry.name.startswith(".")}
-    return {"verb": "analyze", "settings": None} if names <= {RESULTS_FILE, PLOT_FILE} else None
+    if RESULTS_FILE not in names or not names <= {RESULTS_FILE, PLOT_FILE}:
+        return None
+    return {"verb": "analyze", "settings": None, "wrote": files_named(directory, (RESULTS_FILE, PLOT_FILE))}
 
 
 def plot_similarity(similarity: dict[str, list[float]], file: Path, title: str = "") -> None:

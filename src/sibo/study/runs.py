@@ -62,7 +62,6 @@ def train_and_score(
     if finetune_config is not None:
         trained = not train_adapter(finetune_config, callbacks).get("finished", False)
         adapter_dir = str(finetune_config.output_dir)
-    eval_config = replace(eval_config, overwrite=True)  # never a user's folder: this run's own scores
     if trained and eval_config.output_dir.is_dir():  # answers of an earlier adapter at this path: not resumed
         clear_output_dir(eval_config.output_dir)
     run_info = {"base_model": base_model, "weights_path": adapter_dir}
@@ -78,4 +77,7 @@ def train_and_score(
     if device is not None:
         model.to(device)
     eval_config = replace(eval_config, template=template.name)
-    return evaluate(model, tokenizer, eval_config, benchmarks=benchmarks, run_info=run_info)
+    # never a user's folder: this run's own scores, resumed with these settings and replaced with others
+    return evaluate(
+        model, tokenizer, eval_config, benchmarks=benchmarks, run_info=run_info, replace_changed=True
+    )

@@ -27,11 +27,14 @@ import torch
 from safetensors import SafetensorError
 from transformers import TrainerCallback
 
+from sibo.data_sources import split_sources
 from sibo.errors import InputError, Interrupted
-from sibo.files import RUN_CONFIG_FILE, TRAIN_METRICS_FILE, disk_full, read_json
-from sibo.output_dir import claim_output_dir, describe_contents, hold_output_dir, is_main_process
+from sibo.eval.during_training import ACCURACY_DIR
+from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, disk_full, read_json
+from sibo.output_dir import claim_output_dir, describe_contents, files_named, hold_output_dir, is_main_process
+from sibo.prompts import TEMPLATE_FILE
 from sibo.train.config import FinetuneConfig
-from sibo.train.resume import find_latest_checkpoint
+from sibo.train.resume import CHECKPOINT_PREFIX, find_latest_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,14 @@ SHAPE_SETTINGS = ("base_model", "adapter_name", "lora_r", "lora_alpha", "target_
                   "modules_to_save", "loraplus_lr_ratio", "optim")  # fmt: skip
 
 
+# What finetune writes in its folder (the adapter and its card, the tokenizer, the run's records, Trainer's
+# checkpoints, arguments and logs): in a folder it wrote before RUN_MARKER, any other file is the user's.
+_RUN_FILES = ("adapter_config.json", "adapter_model.*", "README.md", "training_args.bin", "tokenizer*",
+              "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt", "chat_template.*",
+              TEMPLATE_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, EVAL_METRICS_FILE, f"{CHECKPOINT_PREFIX}-*",
+              ACCURACY_DIR, "runs")  # fmt: skip
+
+
 def run_settings(config: FinetuneConfig) -> dict:
     """The settings that make a run what it is (recorded in the output folder's RUN_MARKER)."""
     return {key: value for key, value in asdict(config).items() if key not in _NOT_SETTINGS}
@@ -62,7 +73,8 @@ def claim_run_dir(config: FinetuneConfig, dry_run: bool = False) -> dict | None:
     may_differ = _NOT_SETTINGS + (
         tuple(key for key in settings if key not in SHAPE_SETTINGS) if resuming else ()
     )
-    reads = [("--data_path", config.data_path), ("--base_model", config.base_model)]
+    reads = [("--data_path", path) for path, _, _ in split_sources(config.data_path)]
+    reads.append(("--base_model", config.base_model))
     if config.resume_from_checkpoint not in (None, "latest"):
         reads.append(("--resume_from_checkpoint", config.resume_from_checkpoint))
     previous = claim_output_dir(
@@ -100,17 +112,18 @@ def finished_metrics(config: FinetuneConfig, previous: dict | None) -> dict | No
 
 
 def _legacy_run(directory: Path) -> dict | None:
-    """A finetune folder written before RUN_MARKER existed: checkpoints and/or a final adapter with its
-    run config; its settings are the run config's (or, with checkpoints only, taken as this run's)."""
-    if describe_contents(directory).startswith("a model") or not (
-        (directory / RUN_CONFIG_FILE).is_file() or any(directory.glob("checkpoint-*"))
-    ):
+    """A finetune folder written before RUN_MARKER existed: its run config (a plain Trainer's checkpoints are
+    not sibo's) beside its adapter and checkpoints; its settings are the run config's (unreadable: taken as
+    this run's). It wrote the files finetune writes (_RUN_FILES), no other."""
+    if describe_contents(directory).startswith("a model") or not (directory / RUN_CONFIG_FILE).is_file():
         return None
+    wrote = files_named(directory, _RUN_FILES)
     try:
         stored = read_json(directory / RUN_CONFIG_FILE)["config"]
     except (InputError, KeyError, TypeError):
-        return {"verb": VERB, "settings": None}
-    return {"verb": VERB, "settings": {k: v for k, v in stored.items() if k not in _NOT_SETTINGS}}
+        return {"verb": VERB, "settings": None, "wrote": wrote}
+    settings = {k: v for k, v in stored.items() if k not in _NOT_SETTINGS}
+    return {"verb": VERB, "settings": settings, "wrote": wrote}
 
 
 def last_checkpoint_words(output_dir: str) -> str:
