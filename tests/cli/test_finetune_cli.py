@@ -171,8 +171,7 @@ BAD_INPUTS = [
     ("data.json", json.dumps([RECORD] * 4), ["--cutoff_len", "8", "--train_on_inputs", "False"],
      "zero usable training records: every response is cut off at cutoff_len=8"),
     (None, "", [], "data file .*missing.json does not exist"),
-    # a Trainer's checkpoints without sibo's run_config.json: not a sibo run, refused with or without --overwrite
-    ("data.json", json.dumps([RECORD] * 4), [], r"already holds files \(checkpoint-10\), not written by a sibo run"),
+    ("data.json", json.dumps([RECORD] * 4), [], "already holds checkpoints of another run"),
 ]  # fmt: skip
 
 

@@ -196,19 +196,6 @@ def test_a_finished_run_trains_on_with_the_command_its_message_names(root, tmp_p
 
 
 @pytest.mark.integration
-def test_a_plain_trainer_output_folder_is_not_a_sibo_run(root, tmp_path, capsys):
-    out = tmp_path / "trainer_out"
-    (out / "checkpoint-1").mkdir(parents=True)
-    (out / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": 1}')
-    for extra in ([], ["--overwrite"]):
-        line = refused(capsys, finetune_args(root, out, "--max_steps", "1", *extra), out)
-        assert line == (
-            f"sibo finetune: error: --output_dir {out} already holds files (checkpoint-1), not written by a "
-            "sibo run: choose an empty or new --output_dir"
-        )
-
-
-@pytest.mark.integration
 def test_overwrite_never_deletes_one_of_several_data_sources(root, tmp_path, capsys):
     out = tmp_path / "run"
     claim_output_dir(out, "finetune", {"lora_r": 8})  # a run killed before it ended: it owns what came after
@@ -221,3 +208,16 @@ def test_overwrite_never_deletes_one_of_several_data_sources(root, tmp_path, cap
         f"sibo finetune: error: --output_dir {out} holds a sibo finetune run whose {more} this finetune reads "
         f"(--data_path {more}): replacing that run would delete it; choose another --output_dir"
     )
+
+
+@pytest.mark.integration
+def test_overwrite_of_a_folder_from_before_run_markers_deletes_only_finetunes_files(root, tmp_path, capsys):
+    out = tmp_path / "old_run"
+    (out / "checkpoint-7").mkdir(parents=True)
+    (out / "checkpoint-7" / "trainer_state.json").write_text('{"global_step": 7}')
+    (out / "notes.txt").write_text("the user's own file")
+    code, _, err = run(capsys, finetune_args(root, out, "--max_steps", "1", "--overwrite"))
+    assert code == 0, err
+    assert not (out / "checkpoint-7").exists()
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert json.loads((out / "train_metrics.json").read_text())["global_step"] == 1

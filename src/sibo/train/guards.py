@@ -112,10 +112,12 @@ def finished_metrics(config: FinetuneConfig, previous: dict | None) -> dict | No
 
 
 def _legacy_run(directory: Path) -> dict | None:
-    """A finetune folder written before RUN_MARKER existed: its run config (a plain Trainer's checkpoints are
-    not sibo's) beside its adapter and checkpoints; its settings are the run config's (unreadable: taken as
-    this run's). It wrote the files finetune writes (_RUN_FILES), no other."""
-    if describe_contents(directory).startswith("a model") or not (directory / RUN_CONFIG_FILE).is_file():
+    """A finetune folder written before RUN_MARKER existed: checkpoints and/or a final adapter with its run
+    config; its settings are the run config's (or, with checkpoints only, taken as this run's). It wrote the
+    files finetune writes (_RUN_FILES), no other."""
+    if describe_contents(directory).startswith("a model") or not (
+        (directory / RUN_CONFIG_FILE).is_file() or any(directory.glob(f"{CHECKPOINT_PREFIX}-*"))
+    ):
         return None
     wrote = files_named(directory, _RUN_FILES)
     try:
