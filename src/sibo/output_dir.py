@@ -50,6 +50,7 @@ def claim_output_dir(
     reads: Sequence[tuple[str, str | os.PathLike]] = (),
     defaults: dict | None = None,
     replace_changed: bool = False,
+    writes: Sequence[str] = (),
 ) -> dict | None:
     """Make `directory` this run's: returns the settings of this verb's earlier run there (resume), or None
     when the folder is new, empty, or handed over (and then what that run wrote deleted).
@@ -65,6 +66,8 @@ def claim_output_dir(
     slow part, then again under `hold_output_dir`). `legacy(directory)` recognises a folder this verb wrote
     before RUN_MARKER existed: it returns its marker, {"verb", "settings", "wrote"}, or None. `defaults`: each
     setting's default, what an earlier run's marker without that key (written before it existed) ran with.
+    `writes`: the names this verb writes (top entries, patterns as `files_named` reads them): if the run is
+    killed before it records what it wrote, only files so named count as its own, never one the user adds.
     """
     directory = Path(directory)
     check_folder_path(directory)
@@ -89,7 +92,7 @@ def claim_output_dir(
         changed = _changed(previous, verb, settings, may_differ, defaults or {})
         if not changed and not overwrite:
             if not dry_run:
-                _write_marker(directory, verb, settings, kept=_kept(directory, previous))
+                _write_marker(directory, verb, settings, _kept(directory, previous), writes)
             return previous["settings"] or {}
         _refuse_deleting_inputs(directory, previous, verb, reads)
         if not overwrite and not replace_changed:
@@ -103,7 +106,7 @@ def claim_output_dir(
     if dry_run:
         return None
     directory.mkdir(parents=True, exist_ok=True)
-    _write_marker(directory, verb, settings, kept=_kept(directory, None))
+    _write_marker(directory, verb, settings, _kept(directory, None), writes)
     return None
 
 
@@ -130,13 +133,17 @@ _CLAIMED: set[Path] = set()
 
 def owned_files(directory: Path, marker: dict) -> list[str]:
     """What the run behind `marker` wrote in `directory` (paths relative to it, the marker aside): the list
-    it recorded when it ended; while it runs (or after a kill) every file but those it found there; for a
-    marker written before sibo recorded this, every file (a legacy recogniser names its verb's own files)."""
+    it recorded when it ended; while it runs (or after a kill) every file but those it found there, of the
+    names its verb writes; for a marker written before sibo recorded this, every file (a legacy recogniser
+    names its verb's own files)."""
     now = _files(directory)
     if isinstance(marker.get("wrote"), list):
         return sorted(now & {str(name) for name in marker["wrote"]})
     if isinstance(marker.get("kept"), list):
-        return sorted(now - {str(name) for name in marker["kept"]})
+        new = now - {str(name) for name in marker["kept"]}
+        if isinstance(marker.get("writes"), list):
+            new = {name for name in new if _named(name, marker["writes"])}
+        return sorted(new)
     return sorted(now)
 
 
@@ -191,11 +198,11 @@ def user_files(directory: Path) -> list[str]:
 def files_named(directory: Path, patterns: Sequence[str]) -> list[str]:
     """The files under `directory` (relative) whose top entry's name matches one of `patterns` (a folder's:
     every file in it): what a legacy recogniser counts as its verb's, so a hand-over deletes only those."""
-    return sorted(
-        name
-        for name in _files(directory)
-        if any(fnmatch(name.split("/")[0], pattern) for pattern in patterns)
-    )
+    return sorted(name for name in _files(directory) if _named(name, patterns))
+
+
+def _named(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch(name.split("/")[0], str(pattern)) for pattern in patterns)
 
 
 def written_files(directory: Path) -> list[str]:
@@ -203,8 +210,14 @@ def written_files(directory: Path) -> list[str]:
     return sorted(_files(directory))
 
 
-def _write_marker(directory: Path, verb: str, settings: dict, kept: list[str]) -> None:
-    write_json(directory / RUN_MARKER, {"verb": verb, "settings": settings, "kept": kept}, default=str)
+def _write_marker(directory: Path, verb: str, settings: dict, kept: list[str], writes: Sequence[str]) -> None:
+    marker = {
+        "verb": verb,
+        "settings": settings,
+        "kept": kept,
+        **({"writes": list(writes)} if writes else {}),
+    }
+    write_json(directory / RUN_MARKER, marker, default=str)
     _CLAIMED.add(_resolved(directory))
 
 

@@ -10,7 +10,7 @@ import pytest
 from fault_checks import evaluate_args, finetune_args, refused, run, snapshot
 
 from sibo.errors import InputError
-from sibo.output_dir import RUN_MARKER, claim_output_dir, clear_output_dir, hold_output_dir
+from sibo.output_dir import RUN_MARKER, claim_output_dir, clear_output_dir, hold_output_dir, written_files
 from sibo.study.demo import prepare_output_dir
 
 
@@ -37,6 +37,28 @@ def test_a_killed_run_owns_every_file_but_those_it_found(tmp_path):
     (out / "AddSub.jsonl").write_text("{}\n")
     assert clear_output_dir(out) == ["AddSub.jsonl"]
     assert sorted(p.name for p in out.iterdir()) == [RUN_MARKER]
+
+
+def test_a_killed_run_owns_only_the_names_its_verb_writes(tmp_path):
+    out = tmp_path / "out"
+    claim_output_dir(
+        out, "evaluate", {"num_beams": 4}, writes=("*.jsonl",)
+    )  # no hold: killed before it ended
+    (out / "AddSub.jsonl").write_text("{}\n")
+    (out / "NOTES.txt").write_text("the user's, added after the kill")
+    claim_output_dir(out, "evaluate", {"num_beams": 1}, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["NOTES.txt", RUN_MARKER]
+
+
+@pytest.mark.integration
+def test_the_names_finetune_and_evaluate_declare_cover_every_file_they_write(root, tmp_path, capsys):
+    train, scored = tmp_path / "run", tmp_path / "eval"
+    argv = finetune_args(root, train, "--max_steps", "2", "--save_step", "1", "--eval_step", "1")
+    argv[argv.index("--val_set_size") + 1] = "2"
+    assert run(capsys, argv)[0] == 0
+    assert run(capsys, evaluate_args(root, scored, train))[0] == 0
+    for out in (train, scored):  # a finished run records what it wrote, as its declared names select it
+        assert json.loads((out / RUN_MARKER).read_text())["wrote"] == written_files(out)
 
 
 @pytest.mark.integration

@@ -205,18 +205,18 @@ def claim_eval_dir(
     if config.train_data is not None:
         reads.append(("--train_data", config.train_data))
     claim_output_dir(config.output_dir, VERB, run, config.overwrite, dry_run=dry_run, legacy=_legacy_results,
-                     reads=reads, replace_changed=replace_changed)  # fmt: skip
+                     reads=reads, replace_changed=replace_changed, writes=_RESULT_FILES)  # fmt: skip
     if not dry_run:
         write_json(config.output_dir / RUN_FILE, run)
 
 
-_LEGACY_RESULTS = (RUN_FILE, SUMMARY_FILE, "*.jsonl", "*.jsonl.tmp")  # what evaluate wrote before RUN_MARKER
+_RESULT_FILES = (RUN_FILE, SUMMARY_FILE, "*.jsonl", "*.jsonl.tmp")  # what evaluate writes in its folder
 
 
 def _legacy_results(directory: Path) -> dict | None:
     """An evaluate folder written before sibo.output_dir.RUN_MARKER: run.json, summary.json and results only."""
     own = all(
-        any(fnmatch(entry.name, pattern) for pattern in _LEGACY_RESULTS)
+        any(fnmatch(entry.name, pattern) for pattern in _RESULT_FILES)
         for entry in directory.iterdir()
         if not entry.name.startswith(".")
     )
@@ -226,7 +226,7 @@ def _legacy_results(directory: Path) -> dict | None:
         run = read_json(directory / RUN_FILE)
     except InputError:
         run = None  # a run.json torn by a full disk: its settings are unknown
-    wrote = files_named(directory, _LEGACY_RESULTS)  # a hidden entry (.git) is the user's
+    wrote = files_named(directory, _RESULT_FILES)  # a hidden entry (.git) is the user's
     return {"verb": VERB, "settings": run if isinstance(run, dict) else None, "wrote": wrote}
 
 

@@ -207,7 +207,7 @@ def claim_analyze_dir(config: AnalyzeConfig, dry_run: bool = False) -> None:
     settings = {key: value for key, value in asdict(config).items() if key not in ("output_dir", "overwrite")}
     claim_output_dir(
         config.output_dir, "analyze", json.loads(json.dumps(settings, default=str)), config.overwrite,
-        dry_run=dry_run, legacy=_legacy_analysis,
+        dry_run=dry_run, legacy=_legacy_analysis, writes=(RESULTS_FILE, PLOT_FILE),
         reads=[("--data", config.data), ("--base_model", config.base_model)]
         + [("--weights_path", path) for path in config.weights_paths],
     )  # fmt: skip

@@ -156,7 +156,7 @@ def prepare_output_dir(output_dir: Path, base_model: Path) -> None:
     """Start clean, but only ever delete what an earlier demo wrote, saying what: files the user added
     there (`eval/again`, the demo's suggested command) stay."""
     refuse_replacing(output_dir, VERB, [("--base_model", base_model)])
-    claim_output_dir(output_dir, VERB, {}, may_differ=None, legacy=_legacy_demo)
+    claim_output_dir(output_dir, VERB, {}, may_differ=None, legacy=_legacy_demo, writes=sorted(_OWN_ENTRIES))
     gone = clear_output_dir(output_dir)  # the claim's marker counts the earlier demo's files as not kept
     if gone:
         tops = sorted({name.split("/")[0] + ("/" if "/" in name else "") for name in gone})

@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import TrainerCallback
 
+from sibo.checkpoint.sibo_config import SIBO_CONFIG_FILE
 from sibo.data_sources import split_sources
 from sibo.errors import InputError, Interrupted
 from sibo.eval.during_training import ACCURACY_DIR
@@ -52,11 +53,11 @@ SHAPE_SETTINGS = ("base_model", "adapter_name", "lora_r", "lora_alpha", "target_
 
 
 # What finetune writes in its folder (the adapter and its card, the tokenizer, the run's records, Trainer's
-# checkpoints, arguments and logs): in a folder it wrote before RUN_MARKER, any other file is the user's.
-_RUN_FILES = ("adapter_config.json", "adapter_model.*", "README.md", "training_args.bin", "tokenizer*",
-              "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt", "chat_template.*",
-              TEMPLATE_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, EVAL_METRICS_FILE, f"{CHECKPOINT_PREFIX}-*",
-              ACCURACY_DIR, "runs")  # fmt: skip
+# checkpoints, arguments and logs): any other file there is the user's, even after a killed run.
+_RUN_FILES = ("adapter_config.json", "adapter_model.*", SIBO_CONFIG_FILE, "README.md", "training_args.bin",
+              "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.*", "merges.txt",
+              "chat_template.*", TEMPLATE_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, EVAL_METRICS_FILE,
+              f"{CHECKPOINT_PREFIX}-*", ACCURACY_DIR, "runs")  # fmt: skip
 
 
 def run_settings(config: FinetuneConfig) -> dict:
@@ -86,6 +87,7 @@ def claim_run_dir(config: FinetuneConfig, dry_run: bool = False) -> dict | None:
         dry_run,
         legacy=_legacy_run,
         reads=reads,
+        writes=_RUN_FILES,
         # a folder finished before a setting existed ran with its default: rerun with it, it is the same run
         defaults={field.name: field.default for field in fields(FinetuneConfig)},
     )
