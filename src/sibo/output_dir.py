@@ -3,11 +3,10 @@
 - `claim_output_dir`: a verb writes only into an empty folder, its own earlier run (same
   settings), or one handed over with --overwrite; never into a folder holding a model, a dataset or
   another run's files. `RUN_MARKER` records who owns it and, once the run ends, every file it wrote
-  (while it runs: the files it found there), so --overwrite deletes exactly those — never a file the
-  user added beside them, nor one the same command reads (refused, naming it).
-- `hold_output_dir`: an OS lock on the folder for the whole run (filelock: flock, LockFileEx, or
-  its soft lock where neither exists); a second run on the same folder stops at once, naming the
-  holder's pid. Its exit records what the run wrote.
+  (while it runs: the new files of the names its verb writes), so --overwrite deletes exactly those —
+  never a file the user added beside them, nor one the same command reads (refused, naming it).
+- `hold_output_dir`: an OS lock on the folder for the whole run (sibo.folder_lock); a second run on the
+  same folder stops at once, naming the holder's pid. Its exit records what the run wrote.
 """
 
 from __future__ import annotations
@@ -20,13 +19,11 @@ from contextlib import contextmanager
 from fnmatch import fnmatch
 from pathlib import Path
 
-from filelock import BaseFileLock, FileLock, Timeout, UnixFileLock, WindowsFileLock
-
 from sibo.errors import InputError
-from sibo.files import UNWRITABLE, write_json
+from sibo.files import write_json
+from sibo.folder_lock import LOCK_FILE, check_unlocked, take_lock
 
 RUN_MARKER = "sibo_run.json"  # {"verb", "settings", "wrote" | "kept"}: which run owns a folder, what it wrote
-LOCK_FILE = ".sibo.lock"  # locked while a run writes the folder; its first line is the holder's pid
 
 # What marks a folder as someone else's: the first match names it in the refusal.
 _FOREIGN = (
@@ -72,7 +69,7 @@ def claim_output_dir(
     directory = Path(directory)
     check_folder_path(directory)
     if dry_run and is_main_process():  # the other ranks' check may come after rank 0 took the lock
-        _check_unlocked(directory)
+        check_unlocked(directory)
     entries = _entries(directory)
     previous = _read_marker(directory) if entries else None
     if entries and previous is None and legacy is not None:
@@ -339,7 +336,7 @@ def hold_output_dir(
     check_folder_path(directory)
     path = Path(lock_file) if lock_file is not None else directory / LOCK_FILE
     created = not path.parent.exists()
-    lock = _take_lock(directory, path)
+    lock = take_lock(directory, path)
     try:
         yield
     finally:
@@ -367,70 +364,6 @@ def check_folder_path(directory: Path) -> None:
             f"--output_dir {directory}: cannot write there "
             f"({'Read-only file system' if read_only else 'Permission denied'})"
         )
-
-
-# filelock's native locks (flock, LockFileEx) hand us the locked file to write our pid in; its soft lock,
-# used where Python has no fcntl, writes a marker whose first line is the pid already.
-_NATIVE = issubclass(FileLock, (UnixFileLock, WindowsFileLock))
-
-
-def _take_lock(directory: Path, path: Path) -> BaseFileLock:
-    """filelock's exclusive lock on `path` (its folder made), taken now or refused in one line: naming the
-    holder, or saying that sibo may not write there."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            lock = FileLock(
-                path, blocking=False, thread_local=False, on_acquired=_write_pid if _NATIVE else None
-            )
-            try:
-                lock.acquire()
-                return lock
-            except Timeout:
-                if path.is_file():  # else the holder removed it as we opened it: take a fresh one
-                    raise InputError(_in_use(directory, _holder(path))) from None
-    except OSError as error:
-        if error.errno not in UNWRITABLE:
-            raise
-        raise InputError(f"--output_dir {directory}: cannot write there ({error.strerror})") from None
-
-
-def _write_pid(descriptor: int) -> None:
-    """Name the holder in another run's refusal; a full disk leaves it out, the lock holds anyway."""
-    with contextlib.suppress(OSError):
-        os.ftruncate(descriptor, 0)
-        os.lseek(descriptor, 0, os.SEEK_SET)
-        os.write(descriptor, f"{os.getpid()}\n".encode())
-
-
-def _holder(path: Path) -> str:
-    """The pid on the lock file's first line ('' when it cannot be read)."""
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").partition("\n")[0].strip()
-    except OSError:
-        return ""
-
-
-def _check_unlocked(directory: Path) -> None:
-    """Refuse now, before the slow part, when another run holds the folder's lock."""
-    path = directory / LOCK_FILE
-    if not path.is_file():
-        return
-    probe = FileLock(path, blocking=False, thread_local=False)  # no pid written: the file keeps its holder's
-    try:
-        probe.acquire()
-    except Timeout:
-        if path.is_file():
-            raise InputError(_in_use(directory, _holder(path))) from None
-        return
-    probe.release()
-
-
-def _in_use(directory: Path, holder: str) -> str:
-    return (
-        f"--output_dir {directory} is in use by another sibo run (pid {holder or 'unknown'}): "
-        "wait for it to finish or choose another --output_dir"
-    )
 
 
 def is_main_process() -> bool:
