@@ -72,6 +72,13 @@ def claim_output_dir(
         check_unlocked(directory)
     entries = _entries(directory)
     previous = _read_marker(directory) if entries else None
+    if (
+        previous is not None
+        and previous["verb"] == verb
+        and not isinstance(previous.get("wrote"), list)
+        and writes
+    ):
+        previous = {**previous, "writes": list(writes)}  # a marker from before they were named: these names
     if entries and previous is None and legacy is not None:
         previous = legacy(directory)
     if entries and previous is None and (directory / RUN_MARKER).is_file():
@@ -131,16 +138,15 @@ _CLAIMED: set[Path] = set()
 def owned_files(directory: Path, marker: dict) -> list[str]:
     """What the run behind `marker` wrote in `directory` (paths relative to it, the marker aside): the list
     it recorded when it ended; while it runs (or after a kill) every file but those it found there, of the
-    names its verb writes; for a marker written before sibo recorded this, every file (a legacy recogniser
-    names its verb's own files)."""
+    names its verb writes; for a marker without either, every file of those names (without names, every file:
+    a legacy recogniser names its verb's own files)."""
     now = _files(directory)
     if isinstance(marker.get("wrote"), list):
         return sorted(now & {str(name) for name in marker["wrote"]})
     if isinstance(marker.get("kept"), list):
-        new = now - {str(name) for name in marker["kept"]}
-        if isinstance(marker.get("writes"), list):
-            new = {name for name in new if _named(name, marker["writes"])}
-        return sorted(new)
+        now -= {str(name) for name in marker["kept"]}
+    if isinstance(marker.get("writes"), list):
+        now = {name for name in now if _named(name, marker["writes"])}
     return sorted(now)
 
 
@@ -154,7 +160,12 @@ def record_written(directory: str | os.PathLike) -> None:
     marker = _read_marker(directory)
     if marker is None or "kept" not in marker:
         return
-    record = {"verb": marker["verb"], "settings": marker["settings"], "wrote": owned_files(directory, marker)}
+    new = owned_files(directory, {key: value for key, value in marker.items() if key != "writes"})
+    record = {
+        "verb": marker["verb"],
+        "settings": marker["settings"],
+        "wrote": new,
+    }  # all it wrote, as it ended
     if not record["wrote"] and not _files(directory):  # it stopped before writing: it leaves nothing behind
         (directory / RUN_MARKER).unlink(missing_ok=True)
         return
@@ -199,7 +210,11 @@ def files_named(directory: Path, patterns: Sequence[str]) -> list[str]:
 
 
 def _named(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch(name.split("/")[0], str(pattern)) for pattern in patterns)
+    """Whether `name`'s top entry matches a pattern, or is a half-written one (sibo.files.write_atomically)."""
+    top = name.split("/")[0]
+    if top.startswith(".") and top.endswith(".partial"):
+        top = top[1:].rpartition(".")[0].rpartition(".")[0]  # .NAME.XXXXXXXX.partial
+    return any(fnmatch(top, str(pattern)) for pattern in patterns)
 
 
 def written_files(directory: Path) -> list[str]:

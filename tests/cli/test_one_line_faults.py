@@ -188,3 +188,14 @@ def test_generate_into_a_pipe_its_reader_left_stops_quietly_with_141(root):
         os.close(writer)
     assert done.returncode == 141, done.stderr
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
+
+
+def test_a_broken_pipe_other_than_stdouts_is_not_a_quiet_exit(root, monkeypatch, capsys):
+    import sibo.cli.generate
+
+    def lost_worker(args):
+        raise BrokenPipeError(32, "Broken pipe")  # as a data worker's pipe, while stdout is fine
+
+    monkeypatch.setattr(sibo.cli.generate, "run", lost_worker)
+    with pytest.raises(BrokenPipeError):
+        run(capsys, ["generate", "--base_model", root / "base4", "--prompt", "Add 1 and 2."])

@@ -9,8 +9,9 @@ import json
 import pytest
 from fault_checks import evaluate_args, finetune_args, refused, run, snapshot
 
+import sibo.output_dir
 from sibo.errors import InputError
-from sibo.output_dir import RUN_MARKER, claim_output_dir, clear_output_dir, hold_output_dir, written_files
+from sibo.output_dir import RUN_MARKER, claim_output_dir, clear_output_dir, hold_output_dir, user_files
 from sibo.study.demo import prepare_output_dir
 
 
@@ -39,26 +40,55 @@ def test_a_killed_run_owns_every_file_but_those_it_found(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [RUN_MARKER]
 
 
-def test_a_killed_run_owns_only_the_names_its_verb_writes(tmp_path):
+def test_a_killed_run_owns_only_the_names_its_verb_writes_half_written_ones_included(tmp_path):
     out = tmp_path / "out"
-    claim_output_dir(
-        out, "evaluate", {"num_beams": 4}, writes=("*.jsonl",)
-    )  # no hold: killed before it ended
+    claim_output_dir(out, "evaluate", {"num_beams": 4}, writes=("*.jsonl", "summary.json"))  # no hold: killed
     (out / "AddSub.jsonl").write_text("{}\n")
+    (out / ".summary.json.k3x9q2ab.partial").write_text("{")  # write_atomically's, cut by the kill
     (out / "NOTES.txt").write_text("the user's, added after the kill")
-    claim_output_dir(out, "evaluate", {"num_beams": 1}, overwrite=True)
+    claim_output_dir(out, "evaluate", {"num_beams": 1}, overwrite=True, writes=("*.jsonl", "summary.json"))
     assert sorted(p.name for p in out.iterdir()) == ["NOTES.txt", RUN_MARKER]
 
 
+def test_a_marker_from_before_runs_listed_their_files_owns_only_the_verbs_names(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / RUN_MARKER).write_text(json.dumps({"verb": "evaluate", "settings": {"num_beams": 4}}))
+    (out / "AddSub.jsonl").write_text("{}\n")
+    (out / "NOTES.txt").write_text("mine")
+    claim_output_dir(out, "evaluate", {"num_beams": 1}, overwrite=True, writes=("*.jsonl",))
+    assert sorted(p.name for p in out.iterdir()) == ["NOTES.txt", RUN_MARKER]
+
+
+def test_a_run_that_ends_records_every_file_it_wrote_named_or_not(tmp_path):
+    out = tmp_path / "out"
+    with hold_output_dir(out):
+        claim_output_dir(out, "evaluate", {"num_beams": 4}, writes=("*.jsonl",))
+        (out / "AddSub.jsonl").write_text("{}\n")
+        (out / "emissions.csv").write_text("a tracker's, in output_dir")
+    assert json.loads((out / RUN_MARKER).read_text())["wrote"] == ["AddSub.jsonl", "emissions.csv"]
+
+
 @pytest.mark.integration
-def test_the_names_finetune_and_evaluate_declare_cover_every_file_they_write(root, tmp_path, capsys):
+def test_finetune_and_evaluate_killed_at_their_end_own_all_they_wrote_and_no_later_file(
+    root, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(sibo.output_dir, "record_written", lambda directory: None)  # as a kill: "kept" stays
     train, scored = tmp_path / "run", tmp_path / "eval"
     argv = finetune_args(root, train, "--max_steps", "2", "--save_step", "1", "--eval_step", "1")
     argv[argv.index("--val_set_size") + 1] = "2"
     assert run(capsys, argv)[0] == 0
     assert run(capsys, evaluate_args(root, scored, train))[0] == 0
-    for out in (train, scored):  # a finished run records what it wrote, as its declared names select it
-        assert json.loads((out / RUN_MARKER).read_text())["wrote"] == written_files(out)
+    for out in (train, scored):
+        assert "wrote" not in json.loads((out / RUN_MARKER).read_text())
+        assert user_files(out) == []  # each file the run wrote is of the names its verb declares
+        (out / "NOTES.txt").write_text("added after the kill")
+    code, _, err = run(capsys, [*argv, "--overwrite"])
+    assert code == 0, err
+    assert (train / "NOTES.txt").read_text() == "added after the kill"
+    code, _, err = run(capsys, [*evaluate_args(root, scored, train), "--overwrite"])
+    assert code == 0, err
+    assert (scored / "NOTES.txt").read_text() == "added after the kill"
 
 
 @pytest.mark.integration

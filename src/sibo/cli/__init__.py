@@ -13,6 +13,7 @@ import errno
 import importlib
 import logging
 import os
+import select
 import signal
 import sys
 import warnings
@@ -91,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sibo {verb}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # the reader of stdout left (`sibo generate … | head`): stop quietly, as a SIGPIPE would
-        silence_stdout()
-        return 141  # 128 + SIGPIPE (13), a shell's code for a pipeline's writer stopped this way
     except Exception as error:
+        if isinstance(error, BrokenPipeError) and stdout_reader_left():
+            # `sibo generate … | head`: stop quietly, as a SIGPIPE would (another pipe's fault is an error)
+            silence_stdout()
+            return 141  # 128 + SIGPIPE (13), a shell's code for a pipeline's writer stopped this way
         line = fault_line(error)
         if line is None:
             raise
@@ -111,6 +112,16 @@ def _run_verb(module, verb: str, rest: list[str], verbose: bool) -> int:
     args = module.build_parser().parse_args(rest)
     with console(verbose):
         return module.run(args) or 0
+
+
+def stdout_reader_left() -> bool:
+    """Whether stdout is a pipe whose reader closed it: polling its write end reports an error then."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or no descriptor (tests)
+        return False
 
 
 def silence_stdout() -> None:
