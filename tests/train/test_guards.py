@@ -199,7 +199,8 @@ def test_a_finished_run_trains_on_with_the_command_its_message_names(root, tmp_p
 def test_overwrite_never_deletes_one_of_several_data_sources(root, tmp_path, capsys):
     out = tmp_path / "run"
     claim_output_dir(out, "finetune", {"lora_r": 8})  # a run killed before it ended: it owns what came after
-    more = out / "more.json"
+    more = out / "checkpoint-1" / "more.json"  # in a folder of finetune's names: the killed run's
+    more.parent.mkdir()
     more.write_bytes((root / "records.json").read_bytes())
     argv = finetune_args(root, out, "--max_steps", "1", "--overwrite")
     argv[argv.index("--data_path") + 1] = f"{root / 'records.json'},{more}"
