@@ -12,7 +12,7 @@ from sibo.cli import main
 from sibo.cli.sweep import parse_config
 from sibo.errors import InputError
 from sibo.eval.config import EvalConfig
-from sibo.output_dir import LOCK_FILE, hold_output_dir
+from sibo.output_dir import LOCK_FILE, claim_output_dir, hold_output_dir
 from sibo.study.sweep import SweepRow, summarize, write_csv
 from sibo.study.sweep_config import SweepConfig
 from sibo.study.synthetic import write_records
@@ -307,3 +307,25 @@ def test_heldout_needs_lambda_zero_and_a_sweep_needs_something_to_score(workspac
         parse_config(
             _flags(workspace, workspace / "x", "--lambdas", "0", "--heldout", "3", "--margin", "0")[1:]
         )
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_overwrite_hands_a_sweep_the_folder_of_another_verbs_run(workspace, capsys):
+    output_dir = workspace / "was_finetune"
+    claim_output_dir(
+        output_dir, "finetune", {"lora_r": 8}, writes=("checkpoint-*",)
+    )  # killed before it ended
+    (output_dir / "checkpoint-1").mkdir()
+    (output_dir / "checkpoint-1" / "adapter_model.safetensors").write_text("its weights")
+    flags = _flags(workspace, output_dir, "--lambdas", "0")
+    assert main(flags) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"sibo sweep: error: --output_dir {output_dir} holds another finetune run (written by sibo finetune, "
+        "not sweep): pass --overwrite to replace it, or choose another --output_dir"
+    )
+    (output_dir / "notes.txt").write_text("mine, added after the kill")
+    assert main([*flags, "--overwrite"]) == 0, capsys.readouterr().err
+    assert not (output_dir / "checkpoint-1").exists()
+    assert (output_dir / "notes.txt").read_text() == "mine, added after the kill"
+    assert (output_dir / "sweep.csv").is_file()

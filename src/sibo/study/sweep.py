@@ -26,6 +26,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from sibo.data_sources import split_sources
 from sibo.eval.config import EvalConfig
 from sibo.eval.results import read_records
 from sibo.eval.runner import load_benchmarks
@@ -107,11 +108,21 @@ def sweep(config: SweepConfig) -> list[SweepRow]:
 
 def claim_sweep_dir(config: SweepConfig, dry_run: bool = False) -> None:
     """output_dir must be empty or an earlier sweep's (a rerun skips its finished runs; each run's own folder
-    guards its settings): never a folder holding the user's files, a model or data."""
-    reads = [("--data_path", config.finetune.data_path), ("--base_model", config.finetune.base_model)]
+    guards its settings), or handed over with --overwrite (every run trains again): never a folder holding
+    the user's files, a model or data."""
+    reads = [("--data_path", path) for path, _, _ in split_sources(config.finetune.data_path)]
+    reads.append(("--base_model", config.finetune.base_model))
     if config.evaluation is not None:
         reads.append(("--data_dir", config.evaluation.data_dir))
-    claim_output_dir(config.output_dir, "sweep", {}, may_differ=None, dry_run=dry_run, reads=reads)
+    claim_output_dir(
+        config.output_dir,
+        "sweep",
+        {},
+        config.finetune.overwrite,
+        may_differ=None,
+        dry_run=dry_run,
+        reads=reads,
+    )
 
 
 def run_one(
