@@ -25,7 +25,6 @@ from sibo.errors import InputError
 from sibo.prompts import build_prompt
 from sibo.study.synthetic import generate_problems
 from sibo.testing import build_tiny_model, build_tokenizer, write_training_state
-from sibo.train.config import gradient_accumulation_steps, warmup_warning
 from sibo.train.recipe import (
     FinetuneConfig,
     find_latest_checkpoint,
@@ -33,8 +32,10 @@ from sibo.train.recipe import (
     is_complete_checkpoint,
     setup,
     training_arguments,
+    warmup_warning,
 )
 from sibo.train.resume import resolve_resume
+from sibo.train.setup import gradient_accumulation_steps
 
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 # 1 thread per process: tiny models gain nothing from more, and the test machine is shared.

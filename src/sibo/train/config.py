@@ -415,36 +415,6 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
                 )
 
 
-def gradient_accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) -> int:
-    """batch_size / (micro_batch_size × world_size), which must be a whole number."""
-    per_step = micro_batch_size * world_size
-    if batch_size % per_step:
-        raise InputError(
-            f"--batch_size {batch_size} is not a multiple of --micro_batch_size {micro_batch_size} × "
-            f"{world_size} process(es) = {per_step}"
-        )
-    return batch_size // per_step
-
-
-def warmup_warning(warmup_steps: int, planned_steps: int, learning_rate: float) -> str | None:
-    """One line when the linear warm-up takes half the run or more, and so what the learning rate reaches:
-    a short run with upstream's --warmup_steps 100 trains at a fraction of --learning_rate throughout."""
-    if planned_steps < 1 or 2 * warmup_steps < planned_steps:
-        return None
-    fix = "lower --warmup_steps for a run this short"
-    if warmup_steps >= planned_steps:
-        # the last of steps 0 … n-1 runs at lr × (n-1)/warmup
-        reached = learning_rate * (planned_steps - 1) / warmup_steps
-        return (
-            f"--warmup_steps {warmup_steps} ≥ the {planned_steps} planned steps: the learning rate only climbs "
-            f"to {reached:.3g} of --learning_rate {learning_rate:g}; {fix}"
-        )
-    return (
-        f"--warmup_steps {warmup_steps} is at least half the {planned_steps} planned steps: the learning rate "
-        f"reaches {learning_rate:g} only at step {warmup_steps}, then decays to 0 by step {planned_steps}; {fix}"
-    )
-
-
 def _check_logged_metric(metric: str, eval_datasets: str) -> None:
     """--metric_for_best_model must be in every evaluation's metrics, read as transformers reads it (eval_ put
     before a name without it): the validation loss, and each --eval_datasets benchmark's accuracy."""

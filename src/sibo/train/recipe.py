@@ -29,7 +29,7 @@ from sibo.eval.during_training import accuracy_curve
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
 from sibo.prompts import write_template
 from sibo.train.card import adapter_card, write_adapter_card
-from sibo.train.config import FinetuneConfig, warmup_warning
+from sibo.train.config import FinetuneConfig
 from sibo.train.early_stopping import early_stopping, stopped_early
 from sibo.train.guards import claim_run_dir, finished_metrics, guarded_output_dir, guarded_training
 from sibo.train.loraplus import LoraPlusTrainer
@@ -178,6 +178,25 @@ class WarmupCheck(TrainerCallback):
 
 
 # ---------------------------------------------------------------- save
+
+
+def warmup_warning(warmup_steps: int, planned_steps: int, learning_rate: float) -> str | None:
+    """One line when the linear warm-up takes half the run or more, and so what the learning rate reaches:
+    a short run with upstream's --warmup_steps 100 trains at a fraction of --learning_rate throughout."""
+    if planned_steps < 1 or 2 * warmup_steps < planned_steps:
+        return None
+    fix = "lower --warmup_steps for a run this short"
+    if warmup_steps >= planned_steps:
+        # the last of steps 0 … n-1 runs at lr × (n-1)/warmup
+        reached = learning_rate * (planned_steps - 1) / warmup_steps
+        return (
+            f"--warmup_steps {warmup_steps} ≥ the {planned_steps} planned steps: the learning rate only climbs "
+            f"to {reached:.3g} of --learning_rate {learning_rate:g}; {fix}"
+        )
+    return (
+        f"--warmup_steps {warmup_steps} is at least half the {planned_steps} planned steps: the learning rate "
+        f"reaches {learning_rate:g} only at step {warmup_steps}, then decays to 0 by step {planned_steps}; {fix}"
+    )
 
 
 def save(run: Run, trainer: Trainer) -> dict:

@@ -24,7 +24,7 @@ from sibo.errors import InputError
 from sibo.eval.during_training import AccuracyDuringTraining, accuracy_during_training
 from sibo.prompts import ALPACA, AUTO, CHAT, PromptTemplate, checked_template
 from sibo.train.adapter import add_trainable_adapter, build_peft_config
-from sibo.train.config import FinetuneConfig, gradient_accumulation_steps
+from sibo.train.config import FinetuneConfig
 from sibo.train.packing import PACKED_SDPA, enable_packing, packed_attention_kernel
 from sibo.train.rerun import data_summary, warn_if_data_changed
 from sibo.train.resume import finished_at, resolve_resume
@@ -88,6 +88,17 @@ def setup(config: FinetuneConfig, recorded_data: dict | None = None) -> Run:
         data,
         accuracy_during_training(config, tokenizer, template.name),
     )
+
+
+def gradient_accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    """batch_size / (micro_batch_size × world_size), which must be a whole number."""
+    per_step = micro_batch_size * world_size
+    if batch_size % per_step:
+        raise InputError(
+            f"--batch_size {batch_size} is not a multiple of --micro_batch_size {micro_batch_size} × "
+            f"{world_size} process(es) = {per_step}"
+        )
+    return batch_size // per_step
 
 
 def _check_resume(config: FinetuneConfig) -> tuple[str | None, str | None]:
