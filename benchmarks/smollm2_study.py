@@ -163,7 +163,7 @@ def rescore(study: Study) -> None:
         position = {r.key: k for k, r in enumerate(references)}
         own = [scored["references"]["rationale"][position[key]] for key in result["keys"]]
         check = max(abs(a - b) for a, b in zip(own, result["points"][last]["rationale"], strict=True))
-        if check > 1e-4:
+        if check > smollm2_addendum.RESCORE_TOLERANCE:
             logger.warning("%s: rescored losses differ from step %s's by up to %.2g", name, last, check)
         write_json(
             run_dir / RESCORE_FILE,

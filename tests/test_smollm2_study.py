@@ -136,7 +136,7 @@ def test_quick_study_tunes_scores_clean_questions_pairs_seeds_and_resumes(
     rate = addendum["rates"]["3e-3"]
     assert rate["reproduced"] == {name: 0.0 for name in sorted(rescored)}
     assert rate["tuning_loss"] == pytest.approx(sum(rescored["lora_seed0"]["tuning"]["rationale"]) / 4)
-    (primary,) = [c for c in rate["comparisons"] if c["references"] == "all"]
+    (primary,) = [c for c in rate["comparisons"] if c["references"] == "all" and c["measure"] == "rationale"]
     assert primary["primary"] and primary["seeds"] == [0, 1] and addendum["references"]["all"] == 12
     sibo, plain = (
         [rescored[f"{arm}_seed{seed}"]["references"]["rationale"] for seed in (0, 1)]
