@@ -160,12 +160,9 @@ def record_written(directory: str | os.PathLike) -> None:
     marker = _read_marker(directory)
     if marker is None or "kept" not in marker:
         return
-    new = owned_files(directory, {key: value for key, value in marker.items() if key != "writes"})
-    record = {
-        "verb": marker["verb"],
-        "settings": marker["settings"],
-        "wrote": new,
-    }  # all it wrote, as it ended
+    # as it ends, every new file is its own: a verb's names bound only what a killed run owns
+    wrote = owned_files(directory, {key: value for key, value in marker.items() if key != "writes"})
+    record = {"verb": marker["verb"], "settings": marker["settings"], "wrote": wrote}
     if not record["wrote"] and not _files(directory):  # it stopped before writing: it leaves nothing behind
         (directory / RUN_MARKER).unlink(missing_ok=True)
         return
@@ -223,12 +220,7 @@ def written_files(directory: Path) -> list[str]:
 
 
 def _write_marker(directory: Path, verb: str, settings: dict, kept: list[str], writes: Sequence[str]) -> None:
-    marker = {
-        "verb": verb,
-        "settings": settings,
-        "kept": kept,
-        **({"writes": list(writes)} if writes else {}),
-    }
+    marker = {"verb": verb, "settings": settings, "kept": kept} | ({"writes": list(writes)} if writes else {})
     write_json(directory / RUN_MARKER, marker, default=str)
     _CLAIMED.add(_resolved(directory))
 
