@@ -72,13 +72,8 @@ def claim_output_dir(
         check_unlocked(directory)
     entries = _entries(directory)
     previous = _read_marker(directory) if entries else None
-    if (
-        previous is not None
-        and previous["verb"] == verb
-        and not isinstance(previous.get("wrote"), list)
-        and writes
-    ):
-        previous = {**previous, "writes": list(writes)}  # a marker from before they were named: these names
+    if previous is not None and previous["verb"] == verb and writes:  # a marker may predate the names
+        previous = {**previous, "writes": list(writes)}
     if entries and previous is None and legacy is not None:
         previous = legacy(directory)
     if entries and previous is None and (directory / RUN_MARKER).is_file():
@@ -146,7 +141,7 @@ def owned_files(directory: Path, marker: dict) -> list[str]:
     if isinstance(marker.get("kept"), list):
         now -= {str(name) for name in marker["kept"]}
     if isinstance(marker.get("writes"), list):
-        now = {name for name in now if _named(name, marker["writes"])}
+        now = {name for name in now if is_named(name, marker["writes"])}
     return sorted(now)
 
 
@@ -203,10 +198,10 @@ def user_files(directory: Path) -> list[str]:
 def files_named(directory: Path, patterns: Sequence[str]) -> list[str]:
     """The files under `directory` (relative) whose top entry's name matches one of `patterns` (a folder's:
     every file in it): what a legacy recogniser counts as its verb's, so a hand-over deletes only those."""
-    return sorted(name for name in _files(directory) if _named(name, patterns))
+    return sorted(name for name in _files(directory) if is_named(name, patterns))
 
 
-def _named(name: str, patterns: Sequence[str]) -> bool:
+def is_named(name: str, patterns: Sequence[str]) -> bool:
     """Whether `name`'s top entry matches a pattern, or is a half-written one (sibo.files.write_atomically)."""
     top = name.split("/")[0]
     if top.startswith(".") and top.endswith(".partial"):

@@ -23,7 +23,6 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,7 +42,7 @@ from sibo.eval.results import (
 )
 from sibo.eval.tasks import Example, Task, load_examples
 from sibo.files import EVAL_RUN_FILE, SUMMARY_FILE, read_json, write_json
-from sibo.output_dir import claim_output_dir, files_named, hold_output_dir
+from sibo.output_dir import claim_output_dir, files_named, hold_output_dir, is_named
 from sibo.progress import bar
 from sibo.prompts import CHAT, PromptTemplate
 
@@ -216,9 +215,7 @@ _RESULT_FILES = (RUN_FILE, SUMMARY_FILE, "*.jsonl", "*.jsonl.tmp")  # what evalu
 def _legacy_results(directory: Path) -> dict | None:
     """An evaluate folder written before sibo.output_dir.RUN_MARKER: run.json, summary.json and results only."""
     own = all(
-        any(fnmatch(entry.name, pattern) for pattern in _RESULT_FILES)
-        for entry in directory.iterdir()
-        if not entry.name.startswith(".")
+        is_named(entry.name, _RESULT_FILES) for entry in directory.iterdir() if not entry.name.startswith(".")
     )
     if not own or not (directory / RUN_FILE).exists():
         return None

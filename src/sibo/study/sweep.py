@@ -26,7 +26,6 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from sibo.data_sources import split_sources
 from sibo.eval.config import EvalConfig
 from sibo.eval.results import read_records
 from sibo.eval.runner import load_benchmarks
@@ -46,6 +45,7 @@ from sibo.study.sweep_heldout import (
 )
 from sibo.study.sweep_report import compare_accuracy, compare_heldout, render_report
 from sibo.train.config import FinetuneConfig
+from sibo.train.guards import finetune_reads
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +110,7 @@ def claim_sweep_dir(config: SweepConfig, dry_run: bool = False) -> None:
     """output_dir must be empty or an earlier sweep's (a rerun skips its finished runs; each run's own folder
     guards its settings), or handed over with --overwrite (every run trains again): never a folder holding
     the user's files, a model or data."""
-    reads = [("--data_path", path) for path, _, _ in split_sources(config.finetune.data_path)]
-    reads.append(("--base_model", config.finetune.base_model))
+    reads = finetune_reads(config.finetune)
     if config.evaluation is not None:
         reads.append(("--data_dir", config.evaluation.data_dir))
     claim_output_dir(

@@ -75,8 +75,7 @@ def claim_run_dir(config: FinetuneConfig, dry_run: bool = False) -> dict | None:
     may_differ = _NOT_SETTINGS + (
         tuple(key for key in settings if key not in SHAPE_SETTINGS) if resuming else ()
     )
-    reads = [("--data_path", path) for path, _, _ in split_sources(config.data_path)]
-    reads.append(("--base_model", config.base_model))
+    reads = finetune_reads(config)
     if config.resume_from_checkpoint not in (None, "latest"):
         reads.append(("--resume_from_checkpoint", config.resume_from_checkpoint))
     previous = claim_output_dir(
@@ -100,6 +99,14 @@ def claim_run_dir(config: FinetuneConfig, dry_run: bool = False) -> dict | None:
                     previous[key],
                 )  # fmt: skip
     return previous
+
+
+def finetune_reads(config: FinetuneConfig) -> list[tuple[str, str]]:
+    """What a fine-tune reads, as (flag, path): each --data_path source and --base_model. A hand-over of an
+    output folder never deletes them."""
+    return [("--data_path", path) for path, _, _ in split_sources(config.data_path)] + [
+        ("--base_model", config.base_model)
+    ]
 
 
 def finished_metrics(config: FinetuneConfig, previous: dict | None) -> dict | None:
