@@ -14,7 +14,7 @@ from fault_checks import evaluate_args, refused
 
 import sibo
 from sibo.errors import InputError
-from sibo.output_dir import LOCK_FILE, RUN_MARKER, claim_output_dir, hold_output_dir
+from sibo.output_dir import LOCK_FILE, RUN_MARKER, claim_output_dir, hold_output_dir, is_named
 
 SRC = Path(sibo.__file__).parent
 
@@ -137,3 +137,14 @@ def test_a_folder_deleted_while_a_run_holds_it_is_let_go_quietly(tmp_path, fresh
         (folder / "adapter_model.safetensors").write_bytes(b"x")
         shutil.rmtree(folder)
     assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "named"),
+    [("summary.json", False), ("eval/base/summary.json", True), ("eval/base/.summary.json.k3x9q2ab.partial", True),
+     ("eval/again/summary.json", False), ("eval/base", False), ("eval/base/sub/summary.json", False),
+     ("adapters/lora/checkpoint-4/optimizer.pt", True), ("adapters/lora/notes.txt", False)],
+)  # fmt: skip
+def test_a_name_with_folders_matches_part_by_part(name, named):
+    patterns = ["eval/base/summary.json", "adapters/*/checkpoint-*"]
+    assert is_named(name, patterns) is named

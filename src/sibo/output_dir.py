@@ -63,7 +63,7 @@ def claim_output_dir(
     slow part, then again under `hold_output_dir`). `legacy(directory)` recognises a folder this verb wrote
     before RUN_MARKER existed: it returns its marker, {"verb", "settings", "wrote"}, or None. `defaults`: each
     setting's default, what an earlier run's marker without that key (written before it existed) ran with.
-    `writes`: the names this verb writes (top entries, patterns as `files_named` reads them): if the run is
+    `writes`: the names this verb writes (patterns as `files_named` reads them): if the run is
     killed before it records what it wrote, only files so named count as its own, never one the user adds.
     """
     directory = Path(directory)
@@ -196,17 +196,21 @@ def user_files(directory: Path) -> list[str]:
 
 
 def files_named(directory: Path, patterns: Sequence[str]) -> list[str]:
-    """The files under `directory` (relative) whose top entry's name matches one of `patterns` (a folder's:
-    every file in it): what a legacy recogniser counts as its verb's, so a hand-over deletes only those."""
+    """The files under `directory` (relative) that one of `patterns` names (`is_named`; a folder's: every
+    file in it): what a legacy recogniser counts as its verb's, so a hand-over deletes only those."""
     return sorted(name for name in _files(directory) if is_named(name, patterns))
 
 
 def is_named(name: str, patterns: Sequence[str]) -> bool:
-    """Whether `name`'s top entry matches a pattern, or is a half-written one (sibo.files.write_atomically)."""
-    top = name.split("/")[0]
-    if top.startswith(".") and top.endswith(".partial"):
-        top = top[1:].rpartition(".")[0].rpartition(".")[0]  # .NAME.XXXXXXXX.partial
-    return any(fnmatch(top, str(pattern)) for pattern in patterns)
+    """Whether `name` lies under an entry a pattern matches (each of its parts, so `eval/*/summary.json`
+    names that file in each folder under eval/), or is a half-written one (sibo.files.write_atomically)."""
+    parts = name.split("/")
+    if parts[-1].startswith(".") and parts[-1].endswith(".partial"):
+        parts[-1] = parts[-1][1:].rpartition(".")[0].rpartition(".")[0]  # .NAME.XXXXXXXX.partial
+    return any(
+        len(parts) >= len(wanted) and all(map(fnmatch, parts, wanted))
+        for wanted in (str(pattern).split("/") for pattern in patterns)
+    )
 
 
 def written_files(directory: Path) -> list[str]:

@@ -204,18 +204,18 @@ def claim_eval_dir(
     if config.train_data is not None:
         reads.append(("--train_data", config.train_data))
     claim_output_dir(config.output_dir, VERB, run, config.overwrite, dry_run=dry_run, legacy=_legacy_results,
-                     reads=reads, replace_changed=replace_changed, writes=_RESULT_FILES)  # fmt: skip
+                     reads=reads, replace_changed=replace_changed, writes=RESULT_FILES)  # fmt: skip
     if not dry_run:
         write_json(config.output_dir / RUN_FILE, run)
 
 
-_RESULT_FILES = (RUN_FILE, SUMMARY_FILE, "*.jsonl", "*.jsonl.tmp")  # what evaluate writes in its folder
+RESULT_FILES = (RUN_FILE, SUMMARY_FILE, "*.jsonl", "*.jsonl.tmp")  # what evaluate writes in its folder
 
 
 def _legacy_results(directory: Path) -> dict | None:
     """An evaluate folder written before sibo.output_dir.RUN_MARKER: run.json, summary.json and results only."""
     own = all(
-        is_named(entry.name, _RESULT_FILES) for entry in directory.iterdir() if not entry.name.startswith(".")
+        is_named(entry.name, RESULT_FILES) for entry in directory.iterdir() if not entry.name.startswith(".")
     )
     if not own or not (directory / RUN_FILE).exists():
         return None
@@ -223,7 +223,7 @@ def _legacy_results(directory: Path) -> dict | None:
         run = read_json(directory / RUN_FILE)
     except InputError:
         run = None  # a run.json torn by a full disk: its settings are unknown
-    wrote = files_named(directory, _RESULT_FILES)  # a hidden entry (.git) is the user's
+    wrote = files_named(directory, RESULT_FILES)  # a hidden entry (.git) is the user's
     return {"verb": VERB, "settings": run if isinstance(run, dict) else None, "wrote": wrote}
 
 

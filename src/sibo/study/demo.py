@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -152,16 +153,37 @@ class Row:
     adapter_dir: str | None
 
 
-def prepare_output_dir(output_dir: Path, base_model: Path) -> None:
+def prepare_output_dir(output_dir: Path, base_model: Path, methods: Sequence[str] = tuple(METHODS)) -> None:
     """Start clean, but only ever delete what an earlier demo wrote, saying what: files the user added
     there (`eval/again`, the demo's suggested command) stay."""
     refuse_replacing(output_dir, VERB, [("--base_model", base_model)])
-    claim_output_dir(output_dir, VERB, {}, may_differ=None, legacy=_legacy_demo, writes=sorted(_OWN_ENTRIES))
+    writes = demo_writes(methods)
+    claim_output_dir(output_dir, VERB, {}, may_differ=None, legacy=_legacy_demo, writes=writes)
     gone = clear_output_dir(output_dir)  # the claim's marker counts the earlier demo's files as not kept
     if gone:
         tops = sorted({name.split("/")[0] + ("/" if "/" in name else "") for name in gone})
         logger.warning("demo: replacing the earlier demo's %d file(s) in %s (%s)", len(gone), output_dir,
                        ", ".join(tops))  # fmt: skip
+
+
+def demo_writes(methods: Sequence[str]) -> list[str]:
+    """The names a demo of `methods` writes, down to its fine-tunes' and scorings' own files: what a demo
+    killed before it ended owns, so a file the user adds anywhere in its folder stays theirs."""
+    from sibo.eval.runner import RESULT_FILES
+    from sibo.files import ANALYZE_PLOT_FILE, ANALYZE_RESULTS_FILE
+    from sibo.folder_lock import LOCK_FILE
+    from sibo.output_dir import RUN_MARKER
+    from sibo.train.guards import FINETUNE_FILES
+
+    def under(folder: str, names: Sequence[str]) -> list[str]:
+        return [f"{folder}/{name}" for name in (*names, RUN_MARKER, LOCK_FILE)]
+
+    return [
+        RESULTS_FILE, DEMO_MARKER, "data/train.json", "data/AddSub/test.json",
+        *(name for method in methods for name in under(f"adapters/{method}", FINETUNE_FILES)),
+        *(name for model in ("base", *methods) for name in under(f"eval/{model}", RESULT_FILES)),
+        *under("analyze", (ANALYZE_RESULTS_FILE, ANALYZE_PLOT_FILE)),
+    ]  # fmt: skip
 
 
 def _legacy_demo(directory: Path) -> dict | None:
@@ -197,7 +219,7 @@ def run_study(config: DemoConfig) -> list[Row]:
             f"no demo base model at {base_model}: run `python scripts/pretrain_demo_base.py --out {base_model}`"
         )
     check_weights_dir(base_model)  # before anything is written to output_dir
-    prepare_output_dir(config.output_dir, base_model)
+    prepare_output_dir(config.output_dir, base_model, config.methods)
     write_json(config.output_dir / DEMO_MARKER, asdict(config), default=str)
 
     train, test = generate_splits(config.num_train, config.num_test, seed=config.seed)

@@ -54,7 +54,7 @@ SHAPE_SETTINGS = ("base_model", "adapter_name", "lora_r", "lora_alpha", "target_
 
 # What finetune writes in its folder (the adapter and its card, the tokenizer, the run's records, Trainer's
 # checkpoints, arguments and logs): any other file there is the user's, even after a killed run.
-_RUN_FILES = ("adapter_config.json", "adapter_model.*", SIBO_CONFIG_FILE, "README.md", "training_args.bin",
+FINETUNE_FILES = ("adapter_config.json", "adapter_model.*", SIBO_CONFIG_FILE, "README.md", "training_args.bin",
               "tokenizer*", "tokenization_*", "*.model", "*.tiktoken", "special_tokens_map.json",
               "added_tokens.json", "vocab.*", "merges.txt", "chat_template.*", TEMPLATE_FILE, RUN_CONFIG_FILE,
               TRAIN_METRICS_FILE, EVAL_METRICS_FILE, f"{CHECKPOINT_PREFIX}-*", ACCURACY_DIR, "runs",
@@ -87,7 +87,7 @@ def claim_run_dir(config: FinetuneConfig, dry_run: bool = False) -> dict | None:
         dry_run,
         legacy=_legacy_run,
         reads=reads,
-        writes=_RUN_FILES,
+        writes=FINETUNE_FILES,
         # a folder finished before a setting existed ran with its default: rerun with it, it is the same run
         defaults={field.name: field.default for field in fields(FinetuneConfig)},
     )
@@ -124,12 +124,12 @@ def finished_metrics(config: FinetuneConfig, previous: dict | None) -> dict | No
 def _legacy_run(directory: Path) -> dict | None:
     """A finetune folder written before RUN_MARKER existed: checkpoints and/or a final adapter with its run
     config; its settings are the run config's (or, with checkpoints only, taken as this run's). It wrote the
-    files finetune writes (_RUN_FILES), no other."""
+    files finetune writes (FINETUNE_FILES), no other."""
     if describe_contents(directory).startswith("a model") or not (
         (directory / RUN_CONFIG_FILE).is_file() or any(directory.glob(f"{CHECKPOINT_PREFIX}-*"))
     ):
         return None
-    wrote = files_named(directory, _RUN_FILES)
+    wrote = files_named(directory, FINETUNE_FILES)
     try:
         stored = read_json(directory / RUN_CONFIG_FILE)["config"]
     except (InputError, KeyError, TypeError):
