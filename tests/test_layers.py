@@ -30,6 +30,17 @@ def _modules(folder: str) -> list[Path]:
     return sorted((PACKAGE / folder).rglob("*.py"))
 
 
+def test_no_module_imports_relatively():
+    """_sibo_imports reads absolute imports only: a relative one would cross a floor unseen."""
+    relative = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno}"
+        for path in _modules(".")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and node.level > 0
+    ]
+    assert relative == []
+
+
 @pytest.mark.parametrize("path", _modules("core"), ids=lambda path: path.name)
 def test_core_imports_only_core_and_errors(path):
     outside = {name for name in _sibo_imports(path) if not name.startswith(("sibo.core.", "sibo.errors"))}

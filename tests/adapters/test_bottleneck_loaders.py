@@ -46,6 +46,10 @@ def saved(tmp_path_factory):
                     parameter.add_(0.1 * torch.randn_like(parameter))  # learned scaling and λ off their start
         model.save_pretrained(root / name)
         torch.save(logits(model.eval()), root / name / "expected.pt")
+        if name == "learnt":
+            (root / name / "lambda_logits.json").write_text(
+                json.dumps(model.sibo_lambdas["default"].logits.tolist())
+            )
     return root
 
 
@@ -78,6 +82,9 @@ def test_a_boosted_bottleneck_adapter_carries_its_settings(saved):
     assert stored["peft_type"] == "BOTTLENECK"
     block = stored["sibo"]
     assert (block["lam"], block["targets"], block["learnable_lambda"]) == (0.4, "all", True)
+    assert block["lambda_logits"] == json.loads(
+        (saved / "learnt" / "lambda_logits.json").read_text()
+    )  # trained
     model = sibo.load_sibo_model(base(saved), saved / "learnt")
     assert block["lambda_logits"] == model.sibo_lambdas["default"].logits.tolist()
 

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -57,9 +58,14 @@ def test_learnable_lambda_trains_and_stays_in_unit_interval():
     model.train()
     model(input_ids=ids(), labels=ids()).loss.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+    lambda_at = model._sibo_adapters["default"].lambda_at
     with torch.no_grad():
+        logits.copy_(torch.tensor([0.0, math.log(3.0)]))  # sigmoid: 1/2 and 3/4
+        assert (lambda_at(0).item(), lambda_at(1).item()) == pytest.approx((0.5, 0.75), abs=1e-7)
         logits.fill_(1e4)
-    assert model._sibo_adapters["default"].lambda_at(0).item() <= 1.0
+        assert lambda_at(0).item() == 1.0
+        logits.fill_(-1e4)
+        assert lambda_at(0).item() == 0.0
 
 
 def test_plain_peft_adapter_loads_plain_or_boosted(tmp_path):
@@ -86,7 +92,9 @@ def test_wrong_base_is_a_clear_error(tmp_path):
         InputError, match=r"llama base with hidden size 32, but the base model is llama with hidden size 48"
     ):
         load_sibo_model(build_tiny_model("llama", VOCAB, hidden_size=48), tmp_path)
-    with pytest.raises(InputError, match=r"gpt2"):
+    with pytest.raises(
+        InputError, match=r"llama base with hidden size 32, but the base model is gpt2 with hidden size 32$"
+    ):
         load_sibo_model(build_tiny_model("gpt2", VOCAB), tmp_path)
 
 

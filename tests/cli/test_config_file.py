@@ -119,7 +119,6 @@ BAD_FILES = [
     ("l.yaml", "- lora_r\n- 4\n", "{path}: expected flag: value settings, got a list"),
     ("v.yaml", "lora_r: four\n", "{path}: argument --lora_r: invalid int value: 'four'"),
     ("f.yaml", "lora_dropout: high\n", "{path}: argument --lora_dropout: invalid float value: 'high'"),
-    ("s.yaml", "target_modules: q_proj\nlora_target_modules: v_proj\n", "{path}: target_modules (line 1) and lora_target_modules (line 2) set the same flag: keep one"),
     ("d.yaml", "lora_r:\n  value: 4\n", "{path}: lora_r: expected a value or a list, got a mapping"),
 ]  # fmt: skip
 

@@ -83,7 +83,10 @@ def test_a_damaged_record_is_one_line_before_anything_loads(tmp_path, content):
         ModelConfig(base_model=str(base_dir), weights_path=str(adapter_dir))
     assert str(error.value) == f'{adapter_dir / TEMPLATE_FILE}: expected {{"template": "alpaca" or "chat"}}'
     # asked for explicitly, the record is not read
-    assert ModelConfig(base_model=str(base_dir), weights_path=str(adapter_dir), template="alpaca")
+    assert (
+        ModelConfig(base_model=str(base_dir), weights_path=str(adapter_dir), template="alpaca").template_name
+        == "alpaca"
+    )
 
 
 def test_a_bad_template_name_is_refused():

@@ -2,6 +2,7 @@
 is refused by PEFT without sibo; a λ = 0 adapter stays a plain LORA folder."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,8 @@ def test_a_boosted_adapter_says_sibo_lora_with_its_settings(saved):
     assert stored["peft_type"] == "SIBO_LORA"
     block = stored["sibo"]
     assert (block["lam"], block["targets"], block["learnable_lambda"]) == (0.4, "all", True)
+    start = math.log(0.4 / 0.6)  # λ 0.4's logit, then moved by the fixture's [+0.3, −0.2]
+    assert block["lambda_logits"] == pytest.approx([start + 0.3, start - 0.2], abs=1e-6)
     model = sibo.load_sibo_model(base(saved), saved / "learnt")
     assert block["lambda_logits"] == model.sibo_lambdas["default"].logits.tolist()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 
 import pytest
@@ -220,9 +221,7 @@ def test_heldout_sweep_scores_held_out_loss_and_reports_each_lambda_against_zero
         row["p"],
     )  # one λ: Holm is p
     assert row["by_step"][0]["difference"] == 0.0
-    assert row["verdict"] in ("better", "worse", "equivalent within ±0.002") or row["verdict"].startswith(
-        "undecided"
-    )
+    assert row["verdict"] == _verdict_by_hand(row)
     text = (output_dir / "report.md").read_text()
     assert f"| 0.2 | {row['loss']:.4f} | {row['difference']:+.5f} |" in text and row["verdict"] in text
     assert "response token" in text
@@ -241,6 +240,20 @@ def test_heldout_sweep_scores_held_out_loss_and_reports_each_lambda_against_zero
     capsys.readouterr()
     assert main(flags) == 2
     assert "holds an adapter trained without this held-out split" in capsys.readouterr().err
+
+
+def _verdict_by_hand(row: dict) -> str:
+    """docs/sweep.md's rule for the default margin 0.002: an interval inside ±margin is equivalent; else a Holm
+    p under 0.05 decides by the difference's sign; else undecided, with the seeds that would decide it."""
+    if row["low"] > -0.002 and row["high"] < 0.002:
+        return "equivalent within ±0.002"
+    if row["p_holm"] < 0.05:
+        return "better" if row["difference"] < 0 else "worse"
+    if math.isnan(row["seeds_needed"]):
+        return "undecided — run more seeds (2 or more are needed to estimate how many)"
+    if math.isinf(row["seeds_needed"]):
+        return "undecided — more seeds would not decide it: score more records"
+    return f"undecided — run more seeds (about {int(row['seeds_needed'])} would decide it)"
 
 
 @pytest.mark.integration
@@ -269,12 +282,7 @@ def test_heldout_sweep_with_benchmarks_adds_accuracy_with_mcnemar(workspace):
     )
     # one seed: its seed variance is unknown, so an undecided verdict cannot say how many seeds would decide
     (row,) = report["heldout_loss"]["lambdas"]
-    assert row["verdict"] in (
-        "better",
-        "worse",
-        "equivalent within ±0.002",
-        "undecided — run more seeds (2 or more are needed to estimate how many)",
-    )
+    assert math.isnan(row["seeds_needed"]) and row["verdict"] == _verdict_by_hand(row)
     assert "## Accuracy" in (output_dir / "report.md").read_text() and (output_dir / "sweep.png").is_file()
     with (output_dir / "sweep.csv").open() as file:
         assert list(next(csv.DictReader(file))) == [

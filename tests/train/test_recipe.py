@@ -381,8 +381,8 @@ def test_resume_after_kill_9_matches_an_unbroken_run(base_model, data_file, tmp_
     assert "resuming from " + str(broken / "checkpoint-4") in resumed.stderr
     expected, actual = (load_file(d / "adapter_model.safetensors") for d in (unbroken, broken))
     assert expected.keys() == actual.keys()
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert expected  # a dict of tensors: assert_close compares the names too
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
     assert losses(broken)[-4:] == pytest.approx(losses(unbroken)[-4:], rel=1e-5)
 
 
@@ -481,8 +481,8 @@ def test_two_cpu_processes_match_one_process(base_model, data_file, tmp_path, la
     assert len(losses(tmp_path / "ddp")) == 4
     assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "one"), rel=1e-4)
     expected, actual = (load_file(tmp_path / d / "adapter_model.safetensors") for d in ("one", "ddp"))
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5)
+    assert expected  # a dict of tensors: assert_close compares the names too
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
 
 
 FSDP2_ON_CPU = """
@@ -539,8 +539,8 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process(base_model, data_file, t
     best = [json.loads((d / "train_metrics.json").read_text())["best_checkpoint"] for d in (one, fsdp)]
     assert [Path(b).name for b in best] == ["checkpoint-6", "checkpoint-6"]  # kept as the final adapter
     expected, actual = (load_file(d / "adapter_model.safetensors") for d in (one, fsdp))
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5)
+    assert expected  # a dict of tensors: assert_close compares the names too
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
     settings = [json.loads((d / "sibo_config.json").read_text()) for d in (one, fsdp)]
     assert settings[1]["lambda_per_block"] == pytest.approx(settings[0]["lambda_per_block"], rel=1e-4)
     assert settings[1]["lambda_per_block"] != pytest.approx([0.3, 0.3], abs=1e-4)  # λ was trained
@@ -558,8 +558,8 @@ def test_fsdp2_on_two_cpu_processes_matches_one_process(base_model, data_file, t
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from " + str(resumed / "checkpoint-2") in again.stderr
     expected, actual = (load_file(d / "adapter_model.safetensors") for d in (fsdp, resumed))
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert expected  # a dict of tensors: assert_close compares the names too
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
     saved = [json.loads((d / "sibo_config.json").read_text())["lambda_logits"] for d in (fsdp, resumed)]
     assert saved[1] == pytest.approx(saved[0], rel=1e-5)
 
@@ -603,8 +603,8 @@ def test_gradient_checkpointing_trains_the_same_adapter(base_model, data_file, t
     expected, actual = (
         load_file(tmp_path / d / "adapter_model.safetensors") for d in ("plain", "checkpointed")
     )
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-7)
+    assert expected  # a dict of tensors: assert_close compares the names too
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.gpu

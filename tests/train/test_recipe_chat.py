@@ -59,9 +59,13 @@ def test_chat_records_train_with_the_chat_template_and_record_it(bases, tmp_path
     resolved = json.loads((out / "run_config.json").read_text())["resolved"]
     assert (resolved["template"], resolved["train_on_inputs"]) == ("chat", False)
     # the adapter ships the tokenizer, and so the template it was trained with (a GGUF base's too)
+    template = load_tokenizer(str(bases[base])).chat_template
+    shipped = json.loads((out / "tokenizer_config.json").read_text()).get("chat_template")
+    shipped = shipped or (out / "chat_template.jinja").read_text()
     assert (
-        load_tokenizer(str(bases[base]), str(out)).chat_template
-        == load_tokenizer(str(bases[base])).chat_template
+        template
+        and shipped == template
+        and load_tokenizer(str(bases[base]), str(out)).chat_template == template
     )
 
 
@@ -88,7 +92,7 @@ def test_instruction_records_take_either_template(bases, tmp_path, template, fla
          "data.json holds chat records, which Alpaca's template cannot render: use --template chat"),
         ("chat", [*CHATS, INSTRUCTIONS[0]], [],
          "data.json: record 8: an instruction record, but record 0 is a chat record: one data file holds one kind"),
-        ("chat", CHATS, ["--template", "jinja"], "--template"),
+        ("chat", CHATS, ["--template", "jinja"], r"argument --template: invalid choice: 'jinja' \(choose from 'alpaca', 'chat', 'auto'\)$"),
     ],
 )  # fmt: skip
 def test_what_cannot_work_is_one_line_exit_2_and_nothing_written(
