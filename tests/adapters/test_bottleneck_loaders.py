@@ -12,6 +12,7 @@ from without_sibo import run_without_sibo
 import sibo
 from sibo.adapters.bottleneck import BottleneckConfig
 from sibo.core.registration import plain_config
+from sibo.errors import InputError
 from sibo.testing import build_tiny_model
 
 VOCAB = 64
@@ -155,3 +156,19 @@ def test_peft_without_sibo_refuses_it(saved):
             print("refused:", error)
     """)
     assert refused == ["refused: 'BOTTLENECK'"]
+
+
+@pytest.mark.parametrize("loader", ["sibo", "PeftModel.from_pretrained"])
+def test_a_mixed_batch_of_bottleneck_adapters_is_refused_not_run_as_the_active_one(saved, loader):
+    path = saved / "H"
+    model = (
+        sibo.load_sibo_model(base(saved), path)
+        if loader == "sibo"
+        else PeftModel.from_pretrained(base(saved), str(path))
+    )
+    with pytest.raises(InputError) as error:
+        model(input_ids=IDS, adapter_names=["default", "__base__"])
+    assert str(error.value) == (
+        "adapter_names= (a batch of several adapters) runs LoRA adapters only, not BottleneckModel's: "
+        "run one adapter per batch (set_adapter)"
+    )

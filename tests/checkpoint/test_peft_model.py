@@ -127,10 +127,10 @@ def test_settings_file_records_the_boost(tmp_path):
 def test_merge_refuses_to_drop_the_initial_residual():
     model = get_sibo_model(build_tiny_model("llama", VOCAB), lora(), lam=0.2)
     for merge in (model.merge_and_unload, model.merge_adapter):
-        with pytest.raises(ValueError, match=r"would drop SIBO's λ·ΔW·h0 term"):
+        with pytest.raises(InputError, match=r"would drop SIBO's λ·ΔW·h0 term"):
             merge()
     model.base_model.merge_adapter()  # PEFT's own path, below ours: the forward refuses instead of going silent
-    with pytest.raises(RuntimeError, match="merged into a SIBO-boosted layer"):
+    with pytest.raises(InputError, match="merged into a SIBO-boosted layer"):
         model(input_ids=ids())
 
 

@@ -14,6 +14,7 @@ from peft import LoraConfig, get_peft_model
 
 from sibo import SiboConfig, get_sibo_model, mix_initial_residual
 from sibo.core import booster
+from sibo.errors import InputError
 from sibo.testing import build_tiny_model
 
 VOCAB = 64
@@ -216,6 +217,41 @@ def test_disable_adapter_gives_base_outputs():
     assert not torch.equal(model(input_ids=ids).logits, want)
     with model.disable_adapter():
         assert torch.equal(model(input_ids=ids).logits, want)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_reruns_each_forward_with_its_own_h0(reentrant):
+    """Two forwards, then one backward (two losses, a KL term): a block rerun in backward mixes the h0 of the
+    forward it belongs to, not the last one's; the gradients are those of the model without checkpointing."""
+    base = tiny("llama")
+    first, second = (
+        torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(s)) for s in (1, 2)
+    )
+
+    def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = get_sibo_model(
+            copy.deepcopy(base), lora_config("llama"), lam=0.5, targets="all", learnable_lambda=True
+        )
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": reentrant})
+            model.enable_input_require_grads()
+        (model(input_ids=first, labels=first).loss + model(input_ids=second, labels=second).loss).backward()
+        return {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+    # exact but for the order a reentrant backward sums in (the wrong h0 was off by ~2e-3)
+    torch.testing.assert_close(gradients(True), gradients(False), rtol=1e-6, atol=1e-8)
+
+
+def test_a_model_sibo_cannot_read_and_a_lone_layer_are_input_errors():
+    model = tiny("llama")
+    model.config.num_hidden_layers = 5  # no list of 5 blocks
+    with pytest.raises(InputError, match=r"^SIBO found no list of 5 transformer blocks in LlamaForCausalLM$"):
+        get_sibo_model(model, lora_config("llama"), lam=0.2)
+    boosted = get_sibo_model(tiny("llama"), lora_config("llama"), lam=0.2, targets="all")
+    with pytest.raises(InputError, match=r"^SIBO found no h0: call the whole model, not a single layer$"):
+        boosted.base_model.model.model.layers[0].mlp.up_proj(torch.zeros(1, 2, 32))
 
 
 def test_mixed_batch_adapter_names_uses_each_adapters_rows():

@@ -42,8 +42,12 @@ def base(root):
 
 
 def logits(model):
+    return logits_of(model, IDS)
+
+
+def logits_of(model, ids):
     with torch.no_grad():
-        return model(input_ids=IDS).logits
+        return model(input_ids=ids).logits
 
 
 def test_a_boosted_adapter_says_sibo_lora_with_its_settings(saved):
@@ -85,9 +89,38 @@ def test_peft_loaded_adapter_disables_to_the_base_and_refuses_to_merge(saved):
     model = PeftModel.from_pretrained(base(saved), str(saved / "fixed"))
     with model.disable_adapter():
         assert torch.equal(logits(model), logits(base(saved)))
-    with pytest.raises(ValueError, match=r"^merging would drop SIBO's λ·ΔW·h0 term"):
+    with pytest.raises(InputError, match=r"^merging would drop SIBO's λ·ΔW·h0 term"):
         model.merge_and_unload()
     assert torch.equal(logits(model.unload()), logits(base(saved)))  # every hook gone with the adapter
+
+
+def peft_loaded_pair(saved):
+    """Both adapters loaded the PEFT way, "fixed" active."""
+    model = PeftModel.from_pretrained(base(saved), str(saved / "fixed"), adapter_name="fixed")
+    model.load_adapter(str(saved / "learnt"), "learnt")
+    model.set_adapter("fixed")
+    return model
+
+
+def test_peft_loaded_adapters_run_a_mixed_batch_each_on_its_rows(saved):
+    ids = torch.cat([IDS, IDS[:1]])
+    want = {
+        name: logits_of(sibo.load_sibo_model(base(saved), saved / name), ids) for name in ("fixed", "learnt")
+    }
+    want["__base__"] = logits_of(base(saved), ids)
+    names = ["fixed", "__base__", "learnt"]
+    with torch.no_grad():
+        mixed = peft_loaded_pair(saved).eval()(input_ids=ids, adapter_names=names).logits
+    for row, name in enumerate(names):
+        torch.testing.assert_close(mixed[row], want[name][row], rtol=1e-5, atol=1e-5)
+
+
+def test_boosting_one_peft_loaded_adapter_keeps_the_others_boost_and_learnt_lambda(saved):
+    want = logits(sibo.load_sibo_model(base(saved), saved / "learnt"))
+    model = sibo.boost_adapter(peft_loaded_pair(saved), sibo.SiboConfig(lam=0.3), "fixed")
+    model.set_adapter("learnt")
+    torch.testing.assert_close(logits(model.eval()), want, rtol=0, atol=1e-6)
+    assert sibo.sibo_settings(model, "fixed").lam == 0.3
 
 
 def test_sibo_load_adapter_takes_a_sibo_lora_folder_under_a_new_name(saved):

@@ -35,6 +35,7 @@ from sibo.checkpoint.weights import ADAPTER_WEIGHTS, check_weights_dir, read_ten
 from sibo.core.booster import (
     BoostedAdapter,
     InitialState,
+    LearnableLambda,
     SiboConfig,
     boost,
     capture_initial_state,
@@ -42,7 +43,7 @@ from sibo.core.booster import (
     find_transformer_blocks,
     release,
 )
-from sibo.core.registration import loading_as_stored, plain_config, restore_lambda_logits
+from sibo.core.registration import PEFT_TYPE_NAME, loading_as_stored, plain_config, restore_lambda_logits
 from sibo.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
@@ -152,19 +153,8 @@ class SiboModelMixin:
     @contextmanager
     def _enable_peft_forward_hooks(self, *args, **kwargs):
         """PEFT runs each adapter of an `adapter_names=` batch on its rows: give the branches the same rows of h0."""
-        names = kwargs.get("adapter_names")
-        if names is not None and isinstance(kwargs.get("num_beams"), int):
-            names = [name for name in names for _ in range(kwargs["num_beams"])]  # as PEFT expands them
-        with super()._enable_peft_forward_hooks(*args, **kwargs):
-            if names is not None:
-                self._sibo_state.adapter_rows = {
-                    adapter: torch.tensor([i for i, n in enumerate(names) if n == adapter])
-                    for adapter in set(names)
-                }
-            try:
-                yield
-            finally:
-                self._sibo_state.adapter_rows = None
+        with super()._enable_peft_forward_hooks(*args, **kwargs), self._sibo_state.rows_of(kwargs):
+            yield
 
 
 @functools.cache
@@ -175,12 +165,12 @@ def _sibo_class(peft_class: type) -> type:
 
 
 def _attach(model: PeftModel) -> PeftModel:
-    """Turn a PeftModel into its SIBO subclass, with the h0 capture installed once."""
+    """Turn a PeftModel into its SIBO subclass, with the h0 capture installed once. Loaded by PEFT, its
+    tuner's boosts become sibo's, each adapter's λ as it was (learnt ones too)."""
     if isinstance(model, SiboModelMixin):
         return model
-    getattr(
-        model.base_model, "release_sibo", lambda: None
-    )()  # loaded by PEFT: sibo's hooks replace its tuner's
+    tuner_boosts = dict(model.base_model.__dict__.get("_sibo_adapters", {}))
+    getattr(model.base_model, "release_sibo", lambda: None)()
     model.__class__ = _sibo_class(type(model))
     model._sibo_state = InitialState()
     model._sibo_adapters = {}
@@ -188,6 +178,8 @@ def _attach(model: PeftModel) -> PeftModel:
     model._sibo_capture = capture_initial_state(blocks, model._sibo_state)
     # learnable λ live here, so .parameters() and the optimizer see them
     model.sibo_lambdas = torch.nn.ModuleDict()
+    for name, earlier in tuner_boosts.items():
+        _boost(model, earlier.config, name, earlier.lambdas)
     return model
 
 
@@ -197,17 +189,26 @@ def boost_adapter(model: PeftModel, config: SiboConfig, adapter_name: str = "def
     model = _attach(model)
     if adapter_name in model._sibo_adapters:
         unboost(model, adapter_name)
+    _boost(model, config, adapter_name)
+    return model
+
+
+def _boost(
+    model: PeftModel, config: SiboConfig, adapter_name: str, lambdas: LearnableLambda | None = None
+) -> None:
+    """Boost an adapter of a SIBO PeftModel; a learnt λ given (`lambdas`) is kept, trainable as it was."""
     adapter = boost(model, config, model._sibo_state, adapter_name)
     model._sibo_adapters[adapter_name] = adapter
     if adapter.lambdas is not None:
+        if lambdas is not None:
+            adapter.lambdas = lambdas
         model.sibo_lambdas[adapter_name] = adapter.lambdas
-    return model
 
 
 def _check_mixable(peft_config: PeftConfig, config: SiboConfig) -> None:
     """Refuse, by name, a tuner whose branches have no input SIBO can mix h0 into (VeRA, LoHa, IA3, prompts…)."""
     peft_type = str(getattr(peft_config.peft_type, "value", peft_config.peft_type))
-    if (config.lam > 0 or config.learnable_lambda) and peft_type not in MIXABLE_PEFT_TYPES:
+    if (config.lam > 0 or config.learnable_lambda) and peft_type not in (*MIXABLE_PEFT_TYPES, PEFT_TYPE_NAME):
         raise InputError(
             f"SIBO cannot boost {peft_type} adapters: their branches have no input to mix h0 into; sibo boosts "
             f"LoRA, DoRA and bottleneck adapters (AdapterH, AdapterP, parallel); use one of those, or λ 0 for plain "
@@ -312,7 +313,7 @@ def _restore_lambdas(
 def _refuse_lossy_merge(model: SiboModelMixin, method: str) -> None:
     for name, adapter in model._sibo_adapters.items():
         if adapter.layers and (adapter.config.lam > 0 or adapter.lambdas is not None):
-            raise ValueError(
+            raise InputError(
                 f"{method} would drop SIBO's λ·ΔW·h0 term of adapter {name!r} (λ={adapter.config.lam}): a merged "
                 "layer runs its base weight only. Use `sibo export` for an exact merged checkpoint"
             )

@@ -12,9 +12,10 @@ It is built from two hooks and no fork of any model code: a forward pre-hook on 
 h0 for the current forward pass, and a forward pre-hook on the first module of each eligible
 branch (LoRA's dropout, DoRA's magnitude module, a bottleneck adapter's dropout) mixes h0 into
 that module's input. Only branches inside a transformer block whose input width is the hidden
-size can take h0; `targets` chooses among them. Both hooks are safe to rerun (gradient
-checkpointing reruns forwards), and h0 stays aligned with x under KV caching (block 0 sees the
-new positions only), left padding, beam search and packed sequences.
+size can take h0; `targets` chooses among them. Both hooks are safe to rerun: gradient
+checkpointing reruns a block in backward with the h0 of its own forward, even after later forwards.
+h0 stays aligned with x under KV caching (block 0 sees the new positions only), left padding, beam
+search and packed sequences.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -70,9 +73,27 @@ class InitialState:
         self.unverified: list[BoostedAdapter] = []
         self.mixed: set[str] | None = None  # names of the branches that mixed in this forward
 
+    @contextmanager
+    def rows_of(self, peft_kwargs: dict) -> Iterator[None]:
+        """While PEFT runs each adapter of an `adapter_names=` batch on its rows (its forward's or generate's
+        keyword arguments): each adapter's branches read the same rows of h0."""
+        names = peft_kwargs.get("adapter_names")
+        if names is None:
+            yield
+            return
+        if isinstance(peft_kwargs.get("num_beams"), int):
+            names = [name for name in names for _ in range(peft_kwargs["num_beams"])]  # as PEFT expands them
+        self.adapter_rows = {
+            adapter: torch.tensor([i for i, n in enumerate(names) if n == adapter]) for adapter in set(names)
+        }
+        try:
+            yield
+        finally:
+            self.adapter_rows = None
+
     def for_branch(self, adapter_name: str) -> torch.Tensor:
         if self.h0 is None:
-            raise RuntimeError("SIBO found no h0: call the whole model, not a single layer")
+            raise InputError("SIBO found no h0: call the whole model, not a single layer")
         if self.adapter_rows is None:
             return self.h0
         return self.h0[self.adapter_rows[adapter_name].to(self.h0.device)]
@@ -134,7 +155,7 @@ def find_transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == config.num_hidden_layers:
             return name, module
-    raise ValueError(
+    raise InputError(
         f"SIBO found no list of {config.num_hidden_layers} transformer blocks in {type(model).__name__}"
     )
 
@@ -162,12 +183,37 @@ def capture_initial_state(blocks: nn.ModuleList, state: InitialState) -> Handles
         if state.mixed is not None and state.adapter_rows is None:
             check_branches_mixed(state)
 
+    def checkpoint_with_h0(block, args, kwargs):
+        # Gradient checkpointing reruns a block in backward, when a later forward may have replaced h0: the
+        # rerun must mix its own forward's h0 (transformers' blocks checkpoint through _gradient_checkpointing_func).
+        checkpointing = getattr(block, "_gradient_checkpointing_func", None)
+        if checkpointing is not None and not isinstance(checkpointing, _CheckpointWithH0):
+            block._gradient_checkpointing_func = _CheckpointWithH0(checkpointing, state)
+
     return Handles(
         (
             blocks[0].register_forward_pre_hook(store_h0, with_kwargs=True),
+            *(block.register_forward_pre_hook(checkpoint_with_h0, with_kwargs=True) for block in blocks),
             blocks[-1].register_forward_hook(check),
         )
     )
+
+
+class _CheckpointWithH0:
+    """A block's checkpoint function whose function, run in the forward and rerun in backward, mixes the h0
+    of the forward that called it."""
+
+    def __init__(self, checkpoint, state: InitialState) -> None:
+        self.checkpoint, self.state = checkpoint, state
+
+    def __call__(self, function, *args, **kwargs):
+        h0 = self.state.h0
+
+        def with_its_h0(*inner_args, **inner_kwargs):
+            self.state.h0 = h0
+            return function(*inner_args, **inner_kwargs)
+
+        return self.checkpoint(with_its_h0, *args, **kwargs)
 
 
 def check_branches_mixed(state: InitialState) -> None:
@@ -358,7 +404,7 @@ def _refuse_merged(adapter_name: str):
 
     def check(layer, args):
         if not layer.disable_adapters and adapter_name in getattr(layer, "merged_adapters", ()):
-            raise RuntimeError(
+            raise InputError(
                 f"adapter {adapter_name!r} is merged into a SIBO-boosted layer, which drops its λ·ΔW·h0 term; "
                 "unmerge it, or use `sibo export` for an exact merged checkpoint"
             )

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,6 +210,23 @@ class BoostedTuner:
         if config is not None:
             config.__dict__.pop("_sibo_live_lambdas", None)
 
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs) -> Iterator[None]:
+        """PEFT's `adapter_names=` batch, each adapter on its rows, with h0 cut to the same rows; refused for a
+        tuner that would ignore the names (PEFT runs the active adapter on every row of a bottleneck batch)."""
+        peft_hooks = getattr(super(), "_enable_peft_forward_hooks", None)
+        if peft_hooks is None:
+            if kwargs.get("adapter_names") is not None:
+                raise InputError(
+                    f"adapter_names= (a batch of several adapters) runs LoRA adapters only, not "
+                    f"{type(self).__name__}'s: run one adapter per batch (set_adapter)"
+                )
+            yield
+            return
+        state = self.__dict__.get("_sibo_state")
+        with peft_hooks(*args, **kwargs), state.rows_of(kwargs) if state is not None else nullcontext():
+            yield
+
     def release_sibo(self) -> None:
         """Remove every SIBO hook this tuner installed (sibo's own loaders install theirs)."""
         for name in list(self.__dict__.get("_sibo_adapters", {})):
@@ -224,7 +241,7 @@ class BoostedTuner:
 
     def _unload_and_optionally_merge(self, merge: bool = True, *args, **kwargs):
         if merge and self.__dict__.get("_sibo_adapters"):
-            raise ValueError(
+            raise InputError(
                 "merging would drop SIBO's λ·ΔW·h0 term: a merged layer runs its base weight only. "
                 "Use `sibo export` for an exact merged checkpoint"
             )
