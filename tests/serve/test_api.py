@@ -72,6 +72,34 @@ def test_a_lone_surrogate_is_a_json_400_naming_where(client):
         assert message == "prompt: not valid text (a lone surrogate '\\ud800' at character 0)"
 
 
+@pytest.mark.parametrize(
+    ("path", "field", "value", "message"),
+    [("/v1/chat/completions", "tools", [{"type": "function", "function": {"name": "f"}}], "tools: not supported by sibo serve"),
+     ("/v1/chat/completions", "logprobs", True, "logprobs: not supported by sibo serve"),
+     ("/v1/chat/completions", "response_format", {"type": "json_object"}, "response_format: not supported by sibo serve"),
+     ("/v1/completions", "presence_penalty", 0.5, "presence_penalty: not supported by sibo serve"),
+     ("/v1/completions", "max_completion_tokens", 4, "max_completion_tokens: unknown or not supported by sibo serve"),
+     ("/v1/completions", "temprature", 0.5, "temprature: unknown or not supported by sibo serve"),
+     ("/v1/completions", "temperature", 2.5, "temperature: Input should be less than or equal to 2")],
+)  # fmt: skip
+def test_a_field_not_served_is_a_400_naming_it(client, path, field, value, message):
+    body = {"model": MODEL, "max_tokens": 2, field: value}
+    body |= {"messages": [{"role": "user", "content": "hi"}]} if "chat" in path else {"prompt": "hi"}
+    response = post(client, path, body)
+    assert refused(response) == message and response.json()["error"]["param"] == field
+
+
+def test_what_asks_for_nothing_and_null_are_served_as_the_defaults(client):
+    sdk_defaults = {"presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": False, "tools": [], "user": "u1",
+                    "response_format": {"type": "text"}, "temperature": None, "top_p": None, "n": None, "stream": None}  # fmt: skip
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 2, **sdk_defaults}
+    response = post(client, "/v1/completions", body)
+    assert response.status_code == 200, response.text
+    assert (
+        response.json()["usage"]["completion_tokens"] <= 2 and response.json()["object"] == "text_completion"
+    )
+
+
 def test_generation_configs_max_new_tokens_is_a_whole_number_or_a_json_400(client, engine, script_model):
     """`transformers chat`'s generation_config is JSON text no pydantic field checks: "64" was a 500."""
     chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}

@@ -259,6 +259,11 @@ def test_port_0_is_refused_in_one_line(capsys):
     assert line == "sibo serve: error: --port must be in 1..65535, got 0"
 
 
+def test_an_empty_api_key_is_refused_not_served_open(capsys):
+    line = refused(capsys, ["serve", "--base_model", "nowhere", "--api_key", " "])
+    assert line == "sibo serve: error: --api_key is empty: give the key, or leave the flag out to serve without one"
+
+
 def test_a_cancelled_request_stops_decoding_its_row_and_an_all_cancelled_batch_stops():
     """A client that went away (its request cancelled mid-generation) does not keep the batch decoding."""
     import asyncio

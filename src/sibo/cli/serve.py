@@ -38,6 +38,9 @@ class ServeFlags(DecodingMerge, ListenAddress):
         check_port(self.port, required=True)
         if self.max_batch_size < 1:
             raise InputError(f"--max_batch_size must be at least 1, got {self.max_batch_size}")
+        if self.api_key is not None and not self.api_key.strip():
+            # `--api_key "$KEY"` with KEY unset would serve every route to anyone
+            raise InputError("--api_key is empty: give the key, or leave the flag out to serve without one")
 
 
 def build_parser() -> ArgumentParser:

@@ -26,7 +26,7 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from transformers import PreTrainedTokenizerBase
 
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings, check_fits_context
@@ -39,9 +39,19 @@ from sibo.serve.text import ResponseText
 class ApiError(Exception):
     """A request the server refuses: its HTTP status and OpenAI-style error type."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None
+    ):
         super().__init__(message)
-        self.status, self.kind = status, kind
+        self.status, self.kind, self.param = status, kind, param
+
+
+# OpenAI's fields that sibo does not implement: accepted only at the value that asks for nothing (what SDKs send
+# unasked), so a request that needs them (tools, logprobs, a JSON format) is refused, not answered as if plain.
+_NEUTRAL = {"presence_penalty": [0], "frequency_penalty": [0], "logprobs": [False, 0], "top_logprobs": [0],
+            "logit_bias": [{}], "tools": [[]], "tool_choice": ["none"], "parallel_tool_calls": [True, False],
+            "response_format": [{"type": "text"}], "echo": [False], "best_of": [1], "suffix": [""]}  # fmt: skip
+_BOOKKEEPING = {"user", "metadata", "store", "service_tier"}  # fields that change no output
 
 
 class Sampling(BaseModel):
@@ -49,13 +59,31 @@ class Sampling(BaseModel):
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = 1
     stream: bool = False
     stream_options: dict | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def refuse_what_is_not_served(cls, body: object) -> object:
+        """A field this endpoint does not serve is a 400 naming it; null asks for the default, as in OpenAI's API."""
+        if not isinstance(body, dict):
+            return body
+        for key, value in body.items():
+            if (
+                key in cls.model_fields
+                or key in _BOOKKEEPING
+                or value is None
+                or value in _NEUTRAL.get(key, ())
+            ):
+                continue
+            served = "" if key in _NEUTRAL else "unknown or "
+            raise ApiError(400, f"{key}: {served}not supported by sibo serve"[:200], param=key)
+        return {key: value for key, value in body.items() if value is not None}
 
 
 class TextPart(BaseModel):
@@ -135,7 +163,9 @@ def build_api(engine: BatchingEngine, model_id: str, api_key: str | None = None)
     async def bad_body(request: Request, error: RequestValidationError):
         first = error.errors()[0] if error.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ())[1:])
-        return _error(ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}"))
+        return _error(
+            ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None)
+        )
 
     app.add_exception_handler(ApiError, lambda request, error: _error(error))
     app.add_exception_handler(InputError, lambda request, error: _error(ApiError(400, str(error))))
@@ -342,5 +372,5 @@ def _sse(payload: dict) -> str:
 
 
 def _error(error: ApiError) -> JSONResponse:
-    body = {"error": {"message": str(error), "type": error.kind, "param": None, "code": None}}
+    body = {"error": {"message": str(error), "type": error.kind, "param": error.param, "code": None}}
     return JSONResponse(body, status_code=error.status)
