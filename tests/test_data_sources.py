@@ -114,9 +114,11 @@ def test_a_mapped_column_replaces_one_of_our_name(tmp_path):
     assert dataset[:] == {"instruction": ["Add 1 and 1."], "input": [""], "output": ["2"]}
 
 
-def test_csv_numbers_are_their_text(tmp_path):
-    rows = [{"instruction": "Add 2 and 3.", "output": "5"}, {"instruction": "Add 1 and 1.", "output": "2"}]
-    assert load_record_dataset(str(write_csv(tmp_path / "d.csv", rows)))["output"] == ["5", "2"]
+def test_csv_cells_are_their_text(tmp_path):
+    texts = ["007", "1.50", "None", "NA", "true", "nan"]
+    rows = [{"instruction": f"Say {text}.", "input": text, "output": text} for text in texts]
+    dataset = load_record_dataset(str(write_csv(tmp_path / "d.csv", rows)))
+    assert dataset["output"] == texts and dataset["input"] == texts
 
 
 def test_validation_split_of_a_dataset_is_the_lists(tmp_path):
@@ -254,6 +256,9 @@ def test_two_sources_mixed_by_ratio_give_the_seeded_counts(tmp_path):
     reseeded = load_sources(sources, columns, "0.75,0.25", seed=1)
     assert reseeded["instruction"] != mixed["instruction"]
     assert source_counts(load_sources(sources, columns, "0.25,0.75", seed=0))["b"] == 3000
+    # b's thousand are drawn from the whole file, not its first thousand records (a file sorted by topic)
+    drawn = [int(text.split()[1]) for text in mixed["instruction"] if text.startswith("b ")]
+    assert max(drawn) >= 2500 and min(drawn) < 500
     concatenated = load_sources(sources, columns)
     assert source_counts(concatenated) == {"a": 3000, "b": 3000}
     assert concatenated["instruction"][:2] == ["a 0", "a 1"]

@@ -94,19 +94,31 @@ def _load_file(path: Path, mapped: bool = False):
         check_utf8(path)  # arrow would fail later, on the first row it decodes, with no file named
     try:
         with datasets_bars(path.stat().st_size >= LARGE_FILE_BYTES):
-            dataset = datasets.load_dataset(loader, data_files=str(path), split="train")
+            dataset = datasets.load_dataset(
+                loader, data_files=str(path), split="train", **_as_text(path, loader)
+            )
     except Exception as error:  # noqa: BLE001 - arrow, pandas and json parsers raise their own types
         if loader == "json" and not mapped:
             # Not JSONL the loader can read: the JSON reader says what is wrong, and where.
             return _from_records(read_records_file(path))
         reason = first_line(error.__cause__ or error)
         raise InputError(f"{path}: not a readable {loader} file ({reason})") from None
-    if loader == "csv":
-        # A CSV cell is text: a column of numbers is still the text the file holds.
-        dataset = dataset.cast(
-            datasets.Features({name: datasets.Value("string") for name in dataset.column_names})
-        )
     return dataset
+
+
+def _as_text(path: Path, loader: str) -> dict:
+    """A CSV cell is the text the file holds ("007", "1.50", "NA", "None" as written): every column read as a
+    string, and only an empty cell missing (pandas would otherwise guess numbers and missing values first)."""
+    if loader != "csv":
+        return {}
+    import csv
+
+    import datasets
+
+    with path.open(encoding="utf-8-sig", newline="") as file:
+        header = next(csv.reader(file), [])
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    return {"features": features, "keep_default_na": False, "na_values": [""]}
 
 
 def check_utf8(path: Path) -> None:
@@ -294,7 +306,8 @@ def _ratios(text: str, sources: int) -> list[float]:
 def load_sources(data_path: str, data_columns: str = "", data_ratios: str = "", seed: int = 42):
     """The records of one or several sources as one Dataset: concatenated, or — with ratios — interleaved
     by datasets' `interleave_datasets`, sampling each source with its ratio (seeded) until the first runs
-    out. Every source must hold the same kind of record (instruction or chat)."""
+    out, each source shuffled first (seeded) so that a file sorted by topic gives a sample of all of it,
+    not its head. Every source must hold the same kind of record (instruction or chat)."""
     sources = split_sources(data_path, data_columns, data_ratios)
     loaded = [load_record_dataset(path, columns) for path, columns, _ in sources]
     if len(loaded) == 1:
@@ -313,7 +326,10 @@ def load_sources(data_path: str, data_columns: str = "", data_ratios: str = "", 
             "concatenated %d sources: %s records", len(loaded), " + ".join(str(len(d)) for d in loaded)
         )
         return mixed
-    tagged = [dataset.add_column("source", [index] * len(dataset)) for index, dataset in enumerate(loaded)]
+    tagged = [
+        dataset.add_column("source", [index] * len(dataset)).shuffle(seed=seed + index)
+        for index, dataset in enumerate(loaded)
+    ]
     mixed = datasets.interleave_datasets(
         tagged,
         probabilities=[ratio for _, _, ratio in sources],

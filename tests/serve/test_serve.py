@@ -261,7 +261,10 @@ def test_port_0_is_refused_in_one_line(capsys):
 
 def test_an_empty_api_key_is_refused_not_served_open(capsys):
     line = refused(capsys, ["serve", "--base_model", "nowhere", "--api_key", " "])
-    assert line == "sibo serve: error: --api_key is empty: give the key, or leave the flag out to serve without one"
+    assert (
+        line
+        == "sibo serve: error: --api_key is empty: give the key, or leave the flag out to serve without one"
+    )
 
 
 def test_a_cancelled_request_stops_decoding_its_row_and_an_all_cancelled_batch_stops():
