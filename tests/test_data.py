@@ -95,6 +95,27 @@ def test_validation_split_is_seeded_and_disjoint():
         split_validation(records, 20)
 
 
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_validation_records_that_copy_training_records_are_counted(as_dataset, caplog):
+    import datasets
+
+    records = [Record(f"q{i % 10}", "", f"a{i % 10}") for i in range(20)]  # each record twice
+    train, val = split_validation(records, 5)
+    copies = sum(record in set(train) for record in val)
+    assert copies > 0  # the seeded split holds some: the count is the log's
+    caplog.clear()
+    data = datasets.Dataset.from_list([vars(record) for record in records]) if as_dataset else records
+    with caplog.at_level("WARNING", logger="sibo.data"):
+        split_validation(data, 5)
+    assert caplog.messages == [
+        f"validation: {copies} of its 5 records are copies of training records: eval_loss (and the best checkpoint "
+        "chosen by it) flatters the model; deduplicate the data"
+    ]
+    caplog.clear()
+    split_validation([Record(f"q{i}", "", f"a{i}") for i in range(20)], 5)
+    assert caplog.messages == []
+
+
 # ---------------------------------------------------------------- tokenisation
 
 

@@ -144,9 +144,26 @@ def split_validation(records, val_set_size: int, seed: int = 42):
     order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
     held_out = set(order[:val_set_size])
     train = [index for index in range(len(records)) if index not in held_out]
+    keys = _record_keys(records)
+    in_training = {keys[index] for index in train}
+    copies = sum(keys[index] in in_training for index in order[:val_set_size])
+    if copies:
+        logger.warning(
+            "validation: %d of its %d records are copies of training records: eval_loss (and the best checkpoint "
+            "chosen by it) flatters the model; deduplicate the data",
+            copies,
+            val_set_size,
+        )
     if hasattr(records, "select"):  # a datasets.Dataset: index it, copy nothing
         return records.select(train), records.select(order[:val_set_size])
     return [records[index] for index in train], [records[index] for index in order[:val_set_size]]
+
+
+def _record_keys(records) -> list[str]:
+    """Each record's content, comparable across records (a Dataset's rows, or Records and Conversations)."""
+    if hasattr(records, "column_names"):
+        return [repr(row) for row in zip(*(records[name] for name in records.column_names), strict=True)]
+    return [repr(record) for record in records]
 
 
 # ---------------------------------------------------------------- tokenisation
