@@ -15,6 +15,7 @@ from sibo.data import (
     read_records_file,
     split_validation,
     tokenize_records,
+    warn_of_empty_responses,
 )
 from sibo.data_sources import load_record_dataset
 from sibo.errors import InputError
@@ -114,6 +115,22 @@ def test_validation_records_that_copy_training_records_are_counted(as_dataset, c
     caplog.clear()
     split_validation([Record(f"q{i}", "", f"a{i}") for i in range(20)], 5)
     assert caplog.messages == []
+
+
+def test_empty_responses_are_counted_and_said(caplog):
+    import datasets
+
+    instructions = datasets.Dataset.from_list(
+        [{"instruction": "q", "input": "", "output": text} for text in ("a", "", " ")]
+    )
+    turn = {"role": "user", "content": "hi"}
+    chats = datasets.Dataset.from_list(
+        [{"messages": [turn, {"role": "assistant", "content": text}]} for text in ("a", "\n")]
+    )
+    with caplog.at_level("WARNING", logger="sibo.data"):
+        assert (warn_of_empty_responses(instructions), warn_of_empty_responses(chats)) == (2, 1)
+    said = "records have an empty response: each teaches the model to answer with nothing (is this a test file, whose answers are elsewhere?)"
+    assert caplog.messages == [f"2 of 3 {said}", f"1 of 2 {said}"]
 
 
 # ---------------------------------------------------------------- tokenisation

@@ -159,6 +159,26 @@ def split_validation(records, val_set_size: int, seed: int = 42):
     return [records[index] for index in train], [records[index] for index in order[:val_set_size]]
 
 
+def warn_of_empty_responses(records: datasets.Dataset) -> int:
+    """Say how many records have an empty response (an instruction record's output, or an assistant turn of a
+    conversation): kept, as upstream keeps them, but each teaches the model to answer with nothing."""
+    if "output" in records.column_names:
+        empty = sum(not text.strip() for text in records["output"])
+    else:
+        empty = sum(
+            any(turn["role"] == "assistant" and not turn["content"].strip() for turn in messages)
+            for messages in records["messages"]
+        )
+    if empty:
+        logger.warning(
+            "%d of %d records have an empty response: each teaches the model to answer with nothing (is this a "
+            "test file, whose answers are elsewhere?)",
+            empty,
+            len(records),
+        )
+    return empty
+
+
 def _record_keys(records) -> list[str]:
     """Each record's content, comparable across records (a Dataset's rows, or Records and Conversations)."""
     if hasattr(records, "column_names"):

@@ -18,7 +18,7 @@ from transformers import set_seed
 
 from sibo.checkpoint.config import context_length
 from sibo.checkpoint.load import exported_residual, load_model, require_quantization, resolve_dtype
-from sibo.data import TokenizedSet, split_validation, tokenize_dataset
+from sibo.data import TokenizedSet, split_validation, tokenize_dataset, warn_of_empty_responses
 from sibo.data_sources import load_sources
 from sibo.errors import InputError
 from sibo.eval.during_training import AccuracyDuringTraining, accuracy_during_training
@@ -121,6 +121,7 @@ def _read_data(config: FinetuneConfig, recorded_data: dict | None) -> tuple[Data
     records = load_sources(config.data_path, config.data_columns, config.data_ratios, config.seed)
     data = data_summary(records)
     warn_if_data_changed(data, config.data_path, recorded_data)
+    warn_of_empty_responses(records)
     return (*split_validation(records, config.val_set_size), data)
 
 
