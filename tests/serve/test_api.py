@@ -4,6 +4,7 @@ never a text/plain 500, and the endpoints never touch the engine thread's tokeni
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -89,6 +90,33 @@ def test_a_field_not_served_is_a_400_naming_it(client, path, field, value, messa
     assert refused(response) == message and response.json()["error"]["param"] == field
 
 
+def test_the_model_is_retrieved_by_name_and_every_error_has_openais_shape(client):
+    assert client.get(f"/v1/models/{MODEL}").json() == client.get("/v1/models").json()["data"][0]
+    for response, status, message in [
+        (
+            client.get("/v1/models/other"),
+            404,
+            f"model 'other' is not served here: this server serves '{MODEL}'",
+        ),
+        (client.get("/v1/nowhere"), 404, "Not Found"),
+        (client.get("/v1/completions"), 405, "Method Not Allowed"),
+    ]:
+        assert response.status_code == status and response.json()["error"]["message"] == message
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_budget_past_the_context_names_max_tokens(client):
+    message = refused(
+        post(client, "/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 100_000})
+    )
+    found = re.fullmatch(
+        r"the prompt is (\d+) tokens and max_tokens is 100000, more than the model's context of (\d+) tokens: "
+        r"use max_tokens (\d+) or less",
+        message,
+    )
+    assert found and int(found[3]) == int(found[2]) - int(found[1])
+
+
 def test_what_asks_for_nothing_and_null_are_served_as_the_defaults(client):
     sdk_defaults = {"presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": False, "tools": [], "user": "u1",
                     "response_format": {"type": "text"}, "temperature": None, "top_p": None, "n": None, "stream": None}  # fmt: skip
@@ -143,9 +171,35 @@ def test_the_endpoints_never_use_the_engine_threads_tokenizer(client, engine, mo
     assert users and set(users) == {"sibo-serve-engine"}
 
 
-def test_a_non_streamed_request_whose_client_hangs_up_stops_decoding(engine, script_model):
+def test_a_stream_closed_while_it_waits_for_its_client_cancels_its_request(engine):
+    """Starlette closes a stream's generator (GeneratorExit at its `yield`) when the client leaves while the
+    stream waits to send: its row must stop as when the hang-up finds it waiting for a token."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from sibo.serve.api import _Reply
+    from sibo.serve.engine import Event
+
+    request = SimpleNamespace(events=asyncio.Queue(), cancelled=threading.Event(), stop=())
+    reply = _Reply(SimpleNamespace(tokenizer=engine.tokenizer, model_id=MODEL, engine=engine), False, request)
+
+    async def read_one_then_leave():
+        request.events.put_nowait(
+            Event("tokens", engine.tokenizer("x", add_special_tokens=False)["input_ids"])
+        )
+        stream = reply.stream(usage=False)
+        assert (await anext(stream)).startswith("data: ")
+        await stream.aclose()
+
+    asyncio.run(read_one_then_leave())
+    assert request.cancelled.is_set()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_whose_client_hangs_up_stops_decoding(engine, script_model, stream):
     """uvicorn never tells a non-streamed endpoint that its client went away: the request asks, and is
-    cancelled, so its row stops instead of decoding to max_tokens for nobody."""
+    cancelled, so its row stops instead of decoding to max_tokens for nobody; a stream's too, whether the
+    hang-up finds it waiting for a token or for its client."""
     import uvicorn
 
     from sibo.serve.api import build_api
@@ -159,7 +213,7 @@ def test_a_non_streamed_request_whose_client_hangs_up_stops_decoding(engine, scr
     try:
         while not server.started:
             time.sleep(0.05)
-        body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 400}).encode()
+        body = json.dumps({"model": MODEL, "prompt": "hi", "max_tokens": 400, "stream": stream}).encode()
         head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         head += f"Content-Length: {len(body)}\r\n\r\n"
         with socket.create_connection(("127.0.0.1", port)) as client:

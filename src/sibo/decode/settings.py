@@ -108,15 +108,18 @@ def benchmark_decoding(**settings) -> DecodingSettings:
     return DecodingSettings(**{**BENCHMARK_DECODING_FLAGS["defaults"], **settings})
 
 
-def check_fits_context(model: torch.nn.Module, prompt_tokens: int, max_new_tokens: int, what: str) -> None:
-    """InputError naming `what` ("the prompt", "gsm8k example 7's prompt") unless prompt + response fit."""
+def check_fits_context(
+    model: torch.nn.Module, prompt_tokens: int, max_new_tokens: int, what: str, flag: str = "--max_new_tokens"
+) -> None:
+    """InputError naming `what` ("the prompt", "gsm8k example 7's prompt") unless prompt + response fit; `flag`
+    is how the caller sets the budget (the API's `max_tokens`)."""
     limit = context_length(model)
     if limit is None or prompt_tokens + max_new_tokens <= limit:
         return
     room = limit - prompt_tokens
-    fix = f"use --max_new_tokens {room} or less" if room > 0 else "shorten it"
+    fix = f"use {flag} {room} or less" if room > 0 else "shorten it"
     raise InputError(
-        f"{what} is {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}, more than the model's "
+        f"{what} is {prompt_tokens} tokens and {flag.lstrip('-')} is {max_new_tokens}, more than the model's "
         f"context of {limit} tokens: {fix}"
     )
 

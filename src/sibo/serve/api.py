@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedTokenizerBase
 
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings, check_fits_context
@@ -169,13 +170,21 @@ def build_api(engine: BatchingEngine, model_id: str, api_key: str | None = None)
 
     app.add_exception_handler(ApiError, lambda request, error: _error(error))
     app.add_exception_handler(InputError, lambda request, error: _error(ApiError(400, str(error))))
+    # an unknown route or method: OpenAI's error shape too, not starlette's {"detail": …}
+    app.add_exception_handler(
+        StarletteHTTPException, lambda request, error: _error(ApiError(error.status_code, str(error.detail)))
+    )
+    listing = {"id": model_id, "object": "model", "created": created, "owned_by": "sibo"}
 
     @app.get("/v1/models")
     async def models():
-        return {
-            "object": "list",
-            "data": [{"id": model_id, "object": "model", "created": created, "owned_by": "sibo"}],
-        }
+        return {"object": "list", "data": [listing]}
+
+    @app.get("/v1/models/{model}")
+    async def model(model: str):
+        """The one model served (the openai client's models.retrieve)."""
+        _check_model(model, model_id)
+        return listing
 
     @app.post("/load_model")
     async def load_model(body: dict):
@@ -210,6 +219,13 @@ def _chat_prompt(served: _Served, messages: list[Message]) -> str:
     return served.engine.template.conversation_prompt(served.tokenizer, turns)
 
 
+def _check_model(asked: str, model_id: str) -> None:
+    if asked != model_id:
+        raise ApiError(
+            404, f"model {asked!r} is not served here: this server serves {model_id!r}", param="model"
+        )
+
+
 def _only(values: list[str], name: str) -> str:
     if len(values) != 1:
         raise ApiError(400, f"{name}: one prompt per request, got {len(values)}")
@@ -217,14 +233,15 @@ def _only(values: list[str], name: str) -> str:
 
 
 async def _complete(served: _Served, http: Request, body: Sampling, prompt: str, chat: bool):
-    engine, model_id = served.engine, served.model_id
-    if body.model != model_id:
-        raise ApiError(404, f"model {body.model!r} is not served here: this server serves {model_id!r}")
+    engine = served.engine
+    _check_model(body.model, served.model_id)
     if body.n != 1:
         raise ApiError(400, "n: one choice per request")
     request = engine.request(prompt, _settings(body), _stops(body.stop))
     tokens = len(served.tokenizer(prompt, add_special_tokens=request.add_special_tokens)["input_ids"])
-    check_fits_context(engine.model, tokens, request.settings.tokens_or(ONE_ANSWER_TOKENS), "the prompt")
+    check_fits_context(
+        engine.model, tokens, request.settings.tokens_or(ONE_ANSWER_TOKENS), "the prompt", "max_tokens"
+    )
     request.loop = asyncio.get_running_loop()
     engine.submit(request)
     reply = _Reply(served, chat, request)
@@ -354,7 +371,10 @@ class _Reply:
                 yield _sse({**self._body([], chunk=True), "usage": self._usage(event)})
         except ApiError as error:
             yield _sse({"error": {"message": str(error), "type": error.kind, "param": None, "code": None}})
-        except asyncio.CancelledError:
+        except (
+            asyncio.CancelledError,
+            GeneratorExit,
+        ):  # the client left while it awaited a token, or its send
             self.request.cancelled.set()
             raise
         yield "data: [DONE]\n\n"
