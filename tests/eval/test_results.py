@@ -143,3 +143,13 @@ def test_each_dataset_keeps_the_extraction_that_read_it_and_only_that_one_is_reu
     del summary["datasets"]["SingleEq"]["extraction"]  # written before datasets recorded theirs
     (out / "summary.json").write_text(json.dumps(summary))
     assert earlier_results(careful, run, {"SingleEq": 3}) is None
+
+
+def test_the_printed_table_says_its_mean_is_of_the_datasets_accuracies():
+    from sibo.cli.evaluate import format_table
+
+    table = format_table({"AddSub": DatasetResult(n=4, correct=1), "gsm8k": DatasetResult(n=1, correct=1)})
+    assert (
+        table.splitlines()[-1]
+        == f"{'mean':<14} {'':>6} {'':>8} {0.625:>9.4f}   (of the 2 datasets' accuracies)"
+    )

@@ -376,6 +376,32 @@ def test_two_ranks_score_disjoint_shards_and_rank0_merges(tiny, data_dir, tmp_pa
         assert parallel == single.replace('"batch_size": 3', '"batch_size": 2')
 
 
+def test_a_rank_writing_to_another_folder_fails_the_run_instead_of_a_partial_accuracy(
+    tiny, data_dir, tmp_path, monkeypatch
+):
+    model, tokenizer, _ = tiny
+    monkeypatch.setattr(batch_module, "generate_batch", scripted_responses([]))
+    barrier, failures = threading.Barrier(2, timeout=60), []
+
+    def rank(r, out):  # two machines, each with its own --output_dir
+        try:
+            run(model, tokenizer, data_dir, out, Shard(r, 2, barrier.wait), batch_size=2)
+        except BaseException as error:  # noqa: BLE001 - checked below
+            failures.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r, tmp_path / f"machine{r}")) for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    refused = [str(error) for error in failures if isinstance(error, InputError)]
+    assert refused == [
+        f"AddSub: 3 of 7 examples have no answer in {tmp_path / 'machine0'}: every rank of a data-parallel run "
+        "must write to the same --output_dir (one folder they all reach)"
+    ]
+
+
 def test_every_rank_returns_rank0s_results(tiny, data_dir, tmp_path, monkeypatch):
     """Finetune's best checkpoint and early stopping read these on every rank: a rank seeing 0.0 while
     rank 0 sees the real accuracy would stop alone, and the other ranks would wait for it for ever."""

@@ -270,6 +270,12 @@ def evaluate_dataset(
     if not shard.is_main:
         return DatasetResult(0, 0)
     records = consolidate(path, task, examples, config.extraction, chat)
+    if len(records) < len(examples):  # another rank's answers are not in this folder: no accuracy of a part
+        raise InputError(
+            f"{task.name}: {len(examples) - len(records)} of {len(examples)} examples have no answer in "
+            f"{path.parent}: every rank of a data-parallel run must write to the same --output_dir (one folder "
+            "they all reach)"
+        )
     result = DatasetResult(n=len(records), correct=sum(record["correct"] for record in records.values()))
     logger.info("%s: %d/%d correct (%.4f)", task.name, result.correct, result.n, result.accuracy)
     return result
