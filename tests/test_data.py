@@ -96,8 +96,8 @@ def test_validation_split_is_seeded_and_disjoint():
         split_validation(records, 20)
 
 
-@pytest.mark.parametrize("as_dataset", [False, True])
-def test_validation_records_that_copy_training_records_are_counted(as_dataset, caplog):
+@pytest.mark.parametrize("kind", ["records", "dataset", "chat"])
+def test_validation_records_that_copy_training_records_are_counted(kind, caplog):
     import datasets
 
     records = [Record(f"q{i % 10}", "", f"a{i % 10}") for i in range(20)]  # each record twice
@@ -105,7 +105,18 @@ def test_validation_records_that_copy_training_records_are_counted(as_dataset, c
     copies = sum(record in set(train) for record in val)
     assert copies > 0  # the seeded split holds some: the count is the log's
     caplog.clear()
-    data = datasets.Dataset.from_list([vars(record) for record in records]) if as_dataset else records
+    chats = [  # as sibo.data_sources keeps them: each row with its own index, which is not its content
+        {
+            "messages": [
+                {"role": "user", "content": r.instruction},
+                {"role": "assistant", "content": r.output},
+            ],
+            "record": i,
+        }
+        for i, r in enumerate(records)
+    ]
+    data = {"records": records, "dataset": datasets.Dataset.from_list([vars(r) for r in records]),
+            "chat": datasets.Dataset.from_list(chats)}[kind]  # fmt: skip
     with caplog.at_level("WARNING", logger="sibo.data"):
         split_validation(data, 5)
     assert caplog.messages == [

@@ -114,6 +114,18 @@ def test_a_mapped_column_replaces_one_of_our_name(tmp_path):
     assert dataset[:] == {"instruction": ["Add 1 and 1."], "input": [""], "output": ["2"]}
 
 
+@pytest.mark.parametrize(
+    "text",
+    [",instruction,output\n0,Add 2 and 3.,5\n",  # pandas' to_csv index: an empty column name
+     "instruction,output,output\nAdd 2 and 3.,5,6\n",  # a repeated name: the first is the column
+     "\n\ninstruction,output\nAdd 2 and 3.,5\n"],  # blank lines before the header
+)  # fmt: skip
+def test_csv_headers_pandas_reads_load_as_before(tmp_path, text):
+    (tmp_path / "d.csv").write_text(text)
+    dataset = load_record_dataset(str(tmp_path / "d.csv"))
+    assert dataset["output"] == ["5"]
+
+
 def test_csv_cells_are_their_text(tmp_path):
     texts = ["007", "1.50", "None", "NA", "true", "nan"]
     rows = [{"instruction": f"Say {text}.", "input": text, "output": text} for text in texts]

@@ -16,6 +16,7 @@ cannot keep packed sequences apart. The padding-free batches are in `sibo.train.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import uuid
@@ -179,11 +180,19 @@ def warn_of_empty_responses(records: datasets.Dataset) -> int:
     return empty
 
 
-def _record_keys(records) -> list[str]:
-    """Each record's content, comparable across records (a Dataset's rows, or Records and Conversations)."""
-    if hasattr(records, "column_names"):
-        return [repr(row) for row in zip(*(records[name] for name in records.column_names), strict=True)]
-    return [repr(record) for record in records]
+def _record_keys(records) -> list[bytes]:
+    """A digest of each record's content (a Dataset's rows read in batches, a chat row's index aside; or Records
+    and Conversations), so that copies compare equal without holding the data twice."""
+
+    def digest(content: object) -> bytes:
+        return hashlib.blake2b(repr(content).encode(), digest_size=16).digest()
+
+    if not hasattr(records, "column_names"):
+        return [digest(record) for record in records]
+    content = records.select_columns([name for name in records.column_names if name != "record"])
+    return [
+        digest(row) for batch in content.iter(batch_size=1000) for row in zip(*batch.values(), strict=True)
+    ]
 
 
 # ---------------------------------------------------------------- tokenisation

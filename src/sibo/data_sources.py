@@ -111,12 +111,12 @@ def _as_text(path: Path, loader: str) -> dict:
     string, and only an empty cell missing (pandas would otherwise guess numbers and missing values first)."""
     if loader != "csv":
         return {}
-    import csv
-
     import datasets
+    import pandas
 
-    with path.open(encoding="utf-8-sig", newline="") as file:
-        header = next(csv.reader(file), [])
+    header = pandas.read_csv(
+        path, nrows=0
+    ).columns  # named as datasets' reader names them ("Unnamed: 0", "a.1")
     features = datasets.Features({name: datasets.Value("string") for name in header})
     return {"features": features, "keep_default_na": False, "na_values": [""]}
 

@@ -219,22 +219,32 @@ def test_disable_adapter_gives_base_outputs():
         assert torch.equal(model(input_ids=ids).logits, want)
 
 
-@pytest.mark.parametrize("reentrant", [False, True])
-def test_gradient_checkpointing_reruns_each_forward_with_its_own_h0(reentrant):
+@pytest.mark.parametrize(("reentrant", "boosted_again"), [(False, False), (True, False), (False, True)])
+def test_gradient_checkpointing_reruns_each_forward_with_its_own_h0(reentrant, boosted_again):
     """Two forwards, then one backward (two losses, a KL term): a block rerun in backward mixes the h0 of the
-    forward it belongs to, not the last one's; the gradients are those of the model without checkpointing."""
+    forward it belongs to, not the last one's; the gradients are those of the model without checkpointing.
+    So too for a base boosted again after its first adapter was unloaded (its blocks checkpointed before)."""
     base = tiny("llama")
     first, second = (
         torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(s)) for s in (1, 2)
     )
 
+    def boosted(model):
+        return get_sibo_model(
+            model, lora_config("llama"), lam=0.5, targets="all", learnable_lambda=True
+        ).train()
+
     def gradients(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model = copy.deepcopy(base)
+        if checkpointing and boosted_again:
+            earlier = boosted(model)
+            earlier.gradient_checkpointing_enable({"use_reentrant": reentrant})
+            earlier.enable_input_require_grads()
+            earlier(input_ids=first, labels=first).loss.backward()
+            model = earlier.unload()
         torch.manual_seed(0)
-        model = get_sibo_model(
-            copy.deepcopy(base), lora_config("llama"), lam=0.5, targets="all", learnable_lambda=True
-        )
-        model.train()
-        if checkpointing:
+        model = boosted(model)
+        if checkpointing and not boosted_again:  # the base's blocks are still checkpointed
             model.gradient_checkpointing_enable({"use_reentrant": reentrant})
             model.enable_input_require_grads()
         (model(input_ids=first, labels=first).loss + model(input_ids=second, labels=second).loss).backward()

@@ -115,12 +115,25 @@ def test_peft_loaded_adapters_run_a_mixed_batch_each_on_its_rows(saved):
         torch.testing.assert_close(mixed[row], want[name][row], rtol=1e-5, atol=1e-5)
 
 
-def test_boosting_one_peft_loaded_adapter_keeps_the_others_boost_and_learnt_lambda(saved):
+def test_boosting_one_peft_loaded_adapter_keeps_the_others_boost_and_learnt_lambda(saved, tmp_path):
     want = logits(sibo.load_sibo_model(base(saved), saved / "learnt"))
     model = sibo.boost_adapter(peft_loaded_pair(saved), sibo.SiboConfig(lam=0.3), "fixed")
     model.set_adapter("learnt")
     torch.testing.assert_close(logits(model.eval()), want, rtol=0, atol=1e-6)
     assert sibo.sibo_settings(model, "fixed").lam == 0.3
+    # saved, each folder says what the adapter now runs with: fixed's new λ, learnt's λ as trained on
+    with torch.no_grad():
+        model.sibo_lambdas["learnt"].logits.add_(0.5)
+    trained = model.sibo_lambdas["learnt"].logits.tolist()
+    model.save_pretrained(tmp_path)
+    assert sibo.sibo_settings(sibo.load_sibo_model(base(saved), tmp_path / "fixed")).lam == 0.3
+    reloaded = PeftModel.from_pretrained(base(saved), str(tmp_path / "learnt"))
+    assert reloaded.base_model.sibo_lambdas["default"].logits.tolist() == trained
+    # boosted with λ 0, it is a plain LoRA folder again
+    sibo.boost_adapter(model, sibo.SiboConfig(lam=0.0), "fixed")
+    model.save_pretrained(tmp_path / "again", selected_adapters=["fixed"])
+    stored = json.loads((tmp_path / "again" / "fixed" / "adapter_config.json").read_text())
+    assert stored["peft_type"] == "LORA" and "sibo" not in stored
 
 
 def test_sibo_load_adapter_takes_a_sibo_lora_folder_under_a_new_name(saved):

@@ -103,6 +103,12 @@ def test_the_model_is_retrieved_by_name_and_every_error_has_openais_shape(client
     ]:
         assert response.status_code == status and response.json()["error"]["message"] == message
         assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert client.get("/v1/completions").headers["allow"] == "POST"
+    assert (
+        client.get("/v1/models/org/name")
+        .json()["error"]["message"]
+        .startswith("model 'org/name' is not served")
+    )
 
 
 def test_a_budget_past_the_context_names_max_tokens(client):

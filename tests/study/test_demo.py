@@ -123,15 +123,15 @@ def test_an_earlier_demo_output_is_cleared_but_foreign_files_are_kept(tmp_path):
 
 
 def test_a_killed_demo_owns_its_own_files_and_none_the_user_put_in_its_folders(tmp_path):
-    prepare_output_dir(tmp_path, tmp_path.parent / "base", ("lora",))  # never records: killed
+    prepare_output_dir(tmp_path, tmp_path.parent / "base")  # never records: killed
     demo_files = ["results.json", "adapters/lora/adapter_model.safetensors", "adapters/lora/checkpoint-4/x.pt",
                   f"adapters/lora/{RUN_MARKER}", "eval/base/AddSub.jsonl", "eval/lora/.summary.json.k3x9q2ab.partial",
-                  f"analyze/{RUN_MARKER}"]  # fmt: skip
-    users = ["eval/notes.txt", "eval/again/summary.json", "adapters/lora/mine.txt", "adapters/adapter/x.json"]
+                  f"analyze/{RUN_MARKER}", "eval/adapter-sibo/summary.json"]  # fmt: skip
+    users = ["eval/notes.txt", "eval/again/summary.json", "adapters/lora/mine.txt", "adapters/mine/x.json"]
     for name in demo_files + users:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("{}")
-    prepare_output_dir(tmp_path, tmp_path.parent / "base", ("lora",))
+    prepare_output_dir(tmp_path, tmp_path.parent / "base")
     left = sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*") if path.is_file())
     assert left == sorted([*users, RUN_MARKER])
 

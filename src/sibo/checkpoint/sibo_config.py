@@ -81,11 +81,17 @@ def read_sibo_config(directory: Path, base_config) -> tuple[SiboConfig, list[flo
 def mark_boosted(directory: Path, adapter: BoostedAdapter, logits: torch.Tensor | None = None) -> None:
     """Write a boosted adapter's settings into its adapter_config.json, where PEFT's loaders read them: a LoRA
     adapter becomes SIBO_LORA (PEFT without sibo refuses it, PEFT with sibo boosts it), a bottleneck adapter
-    (a type only sibo's import teaches PEFT) gets its "sibo" block. λ = 0 leaves a plain folder."""
+    (a type only sibo's import teaches PEFT) gets its "sibo" block, a SIBO_LORA adapter boosted again its new
+    one. λ = 0 leaves a plain folder (a SIBO_LORA adapter unboosted is LORA again)."""
     file = directory / "adapter_config.json"
     stored = json.loads(file.read_text())
     boosted = adapter.config.lam > 0 or adapter.lambdas is not None
-    if stored.get("peft_type") not in MIXABLE_PEFT_TYPES or not boosted:
+    if stored.get("peft_type") not in (*MIXABLE_PEFT_TYPES, PEFT_TYPE_NAME):
+        return
+    if not boosted:
+        if stored.pop(SETTINGS_FIELD, None) is not None or stored["peft_type"] == PEFT_TYPE_NAME:
+            stored["peft_type"] = "LORA" if stored["peft_type"] == PEFT_TYPE_NAME else stored["peft_type"]
+            write_json(file, stored, sort_keys=True)
         return
     if adapter.lambdas is not None and logits is None:
         logits = adapter.lambdas.logits

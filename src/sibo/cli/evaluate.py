@@ -103,5 +103,7 @@ def format_table(results) -> str:
     rows += [f"{name:<14} {r.n:>6} {r.correct:>8} {r.accuracy:>9.4f}" for name, r in results.items()]
     if len(results) > 1:
         mean = sum(r.accuracy for r in results.values()) / len(results)
-        rows.append(f"{'mean':<14} {'':>6} {'':>8} {mean:>9.4f}   (of the {len(results)} datasets' accuracies)")
+        rows.append(
+            f"{'mean':<14} {'':>6} {'':>8} {mean:>9.4f}   (of the {len(results)} datasets' accuracies)"
+        )
     return "\n".join(rows)

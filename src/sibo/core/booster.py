@@ -11,9 +11,10 @@ state that enters the first transformer block, while the frozen base weight stil
 It is built from two hooks and no fork of any model code: a forward pre-hook on block 0 stores
 h0 for the current forward pass, and a forward pre-hook on the first module of each eligible
 branch (LoRA's dropout, DoRA's magnitude module, a bottleneck adapter's dropout) mixes h0 into
-that module's input. Only branches inside a transformer block whose input width is the hidden
-size can take h0; `targets` chooses among them. Both hooks are safe to rerun: gradient
-checkpointing reruns a block in backward with the h0 of its own forward, even after later forwards.
+that module's input (a third, on each block, hands transformers' gradient checkpointing its h0). Only branches inside a transformer block whose input width is the hidden
+size can take h0; `targets` chooses among them. The hooks are safe to rerun: transformers' gradient
+checkpointing reruns a block in backward with the h0 of its own forward, even after later forwards
+(torch's checkpoint_wrapper and DeepSpeed's rerun with the last forward's: one forward per backward).
 h0 stays aligned with x under KV caching (block 0 sees the new positions only), left padding, beam
 search and packed sequences.
 """
@@ -185,9 +186,10 @@ def capture_initial_state(blocks: nn.ModuleList, state: InitialState) -> Handles
 
     def checkpoint_with_h0(block, args, kwargs):
         # Gradient checkpointing reruns a block in backward, when a later forward may have replaced h0: the
-        # rerun must mix its own forward's h0 (transformers' blocks checkpoint through _gradient_checkpointing_func).
+        # rerun must mix its own forward's h0 (transformers' blocks checkpoint through _gradient_checkpointing_func,
+        # set anew by each gradient_checkpointing_enable; a wrapper of another state is a copied or earlier model's).
         checkpointing = getattr(block, "_gradient_checkpointing_func", None)
-        if checkpointing is not None and not isinstance(checkpointing, _CheckpointWithH0):
+        if checkpointing is not None and getattr(checkpointing, "state", None) is not state:
             block._gradient_checkpointing_func = _CheckpointWithH0(checkpointing, state)
 
     return Handles(
@@ -195,6 +197,7 @@ def capture_initial_state(blocks: nn.ModuleList, state: InitialState) -> Handles
             blocks[0].register_forward_pre_hook(store_h0, with_kwargs=True),
             *(block.register_forward_pre_hook(checkpoint_with_h0, with_kwargs=True) for block in blocks),
             blocks[-1].register_forward_hook(check),
+            _CheckpointUnwrap(blocks),
         )
     )
 
@@ -204,7 +207,8 @@ class _CheckpointWithH0:
     of the forward that called it."""
 
     def __init__(self, checkpoint, state: InitialState) -> None:
-        self.checkpoint, self.state = checkpoint, state
+        self.checkpoint = checkpoint.checkpoint if isinstance(checkpoint, _CheckpointWithH0) else checkpoint
+        self.state = state
 
     def __call__(self, function, *args, **kwargs):
         h0 = self.state.h0
@@ -214,6 +218,18 @@ class _CheckpointWithH0:
             return function(*inner_args, **inner_kwargs)
 
         return self.checkpoint(with_its_h0, *args, **kwargs)
+
+
+class _CheckpointUnwrap(NamedTuple):
+    """Gives each block its own checkpoint function back when SIBO's hooks come off."""
+
+    blocks: nn.ModuleList
+
+    def remove(self) -> None:
+        for block in self.blocks:
+            checkpointing = getattr(block, "_gradient_checkpointing_func", None)
+            if isinstance(checkpointing, _CheckpointWithH0):
+                block._gradient_checkpointing_func = checkpointing.checkpoint
 
 
 def check_branches_mixed(state: InitialState) -> None:

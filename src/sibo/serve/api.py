@@ -172,7 +172,8 @@ def build_api(engine: BatchingEngine, model_id: str, api_key: str | None = None)
     app.add_exception_handler(InputError, lambda request, error: _error(ApiError(400, str(error))))
     # an unknown route or method: OpenAI's error shape too, not starlette's {"detail": …}
     app.add_exception_handler(
-        StarletteHTTPException, lambda request, error: _error(ApiError(error.status_code, str(error.detail)))
+        StarletteHTTPException,
+        lambda request, error: _error(ApiError(error.status_code, str(error.detail)), error.headers),
     )
     listing = {"id": model_id, "object": "model", "created": created, "owned_by": "sibo"}
 
@@ -180,8 +181,8 @@ def build_api(engine: BatchingEngine, model_id: str, api_key: str | None = None)
     async def models():
         return {"object": "list", "data": [listing]}
 
-    @app.get("/v1/models/{model}")
-    async def model(model: str):
+    @app.get("/v1/models/{model:path}")  # an id may hold "/" ("org/name")
+    async def retrieve_model(model: str):
         """The one model served (the openai client's models.retrieve)."""
         _check_model(model, model_id)
         return listing
@@ -371,11 +372,8 @@ class _Reply:
                 yield _sse({**self._body([], chunk=True), "usage": self._usage(event)})
         except ApiError as error:
             yield _sse({"error": {"message": str(error), "type": error.kind, "param": None, "code": None}})
-        except (
-            asyncio.CancelledError,
-            GeneratorExit,
-        ):  # the client left while it awaited a token, or its send
-            self.request.cancelled.set()
+        except (asyncio.CancelledError, GeneratorExit):
+            self.request.cancelled.set()  # the client left while this awaited a token, or its send
             raise
         yield "data: [DONE]\n\n"
 
@@ -391,6 +389,6 @@ def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-def _error(error: ApiError) -> JSONResponse:
+def _error(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"message": str(error), "type": error.kind, "param": error.param, "code": None}}
-    return JSONResponse(body, status_code=error.status)
+    return JSONResponse(body, status_code=error.status, headers=headers)

@@ -26,9 +26,11 @@ from sibo.core.config import SiboConfig
 from sibo.decode.settings import DecodingSettings, TokenBudget
 from sibo.errors import InputError
 from sibo.eval.config import EvalConfig
+from sibo.eval.runner import RESULT_FILES
 from sibo.eval.tasks import Example, Task
-from sibo.files import write_json
-from sibo.output_dir import claim_output_dir, clear_output_dir, hold_output_dir, refuse_replacing
+from sibo.files import ANALYZE_PLOT_FILE, ANALYZE_RESULTS_FILE, write_json
+from sibo.folder_lock import LOCK_FILE
+from sibo.output_dir import RUN_MARKER, claim_output_dir, clear_output_dir, hold_output_dir, refuse_replacing
 from sibo.study.runs import LORA_TARGETS, train_and_score
 from sibo.study.synthetic import generate_splits, write_records
 from sibo.train.config import FinetuneConfig
@@ -153,12 +155,11 @@ class Row:
     adapter_dir: str | None
 
 
-def prepare_output_dir(output_dir: Path, base_model: Path, methods: Sequence[str] = tuple(METHODS)) -> None:
+def prepare_output_dir(output_dir: Path, base_model: Path) -> None:
     """Start clean, but only ever delete what an earlier demo wrote, saying what: files the user added
     there (`eval/again`, the demo's suggested command) stay."""
     refuse_replacing(output_dir, VERB, [("--base_model", base_model)])
-    writes = demo_writes(methods)
-    claim_output_dir(output_dir, VERB, {}, may_differ=None, legacy=_legacy_demo, writes=writes)
+    claim_output_dir(output_dir, VERB, {}, may_differ=None, legacy=_legacy_demo, writes=demo_writes())
     gone = clear_output_dir(output_dir)  # the claim's marker counts the earlier demo's files as not kept
     if gone:
         tops = sorted({name.split("/")[0] + ("/" if "/" in name else "") for name in gone})
@@ -166,22 +167,19 @@ def prepare_output_dir(output_dir: Path, base_model: Path, methods: Sequence[str
                        ", ".join(tops))  # fmt: skip
 
 
-def demo_writes(methods: Sequence[str]) -> list[str]:
-    """The names a demo of `methods` writes, down to its fine-tunes' and scorings' own files: what a demo
-    killed before it ended owns, so a file the user adds anywhere in its folder stays theirs."""
-    from sibo.eval.runner import RESULT_FILES
-    from sibo.files import ANALYZE_PLOT_FILE, ANALYZE_RESULTS_FILE
-    from sibo.folder_lock import LOCK_FILE
-    from sibo.output_dir import RUN_MARKER
-    from sibo.train.guards import FINETUNE_FILES
+def demo_writes() -> list[str]:
+    """The names a demo of any methods writes, down to its fine-tunes' and scorings' own files: what a demo
+    killed before it ended owns (an earlier demo of other methods included), so a file the user adds anywhere
+    in its folder stays theirs."""
+    from sibo.train.guards import FINETUNE_FILES  # imports torch
 
     def under(folder: str, names: Sequence[str]) -> list[str]:
         return [f"{folder}/{name}" for name in (*names, RUN_MARKER, LOCK_FILE)]
 
     return [
         RESULTS_FILE, DEMO_MARKER, "data/train.json", "data/AddSub/test.json",
-        *(name for method in methods for name in under(f"adapters/{method}", FINETUNE_FILES)),
-        *(name for model in ("base", *methods) for name in under(f"eval/{model}", RESULT_FILES)),
+        *(name for method in METHODS for name in under(f"adapters/{method}", FINETUNE_FILES)),
+        *(name for model in ("base", *METHODS) for name in under(f"eval/{model}", RESULT_FILES)),
         *under("analyze", (ANALYZE_RESULTS_FILE, ANALYZE_PLOT_FILE)),
     ]  # fmt: skip
 
@@ -219,7 +217,7 @@ def run_study(config: DemoConfig) -> list[Row]:
             f"no demo base model at {base_model}: run `python scripts/pretrain_demo_base.py --out {base_model}`"
         )
     check_weights_dir(base_model)  # before anything is written to output_dir
-    prepare_output_dir(config.output_dir, base_model, config.methods)
+    prepare_output_dir(config.output_dir, base_model)
     write_json(config.output_dir / DEMO_MARKER, asdict(config), default=str)
 
     train, test = generate_splits(config.num_train, config.num_test, seed=config.seed)

@@ -55,10 +55,10 @@ SHAPE_SETTINGS = ("base_model", "adapter_name", "lora_r", "lora_alpha", "target_
 # What finetune writes in its folder (the adapter and its card, the tokenizer, the run's records, Trainer's
 # checkpoints, arguments and logs): any other file there is the user's, even after a killed run.
 FINETUNE_FILES = ("adapter_config.json", "adapter_model.*", SIBO_CONFIG_FILE, "README.md", "training_args.bin",
-              "tokenizer*", "tokenization_*", "*.model", "*.tiktoken", "special_tokens_map.json",
-              "added_tokens.json", "vocab.*", "merges.txt", "chat_template.*", TEMPLATE_FILE, RUN_CONFIG_FILE,
-              TRAIN_METRICS_FILE, EVAL_METRICS_FILE, f"{CHECKPOINT_PREFIX}-*", ACCURACY_DIR, "runs",
-              "emissions.csv")  # fmt: skip
+                  "tokenizer*", "tokenization_*", "*.model", "*.tiktoken", "special_tokens_map.json",
+                  "added_tokens.json", "vocab.*", "merges.txt", "chat_template.*", TEMPLATE_FILE, RUN_CONFIG_FILE,
+                  TRAIN_METRICS_FILE, EVAL_METRICS_FILE, f"{CHECKPOINT_PREFIX}-*", ACCURACY_DIR, "runs",
+                  "emissions.csv")  # fmt: skip
 
 
 def run_settings(config: FinetuneConfig) -> dict:
