@@ -184,6 +184,7 @@ def test_error_in_the_worker_reaches_the_reader(model, tokenizer):
         ("max_new_tokens", 0, "max_new_tokens must be at least 1"),
         ("temperature", -0.5, "temperature must be a finite number >= 0, got -0.5"),
         ("temperature", float("nan"), "temperature must be a finite number >= 0, got nan"),
+        ("temperature", 1e-300, r"temperature must be 0 \(greedy\) or at least 1e-05, got 1e-300"),
         ("seed", 2**32, "seed must be in 0…4294967295, got 4294967296"),
         ("top_p", 0.0, r"top_p must be in \(0, 1\]"),
         ("num_beams", 0, "num_beams must be at least 1"),

@@ -23,6 +23,7 @@ CPU_BATCH_SIZE = 8  # --batch_size auto off a GPU: CPU decoding gains little fro
 ONE_ANSWER_TOKENS = 128  # max_new_tokens of `sibo generate` when none is given
 # LLM-Adapters' evaluate.py decodes with 4 beams; `sibo evaluate` and `sibo sweep` keep that default.
 UPSTREAM_EVAL_BEAMS = 4
+MIN_TEMPERATURE = 1e-5  # below it, sampling is greedy to float32's precision, or overflows
 # How the benchmark verbs (evaluate, sweep) show their decoding flags: upstream's beams, each task's budget.
 BENCHMARK_DECODING_FLAGS = {
     "defaults": {"num_beams": UPSTREAM_EVAL_BEAMS},
@@ -75,6 +76,10 @@ class DecodingSettings(TokenBudget):
             raise InputError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if not 0 <= self.temperature < math.inf:
             raise InputError(f"temperature must be a finite number >= 0, got {self.temperature}")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / temperature overflow: sampling fails part way
+            raise InputError(
+                f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {self.temperature:g}"
+            )
         if not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
