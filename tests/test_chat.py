@@ -111,6 +111,15 @@ def test_cutoff_truncates_and_drops_a_record_with_no_assistant_token_left(tokeni
     # Cut where the first reply begins: no assistant token is left to learn, so the record is dropped.
     dropped = tokenized(tokenizer, path, cutoff_len=first_reply)
     assert (dropped.truncated, dropped.dropped, len(dropped.examples)) == (1, 1, 0)
+    # With train_on_inputs it is kept, and counted as training on its prompt alone (finetune warns of it).
+    kept = tokenized(tokenizer, path, cutoff_len=first_reply, train_on_inputs=True)
+    assert (kept.truncated, kept.dropped, kept.prompt_only, len(kept.examples)) == (1, 0, 1, 1)
+    head = len(tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
+    for cutoff, prompt_only in (
+        (first_reply + head, 1),
+        (first_reply + head + 1, 0),
+    ):  # its reply's first token
+        assert tokenized(tokenizer, path, cutoff_len=cutoff, train_on_inputs=True).prompt_only == prompt_only
 
 
 BAD_RECORDS = [

@@ -318,15 +318,17 @@ def _tokenize_batch(tokenizer, records: list[tuple[str, str, str]], cutoff_len: 
 def _tokenize_chat_batch(
     tokenizer, conversations: list[list[dict]], places: list[str], cutoff_len: int, train_on_inputs: bool
 ):
-    """(example or None, was_cut, False) for each conversation: the chat template's text, tokenized as
-    `apply_chat_template` tokenizes it, labelled on the assistant turns only unless train_on_inputs."""
+    """(example or None, was_cut, prompt_only) for each conversation: the chat template's text, tokenized as
+    `apply_chat_template` tokenizes it, labelled on the assistant turns only unless train_on_inputs (then
+    prompt_only when cutoff_len left no assistant token, where a fast tokenizer can tell)."""
+    spans = not train_on_inputs or tokenizer.is_fast
     rendered = [
-        chat.render(tokenizer, messages, place, spans=not train_on_inputs)
+        chat.render(tokenizer, messages, place, spans=spans)
         for messages, place in zip(conversations, places, strict=True)
     ]
     texts = [text for text, _ in rendered]
     try:
-        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=not train_on_inputs)
+        encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=spans)
     except NotImplementedError:
         raise InputError(
             "finding the assistant turns of chat records needs a fast tokenizer (offsets): use one, or "
@@ -334,15 +336,18 @@ def _tokenize_chat_batch(
         ) from None
     results = []
     for index, input_ids in enumerate(encoded["input_ids"]):
+        learned = chat.in_spans(encoded["offset_mapping"][index], rendered[index][1]) if spans else None
         if train_on_inputs:
             labels = list(input_ids)
         else:
-            learned = chat.in_spans(encoded["offset_mapping"][index], rendered[index][1])
             labels = [token if keep else IGNORE_INDEX for token, keep in zip(input_ids, learned, strict=True)]
         input_ids, labels = input_ids[:cutoff_len], labels[:cutoff_len]
         was_cut = len(encoded["input_ids"][index]) > cutoff_len
         example = None if nothing_to_learn(labels) else {"input_ids": input_ids, "labels": labels}
-        results.append((example, was_cut, False))
+        prompt_only = (
+            train_on_inputs and learned is not None and example is not None and not any(learned[:cutoff_len])
+        )
+        results.append((example, was_cut, prompt_only))
     return results
 
 
