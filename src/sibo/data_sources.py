@@ -114,9 +114,8 @@ def _as_text(path: Path, loader: str) -> dict:
     import datasets
     import pandas
 
-    header = pandas.read_csv(
-        path, nrows=0
-    ).columns  # named as datasets' reader names them ("Unnamed: 0", "a.1")
+    # the columns named as datasets' reader names them ("Unnamed: 0" for an empty name, "a.1" for a repeat)
+    header = pandas.read_csv(path, nrows=0).columns
     features = datasets.Features({name: datasets.Value("string") for name in header})
     return {"features": features, "keep_default_na": False, "na_values": [""]}
 
