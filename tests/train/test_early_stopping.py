@@ -31,7 +31,7 @@ def test_early_stopping_stops_and_keeps_the_best_checkpoint(tiny_training_run, t
     assert metrics["global_step"] == stop_step == best_step + 2 < 30
     assert metrics["stopped_early"]["step"] == stop_step
     assert metrics["best_checkpoint"].endswith(f"checkpoint-{best_step}")
-    assert metrics["best_eval_loss"] == evaluations[best_step]
+    assert metrics["best_metric"] == evaluations[best_step]
     final = load_file(output_dir / "adapter_model.safetensors")
     best = load_file(output_dir / f"checkpoint-{best_step}" / "adapter_model.safetensors")
     last = load_file(output_dir / f"checkpoint-{stop_step}" / "adapter_model.safetensors")
@@ -85,3 +85,28 @@ def test_a_run_that_reaches_max_steps_is_not_said_to_stop_early(tiny_training_ru
     assert json.loads((output_dir / "train_metrics.json").read_text())["stopped_early"] is None
     assert "stopped early" not in caplog.text
     assert "stopped early" not in capsys.readouterr().out
+
+
+def test_only_saved_steps_compete_for_the_best_adapter(tiny_training_run, tmp_path):
+    """Validated every step, saved every second: the best adapter and the best metric are one saved step's."""
+    tiny_training_run(tmp_path, 24, 1, seed=4)
+    output_dir = tmp_path / "run"
+    # "best" is the highest validation loss: training lowers it, so the best of all steps is step 1, unsaved
+    argv = ["finetune", "--base_model", str(tmp_path / "base"), "--data_path", str(tmp_path / "train.json"),
+            "--output_dir", str(output_dir), "--batch_size", "2", "--micro_batch_size", "2", "--max_steps", "6",
+            "--warmup_steps", "0", "--learning_rate", "3e-2", "--val_set_size", "4", "--eval_step", "1",
+            "--save_step", "2", "--lora_r", "4", "--target_modules", "q_proj,up_proj", "--greater_is_better", "True"]  # fmt: skip
+    assert sibo_main(argv) == 0
+    metrics = json.loads((output_dir / "train_metrics.json").read_text())
+    evaluations = {e["step"]: e["eval_loss"] for e in metrics["log_history"] if "eval_loss" in e}
+    assert max(evaluations, key=evaluations.get) == 1  # the unsaved best
+    best_step = max((2, 4, 6), key=evaluations.get)
+    assert metrics["best_checkpoint"].endswith(f"checkpoint-{best_step}")
+    assert metrics["best_metric"] == evaluations[best_step]
+    final = load_file(output_dir / "adapter_model.safetensors")
+    assert final.keys() and all(
+        (final[name] == tensor).all()
+        for name, tensor in load_file(
+            output_dir / f"checkpoint-{best_step}" / "adapter_model.safetensors"
+        ).items()
+    )

@@ -235,7 +235,7 @@ def _train_metrics(trainer: Trainer) -> dict:
         **({"accuracy": curve} if curve else {}),  # {Name: [[step, accuracy], …]}
         "global_step": trainer.state.global_step,
         "best_checkpoint": trainer.state.best_model_checkpoint,
-        "best_eval_loss": trainer.state.best_metric,  # the best --metric_for_best_model (eval_loss by default)
+        "best_metric": trainer.state.best_metric,  # of --metric_for_best_model (eval_loss by default)
         "metric_for_best_model": trainer.args.metric_for_best_model,
         "stopped_early": stopped_early(trainer),
         "log_history": history,

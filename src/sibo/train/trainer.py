@@ -1,4 +1,5 @@
-"""transformers' Trainer, with SIBO's learnable λ kept out of weight decay whatever `--optim` builds.
+"""transformers' Trainer, with SIBO's learnable λ kept out of weight decay whatever `--optim` builds, and the
+best checkpoint judged among saved steps only.
 
 The Trainer puts every parameter whose name is not a bias or a norm into its weight-decay group. SIBO's
 λ logits (θ in λ = sigmoid(θ), one per block) are neither LoRA weights nor a quantity weight decay should
@@ -25,6 +26,14 @@ class SiboTrainer(Trainer):
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name in super().get_decay_parameter_names(model) if not is_lambda(name)]
+
+    def _determine_best_metric(self, metrics: dict[str, float], trial) -> bool:
+        # transformers records the best metric at every evaluation but keeps a best checkpoint only where one is
+        # saved: with --save_step a multiple of --eval_step, a best unsaved step would leave an older adapter as
+        # "the best", beside another step's metric. Only saved steps compete, as before transformers 5.
+        if self.state.global_step % self.args.save_steps:
+            return False
+        return super()._determine_best_metric(metrics, trial)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # evaluate() logs its metrics dict before returning it: adding to it here puts the accuracies in the
