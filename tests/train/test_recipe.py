@@ -653,3 +653,24 @@ def test_finetune_refuses_to_start_from_an_adapter_of_another_depth(root, tmp_pa
         f"at {root / 'adapter6'} does not fit the base model (llama, 4 layers, hidden size 32): its tensor "
         "base_model.model.model.layers.4.mlp.up_proj.lora_A.weight [4, 32] has no module in the base)"
     )
+
+
+def test_a_learnt_lambda_under_fsdp_needs_fsdp2_and_full_state_dicts():
+    """FSDP1 and sharded state dicts save PEFT's adapter weights alone: a learnt λ would restart on resume."""
+    from types import SimpleNamespace
+
+    from torch.distributed.fsdp import StateDictType
+
+    from sibo.train.recipe import refuse_fsdp_dropping_lambda
+
+    refuse_fsdp_dropping_lambda(
+        SimpleNamespace(fsdp_version=2, state_dict_type=StateDictType.FULL_STATE_DICT)
+    )
+    for version, kind in ((1, StateDictType.FULL_STATE_DICT), (2, StateDictType.SHARDED_STATE_DICT)):
+        with pytest.raises(InputError) as refused:
+            refuse_fsdp_dropping_lambda(SimpleNamespace(fsdp_version=version, state_dict_type=kind))
+        assert str(refused.value) == (
+            "--learnable_lambda under FSDP needs fsdp_version: 2 and fsdp_state_dict_type: FULL_STATE_DICT (this "
+            f"launch: version {version}, {kind.name}): otherwise checkpoints drop the learnt λ, and resume and the "
+            "best checkpoint restart it; see examples/accelerate/fsdp.yaml"
+        )

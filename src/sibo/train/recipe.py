@@ -25,6 +25,7 @@ from sibo import __version__
 from sibo.checkpoint.peft_model import sibo_settings
 from sibo.checkpoint.weights import WEIGHT_LIMIT, check_finite
 from sibo.data import PaddedCollator
+from sibo.errors import InputError
 from sibo.eval.during_training import accuracy_curve
 from sibo.files import EVAL_METRICS_FILE, RUN_CONFIG_FILE, TRAIN_METRICS_FILE, write_json
 from sibo.prompts import write_template
@@ -127,6 +128,8 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
         callbacks=[WarmupCheck(), *early_stopping(config), *(callbacks or [])],
     )
     trainer.accuracy = run.accuracy
+    if trainer.is_fsdp_enabled and config.learnable_lambda:
+        refuse_fsdp_dropping_lambda(trainer.accelerator.state.fsdp_plugin)
     log_progress_when_piped(trainer)
     logger.info(
         "training on %d examples (%s batches), global batch %d = %d micro × %d accumulation × %d process(es)",
@@ -145,6 +148,18 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
     with guarded_training(trainer):
         trainer.train(resume_from_checkpoint=run.resume_from)
     return trainer
+
+
+def refuse_fsdp_dropping_lambda(plugin) -> None:
+    """A learnt λ is in an FSDP checkpoint only with FSDP2 and full state dicts: FSDP1, or sharded state dicts,
+    save PEFT's adapter weights alone, so resume and the best checkpoint would restart λ silently."""
+    state_dict_type = getattr(plugin.state_dict_type, "name", str(plugin.state_dict_type))
+    if plugin.fsdp_version != 2 or state_dict_type != "FULL_STATE_DICT":
+        raise InputError(
+            f"--learnable_lambda under FSDP needs fsdp_version: 2 and fsdp_state_dict_type: FULL_STATE_DICT "
+            f"(this launch: version {plugin.fsdp_version}, {state_dict_type}): otherwise checkpoints drop the learnt "
+            "λ, and resume and the best checkpoint restart it; see examples/accelerate/fsdp.yaml"
+        )
 
 
 def _finished_trainer(run: Run, trainer: Trainer, step: int) -> Trainer:
