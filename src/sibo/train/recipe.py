@@ -192,9 +192,6 @@ class WarmupCheck(TrainerCallback):
             logger.warning(warning)
 
 
-# ---------------------------------------------------------------- save
-
-
 def warmup_warning(warmup_steps: int, planned_steps: int, learning_rate: float) -> str | None:
     """One line when the linear warm-up takes half the run or more, and so what the learning rate reaches:
     a short run with upstream's --warmup_steps 100 trains at a fraction of --learning_rate throughout."""
@@ -212,6 +209,9 @@ def warmup_warning(warmup_steps: int, planned_steps: int, learning_rate: float) 
         f"--warmup_steps {warmup_steps} is at least half the {planned_steps} planned steps: the learning rate "
         f"reaches {learning_rate:g} only at step {warmup_steps}, then decays to 0 by step {planned_steps}; {fix}"
     )
+
+
+# ---------------------------------------------------------------- save
 
 
 def save(run: Run, trainer: Trainer) -> dict:
