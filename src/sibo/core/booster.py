@@ -11,7 +11,7 @@ state that enters the first transformer block, while the frozen base weight stil
 It is built from two hooks and no fork of any model code: a forward pre-hook on block 0 stores
 h0 for the current forward pass, and a forward pre-hook on the first module of each eligible
 branch (LoRA's dropout, DoRA's magnitude module, a bottleneck adapter's dropout) mixes h0 into
-that module's input (a third, on each block, hands transformers' gradient checkpointing its h0). Only branches inside a transformer block whose input width is the hidden
+that module's input (in training, block 0's hook also hands transformers' gradient checkpointing its h0). Only branches inside a transformer block whose input width is the hidden
 size can take h0; `targets` chooses among them. The hooks are safe to rerun: transformers' gradient
 checkpointing reruns a block in backward with the h0 of its own forward, even after later forwards
 (torch's checkpoint_wrapper and DeepSpeed's rerun with the last forward's: one forward per backward).
@@ -179,27 +179,30 @@ def capture_initial_state(blocks: nn.ModuleList, state: InitialState) -> Handles
         state.h0 = args[0] if args else kwargs["hidden_states"]  # (B, T, H), new positions only
         state.last_mix = None
         state.mixed = set() if state.unverified else None
+        if module.training and torch.is_grad_enabled():  # when transformers checkpoints blocks
+            _checkpoint_with_h0(blocks, state)
 
     def check(module, args, output):
         if state.mixed is not None and state.adapter_rows is None:
             check_branches_mixed(state)
 
-    def checkpoint_with_h0(block, args, kwargs):
-        # Gradient checkpointing reruns a block in backward, when a later forward may have replaced h0: the
-        # rerun must mix its own forward's h0 (transformers' blocks checkpoint through _gradient_checkpointing_func,
-        # set anew by each gradient_checkpointing_enable; a wrapper of another state is a copied or earlier model's).
-        checkpointing = getattr(block, "_gradient_checkpointing_func", None)
-        if checkpointing is not None and getattr(checkpointing, "state", None) is not state:
-            block._gradient_checkpointing_func = _CheckpointWithH0(checkpointing, state)
-
     return Handles(
         (
             blocks[0].register_forward_pre_hook(store_h0, with_kwargs=True),
-            *(block.register_forward_pre_hook(checkpoint_with_h0, with_kwargs=True) for block in blocks),
             blocks[-1].register_forward_hook(check),
             _CheckpointUnwrap(blocks),
         )
     )
+
+
+def _checkpoint_with_h0(blocks: nn.ModuleList, state: InitialState) -> None:
+    """Gradient checkpointing reruns a block in backward, when a later forward may have replaced h0: the rerun
+    must mix its own forward's h0. transformers' blocks checkpoint through `_gradient_checkpointing_func`, set
+    anew by each gradient_checkpointing_enable; a wrapper of another state is a copied or earlier model's."""
+    for block in blocks:
+        checkpointing = getattr(block, "_gradient_checkpointing_func", None)
+        if checkpointing is not None and getattr(checkpointing, "state", None) is not state:
+            block._gradient_checkpointing_func = _CheckpointWithH0(checkpointing, state)
 
 
 class _CheckpointWithH0:
