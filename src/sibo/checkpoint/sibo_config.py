@@ -85,20 +85,18 @@ def mark_boosted(directory: Path, adapter: BoostedAdapter, logits: torch.Tensor 
     one. λ = 0 leaves a plain folder (a SIBO_LORA adapter unboosted is LORA again)."""
     file = directory / "adapter_config.json"
     stored = json.loads(file.read_text())
-    boosted = adapter.config.lam > 0 or adapter.lambdas is not None
     if stored.get("peft_type") not in (*MIXABLE_PEFT_TYPES, PEFT_TYPE_NAME):
         return
-    if not boosted:
-        if stored.pop(SETTINGS_FIELD, None) is not None or stored["peft_type"] == PEFT_TYPE_NAME:
-            stored["peft_type"] = "LORA" if stored["peft_type"] == PEFT_TYPE_NAME else stored["peft_type"]
-            write_json(file, stored, sort_keys=True)
-        return
-    if adapter.lambdas is not None and logits is None:
-        logits = adapter.lambdas.logits
-    if stored["peft_type"] == "LORA":
-        stored["peft_type"] = PEFT_TYPE_NAME
-    stored[SETTINGS_FIELD] = settings_block(adapter.config, logits)
-    write_json(file, stored, sort_keys=True)
+    boosted = adapter.config.lam > 0 or adapter.lambdas is not None
+    # the settings written before go (a field PEFT wrote as null stays, as it was)
+    marked = {key: value for key, value in stored.items() if key != SETTINGS_FIELD or value is None}
+    if stored["peft_type"] in ("LORA", PEFT_TYPE_NAME):
+        marked["peft_type"] = PEFT_TYPE_NAME if boosted else "LORA"
+    if boosted:
+        live = adapter.lambdas.logits if adapter.lambdas is not None else None
+        marked[SETTINGS_FIELD] = settings_block(adapter.config, live if logits is None else logits)
+    if marked != stored:
+        write_json(file, marked, sort_keys=True)
 
 
 # The run records `sibo finetune` and `sibo sweep` leave beside an adapter: where each keeps the flags.
