@@ -160,21 +160,7 @@ def build_api(engine: BatchingEngine, model_id: str, api_key: str | None = None)
             return _error(ApiError(401, "invalid or missing API key", "authentication_error"))
         return await call_next(request)
 
-    @app.exception_handler(RequestValidationError)
-    async def bad_body(request: Request, error: RequestValidationError):
-        first = error.errors()[0] if error.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ())[1:])
-        return _error(
-            ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None)
-        )
-
-    app.add_exception_handler(ApiError, lambda request, error: _error(error))
-    app.add_exception_handler(InputError, lambda request, error: _error(ApiError(400, str(error))))
-    # an unknown route or method: OpenAI's error shape too, not starlette's {"detail": …}
-    app.add_exception_handler(
-        StarletteHTTPException,
-        lambda request, error: _error(ApiError(error.status_code, str(error.detail)), error.headers),
-    )
+    _answer_errors_as_openai_does(app)
     listing = {"id": model_id, "object": "model", "created": created, "owned_by": "sibo"}
 
     @app.get("/v1/models")
@@ -218,6 +204,26 @@ def _chat_prompt(served: _Served, messages: list[Message]) -> str:
         for at, message in enumerate(messages)
     ]
     return served.engine.template.conversation_prompt(served.tokenizer, turns)
+
+
+def _answer_errors_as_openai_does(app: FastAPI) -> None:
+    """Every refusal in OpenAI's error shape: a bad body (naming its field), sibo's own, an unknown route or
+    method (not starlette's {"detail": …})."""
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, error: RequestValidationError):
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ())[1:])
+        return _error(
+            ApiError(400, f"{where or 'body'}: {first.get('msg', 'invalid request')}", param=where or None)
+        )
+
+    app.add_exception_handler(ApiError, lambda request, error: _error(error))
+    app.add_exception_handler(InputError, lambda request, error: _error(ApiError(400, str(error))))
+    app.add_exception_handler(
+        StarletteHTTPException,
+        lambda request, error: _error(ApiError(error.status_code, str(error.detail)), error.headers),
+    )
 
 
 def _check_model(asked: str, model_id: str) -> None:
