@@ -71,6 +71,7 @@ OUR_FLAGS = [
     "load_4bit",
     "sibo_targets",
     "learnable_lambda",
+    "lambda_lr",
     "gradient_checkpointing",
     "seed",
     "report_to",

@@ -145,15 +145,22 @@ def test_ctrl_c_stops_after_the_current_step_and_names_the_last_checkpoint(
         (["--loraplus_lr_ratio", "16"], "loraplus_lr_ratio 0.0 there, 16.0 now"),
         (["--optim", "adafactor"], "optim None there, 'adafactor' now"),
         (["--modules_to_save", "lm_head"], "modules_to_save None there, ['lm_head'] now"),
+        (["--lambda_lr", "0.01"], "lambda_lr None there, 0.01 now"),
     ],
-    ids=["pissa", "rslora", "loraplus", "optim", "modules_to_save"],
+    ids=["pissa", "rslora", "loraplus", "optim", "modules_to_save", "lambda_lr"],
 )
 def test_resume_refuses_a_changed_initialisation_scale_or_optimizer(root, tmp_path, capsys, change, words):
     out = tmp_path / "run"
-    assert sibo_main([str(a) for a in finetune_args(root, out, "--max_steps", "1", "--save_step", "1")]) == 0
+    start = ["--learnable_lambda"] if "--lambda_lr" in change else []  # --lambda_lr needs it
+    argv = finetune_args(root, out, "--max_steps", "1", "--save_step", "1", *start)
+    assert sibo_main([str(a) for a in argv]) == 0
     (out / "train_metrics.json").unlink()  # as if it had been killed after its checkpoint
     capsys.readouterr()
-    argv = [*finetune_args(root, out, "--max_steps", "2", *change), "--resume_from_checkpoint", "latest"]
+    argv = [
+        *finetune_args(root, out, "--max_steps", "2", *start, *change),
+        "--resume_from_checkpoint",
+        "latest",
+    ]
     assert refused(capsys, argv, out) == (
         f"sibo finetune: error: --output_dir {out} holds another finetune run ({words}): pass --overwrite to "
         "replace it, or choose another --output_dir"

@@ -201,3 +201,41 @@ def test_defaults_stay_the_papers_recipe():
     )
     assert (settings["optim"], config.warmup_ratio, config.early_stopping_patience) == (None, None, None)
     assert all(f.default is not MISSING for f in fields(TrainerSettings))
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch", "loraplus"])
+def test_lambda_lr_steps_lambda_at_its_own_rate(boosted_learnable, tmp_path, optim):
+    """Adam's first step moves each weight by lr·g/(|g| + eps): λ's logits by --lambda_lr, LoRA's by --learning_rate."""
+    lr, lambda_lr, eps = 1e-3, 0.05, 1e-8
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, learning_rate=lr, adam_epsilon=eps,
+                             optim="adamw_torch", report_to="none")  # fmt: skip
+    if optim == "loraplus":
+        trainer = LoraPlusTrainer(model=boosted_learnable, args=args, loraplus_lr_ratio=1.0)
+    else:
+        trainer = SiboTrainer(model=boosted_learnable, args=args)
+    trainer.lambda_lr = lambda_lr
+    optimizer = trainer.create_optimizer()
+    trainable = {name: p for name, p in boosted_learnable.named_parameters() if p.requires_grad}
+    held = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(held) == sorted(id(p) for p in trainable.values())  # each weight in one group
+    before = {name: p.detach().clone() for name, p in trainable.items()}
+    input_ids = torch.arange(1, 9).reshape(1, 8)
+    boosted_learnable(input_ids=input_ids, labels=input_ids).loss.backward()
+    optimizer.step()
+    for name, p in trainable.items():
+        rate = lambda_lr if is_lambda(name) else lr
+        step = -rate * p.grad / (p.grad.abs() + eps)
+        torch.testing.assert_close(p.detach() - before[name], step, atol=1e-9, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lambda_lr", "1e-2"], "--lambda_lr is the learnt λ's learning rate: it needs --learnable_lambda"),
+        (["--learnable_lambda", "--lambda_lr", "0"], "--lambda_lr must be a positive finite number, got 0.0"),
+        (["--learnable_lambda", "--lambda_lr", "inf"], "--lambda_lr must be a positive finite number, got inf"),
+    ],
+)  # fmt: skip
+def test_lambda_lr_refusals(flags, message, capsys):
+    assert sibo_main(["finetune", "--base_model", "m", *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"sibo finetune: error: {message}"

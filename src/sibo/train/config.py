@@ -199,6 +199,12 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
         choices=TARGET_POLICIES,
     )
     learnable_lambda: bool = _field(False, "learn one λ per block, starting at --embedding_lambda", "SIBO")
+    lambda_lr: float | None = _field(
+        None,
+        "learning rate of the learnt λ's logits (default: --learning_rate, where Adam moves each logit by about "
+        "that much per step: 1000 steps at 3e-4 take λ 0.1 at most to 0.13); same schedule as --learning_rate",
+        "SIBO",
+    )
     # accuracy during training (sibo.eval.during_training): `sibo evaluate`'s benchmark settings, stored as eval_*
     eval_datasets: str = benchmark_setting("datasets", "", group=ACCURACY)
     eval_data_dir: str = benchmark_setting("data_dir", "", group=ACCURACY)
@@ -306,6 +312,11 @@ class FinetuneConfig(TemplateChoice, ModelLoading, BaseModelSource, TrainerSetti
         self.sibo = SiboConfig(
             lam=self.embedding_lambda, targets=self.sibo_targets, learnable_lambda=self.learnable_lambda
         )
+        if self.lambda_lr is not None:
+            if not self.learnable_lambda:
+                raise InputError("--lambda_lr is the learnt λ's learning rate: it needs --learnable_lambda")
+            if isinstance(self.lambda_lr, bool) or not 0 < self.lambda_lr < math.inf:
+                raise InputError(f"--lambda_lr must be a positive finite number, got {self.lambda_lr}")
 
     def _check_early_stopping(self) -> None:
         if self.early_stopping_patience is None:

@@ -45,10 +45,11 @@ VERB = "finetune"
 _NOT_SETTINGS = ("output_dir", "resume_from_checkpoint", "overwrite", "report_to", "wandb_project",
                  "wandb_run_name", "wandb_watch", "wandb_log_model", "threads")  # fmt: skip
 # A resume that changes these would load weights into another model or adapter (init_lora_weights: PiSSA and
-# OLoRA move the base weights; use_rslora: the branch's scale), or optimizer state into other parameter groups.
+# OLoRA move the base weights; use_rslora: the branch's scale), or optimizer state into other parameter groups
+# (--lambda_lr gives λ a group of its own).
 SHAPE_SETTINGS = ("base_model", "adapter_name", "lora_r", "lora_alpha", "target_modules", "bottleneck_size",
                   "non_linearity", "scaling", "use_parallel_adapter", "use_adapterp", "sibo_targets",
-                  "learnable_lambda", "load_8bit", "load_4bit", "init_lora_weights", "use_rslora",
+                  "learnable_lambda", "lambda_lr", "load_8bit", "load_4bit", "init_lora_weights", "use_rslora",
                   "modules_to_save", "loraplus_lr_ratio", "optim")  # fmt: skip
 
 

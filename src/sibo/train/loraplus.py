@@ -3,7 +3,7 @@
 The optimizer is PEFT's `create_loraplus_optimizer` (AdamW, the Trainer's settings: FinetuneConfig refuses
 any other --optim, and --optim_args, with --loraplus_lr_ratio). PEFT gives the
 raised rate to B and to every 1-D parameter (biases, DoRA's magnitudes); SIBO's learnable λ logits
-are not LoRA weights: they keep the base rate, in a group of their own without weight decay. The
+are not LoRA weights: they keep the base rate (or --lambda_lr), in a group of their own without weight decay. The
 Trainer builds the optimizer after it has placed (and, under FSDP, wrapped) the model, so the
 optimizer is made there, in `create_optimizer`.
 """
@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import torch
 
-from sibo.train.trainer import SiboTrainer, is_lambda
+from sibo.train.trainer import SiboTrainer, with_lambda_rate
 
 
 def loraplus_optimizer(
-    model: torch.nn.Module, learning_rate: float, loraplus_lr_ratio: float, weight_decay: float = 0.0, **adamw
+    model: torch.nn.Module,
+    learning_rate: float,
+    loraplus_lr_ratio: float,
+    weight_decay: float = 0.0,
+    lambda_lr: float | None = None,
+    **adamw,
 ) -> torch.optim.Optimizer:
-    """AdamW with B's learning rate `loraplus_lr_ratio` × learning_rate, A's (and λ's, without decay) learning_rate."""
+    """AdamW with B's learning rate `loraplus_lr_ratio` × learning_rate, A's learning_rate, λ's (without decay)
+    `lambda_lr` or learning_rate."""
     from peft.optimizers import create_loraplus_optimizer
 
     optimizer = create_loraplus_optimizer(
@@ -29,12 +35,7 @@ def loraplus_optimizer(
         loraplus_weight_decay=weight_decay,
         **adamw,
     )
-    lambdas = [p for name, p in model.named_parameters() if p.requires_grad and is_lambda(name)]
-    for group in optimizer.param_groups:
-        group["params"] = [p for p in group["params"] if all(p is not lam for lam in lambdas)]
-    if lambdas:
-        optimizer.add_param_group({"params": lambdas, "lr": learning_rate, "weight_decay": 0.0})
-    return optimizer
+    return with_lambda_rate(optimizer, model, lambda_lr or learning_rate)
 
 
 class LoraPlusTrainer(SiboTrainer):
@@ -52,6 +53,7 @@ class LoraPlusTrainer(SiboTrainer):
                 args.learning_rate,
                 self.loraplus_lr_ratio,
                 weight_decay=args.weight_decay,
+                lambda_lr=self.lambda_lr,
                 betas=(args.adam_beta1, args.adam_beta2),
                 eps=args.adam_epsilon,
                 fused=args.optim == "adamw_torch_fused",

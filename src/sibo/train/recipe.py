@@ -127,7 +127,7 @@ def train(run: Run, callbacks: list[TrainerCallback] | None = None) -> Trainer:
         processing_class=run.tokenizer,
         callbacks=[WarmupCheck(), *early_stopping(config), *(callbacks or [])],
     )
-    trainer.accuracy = run.accuracy
+    trainer.accuracy, trainer.lambda_lr = run.accuracy, config.lambda_lr
     if trainer.is_fsdp_enabled and config.learnable_lambda:
         refuse_fsdp_dropping_lambda(trainer.accelerator.state.fsdp_plugin)
     log_progress_when_piped(trainer)

@@ -3,11 +3,14 @@ best checkpoint judged among saved steps only.
 
 The Trainer puts every parameter whose name is not a bias or a norm into its weight-decay group. SIBO's
 λ logits (θ in λ = sigmoid(θ), one per block) are neither LoRA weights nor a quantity weight decay should
-pull towards 0 (that is λ = 0.5, an arbitrary point): they go with the no-decay group, at --learning_rate.
+pull towards 0 (that is λ = 0.5, an arbitrary point): they go with the no-decay group, at --learning_rate,
+or in a group of their own at --lambda_lr (Adam moves a logit by about its learning rate per step, so at a
+LoRA rate λ barely moves).
 """
 
 from __future__ import annotations
 
+import torch
 from transformers import Trainer
 
 LAMBDA_PARAMETERS = "sibo_lambdas"  # where sibo.core.peft_model keeps the learnable λ logits
@@ -18,14 +21,34 @@ def is_lambda(name: str) -> bool:
     return LAMBDA_PARAMETERS in name.split(".")
 
 
+def with_lambda_rate(
+    optimizer: torch.optim.Optimizer, model: torch.nn.Module, lr: float
+) -> torch.optim.Optimizer:
+    """`optimizer` with SIBO's λ logits moved into a parameter group of their own, at `lr`, without weight decay."""
+    lambdas = [p for name, p in model.named_parameters() if p.requires_grad and is_lambda(name)]
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if all(p is not lam for lam in lambdas)]
+    if lambdas:
+        optimizer.add_param_group({"params": lambdas, "lr": lr, "weight_decay": 0.0})
+    return optimizer
+
+
 class SiboTrainer(Trainer):
     """The Trainer, with λ's logits in the no-decay group of whichever optimizer it builds, and with the
     benchmarks' accuracies (`accuracy`: sibo.eval.during_training) among the evaluation metrics."""
 
     accuracy = None  # an AccuracyDuringTraining, set by the recipe when --eval_datasets asks for one
+    lambda_lr: float | None = None  # --lambda_lr, set by the recipe (None: λ trains at --learning_rate)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name in super().get_decay_parameter_names(model) if not is_lambda(name)]
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.optimizer is not None or self.lambda_lr is None:
+            return super().create_optimizer(model)
+        return with_lambda_rate(
+            super().create_optimizer(model), self.model if model is None else model, self.lambda_lr
+        )
 
     def _determine_best_metric(self, metrics: dict[str, float], trial) -> bool:
         # transformers records the best metric at every evaluation but keeps a best checkpoint only where one is
