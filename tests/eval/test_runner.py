@@ -376,7 +376,7 @@ def test_two_ranks_score_disjoint_shards_and_rank0_merges(tiny, data_dir, tmp_pa
         assert parallel == single.replace('"batch_size": 3', '"batch_size": 2')
 
 
-def test_a_rank_writing_to_another_folder_fails_the_run_instead_of_a_partial_accuracy(
+def test_a_rank_writing_to_another_folder_is_refused_before_any_decoding(
     tiny, data_dir, tmp_path, monkeypatch
 ):
     model, tokenizer, _ = tiny
@@ -397,9 +397,11 @@ def test_a_rank_writing_to_another_folder_fails_the_run_instead_of_a_partial_acc
         thread.join()
     refused = [str(error) for error in failures if isinstance(error, InputError)]
     assert refused == [
-        f"AddSub: 3 of 7 examples have no answer in {tmp_path / 'machine0'}: every rank of a data-parallel run "
+        f"AddSub: rank 1 of 2 does not write to {tmp_path / 'machine0'}: every rank of a data-parallel run "
         "must write to the same --output_dir (one folder they all reach)"
     ]
+    # rank 0 refused before decoding (rank 1, alone in its folder, decodes until torchrun stops it)
+    assert (tmp_path / "machine0" / "AddSub.rank0.jsonl").read_text() == ""
 
 
 def test_every_rank_returns_rank0s_results(tiny, data_dir, tmp_path, monkeypatch):

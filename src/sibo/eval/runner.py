@@ -249,7 +249,9 @@ def evaluate_dataset(
     # Longest first, so similar lengths share a batch (little padding) and an OOM shows up at once;
     # striding the sorted list gives every rank the same mix of lengths.
     mine = sorted(pending, key=lambda example: -lengths[example.index])[shard.rank :: shard.world]
-    target = path if shard.world == 1 else path.with_name(f"{task.name}.rank{shard.rank}.jsonl")
+    target = path if shard.world == 1 else _shard_file(path, shard.rank)
+    if shard.world > 1:
+        _check_ranks_share(path, task, shard)
     correct = sum(record["correct"] for record in done.values())
     scored = len(done)
     progress = bar(total=len(examples), initial=scored, desc=task.name, unit="ex", disable=not shard.is_main)
@@ -273,12 +275,34 @@ def evaluate_dataset(
     if len(records) < len(examples):  # another rank's answers are not in this folder: no accuracy of a part
         raise InputError(
             f"{task.name}: {len(examples) - len(records)} of {len(examples)} examples have no answer in "
-            f"{path.parent}: every rank of a data-parallel run must write to the same --output_dir (one folder "
-            "they all reach)"
+            f"{path.parent}: {_ONE_FOLDER}"
         )
     result = DatasetResult(n=len(records), correct=sum(record["correct"] for record in records.values()))
     logger.info("%s: %d/%d correct (%.4f)", task.name, result.correct, result.n, result.accuracy)
     return result
+
+
+_ONE_FOLDER = (
+    "every rank of a data-parallel run must write to the same --output_dir (one folder they all reach)"
+)
+
+
+def _shard_file(path: Path, rank: int) -> Path:
+    """Where rank `rank` appends its answers to the benchmark whose results are `path` (merged by rank 0)."""
+    return path.with_name(f"{path.stem}.rank{rank}.jsonl")
+
+
+def _check_ranks_share(path: Path, task: Task, shard: Shard) -> None:
+    """Refuse, before anything is decoded, a data-parallel run whose ranks do not all write to rank 0's folder
+    (a node-local --output_dir): each rank makes its shard file, and rank 0 must see them all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _shard_file(path, shard.rank).touch()
+    shard.barrier()
+    missing = [str(rank) for rank in range(shard.world) if not _shard_file(path, rank).is_file()]
+    if shard.is_main and missing:
+        raise InputError(
+            f"{task.name}: rank {', '.join(missing)} of {shard.world} does not write to {path.parent}: {_ONE_FOLDER}"
+        )
 
 
 def _decode_batches(
