@@ -16,6 +16,7 @@ from sibo.data import (
     split_validation,
     tokenize_records,
     warn_of_empty_responses,
+    warn_of_special_token_text,
 )
 from sibo.data_sources import load_record_dataset
 from sibo.errors import InputError
@@ -142,6 +143,45 @@ def test_empty_responses_are_counted_and_said(caplog):
         assert (warn_of_empty_responses(instructions), warn_of_empty_responses(chats)) == (2, 1)
     said = "records have an empty response: each teaches the model to answer with nothing (is this a test file, whose answers are elsewhere?)"
     assert caplog.messages == [f"2 of 3 {said}", f"1 of 2 {said}"]
+
+
+def test_special_token_text_is_counted_and_said(tokenizer, caplog):
+    """Text the tokenizer reads as a control token ("</s>" ends the answer there): counted per record, in any
+    column or turn, respecting a selection (--data_ratios' shuffle), and named."""
+    import datasets
+
+    texts = [
+        ("q", "", "a"),
+        ("q </s>", "", "a"),
+        ("q", "<s>", "a</s>"),
+        ("q", "", "a <pad> b"),
+        ("<s", "", "/s>"),
+    ]
+    instructions = datasets.Dataset.from_list(
+        [dict(zip(("instruction", "input", "output"), t)) for t in texts]
+    )
+    user = {"role": "user", "content": "hi"}
+    chats = datasets.Dataset.from_list(
+        [
+            {"messages": [user, {"role": "assistant", "content": text}]}
+            for text in ("a", "b </s>", "<unk><unk>")
+        ]
+        + [{"messages": [{"role": "user", "content": "</s>"}, {"role": "assistant", "content": "</s>"}]}]
+    )
+    with caplog.at_level("WARNING", logger="sibo.data"):
+        assert warn_of_special_token_text(instructions, tokenizer, "training") == 3
+        assert warn_of_special_token_text(instructions.select([0, 4, 1]), tokenizer) == 1
+        assert warn_of_special_token_text(chats, tokenizer, "validation") == 3
+        assert warn_of_special_token_text(instructions.select([0, 4]), tokenizer) == 0
+    said = (
+        "the tokenizer reads it as that token, not as text (an end-of-text token ends the answer there); rewrite it "
+        "where it is meant as text"
+    )
+    assert caplog.messages == [
+        f"3 of 5 training records hold the text of a special token (</s>, <pad>, <s>): {said}",
+        f"1 of 3 records hold the text of a special token (</s>): {said}",
+        f"3 of 4 validation records hold the text of a special token (</s>, <unk>): {said}",
+    ]
 
 
 # ---------------------------------------------------------------- tokenisation

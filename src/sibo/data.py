@@ -16,6 +16,7 @@ cannot keep packed sequences apart. The padding-free batches are in `sibo.train.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -178,6 +179,43 @@ def warn_of_empty_responses(records: datasets.Dataset) -> int:
             len(records),
         )
     return empty
+
+
+def warn_of_special_token_text(records: datasets.Dataset, tokenizer, split: str = "") -> int:
+    """Say how many records hold the text of one of the tokenizer's special tokens ("</s>", "<|im_end|>"):
+    the tokenizer reads it as that token, not as text (as transformers' tokenizers do by default), so an
+    answer quoting "</s>" teaches the model to end there. Kept, as other trainers keep them. `split` names the
+    records ("training", "validation")."""
+    import pyarrow.compute as pc
+
+    specials = sorted({token.content for token in tokenizer.added_tokens_decoder.values() if token.special})
+    chat_rows = "messages" in records.column_names
+    columns = ["messages"] if chat_rows else ["instruction", "input", "output"]
+    holding, found = 0, set()
+    for table in records.select_columns(columns).with_format("arrow").iter(batch_size=10_000):
+        if chat_rows:  # a conversation holds it when one of its turns does
+            turns = table.column("messages").combine_chunks()
+            texts, rows = [pc.struct_field(pc.list_flatten(turns), "content")], pc.list_parent_indices(turns)
+        else:
+            texts, rows = table.columns, None
+        mask = None
+        for special in specials:
+            hit = functools.reduce(pc.or_, [pc.match_substring(text, special) for text in texts])
+            if pc.any(hit).as_py():
+                found.add(special)
+                mask = hit if mask is None else pc.or_(mask, hit)
+        if mask is not None:
+            holding += len(pc.unique(pc.filter(rows, mask))) if chat_rows else pc.sum(mask).as_py()
+    if holding:
+        logger.warning(
+            "%d of %d %srecords hold the text of a special token (%s): the tokenizer reads it as that token, not "
+            "as text (an end-of-text token ends the answer there); rewrite it where it is meant as text",
+            holding,
+            len(records),
+            f"{split} " if split else "",
+            ", ".join(sorted(found)),
+        )
+    return holding
 
 
 def _record_keys(records) -> list[bytes]:

@@ -18,7 +18,13 @@ from transformers import set_seed
 
 from sibo.checkpoint.config import context_length
 from sibo.checkpoint.load import exported_residual, load_model, require_quantization, resolve_dtype
-from sibo.data import TokenizedSet, split_validation, tokenize_dataset, warn_of_empty_responses
+from sibo.data import (
+    TokenizedSet,
+    split_validation,
+    tokenize_dataset,
+    warn_of_empty_responses,
+    warn_of_special_token_text,
+)
 from sibo.data_sources import load_sources
 from sibo.errors import InputError
 from sibo.eval.during_training import AccuracyDuringTraining, accuracy_during_training
@@ -170,6 +176,8 @@ def _setup_data(
             config.base_model,
             "every token" if train_on_inputs else "the assistant turns",
         )
+    for name, split in (("training", train_records), ("validation", val_records)):
+        warn_of_special_token_text(split, tokenizer, name)
     train_set, val_set = (
         tokenize_dataset(
             split,
