@@ -10,10 +10,11 @@ and transformers' tests do;
 from __future__ import annotations
 
 import json
+import string
 from collections.abc import Iterable
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -61,13 +62,20 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 512) 
 
 
 def build_byte_fallback_tokenizer() -> PreTrainedTokenizerFast:
-    """A tokenizer in LLaMA's and Mistral's style: printable ASCII characters are tokens, any other character
-    is its UTF-8 bytes as byte tokens (<0xE5><0x8F><0xAB>), so a prefix of them decodes to one \ufffd per byte."""
+    """A tokenizer in LLaMA's and Mistral's SentencePiece style: a text starts with a space, every space is "▁"
+    and joins the letter after it ("▁w"), and decoding drops the text's first space; printable ASCII characters
+    are tokens, any other character is its UTF-8 bytes as byte tokens (<0xE5><0x8F><0xAB>), so a prefix of them
+    decodes to one \ufffd per byte."""
     vocab = {token: number for number, token in enumerate(SPECIAL_TOKENS)}
     vocab.update({f"<0x{byte:02X}>": len(SPECIAL_TOKENS) + byte for byte in range(256)})
-    vocab.update({chr(code): len(vocab) + at for at, code in enumerate(range(32, 127))})
-    tokenizer = Tokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
-    tokenizer.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
+    for token in ["▁", *map(chr, range(33, 127)), *(f"▁{letter}" for letter in string.ascii_letters)]:
+        vocab[token] = len(vocab)
+    merges = [("▁", letter) for letter in string.ascii_letters]
+    tokenizer = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
     return _with_special_tokens(tokenizer)
 
 
