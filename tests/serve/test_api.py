@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from sibo.prompts import CHAT, PromptTemplate
+from sibo.prompts import CHAT, INSTRUCTION_MARKER, PromptTemplate
 from sibo.serve.engine import BatchingEngine
 from sibo.testing import add_chat_template, build_tiny_model, build_tokenizer
 
@@ -234,3 +234,84 @@ def test_a_request_whose_client_hangs_up_stops_decoding(engine, script_model, st
         slow.remove()
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def stream_events(response) -> list[dict]:
+    assert response.status_code == 200, response.text
+    return [
+        json.loads(line.removeprefix("data: ")) for line in response.text.splitlines() if line[6:7] == "{"
+    ]
+
+
+def streamed_content(response) -> tuple[str, str]:
+    """(a chat stream's content, its finish_reason)."""
+    chunks = [event["choices"][0] for event in stream_events(response) if event.get("choices")]
+    return "".join(chunk["delta"].get("content", "") for chunk in chunks), chunks[-1]["finish_reason"]
+
+
+def test_a_stream_joins_to_the_answer_not_streamed(client, engine, script_model):
+    """Characters split over byte tokens, special tokens decoding skips mid-text and a stop string: the pieces
+    streamed add up exactly to the non-streamed answer, with the same finish_reason."""
+    tokenizer = engine.tokenizer
+    ids = tokenizer("héllo 叫 😀 wörld, là-bas: the end", add_special_tokens=False)["input_ids"]
+    ids[12:12] = [tokenizer.bos_token_id, tokenizer.unk_token_id]  # within 😀's bytes
+    for stop in (None, "là-"):
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": len(ids) + 2}
+        script_model(engine.model, ids)
+        whole = client.post("/v1/chat/completions", json={**chat, "stop": stop}).json()["choices"][0]
+        script_model(engine.model, ids)
+        content, reason = streamed_content(
+            client.post("/v1/chat/completions", json={**chat, "stop": stop, "stream": True})
+        )
+        assert (content, reason) == (whole["message"]["content"], whole["finish_reason"])
+        assert content.startswith("héllo 叫 😀 wörld, ")
+        assert reason == ("stop" if stop else "length")
+
+
+class CountingDecoder:
+    """A tokenizer whose decode counts the ids it is given."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.decoded = tokenizer, 0
+
+    def decode(self, ids: list[int], **kwargs) -> str:
+        self.decoded += len(ids)
+        return self.tokenizer.decode(ids, **kwargs)
+
+
+@pytest.mark.parametrize("template", [PromptTemplate(), PromptTemplate(CHAT)], ids=["alpaca", "chat"])
+@pytest.mark.parametrize("tokens", [100, 400])
+def test_each_streamed_token_costs_the_same_however_long_the_answer(engine, monkeypatch, template, tokens):
+    """Each streamed token decodes a window of a few ids and searches only the text not shown yet for a header
+    or a stop string; the whole answer is decoded once, at the end: n tokens cost O(n), not the O(n²) of
+    decoding and searching the whole answer again for every token."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import sibo.serve.text
+    from sibo.serve.api import _Reply
+    from sibo.serve.engine import Event
+
+    searched: list[int] = []
+    cut = sibo.serve.text.cut_at_next_section
+    monkeypatch.setattr(
+        sibo.serve.text, "cut_at_next_section", lambda text: searched.append(len(text)) or cut(text)
+    )
+    text = ("A long answer ## héllo 叫 😀 wörld. " * 40)[:tokens]  # "##" is held back a token
+    ids = engine.tokenizer(text, add_special_tokens=False)["input_ids"][:tokens]
+    counting = CountingDecoder(engine.tokenizer)
+    request = SimpleNamespace(events=asyncio.Queue(), cancelled=threading.Event(), stop=("never said",))
+    served = SimpleNamespace(tokenizer=counting, model_id=MODEL, engine=SimpleNamespace(template=template))
+    reply = _Reply(served, True, request)
+    for token in ids:
+        request.events.put_nowait(Event("tokens", [token]))
+    request.events.put_nowait(Event("done", ids, "length", 5))
+
+    async def read():
+        return [chunk async for chunk in reply.stream(usage=False)]
+
+    chunks = [json.loads(chunk.removeprefix("data: ")) for chunk in asyncio.run(read())[:-1]]
+    content = "".join(chunk["choices"][0]["delta"].get("content", "") for chunk in chunks)
+    assert content == engine.tokenizer.decode(ids, skip_special_tokens=True)
+    assert counting.decoded <= 6 * len(ids)
+    assert max(searched[:-1], default=0) <= len(INSTRUCTION_MARKER)  # the last: the whole answer, once

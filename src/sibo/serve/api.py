@@ -34,7 +34,7 @@ from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings, check_fits
 from sibo.errors import InputError
 from sibo.files import check_text
 from sibo.serve.engine import BatchingEngine, Event
-from sibo.serve.text import ResponseText
+from sibo.serve.text import ResponseText, TokenText
 
 
 class ApiError(Exception):
@@ -284,18 +284,15 @@ class _Reply:
         self.id = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         self.created = int(time.time())
         self.text = ResponseText(served.engine.template, request.stop)
-        self.ids: list[int] = []
 
-    def _completion(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+    def _completion(self, done: Event) -> str:
+        return self.tokenizer.decode(done.ids, skip_special_tokens=True)
 
     async def _events(self) -> AsyncIterator[Event]:
         while True:
             event = await self.request.events.get()
             if event.kind == "error":
                 raise ApiError(500, event.message, "server_error")
-            if event.kind == "tokens":
-                self.ids += event.ids
             yield event
             if event.kind == "done":
                 return
@@ -309,7 +306,7 @@ class _Reply:
         }
 
     def _reason(self, done: Event) -> str:
-        return "stop" if self.text.answer(self._completion())[1] else done.finish_reason
+        return "stop" if self.text.ended else done.finish_reason
 
     def _body(self, choices: list[dict], chunk: bool = False) -> dict:
         kind = ("chat.completion" if self.chat else "text_completion") + (
@@ -351,8 +348,7 @@ class _Reply:
         if last.cancelled():
             raise ApiError(499, "the client closed the connection before its answer", "client_closed_request")
         done = last.result()
-        self.ids = done.ids
-        answer = self.text.answer(self._completion())[0]
+        answer = self.text.finish(self._completion(done))
         return {
             **self._body([self._choice(answer, self._reason(done), chunk=False)]),
             "usage": self._usage(done),
@@ -364,13 +360,14 @@ class _Reply:
         return done
 
     async def stream(self, usage: bool) -> AsyncIterator[str]:
+        """The answer as server-sent events, each token's text decoded as it comes (`TokenText`)."""
+        tokens = TokenText(self.tokenizer)
         try:
             async for event in self._events():
                 if event.kind == "tokens":
-                    delta = self.text.update(self._completion())
+                    delta = self.text.update(tokens.add(event.ids))
                 else:
-                    self.ids = event.ids
-                    delta = self.text.finish(self._completion())
+                    delta = self.text.finish(self._completion(event))
                 if delta:
                     yield _sse(self._body([self._choice(delta, None, chunk=True)], chunk=True))
             yield _sse(self._body([self._choice(None, self._reason(event), chunk=True)], chunk=True))
