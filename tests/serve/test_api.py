@@ -315,3 +315,39 @@ def test_each_streamed_token_costs_the_same_however_long_the_answer(engine, monk
     assert content == engine.tokenizer.decode(ids, skip_special_tokens=True)
     assert counting.decoded <= 6 * len(ids)
     assert max(searched[:-1], default=0) <= len(INSTRUCTION_MARKER)  # the last: the whole answer, once
+
+
+def chat_prompt_of(engine, tokens: int) -> list[dict]:
+    """A conversation whose prompt is `tokens` tokens (the test tokenizer has a token per byte)."""
+    empty = engine.template.conversation_prompt(engine.tokenizer, [{"role": "user", "content": ""}])
+    template_tokens = len(engine.tokenizer(empty, add_special_tokens=False)["input_ids"])
+    return [{"role": "user", "content": "a" * (tokens - template_tokens)}]
+
+
+def test_an_unset_max_tokens_answers_in_the_room_the_context_leaves(client, engine, script_model):
+    """OpenAI's API with no max_tokens answers up to the context's end: 50 tokens of room, not 128, is room
+    enough, and the answer stops there; no room at all is a 400."""
+    context = engine.model.config.max_position_embeddings
+    messages = chat_prompt_of(engine, context - 50)
+    script_model(engine.model, engine.tokenizer("x", add_special_tokens=False)["input_ids"])  # never EOS
+    reply = client.post("/v1/chat/completions", json={"model": MODEL, "messages": messages}).json()
+    assert reply["usage"]["prompt_tokens"] == context - 50
+    assert reply["choices"][0] == {
+        "index": 0,
+        "message": {"role": "assistant", "content": "x" * 50},
+        "logprobs": None,
+        "finish_reason": "length",
+    }
+    assert reply["usage"]["completion_tokens"] == 50
+    full = {"model": MODEL, "messages": chat_prompt_of(engine, context)}
+    assert refused(post(client, "/v1/chat/completions", full)) == (
+        f"the prompt is {context} tokens, no room left for an answer in the model's context of {context} tokens: "
+        "shorten it"
+    )
+    over = refused(
+        post(client, "/v1/chat/completions", {"model": MODEL, "messages": messages, "max_tokens": 51})
+    )
+    assert over == (
+        f"the prompt is {context - 50} tokens and max_tokens is 51, more than the model's context of {context} "
+        "tokens: use max_tokens 50 or less"
+    )

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedTokenizerBase
 
+from sibo.checkpoint.config import context_length
 from sibo.decode.settings import ONE_ANSWER_TOKENS, DecodingSettings, check_fits_context
 from sibo.errors import InputError
 from sibo.files import check_text
@@ -244,11 +245,9 @@ async def _complete(served: _Served, http: Request, body: Sampling, prompt: str,
     _check_model(body.model, served.model_id)
     if body.n != 1:
         raise ApiError(400, "n: one choice per request")
-    request = engine.request(prompt, _settings(body), _stops(body.stop))
-    tokens = len(served.tokenizer(prompt, add_special_tokens=request.add_special_tokens)["input_ids"])
-    check_fits_context(
-        engine.model, tokens, request.settings.tokens_or(ONE_ANSWER_TOKENS), "the prompt", "max_tokens"
-    )
+    tokens = len(served.tokenizer(prompt, add_special_tokens=engine.template.add_special_tokens)["input_ids"])
+    budget = _budget(engine.model, tokens, body.max_tokens)
+    request = engine.request(prompt, _settings(body, budget), _stops(body.stop))
     request.loop = asyncio.get_running_loop()
     engine.submit(request)
     reply = _Reply(served, chat, request)
@@ -258,9 +257,28 @@ async def _complete(served: _Served, http: Request, body: Sampling, prompt: str,
     return await reply.whole(http)
 
 
-def _settings(body: Sampling) -> DecodingSettings:
+def _budget(model, prompt_tokens: int, max_tokens: int | None) -> int:
+    """The answer's most tokens: `max_tokens`, refused unless the prompt and it fit the context; unset,
+    ONE_ANSWER_TOKENS or the room the context leaves if less (OpenAI's API answers up to the context's end)."""
+    if max_tokens is not None:
+        check_fits_context(model, prompt_tokens, max_tokens, "the prompt", "max_tokens")
+        return max_tokens
+    limit = context_length(model)
+    if limit is None:
+        return ONE_ANSWER_TOKENS
+    if prompt_tokens >= limit:
+        raise ApiError(
+            400,
+            f"the prompt is {prompt_tokens} tokens, no room left for an answer in the model's context "
+            f"of {limit} tokens: shorten it",
+        )
+    return min(ONE_ANSWER_TOKENS, limit - prompt_tokens)
+
+
+def _settings(body: Sampling, max_new_tokens: int) -> DecodingSettings:
+    """The engine's settings: the budget is one of them, so requests batch only with the same one."""
     return DecodingSettings(
-        max_new_tokens=body.max_tokens,
+        max_new_tokens=max_new_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         top_k=0,
