@@ -171,18 +171,59 @@ def test_holm_by_hand():
 
 def test_variance_components_and_seeds_needed_by_hand():
     # seeds × records: per-seed means 0.001, 0.003 (variance 2e-6); per-record means 0.001, 0.003, whose
-    # variance 2e-6 over 2 records is 1e-6 for their mean
+    # variance 2e-6 over 2 records is 1e-6 for their mean; the table is additive (no cell noise to remove)
     a = np.array([[0.0, 0.002], [0.002, 0.004]])
     seed_variance, record_variance = variance_components(a, np.zeros((2, 2)))
     assert seed_variance == pytest.approx(2e-6) and record_variance == pytest.approx(1e-6)
-    # d = 0.002 with margin 0.002: deciding needs half-width 0.002, so (0.002 / 1.96)² − 1e-6 = 4.1e-8 room:
-    # K = ⌈2e-6 / 4.1226e-8⌉ = 49
-    z = 1.959963984540054
-    expected = math.ceil(2e-6 / ((0.002 / z) ** 2 - 1e-6))
-    assert seeds_needed(0.002, 2e-6, 1e-6, 0.002) == expected == 49
-    assert seeds_needed(0.0005, 2e-6, 2e-6, 0.002) == math.inf  # record noise alone is wider than 0.0015
+    z, z_power = 1.959963984540054, 0.8416212335729143  # 97.5 % and 80 % normal quantiles
+    # d = 0.002, margin 0.002: "better" needs se ≤ 0.002 / (z + z_power), "equivalent" se ≤ 0 / …: so
+    # (0.002 / 2.8016)² − 1e-7 = 4.0963e-7 of room, K = ⌈2e-6 / 4.0963e-7⌉ = 5
+    assert (
+        seeds_needed(0.002, 2e-6, 1e-7, 0.002) == math.ceil(2e-6 / ((0.002 / (z + z_power)) ** 2 - 1e-7)) == 5
+    )
+    # at 50 % power: (0.002 / 1.96)² − 1e-6 = 4.1226e-8, K = ⌈2e-6 / 4.1226e-8⌉ = 49
+    assert (
+        seeds_needed(0.002, 2e-6, 1e-6, 0.002, power=0.5) == math.ceil(2e-6 / ((0.002 / z) ** 2 - 1e-6)) == 49
+    )
+    # among 3 comparisons (Holm, at worst Bonferroni): z for 0.05 / 6 one-sided is 2.3940
+    z_three = 2.3939797998185104
+    assert seeds_needed(0.002, 2e-6, 1e-7, 0.002, comparisons=3) == math.ceil(
+        2e-6 / ((0.002 / (z_three + z_power)) ** 2 - 1e-7)
+    ) == 8  # fmt: skip
+    # d = 0.0005, margin 0.002: equivalence allows the larger se, 0.0015 / (z + z_power)
+    assert seeds_needed(0.0005, 2e-6, 1e-7, 0.002) == math.ceil(2e-6 / ((0.0015 / (z + z_power)) ** 2 - 1e-7))
+    assert seeds_needed(0.0005, 2e-6, 4e-7, 0.002) == math.inf  # record noise alone is wider than se*
     assert math.isnan(seeds_needed(0.001, math.nan, 1e-7, 0.002))  # one seed: no seed variance
     assert math.isnan(variance_components([[0.1, 0.2]], [[0.0, 0.0]])[0])
+
+
+def test_cell_noise_is_not_counted_as_record_noise_that_seeds_cannot_shrink():
+    """Pure cell noise (each seed × record its own draw): more seeds average it away, so the record part is ~0
+    and K is finite; counting it as fixed record noise said "more seeds would not decide it"."""
+    noise = np.random.default_rng(0).normal(0.0, 0.02, size=(3, 200))
+    per_seed, per_record = noise.mean(axis=1), noise.mean(axis=0)
+    cells = ((noise - per_seed[:, None] - per_record[None, :] + noise.mean()) ** 2).sum() / (2 * 199)
+    by_hand = max(0.0, per_record.var(ddof=1) / 200 - cells / 600)
+    seed_variance, record_variance = variance_components(noise + 0.0005, np.zeros((3, 200)))
+    assert (
+        record_variance == pytest.approx(by_hand, abs=1e-15)
+        and record_variance < 0.2 * per_record.var(ddof=1) / 200
+    )
+    assert seed_variance == pytest.approx(per_seed.var(ddof=1))
+    assert math.isfinite(seeds_needed(0.0005, seed_variance, record_variance, 0.002))
+    assert (
+        seeds_needed(0.0005, seed_variance, per_record.var(ddof=1) / 200, 0.002) == math.inf
+    )  # the old count
+
+
+def test_two_level_draws_in_blocks_are_the_same_draws(monkeypatch):
+    import sibo.study.stats as stats
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(3, 50)), rng.normal(size=(3, 50))
+    whole = two_level_draws(a, b, 100, seed=0)
+    monkeypatch.setattr(stats, "_BLOCK_CELLS", 50 * 7)  # blocks of 7 resamples, the last one shorter
+    assert np.array_equal(two_level_draws(a, b, 100, seed=0), whole)
 
 
 def _interval(difference: float, low: float, high: float) -> Interval:

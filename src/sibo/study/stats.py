@@ -162,10 +162,19 @@ def two_level_draws(a, b, resamples: int = 10_000, seed: int = 0) -> np.ndarray:
     seeds, records = difference.shape
     rng = np.random.default_rng(seed)
     # how often each seed and each record is drawn: (R, S) and (R, Q); the mean over the drawn table is
-    # Σ_s Σ_q n_s · n_q · d[s, q] / (S · Q)
+    # Σ_s Σ_q n_s · n_q · d[s, q] / (S · Q). The (R, Q) arrays are made a block of resamples at a time (the
+    # same draws), so that 10,000 resamples of 20,000 records do not hold gigabytes at once.
     seed_counts = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=resamples)
-    record_counts = rng.multinomial(records, np.full(records, 1 / records), size=resamples)
-    return ((seed_counts @ difference) * record_counts).sum(axis=1) / (seeds * records)
+    sums = np.empty(resamples)
+    block = max(1, _BLOCK_CELLS // records)
+    for start in range(0, resamples, block):
+        rows = slice(start, min(resamples, start + block))
+        record_counts = rng.multinomial(records, np.full(records, 1 / records), size=rows.stop - start)
+        sums[rows] = ((seed_counts[rows] @ difference) * record_counts).sum(axis=1)
+    return sums / (seeds * records)
+
+
+_BLOCK_CELLS = 1 << 24  # resamples × records per block of `two_level_draws`: 128 MiB per float64 array
 
 
 def two_level_bootstrap(a, b, resamples: int = 10_000, confidence: float = 0.95, seed: int = 0) -> Interval:
@@ -208,34 +217,54 @@ def holm(p_values) -> list[float]:
 def variance_components(a, b) -> tuple[float, float]:
     """(seed variance, record variance of the mean) of a − b, (seeds, records) paired.
 
-    seed variance: the variance over seeds of each seed's mean difference (NaN for one seed), what one
-    seed more or less adds; record variance: the variance over records of each record's seed-averaged
-    difference, divided by the number of records, what the fixed set of records adds however many seeds.
+    Read the difference d[s, q] as a seed part, a record part and their interaction (cell noise). seed
+    variance: the variance over seeds of each seed's mean difference (NaN for one seed): seed part plus cell
+    noise over Q, both of which shrink as seeds are added. record variance: what the fixed set of records adds
+    however many seeds, σ²_record / Q: the variance over records of each record's seed-averaged difference,
+    divided by Q, less the cell noise in it (mean square of the interaction / (S·Q)), which more seeds average
+    away; with one seed the two cannot be told apart and it is all counted.
     """
     difference = np.atleast_2d(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
     seeds, records = difference.shape
     per_seed = difference.mean(axis=1)  # (S,)
     per_record = difference.mean(axis=0)  # (Q,)
     seed_variance = float(per_seed.var(ddof=1)) if seeds > 1 else math.nan
-    record_variance = float(per_record.var(ddof=1)) / records if records > 1 else 0.0
+    if records < 2:
+        return seed_variance, 0.0
+    record_variance = float(per_record.var(ddof=1)) / records
+    if seeds > 1:
+        interaction = difference - per_seed[:, None] - per_record[None, :] + difference.mean()
+        cell_noise = float((interaction**2).sum()) / ((seeds - 1) * (records - 1))
+        record_variance = max(0.0, record_variance - cell_noise / (seeds * records))
     return seed_variance, record_variance
 
 
 def seeds_needed(
-    difference: float, seed_variance: float, record_variance: float, margin: float, confidence: float = 0.95
+    difference: float,
+    seed_variance: float,
+    record_variance: float,
+    margin: float,
+    confidence: float = 0.95,
+    comparisons: int = 1,
+    power: float = 0.8,
 ) -> float:
-    """About how many seeds would decide the comparison if the difference and the variances stayed as
-    observed; math.inf when more seeds cannot (record noise alone is too wide), NaN when unknown (1 seed).
+    """About how many seeds would decide the comparison with probability `power`, if the difference and the
+    variances stayed as observed; math.inf when more seeds cannot (record noise alone is too wide), NaN when
+    unknown (1 seed).
 
-    The interval's half-width with K seeds is about z · √(seed_variance / K + record_variance). It decides
-    once it excludes 0 (half-width < |d|) or lies inside ±margin (half-width < margin − |d|), so it needs
-    half-width h* = max(|d|, margin − |d|), and K = ⌈seed_variance / ((h*/z)² − record_variance)⌉.
+    With K seeds the difference's standard error is about se(K) = √(seed_variance / K + record_variance)
+    (`variance_components`). "better"/"worse" needs |d| ≥ (z_a + z_power)·se, z_a for a Holm-adjusted p
+    under 1 − confidence among `comparisons` (at worst Bonferroni's); "equivalent" needs the interval inside
+    ±margin, margin − |d| ≥ (z + z_power)·se. K is the fewest seeds for either:
+    K = ⌈seed_variance / (se*² − record_variance)⌉, se* the larger standard error the two allow.
     """
     if math.isnan(seed_variance):
         return math.nan
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    target = max(abs(difference), margin - abs(difference)) / z
-    room = target**2 - record_variance
+    normal, alpha = NormalDist(), 1 - confidence
+    z_power = normal.inv_cdf(power)
+    excludes_zero = abs(difference) / (normal.inv_cdf(1 - alpha / (2 * comparisons)) + z_power)
+    inside_margin = (margin - abs(difference)) / (normal.inv_cdf(1 - alpha / 2) + z_power)
+    room = max(excludes_zero, inside_margin) ** 2 - record_variance
     if room <= 0:
         return math.inf
     return float(max(2, math.ceil(seed_variance / room)))
