@@ -14,9 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate.data_loader import prepare_data_loader, skip_first_batches
 from fault_checks import add_deeper_model, finetune_args, refused
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, TrainingArguments
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
 import sibo
 from sibo.cli import main as sibo_main
@@ -36,6 +38,7 @@ from sibo.train.recipe import (
 )
 from sibo.train.resume import resolve_resume
 from sibo.train.setup import gradient_accumulation_steps
+from sibo.train.trainer import EpochSeededLengthGroupedSampler
 
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 # 1 thread per process: tiny models gain nothing from more, and the test machine is shared.
@@ -384,6 +387,60 @@ def test_resume_after_kill_9_matches_an_unbroken_run(base_model, data_file, tmp_
     assert expected  # a dict of tensors: assert_close compares the names too
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
     assert losses(broken)[-4:] == pytest.approx(losses(unbroken)[-4:], rel=1e-5)
+
+
+class StopAfterStep(TrainerCallback):
+    """A crash right after step `step`'s checkpoint is written: the run must resume from that checkpoint."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step + 1:
+            raise RuntimeError(f"stopped after step {self.step}")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("packing", ["True", "False"])
+def test_a_run_resumed_mid_epoch_two_trains_on_the_unbroken_runs_batches(
+    base_model, data_file, tmp_path, packing
+):
+    # 4 steps an epoch, checkpoints at 2, 4, 6: resumed from checkpoint-6, half-way through epoch 2. Padded batches
+    # are length-grouped; their order once came from the global RNG, drawn before resume restores the checkpoint's.
+    flags = ["--num_epochs", "2", "--val_set_size", "0", "--save_step", "2", "--packing", packing]
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    finetune(parse_config(run_args(base_model, data_file, unbroken, *flags)))
+    with pytest.raises(RuntimeError, match="stopped after step 6"):
+        finetune(parse_config(run_args(base_model, data_file, broken, *flags)), callbacks=[StopAfterStep(6)])
+
+    finetune(
+        parse_config(run_args(base_model, data_file, broken, *flags, "--resume_from_checkpoint", "latest"))
+    )
+    assert losses(broken) == losses(unbroken)
+    expected, actual = (load_file(d / "adapter_model.safetensors") for d in (unbroken, broken))
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+def test_a_resumed_ddp_loader_gets_the_unbroken_runs_length_grouped_batches():
+    # Rank 0 of 2, as accelerate shards a padded run's loader, resumed 2 batches into epoch 2 as Trainer resumes it.
+    # accelerate's set_epoch does not reach a sampler through SkipBatchSampler(BatchSamplerShard(…)): the epoch is
+    # the Trainer's state's.
+    state = SimpleNamespace(epoch=0)
+
+    def rank_0_loader():
+        lengths = [1 + (i * 7) % 13 for i in range(32)]
+        sampler = EpochSeededLengthGroupedSampler(4, lengths, seed=42, epoch=lambda: state.epoch)
+        loader = DataLoader(range(32), batch_size=2, sampler=sampler)
+        return prepare_data_loader(loader, num_processes=2, process_index=0, use_seedable_sampler=True)
+
+    loader = rank_0_loader()
+    unbroken = []
+    for state.epoch in range(3):
+        loader.set_epoch(state.epoch)
+        unbroken.append([batch.tolist() for batch in loader])
+    resumed = skip_first_batches(rank_0_loader(), 2)
+    resumed.set_epoch(2)
+    assert [batch.tolist() for batch in resumed] == unbroken[2][2:] != unbroken[0][2:]
 
 
 KILL_DURING_SAVE = """

@@ -1,5 +1,5 @@
-"""transformers' Trainer, with SIBO's learnable λ kept out of weight decay whatever `--optim` builds, and the
-best checkpoint judged among saved steps only.
+"""transformers' Trainer, with SIBO's learnable λ kept out of weight decay whatever `--optim` builds, the
+best checkpoint judged among saved steps only, and length-grouped batches that a resumed run replays exactly.
 
 The Trainer puts every parameter whose name is not a bias or a norm into its weight-decay group. SIBO's
 λ logits (θ in λ = sigmoid(θ), one per block) are neither LoRA weights nor a quantity weight decay should
@@ -10,8 +10,11 @@ LoRA rate λ barely moves).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 LAMBDA_PARAMETERS = "sibo_lambdas"  # where sibo.core.peft_model keeps the learnable λ logits
 
@@ -50,6 +53,15 @@ class SiboTrainer(Trainer):
             super().create_optimizer(model), self.model if model is None else model, self.lambda_lr
         )
 
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if not isinstance(sampler, LengthGroupedSampler):
+            return sampler  # packed runs: accelerate's SeedableRandomSampler already draws from (data_seed + epoch)
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return EpochSeededLengthGroupedSampler(
+            sampler.batch_size, sampler.lengths, seed, lambda: int(self.state.epoch)
+        )
+
     def _determine_best_metric(self, metrics: dict[str, float], trial) -> bool:
         # transformers records the best metric at every evaluation but keeps a best checkpoint only where one is
         # saved: with --save_step a multiple of --eval_step, a best unsaved step would leave an older adapter as
@@ -64,3 +76,22 @@ class SiboTrainer(Trainer):
         if self.accuracy is not None and "eval_loss" in logs:
             logs.update(self.accuracy.scores(self.model, self.state.global_step))
         super().log(logs, start_time)
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """transformers' length-grouped order, drawn from (seed + the Trainer's epoch) instead of the global RNG.
+
+    Resumed mid-epoch, the Trainer draws the epoch's order before it restores the checkpoint's RNG (trainer.py
+    `_run_epoch`), so from the second epoch on a resumed run trained on other batches than an unbroken one. The epoch
+    is read from the Trainer's state (`epoch()`, e.g. 1 at 1.5) when the order is drawn, not taken from `set_epoch`,
+    which accelerate does not pass through a resumed DDP loader's SkipBatchSampler(BatchSamplerShard(…)).
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int, epoch: Callable[[], int]) -> None:
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.trainer_epoch = epoch
+
+    def __iter__(self):
+        self.generator.manual_seed(self.seed + self.trainer_epoch())
+        return super().__iter__()
