@@ -17,7 +17,7 @@ import torch
 from accelerate.data_loader import prepare_data_loader, skip_first_batches
 from fault_checks import add_deeper_model, finetune_args, refused
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
 
 import sibo
@@ -421,17 +421,24 @@ def test_a_run_resumed_mid_epoch_two_trains_on_the_unbroken_runs_batches(
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
 
 
-def test_a_resumed_ddp_loader_gets_the_unbroken_runs_length_grouped_batches():
-    # Rank 0 of 2, as accelerate shards a padded run's loader, resumed 2 batches into epoch 2 as Trainer resumes it.
-    # accelerate's set_epoch does not reach a sampler through SkipBatchSampler(BatchSamplerShard(…)): the epoch is
-    # the Trainer's state's.
+@pytest.mark.parametrize("packing", [True, False])
+def test_a_resumed_ddp_loader_gets_the_unbroken_runs_batches(packing):
+    # Rank 0 of 2 as accelerate shards the loader, resumed 2 batches into epoch 2 as Trainer resumes it. Packed:
+    # accelerate's SeedableRandomSampler, told the epoch by set_epoch. Padded: set_epoch does not reach a sampler
+    # through SkipBatchSampler(BatchSamplerShard(…)), so sibo's sampler reads the epoch from the Trainer's state.
     state = SimpleNamespace(epoch=0)
 
     def rank_0_loader():
         lengths = [1 + (i * 7) % 13 for i in range(32)]
-        sampler = EpochSeededLengthGroupedSampler(4, lengths, seed=42, epoch=lambda: state.epoch)
+        sampler = (
+            RandomSampler(lengths)
+            if packing
+            else EpochSeededLengthGroupedSampler(4, lengths, seed=42, epoch=lambda: state.epoch)
+        )
         loader = DataLoader(range(32), batch_size=2, sampler=sampler)
-        return prepare_data_loader(loader, num_processes=2, process_index=0, use_seedable_sampler=True)
+        return prepare_data_loader(
+            loader, num_processes=2, process_index=0, use_seedable_sampler=True, data_seed=42
+        )
 
     loader = rank_0_loader()
     unbroken = []
