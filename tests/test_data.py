@@ -158,7 +158,7 @@ def test_special_token_text_is_counted_and_said(tokenizer, caplog):
         ("<s", "", "/s>"),
     ]
     instructions = datasets.Dataset.from_list(
-        [dict(zip(("instruction", "input", "output"), t)) for t in texts]
+        [dict(zip(("instruction", "input", "output"), t, strict=True)) for t in texts]
     )
     user = {"role": "user", "content": "hi"}
     chats = datasets.Dataset.from_list(

@@ -44,10 +44,15 @@ def tokenizer():
 
 
 def test_layer_similarity_matches_a_direct_computation(tokenizer):
+    """Embeddings, then each block's output: the last one before the final norm, whose (here random)
+    per-channel gain would change the cosines."""
     model = build_tiny_model("llama", len(tokenizer), num_layers=3)
+    with torch.no_grad():
+        model.model.norm.weight.uniform_(0.1, 3.0)
     texts = ["a short one", "a somewhat longer sentence that pads the other"]
     measured = layer_similarity(model, tokenizer, texts, batch_size=2)
 
+    model.model.norm = torch.nn.Identity()  # transformers' last hidden state is then block 3's output
     expected = torch.zeros(4)
     for text in texts:  # one text at a time: no padding at all
         with torch.no_grad():

@@ -5,7 +5,9 @@
 The paper's measure (its central figure): for each layer's hidden states of a sequence, the mean
 cosine similarity over all pairs of distinct real tokens, averaged over n records. Deep models
 drive it towards 1 (every token looks the same); SIBO's initial residual should hold it lower.
-Layer 0 is the embedding output (h0); layer i is the output of block i.
+Layer 0 is the input of block 0 (h0); layer i is the output of block i, read from the blocks themselves:
+transformers' `hidden_states` ends with the final norm's output instead of the last block's, and that
+norm's per-channel gain changes cosines.
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def layer_similarity(
                 truncation=True,
                 max_length=max_length,
             ).to(device)
-            hidden_states = model(**batch, output_hidden_states=True, use_cache=False).hidden_states
+            hidden_states = block_states(model, batch)
             # (L+1, B)
             per_layer = torch.stack([mean_pairwise_cosine(h, batch["attention_mask"]) for h in hidden_states])
             usable = ~per_layer[0].isnan()  # records with at least two tokens
@@ -139,6 +141,32 @@ def layer_similarity(
     if not counted:
         raise InputError("no record has two or more tokens to compare")
     return (sums / counted).tolist()
+
+
+def block_states(model, batch: dict) -> list[torch.Tensor]:
+    """[h0, block 1's output, …, block L's output] of one forward, each (B, T, H)."""
+    from sibo.core.booster import find_transformer_blocks
+
+    _, blocks = find_transformer_blocks(model)
+    states: list = [None] * (len(blocks) + 1)
+
+    def keep_input(module, args, kwargs):
+        states[0] = args[0] if args else kwargs["hidden_states"]
+
+    def keeper(at: int):
+        def keep_output(module, args, output):
+            states[at] = output[0] if isinstance(output, tuple) else output
+
+        return keep_output
+
+    handles = [blocks[0].register_forward_pre_hook(keep_input, with_kwargs=True)]
+    handles += [block.register_forward_hook(keeper(at)) for at, block in enumerate(blocks, start=1)]
+    try:
+        model(**batch, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return states
 
 
 def read_texts(path: Path, n: int, tokenizer=None) -> list[str]:
