@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sibo.errors import InputError
 from sibo.study.stats import holm
 from sibo.study.sweep_report import compare_accuracy, compare_heldout, render_report
 
@@ -53,3 +54,8 @@ def test_accuracy_pools_every_seed_and_question_pair():
     assert (row["gained"], row["lost"], row["questions"]) == (3, 1, 3)
     assert row["accuracy"] == pytest.approx(5 / 6) and row["baseline_accuracy"] == pytest.approx(0.5)
     assert row["mcnemar_p"] == pytest.approx(2 * (1 + 4) / 16)
+    answers[(0.2, 2)]["AddSub"]["ids"] = [0, 1, 3]  # another question, same count
+    with pytest.raises(
+        InputError, match=r"run lam0.2_seed2 answered other AddSub questions than run lam0_seed1"
+    ):
+        compare_accuracy(answers, [1, 2])

@@ -20,6 +20,7 @@ import statistics
 
 import numpy as np
 
+from sibo.errors import InputError
 from sibo.study.stats import (
     Interval,
     bootstrap_p_value,
@@ -96,7 +97,16 @@ def compare_heldout(
 
 def compare_accuracy(answers: dict[tuple[float, int], dict[str, dict]], seeds: list[int]) -> list[dict]:
     """Per λ ≠ 0 and benchmark: mean accuracy over seeds (λ and λ 0) and the exact McNemar test over every
-    (seed, question) pair, gained = right at λ and wrong at λ 0."""
+    (seed, question) pair, gained = right at λ and wrong at λ 0. Every run must have answered the same
+    questions (by id), or the pairs would be of different questions."""
+    reference = answers[(0.0, seeds[0])]
+    for (lam, seed), sets in answers.items():
+        for name, found in reference.items():
+            if sets.get(name, {}).get("ids") != found["ids"]:
+                raise InputError(
+                    f"run lam{lam:g}_seed{seed} answered other {name} questions than run lam0_seed{seeds[0]}: "
+                    "delete that run's eval folder and run the sweep again"
+                )
     rows = []
     for lam in sorted({lam for lam, _ in answers} - {0.0}):
         for name in answers[(0.0, seeds[0])]:
