@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 
 import pytest
@@ -244,14 +243,13 @@ def test_heldout_sweep_scores_held_out_loss_and_reports_each_lambda_against_zero
 
 def _verdict_by_hand(row: dict) -> str:
     """docs/sweep.md's rule for the default margin 0.002: an interval inside ±margin is equivalent; else a Holm
-    p under 0.05 decides by the difference's sign; else undecided, with the seeds that would decide it."""
+    p under 0.05 decides by the difference's sign; else undecided, with the seeds that would decide it (null in
+    report.json: infinitely many, for two seeds or more)."""
     if row["low"] > -0.002 and row["high"] < 0.002:
         return "equivalent within ±0.002"
     if row["p_holm"] < 0.05:
         return "better" if row["difference"] < 0 else "worse"
-    if math.isnan(row["seeds_needed"]):
-        return "undecided — run more seeds (2 or more are needed to estimate how many)"
-    if math.isinf(row["seeds_needed"]):
+    if row["seeds_needed"] is None:
         return "undecided — more seeds would not decide it: score more records"
     return f"undecided — run more seeds (about {int(row['seeds_needed'])} would decide it)"
 
@@ -280,9 +278,10 @@ def test_heldout_sweep_with_benchmarks_adds_accuracy_with_mcnemar(workspace):
         lost,
         3,
     )
-    # one seed: its seed variance is unknown, so an undecided verdict cannot say how many seeds would decide
+    # one seed: its seed variance is unknown, null in strict JSON
     (row,) = report["heldout_loss"]["lambdas"]
-    assert math.isnan(row["seeds_needed"]) and row["verdict"] == _verdict_by_hand(row)
+    assert row["seeds_needed"] is None
+    json.loads((output_dir / "report.json").read_text(), parse_constant=_refuse)
     assert "## Accuracy" in (output_dir / "report.md").read_text() and (output_dir / "sweep.png").is_file()
     with (output_dir / "sweep.csv").open() as file:
         assert list(next(csv.DictReader(file))) == [
@@ -293,6 +292,10 @@ def test_heldout_sweep_with_benchmarks_adds_accuracy_with_mcnemar(workspace):
             "heldout_loss",
             "adapter_dir",
         ]
+
+
+def _refuse(constant: str):
+    raise ValueError(f"{constant} is not JSON")
 
 
 def test_heldout_needs_lambda_zero_and_a_sweep_needs_something_to_score(workspace):

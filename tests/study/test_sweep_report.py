@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 
 from sibo.errors import InputError
 from sibo.study.stats import holm
+from sibo.study.sweep import report_json
 from sibo.study.sweep_report import compare_accuracy, compare_heldout, render_report
 
 SEEDS = [1, 2, 3]
@@ -41,6 +45,18 @@ def test_each_lambda_against_zero_with_holm_and_verdicts():
     )
     assert "| 0.1 | 0.9000 | -0.10000 | [-0.10000, -0.10000] |" in text and "| better |" in text
     assert "equivalent within ±0.002" in text and "## Accuracy" not in text
+
+
+def test_report_json_is_strict_json_with_null_for_numbers_that_are_not_finite():
+    report = compare_heldout(_losses(), SEEDS, margin=0.002)
+    report["lambdas"][0]["seeds_needed"] = math.inf
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    loaded = json.loads(report_json({"heldout_loss": report}), parse_constant=refuse)["heldout_loss"]
+    assert loaded["lambdas"][0]["seeds_needed"] is None
+    assert loaded["lambdas"][1]["difference"] == report["lambdas"][1]["difference"]
 
 
 def test_accuracy_pools_every_seed_and_question_pair():

@@ -193,9 +193,25 @@ def write_report(config: SweepConfig, heldout: HeldOut, losses: dict, answers: d
     }
     report = {"about": about, "heldout_loss": heldout_rows, "accuracy": accuracy_rows}
     write_atomically(config.output_dir / REPORT_FILE, render_report(heldout_rows, accuracy_rows, about))
-    write_atomically(config.output_dir / REPORT_JSON, json.dumps(report, indent=1, default=str) + "\n")
+    write_atomically(config.output_dir / REPORT_JSON, report_json(report))
     plot_heldout(heldout_rows, config.output_dir / HELDOUT_PLOT)
     return report
+
+
+def report_json(report) -> str:
+    """The report as strict JSON: a number that is not finite (no seed variance with one seed, seeds that
+    cannot decide) is null, as JSON has no NaN or Infinity."""
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(report), indent=1, default=str, allow_nan=False) + "\n"
 
 
 def write_csv(rows: list[SweepRow], file: Path) -> None:
