@@ -12,9 +12,12 @@ from sibo.cli import main
 from sibo.cli.sweep import parse_config
 from sibo.errors import InputError
 from sibo.eval.config import EvalConfig
+from sibo.files import TRAIN_METRICS_FILE
 from sibo.output_dir import LOCK_FILE, claim_output_dir, hold_output_dir
+from sibo.study.split import HeldOutSplit
 from sibo.study.sweep import SweepRow, summarize, write_csv
 from sibo.study.sweep_config import SweepConfig
+from sibo.study.sweep_heldout import LOSS_FILE, HeldOut, HeldOutLog, check_reusable
 from sibo.study.synthetic import write_records
 from sibo.train.config import FinetuneConfig
 
@@ -238,7 +241,7 @@ def test_heldout_sweep_scores_held_out_loss_and_reports_each_lambda_against_zero
     (output_dir / "lam0_seed1" / "heldout_loss.json").unlink()
     capsys.readouterr()
     assert main(flags) == 2
-    assert "holds an adapter trained without this held-out split" in capsys.readouterr().err
+    assert "holds an adapter or checkpoints trained without this held-out split" in capsys.readouterr().err
 
 
 def _verdict_by_hand(row: dict) -> str:
@@ -296,6 +299,45 @@ def test_heldout_sweep_with_benchmarks_adds_accuracy_with_mcnemar(workspace):
 
 def _refuse(constant: str):
     raise ValueError(f"{constant} is not JSON")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_rerun_on_the_data_in_another_order_is_refused(workspace, capsys):
+    """The same count and seed hold out the same indices, now other records: the finished runs trained on
+    records now held out, and their losses are of other records. Neither is reused, nor resumed."""
+    output_dir = workspace / "reordered"
+    flags = _without_benchmarks(
+        _flags(workspace, output_dir, "--lambdas", "0,0.2", "--seeds", "1", "--heldout", "4")
+    )
+    assert main(flags) == 0
+    records = json.loads((workspace / "train.json").read_text())
+    flags[flags.index("--data_path") + 1] = str(write_records(records[::-1], workspace / "reversed.json"))
+    capsys.readouterr()
+    assert main(flags) == 2
+    refusal = "holds an adapter or checkpoints trained without this held-out split of this data"
+    assert refusal in capsys.readouterr().err
+    for run in ("lam0_seed1", "lam0.2_seed1"):  # stopped part way: checkpoints only
+        assert any((output_dir / run / "adapter").glob("checkpoint-*"))
+        (output_dir / run / "adapter" / TRAIN_METRICS_FILE).unlink()
+    assert main([*flags, "--resume_from_checkpoint", "latest"]) == 2
+    assert refusal in capsys.readouterr().err
+
+
+def test_checkpoints_are_resumed_only_beside_losses_of_this_split(tmp_path):
+    run_dir = tmp_path / "lam0_seed1"
+    (run_dir / "adapter" / "checkpoint-1").mkdir(parents=True)
+    finetune = FinetuneConfig(
+        base_model="b", data_path="d", output_dir=str(run_dir / "adapter"), resume_from_checkpoint="latest"
+    )
+    heldout = HeldOut([], HeldOutSplit([], [], []), [], digest="this")
+    (run_dir / LOSS_FILE).write_text(json.dumps({"split": "another", "points": {"0": [1.0]}}))
+    with pytest.raises(
+        InputError, match="holds an adapter or checkpoints trained without this held-out split"
+    ):
+        check_reusable(HeldOutLog(run_dir, heldout), finetune)
+    (run_dir / LOSS_FILE).write_text(json.dumps({"split": "this", "points": {"0": [1.0]}}))
+    check_reusable(HeldOutLog(run_dir, heldout), finetune)  # the same split: it resumes
 
 
 def test_heldout_needs_lambda_zero_and_a_sweep_needs_something_to_score(workspace):

@@ -93,6 +93,8 @@ def sweep(config: SweepConfig) -> list[SweepRow]:
     with hold_output_dir(config.output_dir):
         claim_sweep_dir(config)
         if heldout is not None:
+            for _, _, finetune_config, _ in runs:  # before anything is written or trained
+                check_reusable(HeldOutLog(Path(finetune_config.output_dir).parent, heldout), finetune_config)
             write_split(heldout.records, heldout.split, config.output_dir / HELDOUT_DIR)
         for number, (lam, seed, finetune_config, eval_config) in enumerate(runs, start=1):
             logger.info("sweep run %d/%d: λ=%g, seed %d", number, len(runs), lam, seed)
@@ -141,8 +143,6 @@ def run_one(
             if finetune_config.overwrite:
                 log.points = {}  # the earlier run's points are not this run's
             callbacks = [log.callback(finetune_config.eval_step)]
-        else:
-            check_reusable(log, finetune_config)
     results = {}
     if eval_config is None:  # held-out loss only
         train_adapter(finetune_config, callbacks)

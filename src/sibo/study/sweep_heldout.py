@@ -5,8 +5,10 @@
     callbacks = [log.callback(eval_step)]                   # scores at step 0, every eval_step, the end
     final = log.final(finetune_config)                      # {step: losses}, the last step scored if missing
 
-A run's losses carry a digest of the split: a finished adapter with no losses of this split (trained
-on other data, or by a sweep without --heldout) is refused rather than scored as if held out.
+A run's losses carry a digest of what decides them (the training records and the held-out ones as
+tokenized, not their indices alone): an adapter or checkpoints with no losses of this digest (trained on
+other data, the same data in another order, or by a sweep without --heldout) are refused rather than
+scored, or resumed, as if those records were held out.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from sibo.files import TRAIN_METRICS_FILE, read_json, write_atomically
 from sibo.study.heldout import Encoded, PeriodicHeldOutLoss, Reference, encode_references, held_out_losses
 from sibo.study.split import HeldOutSplit, heldout_split, instruction_records
 from sibo.train.config import FinetuneConfig
+from sibo.train.resume import CHECKPOINT_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ class HeldOut:
     records: list[Record]
     split: HeldOutSplit
     encoded: list[Encoded]
-    digest: str  # names the split: runs scored on another split are not mixed in
+    digest: str  # names the split's content: runs trained or scored on other records are not mixed in
     batch_size: int = 8
 
 
@@ -63,12 +66,19 @@ def prepare_heldout(finetune: FinetuneConfig, count: int, seed: int) -> HeldOut:
     encoded = encode_references(
         references, load_tokenizer(finetune.base_model), max_tokens=finetune.cutoff_len
     )
-    digest = hashlib.sha256(json.dumps(asdict(split)).encode()).hexdigest()[:16]
     logger.info(
         "held out %d records; %d copies of them left out of training; %d train",
         len(split.heldout), len(split.dropped), len(split.train),
     )  # fmt: skip
-    return HeldOut(records, split, encoded, digest)
+    return HeldOut(records, split, encoded, split_digest(records, split, encoded))
+
+
+def split_digest(records: list[Record], split: HeldOutSplit, encoded: list[Encoded]) -> str:
+    """What decides a run's held-out losses: the records it trains on and the held-out ones as scored
+    (tokenizer, template and cutoff_len included). Indices alone would let the data re-exported in another
+    order pass for the same split, pairing old losses with new ones on other records."""
+    content = {"train": [asdict(records[k]) for k in split.train], "heldout": [asdict(e) for e in encoded]}
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 class HeldOutLog:
@@ -109,12 +119,13 @@ def is_finished(finetune: FinetuneConfig) -> bool:
 
 
 def check_reusable(log: HeldOutLog, finetune: FinetuneConfig) -> None:
-    """A finished adapter is reused only when this split's losses are beside it (it trained on this split)."""
-    if is_finished(finetune) and not log.points:
-        run_dir = log.file.parent
+    """A finished adapter is reused, and checkpoints resumed, only when this split's losses are beside them:
+    otherwise they may have trained on records now held out."""
+    trained = is_finished(finetune) or any(Path(finetune.output_dir).glob(f"{CHECKPOINT_PREFIX}-*"))
+    if trained and not log.points and not finetune.overwrite:
         raise InputError(
-            f"{run_dir} holds an adapter trained without this held-out split (no {LOSS_FILE} of it): "
-            "delete the folder or choose another --output_dir"
+            f"{log.file.parent} holds an adapter or checkpoints trained without this held-out split of this data "
+            f"(no {LOSS_FILE} of it): delete the folder, pass --overwrite, or choose another --output_dir"
         )
 
 
