@@ -340,6 +340,19 @@ def test_checkpoints_are_resumed_only_beside_losses_of_this_split(tmp_path):
     check_reusable(HeldOutLog(run_dir, heldout), finetune)  # the same split: it resumes
 
 
+def test_held_out_records_with_no_response_token_stop_the_sweep_before_training(workspace, capsys):
+    output_dir = workspace / "cut"
+    flags = _without_benchmarks(
+        _flags(workspace, output_dir, "--lambdas", "0,0.2", "--heldout", "4", "--cutoff_len", "16")
+    )
+    assert main(flags) == 2
+    assert capsys.readouterr().err.strip() == (
+        "sibo sweep: error: --heldout 4: every held-out record's prompt fills --cutoff_len 16, leaving no "
+        "response token to score: raise --cutoff_len"
+    )
+    assert not output_dir.exists()
+
+
 def test_heldout_needs_lambda_zero_and_a_sweep_needs_something_to_score(workspace):
     with pytest.raises(InputError, match=r"--heldout compares every λ with λ 0: add 0 to --lambdas"):
         parse_config(_flags(workspace, workspace / "x", "--lambdas", "0.1,0.2", "--heldout", "3")[1:])

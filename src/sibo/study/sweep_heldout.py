@@ -47,7 +47,8 @@ class HeldOut:
 
 def prepare_heldout(finetune: FinetuneConfig, count: int, seed: int) -> HeldOut:
     """Read the training data, split it, and tokenize the held-out records as finetune would (cut at
-    cutoff_len); refused for chat records or --template chat (the scorer renders Alpaca's prompt)."""
+    cutoff_len); refused for chat records or --template chat (the scorer renders Alpaca's prompt), and
+    when no held-out record keeps a response token within cutoff_len (nothing would be scored)."""
     if finetune.template == "chat":
         raise InputError(
             "--heldout scores records with Alpaca's template; --template chat is not supported with it"
@@ -66,6 +67,17 @@ def prepare_heldout(finetune: FinetuneConfig, count: int, seed: int) -> HeldOut:
     encoded = encode_references(
         references, load_tokenizer(finetune.base_model), max_tokens=finetune.cutoff_len
     )
+    scored = sum(any(e.rationale[1:]) for e in encoded)  # the positions held_out_losses scores
+    if not scored:
+        raise InputError(
+            f"--heldout {count}: every held-out record's prompt fills --cutoff_len {finetune.cutoff_len}, "
+            "leaving no response token to score: raise --cutoff_len"
+        )
+    if scored < len(encoded):
+        logger.warning(
+            "%d of %d held-out records have no response token within --cutoff_len %d: they are not scored",
+            len(encoded) - scored, len(encoded), finetune.cutoff_len,
+        )  # fmt: skip
     logger.info(
         "held out %d records; %d copies of them left out of training; %d train",
         len(split.heldout), len(split.dropped), len(split.train),
