@@ -5,19 +5,30 @@ from __future__ import annotations
 import csv
 import json
 import os
+from pathlib import Path
 
 import pytest
 
+from sibo.checkpoint.load import load_model
 from sibo.cli import main
 from sibo.cli.sweep import parse_config
 from sibo.errors import InputError
 from sibo.eval.config import EvalConfig
 from sibo.files import TRAIN_METRICS_FILE
 from sibo.output_dir import LOCK_FILE, claim_output_dir, hold_output_dir
+from sibo.study.heldout import held_out_losses
 from sibo.study.split import HeldOutSplit
 from sibo.study.sweep import SweepRow, summarize, write_csv
 from sibo.study.sweep_config import SweepConfig
-from sibo.study.sweep_heldout import LOSS_FILE, HeldOut, HeldOutLog, check_reusable
+from sibo.study.sweep_heldout import (
+    LOSS_FILE,
+    HeldOut,
+    HeldOutLog,
+    check_reusable,
+    mean_loss,
+    prepare_heldout,
+)
+from sibo.study.sweep_report import ONE_SEED
 from sibo.study.synthetic import write_records
 from sibo.train.config import FinetuneConfig
 
@@ -217,9 +228,9 @@ def test_heldout_sweep_scores_held_out_loss_and_reports_each_lambda_against_zero
         row["difference"] == pytest.approx(by_hand, abs=1e-9)
         and row["low"] <= row["difference"] <= row["high"]
     )
-    assert (report["steps"], report["last_step"], row["p_holm"]) == (
+    assert (report["steps"], report["adapter_steps"], row["p_holm"]) == (
         [0, 1, 2],
-        2,
+        {"0": [2, 2], "0.2": [2, 2]},  # no validation: the saved adapter is the last step
         row["p"],
     )  # one λ: Holm is p
     assert row["by_step"][0]["difference"] == 0.0
@@ -281,10 +292,11 @@ def test_heldout_sweep_with_benchmarks_adds_accuracy_with_mcnemar(workspace):
         lost,
         3,
     )
-    # one seed: its seed variance is unknown, null in strict JSON
+    # one seed: training noise is unmeasured, so no verdict; its unknown seed variance is null in strict JSON
     (row,) = report["heldout_loss"]["lambdas"]
-    assert row["seeds_needed"] is None
+    assert row["seeds_needed"] is None and row["verdict"] == ONE_SEED
     json.loads((output_dir / "report.json").read_text(), parse_constant=_refuse)
+    assert "resamples records only" in (output_dir / "report.md").read_text()
     assert "## Accuracy" in (output_dir / "report.md").read_text() and (output_dir / "sweep.png").is_file()
     with (output_dir / "sweep.csv").open() as file:
         assert list(next(csv.DictReader(file))) == [
@@ -338,6 +350,36 @@ def test_checkpoints_are_resumed_only_beside_losses_of_this_split(tmp_path):
         check_reusable(HeldOutLog(run_dir, heldout), finetune)
     (run_dir / LOSS_FILE).write_text(json.dumps({"split": "this", "points": {"0": [1.0]}}))
     check_reusable(HeldOutLog(run_dir, heldout), finetune)  # the same split: it resumes
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_validated_run_reports_the_held_out_loss_of_the_adapter_it_saved(workspace):
+    """With validation the Trainer reloads the best checkpoint at the end: that adapter's held-out loss is
+    the run's, not the last step's (the best here: the highest validation loss, so not the last step)."""
+    output_dir = workspace / "validated"
+    flags = _without_benchmarks(
+        _flags(workspace, output_dir, "--lambdas", "0,0.2", "--seeds", "1", "--heldout", "4", "--max_steps", "3",
+               "--eval_step", "1", "--save_step", "1", "--greater_is_better", "true", "--learning_rate", "1e-2")
+    )  # fmt: skip
+    flags[flags.index("--val_set_size") + 1] = "4"
+    assert main(flags) == 0
+    config = parse_config(flags[1:])
+    heldout = prepare_heldout(config.finetune, config.heldout, config.heldout_seed)
+    with (output_dir / "sweep.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    steps = {}
+    for row in rows:
+        adapter = Path(row["adapter_dir"])
+        metrics = json.loads((adapter / TRAIN_METRICS_FILE).read_text())
+        steps[row["lambda"]] = [int(metrics["best_checkpoint"].rpartition("-")[2])]
+        assert metrics["global_step"] == 3 and steps[row["lambda"]] != [3]
+        model, _ = load_model(str(workspace / "base"), adapter)
+        saved = mean_loss(held_out_losses(model, heldout.encoded)["rationale"])
+        assert float(row["heldout_loss"]) == pytest.approx(saved, abs=1e-5)
+    report = json.loads((output_dir / "report.json").read_text())["heldout_loss"]
+    assert report["adapter_steps"] == steps
+    assert report["baseline_loss"] == pytest.approx(float(rows[0]["heldout_loss"]), abs=1e-5)
 
 
 def test_held_out_records_with_no_response_token_stop_the_sweep_before_training(workspace, capsys):

@@ -10,7 +10,7 @@ import pytest
 from sibo.errors import InputError
 from sibo.study.stats import holm
 from sibo.study.sweep import report_json
-from sibo.study.sweep_report import compare_accuracy, compare_heldout, render_report
+from sibo.study.sweep_report import ONE_SEED, compare_accuracy, compare_heldout, render_report
 
 SEEDS = [1, 2, 3]
 
@@ -29,7 +29,8 @@ def _losses() -> dict:
 
 def test_each_lambda_against_zero_with_holm_and_verdicts():
     report = compare_heldout(_losses(), SEEDS, margin=0.002)
-    assert (report["steps"], report["last_step"], report["baseline_loss"]) == ([0, 10], 10, 1.0)
+    assert (report["steps"], report["baseline_loss"], report["records"]) == ([0, 10], 1.0, 4)
+    assert report["adapter_steps"] == {"0": [10, 10, 10], "0.1": [10, 10, 10], "0.2": [10, 10, 10]}
     gain, flat = report["lambdas"]
     assert gain["lambda"] == 0.1 and gain["difference"] == pytest.approx(-0.1)
     assert gain["low"] == gain["high"] == pytest.approx(-0.1)  # no spread: every resample is −0.1
@@ -40,11 +41,50 @@ def test_each_lambda_against_zero_with_holm_and_verdicts():
     assert flat["verdict"] == "equivalent within ±0.002"
     assert [gain["p_holm"], flat["p_holm"]] == holm([gain["p"], flat["p"]])
     assert gain["by_step"][0]["difference"] == 0.0
-    text = render_report(
-        report, [], {"data_path": "d.json", "heldout": 4, "heldout_seed": 0, "dropped": 1, "trained": 9}
-    )
+    text = render_report(report, [], ABOUT)
     assert "| 0.1 | 0.9000 | -0.10000 | [-0.10000, -0.10000] |" in text and "| better |" in text
     assert "equivalent within ±0.002" in text and "## Accuracy" not in text
+    assert "Scored: 4 of the 4 held-out records" in text and "resamples seeds and records together" in text
+
+
+ABOUT = {"data_path": "d.json", "heldout": 4, "heldout_seed": 0, "dropped": 1, "trained": 9}
+
+
+def test_one_seed_gives_no_verdict_and_says_its_interval_covers_records_only():
+    """Every resample draws the one seed: the interval is record noise alone, however clear it looks."""
+    losses = {run: points for run, points in _losses().items() if run[1] == 1}
+    report = compare_heldout(losses, [1], margin=0.002)
+    gain, flat = report["lambdas"]
+    assert gain["difference"] == pytest.approx(-0.1) and gain["p_holm"] < 0.05
+    assert gain["verdict"] == flat["verdict"] == ONE_SEED
+    text = render_report(report, [], ABOUT)
+    assert "resamples records only (1 seed: training noise unmeasured)" in text
+    assert "seeds and records together" not in text
+
+
+def test_the_baseline_and_each_loss_are_over_the_records_every_run_scored():
+    """A record one run could not score leaves the baseline too: λ's loss − λ 0's is the difference shown."""
+    losses = _losses()
+    losses[(0.1, 2)][10][3] = math.nan
+    losses[(0.0, 1)][10][0] = 4.0  # λ 0 worse on record 0, which every run scored
+    report = compare_heldout(losses, SEEDS, margin=0.002)
+    gain, flat = report["lambdas"]
+    for row in (gain, flat):
+        assert row["loss"] - report["baseline_loss"] == pytest.approx(row["difference"], abs=1e-12)
+    assert report["records"] == gain["records"] == flat["records"] == 3
+
+
+def test_the_headline_compares_the_saved_adapters():
+    """Runs whose saved adapter is another step than the last (the best checkpoint) are compared there."""
+    losses = _losses()
+    for seed in SEEDS:
+        losses[(0.1, seed)][5] = [0.95] * 4
+        losses[(0.0, seed)][5] = [1.0] * 4
+    steps = {run: 10 for run in losses} | {(0.1, seed): 5 for seed in SEEDS}
+    gain, _ = compare_heldout(losses, SEEDS, 0.002, steps)["lambdas"]
+    assert gain["difference"] == pytest.approx(-0.05) and gain["by_step"][-1]["difference"] == pytest.approx(
+        -0.1
+    )
 
 
 def test_report_json_is_strict_json_with_null_for_numbers_that_are_not_finite():

@@ -130,9 +130,7 @@ def _print_verdicts(report_file) -> None:
     import json
 
     report = json.loads(report_file.read_text())["heldout_loss"]
-    print(
-        f"held-out loss per response token at step {report['last_step']}: λ 0 {report['baseline_loss']:.4f}"
-    )
+    print(f"held-out loss per response token of the saved adapters: λ 0 {report['baseline_loss']:.4f}")
     for row in report["lambdas"]:
         print(
             f"λ {row['lambda']:g} − λ 0: {row['difference']:+.5f} [{row['low']:+.5f}, {row['high']:+.5f}], "

@@ -11,8 +11,9 @@ seeds) against λ. Every setting and benchmark file is checked before the first 
 
 With `heldout` (N records), N records of the training data never train (`sibo.study.split`: nor do their
 exact and near copies); every run's held-out loss per response token is measured before training, at
-each eval_step and at the end (heldout_loss.json in the run's folder), and report.md pairs each λ with
-λ 0 (`sibo.study.sweep_report`): "does SIBO help on this data", with intervals over seeds and records.
+each eval_step and at the end (heldout_loss.json in the run's folder), and report.md pairs each λ's saved
+adapters with λ 0's (`sibo.study.sweep_report`): "does SIBO help on this data", with intervals over seeds
+and records.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from sibo.study.sweep_heldout import (
     mean_loss,
     prepare_heldout,
 )
-from sibo.study.sweep_report import compare_accuracy, compare_heldout, render_report
+from sibo.study.sweep_report import compare_accuracy, compare_heldout, render_report, resampled
 from sibo.train.config import FinetuneConfig
 from sibo.train.guards import finetune_reads
 
@@ -60,7 +61,7 @@ class SweepRow:
     seed: int
     accuracy: dict[str, float]  # per benchmark
     adapter_dir: str
-    heldout_loss: float | None = None  # mean held-out loss per response token at the end
+    heldout_loss: float | None = None  # mean held-out loss per response token of the saved adapter
 
     @property
     def mean_accuracy(self) -> float:
@@ -88,6 +89,7 @@ def sweep(config: SweepConfig) -> list[SweepRow]:
     )
     rows: list[SweepRow] = []
     losses: dict[tuple[float, int], dict[int, list[float]]] = {}
+    adapter_steps: dict[tuple[float, int], int] = {}
     claim_sweep_dir(config, dry_run=True)
     # one sweep per folder: a second one stops at once, naming this one's pid
     with hold_output_dir(config.output_dir):
@@ -98,13 +100,15 @@ def sweep(config: SweepConfig) -> list[SweepRow]:
             write_split(heldout.records, heldout.split, config.output_dir / HELDOUT_DIR)
         for number, (lam, seed, finetune_config, eval_config) in enumerate(runs, start=1):
             logger.info("sweep run %d/%d: λ=%g, seed %d", number, len(runs), lam, seed)
-            row, losses[(lam, seed)] = run_one(lam, seed, finetune_config, eval_config, benchmarks, heldout)
+            row, losses[(lam, seed)], adapter_steps[(lam, seed)] = run_one(
+                lam, seed, finetune_config, eval_config, benchmarks, heldout
+            )
             rows.append(row)
             write_csv(rows, config.output_dir / CSV_FILE)
         if benchmarks:
             plot_accuracy(rows, config.output_dir / PLOT_FILE)
         if heldout is not None:
-            write_report(config, heldout, losses, answers_by_run(config, benchmarks))
+            write_report(config, heldout, losses, adapter_steps, answers_by_run(config, benchmarks))
     return rows
 
 
@@ -133,9 +137,9 @@ def run_one(
     eval_config: EvalConfig | None,
     benchmarks,
     heldout: HeldOut | None = None,
-) -> tuple[SweepRow, dict[int, list[float]]]:
+) -> tuple[SweepRow, dict[int, list[float]], int | None]:
     """Fine-tune (unless a finished adapter is there) and score one run: its row, and with heldout its
-    held-out losses by step ({} without)."""
+    held-out losses by step ({} without) and the step of the adapter it saved (None without)."""
     callbacks, log = [], None
     if heldout is not None:
         log = HeldOutLog(Path(finetune_config.output_dir).parent, heldout)
@@ -156,9 +160,9 @@ def run_one(
             threads=finetune_config.threads,
         )
     accuracy = {name: result.accuracy for name, result in results.items()}
-    losses = log.final(finetune_config) if log is not None else {}
-    final = mean_loss(losses[max(losses)]) if losses else None
-    return SweepRow(lam, seed, accuracy, finetune_config.output_dir, final), losses
+    step, losses = log.final(finetune_config) if log is not None else (None, {})
+    final = mean_loss(losses[step]) if losses else None
+    return SweepRow(lam, seed, accuracy, finetune_config.output_dir, final), losses, step
 
 
 def answers_by_run(config: SweepConfig, benchmarks) -> dict[tuple[float, int], dict[str, dict]]:
@@ -180,9 +184,11 @@ def answers_by_run(config: SweepConfig, benchmarks) -> dict[tuple[float, int], d
     return answers
 
 
-def write_report(config: SweepConfig, heldout: HeldOut, losses: dict, answers: dict) -> dict:
+def write_report(
+    config: SweepConfig, heldout: HeldOut, losses: dict, adapter_steps: dict, answers: dict
+) -> dict:
     """report.md and report.json beside sweep.csv, heldout.png beside sweep.png; the report's content."""
-    heldout_rows = compare_heldout(losses, config.seeds, config.margin)
+    heldout_rows = compare_heldout(losses, config.seeds, config.margin, adapter_steps)
     accuracy_rows = compare_accuracy(answers, config.seeds) if answers else []
     about = {
         "data_path": config.finetune.data_path,
@@ -272,7 +278,7 @@ def plot_accuracy(rows: list[SweepRow], file: Path) -> None:
 
 
 def plot_heldout(report: dict, file: Path) -> None:
-    """Each λ's held-out loss difference to λ 0 at the last step, with its 95 % interval and the margin."""
+    """Each λ's saved adapters' held-out loss difference to λ 0's, with its 95 % interval and the margin."""
     plt = pyplot()
     rows = report["lambdas"]
     figure, axes = plt.subplots(figsize=(6, 4))
@@ -284,13 +290,13 @@ def plot_heldout(report: dict, file: Path) -> None:
               [row["high"] - d for d, row in zip(differences, rows, strict=True)]],
         marker="o",
         capsize=3,
-        label="λ − λ 0, 95 % interval (seeds and records)",
+        label=f"λ − λ 0, 95 % interval ({resampled(report['seeds'])})",
     )  # fmt: skip
     axes.axhline(0.0, color="black", linewidth=0.8)
     for bound in (-report["margin"], report["margin"]):
         axes.axhline(bound, color="grey", linestyle="--", linewidth=0.8)
     axes.set_xlabel("λ (share of h0 in each boosted branch)")
-    axes.set_ylabel(f"held-out loss difference (step {report['last_step']})")
+    axes.set_ylabel("held-out loss difference (saved adapters)")
     axes.set_title("held-out loss per response token, λ − λ 0 (dashed: ±margin)")
     axes.grid(alpha=0.3)
     axes.legend()

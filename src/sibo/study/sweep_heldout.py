@@ -3,7 +3,7 @@
     heldout = prepare_heldout(config.finetune, config.heldout, config.heldout_seed)   # before anything is written
     log = HeldOutLog(run_dir, heldout)                      # run_dir/heldout_loss.json
     callbacks = [log.callback(eval_step)]                   # scores at step 0, every eval_step, the end
-    final = log.final(finetune_config)                      # {step: losses}, the last step scored if missing
+    step, points = log.final(finetune_config)               # the saved adapter's step, {step: losses}
 
 A run's losses carry a digest of what decides them (the training records and the held-out ones as
 tokenized, not their indices alone): an adapter or checkpoints with no losses of this digest (trained on
@@ -115,15 +115,29 @@ class HeldOutLog:
         """Points already here stay: a run that resumes part way is the same run (finetune checks that)."""
         return PeriodicHeldOutLoss(self.heldout.encoded, every, self.record, self.heldout.batch_size)
 
-    def final(self, finetune: FinetuneConfig) -> dict[int, list[float]]:
-        """Every step scored, the finished adapter's last step included (scored now if it is missing)."""
-        step = read_json(Path(finetune.output_dir) / TRAIN_METRICS_FILE).get("global_step")
+    def final(self, finetune: FinetuneConfig) -> tuple[int, dict[int, list[float]]]:
+        """The saved adapter's step and every step scored, that step included (the saved adapter is scored
+        now if it is missing)."""
+        step = adapter_step(read_json(Path(finetune.output_dir) / TRAIN_METRICS_FILE))
         if str(step) not in self.points:
             from sibo.checkpoint.load import load_model
 
             model, _ = load_model(finetune.base_model, finetune.output_dir, threads=finetune.threads)
             self.record(step, held_out_losses(model, self.heldout.encoded, self.heldout.batch_size))
-        return {int(point): values for point, values in self.points.items()}
+        return step, {int(point): values for point, values in self.points.items()}
+
+
+def adapter_step(metrics: dict) -> int:
+    """The step whose weights finetune saved as the adapter (`metrics`: its train metrics): with validation
+    the Trainer reloads the best checkpoint at the end (load_best_model_at_end), else the last step.
+
+    A sweep reports every number of a run for this one adapter, not the last step's model: it is what the
+    run leaves and what its accuracy is scored on, and keeping it leaves the recipe (validation, early
+    stopping) as finetune runs it. Checkpoint N holds the weights scored at step N: the held-out callback
+    runs at the step's end, before the Trainer evaluates and saves.
+    """
+    best = metrics.get("best_checkpoint")
+    return int(Path(best).name.rpartition("-")[2]) if best else int(metrics["global_step"])
 
 
 def is_finished(finetune: FinetuneConfig) -> bool:

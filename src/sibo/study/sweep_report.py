@@ -1,15 +1,15 @@
 """`sibo sweep --heldout`'s answer to "does SIBO help on my data": report.md (and report.json).
 
-    rows = compare_heldout(losses, seeds, margin=0.002)    # losses: {(λ, seed): {step: per-record losses}}
+    rows = compare_heldout(losses, seeds, 0.002, adapter_steps)  # losses: {(λ, seed): {step: per-record losses}}
     accuracy = compare_accuracy(answers, seeds)            # answers: {(λ, seed): {set: {ids, correct}}}
     text = render_report(rows, accuracy, about)
 
-Every λ is paired with λ 0 seed by seed (the same seed: the same data order and initialisation) and
-record by record. The held-out loss is the mean negative log-likelihood per response token (the
-reference output and its EOS, given the prompt), lower is better; its interval resamples seeds and
-records together (`stats.two_level_bootstrap`), its p-value comes from the same draws and is
-Holm-adjusted over the λs, and the verdict weighs both against the equivalence margin
-(`stats.equivalence_verdict`). Accuracy per benchmark gets an exact McNemar test, paired by question,
+Every λ's saved adapters are paired with λ 0's seed by seed (the same seed: the same data order and
+initialisation) and record by record. The held-out loss is the mean negative log-likelihood per response
+token (the reference output and its EOS, given the prompt), lower is better; its interval resamples seeds
+and records together (`stats.two_level_bootstrap`; with one seed, records only, and the verdict is
+undecided), its p-value comes from the same draws and is Holm-adjusted over the λs, and the verdict
+weighs both against the equivalence margin (`stats.equivalence_verdict`). Accuracy per benchmark gets an exact McNemar test, paired by question,
 pooled over seeds.
 """
 
@@ -36,22 +36,28 @@ from sibo.study.stats import (
 RESAMPLES, CONFIDENCE, BOOTSTRAP_SEED = 10_000, 0.95, 0
 
 
-def _table(losses: dict, lam: float, seeds: list[int], step: int) -> np.ndarray:
-    return np.asarray([losses[(lam, seed)][step] for seed in seeds], dtype=np.float64)  # (S, Q)
+ONE_SEED = "undecided — 1 seed: training noise unmeasured (run 2 or more)"
 
 
-def difference_at(losses: dict, lam: float, seeds: list[int], step: int) -> dict:
-    """λ − λ 0 at one step: the mean, the two-level interval and p-value, the variance components
-    (records with a NaN loss in any run are left out)."""
-    a, b = _table(losses, lam, seeds, step), _table(losses, 0.0, seeds, step)
-    kept = ~(np.isnan(a).any(axis=0) | np.isnan(b).any(axis=0))
-    a, b = a[:, kept], b[:, kept]
+def _table(scores: dict, lam: float, seeds: list[int]) -> np.ndarray:
+    return np.asarray([scores[(lam, seed)] for seed in seeds], dtype=np.float64)  # (S, Q)
+
+
+def scored_records(scores: dict[tuple[float, int], list[float]]) -> np.ndarray:
+    """(Q,) True for the records every run scored: one cut before its response (NaN) is left out of the
+    baseline and of every difference alike, so that λ's loss − λ 0's is the difference reported."""
+    return np.all([np.isfinite(values) for values in scores.values()], axis=0)
+
+
+def difference(scores: dict, lam: float, seeds: list[int], kept: np.ndarray) -> dict:
+    """λ − λ 0 over the kept records (`scores`: {(λ, seed): per-record losses}): the mean, the two-level
+    interval and p-value, the variance components."""
+    a, b = _table(scores, lam, seeds)[:, kept], _table(scores, 0.0, seeds)[:, kept]
     draws = two_level_draws(a, b, RESAMPLES, BOOTSTRAP_SEED)
     tail = (1 - CONFIDENCE) / 2
     low, high = np.quantile(draws, [tail, 1 - tail])
     seed_variance, record_variance = variance_components(a, b)
     return {
-        "step": step,
         "loss": float(a.mean()),
         "difference": float((a - b).mean()),
         "low": float(low),
@@ -64,18 +70,26 @@ def difference_at(losses: dict, lam: float, seeds: list[int], step: int) -> dict
 
 
 def compare_heldout(
-    losses: dict[tuple[float, int], dict[int, list[float]]], seeds: list[int], margin: float
+    losses: dict[tuple[float, int], dict[int, list[float]]],
+    seeds: list[int],
+    margin: float,
+    adapter_steps: dict[tuple[float, int], int] | None = None,
 ) -> dict:
-    """Per λ ≠ 0: its difference to λ 0 at every step all runs scored, and at the last one the
-    Holm-adjusted p-value, the seeds that would decide it, and the verdict."""
-    lambdas = sorted({lam for lam, _ in losses})
+    """Per λ ≠ 0: its saved adapters against λ 0's (the step each run saved, `adapter_steps`; default: each
+    run's last step scored), with the Holm-adjusted p-value, the seeds that would decide it and the verdict;
+    and its difference at every step all runs scored. One seed measures no training noise: no verdict."""
+    if adapter_steps is None:
+        adapter_steps = {run: max(points) for run, points in losses.items()}
+    final = {run: points[adapter_steps[run]] for run, points in losses.items()}
+    kept = scored_records(final)
     steps = sorted(set.intersection(*(set(points) for points in losses.values())))
-    last = steps[-1]
-    baseline = float(np.nanmean(_table(losses, 0.0, seeds, last)))  # NaN: a record cut before its response
-    rows = []
+    lambdas, rows = sorted({lam for lam, _ in losses}), []
     for lam in (lam for lam in lambdas if lam != 0.0):
-        by_step = [difference_at(losses, lam, seeds, step) for step in steps]
-        rows.append({"lambda": lam, **by_step[-1], "by_step": by_step})
+        by_step = []
+        for step in steps:
+            scores = {run: points[step] for run, points in losses.items()}
+            by_step.append({"step": step, **difference(scores, lam, seeds, scored_records(scores))})
+        rows.append({"lambda": lam, **difference(final, lam, seeds, kept), "by_step": by_step})
     for row, adjusted in zip(rows, holm([row["p"] for row in rows]), strict=True):
         needed = seeds_needed(
             row["difference"], row["seed_variance"], row["record_variance"], margin, CONFIDENCE
@@ -84,11 +98,16 @@ def compare_heldout(
         row["seeds_needed"] = needed if math.isnan(needed) else max(needed, len(seeds) + 1)
         row["p_holm"] = adjusted
         interval = Interval(row["difference"], row["low"], row["high"], CONFIDENCE, row["records"])
-        row["verdict"] = equivalence_verdict(interval, adjusted, margin, row["seeds_needed"])
+        row["verdict"] = (
+            ONE_SEED
+            if len(seeds) == 1
+            else equivalence_verdict(interval, adjusted, margin, row["seeds_needed"])
+        )
     return {
         "steps": steps,
-        "last_step": last,
-        "baseline_loss": baseline,
+        "adapter_steps": {f"{lam:g}": [adapter_steps[(lam, seed)] for seed in seeds] for lam in lambdas},
+        "baseline_loss": float(_table(final, 0.0, seeds)[:, kept].mean()),
+        "records": int(kept.sum()),
         "margin": margin,
         "seeds": seeds,
         "lambdas": rows,
@@ -122,20 +141,33 @@ def compare_accuracy(answers: dict[tuple[float, int], dict[str, dict]], seeds: l
     return rows
 
 
+def resampled(seeds: list[int]) -> str:
+    """What the interval's resamples draw: with one seed, records only (training noise is not in it)."""
+    return (
+        "seeds and records together" if len(seeds) > 1 else "records only (1 seed: training noise unmeasured)"
+    )
+
+
 def render_report(heldout: dict, accuracy: list[dict], about: dict) -> str:
     """report.md: the verdict table first, how it was computed under it, then loss by step and accuracy."""
     seeds = ", ".join(map(str, heldout["seeds"]))
+    steps = "; ".join(
+        f"λ {lam}: {', '.join(map(str, found))}" for lam, found in heldout["adapter_steps"].items()
+    )
     lines = [
         f"# Does SIBO help here? {about['data_path']}, λ against λ 0",
         "",
         f"Held out: {about['heldout']} records of {about['data_path']} (split seed {about['heldout_seed']}), never "
         f"trained on; {about['dropped']} more records, exact or near copies of them, were taken out of training "
-        f"too; {about['trained']} records train. Seeds: {seeds}.",
+        f"too; {about['trained']} records train. Seeds: {seeds}. Scored: {heldout['records']} of the "
+        f"{about['heldout']} held-out records (a record whose prompt fills --cutoff_len has no response token).",
         "",
         "Held-out loss: mean negative log-likelihood per **response token** (the reference output and its EOS, "
-        "given the prompt), per record, averaged over records and seeds; lower is better.",
+        "given the prompt), per record, averaged over records and seeds; lower is better. Each run is scored as "
+        "the adapter it saved (the one its accuracy is of): the last step, or with validation the best "
+        f"checkpoint. Their steps, by seed: {steps}.",
         "",
-        f"| λ | held-out loss (step {heldout['last_step']}) | − λ 0 | 95 % interval | p (Holm) | verdict |",
+        "| λ | held-out loss (saved adapters) | − λ 0 | 95 % interval | p (Holm) | verdict |",
         "|---|---|---|---|---|---|",
         f"| 0 | {heldout['baseline_loss']:.4f} | | | | reference |",
     ]
@@ -146,12 +178,12 @@ def render_report(heldout: dict, accuracy: list[dict], about: dict) -> str:
         )
     lines += [
         "",
-        f"Interval: 95 % percentile bootstrap that resamples seeds and records together, paired ({RESAMPLES:,} "
+        f"Interval: 95 % percentile bootstrap that resamples {resampled(heldout['seeds'])}, paired ({RESAMPLES:,} "
         f"resamples, seed {BOOTSTRAP_SEED}). p: two-sided, from the same draws, Holm-adjusted over the "
-        f"{len(heldout['lambdas'])} λ compared with λ 0. Verdict: equivalent when the interval lies within "
-        f"±{heldout['margin']:g} nats; else better/worse when the adjusted p < 0.05; else undecided, with about how "
-        "many seeds would decide it (half-width z·√(seed variance / K + record variance) against the larger of "
-        "|difference| and margin − |difference|; docs/sweep.md).",
+        f"{len(heldout['lambdas'])} λ compared with λ 0. Verdict: with one seed, undecided; else equivalent when "
+        f"the interval lies within ±{heldout['margin']:g} nats; else better/worse when the adjusted p < 0.05; else "
+        "undecided, with about how many seeds would decide it (half-width z·√(seed variance / K + record "
+        "variance) against the larger of |difference| and margin − |difference|; docs/sweep.md).",
         "",
         "## By step",
         "",
