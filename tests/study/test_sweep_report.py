@@ -8,7 +8,7 @@ import math
 import pytest
 
 from sibo.errors import InputError
-from sibo.study.stats import holm
+from sibo.study.stats import holm, seeds_needed
 from sibo.study.sweep import report_json
 from sibo.study.sweep_report import ONE_SEED, compare_accuracy, compare_heldout, render_report
 
@@ -45,6 +45,20 @@ def test_each_lambda_against_zero_with_holm_and_verdicts():
     assert "| 0.1 | 0.9000 | -0.10000 | [-0.10000, -0.10000] |" in text and "| better |" in text
     assert "equivalent within ±0.002" in text and "## Accuracy" not in text
     assert "Scored: 4 of the 4 held-out records" in text and "resamples seeds and records together" in text
+
+
+def test_seeds_needed_aim_at_the_holm_threshold_among_the_lambdas():
+    """Two λs: "better" needs a Holm-adjusted p under 0.05, at worst 0.05 / 2 each, so more seeds than for one."""
+    losses = _losses()
+    # λ 0.2 higher by 0.0015, ± seed noise
+    for seed, shift in zip(SEEDS, (0.0003, 0.0027, 0.0015), strict=True):
+        losses[(0.2, seed)][10] = [1.0 + shift] * 4
+    flat = compare_heldout(losses, SEEDS, margin=0.002)["lambdas"][1]
+    by_hand = {
+        m: seeds_needed(flat["difference"], flat["seed_variance"], 0.0, 0.002, 0.95, m) for m in (1, 2)
+    }
+    assert flat["record_variance"] == 0.0 and by_hand[2] > by_hand[1] > 4
+    assert flat["seeds_needed"] == by_hand[2]
 
 
 ABOUT = {"data_path": "d.json", "heldout": 4, "heldout_seed": 0, "dropped": 1, "trained": 9}

@@ -92,8 +92,8 @@ def compare_heldout(
         rows.append({"lambda": lam, **difference(final, lam, seeds, kept), "by_step": by_step})
     for row, adjusted in zip(rows, holm([row["p"] for row in rows]), strict=True):
         needed = seeds_needed(
-            row["difference"], row["seed_variance"], row["record_variance"], margin, CONFIDENCE
-        )
+            row["difference"], row["seed_variance"], row["record_variance"], margin, CONFIDENCE, len(rows)
+        )  # p is Holm-adjusted over the λs: at worst Bonferroni's threshold
         # more than the seeds already run: the estimate is rough, and these were not enough
         row["seeds_needed"] = needed if math.isnan(needed) else max(needed, len(seeds) + 1)
         row["p_holm"] = adjusted
