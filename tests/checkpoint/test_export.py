@@ -16,7 +16,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.trainable_tokens import TrainableTokensLayer
 from safetensors.torch import load_model as load_safetensors_into
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from sibo import get_sibo_model
 from sibo.adapters.bottleneck import BottleneckConfig
@@ -167,6 +167,29 @@ def test_a_trained_head_of_a_tied_base_is_exported_untied(tokenizer, batch, tmp_
     torch.testing.assert_close(
         logits(load_model(str(tmp_path / "out"))[0], batch), expected, atol=ATOL, rtol=0
     )
+
+
+def head_adapter(tokenizer, arch: str, lam: float):
+    """A SIBO LoRA on a tied base's head (and on layers SIBO boosts): the head's ΔW must not reach the embedding."""
+    layers = ["c_attn", "c_fc", "lm_head"] if arch == "gpt2" else ["q_proj", "up_proj", "lm_head"]
+    base = build_tiny_model(arch, len(tokenizer), tie_word_embeddings=True)
+    return get_sibo_model(base, lora(arch, target_modules=layers), lam=lam).eval()
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("lam", [0.0, 0.3])
+def test_a_lora_on_a_tied_head_leaves_the_embedding_alone(tokenizer, batch, tmp_path, arch, lam):
+    model = head_adapter(tokenizer, arch, lam)
+    expected = logits(model, batch)
+    export_adapter(model, tokenizer, ExportConfig(tmp_path / "out"))
+
+    saved = base_config(tmp_path / "out") if lam else AutoConfig.from_pretrained(tmp_path / "out")
+    assert saved.get_text_config().tie_word_embeddings is False
+    reloaded = load_model(str(tmp_path / "out"))[0]
+    torch.testing.assert_close(logits(reloaded, batch), expected, atol=ATOL, rtol=0)
+    merged = merge_for_inference(head_adapter(tokenizer, arch, lam))
+    assert merged.get_output_embeddings().weight is not merged.get_input_embeddings().weight
+    torch.testing.assert_close(logits(merged, batch), expected, atol=ATOL, rtol=0)
 
 
 def test_a_model_holding_other_adapters_is_refused(tokenizer, tmp_path):

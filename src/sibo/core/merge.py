@@ -85,12 +85,14 @@ def merge_exactly(
     """The merged base and the λ·ΔW·h0 terms it cannot hold, as (A, λ·s·B) per module ({} when every
     λ is 0): the export writes them as a residual adapter, decoding adds them as hooks."""
     if not any(lam != 0 for lam in lambdas.values()):
-        _untie_head_from_adapted_embedding(model, adapter_name)
+        _untie_adapted_tied_weights(model, adapter_name)
         try:
-            return model.merge_and_unload(), {}
+            merged = model.merge_and_unload()
         except (AttributeError, NotImplementedError) as error:
             peft_type = model.peft_config[adapter_name].peft_type
             raise InputError(f"this {peft_type} adapter cannot be merged: {error}") from None
+        _untie_trained_apart(merged)
+        return merged, {}
     residual = residual_weights(model, adapter_name, lambdas)
     return fold(model, adapter_name, lambdas), residual
 
@@ -139,7 +141,7 @@ def residual_weights(
 def fold(model: PeftModel, adapter_name: str, lambdas: dict[str, float]) -> torch.nn.Module:
     """Fold (1-λ)·ΔW into each module in `lambdas`, the whole ΔW (PEFT's merge) into the others (an embedding
     reads token ids, never h0: never boosted); merge what PEFT trains beside them too; unload."""
-    _untie_head_from_adapted_embedding(model, adapter_name)
+    _untie_adapted_tied_weights(model, adapter_name)
     for name, layer in lora_layers(model, adapter_name).items():
         if name not in lambdas:
             layer.merge(adapter_names=[adapter_name])
@@ -173,20 +175,27 @@ def _keep_trained_copies(model: PeftModel, adapter_name: str) -> None:
             setattr(base.get_submodule(parent), child, trained)
 
 
-def _untie_head_from_adapted_embedding(model: PeftModel, adapter_name: str) -> None:
-    """A LoRA on a tied input embedding changes what the tokens read, not the head that shares its matrix: merged
-    in place it would change both, so the head keeps a copy of the matrix (the merge then unties the config)."""
+def _untie_adapted_tied_weights(model: PeftModel, adapter_name: str) -> None:
+    """A LoRA on a tied input embedding or head changes one side, not the other that shares its matrix: merged in
+    place it would change both (a LoRA on lm_head would move the embedding, and h0), so the head gets a copy of
+    the matrix (the merge then unties the config)."""
     base = model.base_model.model
     embedding, head = base.get_input_embeddings(), base.get_output_embeddings()
-    if head is None or not (isinstance(embedding, LoraLayer) and adapter_name in embedding.lora_embedding_A):
+    if head is None or embedding is None:
         return
+    adapted = [
+        layer
+        for layer in (embedding, head)
+        if isinstance(layer, LoraLayer) and adapter_name in {*layer.lora_A, *layer.lora_embedding_A}
+    ]
     head = head.get_base_layer() if isinstance(head, LoraLayer) else head
-    if head.weight is embedding.get_base_layer().weight:
+    embedding = embedding.get_base_layer() if isinstance(embedding, LoraLayer) else embedding
+    if adapted and head.weight is embedding.weight:
         head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
 
 
 def _untie_trained_apart(model: torch.nn.Module) -> None:
-    """A tied base whose head or embedding was trained apart (modules_to_save lm_head, a LoRA on the embedding)
+    """A tied base whose head or embedding was trained apart (modules_to_save lm_head, a LoRA on either)
     holds two matrices now: say so in its config, as PEFT's merge does, or a reload would tie them again."""
     inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
     if inputs is None or outputs is None or outputs.weight.data_ptr() == inputs.weight.data_ptr():
