@@ -146,9 +146,12 @@ def build_tiny_model(
     return AutoModelForCausalLM.from_config(config).eval()
 
 
-def write_llama_gguf(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, path) -> None:
+def write_llama_gguf(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, path, split_count: int | None = None
+) -> None:
     """Write a LLaMA model and its byte-level BPE tokenizer as an F32 GGUF, the way llama.cpp's converter
-    lays it out, so tests can load a GGUF base without the 93 MB real one. Needs the gguf package."""
+    lays it out, so tests can load a GGUF base without the 93 MB real one. Needs the gguf package.
+    `split_count`: record the file as the first of that many parts, as llama-gguf-split does."""
     import gguf
     import numpy as np
 
@@ -163,6 +166,9 @@ def write_llama_gguf(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
     writer.add_rope_dimension_count(config.head_dim)
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    if split_count is not None:
+        writer.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_NO, 0)
+        writer.add_uint16(gguf.Keys.Split.LLM_KV_SPLIT_COUNT, split_count)
 
     tokens = sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get)
     special = set(tokenizer.all_special_tokens)

@@ -201,6 +201,35 @@ def test_a_bad_gguf_is_one_line_and_exit_2(tied_bases, tmp_path, capsys, make, m
     assert error.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("name", "parts"), [("tiny-00001-of-00002.gguf", 2), ("tiny.gguf", 3)], ids=["by-name", "by-metadata"]
+)
+def test_a_split_gguf_is_refused_in_one_line(tmp_path, capsys, name, parts):
+    """Each file is a whole model, which transformers loads: the part's name, or its metadata, refuses it."""
+    tokenizer = build_tokenizer(vocab_size=320)
+    path = tmp_path / name
+    write_llama_gguf(build_tiny_model("llama", len(tokenizer)), tokenizer, path, split_count=parts)
+    assert cli_main(["generate", "--base_model", str(path), "--prompt", "hi"]) == 2
+    assert capsys.readouterr().err == (
+        f"sibo generate: error: {path} is one part of a GGUF split into {parts} files, which transformers "
+        f"cannot read: merge them with `llama-gguf-split --merge {path} merged.gguf` and pass merged.gguf\n"
+    )
+
+
+def test_a_quant_type_gguf_cannot_dequantize_is_one_line(tied_bases, monkeypatch, capsys):
+    import gguf
+
+    def unsupported(data, qtype):
+        raise NotImplementedError("Dequantization for IQ1_M is not yet implemented")
+
+    monkeypatch.setattr(gguf, "dequantize", unsupported)
+    assert cli_main(["generate", "--base_model", str(tied_bases[0]), "--prompt", "hi"]) == 2
+    assert capsys.readouterr().err == (
+        f"sibo generate: error: cannot load GGUF base model {tied_bases[0]}: "
+        "Dequantization for IQ1_M is not yet implemented\n"
+    )
+
+
 def test_without_the_gguf_package_the_error_names_the_extra(tied_bases, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` now raises ImportError
     assert cli_main(["generate", "--base_model", str(tied_bases[0]), "--prompt", "hi"]) == 2

@@ -7,6 +7,7 @@ tokenizer and its chat template are rebuilt from the file's metadata.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +17,11 @@ import torch
 
 from sibo.errors import InputError, first_line
 
-# What a damaged or foreign file raises from gguf's reader and transformers' converters.
-_READ_ERRORS = (OSError, ValueError, KeyError, IndexError, struct.error)
+# What a damaged or foreign file raises from gguf's reader and transformers' converters (NotImplementedError: a
+# quant type gguf cannot dequantize, an architecture the installed gguf does not know).
+_READ_ERRORS = (OSError, ValueError, KeyError, IndexError, struct.error, NotImplementedError)
+# llama.cpp's gguf-split names its parts NAME-00001-of-00003.gguf and records split.count in each
+_SPLIT_NAME = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE)
 
 
 def find_gguf(base_model: str) -> Path | None:
@@ -42,6 +46,7 @@ def load_gguf_model(file: Path, model_class, dtype: torch.dtype, device_map: str
     from transformers import GgufConfig
 
     _require_gguf()
+    _refuse_split(file)
     try:
         with _bar_as_transformers_bars():
             model = model_class.from_pretrained(
@@ -77,10 +82,34 @@ def load_gguf_tokenizer(file: Path):
     from transformers import AutoTokenizer
 
     _require_gguf()
+    _refuse_split(file)
     try:
         return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
     except _READ_ERRORS as error:
         raise InputError(f"cannot load a tokenizer from GGUF file {file}: {first_line(error)}") from None
+
+
+def _refuse_split(file: Path) -> None:
+    """transformers reads one GGUF file: given the first part of a split model it would load the tensors of
+    that part alone, silently."""
+    name = _SPLIT_NAME.search(file.name)
+    parts = int(name.group(2)) if name else _split_count(file)
+    if parts > 1:
+        raise InputError(
+            f"{file} is one part of a GGUF split into {parts} files, which transformers cannot read: "
+            f"merge them with `llama-gguf-split --merge {file} merged.gguf` and pass merged.gguf"
+        )
+
+
+def _split_count(file: Path) -> int:
+    """The split.count the file's metadata records (1 when none)."""
+    from gguf import GGUFReader
+
+    try:
+        field = GGUFReader(file).get_field("split.count")
+    except _READ_ERRORS:
+        return 1  # the loader reports a damaged file in its own words
+    return 1 if field is None else int(field.contents())
 
 
 def _require_gguf() -> None:
