@@ -42,7 +42,7 @@ CASES = [
 # Runs in a python whose sys.path holds the standard library and a copy of site-packages without sibo and
 # peft: it proves it can import neither, then loads each export with transformers alone.
 CHILD = """
-import importlib.util, json, sys, torch
+import importlib.util, json, os, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 assert importlib.util.find_spec("sibo") is None and importlib.util.find_spec("peft") is None, sys.path
 from transformers.utils import is_peft_available
@@ -63,10 +63,23 @@ for case, folder in json.loads(sys.argv[1]).items():
         deviation = (model(**batch).logits.float() - expected["logits"]).abs().max().item()
         generated = model.generate(**batch, do_sample=False, max_new_tokens=NEW_TOKENS, use_cache=True,
                                    pad_token_id=tokenizer.pad_token_id)
+    resave_refused = []
+    for save in (model.save_pretrained, model.push_to_hub):
+        try:
+            save(folder + "/../resaved")
+        except NotImplementedError as error:
+            resave_refused.append(str(error))
     results[case] = {"deviation": deviation, "generated": generated.tolist(), "refused": refused,
-                     "class": type(model).__name__, "dtype": str(model.dtype)}
+                     "class": type(model).__name__, "dtype": str(model.dtype), "resave_refused": resave_refused,
+                     "resaved": os.path.exists(folder + "/../resaved")}
 print("RESULTS " + json.dumps(results))
 """
+
+
+RESAVE_REFUSED = (
+    "this SIBO export would save as its merged base alone, a plain checkpoint without the λ·ΔW·h0 term: "
+    "copy or upload the export folder as it is, or write a new one with `sibo export`"
+)
 
 
 def lora(arch: str) -> LoraConfig:
@@ -174,6 +187,7 @@ def test_transformers_alone_loads_the_export_exactly(portable, case):
     assert result["generated"] == expected[case]["generated"].tolist()
     assert not result["class"].startswith("SiboExport")  # the base architecture's own class, with hooks
     assert "trust_remote_code" in result["refused"]  # never the merged base alone
+    assert result["resave_refused"] == [RESAVE_REFUSED] * 2 and not result["resaved"]
     # sibo's own loader still reads the folder (merged base + residual adapter through PEFT)
     reloaded, _ = load_model(str(folders[case]))
     with torch.no_grad():
@@ -266,3 +280,19 @@ def test_the_h0_terms_run_in_floats_on_a_quantized_base(tmp_path):
         with torch.no_grad():
             outputs[int8] = model(**expected["batch"]).logits
     torch.testing.assert_close(outputs[True], outputs[False], atol=ATOL, rtol=0)
+
+
+def test_a_loaded_export_refuses_to_save_as_its_merged_base(tmp_path):
+    """save_pretrained or push_to_hub would write a plain checkpoint that silently lacks λ·ΔW·h0."""
+    folder, _ = export_case(tmp_path, "llama", False, build_tokenizer())
+    model = AutoModelForCausalLM.from_pretrained(folder, config=base_config(folder))
+    add_h0_terms(
+        model,
+        json.loads((folder / "config.json").read_text())["blocks"],
+        load_file(folder / RESIDUAL_WEIGHTS),
+    )
+    for save in (model.save_pretrained, model.push_to_hub):
+        with pytest.raises(NotImplementedError) as refused:
+            save(tmp_path / "resaved")
+        assert str(refused.value) == RESAVE_REFUSED
+    assert not (tmp_path / "resaved").exists()

@@ -22,7 +22,8 @@ This file loads the base architecture unchanged and adds two kinds of forward ho
 Block 0 sees only the new positions under a KV cache, so generate() stays exact. The merged weights alone
 are not the fine-tuned model, so config.json names model_type "sibo_export": transformers refuses the folder
 without trust_remote_code rather than load the merged base on its own. The loaded model is the base
-architecture's class with these hooks; its own save_pretrained would write the merged base without them.
+architecture's class with these hooks: its save_pretrained and push_to_hub would write the merged base alone, a
+plain checkpoint that loads anywhere and lacks λ·ΔW·h0, so they refuse (copy the export folder instead).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def add_h0_terms(model: nn.Module, blocks: str, weights: dict[str, torch.Tensor]
         projection["A·h0"] = h0 @ block.sibo_h0_down.T  # (B, T, Σr)
 
     first_block.register_forward_pre_hook(project, with_kwargs=True)
+    model.save_pretrained = model.push_to_hub = _refuse_to_save  # the hooks and residual are in no state_dict
     start = 0
     for name in names:
         up = weights[_PREFIX + name + _UP]  # λ·s·B, (out, r)
@@ -88,6 +90,13 @@ def add_h0_terms(model: nn.Module, blocks: str, weights: dict[str, torch.Tensor]
         module.register_buffer("sibo_h0_up", up.to(module.weight.device, dtype), persistent=False)
         module.register_forward_hook(_adder(projection, slice(start, start + up.shape[1])))
         start += up.shape[1]
+
+
+def _refuse_to_save(*args, **kwargs):
+    raise NotImplementedError(
+        "this SIBO export would save as its merged base alone, a plain checkpoint without the λ·ΔW·h0 term: "
+        "copy or upload the export folder as it is, or write a new one with `sibo export`"
+    )
 
 
 def _compute_dtype(model: nn.Module, module: nn.Module) -> torch.dtype:
