@@ -16,7 +16,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.trainable_tokens import TrainableTokensLayer
 from safetensors.torch import load_model as load_safetensors_into
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from sibo import get_sibo_model
 from sibo.adapters.bottleneck import BottleneckConfig
@@ -31,7 +31,7 @@ from sibo.core.merged_hooks import UP_BUFFER
 from sibo.errors import InputError
 from sibo.output_dir import RUN_MARKER
 from sibo.prompts import TEMPLATE_FILE, PromptTemplate, write_template
-from sibo.testing import add_chat_template, build_tiny_model, build_tokenizer
+from sibo.testing import add_chat_template, build_tiny_model, build_tokenizer, tiny_config
 
 ATOL = 1e-5
 
@@ -201,6 +201,28 @@ def test_a_model_holding_other_adapters_is_refused(tokenizer, tmp_path):
         "the model holds 2 adapters (default, other): export from a model that holds only 'other'"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+class RemoteCodeConfig(LlamaConfig):
+    """A base whose architecture transformers does not know: its code would come with trust_remote_code."""
+
+    model_type = "remote_llama"
+
+
+def test_an_exact_export_of_a_remote_code_base_is_refused_before_writing(tokenizer, tmp_path):
+    settings = {k: v for k, v in tiny_config("llama", len(tokenizer)).to_dict().items() if k != "model_type"}
+    base = LlamaForCausalLM(RemoteCodeConfig(**settings)).eval()
+    assert base.config.model_type == "remote_llama"
+    model = get_sibo_model(base, lora("llama"), lam=0.3)
+    with pytest.raises(InputError) as refused:
+        export_adapter(model, tokenizer, ExportConfig(tmp_path / "out"))
+    assert str(refused.value) == (
+        "the base's model_type 'remote_llama' is not one of transformers' own (its code comes with "
+        "trust_remote_code), so an exact export would not load: add --approximate to drop the λ·ΔW·h0 term, "
+        "or keep the adapter and load it with sibo"
+    )
+    assert list(tmp_path.iterdir()) == []
+    assert not export_adapter(model, tokenizer, ExportConfig(tmp_path / "out", approximate=True)).exact
 
 
 def test_state_dict_export_is_one_safetensors_file(tokenizer, batch, tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
 from sibo.checkpoint.config import EXPORT_VERB, ExportConfig
 from sibo.checkpoint.export_card import ExportFacts, write_export_card
@@ -89,6 +90,9 @@ def export_adapter(
             "use --format hf for the exact export, or add --approximate to drop that term"
         )
 
+    if needs_residual and not config.approximate:
+        _require_known_architecture(model.base_model.model.config)
+
     probes = _probe_logits(model, tokenizer) if needs_residual and config.approximate else None
     merged, residual = _merge(model, adapter_name, lambdas, config.approximate, dtype)
 
@@ -124,6 +128,17 @@ def export_adapter(
     report.files = [config.output_dir / path.relative_to(staging) for path in files]
     report.residual_modules = sorted(residual)
     return report
+
+
+def _require_known_architecture(base_config) -> None:
+    """modeling_sibo.py rebuilds the base's config by its model_type, from transformers' own registry (the one a
+    fresh process has): a base whose code comes with trust_remote_code would write an export nothing loads."""
+    if base_config.model_type not in CONFIG_MAPPING_NAMES:
+        raise InputError(
+            f"the base's model_type {base_config.model_type!r} is not one of transformers' own (its code comes "
+            "with trust_remote_code), so an exact export would not load: add --approximate to drop the "
+            "λ·ΔW·h0 term, or keep the adapter and load it with sibo"
+        )
 
 
 def _merge(
