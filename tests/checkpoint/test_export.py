@@ -225,6 +225,16 @@ def test_an_exact_export_of_a_remote_code_base_is_refused_before_writing(tokeniz
     assert not export_adapter(model, tokenizer, ExportConfig(tmp_path / "out", approximate=True)).exact
 
 
+def test_an_export_removes_what_a_killed_export_to_its_folder_left(tokenizer, tmp_path):
+    stale, neighbours = tmp_path / ".export-out-0123abcd", tmp_path / ".export-out-2-0123abcd"
+    for folder in (stale, neighbours):  # another folder's staging: maybe an export running now
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half a model")
+    export_adapter(boosted_model(tokenizer), tokenizer, ExportConfig(tmp_path / "out"))
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".export-out-2-0123abcd", "out"]
+
+
 def test_state_dict_export_is_one_safetensors_file(tokenizer, batch, tmp_path):
     model = get_peft_model(build_tiny_model("gpt2", len(tokenizer)), lora("gpt2")).eval()
     expected = logits(model, batch)

@@ -9,12 +9,14 @@ reads h0 alone (λ = 1) with B ← λ·s·B (per block λ when learnable, scalin
 and measures what that costs on probe prompts. The prompt template the adapter was trained with
 is recorded beside the merged model (prompt_template.json, in either format: a state_dict's user
 prompts it the same way), so `--base_model O` prompts the way it was trained. Files are staged in
-a temporary folder beside O and renamed into place, so a failed export leaves nothing behind.
+a temporary folder beside O and renamed into place, so a failed export leaves nothing behind (what a killed
+one left, the next export to O removes).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import shutil
 import stat
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 
 STATE_DICT_FILE = "model.safetensors"
+_STAGING_PREFIX = ".export-"  # the folder beside output_dir that an export writes, then renames into place
 # Probe prompts for --approximate: the deviation is the largest |Δlogit| over all their positions.
 PROBE_INSTRUCTIONS = (
     ("Tom has 3 apples and buys 4 more. How many apples does he have now?", None),
@@ -99,10 +102,10 @@ def export_adapter(
     config.output_dir.parent.mkdir(parents=True, exist_ok=True)
     lock = config.output_dir.parent / f".{config.output_dir.name}{LOCK_FILE}"
     with hold_output_dir(config.output_dir, lock_file=lock):
+        parent = config.output_dir.parent.resolve()
+        _remove_stale_staging(parent, config.output_dir.name)
         # made by mkdir, not mkdtemp (mode 0700): the export is as readable as the user's umask allows
-        staging = (
-            config.output_dir.parent.resolve() / f".export-{config.output_dir.name}-{secrets.token_hex(4)}"
-        )
+        staging = parent / f"{_STAGING_PREFIX}{config.output_dir.name}-{secrets.token_hex(4)}"
         staging.mkdir()
         try:
             report = ExportReport(
@@ -128,6 +131,16 @@ def export_adapter(
     report.files = [config.output_dir / path.relative_to(staging) for path in files]
     report.residual_modules = sorted(residual)
     return report
+
+
+def _remove_stale_staging(parent: Path, name: str) -> None:
+    """Delete what a killed export of `name` left staged (a whole merged model): the lock we hold says no
+    export of `name` is running, and only one writes `.export-<name>-<8 hex digits>`."""
+    own = re.compile(re.escape(_STAGING_PREFIX + name) + r"-[0-9a-f]{8}")
+    for entry in parent.iterdir():
+        if own.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            logger.info("removing %s, left by an export that did not finish", entry)
+            shutil.rmtree(entry)
 
 
 def _require_known_architecture(base_config) -> None:
