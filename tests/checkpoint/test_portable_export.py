@@ -72,6 +72,8 @@ for case, folder in json.loads(sys.argv[1]).items():
     results[case] = {"deviation": deviation, "generated": generated.tolist(), "refused": refused,
                      "class": type(model).__name__, "dtype": str(model.dtype), "resave_refused": resave_refused,
                      "resaved": os.path.exists(folder + "/../resaved")}
+    eager = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, attn_implementation="eager")
+    results[case]["attn"] = eager.config._attn_implementation
 print("RESULTS " + json.dumps(results))
 """
 
@@ -188,6 +190,7 @@ def test_transformers_alone_loads_the_export_exactly(portable, case):
     assert not result["class"].startswith("SiboExport")  # the base architecture's own class, with hooks
     assert "trust_remote_code" in result["refused"]  # never the merged base alone
     assert result["resave_refused"] == [RESAVE_REFUSED] * 2 and not result["resaved"]
+    assert result["attn"] == "eager"  # the caller's config settings reach the base
     # sibo's own loader still reads the folder (merged base + residual adapter through PEFT)
     reloaded, _ = load_model(str(folders[case]))
     with torch.no_grad():

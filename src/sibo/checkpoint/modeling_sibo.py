@@ -65,6 +65,20 @@ class SiboExportConfig(PreTrainedConfig):
             )
         return AutoConfig.for_model(**self.base_config)
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """Settings the caller passes (attn_implementation, output_hidden_states, …) are the base's: AutoModel
+        hands them to this config, so they go into base_config, or base() would rebuild the base without them."""
+        base = AutoConfig.for_model(**config_dict["base_config"])
+        settings = {
+            key: value
+            for key, value in kwargs.items()
+            if key in ("attn_implementation", "experts_implementation")
+            or (hasattr(base, key) and key != "dtype")
+        }
+        config_dict = {**config_dict, "base_config": {**config_dict["base_config"], **settings}}
+        return super().from_dict(config_dict, **kwargs)
+
 
 def add_h0_terms(model: nn.Module, blocks: str, weights: dict[str, torch.Tensor]) -> None:
     """Make each module named in `weights` add λ·s·B·A·h0 to its output (keys as written by sibo export)."""
@@ -125,16 +139,16 @@ class _SiboExport(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
         folder = str(pretrained_model_name_or_path)
+        hub = {
+            key: kwargs[key]
+            for key in ("revision", "cache_dir", "token", "local_files_only", "subfolder")
+            if key in kwargs
+        }
         if not isinstance(config, SiboExportConfig):
-            config = SiboExportConfig.from_pretrained(folder)
+            config = SiboExportConfig.from_pretrained(folder, **hub)
         for auto_only in ("trust_remote_code", "_from_auto"):  # the base architecture is transformers' own
             kwargs.pop(auto_only, None)
         model = cls.base_auto_class.from_pretrained(folder, *model_args, config=config.base(), **kwargs)
-        hub = {
-            key: kwargs[key]
-            for key in ("revision", "cache_dir", "token", "local_files_only")
-            if key in kwargs
-        }
         add_h0_terms(model, config.blocks, load_file(cached_file(folder, config.residual_weights, **hub)))
         return model
 
