@@ -45,6 +45,7 @@ def test_each_lambda_against_zero_with_holm_and_verdicts():
     assert "| 0.1 | 0.9000 | -0.10000 | [-0.10000, -0.10000] |" in text and "| better |" in text
     assert "equivalent within ±0.002" in text and "## Accuracy" not in text
     assert "Scored: 4 of the 4 held-out records" in text and "resamples seeds and records together" in text
+    assert "would decide it with 80 % power, at the Holm-adjusted threshold" in text
 
 
 def test_seeds_needed_aim_at_the_holm_threshold_among_the_lambdas():

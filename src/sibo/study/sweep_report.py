@@ -182,8 +182,9 @@ def render_report(heldout: dict, accuracy: list[dict], about: dict) -> str:
         f"resamples, seed {BOOTSTRAP_SEED}). p: two-sided, from the same draws, Holm-adjusted over the "
         f"{len(heldout['lambdas'])} λ compared with λ 0. Verdict: with one seed, undecided; else equivalent when "
         f"the interval lies within ±{heldout['margin']:g} nats; else better/worse when the adjusted p < 0.05; else "
-        "undecided, with about how many seeds would decide it (half-width z·√(seed variance / K + record "
-        "variance) against the larger of |difference| and margin − |difference|; docs/sweep.md).",
+        "undecided, with about how many seeds would decide it with 80 % power, at the Holm-adjusted threshold "
+        "(standard error √(seed variance / K + record variance), the seed × record noise counted as what more "
+        "seeds shrink; docs/sweep.md).",
         "",
         "## By step",
         "",
