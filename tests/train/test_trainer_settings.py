@@ -239,3 +239,17 @@ def test_lambda_lr_steps_lambda_at_its_own_rate(boosted_learnable, tmp_path, opt
 def test_lambda_lr_refusals(flags, message, capsys):
     assert sibo_main(["finetune", "--base_model", "m", *flags]) == 2
     assert capsys.readouterr().err.strip() == f"sibo finetune: error: {message}"
+
+
+def test_padded_batch_orders_differ_across_seeds_and_epochs():
+    """Each (seed, epoch) draws its own length-grouped order: with seed + epoch, seed 1's second epoch was seed 2's
+    first, so neighbouring seeds shared their data orders and a sweep's seed variance shrank."""
+    from sibo.train.trainer import EpochSeededLengthGroupedSampler
+
+    lengths = list(range(1, 65))
+
+    def order(seed: int, epoch: int) -> list[int]:
+        return list(EpochSeededLengthGroupedSampler(4, lengths, seed, lambda: epoch))
+
+    assert order(1, 1) == order(1, 1) and sorted(order(1, 1)) == list(range(64))
+    assert len({tuple(order(seed, epoch)) for seed in (1, 2, 3) for epoch in (0, 1, 2)}) == 9

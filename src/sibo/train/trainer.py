@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -79,7 +80,7 @@ class SiboTrainer(Trainer):
 
 
 class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """transformers' length-grouped order, drawn from (seed + the Trainer's epoch) instead of the global RNG.
+    """transformers' length-grouped order, drawn from (seed, the Trainer's epoch) instead of the global RNG.
 
     Resumed mid-epoch, the Trainer draws the epoch's order before it restores the checkpoint's RNG (trainer.py
     `_run_epoch`), so from the second epoch on a resumed run trained on other batches than an unbroken one. The epoch
@@ -93,5 +94,8 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         self.trainer_epoch = epoch
 
     def __iter__(self):
-        self.generator.manual_seed(self.seed + self.trainer_epoch())
+        # from (seed, epoch) together: seed + epoch would give seed s in epoch 1 seed s + 1's first order
+        self.generator.manual_seed(
+            int(np.random.SeedSequence([self.seed, self.trainer_epoch()]).generate_state(1)[0])
+        )
         return super().__iter__()
