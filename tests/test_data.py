@@ -270,3 +270,31 @@ def test_a_response_cut_away_entirely_is_counted_as_prompt_only():
     assert (len(tokenized.examples), tokenized.prompt_only, tokenized.dropped) == (2, 1, 0)
     tokenized = tokenize_records(records, tokenizer, cutoff_len=cutoff, train_on_inputs=False)
     assert (len(tokenized.examples), tokenized.prompt_only, tokenized.dropped) == (1, 0, 1)
+
+
+def test_special_token_text_is_found_in_one_pass_per_column_whatever_its_characters(monkeypatch):
+    """Hundreds of special tokens cost one regex pass per column, and their regex characters ("|", ".", "[")
+    match themselves only."""
+    import datasets
+    import pyarrow.compute as pc
+
+    tokenizer = build_tokenizer(vocab_size=300)
+    extra = ["<|im_end|>", "[INST]", "a.b", *(f"<extra_{k}>" for k in range(300))]
+    tokenizer.add_special_tokens({"additional_special_tokens": extra})
+    texts = [
+        ("q", "", "a<|im_end|>"),
+        ("[INST]", "", "a"),
+        ("q", "", "axb"),
+        ("q", "", "im_end|"),
+        ("q", "", "a.b"),
+    ]
+    records = datasets.Dataset.from_list(
+        [dict(zip(("instruction", "input", "output"), t, strict=True)) for t in texts]
+    )
+    calls = []
+    regex = pc.match_substring_regex
+    monkeypatch.setattr(
+        pc, "match_substring_regex", lambda *args, **kwargs: calls.append(1) or regex(*args, **kwargs)
+    )
+    assert warn_of_special_token_text(records, tokenizer) == 3
+    assert len(calls) == 3  # instruction, input, output

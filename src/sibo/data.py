@@ -20,6 +20,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -189,6 +190,10 @@ def warn_of_special_token_text(records: datasets.Dataset, tokenizer, split: str 
     import pyarrow.compute as pc
 
     specials = sorted({token.content for token in tokenizer.added_tokens_decoder.values() if token.special})
+    if not specials:
+        return 0
+    # one pass per column for all of them (a tokenizer may have hundreds): RE2 reads Python's escapes
+    pattern = "|".join(re.escape(special) for special in specials)
     chat_rows = "messages" in records.column_names
     columns = ["messages"] if chat_rows else ["instruction", "input", "output"]
     holding, found = 0, set()
@@ -198,14 +203,13 @@ def warn_of_special_token_text(records: datasets.Dataset, tokenizer, split: str 
             texts, rows = [pc.struct_field(pc.list_flatten(turns), "content")], pc.list_parent_indices(turns)
         else:
             texts, rows = table.columns, None
-        mask = None
-        for special in specials:
-            hit = functools.reduce(pc.or_, [pc.match_substring(text, special) for text in texts])
-            if pc.any(hit).as_py():
-                found.add(special)
-                mask = hit if mask is None else pc.or_(mask, hit)
-        if mask is not None:
-            holding += len(pc.unique(pc.filter(rows, mask))) if chat_rows else pc.sum(mask).as_py()
+        hits = [pc.match_substring_regex(text, pattern) for text in texts]
+        mask = functools.reduce(pc.or_, hits)
+        holding += len(pc.unique(pc.filter(rows, mask))) if chat_rows else pc.sum(mask).as_py() or 0
+        if len(found) < len(specials):  # which ones, read off the texts that hold one
+            for text, hit in zip(texts, hits, strict=True):
+                for value in pc.filter(text, hit).to_pylist()[:1000]:
+                    found.update(special for special in specials if special in value)
     if holding:
         logger.warning(
             "%d of %d %srecords hold the text of a special token (%s): the tokenizer reads it as that token, not "
