@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -334,6 +335,37 @@ def test_a_rerun_on_the_data_in_another_order_is_refused(workspace, capsys):
         (output_dir / run / "adapter" / TRAIN_METRICS_FILE).unlink()
     assert main([*flags, "--resume_from_checkpoint", "latest"]) == 2
     assert refusal in capsys.readouterr().err
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_a_sweep_scored_before_content_digests_is_reused_when_its_split_files_match(workspace, capsys):
+    """A log written before 2026-12-08 names its split by the indices alone: its runs are reused (not retrained)
+    when the train.json and heldout.json it wrote are this split's, and refused when the data changed."""
+    output_dir = workspace / "earlier"
+    flags = _without_benchmarks(
+        _flags(workspace, output_dir, "--lambdas", "0,0.2", "--seeds", "1", "--heldout", "4")
+    )
+    assert main(flags) == 0
+    split = json.loads((output_dir / "heldout" / "split.json").read_text())
+    earlier = hashlib.sha256(json.dumps(split).encode()).hexdigest()[:16]  # the digest before 2026-12-08
+    adapters = {}
+    for run in ("lam0_seed1", "lam0.2_seed1"):
+        log = json.loads((output_dir / run / LOSS_FILE).read_text())
+        (output_dir / run / LOSS_FILE).write_text(json.dumps({**log, "split": earlier}))
+        adapters[run] = (output_dir / run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    report = (output_dir / "report.md").read_text()
+    assert main(flags) == 0  # reused, not retrained
+    assert (output_dir / "report.md").read_text() == report
+    for run, written in adapters.items():
+        assert (output_dir / run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == written
+    heldout_file = output_dir / "heldout" / "heldout.json"
+    heldout_file.write_text(
+        heldout_file.read_text().replace('"output": "', '"output": "x', 1)
+    )  # other data then
+    capsys.readouterr()
+    assert main(flags) == 2
+    assert "holds an adapter or checkpoints trained without this held-out split" in capsys.readouterr().err
 
 
 def test_checkpoints_are_resumed_only_beside_losses_of_this_split(tmp_path):

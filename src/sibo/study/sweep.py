@@ -39,6 +39,7 @@ from sibo.study.sweep_config import HELDOUT_DIR, SweepConfig
 from sibo.study.sweep_heldout import (
     HeldOut,
     HeldOutLog,
+    accept_earlier,
     check_reusable,
     is_finished,
     mean_loss,
@@ -95,6 +96,9 @@ def sweep(config: SweepConfig) -> list[SweepRow]:
     with hold_output_dir(config.output_dir):
         claim_sweep_dir(config)
         if heldout is not None:
+            heldout = accept_earlier(
+                heldout, config.output_dir / HELDOUT_DIR
+            )  # before write_split rewrites it
             for _, _, finetune_config, _ in runs:  # before anything is written or trained
                 check_reusable(HeldOutLog(Path(finetune_config.output_dir).parent, heldout), finetune_config)
             write_split(heldout.records, heldout.split, config.output_dir / HELDOUT_DIR)

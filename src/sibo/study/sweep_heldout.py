@@ -17,14 +17,14 @@ import hashlib
 import json
 import logging
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from sibo.data import Record
 from sibo.errors import InputError
 from sibo.files import TRAIN_METRICS_FILE, read_json, write_atomically
 from sibo.study.heldout import Encoded, PeriodicHeldOutLoss, Reference, encode_references, held_out_losses
-from sibo.study.split import HeldOutSplit, heldout_split, instruction_records
+from sibo.study.split import HELDOUT_FILE, TRAIN_FILE, HeldOutSplit, heldout_split, instruction_records
 from sibo.train.config import FinetuneConfig
 from sibo.train.resume import CHECKPOINT_PREFIX
 
@@ -43,6 +43,9 @@ class HeldOut:
     encoded: list[Encoded]
     digest: str  # names the split's content: runs trained or scored on other records are not mixed in
     batch_size: int = 8
+    earlier_digest: str | None = (
+        None  # this split as a log written before 2026-12-08 names it (`accept_earlier`)
+    )
 
 
 def prepare_heldout(finetune: FinetuneConfig, count: int, seed: int) -> HeldOut:
@@ -93,6 +96,26 @@ def split_digest(records: list[Record], split: HeldOutSplit, encoded: list[Encod
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
+def accept_earlier(heldout: HeldOut, folder: Path) -> HeldOut:
+    """`heldout`, also accepting the losses a sweep wrote before 2026-12-08, whose logs name the split by its
+    indices alone, when the records it trained on and held out (its train.json and heldout.json in `folder`,
+    written before anything trained) are this split's: the same run, whose losses stay valid."""
+    records, split = heldout.records, heldout.split
+    expected = {
+        TRAIN_FILE: [asdict(records[k]) for k in split.train],
+        HELDOUT_FILE: [asdict(records[k]) for k in split.heldout],
+    }
+    try:
+        same = all(read_json(folder / name) == value for name, value in expected.items())
+    except InputError:  # missing or unreadable: nothing to vouch for the earlier runs
+        return heldout
+    if not same:
+        return heldout
+    return replace(
+        heldout, earlier_digest=hashlib.sha256(json.dumps(asdict(split)).encode()).hexdigest()[:16]
+    )
+
+
 class HeldOutLog:
     """One run's held-out losses by step, in run_dir/heldout_loss.json, rewritten at each point scored."""
 
@@ -101,7 +124,7 @@ class HeldOutLog:
         self.points: dict[str, list[float]] = {}
         if self.file.is_file():
             found = read_json(self.file)
-            if isinstance(found, dict) and found.get("split") == heldout.digest:
+            if isinstance(found, dict) and found.get("split") in (heldout.digest, heldout.earlier_digest):
                 self.points = found.get("points", {})
 
     def record(self, step: int, losses: dict[str, list[float]]) -> None:
