@@ -18,7 +18,7 @@ from accelerate.data_loader import prepare_data_loader, skip_first_batches
 from fault_checks import add_deeper_model, finetune_args, refused
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, RandomSampler
-from transformers import AutoModelForCausalLM, TrainerCallback, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
 import sibo
 from sibo.cli import main as sibo_main
@@ -38,7 +38,7 @@ from sibo.train.recipe import (
 )
 from sibo.train.resume import resolve_resume
 from sibo.train.setup import gradient_accumulation_steps
-from sibo.train.trainer import EpochSeededLengthGroupedSampler
+from sibo.train.trainer import BATCH_ORDER_FILE, EpochSeededLengthGroupedSampler, SiboTrainer
 
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 # 1 thread per process: tiny models gain nothing from more, and the test machine is shared.
@@ -419,6 +419,29 @@ def test_a_run_resumed_mid_epoch_two_trains_on_the_unbroken_runs_batches(
     assert losses(broken) == losses(unbroken)
     expected, actual = (load_file(d / "adapter_model.safetensors") for d in (unbroken, broken))
     torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+
+
+@pytest.mark.integration
+def test_a_padded_checkpoint_from_before_seeded_orders_resumes_on_its_own_order(
+    base_model, data_file, tmp_path, monkeypatch
+):
+    """A checkpoint without BATCH_ORDER_FILE was written when padded batches came from transformers' sampler: a
+    run resumed from it in epoch 1 keeps that sampler, so it trains as the run it continues would have."""
+    flags = ["--num_epochs", "1", "--val_set_size", "0", "--save_step", "2", "--packing", "False"]
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    with monkeypatch.context() as old_code:  # the sampler before 2026-12-08
+        old_code.setattr(SiboTrainer, "_get_train_sampler", Trainer._get_train_sampler)
+        finetune(parse_config(run_args(base_model, data_file, unbroken, *flags)))
+        with pytest.raises(RuntimeError, match="stopped after step 2"):
+            finetune(
+                parse_config(run_args(base_model, data_file, broken, *flags)), callbacks=[StopAfterStep(2)]
+            )
+    (broken / "checkpoint-2" / BATCH_ORDER_FILE).unlink()  # as the old code wrote it
+    finetune(
+        parse_config(run_args(base_model, data_file, broken, *flags, "--resume_from_checkpoint", "latest"))
+    )
+    assert losses(broken) == losses(unbroken)
+    assert (broken / "checkpoint-4" / BATCH_ORDER_FILE).is_file()  # checkpoints written now say so
 
 
 @pytest.mark.parametrize("packing", [True, False])

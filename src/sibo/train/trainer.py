@@ -10,13 +10,19 @@ LoRA rate λ barely moves).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+logger = logging.getLogger(__name__)
+
+BATCH_ORDER_FILE = "sibo_batch_order"  # in each checkpoint: its padded batches were drawn by (seed, epoch)
 LAMBDA_PARAMETERS = "sibo_lambdas"  # where sibo.core.peft_model keeps the learnable λ logits
 
 
@@ -54,10 +60,29 @@ class SiboTrainer(Trainer):
             super().create_optimizer(model), self.model if model is None else model, self.lambda_lr
         )
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        self.resuming_from = resume_from_checkpoint  # read by _get_train_sampler
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if (
+            output_dir
+            and Path(output_dir).name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
+            and self.args.should_save
+        ):
+            (Path(output_dir) / BATCH_ORDER_FILE).write_text("seed, epoch\n")  # before trainer_state.json
+
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
         if not isinstance(sampler, LengthGroupedSampler):
             return sampler  # packed runs: accelerate's SeedableRandomSampler already draws from (data_seed + epoch)
+        resuming = getattr(self, "resuming_from", None)
+        if isinstance(resuming, str) and not (Path(resuming) / BATCH_ORDER_FILE).is_file():
+            logger.info(
+                "%s was written before batch orders drawn by (seed, epoch): its run keeps its own", resuming
+            )
+            return sampler
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         return EpochSeededLengthGroupedSampler(
             sampler.batch_size, sampler.lengths, seed, lambda: int(self.state.epoch)
