@@ -70,6 +70,23 @@ def test_any_http_answer_means_the_hub_is_reachable(offline):
         server.server_close()
 
 
+def test_an_unreachable_hub_is_probed_again_after_a_while(offline, monkeypatch):
+    """A blip must not fail every later load of a long process: "unreachable" holds for UNREACHABLE_FOR_S."""
+    assert hub_reachable(offline) is False
+    port = int(offline.rpartition(":")[2])
+    server = http.server.HTTPServer(("127.0.0.1", port), http.server.BaseHTTPRequestHandler)  # now it answers
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert hub_reachable(offline) is False  # believed for a while: no probe per load
+        monkeypatch.setattr(sibo.hub, "UNREACHABLE_FOR_S", 0.0)
+        assert hub_reachable(offline) is True
+        monkeypatch.setattr(sibo.hub, "UNREACHABLE_FOR_S", 1e9)
+        server.shutdown()
+        assert hub_reachable(offline) is True  # a "yes" is kept
+    finally:
+        server.server_close()
+
+
 def test_huggingface_hub_retry_warnings_only_with_verbose():
     retries = logging.getLogger("huggingface_hub.utils._http")
     for verbose in (False, True):

@@ -7,8 +7,9 @@ and fail fast by themselves, so nothing is probed then.
 
 from __future__ import annotations
 
-import functools
 import logging
+import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,20 +17,27 @@ logger = logging.getLogger(__name__)
 
 # long enough for a slow link, short enough that an offline machine answers at once
 PROBE_TIMEOUT_S = 3.0
+# how long "unreachable" is believed: a process that loads many models (a study, a sweep) probes once a minute
+# at most, and a network blip does not fail every later load
+UNREACHABLE_FOR_S = 60.0
+_answers: dict[str, tuple[bool, float]] = {}  # endpoint: (reachable, when probed)
 
 
-@functools.cache
 def hub_reachable(endpoint: str) -> bool:
     """Whether the Hub answers at all (any HTTP status): one request through huggingface_hub's own
-    client, so its proxy settings apply, and no retries."""
+    client, so its proxy settings apply, and no retries. "Yes" is kept; "no" for UNREACHABLE_FOR_S."""
     from huggingface_hub.utils import get_session
 
+    reachable, when = _answers.get(endpoint, (False, -math.inf))
+    if reachable or time.monotonic() - when < UNREACHABLE_FOR_S:
+        return reachable
     try:
         get_session().head(endpoint, timeout=PROBE_TIMEOUT_S)
+        reachable = True
     except Exception as error:  # noqa: BLE001 - DNS, refused, timeout, TLS: all mean "cannot reach"
         logger.debug("%s unreachable: %s", endpoint, error)
-        return False
-    return True
+    _answers[endpoint] = (reachable, time.monotonic())
+    return reachable
 
 
 def require_hub(name: str, what: str) -> None:
