@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from sibo import get_sibo_model
 from sibo.adapters.bottleneck import BottleneckConfig
 from sibo.checkpoint.config import ModelConfig
 from sibo.checkpoint.export import STATE_DICT_FILE, ExportConfig, export_adapter
+from sibo.checkpoint.export_card import ExportFacts, export_card
 from sibo.checkpoint.load import RESIDUAL_DIR, load_model
 from sibo.checkpoint.portable import base_config
 from sibo.cli import main as cli_main
@@ -274,6 +276,12 @@ def test_sequence_classifier_exports_with_its_trained_head(tokenizer, batch, tmp
     export_adapter(model, tokenizer, ExportConfig(tmp_path / "exact"))
     reloaded = load_model(str(tmp_path / "exact"), task="sequence-classification")[0]
     torch.testing.assert_close(logits(reloaded, batch), expected, atol=ATOL, rtol=0)
+    card = ModelCard.load(tmp_path / "exact" / "README.md")  # says how a classifier loads
+    assert card.data.pipeline_tag == "text-classification" and "sibo generate" not in card.text
+    loading = (
+        "model = AutoModelForSequenceClassification.from_pretrained('<this folder>', trust_remote_code=True)"
+    )
+    assert loading in card.text.splitlines()
 
     report = export_adapter(classifier(), tokenizer, ExportConfig(tmp_path / "approx", approximate=True))
     assert report.max_logit_deviation > 1e-4
@@ -627,6 +635,15 @@ def test_an_export_has_a_card_that_says_what_it_is_and_how_it_loads(tokenizer, t
         )
     assert f"- needs trust_remote_code: {'no' if approximate else 'yes'}" in lines
     assert "- base model: None; adapter: ad" in lines
+    facts = ExportFacts(
+        str(tmp_path), None, {}, False, 0, None, "float32", 1
+    )  # a local base: named in the text
+    assert export_card(facts).data.base_model is None and f"- base model: {tmp_path}; adapter: None" in str(
+        export_card(facts)
+    )
+    assert (
+        export_card(replace(facts, base_model="org/name")).data.base_model == "org/name"
+    )  # a Hub id: in the data
     assert (
         f"- format: a transformers checkpoint; dtype: float32; size: {card_size(out) / 1e6:.1f} MB" in lines
     )

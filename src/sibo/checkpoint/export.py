@@ -216,6 +216,7 @@ def _write_card(staging: Path, facts: ExportFacts, residual_modules: int, merged
     """README.md: what the export is, its λ, whether it needs trust_remote_code, how it loads, its size."""
     facts.residual_modules = residual_modules
     facts.dtype = str(next(merged.parameters()).dtype).removeprefix("torch.")
+    facts.classifier = type(merged).__name__.endswith("ForSequenceClassification")
     facts.size_bytes = sum(file.stat().st_size for file in staging.rglob("*") if file.is_file())
     return write_export_card(staging, facts)
 

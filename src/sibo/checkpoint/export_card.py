@@ -29,6 +29,7 @@ class ExportFacts:
     max_logit_deviation: float | None  # --approximate: what dropping λ·ΔW·h0 costs on probe prompts
     dtype: str
     size_bytes: int  # the export's files, this card aside
+    classifier: bool = False  # a sequence classifier (its trained score head), not a causal LM
 
 
 def _what(facts: ExportFacts) -> str:
@@ -57,14 +58,13 @@ def _lambda_text(facts: ExportFacts) -> str:
 
 def _loading_lines(facts: ExportFacts) -> list[str]:
     remote = ", trust_remote_code=True" if facts.residual_modules else ""
+    auto = "AutoModelForSequenceClassification" if facts.classifier else "AutoModelForCausalLM"
+    generate = ["```bash", "sibo generate --base_model <this folder> --prompt '…'", "```", ""]
     lines = [
-        "```bash",
-        "sibo generate --base_model <this folder> --prompt '…'",
-        "```",
-        "",
+        *([] if facts.classifier else generate),
         "```python",
-        "from transformers import AutoModelForCausalLM",
-        f"model = AutoModelForCausalLM.from_pretrained('<this folder>'{remote})",
+        f"from transformers import {auto}",
+        f"model = {auto}.from_pretrained('<this folder>'{remote})",
         "```",
     ]
     if facts.residual_modules:
@@ -81,8 +81,9 @@ def export_card(facts: ExportFacts) -> ModelCard:
     data = ModelCardData(
         library_name="transformers",
         tags=["sibo", "merged"] + (["custom_code"] if facts.residual_modules else []),
-        base_model=facts.base_model,
-        pipeline_tag="text-generation",
+        # a Hub id only: the Hub's card metadata refuses a local path, which the text below keeps
+        base_model=facts.base_model if facts.base_model and not Path(facts.base_model).exists() else None,
+        pipeline_tag="text-classification" if facts.classifier else "text-generation",
     )
     lines = [
         "# A SIBO export (sibo export)",
