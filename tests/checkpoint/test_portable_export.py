@@ -20,7 +20,7 @@ from sibo import get_sibo_model
 from sibo.checkpoint.export import ExportConfig, export_adapter
 from sibo.checkpoint.load import load_model
 from sibo.checkpoint.modeling_sibo import RESIDUAL_WEIGHTS, add_h0_terms
-from sibo.checkpoint.portable import MODELING_FILE, base_config
+from sibo.checkpoint.portable import MODELING_FILE, base_config, saved_dtype
 from sibo.cli import main as cli_main
 from sibo.core.booster import find_boost
 from sibo.testing import build_tiny_model, build_tokenizer, write_llama_gguf
@@ -237,6 +237,24 @@ def test_the_export_keeps_the_bases_dtype_and_says_its_size(tmp_path, capsys):
     assert {tensor.dtype for tensor in load_file(tmp_path / "out" / "model.safetensors").values()} == {
         torch.bfloat16
     }
+
+
+def test_a_hub_bases_dtype_is_read_from_its_cached_config(tmp_path, monkeypatch):
+    """A Hub id has no config.json beside it: the one cached when the base loaded says its dtype."""
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "dtype": "bfloat16"}))
+    asked = []
+    monkeypatch.setattr(
+        transformers.utils,
+        "cached_file",
+        lambda repo, name, **kwargs: asked.append((repo, name)) or str(tmp_path / name),
+    )
+    assert saved_dtype("org/name", "auto") == torch.bfloat16 and asked == [("org/name", "config.json")]
+
+    def not_cached(repo, name, **kwargs):
+        raise OSError("not in the cache, and the Hub cannot be reached")
+
+    monkeypatch.setattr(transformers.utils, "cached_file", not_cached)
+    assert saved_dtype("org/name", "auto") is None  # as a base that records no dtype
 
 
 class Int8Linear(torch.nn.Module):

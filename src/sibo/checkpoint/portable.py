@@ -70,6 +70,13 @@ def saved_dtype(base_model: str, dtype: str) -> torch.dtype | None:
     if find_gguf(base_model) is not None:
         return torch.bfloat16
     config_file = Path(base_model).expanduser() / CONFIG_FILE
+    if not Path(base_model).expanduser().exists():  # a Hub id: its config.json, cached when the base loaded
+        from transformers.utils import cached_file
+
+        try:
+            config_file = Path(cached_file(base_model, CONFIG_FILE) or config_file)
+        except OSError:  # not cached and not reachable: as a base that records no dtype
+            return None
     try:
         config = json.loads(config_file.read_text())
         if config.get("model_type") == modeling_sibo.SiboExportConfig.model_type:
