@@ -350,22 +350,6 @@ def test_an_output_dir_linking_to_an_empty_folder_gets_the_export_in_that_folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "target"]  # no lock, no staging left
 
 
-def test_an_export_into_an_existing_folder_keeps_that_folder(tokenizer, tmp_path):
-    """A mount point cannot be renamed, and a shared folder's owner, mode and setgid bit are the user's."""
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out").chmod(0o2770)
-    inode = (tmp_path / "out").stat().st_ino
-    model = get_peft_model(build_tiny_model("gpt2", len(tokenizer)), lora("gpt2")).eval()
-    for overwrite in (False, True):
-        export_adapter(
-            model, tokenizer, ExportConfig(tmp_path / "out", format="state_dict", overwrite=overwrite)
-        )
-        folder = (tmp_path / "out").stat()
-        assert (folder.st_ino, stat.S_IMODE(folder.st_mode)) == (inode, 0o2770)
-        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([RUN_MARKER, STATE_DICT_FILE])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no lock, no staging, nothing aside
-
-
 def test_a_run_that_claims_the_folder_during_the_export_keeps_it(tokenizer, tmp_path):
     config = ExportConfig(tmp_path / "out")  # checked: absent
     claim = f"from sibo.output_dir import claim_output_dir; claim_output_dir({str(tmp_path / 'out')!r}, 'finetune', {{}})"

@@ -9,9 +9,8 @@ reads h0 alone (λ = 1) with B ← λ·s·B (per block λ when learnable, scalin
 and measures what that costs on probe prompts. The prompt template the adapter was trained with
 is recorded beside the merged model (prompt_template.json, in either format: a state_dict's user
 prompts it the same way), so `--base_model O` prompts the way it was trained. Files are staged in
-a temporary folder beside O and renamed into place (into an existing O, its entries move: O keeps its
-owner and mode), so a failed export leaves nothing behind (what a killed one left, the next export to O
-removes).
+a temporary folder beside O and renamed into place, so a failed export leaves nothing behind (what a killed
+one left, the next export to O removes).
 """
 
 from __future__ import annotations
@@ -222,18 +221,15 @@ def _write_card(staging: Path, facts: ExportFacts, residual_modules: int, merged
 
 
 def _replace_dir(staging: Path, output_dir: Path) -> None:
-    """Put the finished export in place: staging renamed to a new output_dir; into an existing one (empty, or an
-    earlier export under --overwrite) its entries move, so the folder keeps its inode, owner and mode (a mount
-    point cannot be renamed), the earlier export's files go and the files the user put beside them stay."""
+    """Put the finished export in place: an empty output_dir, or an earlier export (--overwrite) whose files
+    go while the files the user put beside them move into the new one."""
     if not output_dir.exists():
         staging.rename(output_dir)
         return
     keep = user_files(output_dir)
     earlier = output_dir.with_name(f".{output_dir.name}.replaced-{secrets.token_hex(4)}")
-    earlier.mkdir()
-    _move_entries(output_dir, earlier)
-    _move_entries(staging, output_dir)
-    staging.rmdir()
+    output_dir.rename(earlier)
+    staging.rename(output_dir)
     clashes = [name for name in keep if (output_dir / name).exists()]
     for name in keep:
         if name not in clashes:
@@ -244,13 +240,6 @@ def _replace_dir(staging: Path, output_dir: Path) -> None:
                        ", ".join(clashes), earlier)  # fmt: skip
     else:
         shutil.rmtree(earlier)
-
-
-def _move_entries(source: Path, destination: Path) -> None:
-    """Each entry of `source` into `destination`: renamed, or copied where that is another file system (a mount
-    point beside its parent)."""
-    for entry in list(source.iterdir()):
-        shutil.move(entry, destination / entry.name)
 
 
 def _readable_as_umask_allows(directory: Path) -> None:
