@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import stat
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,13 +220,22 @@ def test_an_exact_export_of_a_remote_code_base_is_refused_before_writing(tokeniz
     model = get_sibo_model(base, lora("llama"), lam=0.3)
     with pytest.raises(InputError) as refused:
         export_adapter(model, tokenizer, ExportConfig(tmp_path / "out"))
-    assert str(refused.value) == (
-        "the base's model_type 'remote_llama' is not one of transformers' own (its code comes with "
-        "trust_remote_code), so an exact export would not load: add --approximate to drop the λ·ΔW·h0 term, "
-        "or keep the adapter and load it with sibo"
+    refusal = (
+        "the base's architecture ('{}') is not transformers' own (its code comes with trust_remote_code), so an "
+        "exact export would not load: add --approximate to drop the λ·ΔW·h0 term, or keep the adapter and load it "
+        "with sibo"
     )
+    assert str(refused.value) == refusal.format("remote_llama")
     assert list(tmp_path.iterdir()) == []
     assert not export_adapter(model, tokenizer, ExportConfig(tmp_path / "out", approximate=True)).exact
+    # a shipped model_type whose auto_map names code of its own: transformers' class would not be it either
+    base = build_tiny_model("llama", len(tokenizer))
+    base.config.auto_map = {"AutoModelForCausalLM": "modeling_mine.MyLlama"}
+    with pytest.raises(InputError) as refused:
+        export_adapter(
+            get_sibo_model(base, lora("llama"), lam=0.3), tokenizer, ExportConfig(tmp_path / "mine")
+        )
+    assert str(refused.value) == refusal.format("llama") and not (tmp_path / "mine").exists()
 
 
 def test_an_export_removes_what_a_killed_export_to_its_folder_left(tokenizer, tmp_path):
@@ -348,6 +359,30 @@ def test_an_output_dir_linking_to_an_empty_folder_gets_the_export_in_that_folder
     assert (tmp_path / "out").is_symlink() and (tmp_path / "out").resolve() == tmp_path / "target"
     assert sorted(p.name for p in (tmp_path / "target").iterdir()) == sorted([RUN_MARKER, STATE_DICT_FILE])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "target"]  # no lock, no staging left
+
+
+def test_an_output_dir_that_cannot_move_is_refused_in_one_line_and_left_as_it_was(
+    tokenizer, tmp_path, monkeypatch
+):
+    """An empty mount point cannot be renamed (EBUSY): the export says so, leaves it and nothing beside it."""
+    (tmp_path / "out").mkdir()
+    rename = Path.rename
+
+    def busy(self, target):
+        if self == tmp_path / "out":
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(self))
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", busy)
+    model = get_peft_model(build_tiny_model("gpt2", len(tokenizer)), lora("gpt2")).eval()
+    with pytest.raises(InputError) as refused:
+        export_adapter(model, tokenizer, ExportConfig(tmp_path / "out", format="state_dict"))
+    assert str(refused.value) == (
+        f"cannot replace {tmp_path / 'out'} (Device or resource busy): the export replaces its folder whole, so "
+        "a mount point cannot be it; export into a new folder inside it"
+    )
+    assert list((tmp_path / "out").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging, no lock left
 
 
 def test_a_run_that_claims_the_folder_during_the_export_keeps_it(tokenizer, tmp_path):
@@ -628,6 +663,8 @@ def test_an_export_has_a_card_that_says_what_it_is_and_how_it_loads(tokenizer, t
     assert (
         export_card(replace(facts, base_model="org/name")).data.base_model == "org/name"
     )  # a Hub id: in the data
+    for local in ("~/models/x", "./x", "/gone/x", "x.gguf/"):  # paths, here or not: out of the metadata
+        assert export_card(replace(facts, base_model=local)).data.base_model is None, local
     assert (
         f"- format: a transformers checkpoint; dtype: float32; size: {card_size(out) / 1e6:.1f} MB" in lines
     )

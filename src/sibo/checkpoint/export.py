@@ -146,9 +146,10 @@ def _remove_stale_staging(parent: Path, name: str) -> None:
 def _require_known_architecture(base_config) -> None:
     """modeling_sibo.py rebuilds the base's config by its model_type, from transformers' own registry (the one a
     fresh process has): a base whose code comes with trust_remote_code would write an export nothing loads."""
-    if base_config.model_type not in CONFIG_MAPPING_NAMES:
+    remote = any(name.startswith("AutoModel") for name in getattr(base_config, "auto_map", None) or {})
+    if base_config.model_type not in CONFIG_MAPPING_NAMES or remote:
         raise InputError(
-            f"the base's model_type {base_config.model_type!r} is not one of transformers' own (its code comes "
+            f"the base's architecture ({base_config.model_type!r}) is not transformers' own (its code comes "
             "with trust_remote_code), so an exact export would not load: add --approximate to drop the "
             "λ·ΔW·h0 term, or keep the adapter and load it with sibo"
         )
@@ -228,7 +229,13 @@ def _replace_dir(staging: Path, output_dir: Path) -> None:
         return
     keep = user_files(output_dir)
     earlier = output_dir.with_name(f".{output_dir.name}.replaced-{secrets.token_hex(4)}")
-    output_dir.rename(earlier)
+    try:
+        output_dir.rename(earlier)
+    except OSError as error:  # a mount point (EBUSY), a folder that cannot move: nothing has changed yet
+        raise InputError(
+            f"cannot replace {output_dir} ({error.strerror}): the export replaces its folder whole, so a mount "
+            "point cannot be it; export into a new folder inside it"
+        ) from None
     staging.rename(output_dir)
     clashes = [name for name in keep if (output_dir / name).exists()]
     for name in keep:
