@@ -76,13 +76,26 @@ def _loading_lines(facts: ExportFacts) -> list[str]:
     return lines
 
 
+def _is_hub_id(name: str | None) -> bool:
+    """Whether `name` reads as a Hub model id ("org/name") and is no local path here."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not name or name.startswith((".", "~", "/")) or Path(name).expanduser().exists():
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def export_card(facts: ExportFacts) -> ModelCard:
     """The card of a finished export."""
     data = ModelCardData(
         library_name="transformers",
         tags=["sibo", "merged"] + (["custom_code"] if facts.residual_modules else []),
         # a Hub id only: the Hub's card metadata refuses a local path, which the text below keeps
-        base_model=facts.base_model if facts.base_model and not Path(facts.base_model).exists() else None,
+        base_model=facts.base_model if _is_hub_id(facts.base_model) else None,
         pipeline_tag="text-classification" if facts.classifier else "text-generation",
     )
     lines = [

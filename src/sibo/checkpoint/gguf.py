@@ -109,7 +109,7 @@ def _split_count(file: Path) -> int:
         field = GGUFReader(file).get_field("split.count")
     except _READ_ERRORS:
         return 1  # the loader reports a damaged file in its own words
-    return 1 if field is None else int(field.contents())
+    return 1 if field is None else int(field.parts[field.data[0]][0])  # contents() is newer than gguf 0.10
 
 
 def _require_gguf() -> None:
