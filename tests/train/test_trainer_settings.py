@@ -253,3 +253,20 @@ def test_padded_batch_orders_differ_across_seeds_and_epochs():
 
     assert order(1, 1) == order(1, 1) and sorted(order(1, 1)) == list(range(64))
     assert len({tuple(order(seed, epoch)) for seed in (1, 2, 3) for epoch in (0, 1, 2)}) == 9
+
+
+def test_a_checkpoint_folder_not_made_yet_gets_its_batch_order_marker(tmp_path, monkeypatch):
+    """FSDP with sharded state dicts saves no weights in save_model: the checkpoint folder does not exist yet."""
+    from transformers import Trainer
+
+    from sibo.train.trainer import BATCH_ORDER_FILE
+
+    monkeypatch.setattr(Trainer, "save_model", lambda self, output_dir=None, _internal_call=False: None)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    trainer = SiboTrainer(
+        model=build_tiny_model("llama", 64, num_layers=1, hidden_size=32, ffn_size=64), args=args
+    )
+    trainer.save_model(str(tmp_path / "checkpoint-2"), _internal_call=True)
+    assert (tmp_path / "checkpoint-2" / BATCH_ORDER_FILE).read_text() == "seed, epoch\n"
+    trainer.save_model(str(tmp_path / "final"), _internal_call=True)
+    assert not (tmp_path / "final").exists()  # only checkpoints are marked

@@ -71,7 +71,9 @@ class SiboTrainer(Trainer):
             and Path(output_dir).name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
             and self.args.should_save
         ):
-            (Path(output_dir) / BATCH_ORDER_FILE).write_text("seed, epoch\n")  # before trainer_state.json
+            # before trainer_state.json; the folder may not exist yet (FSDP saves sharded weights later)
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / BATCH_ORDER_FILE).write_text("seed, epoch\n")
 
     def _get_train_sampler(self, train_dataset=None):
         sampler = super()._get_train_sampler(train_dataset)
