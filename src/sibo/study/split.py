@@ -57,16 +57,20 @@ def heldout_split(records: list[Record], count: int, seed: int) -> HeldOutSplit:
     return HeldOutSplit(train, heldout, dropped)
 
 
-def write_split(records: list[Record], split: HeldOutSplit, folder: Path) -> tuple[Path, Path]:
-    """folder/train.json and folder/heldout.json (JSON lists of records) and folder/split.json (the
-    indices); a file is rewritten only when its content changes, so a rerun leaves them as they were."""
-    files = {
+def split_files(records: list[Record], split: HeldOutSplit) -> dict[str, object]:
+    """What write_split writes, by file name: the training and held-out records (JSON lists), the indices."""
+    return {
         TRAIN_FILE: [asdict(records[k]) for k in split.train],
         HELDOUT_FILE: [asdict(records[k]) for k in split.heldout],
         SPLIT_FILE: asdict(split),
     }
+
+
+def write_split(records: list[Record], split: HeldOutSplit, folder: Path) -> tuple[Path, Path]:
+    """folder/train.json and folder/heldout.json (JSON lists of records) and folder/split.json (the
+    indices); a file is rewritten only when its content changes, so a rerun leaves them as they were."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name, value in files.items():
+    for name, value in split_files(records, split).items():
         text = json.dumps(value, indent=1, ensure_ascii=False) + "\n"
         file = folder / name
         if not file.is_file() or file.read_text(encoding="utf-8") != text:

@@ -96,9 +96,8 @@ def sweep(config: SweepConfig) -> list[SweepRow]:
     with hold_output_dir(config.output_dir):
         claim_sweep_dir(config)
         if heldout is not None:
-            heldout = accept_earlier(
-                heldout, config.output_dir / HELDOUT_DIR
-            )  # before write_split rewrites it
+            # before write_split rewrites the files that vouch for an earlier sweep's runs
+            heldout = accept_earlier(heldout, config.output_dir / HELDOUT_DIR)
             for _, _, finetune_config, _ in runs:  # before anything is written or trained
                 check_reusable(HeldOutLog(Path(finetune_config.output_dir).parent, heldout), finetune_config)
             write_split(heldout.records, heldout.split, config.output_dir / HELDOUT_DIR)

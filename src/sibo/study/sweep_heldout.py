@@ -24,7 +24,15 @@ from sibo.data import Record
 from sibo.errors import InputError
 from sibo.files import TRAIN_METRICS_FILE, read_json, write_atomically
 from sibo.study.heldout import Encoded, PeriodicHeldOutLoss, Reference, encode_references, held_out_losses
-from sibo.study.split import HELDOUT_FILE, TRAIN_FILE, HeldOutSplit, heldout_split, instruction_records
+from sibo.study.split import (
+    HELDOUT_FILE,
+    SPLIT_FILE,
+    TRAIN_FILE,
+    HeldOutSplit,
+    heldout_split,
+    instruction_records,
+    split_files,
+)
 from sibo.train.config import FinetuneConfig
 from sibo.train.resume import CHECKPOINT_PREFIX
 
@@ -43,9 +51,8 @@ class HeldOut:
     encoded: list[Encoded]
     digest: str  # names the split's content: runs trained or scored on other records are not mixed in
     batch_size: int = 8
-    earlier_digest: str | None = (
-        None  # this split as a log written before 2026-12-08 names it (`accept_earlier`)
-    )
+    # this split as a log written before 2026-12-08 names it (`accept_earlier`)
+    earlier_digest: str | None = None
 
 
 def prepare_heldout(finetune: FinetuneConfig, count: int, seed: int) -> HeldOut:
@@ -92,7 +99,7 @@ def split_digest(records: list[Record], split: HeldOutSplit, encoded: list[Encod
     """What decides a run's held-out losses: the records it trains on and the held-out ones as scored
     (tokenizer, template and cutoff_len included). Indices alone would let the data re-exported in another
     order pass for the same split, pairing old losses with new ones on other records."""
-    content = {"train": [asdict(records[k]) for k in split.train], "heldout": [asdict(e) for e in encoded]}
+    content = {"train": split_files(records, split)[TRAIN_FILE], "heldout": [asdict(e) for e in encoded]}
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
@@ -100,20 +107,15 @@ def accept_earlier(heldout: HeldOut, folder: Path) -> HeldOut:
     """`heldout`, also accepting the losses a sweep wrote before 2026-12-08, whose logs name the split by its
     indices alone, when the records it trained on and held out (its train.json and heldout.json in `folder`,
     written before anything trained) are this split's: the same run, whose losses stay valid."""
-    records, split = heldout.records, heldout.split
-    expected = {
-        TRAIN_FILE: [asdict(records[k]) for k in split.train],
-        HELDOUT_FILE: [asdict(records[k]) for k in split.heldout],
-    }
+    expected = split_files(heldout.records, heldout.split)
     try:
-        same = all(read_json(folder / name) == value for name, value in expected.items())
+        same = all(read_json(folder / name) == expected[name] for name in (TRAIN_FILE, HELDOUT_FILE))
     except InputError:  # missing or unreadable: nothing to vouch for the earlier runs
         return heldout
     if not same:
         return heldout
-    return replace(
-        heldout, earlier_digest=hashlib.sha256(json.dumps(asdict(split)).encode()).hexdigest()[:16]
-    )
+    indices = json.dumps(expected[SPLIT_FILE]).encode()
+    return replace(heldout, earlier_digest=hashlib.sha256(indices).hexdigest()[:16])
 
 
 class HeldOutLog:

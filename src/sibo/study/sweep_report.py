@@ -9,8 +9,8 @@ initialisation) and record by record. The held-out loss is the mean negative log
 token (the reference output and its EOS, given the prompt), lower is better; its interval resamples seeds
 and records together (`stats.two_level_bootstrap`; with one seed, records only, and the verdict is
 undecided), its p-value comes from the same draws and is Holm-adjusted over the λs, and the verdict
-weighs both against the equivalence margin (`stats.equivalence_verdict`). Accuracy per benchmark gets an exact McNemar test, paired by question,
-pooled over seeds.
+weighs both against the equivalence margin (`stats.equivalence_verdict`). Accuracy per benchmark gets an
+exact McNemar test, paired by question, pooled over seeds.
 """
 
 from __future__ import annotations
