@@ -145,6 +145,15 @@ def test_empty_responses_are_counted_and_said(caplog):
     assert caplog.messages == [f"2 of 3 {said}", f"1 of 2 {said}"]
 
 
+def instruction_rows(texts: list[tuple[str, str, str]]):
+    """A datasets.Dataset of instruction records, one per (instruction, input, output)."""
+    import datasets
+
+    return datasets.Dataset.from_list(
+        [dict(zip(("instruction", "input", "output"), t, strict=True)) for t in texts]
+    )
+
+
 def test_special_token_text_is_counted_and_said(tokenizer, caplog):
     """Text the tokenizer reads as a control token ("</s>" ends the answer there): counted per record, in any
     column or turn, respecting a selection (--data_ratios' shuffle), and named."""
@@ -157,9 +166,7 @@ def test_special_token_text_is_counted_and_said(tokenizer, caplog):
         ("q", "", "a <pad> b"),
         ("<s", "", "/s>"),
     ]
-    instructions = datasets.Dataset.from_list(
-        [dict(zip(("instruction", "input", "output"), t, strict=True)) for t in texts]
-    )
+    instructions = instruction_rows(texts)
     user = {"role": "user", "content": "hi"}
     chats = datasets.Dataset.from_list(
         [
@@ -275,7 +282,6 @@ def test_a_response_cut_away_entirely_is_counted_as_prompt_only():
 def test_special_token_text_is_found_in_one_pass_per_column_whatever_its_characters(monkeypatch):
     """Hundreds of special tokens cost one regex pass per column, and their regex characters ("|", ".", "[")
     match themselves only."""
-    import datasets
     import pyarrow.compute as pc
 
     tokenizer = build_tokenizer(vocab_size=300)
@@ -288,9 +294,7 @@ def test_special_token_text_is_found_in_one_pass_per_column_whatever_its_charact
         ("q", "", "im_end|"),
         ("q", "", "a.b"),
     ]
-    records = datasets.Dataset.from_list(
-        [dict(zip(("instruction", "input", "output"), t, strict=True)) for t in texts]
-    )
+    records = instruction_rows(texts)
     calls = []
     regex = pc.match_substring_regex
     monkeypatch.setattr(

@@ -208,7 +208,7 @@ def warn_of_special_token_text(records: datasets.Dataset, tokenizer, split: str 
         holding += len(pc.unique(pc.filter(rows, mask))) if chat_rows else pc.sum(mask).as_py() or 0
         if len(found) < len(specials):  # which ones, read off the texts that hold one
             for text, hit in zip(texts, hits, strict=True):
-                for value in pc.filter(text, hit).to_pylist()[:1000]:
+                for value in pc.filter(text, hit).slice(0, 1000).to_pylist():
                     found.update(special for special in specials if special in value)
     if holding:
         logger.warning(

@@ -49,6 +49,7 @@ class SiboTrainer(Trainer):
 
     accuracy = None  # an AccuracyDuringTraining, set by the recipe when --eval_datasets asks for one
     lambda_lr: float | None = None  # --lambda_lr, set by the recipe (None: λ trains at --learning_rate)
+    resuming_from: str | bool | None = None  # train's resume_from_checkpoint, read by _get_train_sampler
 
     def get_decay_parameter_names(self, model) -> list[str]:
         return [name for name in super().get_decay_parameter_names(model) if not is_lambda(name)]
@@ -61,7 +62,7 @@ class SiboTrainer(Trainer):
         )
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        self.resuming_from = resume_from_checkpoint  # read by _get_train_sampler
+        self.resuming_from = resume_from_checkpoint
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -79,7 +80,7 @@ class SiboTrainer(Trainer):
         sampler = super()._get_train_sampler(train_dataset)
         if not isinstance(sampler, LengthGroupedSampler):
             return sampler  # packed runs: accelerate's SeedableRandomSampler already draws from (data_seed + epoch)
-        resuming = getattr(self, "resuming_from", None)
+        resuming = self.resuming_from
         if isinstance(resuming, str) and not (Path(resuming) / BATCH_ORDER_FILE).is_file():
             logger.info(
                 "%s was written before batch orders drawn by (seed, epoch): its run keeps its own", resuming
